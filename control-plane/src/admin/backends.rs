@@ -1,0 +1,146 @@
+//! Building backend records from create requests and partial updates.
+
+use sidecar_proto::v1 as pb;
+use tonic::Status;
+
+use crate::{
+    crypto::{MasterKey, mask},
+    store::{BackendRecord, PoolRecord, Source, Store},
+    util::{new_id, now_ms},
+    validate::{self, FieldError, field_error},
+};
+
+/// Finds a backend by id, or else by name.
+pub(super) fn find(store: &Store, id_or_name: &str) -> Result<BackendRecord, Status> {
+    if id_or_name.is_empty() {
+        return Err(FieldError {
+            field: "id".into(),
+            reason: "must name a backend (id or name)".into(),
+        }
+        .into());
+    }
+    if let Some(b) = store.backend(id_or_name)? {
+        return Ok(b);
+    }
+    store
+        .backends()?
+        .into_iter()
+        .find(|b| b.name.eq_ignore_ascii_case(id_or_name))
+        .ok_or_else(|| Status::not_found(format!("backend {id_or_name:?} not found")))
+}
+
+/// Refuses a write whose expected resource version is not the current one.
+pub(super) fn check_version(
+    kind: &str,
+    id: &str,
+    current: u64,
+    expected: Option<u64>,
+) -> Result<(), Status> {
+    match expected {
+        Some(expected) if expected != current => Err(Status::failed_precondition(format!(
+            "{kind} {id} is at resource version {current}, not {expected}: re-read it and retry"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// Validates a create request's spec into a new record (key sealed under `key`).
+pub(super) fn new_backend(
+    spec: &pb::BackendSpec,
+    backends: &[BackendRecord],
+    pools: &[PoolRecord],
+    key: &MasterKey,
+) -> Result<BackendRecord, FieldError> {
+    let f = |name: &str| format!("backend.{name}");
+    let name = validate::backend_name(&f("name"), spec.name.trim(), backends, None)?;
+    let api_key = validate::api_key(&f("api_key"), &spec.api_key)?;
+    let source = match spec.source.as_str() {
+        "" => Source::Api,
+        s => Source::parse(s).ok_or_else(|| {
+            field_error(
+                f("source"),
+                format!("expected console, api, env or import, got {s:?}"),
+            )
+        })?,
+    };
+    let now = now_ms();
+    Ok(BackendRecord {
+        id: new_id("bkd"),
+        name,
+        label: validate::text(&f("label"), &spec.label, 64)?,
+        base_url: validate::base_url(&f("base_url"), &spec.base_url)?,
+        api_key: key.seal(&api_key),
+        api_key_masked: mask(&api_key),
+        timeout_seconds: validate::timeout_seconds(&f("timeout_seconds"), spec.timeout_seconds)?,
+        rpm_limit: validate::rpm_limit(
+            &f("rpm_limit"),
+            spec.rpm_limit.unwrap_or(validate::DEFAULT_RPM as i64),
+        )?,
+        tpm_limit: validate::tpm_limit(&f("tpm_limit"), spec.tpm_limit)?,
+        pool: validate::pool(&f("pool"), &spec.pool, pools)?,
+        enabled: spec.enabled.unwrap_or(true),
+        weight: validate::weight(&f("weight"), spec.weight.unwrap_or(1))?,
+        model_mappings: validate::model_mappings(&f("model_mappings"), &spec.model_mappings)?,
+        regions: validate::regions(&f("regions"), &spec.regions)?,
+        source,
+        metadata: validate::metadata(&f("metadata"), &spec.metadata)?,
+        created_at_ms: now,
+        updated_at_ms: now,
+        resource_version: 1,
+    })
+}
+
+/// Applies a partial update; only fields present in `patch` change.
+pub(super) fn patched(
+    mut b: BackendRecord,
+    patch: &pb::BackendPatch,
+    backends: &[BackendRecord],
+    pools: &[PoolRecord],
+    key: &MasterKey,
+) -> Result<BackendRecord, FieldError> {
+    let f = |name: &str| format!("patch.{name}");
+    if let Some(v) = &patch.name {
+        b.name = validate::backend_name(&f("name"), v.trim(), backends, Some(&b.id))?;
+    }
+    if let Some(v) = &patch.label {
+        b.label = validate::text(&f("label"), v, 64)?;
+    }
+    if let Some(v) = &patch.base_url {
+        b.base_url = validate::base_url(&f("base_url"), v)?;
+    }
+    if let Some(v) = &patch.api_key {
+        let api_key = validate::api_key(&f("api_key"), v)?;
+        b.api_key = key.seal(&api_key);
+        b.api_key_masked = mask(&api_key);
+    }
+    if let Some(v) = patch.timeout_seconds {
+        b.timeout_seconds = validate::timeout_seconds(&f("timeout_seconds"), v)?;
+    }
+    if let Some(v) = patch.rpm_limit {
+        b.rpm_limit = validate::rpm_limit(&f("rpm_limit"), v)?;
+    }
+    if let Some(v) = patch.tpm_limit {
+        b.tpm_limit = validate::tpm_limit(&f("tpm_limit"), v)?;
+    }
+    if let Some(v) = &patch.pool {
+        b.pool = validate::pool(&f("pool"), v, pools)?;
+    }
+    if let Some(v) = patch.enabled {
+        b.enabled = v;
+    }
+    if let Some(v) = patch.weight {
+        b.weight = validate::weight(&f("weight"), v)?;
+    }
+    if let Some(v) = &patch.model_mappings {
+        b.model_mappings = validate::model_mappings(&f("model_mappings"), &v.entries)?;
+    }
+    if let Some(v) = &patch.regions {
+        b.regions = validate::regions(&f("regions"), &v.values)?;
+    }
+    if let Some(v) = &patch.metadata {
+        b.metadata = validate::metadata(&f("metadata"), &v.entries)?;
+    }
+    b.updated_at_ms = now_ms();
+    b.resource_version += 1;
+    Ok(b)
+}

@@ -1,0 +1,207 @@
+//! Export, import and encryption-key rotation.
+
+use std::collections::HashSet;
+
+use serde::{Deserialize, Serialize};
+use sidecar_proto::v1 as pb;
+use tonic::Status;
+use tracing::info;
+
+use crate::{
+    auth::Principal,
+    crypto::MasterKey,
+    state::Shared,
+    store::{BackendRecord, ConfigChange, PoolRecord, Settings, Store},
+    util::now_ms,
+    validate::{self, FieldError, field_error},
+};
+
+const FORMAT: &str = "sidecar-export";
+const FORMAT_VERSION: u32 = 1;
+
+/// Everything an export holds. API keys stay sealed, each tagged with its key id.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExportDocument {
+    /// Always `sidecar-export`.
+    pub format: String,
+    /// Layout version of this document.
+    pub format_version: u32,
+    /// When it was made, unix ms.
+    pub exported_at_ms: i64,
+    /// Config version at export.
+    pub config_version: u64,
+    /// Ids of the keys the API keys are sealed with.
+    pub key_ids: Vec<String>,
+    /// Every backend.
+    pub backends: Vec<BackendRecord>,
+    /// Every pool.
+    pub pools: Vec<PoolRecord>,
+    /// The settings.
+    pub settings: Settings,
+}
+
+/// Builds the export document.
+pub(super) fn export(store: &Store) -> Result<pb::ExportResponse, Status> {
+    let backends = store.backends()?;
+    let mut key_ids: Vec<String> = backends.iter().map(|b| b.api_key.key_id.clone()).collect();
+    key_ids.sort();
+    key_ids.dedup();
+    let doc = ExportDocument {
+        format: FORMAT.into(),
+        format_version: FORMAT_VERSION,
+        exported_at_ms: now_ms(),
+        config_version: store.config_version(),
+        key_ids,
+        backends,
+        pools: store.pools()?,
+        settings: store.settings()?,
+    };
+    let document = serde_json::to_vec_pretty(&doc).map_err(|e| Status::internal(e.to_string()))?;
+    Ok(pb::ExportResponse {
+        document,
+        config_version: doc.config_version,
+    })
+}
+
+/// Checks a document and turns it into one change that replaces backends, pools and
+/// settings. Nothing is written unless every part of the document is valid.
+pub(super) fn import(
+    store: &Store,
+    document: &[u8],
+    key: &MasterKey,
+) -> Result<(ConfigChange, String, (u32, u32)), Status> {
+    let doc: ExportDocument = serde_json::from_slice(document)
+        .map_err(|e| field_error("document", format!("not a Sidecar export document: {e}")))?;
+    check_document(&doc, key)?;
+
+    let mut change = ConfigChange::default();
+    let keep_backends: HashSet<&str> = doc.backends.iter().map(|b| b.id.as_str()).collect();
+    change.delete_backends = store
+        .backends()?
+        .into_iter()
+        .map(|b| b.id)
+        .filter(|id| !keep_backends.contains(id.as_str()))
+        .collect();
+    let keep_pools: HashSet<&str> = doc.pools.iter().map(|p| p.name.as_str()).collect();
+    for existing in store.pools()? {
+        // The built-in pools always exist, also when a document lacks them.
+        if !keep_pools.contains(existing.name.as_str()) && !existing.builtin {
+            change.delete_pools.push(existing.name);
+        }
+    }
+    let counts = (doc.backends.len() as u32, doc.pools.len() as u32);
+    change.put_backends = doc.backends;
+    change.put_pools = doc.pools;
+    change.settings = Some(doc.settings);
+    Ok((change, "document".into(), counts))
+}
+
+fn check_document(doc: &ExportDocument, key: &MasterKey) -> Result<(), FieldError> {
+    if doc.format != FORMAT {
+        return Err(field_error(
+            "document.format",
+            format!("expected {FORMAT:?}, got {:?}", doc.format),
+        ));
+    }
+    if doc.format_version != FORMAT_VERSION {
+        return Err(field_error(
+            "document.format_version",
+            format!(
+                "this control plane reads version {FORMAT_VERSION}, not {}",
+                doc.format_version
+            ),
+        ));
+    }
+    let mut pool_names = HashSet::from(["primary", "fallback"]);
+    for (i, p) in doc.pools.iter().enumerate() {
+        validate::identifier(&format!("document.pools[{i}].name"), &p.name)?;
+        if !pool_names.insert(&p.name) && !p.builtin {
+            return Err(field_error(
+                format!("document.pools[{i}].name"),
+                format!("duplicate pool {:?}", p.name),
+            ));
+        }
+    }
+    let (mut ids, mut names) = (HashSet::new(), HashSet::new());
+    for (i, b) in doc.backends.iter().enumerate() {
+        let f = |name: &str| format!("document.backends[{i}].{name}");
+        validate::identifier(&f("name"), &b.name)?;
+        validate::base_url(&f("base_url"), &b.base_url)?;
+        validate::rpm_limit(&f("rpm_limit"), i64::from(b.rpm_limit))?;
+        if !ids.insert(b.id.as_str()) || !b.id.starts_with("bkd_") {
+            return Err(field_error(
+                f("id"),
+                format!("duplicate or malformed id {:?}", b.id),
+            ));
+        }
+        if !names.insert(b.name.to_ascii_lowercase()) {
+            return Err(field_error(
+                f("name"),
+                format!("duplicate name {:?}", b.name),
+            ));
+        }
+        if !pool_names.contains(b.pool.as_str()) {
+            return Err(field_error(f("pool"), format!("unknown pool {:?}", b.pool)));
+        }
+        if b.api_key.key_id != key.id() {
+            return Err(field_error(
+                f("api_key"),
+                format!(
+                    "sealed with key id {}, but this control plane's key id is {}: import needs the key the export was made under",
+                    b.api_key.key_id,
+                    key.id()
+                ),
+            ));
+        }
+        key.open(&b.api_key)
+            .map_err(|e| field_error(f("api_key"), e.to_string()))?;
+    }
+    validate::check_settings(&doc.settings, "document.settings")
+}
+
+/// Re-encrypts every stored key under `new_key_hex` in one transaction, then makes it the
+/// current key. The operator must set `SIDECAR_ENCRYPTION_KEY` to the new key before the
+/// next restart; the control plane refuses to start with a key that opens nothing.
+pub(super) async fn rotate(
+    shared: &Shared,
+    who: &Principal,
+    new_key_hex: &str,
+) -> Result<pb::RotateEncryptionKeyResponse, Status> {
+    let new_key =
+        MasterKey::from_hex(new_key_hex).map_err(|e| field_error("new_key_hex", e.to_string()))?;
+    let _guard = shared.writer.lock().await;
+    let old_key = shared.key();
+    if old_key.id() == new_key.id() {
+        return Err(field_error("new_key_hex", "is the key already in use").into());
+    }
+    let mut change = ConfigChange {
+        active_key_id: Some(new_key.id().to_owned()),
+        ..Default::default()
+    };
+    for mut b in shared.store.backends()? {
+        let plain = old_key
+            .open(&b.api_key)
+            .map_err(|e| Status::internal(format!("backend {}: {e}", b.id)))?;
+        b.api_key = new_key.seal(&plain);
+        change.put_backends.push(b);
+    }
+    let count = change.put_backends.len() as u32;
+    let version = shared
+        .store
+        .commit(change, &who.actor(), "RotateEncryptionKey", new_key.id())?;
+    *shared.key.write().expect("key lock") = new_key.clone();
+    shared.publish()?;
+    shared.store.flush().await?;
+    info!(
+        old = old_key.id(),
+        new = new_key.id(),
+        keys = count,
+        "encryption key rotated; set SIDECAR_ENCRYPTION_KEY to the new key before restarting"
+    );
+    Ok(pb::RotateEncryptionKeyResponse {
+        old_key_id: old_key.id().to_owned(),
+        new_key_id: new_key.id().to_owned(),
+        keys_reencrypted: count,
+        config_version: version,
+    })
+}

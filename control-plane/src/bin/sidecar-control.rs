@@ -1,0 +1,103 @@
+//! `sidecar-control`: the control plane process.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use sidecar_control_plane::{ControlConfig, ControlPlane, Flags, LogFormat, crypto::MasterKey};
+use tokio::net::TcpListener;
+
+/// Sidecar control plane: source of truth for provider backends, pools and settings;
+/// streams config to data-plane proxies.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    flags: Flags,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print a fresh random encryption key (64 hex characters) for SIDECAR_ENCRYPTION_KEY.
+    GenKey,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Some(Command::GenKey) = cli.command {
+        println!("{}", MasterKey::generate_hex());
+        return ExitCode::SUCCESS;
+    }
+    let config = match ControlConfig::resolve(&cli.flags, &|name| std::env::var(name).ok()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("sidecar-control: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(&config);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match runtime.block_on(run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "control plane failed");
+            eprintln!("sidecar-control: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(config: ControlConfig) -> anyhow::Result<()> {
+    let cp = ControlPlane::open(&config)?;
+    if let Some(token) = cp.generated_admin_token() {
+        eprintln!(
+            "\nNo admin token was configured, so one was generated. It is shown only this once:\n\n    {token}\n\n\
+             Use it with sidecarctl (--token or SIDECAR_TOKEN). Only its hash is stored.\n"
+        );
+    }
+    let api = TcpListener::bind(config.listen).await.map_err(|e| {
+        anyhow::anyhow!(
+            "cannot listen on {} (SIDECAR_CONTROL_LISTEN): {e}",
+            config.listen
+        )
+    })?;
+    let ops = TcpListener::bind(config.ops_listen).await.map_err(|e| {
+        anyhow::anyhow!(
+            "cannot listen on {} (SIDECAR_CONTROL_OPS_LISTEN): {e}",
+            config.ops_listen
+        )
+    })?;
+    cp.serve(api, ops, shutdown_signal()).await?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutdown signal received");
+}
+
+fn init_logging(config: &ControlConfig) {
+    let filter = tracing_subscriber::EnvFilter::new(&config.log_level);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match config.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}

@@ -1,0 +1,310 @@
+//! NodeService: config distribution to data-plane proxies (`Sync`) and usage reports
+//! (`Report`), for node tokens only.
+
+mod registry;
+
+use std::{collections::VecDeque, pin::Pin, sync::Arc, time::Duration};
+
+use futures::Stream;
+use rand::RngCore;
+use sidecar_proto::v1::{self as pb, node_message::Kind, node_service_server::NodeService};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{debug, info, warn};
+
+pub use registry::NodeRegistry;
+
+use crate::{
+    auth::Access,
+    metrics,
+    state::Shared,
+    store::{LATENCY_BUCKETS_MS, UsageCounters},
+};
+
+/// How long a node has to say hello after opening the stream.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Snapshots whose answer we still accept; older ones are superseded anyway.
+const PENDING_SNAPSHOTS: usize = 8;
+
+/// The NodeService implementation.
+pub struct NodeApi {
+    shared: Arc<Shared>,
+}
+
+impl NodeApi {
+    /// A NodeService over the shared state.
+    pub fn new(shared: Arc<Shared>) -> Self {
+        Self { shared }
+    }
+}
+
+fn nonce() -> String {
+    let mut bytes = [0u8; 12];
+    rand::rng().fill_bytes(&mut bytes);
+    hex::encode(bytes)
+}
+
+fn node_id_ok(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 128
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+type SyncStream = Pin<Box<dyn Stream<Item = Result<pb::ControlMessage, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl NodeService for NodeApi {
+    type SyncStream = SyncStream;
+
+    async fn sync(
+        &self,
+        request: Request<Streaming<pb::NodeMessage>>,
+    ) -> Result<Response<SyncStream>, Status> {
+        self.shared.auth.check(request.metadata(), Access::Node)?;
+        let mut inbound = request.into_inner();
+        let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
+            Ok(Ok(Some(pb::NodeMessage {
+                kind: Some(Kind::Hello(hello)),
+            }))) => hello,
+            Ok(Err(status)) => return Err(status),
+            Err(_) => {
+                return Err(Status::deadline_exceeded(
+                    "no Hello within 10 s of opening Sync",
+                ));
+            }
+            Ok(_) => {
+                return Err(Status::invalid_argument(
+                    "the first message on Sync must be Hello",
+                ));
+            }
+        };
+        if !node_id_ok(&hello.node_id) {
+            return Err(Status::invalid_argument(
+                "hello.node_id: must be 1-128 characters of letters, digits, '-', '_' or '.'",
+            ));
+        }
+        let (tx, rx) = mpsc::channel(16);
+        tokio::spawn(
+            Session {
+                shared: self.shared.clone(),
+                hello,
+                tx,
+                pending: VecDeque::new(),
+            }
+            .run(inbound),
+        );
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn report(
+        &self,
+        request: Request<pb::ReportBatch>,
+    ) -> Result<Response<pb::ReportAck>, Status> {
+        self.shared.auth.check(request.metadata(), Access::Node)?;
+        let batch = request.into_inner();
+        let records = match check_batch(&batch) {
+            Ok(r) => r,
+            Err(status) => {
+                metrics::report("invalid");
+                return Err(status);
+            }
+        };
+        let store = &self.shared.store;
+        let applied = store
+            .apply_report(&batch.node_id, &batch.boot_id, batch.seq, &records)
+            .map_err(|error| {
+                warn!(%error, "report could not be stored");
+                Status::internal("storage error")
+            })?;
+        // Acknowledge only what is on disk: a node drops a batch from its outbox once
+        // acked, so an ack before the flush could lose it in a crash.
+        store
+            .flush()
+            .await
+            .map_err(|_| Status::internal("storage error"))?;
+        metrics::report(if applied { "applied" } else { "duplicate" });
+        self.shared.nodes.reported(store, &batch.node_id);
+        Ok(Response::new(pb::ReportAck {
+            seq: batch.seq,
+            applied,
+        }))
+    }
+}
+
+/// Validates a batch and converts its records.
+fn check_batch(
+    batch: &pb::ReportBatch,
+) -> Result<Vec<(i64, String, String, UsageCounters)>, Status> {
+    if !node_id_ok(&batch.node_id) {
+        return Err(Status::invalid_argument(
+            "node_id: must be 1-128 characters of letters, digits, '-', '_' or '.'",
+        ));
+    }
+    if batch.boot_id.is_empty() || batch.boot_id.len() > 128 {
+        return Err(Status::invalid_argument(
+            "boot_id: must be 1-128 characters",
+        ));
+    }
+    if batch.seq == 0 {
+        return Err(Status::invalid_argument("seq: must start at 1"));
+    }
+    batch
+        .records
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let bad = |field: &str, why: &str| {
+                Status::invalid_argument(format!("records[{i}].{field}: {why}"))
+            };
+            if r.minute_ms < 0 || r.minute_ms % 60_000 != 0 {
+                return Err(bad("minute_ms", "must be a non-negative multiple of 60000"));
+            }
+            if r.backend_id.is_empty() || r.backend_id.len() > 128 || r.backend_id.contains('\0') {
+                return Err(bad("backend_id", "must be 1-128 characters"));
+            }
+            if r.model.len() > 256 || r.model.contains('\0') {
+                return Err(bad("model", "must be at most 256 characters"));
+            }
+            if r.latency_histogram.len() > LATENCY_BUCKETS_MS.len() + 1 {
+                return Err(bad(
+                    "latency_histogram",
+                    "has more buckets than LATENCY_BUCKETS_MS + 1",
+                ));
+            }
+            if !r.cost_usd.is_finite() || r.cost_usd < 0.0 {
+                return Err(bad("cost_usd", "must be a non-negative number"));
+            }
+            Ok((
+                r.minute_ms,
+                r.backend_id.clone(),
+                r.model.clone(),
+                UsageCounters {
+                    requests: r.requests,
+                    succeeded: r.succeeded,
+                    errors_429: r.errors_429,
+                    errors_5xx: r.errors_5xx,
+                    errors_timeout: r.errors_timeout,
+                    errors_connect: r.errors_connect,
+                    errors_4xx: r.errors_4xx,
+                    prompt_tokens: r.prompt_tokens,
+                    completion_tokens: r.completion_tokens,
+                    total_tokens: r.total_tokens,
+                    cost_usd: r.cost_usd,
+                    latency_ms_sum: r.latency_ms_sum,
+                    latency_histogram: r.latency_histogram.clone(),
+                    ttft_ms_sum: r.ttft_ms_sum,
+                    ttft_count: r.ttft_count,
+                },
+            ))
+        })
+        .collect()
+}
+
+/// One node's Sync stream: sends a snapshot at once and after every config change,
+/// records the node's answers, and ends on shutdown or when either side goes away.
+struct Session {
+    shared: Arc<Shared>,
+    hello: pb::Hello,
+    tx: mpsc::Sender<Result<pb::ControlMessage, Status>>,
+    /// (version, nonce) of snapshots sent and not yet answered.
+    pending: VecDeque<(u64, String)>,
+}
+
+impl Session {
+    async fn run(mut self, mut inbound: Streaming<pb::NodeMessage>) {
+        let shared = self.shared.clone();
+        let store = &shared.store;
+        let node_id = self.hello.node_id.clone();
+        let session = self.shared.nodes.connect(store, &self.hello);
+        info!(node = %node_id, region = %self.hello.region, has_version = self.hello.config_version, "node connected");
+        let mut config = self.shared.config();
+        let mut shutdown = self.shared.shutdown();
+        config.mark_changed();
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => {
+                    let _ = self.tx.send(Err(Status::unavailable("control plane shutting down"))).await;
+                    break;
+                }
+                changed = config.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    let state = config.borrow_and_update().clone();
+                    let nonce = nonce();
+                    let snapshot = state.snapshot_for(&self.hello.region, nonce.clone());
+                    let msg = pb::ControlMessage { kind: Some(pb::control_message::Kind::Snapshot(snapshot)) };
+                    if self.tx.send(Ok(msg)).await.is_err() {
+                        break;
+                    }
+                    metrics::snapshot_pushed();
+                    debug!(node = %node_id, version = state.version, "snapshot sent");
+                    if self.pending.len() == PENDING_SNAPSHOTS {
+                        self.pending.pop_front();
+                    }
+                    self.pending.push_back((state.version, nonce));
+                }
+                message = inbound.message() => match message {
+                    Ok(Some(message)) => self.handle(message),
+                    Ok(None) => break,
+                    Err(status) => {
+                        debug!(node = %node_id, %status, "sync stream error");
+                        break;
+                    }
+                },
+            }
+        }
+        self.shared.nodes.disconnect(store, &node_id, session);
+        info!(node = %node_id, "node disconnected");
+    }
+
+    /// Takes the answer to a snapshot we sent; answers to anything else are ignored.
+    fn answered(&mut self, version: u64, nonce: &str) -> bool {
+        match self
+            .pending
+            .iter()
+            .position(|(v, n)| *v == version && n == nonce)
+        {
+            Some(i) => {
+                self.pending.drain(..=i);
+                true
+            }
+            None => {
+                warn!(node = %self.hello.node_id, version, "answer to a snapshot that was not sent or was already answered");
+                false
+            }
+        }
+    }
+
+    fn handle(&mut self, message: pb::NodeMessage) {
+        let shared = self.shared.clone();
+        let store = &shared.store;
+        let node_id = self.hello.node_id.clone();
+        match message.kind {
+            Some(Kind::Ack(ack)) => {
+                if self.answered(ack.version, &ack.nonce) {
+                    metrics::snapshot_answer(true);
+                    shared.nodes.acked(store, &node_id, ack.version);
+                }
+            }
+            Some(Kind::Nack(nack)) => {
+                if self.answered(nack.version, &nack.nonce) {
+                    metrics::snapshot_answer(false);
+                    warn!(node = %node_id, version = nack.version, error = %nack.error, "node rejected snapshot");
+                    shared
+                        .nodes
+                        .nacked(store, &node_id, nack.version, &nack.error);
+                }
+            }
+            Some(Kind::RateLimited(event)) => {
+                metrics::rate_limit_event();
+                info!(node = %node_id, backend = %event.backend_id, count = event.consecutive_count, cooldown_ms = event.cooldown_ms, "node reported 429");
+            }
+            Some(Kind::Hello(_)) => warn!(node = %node_id, "ignoring a second Hello on one stream"),
+            None => {}
+        }
+    }
+}

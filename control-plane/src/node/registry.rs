@@ -1,0 +1,108 @@
+//! Which nodes are connected, and what each last acknowledged. Every change is also
+//! saved to the `nodes` tree so ListNodes shows nodes that have gone away.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+};
+
+use sidecar_proto::v1 as pb;
+use tracing::warn;
+
+use crate::{
+    metrics,
+    store::{NodeRecord, Store},
+    util::now_ms,
+};
+
+/// Connected nodes by id; a node id has at most one live session (the newest).
+#[derive(Default)]
+pub struct NodeRegistry {
+    live: Mutex<HashMap<String, u64>>,
+    next_session: AtomicU64,
+}
+
+impl NodeRegistry {
+    fn update(&self, store: &Store, node_id: &str, f: impl FnOnce(&mut NodeRecord)) {
+        let mut record = store
+            .nodes()
+            .ok()
+            .and_then(|nodes| nodes.into_iter().find(|n| n.id == node_id))
+            .unwrap_or_else(|| NodeRecord {
+                id: node_id.to_owned(),
+                ..Default::default()
+            });
+        f(&mut record);
+        record.last_seen_ms = now_ms();
+        if let Err(error) = store.put_node(&record) {
+            warn!(%error, node = node_id, "could not save node record");
+        }
+    }
+
+    /// A node said hello; returns its session id.
+    pub fn connect(&self, store: &Store, hello: &pb::Hello) -> u64 {
+        let session = self.next_session.fetch_add(1, Ordering::Relaxed) + 1;
+        let connected = {
+            let mut live = self.live.lock().expect("registry lock");
+            live.insert(hello.node_id.clone(), session);
+            live.len()
+        };
+        metrics::nodes_connected(connected);
+        self.update(store, &hello.node_id, |n| {
+            n.region = hello.region.clone();
+            n.software_version = hello.software_version.clone();
+            n.boot_id = hello.boot_id.clone();
+            n.connected_since_ms = now_ms();
+        });
+        session
+    }
+
+    /// A session ended; the node counts as disconnected unless a newer session took over.
+    pub fn disconnect(&self, store: &Store, node_id: &str, session: u64) {
+        let (was_current, connected) = {
+            let mut live = self.live.lock().expect("registry lock");
+            let current = live.get(node_id) == Some(&session);
+            if current {
+                live.remove(node_id);
+            }
+            (current, live.len())
+        };
+        metrics::nodes_connected(connected);
+        if was_current {
+            self.update(store, node_id, |_| {});
+        }
+    }
+
+    /// The node applied `version`.
+    pub fn acked(&self, store: &Store, node_id: &str, version: u64) {
+        self.update(store, node_id, |n| {
+            n.acked_config_version = n.acked_config_version.max(version);
+            n.last_nack_error.clear();
+            n.last_nack_version = 0;
+        });
+    }
+
+    /// The node rejected `version`.
+    pub fn nacked(&self, store: &Store, node_id: &str, version: u64, error: &str) {
+        self.update(store, node_id, |n| {
+            n.last_nack_error = error.chars().take(1000).collect();
+            n.last_nack_version = version;
+        });
+    }
+
+    /// The node delivered a report.
+    pub fn reported(&self, store: &Store, node_id: &str) {
+        self.update(store, node_id, |n| n.last_report_ms = now_ms());
+    }
+
+    /// Whether the node has a live session.
+    pub fn is_connected(&self, node_id: &str) -> bool {
+        self.live
+            .lock()
+            .expect("registry lock")
+            .contains_key(node_id)
+    }
+}

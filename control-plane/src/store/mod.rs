@@ -1,0 +1,459 @@
+//! The control plane's sled store: one tree per entity, values prefixed with a schema
+//! version byte, multi-tree writes in one transaction, and the config version.
+
+mod records;
+
+use std::{
+    path::Path,
+    sync::atomic::{AtomicU64, Ordering},
+};
+
+use serde::{Serialize, de::DeserializeOwned};
+use sled::{
+    Transactional, Tree,
+    transaction::{ConflictableTransactionError, TransactionError, TransactionalTree},
+};
+
+pub use records::*;
+
+/// Version byte written in front of every stored value. Bump it (and teach `decode` the
+/// old layout) when a record's format changes incompatibly.
+pub const SCHEMA_VERSION: u8 = 1;
+
+const META_CONFIG_VERSION: &[u8] = b"config_version";
+const META_ACTIVE_KEY_ID: &[u8] = b"active_key_id";
+const META_V1_MIGRATED: &[u8] = b"v1_migrated";
+const SETTINGS_KEY: &[u8] = b"system";
+
+/// Store failures.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// sled itself failed (I/O, corruption).
+    #[error("storage error: {0}")]
+    Sled(#[from] sled::Error),
+    /// A value could not be decoded.
+    #[error("corrupt value in tree `{tree}`: {reason}")]
+    Corrupt {
+        /// Tree name.
+        tree: &'static str,
+        /// What was wrong.
+        reason: String,
+    },
+    /// A value was written by a newer Sidecar.
+    #[error(
+        "tree `{tree}` holds schema version {found}; this build reads up to {SCHEMA_VERSION}: upgrade sidecar-control"
+    )]
+    UnsupportedSchema {
+        /// Tree name.
+        tree: &'static str,
+        /// Version byte found.
+        found: u8,
+    },
+}
+
+/// Encodes a value with its schema version byte.
+pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    let mut out = vec![SCHEMA_VERSION];
+    serde_json::to_writer(&mut out, value).expect("records serialize to JSON");
+    out
+}
+
+/// Decodes a value written by [`encode`].
+pub fn decode<T: DeserializeOwned>(tree: &'static str, bytes: &[u8]) -> Result<T, StoreError> {
+    match bytes.split_first() {
+        Some((&SCHEMA_VERSION, body)) => {
+            serde_json::from_slice(body).map_err(|e| StoreError::Corrupt {
+                tree,
+                reason: e.to_string(),
+            })
+        }
+        Some((&found, _)) => Err(StoreError::UnsupportedSchema { tree, found }),
+        None => Err(StoreError::Corrupt {
+            tree,
+            reason: "empty value".into(),
+        }),
+    }
+}
+
+/// Who made a write, for the audit trail.
+#[derive(Debug, Clone)]
+pub struct Actor {
+    /// Token id, or `system`.
+    pub id: String,
+    /// Role name.
+    pub role: String,
+}
+
+impl Actor {
+    /// The control plane itself (first-start setup, migrations).
+    pub fn system() -> Self {
+        Self {
+            id: "system".into(),
+            role: "system".into(),
+        }
+    }
+}
+
+/// A set of config writes applied atomically, bumping the config version once.
+#[derive(Debug, Default)]
+pub struct ConfigChange {
+    /// Backends to insert or replace.
+    pub put_backends: Vec<BackendRecord>,
+    /// Backend ids to delete.
+    pub delete_backends: Vec<String>,
+    /// Pools to insert or replace.
+    pub put_pools: Vec<PoolRecord>,
+    /// Pool names to delete.
+    pub delete_pools: Vec<String>,
+    /// New settings.
+    pub settings: Option<Settings>,
+    /// Tokens to insert or replace.
+    pub put_tokens: Vec<TokenRecord>,
+    /// Token ids to delete.
+    pub delete_tokens: Vec<String>,
+    /// New active encryption key id (rotation).
+    pub active_key_id: Option<String>,
+    /// Mark the V1 environment migration as done.
+    pub mark_v1_migrated: bool,
+}
+
+/// The sled database and its trees.
+pub struct Store {
+    db: sled::Db,
+    backends: Tree,
+    pools: Tree,
+    settings: Tree,
+    nodes: Tree,
+    tokens: Tree,
+    usage_m: Tree,
+    report_seq: Tree,
+    audit: Tree,
+    meta: Tree,
+    config_version: AtomicU64,
+}
+
+fn tx_abort(e: StoreError) -> ConflictableTransactionError<StoreError> {
+    ConflictableTransactionError::Abort(e)
+}
+
+fn tx_error(e: TransactionError<StoreError>) -> StoreError {
+    match e {
+        TransactionError::Abort(e) => e,
+        TransactionError::Storage(e) => StoreError::Sled(e),
+    }
+}
+
+fn now_ms() -> i64 {
+    crate::util::now_ms()
+}
+
+impl Store {
+    /// Opens (creating if needed) the store in `dir`.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        let db = sled::Config::new().path(dir.join("sled")).open()?;
+        let tree = |name: &str| db.open_tree(name);
+        let store = Self {
+            backends: tree("backends")?,
+            pools: tree("pools")?,
+            settings: tree("settings")?,
+            nodes: tree("nodes")?,
+            tokens: tree("tokens")?,
+            usage_m: tree("usage_m")?,
+            report_seq: tree("report_seq")?,
+            audit: tree("audit")?,
+            meta: tree("meta")?,
+            db,
+            config_version: AtomicU64::new(0),
+        };
+        // Trees named by the design that later features fill; created now so the layout
+        // is complete from the first start.
+        for name in ["usage_h", "usage_d", "cooldowns"] {
+            store.db.open_tree(name)?;
+        }
+        let version = match store.meta.get(META_CONFIG_VERSION)? {
+            Some(v) => decode::<u64>("meta", &v)?,
+            None => 0,
+        };
+        store.config_version.store(version, Ordering::SeqCst);
+        Ok(store)
+    }
+
+    /// Creates what must exist from the first start: the built-in pools and the settings.
+    pub fn initialize(&self, initial_settings: &Settings) -> Result<(), StoreError> {
+        let mut change = ConfigChange::default();
+        for (name, order, description) in [
+            ("primary", 0, "Tried first."),
+            ("fallback", 100, "Used when no primary backend can serve."),
+        ] {
+            if self.pools.get(name)?.is_none() {
+                change.put_pools.push(PoolRecord {
+                    name: name.into(),
+                    order,
+                    description: description.into(),
+                    builtin: true,
+                });
+            }
+        }
+        if self.settings.get(SETTINGS_KEY)?.is_none() {
+            change.settings = Some(initial_settings.clone());
+        }
+        if !change.put_pools.is_empty() || change.settings.is_some() {
+            self.commit(change, &Actor::system(), "Initialize", "store")?;
+        }
+        Ok(())
+    }
+
+    /// The current config version.
+    pub fn config_version(&self) -> u64 {
+        self.config_version.load(Ordering::SeqCst)
+    }
+
+    /// Applies `change` in one transaction over every config tree, bumps the config
+    /// version and appends an audit entry. Returns the new config version.
+    ///
+    /// Callers serialise writes (see `admin::Writer`), so reads done before building the
+    /// change are still current when it commits.
+    pub fn commit(
+        &self,
+        change: ConfigChange,
+        actor: &Actor,
+        action: &str,
+        target: &str,
+    ) -> Result<u64, StoreError> {
+        let audit_id = self.db.generate_id()?;
+        let at_ms = now_ms();
+        let trees = (
+            &self.backends,
+            &self.pools,
+            &self.settings,
+            &self.tokens,
+            &self.meta,
+            &self.audit,
+        );
+        let version = trees
+            .transaction(|(backends, pools, settings, tokens, meta, audit)| {
+                let current = match meta.get(META_CONFIG_VERSION)? {
+                    Some(v) => decode::<u64>("meta", &v).map_err(tx_abort)?,
+                    None => 0,
+                };
+                let version = current + 1;
+                for b in &change.put_backends {
+                    backends.insert(b.id.as_bytes(), encode(b))?;
+                }
+                for id in &change.delete_backends {
+                    backends.remove(id.as_bytes())?;
+                }
+                for p in &change.put_pools {
+                    pools.insert(p.name.as_bytes(), encode(p))?;
+                }
+                for name in &change.delete_pools {
+                    pools.remove(name.as_bytes())?;
+                }
+                if let Some(s) = &change.settings {
+                    settings.insert(SETTINGS_KEY, encode(s))?;
+                }
+                for t in &change.put_tokens {
+                    tokens.insert(t.id.as_bytes(), encode(t))?;
+                }
+                for id in &change.delete_tokens {
+                    tokens.remove(id.as_bytes())?;
+                }
+                if let Some(key_id) = &change.active_key_id {
+                    meta.insert(META_ACTIVE_KEY_ID, encode(key_id))?;
+                }
+                if change.mark_v1_migrated {
+                    meta.insert(META_V1_MIGRATED, encode(&true))?;
+                }
+                meta.insert(META_CONFIG_VERSION, encode(&version))?;
+                let entry = AuditRecord {
+                    at_ms,
+                    actor: actor.id.clone(),
+                    role: actor.role.clone(),
+                    action: action.to_owned(),
+                    target: target.to_owned(),
+                    config_version: version,
+                };
+                audit.insert(audit_key(at_ms, audit_id).to_vec(), encode(&entry))?;
+                Ok(version)
+            })
+            .map_err(tx_error)?;
+        self.config_version.store(version, Ordering::SeqCst);
+        Ok(version)
+    }
+
+    /// Waits until everything written so far is on disk.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
+    /// Bytes the store takes on disk.
+    pub fn size_on_disk(&self) -> u64 {
+        self.db.size_on_disk().unwrap_or(0)
+    }
+
+    fn scan<T: DeserializeOwned>(tree: &Tree, name: &'static str) -> Result<Vec<T>, StoreError> {
+        tree.iter().values().map(|v| decode(name, &v?)).collect()
+    }
+
+    fn get<T: DeserializeOwned>(
+        tree: &Tree,
+        name: &'static str,
+        key: &[u8],
+    ) -> Result<Option<T>, StoreError> {
+        tree.get(key)?.map(|v| decode(name, &v)).transpose()
+    }
+
+    /// Every backend, ordered by id.
+    pub fn backends(&self) -> Result<Vec<BackendRecord>, StoreError> {
+        Self::scan(&self.backends, "backends")
+    }
+
+    /// One backend by id.
+    pub fn backend(&self, id: &str) -> Result<Option<BackendRecord>, StoreError> {
+        Self::get(&self.backends, "backends", id.as_bytes())
+    }
+
+    /// Every pool, in routing order.
+    pub fn pools(&self) -> Result<Vec<PoolRecord>, StoreError> {
+        let mut pools: Vec<PoolRecord> = Self::scan(&self.pools, "pools")?;
+        pools.sort_by(|a, b| a.order.cmp(&b.order).then_with(|| a.name.cmp(&b.name)));
+        Ok(pools)
+    }
+
+    /// The system settings.
+    pub fn settings(&self) -> Result<Settings, StoreError> {
+        Ok(Self::get(&self.settings, "settings", SETTINGS_KEY)?.unwrap_or_default())
+    }
+
+    /// Every token record.
+    pub fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
+        Self::scan(&self.tokens, "tokens")
+    }
+
+    /// Id of the key the stored API keys are sealed with, if any was recorded.
+    pub fn active_key_id(&self) -> Result<Option<String>, StoreError> {
+        Self::get(&self.meta, "meta", META_ACTIVE_KEY_ID)
+    }
+
+    /// Whether the V1 environment migration has run.
+    pub fn v1_migrated(&self) -> Result<bool, StoreError> {
+        Ok(Self::get(&self.meta, "meta", META_V1_MIGRATED)?.unwrap_or(false))
+    }
+
+    /// Every node the control plane has seen.
+    pub fn nodes(&self) -> Result<Vec<NodeRecord>, StoreError> {
+        Self::scan(&self.nodes, "nodes")
+    }
+
+    /// Saves a node's record (not a config write: no version bump, no audit).
+    pub fn put_node(&self, node: &NodeRecord) -> Result<(), StoreError> {
+        self.nodes.insert(node.id.as_bytes(), encode(node))?;
+        Ok(())
+    }
+
+    /// Audit entries in `[since_ms, until_ms)`.
+    pub fn audit(&self, since_ms: i64, until_ms: i64) -> Result<Vec<AuditRecord>, StoreError> {
+        let lo = audit_key(since_ms, 0);
+        let hi = audit_key(until_ms, 0);
+        self.audit
+            .range(lo..hi)
+            .values()
+            .map(|v| decode("audit", &v?))
+            .collect()
+    }
+
+    /// Applies one usage report batch unless `(node_id, boot_id)` already applied `seq`
+    /// or a later one. Returns whether it was applied. Counters and the high-water mark
+    /// change in one transaction, so a batch is applied exactly once.
+    pub fn apply_report(
+        &self,
+        node_id: &str,
+        boot_id: &str,
+        seq: u64,
+        records: &[(i64, String, String, UsageCounters)],
+    ) -> Result<bool, StoreError> {
+        let seq_key = [node_id.as_bytes(), &[0], boot_id.as_bytes()].concat();
+        (&self.usage_m, &self.report_seq)
+            .transaction(|(usage, seqs)| {
+                let last = match seqs.get(&seq_key)? {
+                    Some(v) => Some(decode::<u64>("report_seq", &v).map_err(tx_abort)?),
+                    None => None,
+                };
+                if last.is_some_and(|last| seq <= last) {
+                    return Ok(false);
+                }
+                for (minute_ms, backend_id, model, counters) in records {
+                    merge_usage(usage, &usage_key(*minute_ms, backend_id, model), counters)?;
+                }
+                seqs.insert(seq_key.as_slice(), encode(&seq))?;
+                Ok(true)
+            })
+            .map_err(tx_error)
+    }
+
+    /// Per-minute usage in `[since_ms, until_ms)`: (minute, backend id, model, counters).
+    pub fn usage_minutes(
+        &self,
+        since_ms: i64,
+        until_ms: i64,
+    ) -> Result<Vec<(i64, String, String, UsageCounters)>, StoreError> {
+        let lo = (since_ms.max(0) as u64).to_be_bytes();
+        let hi = (until_ms.max(0) as u64).to_be_bytes();
+        let mut out = Vec::new();
+        for item in self.usage_m.range(lo..hi) {
+            let (k, v) = item?;
+            let (minute, backend, model) =
+                parse_usage_key(&k).ok_or_else(|| StoreError::Corrupt {
+                    tree: "usage_m",
+                    reason: "malformed key".into(),
+                })?;
+            out.push((minute, backend, model, decode("usage_m", &v)?));
+        }
+        Ok(out)
+    }
+}
+
+fn merge_usage(
+    tree: &TransactionalTree,
+    key: &[u8],
+    add: &UsageCounters,
+) -> Result<(), ConflictableTransactionError<StoreError>> {
+    let mut counters = match tree.get(key)? {
+        Some(v) => decode::<UsageCounters>("usage_m", &v).map_err(tx_abort)?,
+        None => UsageCounters::default(),
+    };
+    counters.merge(add);
+    tree.insert(key, encode(&counters))?;
+    Ok(())
+}
+
+fn audit_key(at_ms: i64, id: u64) -> [u8; 16] {
+    let mut key = [0u8; 16];
+    key[..8].copy_from_slice(&(at_ms.max(0) as u64).to_be_bytes());
+    key[8..].copy_from_slice(&id.to_be_bytes());
+    key
+}
+
+/// Usage keys sort by time first, so retention and range queries are key-range scans.
+fn usage_key(minute_ms: i64, backend_id: &str, model: &str) -> Vec<u8> {
+    [
+        &(minute_ms.max(0) as u64).to_be_bytes()[..],
+        backend_id.as_bytes(),
+        &[0],
+        model.as_bytes(),
+    ]
+    .concat()
+}
+
+fn parse_usage_key(key: &[u8]) -> Option<(i64, String, String)> {
+    let (time, rest) = key.split_at_checked(8)?;
+    let minute = u64::from_be_bytes(time.try_into().ok()?) as i64;
+    let sep = rest.iter().position(|&b| b == 0)?;
+    let backend = String::from_utf8(rest[..sep].to_vec()).ok()?;
+    let model = String::from_utf8(rest[sep + 1..].to_vec()).ok()?;
+    Some((minute, backend, model))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,317 @@
+//! Domain records kept in the store. These, not the generated proto types, are what the
+//! rest of the control plane works with.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::crypto::Sealed;
+
+/// What a request costs per token, in USD.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Cost {
+    /// Prompt tokens.
+    pub input: f64,
+    /// Completion tokens.
+    pub output: f64,
+    /// Cached prompt tokens read.
+    pub cache_read: f64,
+    /// Prompt tokens written to a cache.
+    pub cache_write: f64,
+}
+
+/// How one backend serves one canonical model name.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelMapping {
+    /// The provider's model id the proxy rewrites `model` to.
+    pub native_id: String,
+    /// Price per token.
+    pub cost: Cost,
+    /// Context window in tokens.
+    pub context_window: u32,
+    /// Largest completion in tokens.
+    pub max_tokens: u32,
+    /// Whether the model reasons.
+    pub reasoning: bool,
+    /// Input kinds the model accepts.
+    pub input_modalities: Vec<String>,
+}
+
+/// Where a backend came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    /// Made in the browser console.
+    Console,
+    /// Made through the API (CLI, automation).
+    Api,
+    /// Made from V1 environment variables at first start.
+    Env,
+    /// Brought in by an import.
+    Import,
+}
+
+impl Source {
+    /// The API's name for it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Console => "console",
+            Source::Api => "api",
+            Source::Env => "env",
+            Source::Import => "import",
+        }
+    }
+
+    /// Parses the API's name.
+    pub fn parse(text: &str) -> Option<Self> {
+        Some(match text {
+            "console" => Source::Console,
+            "api" => Source::Api,
+            "env" => Source::Env,
+            "import" => Source::Import,
+            _ => return None,
+        })
+    }
+}
+
+/// One provider endpoint: one base URL and one API key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BackendRecord {
+    /// Server-assigned id (`bkd_…`).
+    pub id: String,
+    /// Unique name.
+    pub name: String,
+    /// Free tag.
+    pub label: String,
+    /// Base URL including the version prefix, without a trailing slash.
+    pub base_url: String,
+    /// The API key, encrypted.
+    pub api_key: Sealed,
+    /// The key's masked form, kept so that listing never decrypts.
+    pub api_key_masked: String,
+    /// Overall upstream timeout.
+    pub timeout_seconds: u32,
+    /// Requests per minute the provider allows for this key.
+    pub rpm_limit: u32,
+    /// Tokens per minute the provider allows, if it limits tokens.
+    pub tpm_limit: Option<u32>,
+    /// Pool name.
+    pub pool: String,
+    /// Whether the backend takes traffic.
+    pub enabled: bool,
+    /// Relative weight within its pool.
+    pub weight: u32,
+    /// Canonical model name → mapping.
+    pub model_mappings: BTreeMap<String, ModelMapping>,
+    /// Regions allowed to use it; empty = all.
+    pub regions: Vec<String>,
+    /// Where it came from.
+    pub source: Source,
+    /// Free key/value pairs.
+    pub metadata: BTreeMap<String, String>,
+    /// Creation time, unix ms.
+    pub created_at_ms: i64,
+    /// Last change, unix ms.
+    pub updated_at_ms: i64,
+    /// Bumped by every write to this backend.
+    pub resource_version: u64,
+}
+
+impl BackendRecord {
+    /// Whether nodes of `region` may use this backend.
+    pub fn allowed_in(&self, region: &str) -> bool {
+        self.regions.is_empty() || self.regions.iter().any(|r| r == region)
+    }
+}
+
+/// A routing pool.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolRecord {
+    /// Unique name.
+    pub name: String,
+    /// Pools are tried in ascending order.
+    pub order: i32,
+    /// Free text.
+    pub description: String,
+    /// Built-in pools cannot be deleted.
+    pub builtin: bool,
+}
+
+/// Typed system settings. Field meanings are documented on the proto `Settings`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[allow(missing_docs)]
+pub struct Settings {
+    pub cooldown_base_seconds: u32,
+    pub cooldown_max_seconds: u32,
+    pub queue_capacity: u32,
+    pub queue_timeout_seconds: u32,
+    pub low_priority_timeout_seconds: u32,
+    pub emergency_fraction: f64,
+    pub near_recovery_wait_seconds: u32,
+    pub failure_threshold: u32,
+    pub error_cooldown_seconds: u32,
+    pub bucket_burst: u32,
+    pub adaptive_retreat: bool,
+    /// Bumped by every settings write.
+    pub resource_version: u64,
+}
+
+impl Default for Settings {
+    /// The defaults of SPEC.md.
+    fn default() -> Self {
+        Self {
+            cooldown_base_seconds: 30,
+            cooldown_max_seconds: 600,
+            queue_capacity: 500,
+            queue_timeout_seconds: 30,
+            low_priority_timeout_seconds: 2,
+            emergency_fraction: 0.10,
+            near_recovery_wait_seconds: 10,
+            failure_threshold: 3,
+            error_cooldown_seconds: 30,
+            bucket_burst: 3,
+            adaptive_retreat: false,
+            resource_version: 1,
+        }
+    }
+}
+
+/// What a token may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Everything on AdminService.
+    Admin,
+    /// Reads on AdminService.
+    Viewer,
+    /// NodeService only.
+    Node,
+}
+
+impl Role {
+    /// The API's name for it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Viewer => "viewer",
+            Role::Node => "node",
+        }
+    }
+
+    /// Parses the API's name.
+    pub fn parse(text: &str) -> Option<Self> {
+        Some(match text {
+            "admin" => Role::Admin,
+            "viewer" => Role::Viewer,
+            "node" => Role::Node,
+            _ => return None,
+        })
+    }
+}
+
+/// An API token, stored as a hash only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRecord {
+    /// `tok_…`.
+    pub id: String,
+    /// What it may do.
+    pub role: Role,
+    /// Free text.
+    pub name: String,
+    /// SHA-256 of the bearer token.
+    #[serde(with = "hex::serde")]
+    pub hash: [u8; 32],
+    /// Creation time, unix ms.
+    pub created_at_ms: i64,
+    /// Token id of the creator, or `system`/`env`.
+    pub created_by: String,
+}
+
+/// What the control plane remembers of a data-plane node.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[allow(missing_docs)]
+pub struct NodeRecord {
+    pub id: String,
+    pub region: String,
+    pub software_version: String,
+    pub boot_id: String,
+    pub acked_config_version: u64,
+    pub last_nack_error: String,
+    pub last_nack_version: u64,
+    pub last_seen_ms: i64,
+    pub last_report_ms: i64,
+    pub connected_since_ms: i64,
+}
+
+/// One entry of the audit trail.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    /// When, unix ms.
+    pub at_ms: i64,
+    /// Token id of who did it (`system` for the control plane itself).
+    pub actor: String,
+    /// The actor's role.
+    pub role: String,
+    /// The RPC.
+    pub action: String,
+    /// What it touched.
+    pub target: String,
+    /// Config version the write produced.
+    pub config_version: u64,
+}
+
+/// Upper bounds (ms) of the latency histogram buckets; one more bucket counts the rest.
+pub const LATENCY_BUCKETS_MS: [u64; 10] =
+    [50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000];
+
+/// Usage counters of one (time bucket, backend, model).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[allow(missing_docs)]
+pub struct UsageCounters {
+    pub requests: u64,
+    pub succeeded: u64,
+    pub errors_429: u64,
+    pub errors_5xx: u64,
+    pub errors_timeout: u64,
+    pub errors_connect: u64,
+    pub errors_4xx: u64,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub total_tokens: u64,
+    pub cost_usd: f64,
+    pub latency_ms_sum: u64,
+    pub latency_histogram: Vec<u64>,
+    pub ttft_ms_sum: u64,
+    pub ttft_count: u64,
+}
+
+impl UsageCounters {
+    /// Adds `other` into `self`.
+    pub fn merge(&mut self, other: &UsageCounters) {
+        self.requests += other.requests;
+        self.succeeded += other.succeeded;
+        self.errors_429 += other.errors_429;
+        self.errors_5xx += other.errors_5xx;
+        self.errors_timeout += other.errors_timeout;
+        self.errors_connect += other.errors_connect;
+        self.errors_4xx += other.errors_4xx;
+        self.prompt_tokens += other.prompt_tokens;
+        self.completion_tokens += other.completion_tokens;
+        self.total_tokens += other.total_tokens;
+        self.cost_usd += other.cost_usd;
+        self.latency_ms_sum += other.latency_ms_sum;
+        if self.latency_histogram.len() < other.latency_histogram.len() {
+            self.latency_histogram
+                .resize(other.latency_histogram.len(), 0);
+        }
+        for (mine, theirs) in self
+            .latency_histogram
+            .iter_mut()
+            .zip(&other.latency_histogram)
+        {
+            *mine += theirs;
+        }
+        self.ttft_ms_sum += other.ttft_ms_sum;
+        self.ttft_count += other.ttft_count;
+    }
+}

@@ -1,0 +1,237 @@
+//! Store round trips, schema versioning, transactions and report de-duplication.
+
+use super::*;
+use crate::crypto::MasterKey;
+
+fn open() -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    store.initialize(&Settings::default()).unwrap();
+    (dir, store)
+}
+
+fn backend(id: &str, name: &str) -> BackendRecord {
+    let key = MasterKey::from_hex(&MasterKey::generate_hex()).unwrap();
+    BackendRecord {
+        id: id.into(),
+        name: name.into(),
+        label: "test".into(),
+        base_url: "https://api.example.com/v1".into(),
+        api_key: key.seal("sk-test-0123456789abcdef"),
+        api_key_masked: crate::crypto::mask("sk-test-0123456789abcdef"),
+        timeout_seconds: 120,
+        rpm_limit: 40,
+        tpm_limit: Some(1000),
+        pool: "primary".into(),
+        enabled: true,
+        weight: 1,
+        model_mappings: [(
+            "gpt-4o".to_string(),
+            ModelMapping {
+                native_id: "openai/gpt-4o".into(),
+                cost: Cost {
+                    input: 2.5e-6,
+                    output: 1e-5,
+                    cache_read: 0.0,
+                    cache_write: 0.0,
+                },
+                context_window: 128000,
+                max_tokens: 65536,
+                reasoning: false,
+                input_modalities: vec!["text".into()],
+            },
+        )]
+        .into(),
+        regions: vec!["eu".into()],
+        source: Source::Api,
+        metadata: [("team".to_string(), "a".to_string())].into(),
+        created_at_ms: 1,
+        updated_at_ms: 2,
+        resource_version: 1,
+    }
+}
+
+#[test]
+fn first_start_creates_builtin_pools_and_settings() {
+    let (_dir, store) = open();
+    let pools = store.pools().unwrap();
+    let names: Vec<_> = pools.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, ["primary", "fallback"]);
+    assert!(pools.iter().all(|p| p.builtin));
+    assert_eq!(store.settings().unwrap(), Settings::default());
+    assert_eq!(store.config_version(), 1);
+}
+
+#[test]
+fn initialize_twice_changes_nothing() {
+    let (_dir, store) = open();
+    store
+        .initialize(&Settings {
+            queue_capacity: 7,
+            ..Settings::default()
+        })
+        .unwrap();
+    assert_eq!(store.config_version(), 1);
+    assert_eq!(store.settings().unwrap().queue_capacity, 500);
+}
+
+#[test]
+fn backend_round_trips_exactly() {
+    let (_dir, store) = open();
+    let b = backend("bkd_1", "one");
+    let change = ConfigChange {
+        put_backends: vec![b.clone()],
+        ..Default::default()
+    };
+    let v = store
+        .commit(change, &Actor::system(), "CreateBackend", "bkd_1")
+        .unwrap();
+    assert_eq!(v, 2);
+    assert_eq!(store.backend("bkd_1").unwrap(), Some(b.clone()));
+    assert_eq!(store.backends().unwrap(), vec![b]);
+}
+
+#[test]
+fn values_carry_the_schema_version_byte() {
+    let bytes = encode(&Settings::default());
+    assert_eq!(bytes[0], SCHEMA_VERSION);
+    let back: Settings = decode("settings", &bytes).unwrap();
+    assert_eq!(back, Settings::default());
+}
+
+#[test]
+fn unknown_schema_version_is_refused_clearly() {
+    let mut bytes = encode(&Settings::default());
+    bytes[0] = SCHEMA_VERSION + 1;
+    let err = decode::<Settings>("settings", &bytes).unwrap_err();
+    assert!(
+        matches!(err, StoreError::UnsupportedSchema { tree: "settings", found } if found == SCHEMA_VERSION + 1)
+    );
+    assert!(err.to_string().contains("upgrade"), "{err}");
+    assert!(matches!(
+        decode::<Settings>("settings", &[]),
+        Err(StoreError::Corrupt { .. })
+    ));
+}
+
+#[test]
+fn config_version_survives_reopen_and_keeps_rising() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = Store::open(dir.path()).unwrap();
+        store.initialize(&Settings::default()).unwrap();
+        let change = ConfigChange {
+            put_backends: vec![backend("bkd_1", "one")],
+            ..Default::default()
+        };
+        store
+            .commit(change, &Actor::system(), "CreateBackend", "bkd_1")
+            .unwrap();
+        assert_eq!(store.config_version(), 2);
+    }
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(store.config_version(), 2);
+    assert!(store.backend("bkd_1").unwrap().is_some());
+    let v = store
+        .commit(
+            ConfigChange {
+                delete_backends: vec!["bkd_1".into()],
+                ..Default::default()
+            },
+            &Actor::system(),
+            "DeleteBackend",
+            "bkd_1",
+        )
+        .unwrap();
+    assert_eq!(v, 3);
+}
+
+#[test]
+fn every_commit_appends_an_audit_entry() {
+    let (_dir, store) = open();
+    let actor = Actor {
+        id: "tok_a".into(),
+        role: "admin".into(),
+    };
+    store
+        .commit(
+            ConfigChange {
+                put_backends: vec![backend("bkd_1", "one")],
+                ..Default::default()
+            },
+            &actor,
+            "CreateBackend",
+            "bkd_1",
+        )
+        .unwrap();
+    let entries = store.audit(0, i64::MAX).unwrap();
+    let last = entries.last().unwrap();
+    assert_eq!(
+        (
+            last.actor.as_str(),
+            last.action.as_str(),
+            last.target.as_str()
+        ),
+        ("tok_a", "CreateBackend", "bkd_1")
+    );
+    assert_eq!(last.config_version, 2);
+    assert_eq!(entries.len(), 2, "initialize + create");
+}
+
+#[test]
+fn report_batches_apply_once_per_node_boot_and_seq() {
+    let (_dir, store) = open();
+    let counters = UsageCounters {
+        requests: 3,
+        succeeded: 2,
+        errors_429: 1,
+        prompt_tokens: 10,
+        latency_histogram: vec![1, 2],
+        ..Default::default()
+    };
+    let recs = vec![(
+        60_000,
+        "bkd_1".to_string(),
+        "gpt-4o".to_string(),
+        counters.clone(),
+    )];
+    assert!(store.apply_report("n1", "boot1", 1, &recs).unwrap());
+    assert!(
+        !store.apply_report("n1", "boot1", 1, &recs).unwrap(),
+        "retry must not apply"
+    );
+    assert!(store.apply_report("n1", "boot1", 2, &recs).unwrap());
+    assert!(
+        !store.apply_report("n1", "boot1", 1, &recs).unwrap(),
+        "an older seq must not apply"
+    );
+    assert!(
+        store.apply_report("n1", "boot2", 1, &recs).unwrap(),
+        "a new boot starts its own sequence"
+    );
+    assert!(
+        store.apply_report("n2", "boot1", 1, &recs).unwrap(),
+        "another node has its own sequence"
+    );
+    let rows = store.usage_minutes(0, i64::MAX).unwrap();
+    assert_eq!(rows.len(), 1);
+    let (minute, backend, model, total) = &rows[0];
+    assert_eq!(
+        (*minute, backend.as_str(), model.as_str()),
+        (60_000, "bkd_1", "gpt-4o")
+    );
+    assert_eq!(total.requests, 12);
+    assert_eq!(total.succeeded, 8);
+    assert_eq!(total.latency_histogram, vec![4, 8]);
+}
+
+#[test]
+fn usage_keys_sort_by_time_then_backend_then_model() {
+    let a = usage_key(60_000, "bkd_b", "m");
+    let b = usage_key(120_000, "bkd_a", "m");
+    assert!(a < b);
+    assert_eq!(
+        parse_usage_key(&a),
+        Some((60_000, "bkd_b".into(), "m".into()))
+    );
+}
