@@ -1,1 +1,31 @@
-//! harness
+//! End-to-end harness: starts the control plane in-process on port 0 (and, later,
+//! proxies), plus scriptable mock upstreams, and gives tests real tonic clients.
+
+#![forbid(unsafe_code)]
+
+pub mod control;
+pub mod mock;
+
+use std::{future::Future, time::Duration};
+
+pub use control::{ControlPlaneHarness, Options};
+pub use mock::MockUpstream;
+
+/// Polls `check` until it returns `Some`, or panics after `timeout` naming `what`.
+/// Used instead of fixed sleeps: the test waits exactly as long as the system needs.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

@@ -1,0 +1,184 @@
+//! The control plane in-process on port 0, with tokens and clients for tests.
+
+use std::{net::SocketAddr, path::PathBuf, sync::Arc};
+
+use sidecar_control_plane::{ControlConfig, ControlPlane, Flags, ServeError, crypto::MasterKey};
+use sidecar_proto::v1::{admin_service_client::AdminServiceClient, node_service_client::NodeServiceClient};
+use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
+use tonic::{
+    metadata::MetadataValue,
+    service::{Interceptor, interceptor::InterceptedService},
+    transport::Channel,
+};
+
+/// Adds `authorization: Bearer <token>` to every call.
+#[derive(Clone)]
+pub struct Bearer(Option<MetadataValue<tonic::metadata::Ascii>>);
+
+impl Interceptor for Bearer {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            request.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// An admin client with a token.
+pub type AdminClient = AdminServiceClient<InterceptedService<Channel, Bearer>>;
+/// A node client with a token.
+pub type NodeClient = NodeServiceClient<InterceptedService<Channel, Bearer>>;
+
+/// How to start a control plane.
+#[derive(Clone)]
+pub struct Options {
+    /// Data directory; a fresh temporary one when `None`.
+    pub data_dir: Option<PathBuf>,
+    /// Encryption key (hex); a fresh one when `None`.
+    pub key_hex: Option<String>,
+    /// Admin token to seed; `None` lets the control plane generate one.
+    pub admin_token: Option<String>,
+    /// Extra environment variables.
+    pub env: Vec<(String, String)>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            data_dir: None,
+            key_hex: None,
+            admin_token: Some("admin-token-0123456789abcdef".into()),
+            env: Vec::new(),
+        }
+    }
+}
+
+/// A running in-process control plane.
+pub struct ControlPlaneHarness {
+    /// gRPC / gRPC-web address.
+    pub addr: SocketAddr,
+    /// Ops address.
+    pub ops_addr: SocketAddr,
+    /// An admin token.
+    pub admin_token: String,
+    /// A node token.
+    pub node_token: String,
+    /// The encryption key in use (hex).
+    pub key_hex: String,
+    /// The data directory.
+    pub data_dir: PathBuf,
+    /// Keeps a temporary data directory alive.
+    pub temp: Option<Arc<tempfile::TempDir>>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<(), ServeError>>>,
+}
+
+impl ControlPlaneHarness {
+    /// Starts a control plane on a fresh data directory.
+    pub async fn start() -> Self {
+        Self::start_with(Options::default()).await
+    }
+
+    /// Starts a control plane with `options`; panics with the error if it cannot start.
+    pub async fn start_with(options: Options) -> Self {
+        Self::try_start(options).await.unwrap_or_else(|e| panic!("control plane did not start: {e}"))
+    }
+
+    /// Starts a control plane with `options`.
+    pub async fn try_start(options: Options) -> anyhow::Result<Self> {
+        let (data_dir, temp) = match options.data_dir {
+            Some(d) => (d, None),
+            None => {
+                let t = tempfile::tempdir()?;
+                (t.path().to_path_buf(), Some(Arc::new(t)))
+            }
+        };
+        let key_hex = options.key_hex.unwrap_or_else(MasterKey::generate_hex);
+        let node_token = "node-token-0123456789abcdef".to_string();
+        let mut env: Vec<(String, String)> = vec![
+            ("SIDECAR_ENCRYPTION_KEY".into(), key_hex.clone()),
+            ("SIDECAR_NODE_TOKEN".into(), node_token.clone()),
+            ("SIDECAR_DATA_DIR".into(), data_dir.display().to_string()),
+        ];
+        if let Some(t) = &options.admin_token {
+            env.push(("SIDECAR_ADMIN_TOKEN".into(), t.clone()));
+        }
+        env.extend(options.env);
+        let lookup = move |name: &str| env.iter().rev().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+        let config = ControlConfig::resolve(&Flags::default(), &lookup)?;
+        let cp = ControlPlane::open(&config)?;
+        let admin_token = match (options.admin_token, cp.generated_admin_token()) {
+            (Some(t), _) => t,
+            (None, Some(t)) => t.to_owned(),
+            (None, None) => String::new(),
+        };
+        let api = TcpListener::bind("127.0.0.1:0").await?;
+        let ops = TcpListener::bind("127.0.0.1:0").await?;
+        let (addr, ops_addr) = (api.local_addr()?, ops.local_addr()?);
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(cp.serve(api, ops, async move {
+            let _ = stopped.await;
+        }));
+        Ok(Self { addr, ops_addr, admin_token, node_token, key_hex, data_dir, temp, stop: Some(stop), task: Some(task) })
+    }
+
+    /// `http://addr`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Options that restart on the same data directory with the same key and tokens.
+    pub fn restart_options(&self) -> Options {
+        Options {
+            data_dir: Some(self.data_dir.clone()),
+            key_hex: Some(self.key_hex.clone()),
+            admin_token: Some(self.admin_token.clone()),
+            env: Vec::new(),
+        }
+    }
+
+    /// Stops gracefully and waits until the store is flushed and closed.
+    pub async fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.expect("control plane task").expect("control plane stopped cleanly");
+        }
+    }
+
+    /// A channel to the API.
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(self.url()).unwrap().connect().await.expect("connect to control plane")
+    }
+
+    /// An AdminService client with `token` (`None`: no token at all).
+    pub async fn admin_as(&self, token: Option<&str>) -> AdminClient {
+        let bearer = Bearer(token.map(|t| format!("Bearer {t}").parse().unwrap()));
+        AdminServiceClient::with_interceptor(self.channel().await, bearer)
+    }
+
+    /// An AdminService client with the admin token.
+    pub async fn admin(&self) -> AdminClient {
+        self.admin_as(Some(&self.admin_token.clone())).await
+    }
+
+    /// A NodeService client with `token`.
+    pub async fn node_as(&self, token: Option<&str>) -> NodeClient {
+        let bearer = Bearer(token.map(|t| format!("Bearer {t}").parse().unwrap()));
+        NodeServiceClient::with_interceptor(self.channel().await, bearer)
+    }
+
+    /// A NodeService client with the node token.
+    pub async fn node(&self) -> NodeClient {
+        self.node_as(Some(&self.node_token.clone())).await
+    }
+}
+
+impl Drop for ControlPlaneHarness {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
