@@ -3,7 +3,9 @@
 use std::{net::SocketAddr, path::PathBuf, sync::Arc};
 
 use sidecar_control_plane::{ControlConfig, ControlPlane, Flags, ServeError, crypto::MasterKey};
-use sidecar_proto::v1::{admin_service_client::AdminServiceClient, node_service_client::NodeServiceClient};
+use sidecar_proto::v1::{
+    admin_service_client::AdminServiceClient, node_service_client::NodeServiceClient,
+};
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 use tonic::{
     metadata::MetadataValue,
@@ -16,7 +18,10 @@ use tonic::{
 pub struct Bearer(Option<MetadataValue<tonic::metadata::Ascii>>);
 
 impl Interceptor for Bearer {
-    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
         if let Some(v) = &self.0 {
             request.metadata_mut().insert("authorization", v.clone());
         }
@@ -81,7 +86,9 @@ impl ControlPlaneHarness {
 
     /// Starts a control plane with `options`; panics with the error if it cannot start.
     pub async fn start_with(options: Options) -> Self {
-        Self::try_start(options).await.unwrap_or_else(|e| panic!("control plane did not start: {e}"))
+        Self::try_start(options)
+            .await
+            .unwrap_or_else(|e| panic!("control plane did not start: {e}"))
     }
 
     /// Starts a control plane with `options`.
@@ -104,7 +111,12 @@ impl ControlPlaneHarness {
             env.push(("SIDECAR_ADMIN_TOKEN".into(), t.clone()));
         }
         env.extend(options.env);
-        let lookup = move |name: &str| env.iter().rev().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+        let lookup = move |name: &str| {
+            env.iter()
+                .rev()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+        };
         let config = ControlConfig::resolve(&Flags::default(), &lookup)?;
         let cp = ControlPlane::open(&config)?;
         let admin_token = match (options.admin_token, cp.generated_admin_token()) {
@@ -119,7 +131,17 @@ impl ControlPlaneHarness {
         let task = tokio::spawn(cp.serve(api, ops, async move {
             let _ = stopped.await;
         }));
-        Ok(Self { addr, ops_addr, admin_token, node_token, key_hex, data_dir, temp, stop: Some(stop), task: Some(task) })
+        Ok(Self {
+            addr,
+            ops_addr,
+            admin_token,
+            node_token,
+            key_hex,
+            data_dir,
+            temp,
+            stop: Some(stop),
+            task: Some(task),
+        })
     }
 
     /// `http://addr`.
@@ -143,13 +165,19 @@ impl ControlPlaneHarness {
             let _ = stop.send(());
         }
         if let Some(task) = self.task.take() {
-            task.await.expect("control plane task").expect("control plane stopped cleanly");
+            task.await
+                .expect("control plane task")
+                .expect("control plane stopped cleanly");
         }
     }
 
     /// A channel to the API.
     pub async fn channel(&self) -> Channel {
-        Channel::from_shared(self.url()).unwrap().connect().await.expect("connect to control plane")
+        Channel::from_shared(self.url())
+            .unwrap()
+            .connect()
+            .await
+            .expect("connect to control plane")
     }
 
     /// An AdminService client with `token` (`None`: no token at all).

@@ -44,7 +44,9 @@ impl MockUpstream {
             valid_keys: valid_keys.iter().map(|k| k.to_string()).collect(),
             calls: Vec::new(),
         }));
-        let app = Router::new().route("/v1/models", get(models)).with_state(inner.clone());
+        let app = Router::new()
+            .route("/v1/models", get(models))
+            .with_state(inner.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, app).await });
@@ -63,9 +65,15 @@ impl MockUpstream {
 }
 
 async fn models(State(inner): State<Arc<Mutex<Inner>>>, headers: HeaderMap) -> Response {
-    let authorization = headers.get("authorization").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let authorization = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     let mut inner = inner.lock().unwrap();
-    inner.calls.push(Call { path: "/v1/models".into(), authorization: authorization.clone() });
+    inner.calls.push(Call {
+        path: "/v1/models".into(),
+        authorization: authorization.clone(),
+    });
     let ok = authorization
         .as_deref()
         .and_then(|a| a.strip_prefix("Bearer "))

@@ -284,21 +284,18 @@ impl Session {
         let store = &shared.store;
         let node_id = self.hello.node_id.clone();
         match message.kind {
-            Some(Kind::Ack(ack)) => {
-                if self.answered(ack.version, &ack.nonce) {
-                    metrics::snapshot_answer(true);
-                    shared.nodes.acked(store, &node_id, ack.version);
-                }
+            Some(Kind::Ack(ack)) if self.answered(ack.version, &ack.nonce) => {
+                metrics::snapshot_answer(true);
+                shared.nodes.acked(store, &node_id, ack.version);
             }
-            Some(Kind::Nack(nack)) => {
-                if self.answered(nack.version, &nack.nonce) {
-                    metrics::snapshot_answer(false);
-                    warn!(node = %node_id, version = nack.version, error = %nack.error, "node rejected snapshot");
-                    shared
-                        .nodes
-                        .nacked(store, &node_id, nack.version, &nack.error);
-                }
+            Some(Kind::Nack(nack)) if self.answered(nack.version, &nack.nonce) => {
+                metrics::snapshot_answer(false);
+                warn!(node = %node_id, version = nack.version, error = %nack.error, "node rejected snapshot");
+                shared
+                    .nodes
+                    .nacked(store, &node_id, nack.version, &nack.error);
             }
+            Some(Kind::Ack(_) | Kind::Nack(_)) => {}
             Some(Kind::RateLimited(event)) => {
                 metrics::rate_limit_event();
                 info!(node = %node_id, backend = %event.backend_id, count = event.consecutive_count, cooldown_ms = event.cooldown_ms, "node reported 429");

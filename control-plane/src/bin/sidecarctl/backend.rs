@@ -1,0 +1,285 @@
+//! `sidecarctl backend ...`: create, list, show, update, delete and validate backends.
+
+use std::collections::HashMap;
+
+use anyhow::bail;
+use sidecar_proto::v1::{self as pb, validate_backend_request::Target};
+
+use crate::{
+    cli::{
+        BackendAddArgs, BackendCommand, BackendUpdateArgs, BackendValidateArgs, Format, KeyArgs,
+    },
+    client::Usage,
+    commands::{Ctx, secret},
+    output::{Table, line, list, or_dash, print_fields, print_json, time},
+};
+
+/// Runs one `backend` subcommand.
+pub(crate) async fn run(ctx: &mut Ctx, command: BackendCommand) -> anyhow::Result<()> {
+    match command {
+        BackendCommand::Add(args) => add(ctx, args).await,
+        BackendCommand::List { pool } => {
+            let request = pb::ListBackendsRequest {
+                pool: pool.unwrap_or_default(),
+            };
+            let resp = ctx.admin.list_backends(request).await?.into_inner();
+            match ctx.format {
+                Format::Json => print_json(&resp),
+                Format::Table => Ok(table(&resp.backends).print()?),
+            }
+        }
+        BackendCommand::Get { id } => {
+            let b = ctx
+                .admin
+                .get_backend(pb::GetBackendRequest { id })
+                .await?
+                .into_inner();
+            match ctx.format {
+                Format::Json => print_json(&b),
+                Format::Table => Ok(print_fields(&fields(&b))?),
+            }
+        }
+        BackendCommand::Update(args) => update(ctx, args).await,
+        BackendCommand::Rm {
+            id,
+            expected_version,
+        } => {
+            let request = pb::DeleteBackendRequest {
+                id: id.clone(),
+                expected_resource_version: expected_version,
+            };
+            let resp = ctx.admin.delete_backend(request).await?.into_inner();
+            match ctx.format {
+                Format::Json => print_json(&resp),
+                Format::Table => line(format_args!(
+                    "deleted backend {id} (config version {})",
+                    resp.config_version
+                )),
+            }
+        }
+        BackendCommand::Validate(args) => validate(ctx, args).await,
+    }
+}
+
+async fn add(ctx: &mut Ctx, args: BackendAddArgs) -> anyhow::Result<()> {
+    let Some(api_key) = key(&args.key)? else {
+        return Err(Usage("give the key with --api-key or --api-key-env".into()).into());
+    };
+    let f = args.fields;
+    let spec = pb::BackendSpec {
+        name: args.name,
+        label: f.label.unwrap_or_default(),
+        base_url: args.base_url,
+        api_key,
+        timeout_seconds: f.timeout.unwrap_or(0),
+        rpm_limit: f.rpm,
+        tpm_limit: f.tpm.unwrap_or(0),
+        pool: f.pool.unwrap_or_default(),
+        enabled: Some(!args.disabled),
+        weight: f.weight,
+        model_mappings: mappings(&f.models)?,
+        regions: f.regions,
+        metadata: HashMap::new(),
+        source: "api".into(),
+    };
+    let request = pb::CreateBackendRequest {
+        backend: Some(spec),
+        validate: f.validate,
+    };
+    let resp = ctx.admin.create_backend(request).await?.into_inner();
+    written(ctx.format, "created", &resp)
+}
+
+async fn update(ctx: &mut Ctx, args: BackendUpdateArgs) -> anyhow::Result<()> {
+    let f = args.fields;
+    let regions = match (args.all_regions, f.regions.is_empty()) {
+        (true, _) => Some(pb::StringList { values: vec![] }),
+        (false, false) => Some(pb::StringList { values: f.regions }),
+        (false, true) => None,
+    };
+    let model_mappings = match f.models.is_empty() {
+        true => None,
+        false => Some(pb::ModelMappings {
+            entries: mappings(&f.models)?,
+        }),
+    };
+    let patch = pb::BackendPatch {
+        name: args.name,
+        label: f.label,
+        base_url: args.base_url,
+        api_key: key(&args.key)?,
+        timeout_seconds: f.timeout,
+        rpm_limit: f.rpm,
+        tpm_limit: f.tpm,
+        pool: f.pool,
+        enabled: match (args.enable, args.disable) {
+            (true, _) => Some(true),
+            (_, true) => Some(false),
+            _ => None,
+        },
+        weight: f.weight,
+        model_mappings,
+        regions,
+        metadata: None,
+    };
+    if patch == pb::BackendPatch::default() && !f.validate {
+        return Err(Usage(
+            "nothing to change: give at least one field, e.g. --rpm 60 or --disable".into(),
+        )
+        .into());
+    }
+    let request = pb::UpdateBackendRequest {
+        id: args.id,
+        patch: Some(patch),
+        expected_resource_version: args.expected_version,
+        validate: f.validate,
+    };
+    let resp = ctx.admin.update_backend(request).await?.into_inner();
+    written(ctx.format, "updated", &resp)
+}
+
+async fn validate(ctx: &mut Ctx, args: BackendValidateArgs) -> anyhow::Result<()> {
+    let target = match (args.id, args.base_url) {
+        (Some(id), _) => Target::Id(id),
+        (None, Some(base_url)) => Target::Candidate(pb::ValidateTarget {
+            base_url,
+            api_key: key(&args.key)?.unwrap_or_default(),
+            timeout_seconds: args.timeout.unwrap_or(0),
+        }),
+        (None, None) => {
+            return Err(Usage("name a backend, or give --base-url and --api-key".into()).into());
+        }
+    };
+    let request = pb::ValidateBackendRequest {
+        target: Some(target),
+    };
+    let resp = ctx.admin.validate_backend(request).await?.into_inner();
+    match ctx.format {
+        Format::Json => print_json(&resp)?,
+        Format::Table => print_fields(&[
+            ("ok", resp.ok.to_string()),
+            ("http_status", or_dash(resp.http_status)),
+            ("message", resp.message.clone()),
+            ("latency", format!("{} ms", resp.latency_ms)),
+            ("models", list(&resp.models, "-")),
+        ])?,
+    }
+    if !resp.ok {
+        bail!("validation failed: {}", resp.message);
+    }
+    Ok(())
+}
+
+/// Prints the result of a create or update.
+fn written(format: Format, verb: &str, resp: &pb::BackendResponse) -> anyhow::Result<()> {
+    if let Format::Json = format {
+        return print_json(resp);
+    }
+    let b = resp.backend.clone().unwrap_or_default();
+    line(format_args!(
+        "{verb} backend {} ({}), resource version {}, config version {}",
+        b.name, b.id, b.resource_version, resp.config_version
+    ))?;
+    if let Some(v) = &resp.validation {
+        // The server refuses 401/403 itself; other failures (timeouts, 5xx) only warn.
+        match v.ok {
+            true => line(format_args!(
+                "key validated: {} ({} ms, {} models listed)",
+                v.message,
+                v.latency_ms,
+                v.models.len()
+            ))?,
+            false => eprintln!("warning: key validation did not succeed: {}", v.message),
+        }
+    }
+    Ok(())
+}
+
+/// The key from --api-key (`-` = stdin) or --api-key-env, if either was given.
+fn key(args: &KeyArgs) -> anyhow::Result<Option<String>> {
+    secret(
+        args.api_key.as_deref(),
+        args.api_key_env.as_deref(),
+        "api-key",
+    )
+}
+
+/// `--model` values as mappings; the server fills in the other mapping defaults.
+fn mappings(models: &[(String, String)]) -> anyhow::Result<HashMap<String, pb::ModelMapping>> {
+    let mut out = HashMap::new();
+    for (canonical, native_id) in models {
+        let mapping = pb::ModelMapping {
+            native_id: native_id.clone(),
+            ..Default::default()
+        };
+        if out.insert(canonical.clone(), mapping).is_some() {
+            return Err(Usage(format!("--model {canonical} is given more than once")).into());
+        }
+    }
+    Ok(out)
+}
+
+/// Canonical model names, sorted.
+fn model_names(b: &pb::Backend) -> Vec<&str> {
+    let mut names: Vec<&str> = b.model_mappings.keys().map(String::as_str).collect();
+    names.sort_unstable();
+    names
+}
+
+/// The backends table.
+fn table(backends: &[pb::Backend]) -> Table {
+    let mut t = Table::new(&[
+        "ID", "NAME", "POOL", "STATUS", "RPM", "TPM", "MODELS", "KEY", "URL",
+    ]);
+    for b in backends {
+        t.row(vec![
+            b.id.clone(),
+            b.name.clone(),
+            b.pool.clone(),
+            b.status.clone(),
+            b.rpm_limit.to_string(),
+            or_dash(b.tpm_limit),
+            list(&model_names(b), "-"),
+            b.api_key_masked.clone(),
+            b.base_url.clone(),
+        ]);
+    }
+    t
+}
+
+/// One backend as `key: value` rows.
+fn fields(b: &pb::Backend) -> Vec<(&'static str, String)> {
+    let models: Vec<String> = model_names(b)
+        .into_iter()
+        .map(|name| match &b.model_mappings[name].native_id {
+            native if native != name && !native.is_empty() => format!("{name}={native}"),
+            _ => name.to_owned(),
+        })
+        .collect();
+    let mut metadata: Vec<String> = b.metadata.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    metadata.sort_unstable();
+    vec![
+        ("id", b.id.clone()),
+        ("name", b.name.clone()),
+        ("label", b.label.clone()),
+        ("pool", b.pool.clone()),
+        ("status", b.status.clone()),
+        ("enabled", b.enabled.to_string()),
+        ("base_url", b.base_url.clone()),
+        ("api_key", b.api_key_masked.clone()),
+        ("api_key_key_id", b.api_key_key_id.clone()),
+        ("rpm_limit", b.rpm_limit.to_string()),
+        ("tpm_limit", or_dash(b.tpm_limit)),
+        ("timeout_seconds", b.timeout_seconds.to_string()),
+        ("weight", b.weight.to_string()),
+        ("models", list(&models, "-")),
+        ("regions", list(&b.regions, "all")),
+        ("metadata", list(&metadata, "-")),
+        ("source", b.source.clone()),
+        ("created", time(b.created_at_ms)),
+        ("updated", time(b.updated_at_ms)),
+        ("resource_version", b.resource_version.to_string()),
+        ("cooldown_until", time(b.cooldown_until_ms)),
+        ("consecutive_429s", b.consecutive_429_count.to_string()),
+    ]
+}

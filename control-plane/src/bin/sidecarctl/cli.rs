@@ -1,0 +1,383 @@
+//! Command-line definitions of `sidecarctl` (clap derive).
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::settings::SettingArg;
+
+/// Address used when neither --server nor SIDECAR_CONTROL_URL is given.
+pub(crate) const DEFAULT_SERVER: &str = "http://127.0.0.1:9290";
+
+/// sidecarctl: manage a Sidecar control plane (backends, pools, settings, nodes, tokens,
+/// backups) over its AdminService gRPC API.
+#[derive(Debug, Parser)]
+#[command(name = "sidecarctl", version, propagate_version = true)]
+pub(crate) struct Cli {
+    /// Control plane gRPC address.
+    #[arg(long, global = true, help_heading = "Global options", env = "SIDECAR_CONTROL_URL", default_value = DEFAULT_SERVER)]
+    pub(crate) server: String,
+    /// Admin or viewer token, sent as `authorization: Bearer <token>`.
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        env = "SIDECAR_TOKEN",
+        hide_env_values = true
+    )]
+    pub(crate) token: Option<String>,
+    /// Output format.
+    #[arg(short, long, global = true, help_heading = "Global options", value_enum, default_value_t = Format::Table)]
+    pub(crate) output: Format,
+    /// What to do.
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+/// How responses are printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Format {
+    /// Aligned columns for lists, `key: value` lines for single objects.
+    Table,
+    /// The response message as pretty JSON.
+    Json,
+}
+
+/// The top-level commands.
+#[derive(Debug, Subcommand)]
+// Parsed once per process, so the size difference between variants costs nothing.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Command {
+    /// Provider backends (one base URL + one API key each).
+    #[command(subcommand)]
+    Backend(BackendCommand),
+    /// Routing pools.
+    #[command(subcommand)]
+    Pool(PoolCommand),
+    /// System settings pushed to every proxy.
+    #[command(subcommand)]
+    Settings(SettingsCommand),
+    /// Data-plane nodes and the config version each one runs.
+    Nodes,
+    /// API tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Write a backup (backends with keys still encrypted, pools, settings) to FILE.
+    Export {
+        /// Destination file, created with mode 0600; `-` writes to stdout.
+        file: String,
+    },
+    /// Replace backends, pools and settings with a document written by `export`.
+    Import {
+        /// Source file; `-` reads stdin.
+        file: String,
+    },
+    /// Re-encrypt every stored API key under a new encryption key.
+    RotateKey(RotateKeyArgs),
+    /// Recent configuration changes.
+    Audit {
+        /// How far back to look, e.g. 30m, 1h, 2days (default: the last 24 hours).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        since: Option<std::time::Duration>,
+    },
+    /// The current config version.
+    Version,
+}
+
+/// `sidecarctl backend ...`
+#[derive(Debug, Subcommand)]
+pub(crate) enum BackendCommand {
+    /// Create a backend.
+    Add(BackendAddArgs),
+    /// List backends.
+    #[command(alias = "ls")]
+    List {
+        /// Only backends of this pool.
+        #[arg(long)]
+        pool: Option<String>,
+    },
+    /// Show one backend.
+    Get {
+        /// The backend's id or name.
+        id: String,
+    },
+    /// Change a backend; only the given flags change.
+    Update(BackendUpdateArgs),
+    /// Delete a backend.
+    #[command(alias = "delete")]
+    Rm {
+        /// The backend's id or name.
+        id: String,
+        /// Refuse unless the backend is at this resource version.
+        #[arg(long)]
+        expected_version: Option<u64>,
+    },
+    /// Test a key with `GET {base_url}/models`: a stored backend, or --base-url with a key.
+    Validate(BackendValidateArgs),
+}
+
+/// Where an API key comes from: the command line, stdin (`-`) or an environment variable.
+#[derive(Debug, Args)]
+pub(crate) struct KeyArgs {
+    /// The provider API key; `-` reads it from stdin.
+    #[arg(long, conflicts_with = "api_key_env")]
+    pub(crate) api_key: Option<String>,
+    /// Read the provider API key from this environment variable.
+    #[arg(long, value_name = "VAR")]
+    pub(crate) api_key_env: Option<String>,
+}
+
+/// Backend fields shared by `add` and `update`.
+#[derive(Debug, Args)]
+pub(crate) struct BackendFields {
+    /// Pool the backend belongs to (default on add: primary).
+    #[arg(long)]
+    pub(crate) pool: Option<String>,
+    /// Requests per minute (default on add: 40).
+    #[arg(long, allow_negative_numbers = true)]
+    pub(crate) rpm: Option<i64>,
+    /// Tokens per minute; 0 = no token limit.
+    #[arg(long, allow_negative_numbers = true)]
+    pub(crate) tpm: Option<i64>,
+    /// Upstream timeout in seconds; 0 = the default (120).
+    #[arg(long, allow_negative_numbers = true, value_name = "SECONDS")]
+    pub(crate) timeout: Option<i64>,
+    /// Free-form tag, e.g. the provider's name.
+    #[arg(long)]
+    pub(crate) label: Option<String>,
+    /// Region whose nodes may use the backend (repeatable; none = all regions).
+    #[arg(long = "region", value_name = "REGION")]
+    pub(crate) regions: Vec<String>,
+    /// Model served, as CANONICAL or CANONICAL=NATIVE_ID (repeatable).
+    #[arg(long = "model", value_name = "CANONICAL[=NATIVE_ID]", value_parser = parse_model)]
+    pub(crate) models: Vec<(String, String)>,
+    /// Relative share of traffic within the pool (default on add: 1).
+    #[arg(long, allow_negative_numbers = true)]
+    pub(crate) weight: Option<i64>,
+    /// Test the key first (GET {base_url}/models); the server refuses it on 401/403.
+    #[arg(long)]
+    pub(crate) validate: bool,
+}
+
+/// `sidecarctl backend add`
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("key_source").required(true).args(["api_key", "api_key_env"])))]
+pub(crate) struct BackendAddArgs {
+    /// Unique name.
+    #[arg(long)]
+    pub(crate) name: String,
+    /// Provider base URL including its version prefix, e.g. https://api.openai.com/v1.
+    #[arg(long)]
+    pub(crate) base_url: String,
+    /// The API key.
+    #[command(flatten)]
+    pub(crate) key: KeyArgs,
+    /// The other fields.
+    #[command(flatten)]
+    pub(crate) fields: BackendFields,
+    /// Create the backend disabled.
+    #[arg(long)]
+    pub(crate) disabled: bool,
+}
+
+/// `sidecarctl backend update`
+#[derive(Debug, Args)]
+pub(crate) struct BackendUpdateArgs {
+    /// The backend's id or name.
+    pub(crate) id: String,
+    /// New name.
+    #[arg(long)]
+    pub(crate) name: Option<String>,
+    /// New base URL.
+    #[arg(long)]
+    pub(crate) base_url: Option<String>,
+    /// New API key.
+    #[command(flatten)]
+    pub(crate) key: KeyArgs,
+    /// The other fields; --region and --model replace the whole list.
+    #[command(flatten)]
+    pub(crate) fields: BackendFields,
+    /// Allow every region again (clears --region restrictions).
+    #[arg(long, conflicts_with = "regions")]
+    pub(crate) all_regions: bool,
+    /// Put the backend back into rotation.
+    #[arg(long, conflicts_with = "disable")]
+    pub(crate) enable: bool,
+    /// Take the backend out of rotation.
+    #[arg(long)]
+    pub(crate) disable: bool,
+    /// Refuse unless the backend is at this resource version.
+    #[arg(long)]
+    pub(crate) expected_version: Option<u64>,
+}
+
+/// `sidecarctl backend validate`
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("candidate_key").args(["api_key", "api_key_env"])))]
+pub(crate) struct BackendValidateArgs {
+    /// A stored backend's id or name.
+    #[arg(conflicts_with_all = ["base_url", "api_key", "api_key_env"], required_unless_present = "base_url")]
+    pub(crate) id: Option<String>,
+    /// Base URL of a backend not stored yet (needs --api-key or --api-key-env).
+    #[arg(long, requires = "candidate_key")]
+    pub(crate) base_url: Option<String>,
+    /// The key to test.
+    #[command(flatten)]
+    pub(crate) key: KeyArgs,
+    /// Seconds to wait for the provider (default 10).
+    #[arg(long, value_name = "SECONDS")]
+    pub(crate) timeout: Option<u32>,
+}
+
+/// `sidecarctl pool ...`
+#[derive(Debug, Subcommand)]
+pub(crate) enum PoolCommand {
+    /// List pools in routing order.
+    #[command(alias = "ls")]
+    List,
+    /// Create a pool.
+    Add {
+        /// Pool name.
+        name: String,
+        /// Position among pools (lower is tried first); default: after every pool.
+        #[arg(long, allow_negative_numbers = true)]
+        order: Option<i32>,
+        /// What the pool is for.
+        #[arg(long)]
+        description: Option<String>,
+    },
+    /// Delete a pool that no backend uses.
+    #[command(alias = "delete")]
+    Rm {
+        /// Pool name.
+        name: String,
+    },
+}
+
+/// `sidecarctl settings ...`
+#[derive(Debug, Subcommand)]
+pub(crate) enum SettingsCommand {
+    /// Show the settings.
+    Get,
+    /// Change settings, e.g. `cooldown_base_seconds=20 adaptive_retreat=true`.
+    Set {
+        /// KEY=VALUE pairs; keys are the settings' field names.
+        #[arg(required = true, value_name = "KEY=VALUE", value_parser = crate::settings::parse_setting)]
+        pairs: Vec<SettingArg>,
+        /// Refuse unless the settings are at this resource version.
+        #[arg(long)]
+        expected_version: Option<u64>,
+    },
+}
+
+/// `sidecarctl token ...`
+#[derive(Debug, Subcommand)]
+pub(crate) enum TokenCommand {
+    /// Create a token; its secret is printed only this once.
+    Create {
+        /// What the token may do.
+        #[arg(long, value_enum)]
+        role: TokenRole,
+        /// A name to recognise it by.
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// List tokens (never their secrets).
+    #[command(alias = "ls")]
+    List,
+    /// Revoke a token.
+    Revoke {
+        /// The token's id.
+        id: String,
+    },
+}
+
+/// Token roles.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub(crate) enum TokenRole {
+    /// Read and write the admin API.
+    Admin,
+    /// Read the admin API.
+    Viewer,
+    /// A data-plane proxy (NodeService only).
+    Node,
+}
+
+impl TokenRole {
+    /// The role's name on the wire.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::Admin => "admin",
+            Self::Viewer => "viewer",
+            Self::Node => "node",
+        }
+    }
+}
+
+/// `sidecarctl rotate-key`
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("new").required(true).args(["new_key", "new_key_env"])))]
+pub(crate) struct RotateKeyArgs {
+    /// The new encryption key, 64 hex characters; `-` reads it from stdin.
+    #[arg(long, value_name = "HEX")]
+    pub(crate) new_key: Option<String>,
+    /// Read the new encryption key from this environment variable.
+    #[arg(long, value_name = "VAR")]
+    pub(crate) new_key_env: Option<String>,
+}
+
+/// Parses `CANONICAL[=NATIVE_ID]`; without `=` the native id is the canonical name.
+fn parse_model(s: &str) -> Result<(String, String), String> {
+    let (canonical, native) = match s.split_once('=') {
+        Some((c, n)) => (c.trim(), n.trim()),
+        None => (s.trim(), s.trim()),
+    };
+    if canonical.is_empty() || native.is_empty() {
+        return Err("expected CANONICAL or CANONICAL=NATIVE_ID, e.g. gpt-4o=openai/gpt-4o".into());
+    }
+    Ok((canonical.to_owned(), native.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn model_flag_defaults_native_id_to_canonical() {
+        assert_eq!(
+            parse_model("gpt-4o").unwrap(),
+            ("gpt-4o".into(), "gpt-4o".into())
+        );
+        assert_eq!(
+            parse_model("gpt-4o=openai/gpt-4o").unwrap(),
+            ("gpt-4o".into(), "openai/gpt-4o".into())
+        );
+        assert!(parse_model("=x").is_err());
+        assert!(parse_model("x=").is_err());
+    }
+
+    #[test]
+    fn negative_numbers_reach_the_server_for_validation() {
+        let cli = Cli::try_parse_from([
+            "sidecarctl",
+            "backend",
+            "update",
+            "b1",
+            "--rpm",
+            "-5",
+            "--weight",
+            "-1",
+        ])
+        .unwrap();
+        let Command::Backend(BackendCommand::Update(args)) = cli.command else {
+            panic!("parsed as another command");
+        };
+        assert_eq!(args.fields.rpm, Some(-5));
+        assert_eq!(args.fields.weight, Some(-1));
+    }
+}

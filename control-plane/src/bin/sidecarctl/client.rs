@@ -1,0 +1,203 @@
+//! The AdminService connection: bearer-token interceptor, connect, and turning gRPC and
+//! transport failures into one-line messages an operator can act on.
+
+use std::{fmt, time::Duration};
+
+use sidecar_proto::v1::admin_service_client::AdminServiceClient;
+use tonic::{
+    Code, Request, Status,
+    metadata::{Ascii, MetadataValue},
+    service::{Interceptor, interceptor::InterceptedService},
+    transport::{Channel, Endpoint},
+};
+
+/// Largest message either way; export documents hold every backend.
+const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
+/// An AdminService client that sends the bearer token on every call.
+pub(crate) type Admin = AdminServiceClient<InterceptedService<Channel, BearerAuth>>;
+
+/// Adds `authorization: Bearer <token>` to every request.
+#[derive(Clone)]
+pub(crate) struct BearerAuth(MetadataValue<Ascii>);
+
+impl Interceptor for BearerAuth {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        request
+            .metadata_mut()
+            .insert("authorization", self.0.clone());
+        Ok(request)
+    }
+}
+
+/// A mistake in how the command was called, reported like clap's own (exit code 2).
+#[derive(Debug)]
+pub(crate) struct Usage(pub(crate) String);
+
+impl fmt::Display for Usage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Usage {}
+
+/// The control plane could not be reached at all.
+#[derive(Debug)]
+struct Unreachable {
+    url: String,
+    detail: String,
+}
+
+impl fmt::Display for Unreachable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "cannot reach the control plane at {}: {}",
+            self.url, self.detail
+        )
+    }
+}
+
+impl std::error::Error for Unreachable {}
+
+/// `--server` as a URL: a bare `host:port` means plain-text gRPC over http.
+pub(crate) fn server_url(server: &str) -> String {
+    let server = server.trim().trim_end_matches('/');
+    if server.contains("://") {
+        server.to_owned()
+    } else {
+        format!("http://{server}")
+    }
+}
+
+/// Connects to the control plane at `server` with `token`.
+pub(crate) async fn connect(server: &str, token: Option<&str>) -> anyhow::Result<Admin> {
+    let token = token
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| anyhow::anyhow!("no API token: pass --token or set SIDECAR_TOKEN"))?;
+    let mut auth: MetadataValue<Ascii> = format!("Bearer {token}")
+        .parse()
+        .map_err(|_| anyhow::anyhow!("the token contains characters a token cannot have"))?;
+    auth.set_sensitive(true);
+    let url = server_url(server);
+    let endpoint = Endpoint::from_shared(url.clone())
+        .map_err(|e| anyhow::anyhow!("invalid --server URL {url:?}: {}", chain(&e)))?
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(60));
+    let channel = endpoint.connect().await.map_err(|e| Unreachable {
+        url: url.clone(),
+        detail: chain(&e),
+    })?;
+    Ok(
+        AdminServiceClient::with_interceptor(channel, BearerAuth(auth))
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES),
+    )
+}
+
+/// The one-line message for a failed command (without the `error: ` prefix).
+pub(crate) fn describe(error: &anyhow::Error, server: &str) -> String {
+    let Some(status) = error.downcast_ref::<Status>() else {
+        return format!("{error:#}");
+    };
+    let message = status.message().trim();
+    match status.code() {
+        // Tonic reports a connection lost or refused mid-call as UNAVAILABLE.
+        Code::Unavailable => format!(
+            "cannot reach the control plane at {}: {}",
+            server_url(server),
+            if message.is_empty() {
+                "unavailable"
+            } else {
+                message
+            }
+        ),
+        Code::Unauthenticated => {
+            format!("unauthenticated: {message} (pass a valid token with --token or SIDECAR_TOKEN)")
+        }
+        code => format!("{}: {message}", code_words(code)),
+    }
+}
+
+/// Whether the failure is a usage mistake (exit code 2) rather than a failed call.
+pub(crate) fn is_usage(error: &anyhow::Error) -> bool {
+    error.downcast_ref::<Usage>().is_some()
+}
+
+/// A gRPC status code in words, e.g. "invalid argument".
+fn code_words(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "ok",
+        Code::Cancelled => "cancelled",
+        Code::Unknown => "unknown",
+        Code::InvalidArgument => "invalid argument",
+        Code::DeadlineExceeded => "deadline exceeded",
+        Code::NotFound => "not found",
+        Code::AlreadyExists => "already exists",
+        Code::PermissionDenied => "permission denied",
+        Code::ResourceExhausted => "resource exhausted",
+        Code::FailedPrecondition => "failed precondition",
+        Code::Aborted => "aborted",
+        Code::OutOfRange => "out of range",
+        Code::Unimplemented => "unimplemented",
+        Code::Internal => "internal",
+        Code::Unavailable => "unavailable",
+        Code::DataLoss => "data loss",
+        Code::Unauthenticated => "unauthenticated",
+    }
+}
+
+/// An error and its causes on one line, without tonic's uninformative outer layers.
+fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut next = Some(error);
+    while let Some(e) = next {
+        let text = e.to_string();
+        if text != "transport error" && !parts.iter().any(|p| p == &text) {
+            parts.push(text);
+        }
+        next = e.source();
+    }
+    match parts.is_empty() {
+        true => error.to_string(),
+        false => parts.join(": "),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_read_as_code_words_and_message() {
+        let e = anyhow::Error::from(Status::invalid_argument(
+            "backend.rpm_limit: must be at least 1 (got 0)",
+        ));
+        assert_eq!(
+            describe(&e, "x"),
+            "invalid argument: backend.rpm_limit: must be at least 1 (got 0)"
+        );
+        let e = anyhow::Error::from(Status::unavailable("tcp connect error"));
+        assert_eq!(
+            describe(&e, "127.0.0.1:1"),
+            "cannot reach the control plane at http://127.0.0.1:1: tcp connect error"
+        );
+    }
+
+    #[test]
+    fn bare_host_port_means_http() {
+        assert_eq!(server_url("127.0.0.1:9290"), "http://127.0.0.1:9290");
+        assert_eq!(server_url("https://cp.example/"), "https://cp.example");
+    }
+
+    #[tokio::test]
+    async fn missing_token_says_how_to_give_one() {
+        let e = connect("http://127.0.0.1:9", None).await.err().unwrap();
+        assert!(
+            e.to_string().contains("--token or set SIDECAR_TOKEN"),
+            "{e}"
+        );
+    }
+}

@@ -1,0 +1,502 @@
+//! End to end: the real `sidecarctl` binary against an in-process control plane and a
+//! mock provider (for key validation), all on port 0.
+
+use std::{
+    io::Write,
+    net::SocketAddr,
+    process::{Command, Stdio},
+};
+
+use axum::{Json, Router, http::HeaderMap, http::StatusCode, routing::get};
+use serde_json::{Value, json};
+use sidecar_control_plane::{ControlConfig, ControlPlane, Flags, crypto::MasterKey};
+use tokio::{net::TcpListener, sync::oneshot};
+
+const ADMIN: &str = "admin-token-0123456789abcdef";
+const GOOD_KEY: &str = "good-key-0123456789";
+const PLAIN_KEY: &str = "sk-plaintext-secret-987654321";
+
+/// What one `sidecarctl` run left behind.
+#[derive(Debug)]
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    /// Asserts success and returns stdout.
+    fn ok(self) -> String {
+        assert_eq!(self.code, 0, "sidecarctl failed: {self:?}");
+        self.stdout
+    }
+
+    /// Asserts success and parses stdout as JSON.
+    fn json(self) -> Value {
+        let out = self.ok();
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
+    }
+
+    /// Asserts failure with exit code 1 and returns stderr.
+    fn failed(self) -> String {
+        assert_eq!(self.code, 1, "expected a failed call: {self:?}");
+        assert!(self.stderr.starts_with("error: "), "{self:?}");
+        self.stderr
+    }
+}
+
+/// Runs `sidecarctl` off the runtime's threads, so the in-process server keeps serving.
+struct Ctl {
+    server: String,
+    token: String,
+}
+
+impl Ctl {
+    async fn run(&self, args: &[&str]) -> Run {
+        self.run_with(args, None, &[]).await
+    }
+
+    async fn run_with(&self, args: &[&str], stdin: Option<&str>, env: &[(&str, &str)]) -> Run {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sidecarctl"));
+        // Server and token come from the environment, as in a script.
+        cmd.args(args)
+            .env("SIDECAR_CONTROL_URL", &self.server)
+            .env("SIDECAR_TOKEN", &self.token)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let stdin = stdin.map(str::to_owned);
+        tokio::task::spawn_blocking(move || {
+            let mut child = cmd.spawn().expect("spawn sidecarctl");
+            let mut pipe = child.stdin.take().unwrap();
+            if let Some(input) = stdin {
+                pipe.write_all(input.as_bytes()).unwrap();
+            }
+            drop(pipe);
+            let out = child.wait_with_output().unwrap();
+            Run {
+                code: out.status.code().unwrap_or(-1),
+                stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+                stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            }
+        })
+        .await
+        .unwrap()
+    }
+
+    fn with_token(&self, token: &str) -> Ctl {
+        Ctl {
+            server: self.server.clone(),
+            token: token.to_owned(),
+        }
+    }
+}
+
+/// A provider that accepts only [`GOOD_KEY`] on `GET /v1/models`.
+async fn mock_provider() -> SocketAddr {
+    async fn models(headers: HeaderMap) -> (StatusCode, Json<Value>) {
+        let auth = headers.get("authorization").and_then(|v| v.to_str().ok());
+        if auth == Some(&format!("Bearer {GOOD_KEY}")) {
+            (StatusCode::OK, Json(json!({"data": [{"id": "m1"}]})))
+        } else {
+            (
+                StatusCode::UNAUTHORIZED,
+                Json(json!({"error": {"message": "Incorrect API key"}})),
+            )
+        }
+    }
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = Router::new().route("/v1/models", get(models));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sidecarctl_drives_the_admin_api_end_to_end() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let data_dir = dir.path().join("data").to_string_lossy().into_owned();
+    let key = MasterKey::generate_hex();
+    let env = move |name: &str| match name {
+        "SIDECAR_ENCRYPTION_KEY" => Some(key.clone()),
+        "SIDECAR_ADMIN_TOKEN" => Some(ADMIN.to_owned()),
+        "SIDECAR_DATA_DIR" => Some(data_dir.clone()),
+        _ => None,
+    };
+    let config = ControlConfig::resolve(&Flags::default(), &env)?;
+    let cp = ControlPlane::open(&config)?;
+    let api = TcpListener::bind("127.0.0.1:0").await?;
+    let ops = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = api.local_addr()?;
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let server = tokio::spawn(cp.serve(api, ops, async move {
+        let _ = stop_rx.await;
+    }));
+    let provider = format!("http://{}/v1", mock_provider().await);
+    let ctl = Ctl {
+        server: format!("http://{addr}"),
+        token: ADMIN.to_owned(),
+    };
+
+    // Add in table mode: a one-line confirmation naming the backend.
+    let out = ctl
+        .run(&[
+            "backend",
+            "add",
+            "--name",
+            "alpha",
+            "--base-url",
+            "https://api.example.com/v1",
+            "--api-key",
+            PLAIN_KEY,
+            "--model",
+            "gpt-4o=openai/gpt-4o",
+            "--rpm",
+            "30",
+            "--label",
+            "example",
+        ])
+        .await
+        .ok();
+    assert!(out.starts_with("created backend alpha (bkd_"), "{out}");
+
+    // Add in JSON mode, the key read from stdin so it is not on the command line.
+    let beta = ctl
+        .run_with(
+            &[
+                "-o",
+                "json",
+                "backend",
+                "add",
+                "--name",
+                "beta",
+                "--base-url",
+                "https://api.example.com/v1",
+                "--api-key",
+                "-",
+                "--model",
+                "m2",
+                "--tpm",
+                "1000",
+            ],
+            Some(&format!("{PLAIN_KEY}\n")),
+            &[],
+        )
+        .await
+        .json();
+    assert_eq!(beta["backend"]["name"], "beta");
+    assert_eq!(beta["backend"]["source"], "api");
+    assert_eq!(beta["backend"]["model_mappings"]["m2"]["native_id"], "m2");
+    assert!(beta["config_version"].as_u64().unwrap() > 0);
+
+    // Lists show the masked key, never the key itself.
+    let listed = ctl.run(&["-o", "json", "backend", "list"]).await;
+    assert!(!listed.stdout.contains(PLAIN_KEY), "{listed:?}");
+    let listed = listed.json();
+    let backends = listed["backends"].as_array().unwrap();
+    assert_eq!(backends.len(), 2);
+    let masked = backends[0]["api_key_masked"].as_str().unwrap();
+    assert!(
+        masked.starts_with("sk-pla") && masked.contains("****"),
+        "{masked}"
+    );
+    let table = ctl.run(&["backend", "list"]).await.ok();
+    let header = table.lines().next().unwrap();
+    for column in [
+        "ID", "NAME", "POOL", "STATUS", "RPM", "TPM", "MODELS", "KEY", "URL",
+    ] {
+        assert!(header.contains(column), "{header}");
+    }
+    let alpha_row = table.lines().find(|l| l.contains(" alpha ")).unwrap();
+    assert!(
+        alpha_row.contains("gpt-4o") && alpha_row.contains(masked),
+        "{table}"
+    );
+    assert!(!table.contains(PLAIN_KEY), "{table}");
+
+    // Get by name, as key: value lines.
+    let got = ctl.run(&["backend", "get", "alpha"]).await.ok();
+    assert!(got.contains("name:") && got.contains("alpha"), "{got}");
+    assert!(got.contains("gpt-4o=openai/gpt-4o"), "{got}");
+    assert!(
+        got.lines()
+            .any(|l| l.starts_with("rpm_limit:") && l.ends_with(" 30")),
+        "{got}"
+    );
+
+    // Update only the RPM; the rest stays.
+    ctl.run(&["backend", "update", "alpha", "--rpm", "60"])
+        .await
+        .ok();
+    let alpha = ctl
+        .run(&["-o", "json", "backend", "get", "alpha"])
+        .await
+        .json();
+    assert_eq!(alpha["rpm_limit"], 60);
+    assert_eq!(alpha["label"], "example");
+    assert_eq!(
+        alpha["model_mappings"]["gpt-4o"]["native_id"],
+        "openai/gpt-4o"
+    );
+
+    // The server validates; its field path reaches the operator.
+    let err = ctl
+        .run(&["backend", "update", "alpha", "--rpm", "0"])
+        .await
+        .failed();
+    assert!(
+        err.contains("invalid argument") && err.contains("rpm_limit"),
+        "{err}"
+    );
+    let err = ctl
+        .run(&["backend", "update", "alpha", "--rpm", "-5"])
+        .await
+        .failed();
+    assert!(err.contains("rpm_limit"), "{err}");
+
+    // A stale expected version is refused.
+    let err = ctl
+        .run(&[
+            "backend",
+            "update",
+            "alpha",
+            "--rpm",
+            "61",
+            "--expected-version",
+            "1",
+        ])
+        .await
+        .failed();
+    assert!(err.contains("failed precondition"), "{err}");
+
+    // Pools: create one and move a backend into it.
+    let out = ctl
+        .run(&["pool", "add", "batch", "--description", "overnight jobs"])
+        .await
+        .ok();
+    assert!(out.contains("created pool batch"), "{out}");
+    ctl.run(&["backend", "update", "beta", "--pool", "batch"])
+        .await
+        .ok();
+    let in_batch = ctl
+        .run(&["-o", "json", "backend", "list", "--pool", "batch"])
+        .await
+        .json();
+    let names: Vec<_> = in_batch["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["name"].clone())
+        .collect();
+    assert_eq!(names, vec![json!("beta")]);
+    let pools = ctl.run(&["pool", "list"]).await.ok();
+    assert!(
+        pools
+            .lines()
+            .any(|l| l.starts_with("batch ") && l.contains("overnight jobs")),
+        "{pools}"
+    );
+    let err = ctl.run(&["pool", "rm", "batch"]).await.failed();
+    assert!(err.contains("beta"), "a pool in use names its users: {err}");
+
+    // Settings.
+    let out = ctl
+        .run(&[
+            "settings",
+            "set",
+            "cooldown_base_seconds=20",
+            "adaptive_retreat=true",
+            "emergency_fraction=0.2",
+        ])
+        .await
+        .ok();
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("cooldown_base_seconds:") && l.ends_with(" 20")),
+        "{out}"
+    );
+    let settings = ctl.run(&["-o", "json", "settings", "get"]).await.json();
+    assert_eq!(settings["settings"]["cooldown_base_seconds"], 20);
+    assert_eq!(settings["settings"]["adaptive_retreat"], true);
+    assert_eq!(settings["settings"]["emergency_fraction"], 0.2);
+    let bad = ctl.run(&["settings", "set", "cooldown=5"]).await;
+    assert_eq!(bad.code, 2, "{bad:?}");
+    assert!(bad.stderr.contains("cooldown_base_seconds"), "{bad:?}");
+
+    // A viewer may read but not write.
+    let viewer = ctl
+        .run(&["token", "create", "--role", "viewer", "--name", "dash"])
+        .await;
+    assert!(viewer.stderr.contains("shown only this once"), "{viewer:?}");
+    let viewer = ctl.with_token(viewer.ok().trim());
+    viewer.run(&["backend", "list"]).await.ok();
+    let err = viewer.run(&["pool", "add", "nope"]).await.failed();
+    assert!(err.contains("permission denied"), "{err}");
+    let tokens = ctl.run(&["-o", "json", "token", "list"]).await.json();
+    assert!(
+        tokens["tokens"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["name"] == "dash" && t["role"] == "viewer")
+    );
+
+    // Key validation against the mock provider.
+    let out = ctl
+        .run(&[
+            "backend",
+            "validate",
+            "--base-url",
+            &provider,
+            "--api-key",
+            GOOD_KEY,
+        ])
+        .await
+        .ok();
+    assert!(out.contains("m1") && out.contains("200"), "{out}");
+    let bad = ctl
+        .run(&[
+            "backend",
+            "validate",
+            "--base-url",
+            &provider,
+            "--api-key",
+            "bad-key-000000000",
+        ])
+        .await;
+    assert!(bad.stdout.contains("401"), "{bad:?}");
+    assert!(bad.failed().contains("Incorrect API key"));
+    let err = ctl
+        .run(&[
+            "backend",
+            "add",
+            "--name",
+            "gamma",
+            "--base-url",
+            &provider,
+            "--api-key",
+            "bad-key-000000000",
+            "--validate",
+        ])
+        .await
+        .failed();
+    assert!(
+        err.contains("api_key") && err.contains("Incorrect API key"),
+        "{err}"
+    );
+    let out = ctl
+        .run_with(
+            &[
+                "backend",
+                "add",
+                "--name",
+                "gamma",
+                "--base-url",
+                &provider,
+                "--api-key-env",
+                "GAMMA_KEY",
+                "--model",
+                "m1",
+                "--validate",
+            ],
+            None,
+            &[("GAMMA_KEY", GOOD_KEY)],
+        )
+        .await
+        .ok();
+    assert!(out.contains("key validated"), "{out}");
+    ctl.run(&["backend", "validate", "gamma"]).await.ok();
+
+    // Export to a private file, change things, import the backup back.
+    let backup = dir.path().join("backup.json");
+    let backup_path = backup.to_str().unwrap();
+    let out = ctl.run(&["export", backup_path]).await.ok();
+    assert!(out.contains("exported config version"), "{out}");
+    let document: Value = serde_json::from_slice(&std::fs::read(&backup)?)?;
+    assert!(
+        !document.to_string().contains(PLAIN_KEY),
+        "keys stay encrypted in a backup"
+    );
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&backup)?.permissions().mode() & 0o777,
+            0o600
+        );
+    }
+    let out = ctl.run(&["backend", "rm", "alpha"]).await.ok();
+    assert!(out.contains("deleted backend alpha"), "{out}");
+    let err = ctl.run(&["backend", "get", "alpha"]).await.failed();
+    assert!(err.contains("not found"), "{err}");
+    let imported = ctl.run(&["-o", "json", "import", backup_path]).await.json();
+    assert_eq!(imported["backends"], 3);
+    let alpha = ctl
+        .run(&["-o", "json", "backend", "get", "alpha"])
+        .await
+        .json();
+    assert_eq!(alpha["rpm_limit"], 60);
+    ctl.run(&["backend", "validate", "gamma"]).await.ok();
+
+    // Remove a backend for good.
+    ctl.run(&["backend", "rm", "beta"]).await.ok();
+    let listed = ctl.run(&["-o", "json", "backend", "list"]).await.json();
+    assert!(
+        listed["backends"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|b| b["name"] != "beta")
+    );
+
+    // Nodes (none connected), version, audit.
+    let nodes = ctl.run(&["-o", "json", "nodes"]).await.json();
+    assert!(
+        nodes["nodes"].as_array().is_none_or(|n| n.is_empty()),
+        "{nodes}"
+    );
+    assert!(ctl.run(&["nodes"]).await.ok().starts_with("ID "));
+    let version: u64 = ctl.run(&["version"]).await.ok().trim().parse()?;
+    assert!(version >= 10, "every write bumped the version: {version}");
+    let audit = ctl.run(&["audit", "--since", "1h"]).await.ok();
+    assert!(
+        audit.contains("CreateBackend") && audit.contains("Import"),
+        "{audit}"
+    );
+
+    // Authentication failures.
+    let err = ctl
+        .with_token("wrong-token-0000000000")
+        .run(&["backend", "list"])
+        .await
+        .failed();
+    assert!(err.contains("unauthenticated"), "{err}");
+    let err = ctl.with_token("").run(&["backend", "list"]).await.failed();
+    assert!(
+        err.contains("--token") && err.contains("SIDECAR_TOKEN"),
+        "{err}"
+    );
+
+    stop_tx.send(()).ok();
+    server.await??;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unreachable_control_plane_is_named_in_the_error() -> anyhow::Result<()> {
+    // Bind then drop, so nothing listens on the port.
+    let addr = TcpListener::bind("127.0.0.1:0").await?.local_addr()?;
+    let ctl = Ctl {
+        server: format!("http://{addr}"),
+        token: ADMIN.to_owned(),
+    };
+    let err = ctl.run(&["backend", "list"]).await.failed();
+    assert!(
+        err.contains(&format!("cannot reach the control plane at http://{addr}")),
+        "{err}"
+    );
+    Ok(())
+}

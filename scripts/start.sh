@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Starts a working Sidecar on this machine: the control plane (embedded sled storage)
+# and a proxy, with a key and tokens generated on first run and kept in ./data/dev.env.
+# Stop with Ctrl-C. Nothing else to install: it builds the binaries with cargo.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DATA="${SIDECAR_HOME:-$PWD/data}"
+mkdir -p "$DATA"
+chmod 700 "$DATA"
+
+echo "building (release)…" >&2
+cargo build --release --quiet --bins
+BIN="$PWD/target/release"
+
+ENV_FILE="$DATA/dev.env"
+if [ ! -f "$ENV_FILE" ]; then
+  umask 077
+  rand() { head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n'; }
+  {
+    echo "SIDECAR_ENCRYPTION_KEY=$("$BIN/sidecar-control" gen-key)"
+    echo "SIDECAR_ADMIN_TOKEN=sct_$(rand)"
+    echo "SIDECAR_NODE_TOKEN=sct_$(rand)"
+  } > "$ENV_FILE"
+  echo "generated a key and tokens in $ENV_FILE (keep it private)" >&2
+fi
+set -a
+# shellcheck disable=SC1090
+. "$ENV_FILE"
+set +a
+
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+}
+trap cleanup EXIT INT TERM
+
+SIDECAR_DATA_DIR="$DATA/control" "$BIN/sidecar-control" &
+pids+=($!)
+
+for _ in $(seq 1 100); do
+  curl -fsS http://127.0.0.1:9291/health >/dev/null 2>&1 && break
+  sleep 0.1
+done
+
+if [ -x "$BIN/sidecar-proxy" ]; then
+  SIDECAR_DATA_DIR="$DATA/proxy" SIDECAR_CACHE_KEY="$SIDECAR_ENCRYPTION_KEY" "$BIN/sidecar-proxy" &
+  pids+=($!)
+fi
+
+cat >&2 <<MSG
+
+Sidecar is running.
+  control plane  gRPC/gRPC-web http://127.0.0.1:9290   ops http://127.0.0.1:9291/metrics
+  proxy          OpenAI API    http://127.0.0.1:9190/v1 ops http://127.0.0.1:9191/status
+
+Add a backend (in another shell):
+  export SIDECAR_TOKEN=\$(grep ADMIN_TOKEN $ENV_FILE | cut -d= -f2)
+  $BIN/sidecarctl backend add --name openai --base-url https://api.openai.com/v1 \\
+      --api-key-env OPENAI_API_KEY --rpm 60 --model gpt-4o-mini
+Send a first request:
+  curl http://127.0.0.1:9190/v1/chat/completions -H 'content-type: application/json' \\
+      -d '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}'
+
+MSG
+wait -n
