@@ -1,0 +1,193 @@
+//! Config from the control plane. One task owns the `Sync` stream: it says hello, turns
+//! each snapshot into a prepared bundle (all fallible work first), applies it with one
+//! `ArcSwap` store, and only then ACKs; an invalid snapshot is NACKed with the reason and
+//! the last good config keeps serving. It reconnects with exponential backoff and jitter,
+//! and carries the node's 429 events to the control plane as they happen.
+
+mod cache;
+
+use std::{sync::Arc, time::Duration};
+
+use sidecar_proto::v1::{self as pb, control_message, node_message};
+use tokio::{
+    sync::{mpsc, watch},
+    time::Instant,
+};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Code;
+use tracing::{error, info, warn};
+
+pub use cache::Cache;
+
+use crate::{
+    report::NodeClient,
+    routing::Bundle,
+    snapshot::{Snapshot, SnapshotError},
+    state::Shared,
+};
+
+/// The sync task.
+pub struct Syncer {
+    shared: Arc<Shared>,
+    client: NodeClient,
+    hello: pb::Hello,
+    cache: Option<Cache>,
+    window: Duration,
+    events: mpsc::Receiver<pb::RateLimitEvent>,
+}
+
+impl Syncer {
+    /// A syncer for this node.
+    pub fn new(
+        shared: Arc<Shared>,
+        client: NodeClient,
+        hello: pb::Hello,
+        cache: Option<Cache>,
+        window: Duration,
+        events: mpsc::Receiver<pb::RateLimitEvent>,
+    ) -> Self {
+        Self {
+            shared,
+            client,
+            hello,
+            cache,
+            window,
+            events,
+        }
+    }
+
+    /// Applies the cached snapshot, if any; used at boot so the proxy serves even when
+    /// the control plane cannot be reached.
+    pub fn load_cache(&self) {
+        let Some(cache) = &self.cache else { return };
+        match cache.load() {
+            Ok(Some(snapshot)) => match self.apply(&snapshot, false) {
+                Ok(()) => info!(
+                    version = snapshot.version,
+                    "serving the cached config until the control plane answers"
+                ),
+                Err(e) => warn!(error = %e, "cached config is invalid; ignoring it"),
+            },
+            Ok(None) => {}
+            Err(e) => warn!(error = %e, "could not read the config cache"),
+        }
+    }
+
+    /// Validates, prepares and swaps in `snapshot`. Nothing changes if it is invalid.
+    pub fn apply(&self, snapshot: &pb::Snapshot, persist: bool) -> Result<(), SnapshotError> {
+        let parsed = Snapshot::try_from(snapshot)?;
+        let current = self.shared.bundle.load_full();
+        if parsed.version == current.version && current.version != 0 {
+            return Ok(());
+        }
+        let bundle = Bundle::prepare(&parsed, &current, self.window, Instant::now());
+        self.shared.bundle.store(Arc::new(bundle));
+        self.shared.queue.wake();
+        self.shared
+            .metrics
+            .gauge("sidecar_config_version", &[], parsed.version as f64);
+        if persist
+            && let Some(cache) = &self.cache
+            && let Err(e) = cache.save(snapshot)
+        {
+            warn!(error = %e, "could not write the config cache");
+        }
+        info!(
+            version = parsed.version,
+            backends = parsed.backends.len(),
+            "config applied"
+        );
+        Ok(())
+    }
+
+    fn set_connected(&self, connected: bool) {
+        self.shared
+            .sync
+            .connected
+            .store(connected, std::sync::atomic::Ordering::Relaxed);
+        self.shared.metrics.gauge(
+            "sidecar_control_plane_connected",
+            &[],
+            if connected { 1.0 } else { 0.0 },
+        );
+    }
+
+    /// Runs until `shutdown` turns true.
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let result = tokio::select! {
+                r = self.session() => r,
+                _ = shutdown.wait_for(|s| *s) => return,
+            };
+            self.set_connected(false);
+            match result {
+                Ok(()) => {
+                    info!("control plane closed the Sync stream; reconnecting");
+                    backoff = Duration::from_millis(100);
+                }
+                Err(status) => {
+                    *self.shared.sync.last_error.lock().expect("status lock") =
+                        status.message().to_owned();
+                    match status.code() {
+                        Code::Unauthenticated | Code::PermissionDenied | Code::InvalidArgument => {
+                            error!(
+                                code = ?status.code(),
+                                message = status.message(),
+                                "the control plane refuses this node: check SIDECAR_NODE_TOKEN and SIDECAR_NODE_ID; retrying"
+                            )
+                        }
+                        _ => {
+                            warn!(code = ?status.code(), message = status.message(), "control plane unreachable; serving the last config")
+                        }
+                    }
+                }
+            }
+            let wait = crate::jitter(backoff);
+            backoff = (backoff * 2).min(Duration::from_secs(30));
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = shutdown.wait_for(|s| *s) => return,
+            }
+        }
+    }
+
+    async fn session(&mut self) -> Result<(), tonic::Status> {
+        let (tx, rx) = mpsc::channel(64);
+        let mut hello = self.hello.clone();
+        hello.config_version = self.shared.bundle.load().version;
+        tx.send(pb::NodeMessage {
+            kind: Some(node_message::Kind::Hello(hello)),
+        })
+        .await
+        .expect("fresh channel");
+        let mut inbound = self
+            .client
+            .sync(ReceiverStream::new(rx))
+            .await?
+            .into_inner();
+        self.set_connected(true);
+        info!("connected to the control plane");
+        loop {
+            tokio::select! {
+                message = inbound.message() => {
+                    let Some(message) = message? else { return Ok(()) };
+                    let Some(control_message::Kind::Snapshot(snapshot)) = message.kind else { continue };
+                    let answer = match self.apply(&snapshot, true) {
+                        Ok(()) => node_message::Kind::Ack(pb::Ack { version: snapshot.version, nonce: snapshot.nonce.clone() }),
+                        Err(e) => {
+                            warn!(version = snapshot.version, error = %e, "rejecting snapshot; keeping the last good config");
+                            node_message::Kind::Nack(pb::Nack { version: snapshot.version, nonce: snapshot.nonce.clone(), error: e.to_string() })
+                        }
+                    };
+                    if tx.send(pb::NodeMessage { kind: Some(answer) }).await.is_err() {
+                        return Ok(());
+                    }
+                }
+                Some(event) = self.events.recv() => {
+                    let _ = tx.send(pb::NodeMessage { kind: Some(node_message::Kind::RateLimited(event)) }).await;
+                }
+            }
+        }
+    }
+}

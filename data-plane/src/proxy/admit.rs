@@ -1,0 +1,122 @@
+//! Admission: a token now if one is free and nobody waits; otherwise the queue (also for
+//! a backend that recovers within the near-recovery wait); otherwise the emergency
+//! channel; otherwise 503.
+
+use std::{sync::Arc, time::Duration};
+
+use tokio::time::Instant;
+
+use super::error::ProxyError;
+use crate::{
+    routing::{Assessment, Decision, Grant, Priority, Route, assess, take, take_emergency},
+    state::{Counters, Shared},
+};
+
+/// When the first cooling (or erroring) member of `route` recovers.
+fn earliest_recovery(route: &Route, now: Instant) -> Option<Instant> {
+    route
+        .members()
+        .filter_map(|(b, _)| {
+            let cool = b
+                .state
+                .cooldown
+                .lock()
+                .expect("cooldown lock")
+                .cooling_until(now);
+            let err = b.state.health.lock().expect("health lock").error_until(now);
+            match (cool, err) {
+                (Some(a), Some(b)) => Some(a.max(b)),
+                (a, b) => a.or(b),
+            }
+        })
+        .min()
+}
+
+fn until(t: Option<Instant>, now: Instant, default: Duration) -> Duration {
+    t.map_or(default, |t| t.saturating_duration_since(now))
+        .max(Duration::from_secs(1))
+}
+
+/// Gets a backend token for one attempt at `model`, not using `exclude`d backends.
+pub(super) async fn admit(
+    shared: &Arc<Shared>,
+    model: &str,
+    priority: Priority,
+    exclude: &[String],
+    estimate: u64,
+    deadline: Instant,
+) -> Result<Grant, ProxyError> {
+    loop {
+        let bundle = shared.bundle.load_full();
+        let route = bundle
+            .route(model)
+            .ok_or_else(|| ProxyError::ModelNotFound(model.to_owned()))?;
+        let now = Instant::now();
+        match assess(&route, exclude, now, estimate, &bundle.settings) {
+            Assessment::Ready if shared.queue.is_empty() => {
+                if let Some(grant) = take(&route, exclude, now, estimate) {
+                    return Ok(grant);
+                }
+            }
+            Assessment::Exhausted(_) => {
+                if let Some(grant) = take_emergency(&route, exclude, now) {
+                    shared.metrics.emergency(&grant.backend.config.id);
+                    Counters::bump(&shared.counters.emergency);
+                    return Ok(grant);
+                }
+                let retry = until(
+                    earliest_recovery(&route, now),
+                    now,
+                    bundle.settings.cooldown_base,
+                );
+                return Err(ProxyError::Exhausted(retry));
+            }
+            _ => {}
+        }
+
+        let started = Instant::now();
+        let capacity = bundle.settings.queue_capacity;
+        drop(bundle);
+        let (id, mut rx) = shared
+            .queue
+            .push(priority, model, exclude, estimate, capacity)
+            .map_err(|_| {
+                shared.metrics.queue_rejected(priority.as_str(), "full");
+                ProxyError::QueueFull
+            })?;
+        let decision = match tokio::time::timeout_at(deadline, &mut rx).await {
+            Ok(decision) => decision.ok(),
+            Err(_) if shared.queue.remove(id) => None,
+            // Decided while timing out: take the decision rather than lose a token.
+            Err(_) => rx.try_recv().ok(),
+        };
+        shared
+            .metrics
+            .queue_wait(priority.as_str(), started.elapsed().as_secs_f64());
+        match decision {
+            Some(Decision::Granted(grant)) => return Ok(grant),
+            Some(Decision::Evicted) => {
+                shared.metrics.queue_rejected(priority.as_str(), "full");
+                return Err(ProxyError::QueueFull);
+            }
+            Some(Decision::Reassess) => continue,
+            None if Instant::now() < deadline => continue,
+            None => {
+                shared.metrics.queue_rejected(priority.as_str(), "timeout");
+                let bundle = shared.bundle.load();
+                let now = Instant::now();
+                let next = bundle.route(model).and_then(|route| {
+                    match assess(&route, exclude, now, estimate, &bundle.settings) {
+                        Assessment::Wait(t) => Some(t),
+                        _ => None,
+                    }
+                });
+                return Err(ProxyError::QueueTimeout(until(
+                    next,
+                    now,
+                    Duration::from_secs(1),
+                )));
+            }
+        }
+    }
+}

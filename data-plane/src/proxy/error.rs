@@ -1,0 +1,119 @@
+//! The one place where request errors become HTTP responses: OpenAI-shaped bodies
+//! (`{"error":{"message","type"}}`), the right status, and `Retry-After` when the client
+//! should come back later.
+
+use std::time::Duration;
+
+use axum::{
+    Json,
+    response::{IntoResponse, Response},
+};
+use http::{HeaderValue, StatusCode, header};
+
+/// Why the proxy answered a request itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProxyError {
+    /// Body above the limit.
+    PayloadTooLarge(usize),
+    /// Not a JSON object, or no `model`.
+    BadRequest(String),
+    /// No backend serves the model.
+    ModelNotFound(String),
+    /// Unknown path.
+    NotFound(String),
+    /// No config applied yet.
+    NotReady,
+    /// The queue was full and this request had the lowest priority.
+    QueueFull,
+    /// No capacity within the request's wait limit.
+    QueueTimeout(Duration),
+    /// Every candidate is cooling down.
+    Exhausted(Duration),
+    /// Every attempt failed without an upstream answer to pass on.
+    Upstream(String),
+}
+
+fn seconds(d: Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+}
+
+impl ProxyError {
+    /// Status, OpenAI error type, message and Retry-After.
+    pub fn parts(&self) -> (StatusCode, &'static str, String, Option<Duration>) {
+        match self {
+            Self::PayloadTooLarge(limit) => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "invalid_request_error",
+                format!("request body is larger than the limit of {limit} bytes"),
+                None,
+            ),
+            Self::BadRequest(m) => (
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                m.clone(),
+                None,
+            ),
+            Self::ModelNotFound(model) => (
+                StatusCode::NOT_FOUND,
+                "model_not_found",
+                format!(
+                    "The model `{}` is not served by this gateway",
+                    model.chars().take(200).collect::<String>()
+                ),
+                None,
+            ),
+            Self::NotFound(path) => (
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!(
+                    "Unknown path {}",
+                    path.chars().take(200).collect::<String>()
+                ),
+                None,
+            ),
+            Self::NotReady => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not_ready",
+                "No configuration applied yet".into(),
+                Some(Duration::from_secs(1)),
+            ),
+            Self::QueueFull => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "queue_full",
+                "Too many requests waiting; try again shortly".into(),
+                Some(Duration::from_secs(1)),
+            ),
+            Self::QueueTimeout(retry) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limit_exceeded",
+                "No provider capacity within the wait limit".into(),
+                Some(*retry),
+            ),
+            Self::Exhausted(retry) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "all_pools_exhausted",
+                "All provider pools exhausted".into(),
+                Some(*retry),
+            ),
+            Self::Upstream(m) => (StatusCode::BAD_GATEWAY, "upstream_error", m.clone(), None),
+        }
+    }
+}
+
+impl IntoResponse for ProxyError {
+    fn into_response(self) -> Response {
+        let (status, kind, message, retry) = self.parts();
+        let mut response = (
+            status,
+            Json(serde_json::json!({ "error": { "message": message, "type": kind } })),
+        )
+            .into_response();
+        if let Some(retry) = retry {
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(seconds(retry).max(1)),
+            );
+        }
+        response
+    }
+}

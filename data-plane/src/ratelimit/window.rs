@@ -1,0 +1,126 @@
+//! The request limiter: never more than `limit` admissions in any window (60 s by
+//! default), spread out by a token bucket of `burst` tokens refilled at `limit / window`.
+
+use std::{collections::VecDeque, time::Duration};
+
+use tokio::time::Instant;
+
+/// Limits admissions to one backend. Time is passed in, so tests drive it.
+#[derive(Debug)]
+pub struct RequestLimiter {
+    limit: u32,
+    burst: u32,
+    window: Duration,
+    tokens: f64,
+    refilled_at: Instant,
+    /// Admission times within the last window, oldest first. Bounded by `limit`.
+    admitted: VecDeque<Instant>,
+}
+
+impl RequestLimiter {
+    /// A limiter starting with a full bucket.
+    pub fn new(limit: u32, burst: u32, window: Duration, now: Instant) -> Self {
+        let mut l = Self {
+            limit: limit.max(1),
+            burst: 1,
+            window,
+            tokens: 0.0,
+            refilled_at: now,
+            admitted: VecDeque::new(),
+        };
+        l.burst = burst.clamp(1, l.limit);
+        l.tokens = f64::from(l.burst);
+        l
+    }
+
+    /// Changes the limit (a new snapshot, a grant, a retreat) keeping the admission log,
+    /// so a change never forgets what the last window already spent.
+    pub fn reconfigure(&mut self, limit: u32, burst: u32, window: Duration, now: Instant) {
+        self.refill(now);
+        self.limit = limit.max(1);
+        self.burst = burst.clamp(1, self.limit);
+        self.window = window;
+        self.tokens = self.tokens.min(f64::from(self.burst));
+    }
+
+    /// The current limit per window.
+    pub fn limit(&self) -> u32 {
+        self.limit
+    }
+
+    /// The window length.
+    pub fn window(&self) -> Duration {
+        self.window
+    }
+
+    fn rate_per_sec(&self) -> f64 {
+        f64::from(self.limit) / self.window.as_secs_f64()
+    }
+
+    fn refill(&mut self, now: Instant) {
+        let elapsed = now
+            .saturating_duration_since(self.refilled_at)
+            .as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.rate_per_sec()).min(f64::from(self.burst));
+        self.refilled_at = now;
+        while self
+            .admitted
+            .front()
+            .is_some_and(|&t| now.saturating_duration_since(t) >= self.window)
+        {
+            self.admitted.pop_front();
+        }
+    }
+
+    /// When the next admission is possible: `now` if it is possible now.
+    pub fn next_available(&mut self, now: Instant) -> Instant {
+        self.refill(now);
+        let bucket = if self.tokens >= 1.0 {
+            now
+        } else {
+            now + Duration::from_secs_f64((1.0 - self.tokens) / self.rate_per_sec())
+        };
+        let window = if self.admitted.len() >= self.limit as usize {
+            // The admission that must leave the window before another may enter.
+            self.admitted[self.admitted.len() - self.limit as usize] + self.window
+        } else {
+            now
+        };
+        bucket.max(window)
+    }
+
+    /// Admits one request now if both the bucket and the window allow it.
+    pub fn try_acquire(&mut self, now: Instant) -> bool {
+        if self.next_available(now) > now {
+            return false;
+        }
+        self.tokens -= 1.0;
+        self.admitted.push_back(now);
+        true
+    }
+
+    /// Gives back an admission made at `at` that was never used (the waiter had gone).
+    pub fn refund(&mut self, at: Instant) {
+        if let Some(i) = self.admitted.iter().rposition(|&t| t == at) {
+            self.admitted.remove(i);
+            self.tokens = (self.tokens + 1.0).min(f64::from(self.burst));
+        }
+    }
+
+    /// Admissions in the current window (the backend's current rate).
+    pub fn in_window(&mut self, now: Instant) -> u32 {
+        self.refill(now);
+        self.admitted.len() as u32
+    }
+
+    /// Tokens in the bucket now.
+    pub fn tokens(&mut self, now: Instant) -> f64 {
+        self.refill(now);
+        self.tokens
+    }
+
+    /// Bucket capacity.
+    pub fn burst(&self) -> u32 {
+        self.burst
+    }
+}

@@ -1,0 +1,296 @@
+//! Usage reports: every finished upstream attempt becomes an event on a bounded channel;
+//! one task aggregates events per (minute, backend, model) and cuts a batch every second;
+//! a bounded outbox holds batches until the control plane acknowledges them, so an outage
+//! loses nothing that fits (beyond that the oldest batches are dropped and counted).
+
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use sidecar_proto::v1::{self as pb, node_service_client::NodeServiceClient};
+use tokio::sync::{Notify, mpsc, watch};
+use tonic::{service::interceptor::InterceptedService, transport::Channel};
+use tracing::{debug, warn};
+
+use crate::{auth::Bearer, metrics::Metrics, upstream::Usage};
+
+/// Upper bounds (ms) of the latency histogram buckets, as the control plane reads them.
+pub const LATENCY_BUCKETS_MS: [u64; 10] =
+    [50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000];
+
+/// How an attempt ended, for usage counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Upstream 2xx.
+    Success,
+    /// Upstream 429.
+    RateLimited,
+    /// Upstream 5xx.
+    ServerError,
+    /// No answer in time.
+    Timeout,
+    /// No connection (or it broke).
+    Connect,
+    /// Upstream 4xx other than 429.
+    ClientError,
+}
+
+/// One finished upstream attempt.
+#[derive(Debug, Clone)]
+pub struct UsageEvent {
+    /// Unix ms when it finished.
+    pub at_ms: i64,
+    /// Backend id.
+    pub backend_id: Arc<str>,
+    /// Backend pool.
+    pub pool: Arc<str>,
+    /// Canonical model the client asked for.
+    pub model: Arc<str>,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// Tokens, when the response carried usage.
+    pub usage: Option<Usage>,
+    /// Cost in USD.
+    pub cost_usd: f64,
+    /// Request to end of response.
+    pub latency: Duration,
+    /// Request to first byte, for streams.
+    pub ttft: Option<Duration>,
+}
+
+/// Where request handlers send usage events.
+#[derive(Clone)]
+pub struct UsageSink {
+    tx: mpsc::Sender<UsageEvent>,
+    metrics: Metrics,
+}
+
+impl UsageSink {
+    /// Records an event without waiting. The channel is large; if the reporter ever
+    /// falls that far behind, the event is dropped and counted rather than blocking
+    /// requests.
+    pub fn record(&self, event: UsageEvent) {
+        if self.tx.try_send(event).is_err() {
+            self.metrics.usage_event_dropped();
+        }
+    }
+}
+
+/// Creates the sink and the receiver the reporter task consumes.
+pub fn channel(metrics: Metrics) -> (UsageSink, mpsc::Receiver<UsageEvent>) {
+    let (tx, rx) = mpsc::channel(65_536);
+    (UsageSink { tx, metrics }, rx)
+}
+
+/// Batches waiting for an ack, oldest first.
+#[derive(Default)]
+pub struct Outbox {
+    batches: Mutex<VecDeque<pb::ReportBatch>>,
+    ready: Notify,
+}
+
+impl Outbox {
+    /// Batches waiting.
+    pub fn len(&self) -> usize {
+        self.batches.lock().expect("outbox lock").len()
+    }
+
+    /// Whether nothing waits.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+fn bucket_index(ms: u64) -> usize {
+    LATENCY_BUCKETS_MS
+        .iter()
+        .position(|&b| ms <= b)
+        .unwrap_or(LATENCY_BUCKETS_MS.len())
+}
+
+fn add(record: &mut pb::UsageRecord, e: &UsageEvent) {
+    record.requests += 1;
+    match e.outcome {
+        Outcome::Success => record.succeeded += 1,
+        Outcome::RateLimited => record.errors_429 += 1,
+        Outcome::ServerError => record.errors_5xx += 1,
+        Outcome::Timeout => record.errors_timeout += 1,
+        Outcome::Connect => record.errors_connect += 1,
+        Outcome::ClientError => record.errors_4xx += 1,
+    }
+    if let Some(u) = e.usage {
+        record.prompt_tokens += u.prompt;
+        record.completion_tokens += u.completion;
+        record.total_tokens += u.total;
+    }
+    record.cost_usd += e.cost_usd;
+    let ms = e.latency.as_millis() as u64;
+    record.latency_ms_sum += ms;
+    if record.latency_histogram.is_empty() {
+        record.latency_histogram = vec![0; LATENCY_BUCKETS_MS.len() + 1];
+    }
+    record.latency_histogram[bucket_index(ms)] += 1;
+    if let Some(t) = e.ttft {
+        record.ttft_ms_sum += t.as_millis() as u64;
+        record.ttft_count += 1;
+    }
+}
+
+/// Who the batches are from and how they are cut.
+pub struct Batching {
+    /// This node.
+    pub node_id: String,
+    /// This process start.
+    pub boot_id: String,
+    /// Outbox capacity in batches.
+    pub capacity: usize,
+    /// How often a batch is cut.
+    pub interval: Duration,
+}
+
+/// Aggregates events and cuts a batch into the outbox every `interval`, and once more
+/// when `shutdown` turns true (after draining the channel).
+pub async fn aggregate(
+    mut rx: mpsc::Receiver<UsageEvent>,
+    outbox: Arc<Outbox>,
+    batching: Batching,
+    metrics: Metrics,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let Batching {
+        node_id,
+        boot_id,
+        capacity,
+        interval,
+    } = batching;
+    let mut pending: HashMap<(i64, Arc<str>, Arc<str>), pb::UsageRecord> = HashMap::new();
+    let mut seq = 0u64;
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut cut = |pending: &mut HashMap<_, pb::UsageRecord>| {
+        if pending.is_empty() {
+            return;
+        }
+        seq += 1;
+        let batch = pb::ReportBatch {
+            node_id: node_id.clone(),
+            boot_id: boot_id.clone(),
+            seq,
+            records: pending.drain().map(|(_, r)| r).collect(),
+            sent_at_ms: crate::now_ms(),
+        };
+        let mut batches = outbox.batches.lock().expect("outbox lock");
+        batches.push_back(batch);
+        let mut dropped = 0;
+        while batches.len() > capacity {
+            batches.pop_front();
+            dropped += 1;
+        }
+        metrics.gauge("sidecar_report_outbox_depth", &[], batches.len() as f64);
+        drop(batches);
+        if dropped > 0 {
+            warn!(dropped, "usage outbox full: dropped the oldest batches");
+            metrics.outbox_dropped(dropped);
+        }
+        outbox.ready.notify_one();
+    };
+    let put = |pending: &mut HashMap<(i64, Arc<str>, Arc<str>), pb::UsageRecord>, e: UsageEvent| {
+        let minute = e.at_ms - e.at_ms.rem_euclid(60_000);
+        let record = pending
+            .entry((minute, e.backend_id.clone(), e.model.clone()))
+            .or_insert_with(|| pb::UsageRecord {
+                minute_ms: minute,
+                backend_id: e.backend_id.to_string(),
+                model: e.model.to_string(),
+                pool: e.pool.to_string(),
+                ..Default::default()
+            });
+        add(record, &e);
+    };
+    loop {
+        tokio::select! {
+            event = rx.recv() => match event {
+                Some(e) => put(&mut pending, e),
+                None => break,
+            },
+            _ = tick.tick() => cut(&mut pending),
+            _ = shutdown.wait_for(|s| *s) => {
+                while let Ok(e) = rx.try_recv() {
+                    put(&mut pending, e);
+                }
+                break;
+            }
+        }
+    }
+    cut(&mut pending);
+}
+
+/// The node client used for reports.
+pub type NodeClient = NodeServiceClient<InterceptedService<Channel, Bearer>>;
+
+/// Sends outbox batches in order, one at a time, retrying with backoff until each is
+/// acknowledged. On shutdown it keeps trying for `drain_for`, then gives up.
+pub async fn deliver(
+    outbox: Arc<Outbox>,
+    mut client: NodeClient,
+    metrics: Metrics,
+    mut shutdown: watch::Receiver<bool>,
+    drain_for: Duration,
+) {
+    let mut backoff = Duration::from_millis(200);
+    let mut deadline: Option<tokio::time::Instant> = None;
+    loop {
+        let head = outbox.batches.lock().expect("outbox lock").front().cloned();
+        let Some(batch) = head else {
+            if deadline.is_some() {
+                return;
+            }
+            tokio::select! {
+                _ = outbox.ready.notified() => continue,
+                _ = shutdown.wait_for(|s| *s) => {
+                    deadline = Some(tokio::time::Instant::now() + drain_for);
+                    continue;
+                }
+            }
+        };
+        if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
+            warn!(
+                pending = outbox.len(),
+                "shutting down with usage batches the control plane has not acknowledged"
+            );
+            return;
+        }
+        let mut request = tonic::Request::new(batch.clone());
+        request.set_timeout(Duration::from_secs(5));
+        match client.report(request).await {
+            Ok(ack) => {
+                debug!(
+                    seq = ack.get_ref().seq,
+                    applied = ack.get_ref().applied,
+                    "report acknowledged"
+                );
+                let mut batches = outbox.batches.lock().expect("outbox lock");
+                if batches.front().is_some_and(|b| b.seq == batch.seq) {
+                    batches.pop_front();
+                }
+                metrics.gauge("sidecar_report_outbox_depth", &[], batches.len() as f64);
+                backoff = Duration::from_millis(200);
+            }
+            Err(status) => {
+                debug!(%status, "report failed; will retry");
+                let wait = crate::jitter(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+                if deadline.is_some() {
+                    tokio::time::sleep(wait.min(Duration::from_millis(200))).await;
+                } else {
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = shutdown.wait_for(|s| *s) => deadline = Some(tokio::time::Instant::now() + drain_for),
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,285 @@
+//! One backend's live state: limiters, 429 cooldown, passive health, retreat. Each part
+//! has its own small lock; no lock here is shared by requests to different backends.
+
+use std::{
+    sync::{
+        Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use tokio::time::Instant;
+
+use crate::{
+    ratelimit::{RequestLimiter, Retreat, TokenWindow},
+    snapshot::{BackendConfig, Settings},
+};
+
+/// `min(base · 2^(n−1), max)`: the cooldown after the n-th consecutive 429.
+pub fn backoff(base: Duration, max: Duration, n: u32) -> Duration {
+    let factor = 2u32.saturating_pow(n.saturating_sub(1).min(31));
+    base.saturating_mul(factor).min(max)
+}
+
+/// 429 cooldown. The count is reset only by a success, never by expiry, so repeated
+/// 429s escalate.
+#[derive(Debug, Default, Clone)]
+pub struct Cooldown {
+    /// Consecutive 429s.
+    pub consecutive: u32,
+    /// Cooling until then.
+    pub until: Option<Instant>,
+    /// Retry-After the upstream sent last.
+    pub last_retry_after: Option<Duration>,
+}
+
+impl Cooldown {
+    /// A 429: escalates and returns the cooldown applied (never shorter than Retry-After).
+    pub fn on_429(
+        &mut self,
+        now: Instant,
+        settings: &Settings,
+        retry_after: Option<Duration>,
+    ) -> Duration {
+        self.consecutive += 1;
+        let d = backoff(
+            settings.cooldown_base,
+            settings.cooldown_max,
+            self.consecutive,
+        )
+        .max(retry_after.unwrap_or_default());
+        let until = now + d;
+        self.until = Some(self.until.map_or(until, |u| u.max(until)));
+        self.last_retry_after = retry_after;
+        d
+    }
+
+    /// A success: the count starts over and any cooldown ends.
+    pub fn on_success(&mut self) {
+        self.consecutive = 0;
+        self.until = None;
+    }
+
+    /// Until when it cools, if it does at `now`.
+    pub fn cooling_until(&self, now: Instant) -> Option<Instant> {
+        self.until.filter(|&u| u > now)
+    }
+}
+
+/// Passive health: K consecutive failures (5xx, timeout, connect) or one 401/403 put the
+/// backend in `error` for a while; it recovers by itself.
+#[derive(Debug, Default, Clone)]
+pub struct Health {
+    /// Consecutive failures.
+    pub failures: u32,
+    /// In `error` until then.
+    pub error_until: Option<Instant>,
+    /// Why, for /status.
+    pub reason: &'static str,
+}
+
+impl Health {
+    /// A failure; returns true if it put the backend in `error`.
+    pub fn on_failure(&mut self, now: Instant, settings: &Settings, reason: &'static str) -> bool {
+        self.failures += 1;
+        if self.failures >= settings.failure_threshold {
+            self.error_until = Some(now + settings.error_cooldown);
+            self.reason = reason;
+            return true;
+        }
+        false
+    }
+
+    /// The key was refused: `error` at once.
+    pub fn on_auth_error(&mut self, now: Instant, settings: &Settings) {
+        self.error_until = Some(now + settings.error_cooldown);
+        self.reason = "auth";
+    }
+
+    /// A success.
+    pub fn on_success(&mut self) {
+        self.failures = 0;
+        self.error_until = None;
+        self.reason = "";
+    }
+
+    /// Until when it is in error, if it is at `now`.
+    pub fn error_until(&self, now: Instant) -> Option<Instant> {
+        self.error_until.filter(|&u| u > now)
+    }
+}
+
+/// Whether a backend can take a request now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Availability {
+    /// A token is available now.
+    Ready,
+    /// Healthy, but the next token comes then.
+    NoToken(Instant),
+    /// Cooling down after 429s until then.
+    Cooling(Instant),
+    /// In passive-health `error` until then.
+    Error(Instant),
+    /// Disabled by config.
+    Disabled,
+}
+
+/// Live state of one backend, carried across snapshots.
+#[derive(Debug)]
+pub struct BackendState {
+    /// Main request limiter.
+    pub limiter: Mutex<RequestLimiter>,
+    /// Emergency reserve, separate from the main bucket.
+    pub reserve: Mutex<RequestLimiter>,
+    /// Tokens per minute, if limited.
+    pub tpm: Mutex<Option<TokenWindow>>,
+    /// 429 cooldown.
+    pub cooldown: Mutex<Cooldown>,
+    /// Passive health.
+    pub health: Mutex<Health>,
+    /// Adaptive retreat.
+    pub retreat: Mutex<Retreat>,
+    /// Requests in flight to this backend.
+    pub in_flight: AtomicU64,
+}
+
+fn reserve_limit(config: &BackendConfig, settings: &Settings) -> u32 {
+    ((f64::from(config.rpm_limit) * settings.emergency_fraction).floor() as u32).max(1)
+}
+
+impl BackendState {
+    /// Fresh state for a backend.
+    pub fn new(
+        config: &BackendConfig,
+        settings: &Settings,
+        window: Duration,
+        now: Instant,
+    ) -> Self {
+        Self {
+            limiter: Mutex::new(RequestLimiter::new(
+                config.rpm_limit,
+                settings.bucket_burst,
+                window,
+                now,
+            )),
+            reserve: Mutex::new(RequestLimiter::new(
+                reserve_limit(config, settings),
+                1,
+                window,
+                now,
+            )),
+            tpm: Mutex::new(
+                config
+                    .tpm_limit
+                    .map(|t| TokenWindow::new(u64::from(t), window)),
+            ),
+            cooldown: Mutex::new(Cooldown::default()),
+            health: Mutex::new(Health::default()),
+            retreat: Mutex::new(Retreat::new(config.rpm_limit)),
+            in_flight: AtomicU64::new(0),
+        }
+    }
+
+    /// Applies a changed config in place, keeping admissions, cooldown and health.
+    pub fn reconfigure(
+        &self,
+        config: &BackendConfig,
+        settings: &Settings,
+        window: Duration,
+        now: Instant,
+    ) {
+        let effective = self.effective_rpm(config, settings);
+        self.limiter.lock().expect("limiter lock").reconfigure(
+            effective,
+            settings.bucket_burst,
+            window,
+            now,
+        );
+        self.reserve.lock().expect("reserve lock").reconfigure(
+            reserve_limit(config, settings),
+            1,
+            window,
+            now,
+        );
+        let mut tpm = self.tpm.lock().expect("tpm lock");
+        match (config.tpm_limit, tpm.as_mut()) {
+            (Some(limit), Some(w)) => w.reconfigure(u64::from(limit), window),
+            (Some(limit), None) => *tpm = Some(TokenWindow::new(u64::from(limit), window)),
+            (None, _) => *tpm = None,
+        }
+    }
+
+    /// The RPM the limiter enforces: the configured limit, lowered by retreat if enabled.
+    pub fn effective_rpm(&self, config: &BackendConfig, settings: &Settings) -> u32 {
+        if settings.adaptive_retreat {
+            (self
+                .retreat
+                .lock()
+                .expect("retreat lock")
+                .effective()
+                .round() as u32)
+                .clamp(1, config.rpm_limit)
+        } else {
+            config.rpm_limit
+        }
+    }
+
+    /// Where the backend stands at `now` for a request needing `estimate` tokens.
+    pub fn availability(&self, enabled: bool, now: Instant, estimate: u64) -> Availability {
+        if !enabled {
+            return Availability::Disabled;
+        }
+        if let Some(until) = self.health.lock().expect("health lock").error_until(now) {
+            return Availability::Error(until);
+        }
+        if let Some(until) = self
+            .cooldown
+            .lock()
+            .expect("cooldown lock")
+            .cooling_until(now)
+        {
+            return Availability::Cooling(until);
+        }
+        let mut next = self
+            .limiter
+            .lock()
+            .expect("limiter lock")
+            .next_available(now);
+        if let Some(w) = self.tpm.lock().expect("tpm lock").as_mut() {
+            next = next.max(w.next_available(now, estimate));
+        }
+        if next <= now {
+            Availability::Ready
+        } else {
+            Availability::NoToken(next)
+        }
+    }
+
+    /// The request rate in the current window relative to the limit, 0..=1.
+    pub fn load(&self, now: Instant) -> f64 {
+        let mut l = self.limiter.lock().expect("limiter lock");
+        f64::from(l.in_window(now)) / f64::from(l.limit())
+    }
+
+    /// Counts a request in flight.
+    pub fn started(&self) {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a request done.
+    pub fn finished(&self) {
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A backend in a bundle: its config and its live state.
+#[derive(Debug)]
+pub struct Backend {
+    /// Config from the snapshot.
+    pub config: BackendConfig,
+    /// Rank of its pool (0 = first pool).
+    pub pool_rank: usize,
+    /// Live state, shared with the next bundle if the backend stays.
+    pub state: std::sync::Arc<BackendState>,
+}

@@ -1,0 +1,158 @@
+//! The runtime bundle: everything a request needs, built from one snapshot and swapped
+//! in whole, so a request sees one config version or the next, never a mix.
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use tokio::time::Instant;
+
+use super::backend::{Backend, BackendState};
+use crate::snapshot::{ModelRoute, Settings, Snapshot};
+
+/// The backends of one pool that serve a model.
+#[derive(Debug)]
+pub struct Tier {
+    /// Pool name.
+    pub pool: String,
+    /// Pool rank (0 = first pool).
+    pub rank: usize,
+    /// Members and how each serves the model.
+    pub members: Vec<(Arc<Backend>, ModelRoute)>,
+}
+
+/// Candidates for one model, in pool order.
+#[derive(Debug, Default)]
+pub struct Route {
+    /// One tier per pool that has members.
+    pub tiers: Vec<Tier>,
+}
+
+impl Route {
+    /// Every member, in pool order.
+    pub fn members(&self) -> impl Iterator<Item = &(Arc<Backend>, ModelRoute)> {
+        self.tiers.iter().flat_map(|t| t.members.iter())
+    }
+}
+
+/// One config version, ready to serve.
+#[derive(Debug)]
+pub struct Bundle {
+    /// Config version (0 = no config yet).
+    pub version: u64,
+    /// Every backend.
+    pub backends: Vec<Arc<Backend>>,
+    /// Canonical model → candidates.
+    routes: HashMap<String, Arc<Route>>,
+    /// Candidates for a model no backend maps explicitly: the `*` backends.
+    wildcard: Option<Arc<Route>>,
+    /// Settings.
+    pub settings: Settings,
+    /// Canonical model names this node serves, sorted (for `/v1/models`).
+    pub models: Vec<String>,
+    /// The limiters' window (60 s; shorter only in tests).
+    pub window: Duration,
+}
+
+impl Bundle {
+    /// The bundle before any config: serves nothing.
+    pub fn empty(window: Duration) -> Self {
+        Self {
+            version: 0,
+            backends: Vec::new(),
+            routes: HashMap::new(),
+            wildcard: None,
+            settings: Settings::default(),
+            models: Vec::new(),
+            window,
+        }
+    }
+
+    /// Builds the bundle for `snapshot`, carrying over the live state of every backend
+    /// that `previous` already had (by id) so tokens, cooldowns and health survive.
+    /// State is reset only when the backend's upstream (URL or key) changed.
+    pub fn prepare(snapshot: &Snapshot, previous: &Bundle, window: Duration, now: Instant) -> Self {
+        let settings = &snapshot.settings;
+        let backends: Vec<Arc<Backend>> = snapshot
+            .backends
+            .iter()
+            .map(|config| {
+                let pool_rank = snapshot
+                    .pools
+                    .iter()
+                    .position(|p| p.name == config.pool)
+                    .unwrap_or(usize::MAX);
+                let state = match previous.backends.iter().find(|b| b.config.id == config.id) {
+                    Some(old) if old.config.same_upstream(config) => {
+                        old.state.reconfigure(config, settings, window, now);
+                        old.state.clone()
+                    }
+                    _ => Arc::new(BackendState::new(config, settings, window, now)),
+                };
+                Arc::new(Backend {
+                    config: config.clone(),
+                    pool_rank,
+                    state,
+                })
+            })
+            .collect();
+
+        let route_for = |model: Option<&str>| -> Route {
+            let mut tiers: Vec<Tier> = Vec::new();
+            for (rank, pool) in snapshot.pools.iter().enumerate() {
+                let members: Vec<_> = backends
+                    .iter()
+                    .filter(|b| b.config.pool == pool.name)
+                    .filter_map(|b| {
+                        let m = &b.config.models;
+                        let route = model.and_then(|name| m.get(name)).or_else(|| m.get("*"))?;
+                        Some((b.clone(), route.clone()))
+                    })
+                    .collect();
+                if !members.is_empty() {
+                    tiers.push(Tier {
+                        pool: pool.name.clone(),
+                        rank,
+                        members,
+                    });
+                }
+            }
+            Route { tiers }
+        };
+        let mut models: Vec<String> = backends
+            .iter()
+            .filter(|b| b.config.enabled)
+            .flat_map(|b| {
+                b.config
+                    .models
+                    .keys()
+                    .filter(|k| k.as_str() != "*")
+                    .cloned()
+            })
+            .collect();
+        models.sort();
+        models.dedup();
+        let routes = models
+            .iter()
+            .map(|m| (m.clone(), Arc::new(route_for(Some(m)))))
+            .collect();
+        let wildcard = Some(Arc::new(route_for(None))).filter(|r| !r.tiers.is_empty());
+        Self {
+            version: snapshot.version,
+            backends,
+            routes,
+            wildcard,
+            settings: settings.clone(),
+            models,
+            window,
+        }
+    }
+
+    /// The candidates for `model`, if any backend serves it.
+    pub fn route(&self, model: &str) -> Option<Arc<Route>> {
+        self.routes.get(model).or(self.wildcard.as_ref()).cloned()
+    }
+
+    /// A backend by id.
+    pub fn backend(&self, id: &str) -> Option<&Arc<Backend>> {
+        self.backends.iter().find(|b| b.config.id == id)
+    }
+}

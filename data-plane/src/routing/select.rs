@@ -1,0 +1,187 @@
+//! Choosing a backend: pools in order; within a pool, a weighted random choice that
+//! prefers headroom (weight ∝ backend weight × (limit − current rate) / limit).
+
+use std::sync::Arc;
+
+use rand::Rng;
+use tokio::time::Instant;
+
+use super::{
+    backend::{Availability, Backend},
+    bundle::Route,
+};
+use crate::snapshot::{ModelRoute, Settings};
+
+/// A backend admitted for one attempt, with its token already taken.
+#[derive(Debug)]
+pub struct Grant {
+    /// The backend.
+    pub backend: Arc<Backend>,
+    /// How it serves the requested model.
+    pub model: ModelRoute,
+    /// Through the emergency reserve.
+    pub emergency: bool,
+    /// When the token was taken (for a refund).
+    pub at: Instant,
+    /// TPM reservation to settle.
+    pub tpm_reservation: Option<u64>,
+}
+
+impl Grant {
+    /// Gives the token back (the request never used it).
+    pub fn refund(&self) {
+        let state = &self.backend.state;
+        let limiter = if self.emergency {
+            &state.reserve
+        } else {
+            &state.limiter
+        };
+        limiter.lock().expect("limiter lock").refund(self.at);
+        if let (Some(id), Some(w)) = (
+            self.tpm_reservation,
+            state.tpm.lock().expect("tpm lock").as_mut(),
+        ) {
+            w.settle(id, 0);
+        }
+    }
+}
+
+/// What a route can do for a request now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Assessment {
+    /// Some candidate has a token now.
+    Ready,
+    /// Wait until then: a healthy candidate's next token, or a cooling one that recovers
+    /// within the near-recovery wait.
+    Wait(Instant),
+    /// Every candidate is cooling (or in error) beyond the near-recovery wait; the
+    /// earliest recovery, if any candidate will recover.
+    Exhausted(Option<Instant>),
+}
+
+fn usable(b: &Backend, exclude: &[String]) -> bool {
+    !exclude.contains(&b.config.id)
+}
+
+/// Assesses `route` without taking anything.
+pub fn assess(
+    route: &Route,
+    exclude: &[String],
+    now: Instant,
+    estimate: u64,
+    settings: &Settings,
+) -> Assessment {
+    let mut next_token: Option<Instant> = None;
+    let mut recovery: Option<Instant> = None;
+    for (b, _) in route.members().filter(|(b, _)| usable(b, exclude)) {
+        match b.state.availability(b.config.enabled, now, estimate) {
+            Availability::Ready => return Assessment::Ready,
+            Availability::NoToken(t) => next_token = Some(next_token.map_or(t, |n| n.min(t))),
+            Availability::Cooling(t) | Availability::Error(t) => {
+                recovery = Some(recovery.map_or(t, |r| r.min(t)))
+            }
+            Availability::Disabled => {}
+        }
+    }
+    match (next_token, recovery) {
+        (Some(t), r) => Assessment::Wait(r.map_or(t, |r| r.min(t))),
+        (None, Some(r)) if r <= now + settings.near_recovery_wait => Assessment::Wait(r),
+        (None, r) => Assessment::Exhausted(r),
+    }
+}
+
+/// Takes a token from the best ready candidate: the first pool with a ready member, and
+/// within it a headroom-weighted random choice.
+pub fn take(route: &Route, exclude: &[String], now: Instant, estimate: u64) -> Option<Grant> {
+    let mut rng = rand::rng();
+    for tier in &route.tiers {
+        let mut ready: Vec<(&(Arc<Backend>, ModelRoute), f64)> = tier
+            .members
+            .iter()
+            .filter(|(b, _)| usable(b, exclude))
+            .filter(|(b, _)| {
+                b.state.availability(b.config.enabled, now, estimate) == Availability::Ready
+            })
+            .map(|m| {
+                let headroom = (1.0 - m.0.state.load(now)).max(0.01);
+                (m, headroom * f64::from(m.0.config.weight))
+            })
+            .collect();
+        while !ready.is_empty() {
+            let total: f64 = ready.iter().map(|r| r.1).sum();
+            let mut pick = rng.random_range(0.0..total);
+            let i = ready
+                .iter()
+                .position(|r| {
+                    pick -= r.1;
+                    pick < 0.0
+                })
+                .unwrap_or(ready.len() - 1);
+            let (b, model) = ready.swap_remove(i).0;
+            if let Some(grant) = acquire(b, model, now, estimate, false) {
+                return Some(grant);
+            }
+        }
+    }
+    None
+}
+
+/// The emergency channel: the cooling candidate whose cooldown ends soonest, through its
+/// separate reserve bucket. The main bucket is not touched.
+pub fn take_emergency(route: &Route, exclude: &[String], now: Instant) -> Option<Grant> {
+    let (b, model) = route
+        .members()
+        .filter(|(b, _)| usable(b, exclude) && b.config.enabled)
+        .filter(|(b, _)| {
+            b.state
+                .health
+                .lock()
+                .expect("health lock")
+                .error_until(now)
+                .is_none()
+        })
+        .filter_map(|m| {
+            Some((
+                m,
+                m.0.state
+                    .cooldown
+                    .lock()
+                    .expect("cooldown lock")
+                    .cooling_until(now)?,
+            ))
+        })
+        .min_by_key(|(_, until)| *until)?
+        .0;
+    acquire(b, model, now, 0, true)
+}
+
+fn acquire(
+    b: &Arc<Backend>,
+    model: &ModelRoute,
+    now: Instant,
+    estimate: u64,
+    emergency: bool,
+) -> Option<Grant> {
+    let state = &b.state;
+    let limiter = if emergency {
+        &state.reserve
+    } else {
+        &state.limiter
+    };
+    if !limiter.lock().expect("limiter lock").try_acquire(now) {
+        return None;
+    }
+    let tpm_reservation = state
+        .tpm
+        .lock()
+        .expect("tpm lock")
+        .as_mut()
+        .map(|w| w.reserve(now, estimate));
+    Some(Grant {
+        backend: b.clone(),
+        model: model.clone(),
+        emergency,
+        at: now,
+        tpm_reservation,
+    })
+}

@@ -1,0 +1,1 @@
+//! Routing tests live in routing/tests.rs.

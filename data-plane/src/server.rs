@@ -1,0 +1,267 @@
+//! Start-up and serving: node identity, the control-plane channel, the cached config,
+//! then the API and ops ports and the background tasks (sync, queue dispatcher, usage
+//! reporter, retreat ticks) until shutdown, which drains in-flight requests and flushes
+//! usage before returning.
+
+use std::{future::Future, path::Path, sync::Arc, time::Duration};
+
+use arc_swap::ArcSwap;
+use sidecar_proto::v1::{self as pb, node_service_client::NodeServiceClient};
+use tokio::{net::TcpListener, sync::watch, task::JoinSet, time::Instant};
+use tonic::transport::Channel;
+use tracing::{info, warn};
+
+use crate::{
+    auth::Bearer,
+    config::ProxyConfig,
+    config_sync::{Cache, Syncer},
+    metrics::Metrics,
+    ops, proxy,
+    report::{self, Outbox},
+    routing::{Bundle, Queue},
+    state::{Counters, Shared, SyncStatus},
+    upstream,
+};
+
+/// Start-up failures.
+#[derive(Debug, thiserror::Error)]
+pub enum InitError {
+    /// The data directory cannot be used.
+    #[error("data directory {0}: {1}")]
+    DataDir(String, std::io::Error),
+    /// The control plane URL is unusable.
+    #[error("SIDECAR_CONTROL_URL: {0}")]
+    ControlUrl(String),
+}
+
+/// How often adaptive retreat is evaluated.
+const RETREAT_TICK: Duration = Duration::from_secs(10);
+/// How long shutdown keeps trying to deliver usage.
+const REPORT_DRAIN: Duration = Duration::from_secs(5);
+
+/// A proxy, ready to serve.
+pub struct Proxy {
+    shared: Arc<Shared>,
+    syncer: Syncer,
+    usage_rx: tokio::sync::mpsc::Receiver<report::UsageEvent>,
+    client: report::NodeClient,
+    boot_id: String,
+    outbox_capacity: usize,
+    grace: Duration,
+    window: Duration,
+}
+
+fn node_id(config: &ProxyConfig) -> Result<String, InitError> {
+    if let Some(id) = &config.node_id {
+        return Ok(id.clone());
+    }
+    let path = config.data_dir.join("node_id");
+    let err = |e| InitError::DataDir(config.data_dir.display().to_string(), e);
+    match std::fs::read_to_string(&path) {
+        Ok(id) if !id.trim().is_empty() => Ok(id.trim().to_owned()),
+        _ => {
+            let id = format!("node-{}", crate::random_hex(6));
+            std::fs::write(&path, &id).map_err(err)?;
+            Ok(id)
+        }
+    }
+}
+
+impl Proxy {
+    /// Prepares a proxy: data dir, node id, channel to the control plane (connected
+    /// lazily), and the cached config if there is one.
+    pub fn new(config: &ProxyConfig) -> Result<Self, InitError> {
+        std::fs::create_dir_all(&config.data_dir)
+            .map_err(|e| InitError::DataDir(config.data_dir.display().to_string(), e))?;
+        restrict(&config.data_dir);
+        let node_id = node_id(config)?;
+        let channel = Channel::from_shared(config.control_url.clone())
+            .map_err(|e| InitError::ControlUrl(e.to_string()))?
+            .connect_timeout(Duration::from_secs(5))
+            .http2_keep_alive_interval(Duration::from_secs(20))
+            .keep_alive_timeout(Duration::from_secs(10))
+            .keep_alive_while_idle(true)
+            .connect_lazy();
+        let client =
+            NodeServiceClient::with_interceptor(channel, Bearer::new(config.node_token.as_deref()));
+        let metrics = Metrics::new();
+        let (usage, usage_rx) = report::channel(metrics.clone());
+        let (events_tx, events_rx) = tokio::sync::mpsc::channel(1024);
+        let shared = Arc::new(Shared {
+            bundle: Arc::new(ArcSwap::from_pointee(Bundle::empty(config.rate_window))),
+            queue: Arc::new(Queue::default()),
+            usage,
+            metrics,
+            events: events_tx,
+            sync: SyncStatus::default(),
+            counters: Counters::default(),
+            client: upstream::client(Duration::from_secs(10)),
+            max_body_bytes: config.max_body_bytes,
+            started: Instant::now(),
+            node_id: node_id.clone(),
+        });
+        let boot_id = crate::random_hex(8);
+        let cache = match &config.cache_key {
+            Some(key) => Some(Cache::new(&config.data_dir, key)),
+            None => {
+                warn!(
+                    "SIDECAR_CACHE_KEY is not set: the config is not cached on disk, so this proxy cannot start while the control plane is down"
+                );
+                None
+            }
+        };
+        let hello = pb::Hello {
+            node_id,
+            region: config.region.clone(),
+            software_version: env!("CARGO_PKG_VERSION").into(),
+            config_version: 0,
+            boot_id: boot_id.clone(),
+        };
+        let syncer = Syncer::new(
+            shared.clone(),
+            client.clone(),
+            hello,
+            cache,
+            config.rate_window,
+            events_rx,
+        );
+        syncer.load_cache();
+        Ok(Self {
+            shared,
+            syncer,
+            usage_rx,
+            client,
+            boot_id,
+            outbox_capacity: config.outbox_capacity,
+            grace: config.shutdown_grace,
+            window: config.rate_window,
+        })
+    }
+
+    /// Shared state (tests read counters and the bundle).
+    pub fn shared(&self) -> Arc<Shared> {
+        self.shared.clone()
+    }
+
+    /// Serves the API on `api` and ops on `ops` until `shutdown` resolves. Then: stop
+    /// accepting, let in-flight requests finish (up to the grace period), deliver the
+    /// last usage batches, return.
+    pub async fn serve(
+        self,
+        api: TcpListener,
+        ops: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let shared = self.shared;
+        let (stop_accepting_tx, stop_accepting) = watch::channel(false);
+        let (stop_tasks_tx, stop_tasks) = watch::channel(false);
+        let mut tasks = JoinSet::new();
+        tasks.spawn(self.syncer.run(stop_tasks.clone()));
+        tasks.spawn(
+            shared
+                .queue
+                .clone()
+                .run(shared.bundle.clone(), stop_tasks.clone()),
+        );
+        tasks.spawn(retreat_ticks(
+            shared.clone(),
+            self.window,
+            stop_tasks.clone(),
+        ));
+        let outbox = Arc::new(Outbox::default());
+        let mut reporting = JoinSet::new();
+        reporting.spawn(report::aggregate(
+            self.usage_rx,
+            outbox.clone(),
+            report::Batching {
+                node_id: shared.node_id.clone(),
+                boot_id: self.boot_id,
+                capacity: self.outbox_capacity,
+                interval: Duration::from_secs(1),
+            },
+            shared.metrics.clone(),
+            stop_tasks.clone(),
+        ));
+        reporting.spawn(report::deliver(
+            outbox,
+            self.client,
+            shared.metrics.clone(),
+            stop_tasks.clone(),
+            REPORT_DRAIN,
+        ));
+
+        info!(addr = %api.local_addr()?, node = %shared.node_id, "serving the OpenAI-compatible API");
+        info!(addr = %ops.local_addr()?, "serving /health, /health/ready, /status, /metrics");
+        let stopped = |mut rx: watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        let api_server = axum::serve(api, proxy::router(shared.clone()))
+            .with_graceful_shutdown(stopped(stop_accepting.clone()));
+        let ops_server = axum::serve(ops, ops::router(shared.clone()))
+            .with_graceful_shutdown(stopped(stop_tasks.clone()));
+        let ops_task = tokio::spawn(async move { ops_server.await });
+        let grace = self.grace;
+        let api_task = tokio::spawn(async move { api_server.await });
+        tokio::spawn(async move {
+            shutdown.await;
+            info!("shutting down: no new connections; finishing in-flight requests");
+            let _ = stop_accepting_tx.send(true);
+        });
+        let api_result = {
+            let mut api_task = api_task;
+            tokio::select! {
+                r = &mut api_task => r.unwrap_or(Ok(())),
+                _ = async { stopped(stop_accepting).await; tokio::time::sleep(grace).await } => {
+                    warn!(grace_seconds = grace.as_secs(), "in-flight requests did not finish in time; closing them");
+                    api_task.abort();
+                    Ok(())
+                }
+            }
+        };
+        let _ = stop_tasks_tx.send(true);
+        while reporting.join_next().await.is_some() {}
+        tasks.shutdown().await;
+        let _ = ops_task.await;
+        info!("proxy stopped");
+        api_result
+    }
+}
+
+#[cfg(unix)]
+fn restrict(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+}
+
+#[cfg(not(unix))]
+fn restrict(_dir: &Path) {}
+
+/// Adaptive retreat: a timed evaluation per backend (never per response).
+async fn retreat_ticks(shared: Arc<Shared>, window: Duration, mut shutdown: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(RETREAT_TICK);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+        let bundle = shared.bundle.load();
+        if !bundle.settings.adaptive_retreat {
+            continue;
+        }
+        let now = Instant::now();
+        for b in &bundle.backends {
+            let rpm = b
+                .state
+                .retreat
+                .lock()
+                .expect("retreat lock")
+                .tick(now, b.config.rpm_limit);
+            b.state.limiter.lock().expect("limiter lock").reconfigure(
+                rpm,
+                bundle.settings.bucket_burst,
+                window,
+                now,
+            );
+        }
+    }
+}

@@ -1,0 +1,75 @@
+//! State shared by the request path, the sync task, the reporter and the ops endpoints.
+
+use std::sync::{
+    Arc, Mutex,
+    atomic::{AtomicBool, AtomicU64, Ordering},
+};
+
+use arc_swap::ArcSwap;
+use sidecar_proto::v1 as pb;
+use tokio::{sync::mpsc, time::Instant};
+
+use crate::{
+    metrics::Metrics,
+    report::UsageSink,
+    routing::{Bundle, Queue},
+    upstream::HttpClient,
+};
+
+/// Request counters for `/status` (V1 names where V1 had them).
+#[derive(Debug, Default)]
+#[allow(missing_docs)]
+pub struct Counters {
+    pub total: AtomicU64,
+    pub succeeded: AtomicU64,
+    pub ratelimited: AtomicU64,
+    pub exhausted: AtomicU64,
+    pub queue_full_rejects: AtomicU64,
+    pub upstream_errors: AtomicU64,
+    pub client_errors: AtomicU64,
+    pub emergency: AtomicU64,
+    pub fallback: AtomicU64,
+    pub retries: AtomicU64,
+}
+
+impl Counters {
+    /// Adds one.
+    pub fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Connection state of the Sync stream.
+#[derive(Debug, Default)]
+pub struct SyncStatus {
+    /// The stream is open.
+    pub connected: AtomicBool,
+    /// Last error talking to the control plane.
+    pub last_error: Mutex<String>,
+}
+
+/// Everything the proxy's tasks share.
+pub struct Shared {
+    /// The config in force; one load per request.
+    pub bundle: Arc<ArcSwap<Bundle>>,
+    /// Requests waiting for capacity.
+    pub queue: Arc<Queue>,
+    /// Usage events to the reporter.
+    pub usage: UsageSink,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// 429 events to the Sync stream (sent at once, not batched).
+    pub events: mpsc::Sender<pb::RateLimitEvent>,
+    /// Sync stream state.
+    pub sync: SyncStatus,
+    /// /status counters.
+    pub counters: Counters,
+    /// The pooled upstream client.
+    pub client: HttpClient,
+    /// Request body limit.
+    pub max_body_bytes: usize,
+    /// Process start.
+    pub started: Instant,
+    /// This node's id.
+    pub node_id: String,
+}

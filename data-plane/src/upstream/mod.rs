@@ -1,0 +1,321 @@
+//! Talking to providers: one pooled HTTPS client for the whole process (rustls with
+//! webpki roots, HTTP/2 where the provider negotiates it, keep-alive), request building
+//! (model rewrite, key, header hygiene), and classification of what came back.
+
+mod body;
+mod usage;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Uri, header};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper_util::{
+    client::legacy::{Client, connect::HttpConnector},
+    rt::TokioExecutor,
+};
+
+pub use body::{Finished, TappedBody};
+pub use usage::{Usage, UsageScanner};
+
+/// The process-wide upstream client.
+pub type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// Builds the shared client: connect timeout, keep-alive pool, HTTP/1.1 and HTTP/2 by ALPN.
+pub fn client(connect_timeout: Duration) -> HttpClient {
+    let mut http = HttpConnector::new();
+    http.set_connect_timeout(Some(connect_timeout));
+    http.set_nodelay(true);
+    http.enforce_http(false);
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_webpki_roots()
+        .https_or_http()
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(http);
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(256)
+        .build(https)
+}
+
+/// Why an attempt failed before a usable response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptError {
+    /// No response headers within the backend's timeout.
+    Timeout,
+    /// The connection could not be made.
+    Connect,
+    /// The connection failed after it was made (reset, protocol error).
+    Io,
+}
+
+impl AttemptError {
+    /// Label for metrics and usage.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttemptError::Timeout => "timeout",
+            AttemptError::Connect => "connect",
+            AttemptError::Io => "io",
+        }
+    }
+}
+
+/// Request headers never forwarded: hop-by-hop headers, the client's own credentials,
+/// and headers the proxy sets itself.
+const DROPPED_REQUEST_HEADERS: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "host",
+    "content-length",
+    "authorization",
+    "x-api-key",
+    "api-key",
+    "cookie",
+    "openai-organization",
+    "openai-project",
+    "accept-encoding",
+    "x-priority",
+];
+
+/// Response headers never passed back (hop-by-hop).
+const DROPPED_RESPONSE_HEADERS: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+fn named_in_connection(headers: &HeaderMap) -> Vec<HeaderName> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect()
+}
+
+/// The upstream URI: the base URL's origin and prefix, then the client path without its
+/// `/v1` (the base URL already carries the version), so a path is never `/v1/v1`.
+pub fn target_uri(origin: &Uri, prefix: &str, client_path: &str) -> Result<Uri, http::Error> {
+    let rest = client_path.strip_prefix("/v1").unwrap_or(client_path);
+    let mut parts = origin.clone().into_parts();
+    parts.path_and_query = Some(format!("{prefix}{rest}").parse()?);
+    Ok(Uri::from_parts(parts)?)
+}
+
+/// Builds the upstream request: the client's headers minus the dropped ones, the backend's
+/// key, identity encoding (so bytes pass through untouched and usage stays readable).
+pub fn build_request(
+    uri: Uri,
+    client_headers: &HeaderMap,
+    authorization: &HeaderValue,
+    body: Bytes,
+) -> Result<Request<Full<Bytes>>, http::Error> {
+    let mut headers = client_headers.clone();
+    for name in named_in_connection(client_headers) {
+        headers.remove(name);
+    }
+    for name in DROPPED_REQUEST_HEADERS {
+        headers.remove(*name);
+    }
+    headers.insert(header::AUTHORIZATION, authorization.clone());
+    headers.insert(
+        header::ACCEPT_ENCODING,
+        HeaderValue::from_static("identity"),
+    );
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    let mut request = Request::post(uri).body(Full::new(body))?;
+    *request.headers_mut() = headers;
+    Ok(request)
+}
+
+/// Response headers for the client: the upstream's minus hop-by-hop ones.
+pub fn response_headers(upstream: &HeaderMap) -> HeaderMap {
+    let mut headers = upstream.clone();
+    for name in named_in_connection(upstream) {
+        headers.remove(name);
+    }
+    for name in DROPPED_RESPONSE_HEADERS {
+        headers.remove(*name);
+    }
+    headers
+}
+
+/// Sends one attempt and waits for response headers, up to `timeout`.
+pub async fn send(
+    client: &HttpClient,
+    request: Request<Full<Bytes>>,
+    timeout: Duration,
+) -> Result<Response<Incoming>, AttemptError> {
+    match tokio::time::timeout(timeout, client.request(request)).await {
+        Err(_) => Err(AttemptError::Timeout),
+        Ok(Err(e)) if e.is_connect() => Err(AttemptError::Connect),
+        Ok(Err(_)) => Err(AttemptError::Io),
+        Ok(Ok(r)) => Ok(r),
+    }
+}
+
+/// Reads a (non-2xx) response body, at most `limit` bytes, within `timeout`.
+pub async fn read_small(body: Incoming, limit: usize, timeout: Duration) -> Bytes {
+    match tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await {
+        Ok(Ok(collected)) => collected.to_bytes(),
+        _ => Bytes::new(),
+    }
+}
+
+/// The cooldown floor an upstream asked for: `Retry-After` in seconds or as an HTTP
+/// date, capped at a day.
+pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let value = headers.get(header::RETRY_AFTER)?.to_str().ok()?.trim();
+    let d = match value.parse::<f64>() {
+        Ok(secs) if secs.is_finite() && secs >= 0.0 => Duration::from_secs_f64(secs),
+        Ok(_) => return None,
+        Err(_) => httpdate::parse_http_date(value)
+            .ok()?
+            .duration_since(std::time::SystemTime::now())
+            .unwrap_or_default(),
+    };
+    Some(d.min(Duration::from_secs(86_400)))
+}
+
+/// How an upstream status is treated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatusClass {
+    /// 2xx: pass through.
+    Success,
+    /// 429: cool down, try the next candidate.
+    RateLimited,
+    /// 401/403: the key is bad; mark `error`, try the next candidate.
+    Auth,
+    /// 5xx: passive-health failure, try the next candidate.
+    ServerError,
+    /// Any other 4xx: the request itself is wrong; pass through, no retry.
+    ClientError,
+}
+
+/// Classifies an upstream status.
+pub fn classify(status: StatusCode) -> StatusClass {
+    match status.as_u16() {
+        200..=299 => StatusClass::Success,
+        429 => StatusClass::RateLimited,
+        401 | 403 => StatusClass::Auth,
+        500..=599 => StatusClass::ServerError,
+        _ => StatusClass::ClientError,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_never_double_the_version_prefix() {
+        let origin: Uri = "https://api.example.com/".parse().unwrap();
+        assert_eq!(
+            target_uri(&origin, "/v1", "/v1/chat/completions")
+                .unwrap()
+                .to_string(),
+            "https://api.example.com/v1/chat/completions"
+        );
+        assert_eq!(
+            target_uri(&origin, "/openai/v1", "/v1/embeddings")
+                .unwrap()
+                .to_string(),
+            "https://api.example.com/openai/v1/embeddings"
+        );
+        assert_eq!(
+            target_uri(&origin, "", "/v1/completions")
+                .unwrap()
+                .to_string(),
+            "https://api.example.com/completions"
+        );
+    }
+
+    #[test]
+    fn client_credentials_and_hop_by_hop_headers_are_dropped() {
+        let mut h = HeaderMap::new();
+        for (k, v) in [
+            ("authorization", "Bearer client-secret"),
+            ("x-api-key", "client-secret"),
+            ("cookie", "a=b"),
+            ("connection", "keep-alive, x-custom-hop"),
+            ("x-custom-hop", "1"),
+            ("keep-alive", "timeout=5"),
+            ("accept-encoding", "gzip"),
+            ("content-type", "application/json"),
+            ("x-request-id", "abc"),
+            ("x-priority", "high"),
+        ] {
+            h.insert(HeaderName::from_static(k), HeaderValue::from_static(v));
+        }
+        let key = HeaderValue::from_static("Bearer backend-key");
+        let r = build_request(
+            "http://u/x".parse().unwrap(),
+            &h,
+            &key,
+            Bytes::from_static(b"{}"),
+        )
+        .unwrap();
+        let out = r.headers();
+        assert_eq!(out["authorization"], "Bearer backend-key");
+        assert_eq!(out["accept-encoding"], "identity");
+        assert_eq!(out["content-length"], "2");
+        assert_eq!(out["content-type"], "application/json");
+        assert_eq!(out["x-request-id"], "abc");
+        for gone in [
+            "x-api-key",
+            "cookie",
+            "connection",
+            "x-custom-hop",
+            "keep-alive",
+            "x-priority",
+        ] {
+            assert!(!out.contains_key(gone), "{gone} forwarded");
+        }
+    }
+
+    #[test]
+    fn retry_after_reads_seconds_and_http_dates() {
+        let mut h = HeaderMap::new();
+        h.insert(header::RETRY_AFTER, HeaderValue::from_static("7"));
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(7)));
+        let later = std::time::SystemTime::now() + Duration::from_secs(120);
+        h.insert(
+            header::RETRY_AFTER,
+            HeaderValue::from_str(&httpdate::fmt_http_date(later)).unwrap(),
+        );
+        let d = retry_after(&h).unwrap();
+        assert!(
+            d > Duration::from_secs(115) && d <= Duration::from_secs(120),
+            "{d:?}"
+        );
+        h.insert(header::RETRY_AFTER, HeaderValue::from_static("soon"));
+        assert_eq!(retry_after(&h), None);
+    }
+
+    #[test]
+    fn statuses_are_classified() {
+        assert_eq!(classify(StatusCode::OK), StatusClass::Success);
+        assert_eq!(
+            classify(StatusCode::TOO_MANY_REQUESTS),
+            StatusClass::RateLimited
+        );
+        assert_eq!(classify(StatusCode::UNAUTHORIZED), StatusClass::Auth);
+        assert_eq!(classify(StatusCode::FORBIDDEN), StatusClass::Auth);
+        assert_eq!(classify(StatusCode::BAD_GATEWAY), StatusClass::ServerError);
+        assert_eq!(classify(StatusCode::BAD_REQUEST), StatusClass::ClientError);
+    }
+}
