@@ -165,6 +165,11 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
         &[],
         shared.started.elapsed().as_secs_f64(),
     );
+    m.gauge(
+        "sidecar_report_outbox_depth",
+        &[],
+        shared.outbox.len() as f64,
+    );
     for b in &bundle.backends {
         let id = b.config.id.as_str();
         let s = &b.state;

@@ -99,6 +99,8 @@ impl Proxy {
             max_body_bytes: config.max_body_bytes,
             started: Instant::now(),
             node_id: node_id.clone(),
+            in_flight: Default::default(),
+            outbox: Arc::new(Outbox::default()),
         });
         let boot_id = crate::random_hex(8);
         let cache = match &config.cache_key {
@@ -168,7 +170,8 @@ impl Proxy {
             self.window,
             stop_tasks.clone(),
         ));
-        let outbox = Arc::new(Outbox::default());
+        let outbox = shared.outbox.clone();
+        let (last_batch_tx, last_batch) = watch::channel(false);
         let mut reporting = JoinSet::new();
         reporting.spawn(report::aggregate(
             self.usage_rx,
@@ -181,12 +184,13 @@ impl Proxy {
             },
             shared.metrics.clone(),
             stop_tasks.clone(),
+            last_batch_tx,
         ));
         reporting.spawn(report::deliver(
             outbox,
             self.client,
             shared.metrics.clone(),
-            stop_tasks.clone(),
+            last_batch,
             REPORT_DRAIN,
         ));
 
@@ -218,6 +222,9 @@ impl Proxy {
                 }
             }
         };
+        // Responses still draining (clients that left mid-stream) finish their accounting
+        // before the last batch is cut.
+        shared.in_flight.wait_idle(grace).await;
         let _ = stop_tasks_tx.send(true);
         while reporting.join_next().await.is_some() {}
         tasks.shutdown().await;

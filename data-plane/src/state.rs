@@ -7,7 +7,10 @@ use std::sync::{
 
 use arc_swap::ArcSwap;
 use sidecar_proto::v1 as pb;
-use tokio::{sync::mpsc, time::Instant};
+use tokio::{
+    sync::{Notify, mpsc},
+    time::Instant,
+};
 
 use crate::{
     metrics::Metrics,
@@ -48,6 +51,49 @@ pub struct SyncStatus {
     pub last_error: Mutex<String>,
 }
 
+/// Upstream requests in flight across all backends, so shutdown can wait for the last
+/// response (and its accounting) before the final usage batch is cut.
+#[derive(Debug, Default)]
+pub struct InFlight {
+    count: AtomicU64,
+    idle: Notify,
+}
+
+impl InFlight {
+    /// One more request in flight.
+    pub fn start(&self) {
+        self.count.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// One request done (its accounting recorded).
+    pub fn finish(&self) {
+        if self.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.idle.notify_waiters();
+        }
+    }
+
+    /// Requests in flight.
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::Acquire)
+    }
+
+    /// Waits until nothing is in flight, or `limit` passes.
+    pub async fn wait_idle(&self, limit: std::time::Duration) {
+        let deadline = Instant::now() + limit;
+        loop {
+            let idle = self.idle.notified();
+            tokio::pin!(idle);
+            idle.as_mut().enable();
+            if self.count() == 0 {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, idle).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
 /// Everything the proxy's tasks share.
 pub struct Shared {
     /// The config in force; one load per request.
@@ -72,4 +118,8 @@ pub struct Shared {
     pub started: Instant,
     /// This node's id.
     pub node_id: String,
+    /// Upstream requests in flight.
+    pub in_flight: InFlight,
+    /// Usage batches waiting for the control plane.
+    pub outbox: Arc<crate::report::Outbox>,
 }

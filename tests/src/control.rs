@@ -45,6 +45,9 @@ pub struct Options {
     pub admin_token: Option<String>,
     /// Extra environment variables.
     pub env: Vec<(String, String)>,
+    /// API address; port 0 when `None`. A restart passes the old address so that
+    /// proxies find the control plane again.
+    pub listen: Option<SocketAddr>,
 }
 
 impl Default for Options {
@@ -54,6 +57,7 @@ impl Default for Options {
             key_hex: None,
             admin_token: Some("admin-token-0123456789abcdef".into()),
             env: Vec::new(),
+            listen: None,
         }
     }
 }
@@ -124,7 +128,12 @@ impl ControlPlaneHarness {
             (None, Some(t)) => t.to_owned(),
             (None, None) => String::new(),
         };
-        let api = TcpListener::bind("127.0.0.1:0").await?;
+        let api = bind_retrying(
+            options
+                .listen
+                .unwrap_or_else(|| "127.0.0.1:0".parse().unwrap()),
+        )
+        .await?;
         let ops = TcpListener::bind("127.0.0.1:0").await?;
         let (addr, ops_addr) = (api.local_addr()?, ops.local_addr()?);
         let (stop, stopped) = oneshot::channel::<()>();
@@ -156,6 +165,7 @@ impl ControlPlaneHarness {
             key_hex: Some(self.key_hex.clone()),
             admin_token: Some(self.admin_token.clone()),
             env: Vec::new(),
+            listen: Some(self.addr),
         }
     }
 
@@ -200,6 +210,22 @@ impl ControlPlaneHarness {
     /// A NodeService client with the node token.
     pub async fn node(&self) -> NodeClient {
         self.node_as(Some(&self.node_token.clone())).await
+    }
+}
+
+/// Binds `addr`, retrying briefly: a restarted control plane rebinds the port its
+/// predecessor just released.
+async fn bind_retrying(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let mut tries = 0;
+    loop {
+        match TcpListener::bind(addr).await {
+            Ok(l) => return Ok(l),
+            Err(e) if tries < 50 && e.kind() == std::io::ErrorKind::AddrInUse => {
+                tries += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            Err(e) => return Err(e),
+        }
     }
 }
 

@@ -4,12 +4,16 @@
 #![forbid(unsafe_code)]
 
 pub mod control;
+pub mod gateway;
 pub mod mock;
+pub mod proxy;
 
 use std::{future::Future, time::Duration};
 
 pub use control::{ControlPlaneHarness, Options};
-pub use mock::MockUpstream;
+pub use gateway::Gateway;
+pub use mock::{MockUpstream, Reply};
+pub use proxy::{ProxyHarness, ProxyOptions};
 
 /// Polls `check` until it returns `Some`, or panics after `timeout` naming `what`.
 /// Used instead of fixed sleeps: the test waits exactly as long as the system needs.

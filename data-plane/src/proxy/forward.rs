@@ -133,11 +133,13 @@ pub(crate) async fn serve(
         })?;
 
         backend.state.started();
+        shared.in_flight.start();
         let sent = Instant::now();
         let outcome = upstream::send(&shared.client, upstream_request, config.timeout).await;
         let failure = match outcome {
             Err(kind) => {
                 backend.state.finished();
+                shared.in_flight.finish();
                 grant_settle(&grant, None);
                 attempt_failed(
                     shared,
@@ -167,6 +169,7 @@ pub(crate) async fn serve(
                 }
                 class => {
                     backend.state.finished();
+                    shared.in_flight.finish();
                     grant_settle(&grant, None);
                     let (parts, body) = response.into_parts();
                     let retry_after = upstream::retry_after(&parts.headers);
@@ -429,6 +432,8 @@ fn respond(
             latency: done.elapsed,
             ttft: if is_sse { done.ttft } else { None },
         });
+        // Last: shutdown waits for this before cutting the final usage batch.
+        finish_shared.in_flight.finish();
     });
     let mut response = Response::new(axum::body::Body::new(body));
     *response.status_mut() = status;

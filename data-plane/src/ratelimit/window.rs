@@ -1,5 +1,9 @@
 //! The request limiter: never more than `limit` admissions in any window (60 s by
 //! default), spread out by a token bucket of `burst` tokens refilled at `limit / window`.
+//!
+//! The window check keeps a small safety margin (1% of the window, at least 50 ms): a
+//! provider counts arrivals, not our admissions, and network jitter can bring two
+//! admissions exactly one window apart closer together by the time they arrive.
 
 use std::{collections::VecDeque, time::Duration};
 
@@ -53,6 +57,11 @@ impl RequestLimiter {
         self.window
     }
 
+    /// The window the log is checked against: the window plus the safety margin.
+    fn guarded_window(&self) -> Duration {
+        self.window + (self.window / 100).max(Duration::from_millis(50))
+    }
+
     fn rate_per_sec(&self) -> f64 {
         f64::from(self.limit) / self.window.as_secs_f64()
     }
@@ -63,10 +72,11 @@ impl RequestLimiter {
             .as_secs_f64();
         self.tokens = (self.tokens + elapsed * self.rate_per_sec()).min(f64::from(self.burst));
         self.refilled_at = now;
+        let guarded = self.guarded_window();
         while self
             .admitted
             .front()
-            .is_some_and(|&t| now.saturating_duration_since(t) >= self.window)
+            .is_some_and(|&t| now.saturating_duration_since(t) >= guarded)
         {
             self.admitted.pop_front();
         }
@@ -82,7 +92,7 @@ impl RequestLimiter {
         };
         let window = if self.admitted.len() >= self.limit as usize {
             // The admission that must leave the window before another may enter.
-            self.admitted[self.admitted.len() - self.limit as usize] + self.window
+            self.admitted[self.admitted.len() - self.limit as usize] + self.guarded_window()
         } else {
             now
         };

@@ -151,13 +151,15 @@ pub struct Batching {
 }
 
 /// Aggregates events and cuts a batch into the outbox every `interval`, and once more
-/// when `shutdown` turns true (after draining the channel).
+/// when `shutdown` turns true (after draining the channel); then sets `done`, which is
+/// what lets [`deliver`] finish.
 pub async fn aggregate(
     mut rx: mpsc::Receiver<UsageEvent>,
     outbox: Arc<Outbox>,
     batching: Batching,
     metrics: Metrics,
     mut shutdown: watch::Receiver<bool>,
+    done: watch::Sender<bool>,
 ) {
     let Batching {
         node_id,
@@ -225,13 +227,15 @@ pub async fn aggregate(
         }
     }
     cut(&mut pending);
+    let _ = done.send(true);
 }
 
 /// The node client used for reports.
 pub type NodeClient = NodeServiceClient<InterceptedService<Channel, Bearer>>;
 
 /// Sends outbox batches in order, one at a time, retrying with backoff until each is
-/// acknowledged. On shutdown it keeps trying for `drain_for`, then gives up.
+/// acknowledged. Once the aggregator is `done` (it cut the last batch) it keeps trying
+/// for `drain_for`, then gives up.
 pub async fn deliver(
     outbox: Arc<Outbox>,
     mut client: NodeClient,

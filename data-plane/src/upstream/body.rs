@@ -122,8 +122,10 @@ impl Body for TappedBody {
         }
     }
 
+    /// Only after the end was seen (and accounted) — so the server always polls to
+    /// the end and accounting happens on the request's own task.
     fn is_end_stream(&self) -> bool {
-        self.inner.as_ref().is_none_or(Body::is_end_stream)
+        self.inner.is_none()
     }
 
     fn size_hint(&self) -> SizeHint {

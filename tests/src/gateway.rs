@@ -1,0 +1,130 @@
+//! A whole gateway in one process: control plane, one proxy, and helpers to configure
+//! backends on mock upstreams.
+
+use std::collections::HashMap;
+
+use sidecar_proto::v1 as pb;
+
+use crate::{
+    control::{AdminClient, ControlPlaneHarness, Options},
+    mock::MockUpstream,
+    proxy::{ProxyHarness, ProxyOptions},
+};
+
+/// Control plane + proxy.
+pub struct Gateway {
+    /// The control plane.
+    pub cp: ControlPlaneHarness,
+    /// The proxy.
+    pub proxy: ProxyHarness,
+    /// An admin client.
+    pub admin: AdminClient,
+}
+
+/// A backend to add.
+pub struct BackendDef<'a> {
+    /// Name.
+    pub name: &'a str,
+    /// Pool.
+    pub pool: &'a str,
+    /// Requests per minute (per rate window).
+    pub rpm: i64,
+    /// (canonical, native) model pairs.
+    pub models: &'a [(&'a str, &'a str)],
+    /// Cost per token (input, output) for every model.
+    pub cost: (f64, f64),
+    /// The backend's key.
+    pub key: &'a str,
+}
+
+impl Default for BackendDef<'_> {
+    fn default() -> Self {
+        Self {
+            name: "b",
+            pool: "primary",
+            rpm: 600,
+            models: &[("gpt-test", "native-gpt")],
+            cost: (0.0, 0.0),
+            key: "sk-backend-key-0123456789",
+        }
+    }
+}
+
+impl Gateway {
+    /// A control plane and a proxy with default options.
+    pub async fn start() -> Self {
+        Self::start_with(ProxyOptions::default()).await
+    }
+
+    /// A control plane and a proxy with `options`.
+    pub async fn start_with(options: ProxyOptions) -> Self {
+        let cp = ControlPlaneHarness::start_with(Options::default()).await;
+        let proxy = ProxyHarness::start(&cp.url(), &cp.node_token, options).await;
+        let admin = cp.admin().await;
+        proxy
+            .wait_version(
+                cp.admin()
+                    .await
+                    .get_config_version(pb::GetConfigVersionRequest {})
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .version,
+            )
+            .await;
+        Self { cp, proxy, admin }
+    }
+
+    /// Adds a backend on `mock` and waits until the proxy runs the new config.
+    pub async fn add_backend(&mut self, mock: &MockUpstream, def: BackendDef<'_>) -> pb::Backend {
+        let mut mappings = HashMap::new();
+        for (canonical, native) in def.models {
+            mappings.insert(
+                canonical.to_string(),
+                pb::ModelMapping {
+                    native_id: native.to_string(),
+                    cost: Some(pb::ModelCost {
+                        input: def.cost.0,
+                        output: def.cost.1,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+            );
+        }
+        let created = self
+            .admin
+            .create_backend(pb::CreateBackendRequest {
+                backend: Some(pb::BackendSpec {
+                    name: def.name.into(),
+                    base_url: mock.base_url(),
+                    api_key: def.key.into(),
+                    rpm_limit: Some(def.rpm),
+                    pool: def.pool.into(),
+                    model_mappings: mappings,
+                    timeout_seconds: 5,
+                    ..Default::default()
+                }),
+                validate: false,
+            })
+            .await
+            .expect("backend created")
+            .into_inner();
+        self.proxy.wait_version(created.config_version).await;
+        created.backend.unwrap()
+    }
+
+    /// Changes settings and waits until the proxy runs them.
+    pub async fn settings(&mut self, patch: pb::SettingsPatch) {
+        let r = self
+            .admin
+            .update_settings(pb::UpdateSettingsRequest {
+                patch: Some(patch),
+                expected_resource_version: None,
+            })
+            .await
+            .expect("settings updated")
+            .into_inner();
+        self.proxy.wait_version(r.config_version).await;
+    }
+}
