@@ -235,7 +235,12 @@ pub(crate) async fn serve(
                 }
             },
         };
-        exclude.push(backend.config.id.clone());
+        // A backend that answered 429 is cooling now, so routing skips it by itself; it
+        // stays eligible for the near-recovery wait and the emergency channel. Other
+        // failures are excluded for the rest of this request.
+        if !failure.rate_limited {
+            exclude.push(backend.config.id.clone());
+        }
         last = Some(failure);
         if attempts >= MAX_ATTEMPTS {
             return give_up(
