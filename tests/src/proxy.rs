@@ -207,3 +207,40 @@ pub fn chat_body(model: &str, stream: bool) -> serde_json::Value {
         "stream": stream,
     })
 }
+
+/// A cheap handle for calling a proxy from spawned tasks.
+#[derive(Clone)]
+pub struct ProxyClient {
+    url: String,
+    client: reqwest::Client,
+}
+
+impl ProxyHarness {
+    /// A handle that can move into a task.
+    pub fn clone_handle(&self) -> ProxyClient {
+        ProxyClient {
+            url: self.url(),
+            client: reqwest::Client::new(),
+        }
+    }
+}
+
+impl ProxyClient {
+    /// POSTs a chat request with `X-Priority`; returns status and JSON body (Null if none).
+    pub async fn post_status(
+        &self,
+        body: &serde_json::Value,
+        priority: &str,
+    ) -> (u16, serde_json::Value) {
+        let resp = self
+            .client
+            .post(format!("{}/chat/completions", self.url))
+            .header("x-priority", priority)
+            .json(body)
+            .send()
+            .await
+            .expect("proxy answers");
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or_default())
+    }
+}
