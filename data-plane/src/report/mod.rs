@@ -285,7 +285,7 @@ pub async fn deliver(
             Err(status) => {
                 debug!(%status, "report failed; will retry");
                 let wait = crate::jitter(backoff);
-                backoff = (backoff * 2).min(Duration::from_secs(10));
+                backoff = (backoff * 2).min(Duration::from_secs(5));
                 if deadline.is_some() {
                     tokio::time::sleep(wait.min(Duration::from_millis(200))).await;
                 } else {
