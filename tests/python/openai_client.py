@@ -1,0 +1,41 @@
+"""Drives the proxy with the official `openai` Python package: one normal and one
+streamed chat completion. Prints what it saw as JSON for the Rust test to check."""
+
+import json
+import os
+import sys
+
+import openai
+
+client = openai.OpenAI(base_url=os.environ["SIDECAR_PROXY_URL"], api_key="client-side-key", max_retries=0, timeout=20)
+
+normal = client.chat.completions.create(
+    model=os.environ.get("SIDECAR_MODEL", "gpt-test"),
+    messages=[{"role": "user", "content": "hello"}],
+)
+
+chunks = []
+usage = None
+stream = client.chat.completions.create(
+    model=os.environ.get("SIDECAR_MODEL", "gpt-test"),
+    messages=[{"role": "user", "content": "stream please"}],
+    stream=True,
+)
+for chunk in stream:
+    if chunk.choices and chunk.choices[0].delta.content:
+        chunks.append(chunk.choices[0].delta.content)
+    if chunk.usage is not None:
+        usage = chunk.usage.total_tokens
+
+json.dump(
+    {
+        "openai_version": openai.__version__,
+        "content": normal.choices[0].message.content,
+        "model": normal.model,
+        "usage": normal.usage.total_tokens,
+        "stream_text": "".join(chunks),
+        "stream_chunks": len(chunks),
+        "stream_usage": usage,
+    },
+    sys.stdout,
+)
