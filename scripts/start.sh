@@ -38,8 +38,9 @@ trap cleanup EXIT INT TERM
 SIDECAR_DATA_DIR="$DATA/control" "$BIN/sidecar-control" &
 pids+=($!)
 
+# Wait until the control plane listens, so the proxy's first connection succeeds.
 for _ in $(seq 1 100); do
-  curl -fsS http://127.0.0.1:9291/health >/dev/null 2>&1 && break
+  (exec 3<>/dev/tcp/127.0.0.1/9290) 2>/dev/null && break
   sleep 0.1
 done
 

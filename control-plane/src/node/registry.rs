@@ -23,18 +23,19 @@ use crate::{
 pub struct NodeRegistry {
     live: Mutex<HashMap<String, u64>>,
     next_session: AtomicU64,
+    /// Serialises read-modify-write of node records (a report and an ACK for the same
+    /// node can arrive at once).
+    records: Mutex<()>,
 }
 
 impl NodeRegistry {
     fn update(&self, store: &Store, node_id: &str, f: impl FnOnce(&mut NodeRecord)) {
+        let _guard = self.records.lock().expect("node records lock");
         let mut record = store
-            .nodes()
+            .node(node_id)
             .ok()
-            .and_then(|nodes| nodes.into_iter().find(|n| n.id == node_id))
-            .unwrap_or_else(|| NodeRecord {
-                id: node_id.to_owned(),
-                ..Default::default()
-            });
+            .flatten()
+            .unwrap_or_else(|| NodeRecord { id: node_id.to_owned(), ..Default::default() });
         f(&mut record);
         record.last_seen_ms = now_ms();
         if let Err(error) = store.put_node(&record) {

@@ -346,6 +346,11 @@ impl Store {
         Self::scan(&self.nodes, "nodes")
     }
 
+    /// One node by id.
+    pub fn node(&self, id: &str) -> Result<Option<NodeRecord>, StoreError> {
+        Self::get(&self.nodes, "nodes", id.as_bytes())
+    }
+
     /// Saves a node's record (not a config write: no version bump, no audit).
     pub fn put_node(&self, node: &NodeRecord) -> Result<(), StoreError> {
         self.nodes.insert(node.id.as_bytes(), encode(node))?;
