@@ -35,7 +35,10 @@ impl NodeRegistry {
             .node(node_id)
             .ok()
             .flatten()
-            .unwrap_or_else(|| NodeRecord { id: node_id.to_owned(), ..Default::default() });
+            .unwrap_or_else(|| NodeRecord {
+                id: node_id.to_owned(),
+                ..Default::default()
+            });
         f(&mut record);
         record.last_seen_ms = now_ms();
         if let Err(error) = store.put_node(&record) {

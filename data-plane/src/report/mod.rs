@@ -169,7 +169,7 @@ pub async fn aggregate(
     } = batching;
     let mut pending: HashMap<(i64, Arc<str>, Arc<str>), pb::UsageRecord> = HashMap::new();
     let mut seq = 0u64;
-    let mut tick = tokio::time::interval(interval);
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut cut = |pending: &mut HashMap<_, pb::UsageRecord>| {
         if pending.is_empty() {
@@ -296,5 +296,122 @@ pub async fn deliver(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(outcome: Outcome, at_ms: i64, ms: u64) -> UsageEvent {
+        UsageEvent {
+            at_ms,
+            backend_id: "bkd_1".into(),
+            pool: "primary".into(),
+            model: "m".into(),
+            outcome,
+            usage: Some(Usage {
+                prompt: 10,
+                completion: 5,
+                total: 15,
+                cached: 0,
+            }),
+            cost_usd: 0.5,
+            latency: Duration::from_millis(ms),
+            ttft: None,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn events_are_aggregated_per_minute_backend_and_model_into_sequenced_batches() {
+        let metrics = Metrics::new();
+        let (sink, rx) = channel(metrics.clone());
+        let outbox = Arc::new(Outbox::default());
+        let (stop_tx, stop) = watch::channel(false);
+        let (done_tx, mut done) = watch::channel(false);
+        let batching = Batching {
+            node_id: "n".into(),
+            boot_id: "b".into(),
+            capacity: 10,
+            interval: Duration::from_secs(1),
+        };
+        let task = tokio::spawn(aggregate(
+            rx,
+            outbox.clone(),
+            batching,
+            metrics,
+            stop,
+            done_tx,
+        ));
+        sink.record(event(Outcome::Success, 60_000, 40));
+        sink.record(event(Outcome::RateLimited, 60_500, 3000));
+        sink.record(event(Outcome::Success, 120_000, 40));
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        sink.record(event(Outcome::ServerError, 120_001, 70_000));
+        stop_tx.send(true).unwrap();
+        done.wait_for(|d| *d).await.unwrap();
+        task.await.unwrap();
+        let batches = outbox.batches.lock().unwrap().clone();
+        assert_eq!(batches.iter().map(|b| b.seq).collect::<Vec<_>>(), [1, 2]);
+        let mut first = batches[0].records.clone();
+        first.sort_by_key(|r| r.minute_ms);
+        assert_eq!(first.len(), 2, "two minutes");
+        let r = &first[0];
+        assert_eq!(
+            (r.requests, r.succeeded, r.errors_429, r.prompt_tokens),
+            (2, 1, 1, 20)
+        );
+        assert_eq!(r.latency_histogram[0], 1, "40 ms in the first bucket");
+        assert_eq!(r.latency_histogram[6], 1, "3 s in the 5 s bucket");
+        let last = &batches[1].records[0];
+        assert_eq!(
+            (last.errors_5xx, *last.latency_histogram.last().unwrap()),
+            (1, 1),
+            "70 s lands in the overflow bucket"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_outbox_drops_the_oldest_batches_and_counts_them() {
+        let metrics = Metrics::new();
+        let (sink, rx) = channel(metrics.clone());
+        let outbox = Arc::new(Outbox::default());
+        let (stop_tx, stop) = watch::channel(false);
+        let (done_tx, mut done) = watch::channel(false);
+        let batching = Batching {
+            node_id: "n".into(),
+            boot_id: "b".into(),
+            capacity: 2,
+            interval: Duration::from_secs(1),
+        };
+        tokio::spawn(aggregate(
+            rx,
+            outbox.clone(),
+            batching,
+            metrics.clone(),
+            stop,
+            done_tx,
+        ));
+        for i in 0..3 {
+            sink.record(event(Outcome::Success, 60_000 * (i + 1), 10));
+            tokio::time::sleep(Duration::from_millis(1100)).await;
+        }
+        stop_tx.send(true).unwrap();
+        done.wait_for(|d| *d).await.unwrap();
+        let seqs: Vec<u64> = outbox
+            .batches
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|b| b.seq)
+            .collect();
+        assert_eq!(seqs, [2, 3], "the oldest batch was dropped");
+        assert!(
+            metrics
+                .render()
+                .contains("sidecar_report_outbox_dropped_total 1"),
+            "{}",
+            metrics.render()
+        );
     }
 }

@@ -198,7 +198,14 @@ impl Queue {
                     Some(route) => {
                         match assess(&route, &w.exclude, now, w.estimate, &bundle.settings) {
                             Assessment::Ready => {
-                                take(&route, &w.exclude, now, w.estimate).map(Decision::Granted)
+                                let grant = take(&route, &w.exclude, now, w.estimate);
+                                if grant.is_none() {
+                                    // Another request took the token between assess and
+                                    // take: look again shortly, never sleep without a timer.
+                                    let soon = now + std::time::Duration::from_millis(5);
+                                    next = Some(next.map_or(soon, |n| n.min(soon)));
+                                }
+                                grant.map(Decision::Granted)
                             }
                             Assessment::Wait(t) => {
                                 next = Some(next.map_or(t, |n| n.min(t)));

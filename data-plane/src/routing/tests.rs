@@ -1,1 +1,265 @@
-//! Routing tests live in routing/tests.rs.
+//! Routing under a driven clock: pool order, headroom preference, exclusion, the
+//! emergency reserve, and the queue's priority and eviction rules.
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use sidecar_proto::v1 as pb;
+use tokio::time::Instant;
+
+use super::*;
+use crate::snapshot::Snapshot;
+
+const MIN: Duration = Duration::from_secs(60);
+
+fn backend(id: &str, pool: &str, rpm: u32) -> pb::SnapshotBackend {
+    let mut mappings = HashMap::new();
+    mappings.insert(
+        "m".to_string(),
+        pb::ModelMapping {
+            native_id: format!("{id}-native"),
+            ..Default::default()
+        },
+    );
+    pb::SnapshotBackend {
+        id: id.into(),
+        name: id.into(),
+        base_url: "http://127.0.0.1:1/v1".into(),
+        api_key: "k".into(),
+        timeout_seconds: 5,
+        rpm_limit: rpm,
+        pool: pool.into(),
+        enabled: true,
+        weight: 1,
+        model_mappings: mappings,
+        ..Default::default()
+    }
+}
+
+fn bundle(backends: Vec<pb::SnapshotBackend>, now: Instant) -> Bundle {
+    let settings = pb::Settings {
+        cooldown_base_seconds: 30,
+        cooldown_max_seconds: 600,
+        queue_capacity: 3,
+        queue_timeout_seconds: 30,
+        low_priority_timeout_seconds: 2,
+        emergency_fraction: 0.1,
+        near_recovery_wait_seconds: 10,
+        failure_threshold: 3,
+        error_cooldown_seconds: 30,
+        bucket_burst: 100,
+        adaptive_retreat: false,
+    };
+    let snap = pb::Snapshot {
+        version: 1,
+        backends,
+        pools: vec![
+            pb::Pool {
+                name: "primary".into(),
+                order: 0,
+                ..Default::default()
+            },
+            pb::Pool {
+                name: "fallback".into(),
+                order: 100,
+                ..Default::default()
+            },
+        ],
+        settings: Some(settings),
+        ..Default::default()
+    };
+    Bundle::prepare(
+        &Snapshot::try_from(&snap).unwrap(),
+        &Bundle::empty(MIN),
+        MIN,
+        now,
+    )
+}
+
+#[test]
+fn the_first_pool_with_a_token_wins() {
+    let now = Instant::now();
+    let b = bundle(
+        vec![backend("p", "primary", 1), backend("f", "fallback", 100)],
+        now,
+    );
+    let route = b.route("m").unwrap();
+    let g = take(&route, &[], now, 0).unwrap();
+    assert_eq!(g.backend.config.id, "p");
+    assert_eq!(g.model.native_id.as_deref(), Some("p-native"));
+    // The primary's only token is spent: the fallback serves.
+    assert_eq!(take(&route, &[], now, 0).unwrap().backend.config.id, "f");
+}
+
+#[test]
+fn within_a_pool_headroom_is_preferred() {
+    let now = Instant::now();
+    let b = bundle(
+        vec![
+            backend("busy", "primary", 100),
+            backend("idle", "primary", 100),
+        ],
+        now,
+    );
+    let route = b.route("m").unwrap();
+    let busy = b.backend("busy").unwrap();
+    for _ in 0..90 {
+        assert!(busy.state.limiter.lock().unwrap().try_acquire(now));
+    }
+    let picks: Vec<String> = (0..50)
+        .map(|_| take(&route, &[], now, 0).unwrap().backend.config.id.clone())
+        .collect();
+    let idle = picks.iter().filter(|p| *p == "idle").count();
+    assert!(
+        idle >= 40,
+        "the backend with headroom should take most: {idle}/50"
+    );
+}
+
+#[test]
+fn excluded_and_cooling_backends_are_skipped_and_assessed() {
+    let now = Instant::now();
+    let b = bundle(
+        vec![backend("a", "primary", 100), backend("b", "primary", 100)],
+        now,
+    );
+    let route = b.route("m").unwrap();
+    assert_eq!(
+        take(&route, &["a".into()], now, 0)
+            .unwrap()
+            .backend
+            .config
+            .id,
+        "b"
+    );
+    let settings = b.settings.clone();
+    for id in ["a", "b"] {
+        b.backend(id)
+            .unwrap()
+            .state
+            .cooldown
+            .lock()
+            .unwrap()
+            .on_429(now, &settings, None);
+    }
+    // Both cool for 30 s, beyond the 10 s near-recovery wait.
+    assert_eq!(
+        assess(&route, &[], now, 0, &settings),
+        Assessment::Exhausted(Some(now + Duration::from_secs(30)))
+    );
+    assert!(take(&route, &[], now, 0).is_none());
+    let later = now + Duration::from_secs(21);
+    assert_eq!(
+        assess(&route, &[], later, 0, &settings),
+        Assessment::Wait(now + Duration::from_secs(30)),
+        "within 10 s of recovery: wait"
+    );
+}
+
+#[test]
+fn the_emergency_reserve_is_separate_from_the_main_bucket() {
+    let now = Instant::now();
+    let b = bundle(vec![backend("a", "primary", 20)], now);
+    let route = b.route("m").unwrap();
+    let a = b.backend("a").unwrap();
+    a.state
+        .cooldown
+        .lock()
+        .unwrap()
+        .on_429(now, &b.settings, None);
+    let g = take_emergency(&route, &[], now).unwrap();
+    assert!(g.emergency);
+    assert_eq!(
+        a.state.limiter.lock().unwrap().in_window(now),
+        0,
+        "main bucket untouched"
+    );
+    assert!(
+        take_emergency(&route, &[], now).is_none(),
+        "reserve of 10% of 20 RPM = 2 per minute, burst 1"
+    );
+}
+
+#[test]
+fn backoff_doubles_up_to_the_cap() {
+    let (base, max) = (Duration::from_secs(30), Duration::from_secs(600));
+    let got: Vec<u64> = (1..=7).map(|n| backoff(base, max, n).as_secs()).collect();
+    assert_eq!(got, [30, 60, 120, 240, 480, 600, 600]);
+    assert_eq!(backoff(base, max, 200), max, "no overflow");
+}
+
+#[test]
+fn state_survives_a_snapshot_that_keeps_the_backend() {
+    let now = Instant::now();
+    let first = bundle(vec![backend("a", "primary", 100)], now);
+    first
+        .backend("a")
+        .unwrap()
+        .state
+        .cooldown
+        .lock()
+        .unwrap()
+        .on_429(now, &first.settings, None);
+    let mut snap = pb::Snapshot {
+        version: 2,
+        backends: vec![backend("a", "primary", 50), backend("new", "primary", 10)],
+        pools: vec![pb::Pool {
+            name: "primary".into(),
+            ..Default::default()
+        }],
+        settings: Some(pb::Settings {
+            cooldown_base_seconds: 30,
+            cooldown_max_seconds: 600,
+            queue_timeout_seconds: 30,
+            failure_threshold: 3,
+            bucket_burst: 3,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let second = Bundle::prepare(&Snapshot::try_from(&snap).unwrap(), &first, MIN, now);
+    let a = second.backend("a").unwrap();
+    assert!(Arc::ptr_eq(&a.state, &first.backend("a").unwrap().state));
+    assert_eq!(
+        a.state.cooldown.lock().unwrap().consecutive,
+        1,
+        "cooldown carried over"
+    );
+    assert_eq!(
+        a.state.limiter.lock().unwrap().limit(),
+        50,
+        "new limit applied in place"
+    );
+    // A new key means a new upstream identity: fresh state.
+    snap.backends[0].api_key = "other".into();
+    let third = Bundle::prepare(&Snapshot::try_from(&snap).unwrap(), &second, MIN, now);
+    assert_eq!(
+        third
+            .backend("a")
+            .unwrap()
+            .state
+            .cooldown
+            .lock()
+            .unwrap()
+            .consecutive,
+        0
+    );
+}
+
+#[test]
+fn the_queue_never_evicts_a_higher_priority_waiter() {
+    let q = Queue::default();
+    let (_, mut high) = q.push(Priority::High, "m", &[], 0, 2).unwrap();
+    let (_, mut normal) = q.push(Priority::Normal, "m", &[], 0, 2).unwrap();
+    assert!(
+        q.push(Priority::Low, "m", &[], 0, 2).is_err(),
+        "the low newcomer is the one refused"
+    );
+    assert!(
+        q.push(Priority::Normal, "m", &[], 0, 2).is_err(),
+        "equal priority: the newcomer is newest"
+    );
+    let (_, _urgent) = q.push(Priority::Urgent, "m", &[], 0, 2).unwrap();
+    assert!(matches!(normal.try_recv(), Ok(Decision::Evicted)));
+    assert!(high.try_recv().is_err(), "the high waiter is still waiting");
+    assert_eq!(q.depths(), [1, 1, 0, 0]);
+}
