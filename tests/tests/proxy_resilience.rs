@@ -189,6 +189,32 @@ impl NodeService for FakeControlPlane {
     }
 }
 
+/// A proxy synced from a [`FakeControlPlane`]: send it snapshots, read its answers.
+async fn proxy_on_fake_control_plane() -> (
+    ProxyHarness,
+    mpsc::Sender<pb::Snapshot>,
+    mpsc::Receiver<pb::NodeMessage>,
+) {
+    let (snap_tx, snap_rx) = mpsc::channel(4);
+    let (ans_tx, answers) = mpsc::channel(16);
+    let fake = FakeControlPlane {
+        snapshots: Mutex::new(Some(snap_rx)),
+        answers: ans_tx,
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(NodeServiceServer::new(fake))
+            .serve_with_incoming(TcpListenerStream::new(listener)),
+    );
+    (
+        ProxyHarness::start(&url, "any", ProxyOptions::default()).await,
+        snap_tx,
+        answers,
+    )
+}
+
 fn snapshot(version: u64, base_url: &str, rpm: u32) -> pb::Snapshot {
     let mut mappings = HashMap::new();
     mappings.insert(
@@ -253,20 +279,7 @@ async fn next_answer(answers: &mut mpsc::Receiver<pb::NodeMessage>) -> pb::node_
 async fn a_nacked_snapshot_leaves_traffic_on_the_old_config() {
     let old = MockUpstream::start(&[]).await;
     let new = MockUpstream::start(&[]).await;
-    let (snap_tx, snap_rx) = mpsc::channel(4);
-    let (ans_tx, mut answers) = mpsc::channel(16);
-    let fake = FakeControlPlane {
-        snapshots: Mutex::new(Some(snap_rx)),
-        answers: ans_tx,
-    };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(NodeServiceServer::new(fake))
-            .serve_with_incoming(TcpListenerStream::new(listener)),
-    );
-    let proxy = ProxyHarness::start(&url, "any", ProxyOptions::default()).await;
+    let (proxy, snap_tx, mut answers) = proxy_on_fake_control_plane().await;
 
     snap_tx
         .send(snapshot(1, &old.base_url(), 60))
@@ -308,20 +321,7 @@ async fn a_nacked_snapshot_leaves_traffic_on_the_old_config() {
 #[tokio::test]
 async fn a_429_is_sent_to_the_control_plane_at_once() {
     let mock = MockUpstream::start(&[]).await;
-    let (snap_tx, snap_rx) = mpsc::channel(4);
-    let (ans_tx, mut answers) = mpsc::channel(16);
-    let fake = FakeControlPlane {
-        snapshots: Mutex::new(Some(snap_rx)),
-        answers: ans_tx,
-    };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(NodeServiceServer::new(fake))
-            .serve_with_incoming(TcpListenerStream::new(listener)),
-    );
-    let proxy = ProxyHarness::start(&url, "any", ProxyOptions::default()).await;
+    let (proxy, snap_tx, mut answers) = proxy_on_fake_control_plane().await;
     snap_tx
         .send(snapshot(1, &mock.base_url(), 60))
         .await
