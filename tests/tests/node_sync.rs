@@ -158,6 +158,7 @@ async fn a_node_syncs_acks_and_gets_the_next_snapshot_within_a_second_of_a_write
         .into_inner();
     let next = node.next_snapshot().await;
     let elapsed = started.elapsed();
+    eprintln!("admin write to snapshot at the node: {elapsed:?}");
     assert!(
         elapsed < Duration::from_secs(1),
         "snapshot took {elapsed:?}"
