@@ -94,6 +94,7 @@ impl ConfigState {
                         .collect(),
                     resource_version: b.resource_version,
                     label: b.label.clone(),
+                    ..Default::default()
                 })
                 .collect(),
             pools: self

@@ -351,6 +351,13 @@ pub fn settings_patch(current: &Settings, patch: &pb::SettingsPatch) -> Result<S
     set!(failure_threshold, 1, 100);
     set!(error_cooldown_seconds, 1, 86_400);
     set!(bucket_burst, 1, 1000);
+    set!(retention_minute_hours, 1, 24 * 90);
+    set!(retention_hour_days, 1, 3650);
+    set!(retention_day_days, 1, 36500);
+    set!(backup_interval_hours, 0, 24 * 30);
+    set!(backup_retention_days, 1, 3650);
+    set!(probe_interval_seconds, 0, 86_400);
+    set!(probe_timeout_seconds, 1, 120);
     if let Some(v) = patch.emergency_fraction {
         if !(0.0..=1.0).contains(&v) {
             return Err(field_error(

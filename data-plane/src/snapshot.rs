@@ -354,6 +354,7 @@ mod tests {
                 error_cooldown_seconds: 30,
                 bucket_burst: 3,
                 adaptive_retreat: false,
+                ..Default::default()
             }),
             generated_at_ms: 0,
         }

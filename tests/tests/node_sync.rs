@@ -341,7 +341,7 @@ fn record(minute_ms: i64, requests: u64) -> pb::UsageRecord {
         minute_ms,
         backend_id: "bkd_x".into(),
         model: "gpt-4o".into(),
-        requests,
+        attempts: requests,
         succeeded: requests,
         prompt_tokens: 10 * requests,
         latency_histogram: vec![requests],
@@ -389,7 +389,7 @@ async fn a_repeated_report_seq_is_not_double_counted() {
     let store = sidecar_control_plane::store::Store::open(&cp.data_dir).unwrap();
     let rows = store.usage_minutes(0, i64::MAX).unwrap();
     assert_eq!(rows.len(), 1);
-    assert_eq!(rows[0].3.requests, 12, "5 + 7, the retry not counted");
+    assert_eq!(rows[0].3.attempts, 12, "5 + 7, the retry not counted");
     assert_eq!(rows[0].3.prompt_tokens, 120);
 }
 

@@ -113,7 +113,7 @@ async fn chat_completions_and_embeddings_are_forwarded_with_the_model_rewritten(
     let chat: u64 = usage
         .iter()
         .filter(|(b, m, _)| *b == backend.id && m == "gpt-test")
-        .map(|(_, _, c)| c.requests)
+        .map(|(_, _, c)| c.attempts)
         .sum();
     assert_eq!(chat, 2, "chat + completions under the canonical model");
     let tokens: u64 = usage.iter().map(|(_, _, c)| c.total_tokens).sum();
@@ -170,7 +170,7 @@ async fn streams_pass_through_chunk_by_chunk_with_usage_requested_and_costed() {
     let (_, _, c) = usage.iter().find(|(b, _, _)| *b == backend.id).unwrap();
     assert_eq!(
         (
-            c.requests,
+            c.attempts,
             c.succeeded,
             c.prompt_tokens,
             c.completion_tokens
@@ -213,7 +213,7 @@ async fn a_client_that_leaves_mid_stream_is_still_accounted() {
     gw.cp.stop().await;
     let usage = stored_usage(&gw.cp);
     let (_, _, c) = usage.iter().find(|(b, _, _)| *b == backend.id).unwrap();
-    assert_eq!((c.requests, c.succeeded, c.total_tokens), (1, 1, 15));
+    assert_eq!((c.attempts, c.succeeded, c.total_tokens), (1, 1, 15));
 }
 
 #[tokio::test]

@@ -28,7 +28,7 @@ fn total_requests(cp: &ControlPlaneHarness) -> u64 {
         .usage_minutes(0, i64::MAX)
         .unwrap()
         .iter()
-        .map(|r| r.3.requests)
+        .map(|r| r.3.answered)
         .sum()
 }
 
@@ -257,6 +257,7 @@ fn snapshot(version: u64, base_url: &str, rpm: u32) -> pb::Snapshot {
             error_cooldown_seconds: 30,
             bucket_burst: 3,
             adaptive_retreat: false,
+            ..Default::default()
         }),
         generated_at_ms: 0,
     }

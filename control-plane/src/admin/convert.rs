@@ -82,6 +82,13 @@ pub fn settings_to_pb(s: &Settings) -> pb::Settings {
         error_cooldown_seconds: s.error_cooldown_seconds,
         bucket_burst: s.bucket_burst,
         adaptive_retreat: s.adaptive_retreat,
+        retention_minute_hours: s.retention_minute_hours,
+        retention_hour_days: s.retention_hour_days,
+        retention_day_days: s.retention_day_days,
+        backup_interval_hours: s.backup_interval_hours,
+        backup_retention_days: s.backup_retention_days,
+        probe_interval_seconds: s.probe_interval_seconds,
+        probe_timeout_seconds: s.probe_timeout_seconds,
     }
 }
 

@@ -3,6 +3,7 @@
 
 mod backends;
 pub mod convert;
+mod stats;
 mod transfer;
 
 use std::{sync::Arc, time::Duration};
@@ -740,5 +741,41 @@ impl AdminService for AdminApi {
             Ok(pb::ListAuditResponse { entries })
         })();
         observe("ListAudit", result)
+    }
+
+    async fn get_stats(
+        &self,
+        request: Request<pb::GetStatsRequest>,
+    ) -> Result<Response<pb::GetStatsResponse>, Status> {
+        let result = (|| {
+            self.who(&request, Access::AdminRead)?;
+            stats::get_stats(self.store(), request.get_ref())
+        })();
+        observe("GetStats", result)
+    }
+
+    async fn list_cooldowns(
+        &self,
+        request: Request<pb::ListCooldownsRequest>,
+    ) -> Result<Response<pb::ListCooldownsResponse>, Status> {
+        let result = (|| {
+            self.who(&request, Access::AdminRead)?;
+            stats::list_cooldowns(self.store(), request.get_ref())
+        })();
+        observe("ListCooldowns", result)
+    }
+
+    type WatchDashboardStream =
+        std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::Dashboard, Status>> + Send>>;
+
+    async fn watch_dashboard(
+        &self,
+        request: Request<pb::WatchDashboardRequest>,
+    ) -> Result<Response<Self::WatchDashboardStream>, Status> {
+        let result = self.who(&request, Access::AdminRead).map(|_| {
+            let stream: Self::WatchDashboardStream = Box::pin(futures::stream::empty());
+            stream
+        });
+        observe("WatchDashboard", result)
     }
 }

@@ -162,8 +162,8 @@ fn check_batch(
             if r.minute_ms < 0 || r.minute_ms % 60_000 != 0 {
                 return Err(bad("minute_ms", "must be a non-negative multiple of 60000"));
             }
-            if r.backend_id.is_empty() || r.backend_id.len() > 128 || r.backend_id.contains('\0') {
-                return Err(bad("backend_id", "must be 1-128 characters"));
+            if r.backend_id.len() > 128 || r.backend_id.contains('\0') {
+                return Err(bad("backend_id", "must be at most 128 characters"));
             }
             if r.model.len() > 256 || r.model.contains('\0') {
                 return Err(bad("model", "must be at most 256 characters"));
@@ -182,7 +182,9 @@ fn check_batch(
                 r.backend_id.clone(),
                 r.model.clone(),
                 UsageCounters {
-                    requests: r.requests,
+                    attempts: r.attempts,
+                    answered: r.answered,
+                    answered_errors: r.answered_errors,
                     succeeded: r.succeeded,
                     errors_429: r.errors_429,
                     errors_5xx: r.errors_5xx,
@@ -300,6 +302,7 @@ impl Session {
                 metrics::rate_limit_event();
                 info!(node = %node_id, backend = %event.backend_id, count = event.consecutive_count, cooldown_ms = event.cooldown_ms, "node reported 429");
             }
+            Some(Kind::Demand(_) | Kind::Recovered(_)) => {}
             Some(Kind::Hello(_)) => warn!(node = %node_id, "ignoring a second Hello on one stream"),
             None => {}
         }

@@ -152,8 +152,47 @@ pub struct Settings {
     pub error_cooldown_seconds: u32,
     pub bucket_burst: u32,
     pub adaptive_retreat: bool,
+    #[serde(default = "defaults::retention_minute_hours")]
+    pub retention_minute_hours: u32,
+    #[serde(default = "defaults::retention_hour_days")]
+    pub retention_hour_days: u32,
+    #[serde(default = "defaults::retention_day_days")]
+    pub retention_day_days: u32,
+    #[serde(default = "defaults::backup_interval_hours")]
+    pub backup_interval_hours: u32,
+    #[serde(default = "defaults::backup_retention_days")]
+    pub backup_retention_days: u32,
+    #[serde(default = "defaults::probe_interval_seconds")]
+    pub probe_interval_seconds: u32,
+    #[serde(default = "defaults::probe_timeout_seconds")]
+    pub probe_timeout_seconds: u32,
     /// Bumped by every settings write.
     pub resource_version: u64,
+}
+
+/// Defaults of settings added after the first release, so older stored settings read.
+mod defaults {
+    pub(super) fn retention_minute_hours() -> u32 {
+        48
+    }
+    pub(super) fn retention_hour_days() -> u32 {
+        90
+    }
+    pub(super) fn retention_day_days() -> u32 {
+        730
+    }
+    pub(super) fn backup_interval_hours() -> u32 {
+        24
+    }
+    pub(super) fn backup_retention_days() -> u32 {
+        7
+    }
+    pub(super) fn probe_interval_seconds() -> u32 {
+        60
+    }
+    pub(super) fn probe_timeout_seconds() -> u32 {
+        10
+    }
 }
 
 impl Default for Settings {
@@ -171,6 +210,13 @@ impl Default for Settings {
             error_cooldown_seconds: 30,
             bucket_burst: 3,
             adaptive_retreat: false,
+            retention_minute_hours: defaults::retention_minute_hours(),
+            retention_hour_days: defaults::retention_hour_days(),
+            retention_day_days: defaults::retention_day_days(),
+            backup_interval_hours: defaults::backup_interval_hours(),
+            backup_retention_days: defaults::backup_retention_days(),
+            probe_interval_seconds: defaults::probe_interval_seconds(),
+            probe_timeout_seconds: defaults::probe_timeout_seconds(),
             resource_version: 1,
         }
     }
@@ -268,7 +314,15 @@ pub const LATENCY_BUCKETS_MS: [u64; 10] =
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[allow(missing_docs)]
 pub struct UsageCounters {
-    pub requests: u64,
+    /// Upstream attempts.
+    #[serde(alias = "requests")]
+    pub attempts: u64,
+    /// Client requests answered (by this backend's response, or by the proxy).
+    #[serde(default)]
+    pub answered: u64,
+    /// Client requests answered with a non-2xx status.
+    #[serde(default)]
+    pub answered_errors: u64,
     pub succeeded: u64,
     pub errors_429: u64,
     pub errors_5xx: u64,
@@ -288,7 +342,9 @@ pub struct UsageCounters {
 impl UsageCounters {
     /// Adds `other` into `self`.
     pub fn merge(&mut self, other: &UsageCounters) {
-        self.requests += other.requests;
+        self.attempts += other.attempts;
+        self.answered += other.answered;
+        self.answered_errors += other.answered_errors;
         self.succeeded += other.succeeded;
         self.errors_429 += other.errors_429;
         self.errors_5xx += other.errors_5xx;

@@ -182,7 +182,7 @@ fn every_commit_appends_an_audit_entry() {
 fn report_batches_apply_once_per_node_boot_and_seq() {
     let (_dir, store) = open();
     let counters = UsageCounters {
-        requests: 3,
+        attempts: 3,
         succeeded: 2,
         errors_429: 1,
         prompt_tokens: 10,
@@ -220,7 +220,7 @@ fn report_batches_apply_once_per_node_boot_and_seq() {
         (*minute, backend.as_str(), model.as_str()),
         (60_000, "bkd_1", "gpt-4o")
     );
-    assert_eq!(total.requests, 12);
+    assert_eq!(total.attempts, 12);
     assert_eq!(total.succeeded, 8);
     assert_eq!(total.latency_histogram, vec![4, 8]);
 }

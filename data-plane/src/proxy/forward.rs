@@ -3,7 +3,7 @@
 //! failure and try the next candidate (429, 5xx, 401/403, timeout, connect error). Retries
 //! happen only before any response byte has gone to the client.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
@@ -113,7 +113,7 @@ pub(crate) async fn serve(
         .await
         {
             Ok(grant) => grant,
-            Err(e) => return give_up(shared, e, last, attempts),
+            Err(e) => return give_up(shared, &model, e, last, attempts),
         };
         attempts += 1;
         let backend = grant.backend.clone();
@@ -245,6 +245,7 @@ pub(crate) async fn serve(
         if attempts >= MAX_ATTEMPTS {
             return give_up(
                 shared,
+                &model,
                 ProxyError::Upstream("every attempt failed".into()),
                 last,
                 attempts,
@@ -313,7 +314,8 @@ fn attempt_failed(
         backend_id: backend.config.id.as_str().into(),
         pool: backend.config.pool.as_str().into(),
         model: model.clone(),
-        outcome,
+        attempt: Some(outcome),
+        answered: None,
         usage: None,
         cost_usd: 0.0,
         latency: sent.elapsed(),
@@ -431,7 +433,8 @@ fn respond(
             backend_id: backend.config.id.as_str().into(),
             pool: backend.config.pool.as_str().into(),
             model,
-            outcome,
+            attempt: Some(outcome),
+            answered: Some(success),
             usage: done.usage,
             cost_usd,
             latency: done.elapsed,
@@ -450,6 +453,7 @@ fn respond(
 /// more than a generic error), otherwise the proxy's own error.
 fn give_up(
     shared: &Shared,
+    model: &Arc<str>,
     e: ProxyError,
     last: Option<Failure>,
     attempts: u32,
@@ -476,5 +480,18 @@ fn give_up(
     }
     headers.insert("x-sidecar-attempts", HeaderValue::from(attempts));
     headers.remove(http::header::CONTENT_LENGTH);
+    // The attempt itself was accounted when it failed; this records the answer.
+    shared.usage.record(UsageEvent {
+        at_ms: crate::now_ms(),
+        backend_id: failure.backend.config.id.as_str().into(),
+        pool: failure.backend.config.pool.as_str().into(),
+        model: model.clone(),
+        attempt: None,
+        answered: Some(false),
+        usage: None,
+        cost_usd: 0.0,
+        latency: Duration::ZERO,
+        ttft: None,
+    });
     Ok((status, headers, body).into_response())
 }

@@ -104,21 +104,39 @@ async fn completion(
     path: &'static str,
 ) -> Response {
     crate::state::Counters::bump(&shared.counters.total);
-    let result = async {
-        let request = read_body(body, shared.max_body_bytes).await?;
-        if shared.bundle.load().version == 0 {
-            return Err(ProxyError::NotReady);
-        }
-        let priority =
-            Priority::from_header(headers.get("x-priority").and_then(|v| v.to_str().ok()));
-        forward::serve(&shared, path, &headers, request, priority).await
+    let request = match read_body(body, shared.max_body_bytes).await {
+        Ok(r) => r,
+        Err(e) => return reject(&shared, e, ""),
+    };
+    if shared.bundle.load().version == 0 {
+        return reject(&shared, ProxyError::NotReady, &request.model);
     }
-    .await;
-    result.unwrap_or_else(|e| {
-        forward::count_error(&shared, &e);
-        shared.metrics.request("none", "none", e.parts().0.as_u16());
-        e.into_response()
-    })
+    let model = request.model.clone();
+    let priority = Priority::from_header(headers.get("x-priority").and_then(|v| v.to_str().ok()));
+    match forward::serve(&shared, path, &headers, request, priority).await {
+        Ok(response) => response,
+        Err(e) => reject(&shared, e, &model),
+    }
+}
+
+/// The proxy answers the request itself: counted, accounted (as answered by no
+/// backend), and turned into an OpenAI-shaped error.
+fn reject(shared: &Shared, e: ProxyError, model: &str) -> Response {
+    forward::count_error(shared, &e);
+    shared.metrics.request("none", "none", e.parts().0.as_u16());
+    shared.usage.record(crate::report::UsageEvent {
+        at_ms: crate::now_ms(),
+        backend_id: "".into(),
+        pool: "".into(),
+        model: model.chars().take(256).collect::<String>().into(),
+        attempt: None,
+        answered: Some(false),
+        usage: None,
+        cost_usd: 0.0,
+        latency: std::time::Duration::ZERO,
+        ttft: None,
+    });
+    e.into_response()
 }
 
 fn model_object(id: &str, created: i64) -> Value {

@@ -48,8 +48,11 @@ pub struct UsageEvent {
     pub pool: Arc<str>,
     /// Canonical model the client asked for.
     pub model: Arc<str>,
-    /// How it ended.
-    pub outcome: Outcome,
+    /// How the upstream attempt ended; `None` when the event only records an answer
+    /// (the proxy answered itself, or passed on an earlier attempt's error).
+    pub attempt: Option<Outcome>,
+    /// The client got its answer from this event: `Some(true)` for 2xx.
+    pub answered: Option<bool>,
     /// Tokens, when the response carried usage.
     pub usage: Option<Usage>,
     /// Cost in USD.
@@ -111,8 +114,17 @@ fn bucket_index(ms: u64) -> usize {
 }
 
 fn add(record: &mut pb::UsageRecord, e: &UsageEvent) {
-    record.requests += 1;
-    match e.outcome {
+    match e.answered {
+        Some(true) => record.answered += 1,
+        Some(false) => {
+            record.answered += 1;
+            record.answered_errors += 1;
+        }
+        None => {}
+    }
+    let Some(outcome) = e.attempt else { return };
+    record.attempts += 1;
+    match outcome {
         Outcome::Success => record.succeeded += 1,
         Outcome::RateLimited => record.errors_429 += 1,
         Outcome::ServerError => record.errors_5xx += 1,
@@ -309,7 +321,8 @@ mod tests {
             backend_id: "bkd_1".into(),
             pool: "primary".into(),
             model: "m".into(),
-            outcome,
+            attempt: Some(outcome),
+            answered: Some(outcome == Outcome::Success),
             usage: Some(Usage {
                 prompt: 10,
                 completion: 5,
@@ -358,7 +371,7 @@ mod tests {
         assert_eq!(first.len(), 2, "two minutes");
         let r = &first[0];
         assert_eq!(
-            (r.requests, r.succeeded, r.errors_429, r.prompt_tokens),
+            (r.attempts, r.succeeded, r.errors_429, r.prompt_tokens),
             (2, 1, 1, 20)
         );
         assert_eq!(r.latency_histogram[0], 1, "40 ms in the first bucket");

@@ -48,6 +48,7 @@ fn bundle(backends: Vec<pb::SnapshotBackend>, now: Instant) -> Bundle {
         error_cooldown_seconds: 30,
         bucket_burst: 100,
         adaptive_retreat: false,
+        ..Default::default()
     };
     let snap = pb::Snapshot {
         version: 1,
