@@ -121,6 +121,8 @@ pub struct Shared {
     /// Serialises config writes, so a write's reads are current when it commits and
     /// configs are published in version order.
     pub writer: Mutex<()>,
+    /// The data directory (backups go to `data_dir/backups`).
+    pub data_dir: std::path::PathBuf,
     config_tx: watch::Sender<Arc<ConfigState>>,
     shutdown: watch::Receiver<bool>,
 }

@@ -371,3 +371,22 @@ impl UsageCounters {
         self.ttft_count += other.ttft_count;
     }
 }
+
+/// A fleet-wide cooldown the control plane applied (tree `cooldowns`, keyed by start time).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CooldownRecord {
+    /// Backend id.
+    pub backend_id: String,
+    /// The node whose 429 caused it.
+    pub node_id: String,
+    /// Consecutive 429s, fleet-wide.
+    pub consecutive_count: u32,
+    /// Cooldown applied, ms.
+    pub duration_ms: u64,
+    /// Retry-After the upstream sent, ms (0 = none).
+    pub retry_after_ms: u64,
+    /// Start, unix ms.
+    pub start_ms: i64,
+    /// End, unix ms.
+    pub end_ms: i64,
+}
