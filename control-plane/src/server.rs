@@ -103,6 +103,7 @@ impl ControlPlane {
         let shared = Arc::new(Shared::new(
             store,
             config.encryption_key.clone(),
+            config.data_dir.clone(),
             shutdown_rx,
         )?);
         Ok(Self {
@@ -137,6 +138,9 @@ impl ControlPlane {
         let stopped = |mut rx: watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|stop| *stop).await;
         };
+
+        let mut background = tokio::task::JoinSet::new();
+        // Background maintenance tasks (retention sweeps, backups) are spawned here.
 
         let (health_reporter, health) = tonic_health::server::health_reporter();
         health_reporter
@@ -182,6 +186,7 @@ impl ControlPlane {
             axum::serve(ops, ops_app).with_graceful_shutdown(stopped(self.shutdown_tx.subscribe()));
 
         let (grpc, ops) = tokio::join!(grpc, ops_server);
+        background.shutdown().await;
         grpc?;
         ops.map_err(ServeError::Ops)?;
         self.shared.store.flush().await?;

@@ -132,6 +132,7 @@ impl Shared {
     pub fn new(
         store: Store,
         key: MasterKey,
+        data_dir: std::path::PathBuf,
         shutdown: watch::Receiver<bool>,
     ) -> Result<Self, StateError> {
         let state = ConfigState::load(&store, &key)?;
@@ -145,6 +146,7 @@ impl Shared {
             auth,
             nodes: NodeRegistry::default(),
             writer: Mutex::new(()),
+            data_dir,
             config_tx,
             shutdown,
         })
