@@ -139,7 +139,7 @@ impl ControlPlane {
             let _ = rx.wait_for(|stop| *stop).await;
         };
 
-        let mut background = tokio::task::JoinSet::new();
+        let mut background: tokio::task::JoinSet<()> = tokio::task::JoinSet::new();
         // Background maintenance tasks (retention sweeps, backups) are spawned here.
 
         let (health_reporter, health) = tonic_health::server::health_reporter();
