@@ -4,20 +4,13 @@
 use std::{env, fs, path::PathBuf};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = [
-        "sidecar/v1/types.proto",
-        "sidecar/v1/admin.proto",
-        "sidecar/v1/node.proto",
-    ];
+    let files = ["sidecar/v1/types.proto", "sidecar/v1/admin.proto", "sidecar/v1/node.proto"];
     for f in &files {
         println!("cargo:rerun-if-changed={f}");
     }
     let fds = protox::compile(files, ["."])?;
     let out = PathBuf::from(env::var("OUT_DIR")?);
-    fs::write(
-        out.join("sidecar_descriptor.bin"),
-        prost::Message::encode_to_vec(&fds),
-    )?;
+    fs::write(out.join("sidecar_descriptor.bin"), prost::Message::encode_to_vec(&fds))?;
     tonic_prost_build::configure()
         // Lets the CLI print any response as JSON without a hand-written view per type.
         .type_attribute(".", "#[derive(serde::Serialize)]")

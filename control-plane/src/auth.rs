@@ -23,10 +23,7 @@ pub struct Principal {
 impl Principal {
     /// The audit actor for this caller.
     pub fn actor(&self) -> Actor {
-        Actor {
-            id: self.token_id.clone(),
-            role: self.role.as_str().to_owned(),
-        }
+        Actor { id: self.token_id.clone(), role: self.role.as_str().to_owned() }
     }
 }
 
@@ -68,37 +65,27 @@ impl Authenticator {
     /// Authenticates the caller and checks that its role allows `access`.
     pub fn check(&self, metadata: &MetadataMap, access: Access) -> Result<Principal, Status> {
         let Some(value) = metadata.get("authorization") else {
-            return Err(Status::unauthenticated(
-                "missing `authorization: Bearer <token>` metadata",
-            ));
+            return Err(Status::unauthenticated("missing `authorization: Bearer <token>` metadata"));
         };
         let token = value
             .to_str()
             .ok()
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
+            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
             .map(str::trim)
             .filter(|t| !t.is_empty())
-            .ok_or_else(|| {
-                Status::unauthenticated(
-                    "malformed authorization metadata; expected `Bearer <token>`",
-                )
-            })?;
-        let principal = self
-            .find(&hash_token(token))
-            .ok_or_else(|| Status::unauthenticated("invalid or revoked token"))?;
+            .ok_or_else(|| Status::unauthenticated("malformed authorization metadata; expected `Bearer <token>`"))?;
+        let principal =
+            self.find(&hash_token(token)).ok_or_else(|| Status::unauthenticated("invalid or revoked token"))?;
         match (access, principal.role) {
             (Access::AdminRead, Role::Admin | Role::Viewer)
             | (Access::AdminWrite, Role::Admin)
             | (Access::Node, Role::Node) => Ok(principal),
-            (Access::AdminWrite, Role::Viewer) => Err(Status::permission_denied(
-                "role viewer may only read; this call needs an admin token",
-            )),
-            (Access::AdminRead | Access::AdminWrite, Role::Node) => Err(Status::permission_denied(
-                "node tokens may only use NodeService",
-            )),
+            (Access::AdminWrite, Role::Viewer) => {
+                Err(Status::permission_denied("role viewer may only read; this call needs an admin token"))
+            }
+            (Access::AdminRead | Access::AdminWrite, Role::Node) => {
+                Err(Status::permission_denied("node tokens may only use NodeService"))
+            }
             (Access::Node, _) => Err(Status::permission_denied("NodeService needs a node token")),
         }
     }
@@ -110,10 +97,7 @@ impl Authenticator {
         let mut found = None;
         for t in tokens.iter() {
             if bool::from(t.hash.ct_eq(hash)) {
-                found = Some(Principal {
-                    token_id: t.id.clone(),
-                    role: t.role,
-                });
+                found = Some(Principal { token_id: t.id.clone(), role: t.role });
             }
         }
         found
@@ -147,45 +131,23 @@ mod tests {
     fn roles_gate_access() {
         let admin = auth_with(Role::Admin, "t");
         assert!(admin.check(&md("Bearer t"), Access::AdminWrite).is_ok());
-        assert_eq!(
-            admin
-                .check(&md("Bearer t"), Access::Node)
-                .unwrap_err()
-                .code(),
-            tonic::Code::PermissionDenied
-        );
+        assert_eq!(admin.check(&md("Bearer t"), Access::Node).unwrap_err().code(), tonic::Code::PermissionDenied);
         let viewer = auth_with(Role::Viewer, "t");
         assert!(viewer.check(&md("Bearer t"), Access::AdminRead).is_ok());
         assert_eq!(
-            viewer
-                .check(&md("Bearer t"), Access::AdminWrite)
-                .unwrap_err()
-                .code(),
+            viewer.check(&md("Bearer t"), Access::AdminWrite).unwrap_err().code(),
             tonic::Code::PermissionDenied
         );
         let node = auth_with(Role::Node, "t");
         assert!(node.check(&md("Bearer t"), Access::Node).is_ok());
-        assert_eq!(
-            node.check(&md("Bearer t"), Access::AdminRead)
-                .unwrap_err()
-                .code(),
-            tonic::Code::PermissionDenied
-        );
+        assert_eq!(node.check(&md("Bearer t"), Access::AdminRead).unwrap_err().code(), tonic::Code::PermissionDenied);
     }
 
     #[test]
     fn missing_wrong_or_malformed_tokens_are_unauthenticated() {
         let a = auth_with(Role::Admin, "right");
-        for m in [
-            MetadataMap::new(),
-            md("Bearer wrong"),
-            md("Basic right"),
-            md("Bearer "),
-        ] {
-            assert_eq!(
-                a.check(&m, Access::AdminRead).unwrap_err().code(),
-                tonic::Code::Unauthenticated
-            );
+        for m in [MetadataMap::new(), md("Bearer wrong"), md("Basic right"), md("Bearer ")] {
+            assert_eq!(a.check(&m, Access::AdminRead).unwrap_err().code(), tonic::Code::Unauthenticated);
         }
     }
 

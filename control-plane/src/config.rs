@@ -51,6 +51,8 @@ pub struct ControlConfig {
     pub initial_settings: Settings,
     /// V1 environment to turn into a backend at first start.
     pub v1_upstream: Option<V1Upstream>,
+    /// Fleet coordination timing.
+    pub fleet: crate::fleet::FleetTiming,
 }
 
 /// An invalid setting.
@@ -112,91 +114,26 @@ struct Setting {
 }
 
 const SETTINGS: &[Setting] = &[
-    Setting {
-        env: "SIDECAR_ENCRYPTION_KEY",
-        flag: None,
-        file: "encryption_key",
-    },
-    Setting {
-        env: "SIDECAR_ADMIN_TOKEN",
-        flag: None,
-        file: "admin_token",
-    },
-    Setting {
-        env: "SIDECAR_NODE_TOKEN",
-        flag: None,
-        file: "node_token",
-    },
-    Setting {
-        env: "SIDECAR_DATA_DIR",
-        flag: Some("--data-dir"),
-        file: "data_dir",
-    },
-    Setting {
-        env: "SIDECAR_CONTROL_LISTEN",
-        flag: Some("--listen"),
-        file: "listen",
-    },
-    Setting {
-        env: "SIDECAR_CONTROL_OPS_LISTEN",
-        flag: Some("--ops-listen"),
-        file: "ops_listen",
-    },
-    Setting {
-        env: "SIDECAR_LOG_LEVEL",
-        flag: Some("--log-level"),
-        file: "log_level",
-    },
-    Setting {
-        env: "SIDECAR_LOG_FORMAT",
-        flag: Some("--log-format"),
-        file: "log_format",
-    },
-    Setting {
-        env: "SIDECAR_CORS_ORIGINS",
-        flag: Some("--cors-origins"),
-        file: "cors_origins",
-    },
-    Setting {
-        env: "SIDECAR_COOLDOWN_BASE",
-        flag: Some("--cooldown-base"),
-        file: "cooldown_base",
-    },
-    Setting {
-        env: "SIDECAR_COOLDOWN_MAX",
-        flag: Some("--cooldown-max"),
-        file: "cooldown_max",
-    },
-    Setting {
-        env: "SIDECAR_QUEUE_MAX",
-        flag: Some("--queue-max"),
-        file: "queue_max",
-    },
-    Setting {
-        env: "SIDECAR_QUEUE_TIMEOUT",
-        flag: Some("--queue-timeout"),
-        file: "queue_timeout",
-    },
-    Setting {
-        env: "SIDECAR_LOW_TIMEOUT",
-        flag: Some("--low-timeout"),
-        file: "low_timeout",
-    },
-    Setting {
-        env: "SIDECAR_UPSTREAM",
-        flag: None,
-        file: "upstream",
-    },
-    Setting {
-        env: "SIDECAR_API_KEY",
-        flag: None,
-        file: "api_key",
-    },
-    Setting {
-        env: "SIDECAR_RATE_RPM",
-        flag: None,
-        file: "rate_rpm",
-    },
+    Setting { env: "SIDECAR_ENCRYPTION_KEY", flag: None, file: "encryption_key" },
+    Setting { env: "SIDECAR_ADMIN_TOKEN", flag: None, file: "admin_token" },
+    Setting { env: "SIDECAR_NODE_TOKEN", flag: None, file: "node_token" },
+    Setting { env: "SIDECAR_DATA_DIR", flag: Some("--data-dir"), file: "data_dir" },
+    Setting { env: "SIDECAR_CONTROL_LISTEN", flag: Some("--listen"), file: "listen" },
+    Setting { env: "SIDECAR_CONTROL_OPS_LISTEN", flag: Some("--ops-listen"), file: "ops_listen" },
+    Setting { env: "SIDECAR_LOG_LEVEL", flag: Some("--log-level"), file: "log_level" },
+    Setting { env: "SIDECAR_LOG_FORMAT", flag: Some("--log-format"), file: "log_format" },
+    Setting { env: "SIDECAR_CORS_ORIGINS", flag: Some("--cors-origins"), file: "cors_origins" },
+    Setting { env: "SIDECAR_COOLDOWN_BASE", flag: Some("--cooldown-base"), file: "cooldown_base" },
+    Setting { env: "SIDECAR_COOLDOWN_MAX", flag: Some("--cooldown-max"), file: "cooldown_max" },
+    Setting { env: "SIDECAR_QUEUE_MAX", flag: Some("--queue-max"), file: "queue_max" },
+    Setting { env: "SIDECAR_QUEUE_TIMEOUT", flag: Some("--queue-timeout"), file: "queue_timeout" },
+    Setting { env: "SIDECAR_LOW_TIMEOUT", flag: Some("--low-timeout"), file: "low_timeout" },
+    Setting { env: "SIDECAR_UPSTREAM", flag: None, file: "upstream" },
+    Setting { env: "SIDECAR_API_KEY", flag: None, file: "api_key" },
+    Setting { env: "SIDECAR_RATE_RPM", flag: None, file: "rate_rpm" },
+    Setting { env: "SIDECAR_RATE_WINDOW_MS", flag: None, file: "rate_window_ms" },
+    Setting { env: "SIDECAR_GRANT_LEASE_MS", flag: None, file: "grant_lease_ms" },
+    Setting { env: "SIDECAR_GRANT_INTERVAL_MS", flag: None, file: "grant_interval_ms" },
 ];
 
 impl Setting {
@@ -209,10 +146,7 @@ impl Setting {
 }
 
 fn setting(env: &str) -> &'static Setting {
-    SETTINGS
-        .iter()
-        .find(|s| s.env == env)
-        .expect("known setting")
+    SETTINGS.iter().find(|s| s.env == env).expect("known setting")
 }
 
 fn flag_value<'a>(flags: &'a Flags, env: &str) -> Option<&'a String> {
@@ -257,47 +191,31 @@ impl Sources<'_> {
     ) -> Result<T, ConfigError> {
         match self.get(env) {
             None => Ok(default),
-            Some(raw) => parse(raw.trim())
-                .ok_or_else(|| invalid(env, format!("expected {expected}, got {raw:?}"))),
+            Some(raw) => parse(raw.trim()).ok_or_else(|| invalid(env, format!("expected {expected}, got {raw:?}"))),
         }
     }
 }
 
 fn invalid(env: &str, message: impl Into<String>) -> ConfigError {
-    ConfigError {
-        setting: setting(env).name(),
-        message: message.into(),
-    }
+    ConfigError { setting: setting(env).name(), message: message.into() }
 }
 
 /// Reads the TOML file into setting values as text, refusing unknown keys.
 fn read_file(path: &std::path::Path) -> Result<BTreeMap<String, String>, ConfigError> {
-    let err = |message: String| ConfigError {
-        setting: format!("config file {}", path.display()),
-        message,
-    };
+    let err = |message: String| ConfigError { setting: format!("config file {}", path.display()), message };
     let text = std::fs::read_to_string(path).map_err(|e| err(format!("cannot read it: {e}")))?;
-    let table: toml::Table = text
-        .parse()
-        .map_err(|e: toml::de::Error| err(e.message().to_owned()))?;
+    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| err(e.message().to_owned()))?;
     let mut out = BTreeMap::new();
     for (key, value) in table {
         if !SETTINGS.iter().any(|s| s.file == key) {
             let known: Vec<_> = SETTINGS.iter().map(|s| s.file).collect();
-            return Err(err(format!(
-                "unknown key `{key}` (known: {})",
-                known.join(", ")
-            )));
+            return Err(err(format!("unknown key `{key}` (known: {})", known.join(", "))));
         }
         let text = match value {
             toml::Value::String(s) => s,
             toml::Value::Array(items) => items
                 .iter()
-                .map(|v| {
-                    v.as_str()
-                        .map(str::to_owned)
-                        .unwrap_or_else(|| v.to_string())
-                })
+                .map(|v| v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string()))
                 .collect::<Vec<_>>()
                 .join(","),
             other => other.to_string(),
@@ -319,10 +237,7 @@ fn parse_origin(origin: &str) -> Option<String> {
 impl ControlConfig {
     /// Resolves the configuration from flags, an environment lookup and the file the
     /// flags (or nothing) name.
-    pub fn resolve(
-        flags: &Flags,
-        env: &dyn Fn(&str) -> Option<String>,
-    ) -> Result<Self, ConfigError> {
+    pub fn resolve(flags: &Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let file = match &flags.config {
             Some(path) => read_file(path)?,
             None => BTreeMap::new(),
@@ -332,19 +247,14 @@ impl ControlConfig {
         let key_hint = "set SIDECAR_ENCRYPTION_KEY to 64 hex characters; `sidecar-control gen-key` prints a fresh one";
         let encryption_key = match src.get("SIDECAR_ENCRYPTION_KEY") {
             None => {
-                return Err(invalid(
-                    "SIDECAR_ENCRYPTION_KEY",
-                    format!("missing: {key_hint}"),
-                ));
+                return Err(invalid("SIDECAR_ENCRYPTION_KEY", format!("missing: {key_hint}")));
             }
             Some(raw) => MasterKey::from_hex(&raw)
                 .map_err(|_| invalid("SIDECAR_ENCRYPTION_KEY", format!("malformed: {key_hint}")))?,
         };
         let token = |env: &str| -> Result<Option<String>, ConfigError> {
             match src.get(env) {
-                Some(t) if t.trim().len() < 16 => {
-                    Err(invalid(env, "must be at least 16 characters"))
-                }
+                Some(t) if t.trim().len() < 16 => Err(invalid(env, "must be at least 16 characters")),
                 Some(t) if t.chars().any(|c| c.is_whitespace() || c.is_control()) => {
                     Err(invalid(env, "must not contain whitespace"))
                 }
@@ -354,41 +264,25 @@ impl ControlConfig {
         let admin_token = token("SIDECAR_ADMIN_TOKEN")?;
         let node_token = token("SIDECAR_NODE_TOKEN")?;
         let addr = |env: &str, default: &str| {
-            src.parse(
-                env,
-                default.parse().expect("default address"),
-                "host:port such as 127.0.0.1:9290",
-                |s| s.parse::<SocketAddr>().ok(),
-            )
+            src.parse(env, default.parse().expect("default address"), "host:port such as 127.0.0.1:9290", |s| {
+                s.parse::<SocketAddr>().ok()
+            })
         };
         let listen = addr("SIDECAR_CONTROL_LISTEN", "127.0.0.1:9290")?;
         let ops_listen = addr("SIDECAR_CONTROL_OPS_LISTEN", "127.0.0.1:9291")?;
-        let data_dir = PathBuf::from(
-            src.get("SIDECAR_DATA_DIR")
-                .unwrap_or_else(|| "./data".into()),
-        );
-        let log_level = src
-            .get("SIDECAR_LOG_LEVEL")
-            .unwrap_or_else(|| "info".into());
+        let data_dir = PathBuf::from(src.get("SIDECAR_DATA_DIR").unwrap_or_else(|| "./data".into()));
+        let log_level = src.get("SIDECAR_LOG_LEVEL").unwrap_or_else(|| "info".into());
         if tracing_subscriber::EnvFilter::try_new(&log_level).is_err() {
             return Err(invalid(
                 "SIDECAR_LOG_LEVEL",
-                format!(
-                    "expected a level (error, warn, info, debug, trace) or a filter directive, got {log_level:?}"
-                ),
+                format!("expected a level (error, warn, info, debug, trace) or a filter directive, got {log_level:?}"),
             ));
         }
-        let log_format =
-            src.parse(
-                "SIDECAR_LOG_FORMAT",
-                LogFormat::Text,
-                "text or json",
-                |s| match s {
-                    "text" => Some(LogFormat::Text),
-                    "json" => Some(LogFormat::Json),
-                    _ => None,
-                },
-            )?;
+        let log_format = src.parse("SIDECAR_LOG_FORMAT", LogFormat::Text, "text or json", |s| match s {
+            "text" => Some(LogFormat::Text),
+            "json" => Some(LogFormat::Json),
+            _ => None,
+        })?;
         let cors_origins = match src.get("SIDECAR_CORS_ORIGINS") {
             None => Vec::new(),
             Some(raw) => raw
@@ -399,9 +293,7 @@ impl ControlConfig {
                     parse_origin(o).ok_or_else(|| {
                         invalid(
                             "SIDECAR_CORS_ORIGINS",
-                            format!(
-                                "expected origins such as https://console.example.com, got {o:?}"
-                            ),
+                            format!("expected origins such as https://console.example.com, got {o:?}"),
                         )
                     })
                 })
@@ -410,33 +302,15 @@ impl ControlConfig {
 
         let defaults = Settings::default();
         let seconds = |env: &str, default: u32, min: u32, max: u32| {
-            src.parse(
-                env,
-                default,
-                &format!("a whole number from {min} to {max}"),
-                |s| s.parse::<u32>().ok().filter(|v| (min..=max).contains(v)),
-            )
+            src.parse(env, default, &format!("a whole number from {min} to {max}"), |s| {
+                s.parse::<u32>().ok().filter(|v| (min..=max).contains(v))
+            })
         };
         let initial_settings = Settings {
-            cooldown_base_seconds: seconds(
-                "SIDECAR_COOLDOWN_BASE",
-                defaults.cooldown_base_seconds,
-                1,
-                3600,
-            )?,
-            cooldown_max_seconds: seconds(
-                "SIDECAR_COOLDOWN_MAX",
-                defaults.cooldown_max_seconds,
-                1,
-                86_400,
-            )?,
+            cooldown_base_seconds: seconds("SIDECAR_COOLDOWN_BASE", defaults.cooldown_base_seconds, 1, 3600)?,
+            cooldown_max_seconds: seconds("SIDECAR_COOLDOWN_MAX", defaults.cooldown_max_seconds, 1, 86_400)?,
             queue_capacity: seconds("SIDECAR_QUEUE_MAX", defaults.queue_capacity, 0, 100_000)?,
-            queue_timeout_seconds: seconds(
-                "SIDECAR_QUEUE_TIMEOUT",
-                defaults.queue_timeout_seconds,
-                1,
-                600,
-            )?,
+            queue_timeout_seconds: seconds("SIDECAR_QUEUE_TIMEOUT", defaults.queue_timeout_seconds, 1, 600)?,
             low_priority_timeout_seconds: seconds(
                 "SIDECAR_LOW_TIMEOUT",
                 defaults.low_priority_timeout_seconds,
@@ -446,36 +320,40 @@ impl ControlConfig {
             ..defaults
         };
         if initial_settings.cooldown_max_seconds < initial_settings.cooldown_base_seconds {
-            return Err(invalid(
-                "SIDECAR_COOLDOWN_MAX",
-                "must be at least SIDECAR_COOLDOWN_BASE",
-            ));
+            return Err(invalid("SIDECAR_COOLDOWN_MAX", "must be at least SIDECAR_COOLDOWN_BASE"));
         }
 
         let v1_upstream = match (src.get("SIDECAR_UPSTREAM"), src.get("SIDECAR_API_KEY")) {
             (None, None) => None,
             (Some(_), None) => {
-                return Err(invalid(
-                    "SIDECAR_API_KEY",
-                    "must be set together with SIDECAR_UPSTREAM",
-                ));
+                return Err(invalid("SIDECAR_API_KEY", "must be set together with SIDECAR_UPSTREAM"));
             }
             (None, Some(_)) => {
-                return Err(invalid(
-                    "SIDECAR_UPSTREAM",
-                    "must be set together with SIDECAR_API_KEY",
-                ));
+                return Err(invalid("SIDECAR_UPSTREAM", "must be set together with SIDECAR_API_KEY"));
             }
             (Some(url), Some(key)) => Some(V1Upstream {
-                base_url: validate::base_url("url", &url)
-                    .map_err(|e| invalid("SIDECAR_UPSTREAM", e.reason))?,
-                api_key: validate::api_key("key", &key)
-                    .map_err(|e| invalid("SIDECAR_API_KEY", e.reason))?,
+                base_url: validate::base_url("url", &url).map_err(|e| invalid("SIDECAR_UPSTREAM", e.reason))?,
+                api_key: validate::api_key("key", &key).map_err(|e| invalid("SIDECAR_API_KEY", e.reason))?,
                 rpm_limit: seconds("SIDECAR_RATE_RPM", validate::DEFAULT_RPM, 1, 1_000_000)?,
             }),
         };
 
+        let millis = |env: &str, default: u64, min: u64, max: u64| {
+            src.parse(env, default, &format!("milliseconds from {min} to {max}"), |s| {
+                s.parse::<u64>().ok().filter(|v| (min..=max).contains(v))
+            })
+        };
+        let fleet = crate::fleet::FleetTiming {
+            window: std::time::Duration::from_millis(millis("SIDECAR_RATE_WINDOW_MS", 60_000, 100, 3_600_000)?),
+            lease: std::time::Duration::from_millis(millis("SIDECAR_GRANT_LEASE_MS", 5_000, 100, 600_000)?),
+            interval: std::time::Duration::from_millis(millis("SIDECAR_GRANT_INTERVAL_MS", 1_000, 50, 60_000)?),
+        };
+        if fleet.lease <= fleet.interval {
+            return Err(invalid("SIDECAR_GRANT_LEASE_MS", "must be longer than SIDECAR_GRANT_INTERVAL_MS"));
+        }
+
         Ok(Self {
+            fleet,
             encryption_key,
             admin_token,
             node_token,

@@ -36,9 +36,7 @@ pub struct MasterKey {
 
 impl std::fmt::Debug for MasterKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MasterKey")
-            .field("id", &self.id)
-            .finish_non_exhaustive()
+        f.debug_struct("MasterKey").field("id", &self.id).finish_non_exhaustive()
     }
 }
 
@@ -53,14 +51,8 @@ impl MasterKey {
     fn from_bytes(bytes: &[u8; 32]) -> Self {
         // The id is a hash of the key, so it identifies the key without revealing it and
         // needs no storage of its own.
-        let digest = Sha256::new()
-            .chain_update(b"sidecar-key-id:")
-            .chain_update(bytes)
-            .finalize();
-        Self {
-            id: hex::encode(&digest[..6]),
-            cipher: Aes256GcmSiv::new(bytes.into()),
-        }
+        let digest = Sha256::new().chain_update(b"sidecar-key-id:").chain_update(bytes).finalize();
+        Self { id: hex::encode(&digest[..6]), cipher: Aes256GcmSiv::new(bytes.into()) }
     }
 
     /// A fresh random key as 64 hex characters.
@@ -81,19 +73,9 @@ impl MasterKey {
         rand::rng().fill_bytes(&mut nonce);
         let ciphertext = self
             .cipher
-            .encrypt(
-                Nonce::from_slice(&nonce),
-                Payload {
-                    msg: plaintext.as_bytes(),
-                    aad: AAD,
-                },
-            )
+            .encrypt(Nonce::from_slice(&nonce), Payload { msg: plaintext.as_bytes(), aad: AAD })
             .expect("AES-GCM-SIV encryption of a short message cannot fail");
-        Sealed {
-            key_id: self.id.clone(),
-            nonce: nonce.to_vec(),
-            ciphertext,
-        }
+        Sealed { key_id: self.id.clone(), nonce: nonce.to_vec(), ciphertext }
     }
 
     /// Decrypts a value sealed under this key.
@@ -106,13 +88,7 @@ impl MasterKey {
         }
         let plain = self
             .cipher
-            .decrypt(
-                Nonce::from_slice(&sealed.nonce),
-                Payload {
-                    msg: &sealed.ciphertext,
-                    aad: AAD,
-                },
-            )
+            .decrypt(Nonce::from_slice(&sealed.nonce), Payload { msg: &sealed.ciphertext, aad: AAD })
             .map_err(|_| CryptoError::DecryptFailed(sealed.key_id.clone()))?;
         String::from_utf8(plain).map_err(|_| CryptoError::DecryptFailed(sealed.key_id.clone()))
     }
@@ -170,10 +146,7 @@ mod tests {
     fn wrong_key_is_refused_by_key_id() {
         let sealed = key().seal("secret");
         let other = key();
-        assert!(matches!(
-            other.open(&sealed),
-            Err(CryptoError::UnknownKeyId(_))
-        ));
+        assert!(matches!(other.open(&sealed), Err(CryptoError::UnknownKeyId(_))));
     }
 
     #[test]
@@ -181,10 +154,7 @@ mod tests {
         let mut sealed = key().seal("secret");
         let other = key();
         sealed.key_id = other.id().to_owned();
-        assert!(matches!(
-            other.open(&sealed),
-            Err(CryptoError::DecryptFailed(_))
-        ));
+        assert!(matches!(other.open(&sealed), Err(CryptoError::DecryptFailed(_))));
     }
 
     #[test]
@@ -192,37 +162,21 @@ mod tests {
         let k = key();
         let mut sealed = k.seal("secret");
         sealed.ciphertext[0] ^= 1;
-        assert!(matches!(
-            k.open(&sealed),
-            Err(CryptoError::DecryptFailed(_))
-        ));
+        assert!(matches!(k.open(&sealed), Err(CryptoError::DecryptFailed(_))));
     }
 
     #[test]
     fn key_id_is_stable_and_distinct() {
         let hex = MasterKey::generate_hex();
-        assert_eq!(
-            MasterKey::from_hex(&hex).unwrap().id(),
-            MasterKey::from_hex(&hex).unwrap().id()
-        );
+        assert_eq!(MasterKey::from_hex(&hex).unwrap().id(), MasterKey::from_hex(&hex).unwrap().id());
         assert_ne!(MasterKey::from_hex(&hex).unwrap().id(), key().id());
         assert_eq!(key().id().len(), 12);
     }
 
     #[test]
     fn malformed_keys_are_refused() {
-        for bad in [
-            "",
-            "abc",
-            &"zz".repeat(32),
-            &"ab".repeat(31),
-            &"ab".repeat(33),
-        ] {
-            assert_eq!(
-                MasterKey::from_hex(bad).unwrap_err(),
-                CryptoError::MalformedKey,
-                "{bad}"
-            );
+        for bad in ["", "abc", &"zz".repeat(32), &"ab".repeat(31), &"ab".repeat(33)] {
+            assert_eq!(MasterKey::from_hex(bad).unwrap_err(), CryptoError::MalformedKey, "{bad}");
         }
     }
 

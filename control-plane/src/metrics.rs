@@ -25,45 +25,20 @@ pub fn install() -> PrometheusHandle {
 }
 
 fn describe() {
-    describe_gauge!(
-        "sidecar_control_nodes_connected",
-        "Data-plane nodes with an open Sync stream."
-    );
+    describe_gauge!("sidecar_control_nodes_connected", "Data-plane nodes with an open Sync stream.");
     describe_gauge!("sidecar_control_config_version", "Current config version.");
-    describe_gauge!(
-        "sidecar_control_store_size_bytes",
-        "Size of the sled store on disk."
-    );
-    describe_counter!(
-        "sidecar_control_snapshot_pushes_total",
-        "Config snapshots sent to nodes."
-    );
-    describe_counter!(
-        "sidecar_control_snapshot_acks_total",
-        "Snapshots nodes acknowledged (applied)."
-    );
-    describe_counter!(
-        "sidecar_control_snapshot_nacks_total",
-        "Snapshots nodes rejected."
-    );
-    describe_counter!(
-        "sidecar_control_admin_requests_total",
-        "AdminService requests by method and gRPC code."
-    );
-    describe_counter!(
-        "sidecar_control_reports_total",
-        "Report batches by result (applied, duplicate, invalid)."
-    );
-    describe_counter!(
-        "sidecar_control_rate_limit_events_total",
-        "429 events nodes sent on the Sync stream."
-    );
+    describe_gauge!("sidecar_control_store_size_bytes", "Size of the sled store on disk.");
+    describe_counter!("sidecar_control_snapshot_pushes_total", "Config snapshots sent to nodes.");
+    describe_counter!("sidecar_control_snapshot_acks_total", "Snapshots nodes acknowledged (applied).");
+    describe_counter!("sidecar_control_snapshot_nacks_total", "Snapshots nodes rejected.");
+    describe_counter!("sidecar_control_admin_requests_total", "AdminService requests by method and gRPC code.");
+    describe_counter!("sidecar_control_reports_total", "Report batches by result (applied, duplicate, invalid).");
+    describe_counter!("sidecar_control_rate_limit_events_total", "429 events nodes sent on the Sync stream.");
 }
 
 /// An AdminService call finished.
 pub fn admin_request(method: &'static str, code: tonic::Code) {
-    counter!("sidecar_control_admin_requests_total", "method" => method, "code" => code_name(code))
-        .increment(1);
+    counter!("sidecar_control_admin_requests_total", "method" => method, "code" => code_name(code)).increment(1);
 }
 
 /// The config version changed.

@@ -5,6 +5,15 @@ use std::time::{Duration, Instant};
 
 use sidecar_proto::v1 as pb;
 
+/// The HTTP client for key validation and health probes.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .user_agent(concat!("sidecar-control/", env!("CARGO_PKG_VERSION")))
+        .connect_timeout(Duration::from_secs(5))
+        .build()
+        .expect("HTTP client with rustls builds")
+}
+
 /// Calls `GET {base_url}/models` with `api_key` as a bearer token.
 pub async fn probe(
     client: &reqwest::Client,
@@ -14,12 +23,7 @@ pub async fn probe(
 ) -> pb::ValidateBackendResponse {
     let started = Instant::now();
     let url = format!("{}/models", base_url.trim_end_matches('/'));
-    let result = client
-        .get(&url)
-        .bearer_auth(api_key)
-        .timeout(timeout)
-        .send()
-        .await;
+    let result = client.get(&url).bearer_auth(api_key).timeout(timeout).send().await;
     let latency_ms = started.elapsed().as_millis().min(u32::MAX as u128) as u32;
     let scrub = |text: &str| text.replace(api_key, &crate::crypto::mask(api_key));
     let response = match result {
@@ -48,23 +52,14 @@ pub async fn probe(
         .as_ref()
         .and_then(|j| j.get("data"))
         .and_then(|d| d.as_array())
-        .map(|items| {
-            items
-                .iter()
-                .filter_map(|m| m.get("id")?.as_str().map(str::to_owned))
-                .collect()
-        })
+        .map(|items| items.iter().filter_map(|m| m.get("id")?.as_str().map(str::to_owned)).collect())
         .unwrap_or_default();
     let message = if status.is_success() {
         "key accepted".to_owned()
     } else {
         let upstream = json
             .as_ref()
-            .and_then(|j| {
-                j.pointer("/error/message")
-                    .or_else(|| j.get("message"))
-                    .or_else(|| j.get("error"))
-            })
+            .and_then(|j| j.pointer("/error/message").or_else(|| j.get("message")).or_else(|| j.get("error")))
             .and_then(|m| m.as_str().map(str::to_owned))
             .unwrap_or_else(|| String::from_utf8_lossy(&body).chars().take(300).collect());
         let reason = status.canonical_reason().unwrap_or("");

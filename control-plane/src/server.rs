@@ -5,9 +5,7 @@ use std::{future::Future, sync::Arc, time::Duration};
 
 use axum::{Json, Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
 use http::{HeaderName, HeaderValue, Method};
-use sidecar_proto::v1::{
-    admin_service_server::AdminServiceServer, node_service_server::NodeServiceServer,
-};
+use sidecar_proto::v1::{admin_service_server::AdminServiceServer, node_service_server::NodeServiceServer};
 use tokio::{net::TcpListener, sync::watch};
 use tokio_stream::wrappers::TcpListenerStream;
 use tower_http::cors::{AllowOrigin, CorsLayer};
@@ -21,10 +19,7 @@ use crate::{
     metrics,
     node::NodeApi,
     state::{Shared, StateError},
-    store::{
-        Actor, BackendRecord, ConfigChange, ModelMapping, Role, Source, Store, StoreError,
-        TokenRecord,
-    },
+    store::{Actor, BackendRecord, ConfigChange, ModelMapping, Role, Source, Store, StoreError, TokenRecord},
     util::{new_id, now_ms},
 };
 
@@ -90,10 +85,8 @@ impl ControlPlane {
     /// Opens the store in the configured data directory and does first-start setup:
     /// built-in pools and settings, the key check, seeded tokens, the V1 migration.
     pub fn open(config: &ControlConfig) -> Result<Self, InitError> {
-        std::fs::create_dir_all(&config.data_dir).map_err(|source| InitError::DataDir {
-            path: config.data_dir.display().to_string(),
-            source,
-        })?;
+        std::fs::create_dir_all(&config.data_dir)
+            .map_err(|source| InitError::DataDir { path: config.data_dir.display().to_string(), source })?;
         let store = Store::open(&config.data_dir)?;
         store.initialize(&config.initial_settings)?;
         check_key(&store, &config.encryption_key)?;
@@ -104,14 +97,10 @@ impl ControlPlane {
             store,
             config.encryption_key.clone(),
             config.data_dir.clone(),
+            config.fleet,
             shutdown_rx,
         )?);
-        Ok(Self {
-            shared,
-            cors_origins: config.cors_origins.clone(),
-            shutdown_tx,
-            generated_admin_token,
-        })
+        Ok(Self { shared, cors_origins: config.cors_origins.clone(), shutdown_tx, generated_admin_token })
     }
 
     /// The admin token generated at first start (none was configured or stored), to be
@@ -141,14 +130,16 @@ impl ControlPlane {
 
         let mut background: tokio::task::JoinSet<()> = tokio::task::JoinSet::new();
         // Background maintenance tasks (retention sweeps, backups) are spawned here.
+        background.spawn(crate::maintenance::sweeps(self.shared.clone()));
+        background.spawn(crate::maintenance::backups(self.shared.clone()));
+
+        background.spawn(crate::fleet::run_grants(self.shared.clone()));
+        background.spawn(crate::dashboard::run(self.shared.clone()));
+        background.spawn(crate::health::run(self.shared.clone(), crate::probe::client()));
 
         let (health_reporter, health) = tonic_health::server::health_reporter();
-        health_reporter
-            .set_serving::<AdminServiceServer<AdminApi>>()
-            .await;
-        health_reporter
-            .set_serving::<NodeServiceServer<NodeApi>>()
-            .await;
+        health_reporter.set_serving::<AdminServiceServer<AdminApi>>().await;
+        health_reporter.set_serving::<NodeServiceServer<NodeApi>>().await;
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(sidecar_proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -170,20 +161,13 @@ impl ControlPlane {
             .add_service(node)
             .add_service(reflection)
             .add_service(health)
-            .serve_with_incoming_shutdown(
-                TcpListenerStream::new(api),
-                stopped(self.shutdown_tx.subscribe()),
-            );
+            .serve_with_incoming_shutdown(TcpListenerStream::new(api), stopped(self.shutdown_tx.subscribe()));
 
         let ops_app = Router::new()
             .route("/health", get(health_handler))
             .route("/metrics", get(metrics_handler))
-            .with_state(OpsState {
-                shared: self.shared.clone(),
-                prometheus,
-            });
-        let ops_server =
-            axum::serve(ops, ops_app).with_graceful_shutdown(stopped(self.shutdown_tx.subscribe()));
+            .with_state(OpsState { shared: self.shared.clone(), prometheus });
+        let ops_server = axum::serve(ops, ops_app).with_graceful_shutdown(stopped(self.shutdown_tx.subscribe()));
 
         let (grpc, ops) = tokio::join!(grpc, ops_server);
         background.shutdown().await;
@@ -198,10 +182,7 @@ impl ControlPlane {
 /// Same-origin only unless origins are configured: with an empty list no origin matches,
 /// so browsers refuse every cross-origin call.
 fn cors(origins: &[String]) -> CorsLayer {
-    let list: Vec<HeaderValue> = origins
-        .iter()
-        .filter_map(|o| HeaderValue::from_str(o).ok())
-        .collect();
+    let list: Vec<HeaderValue> = origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()).collect();
     let header = HeaderName::from_static;
     CorsLayer::new()
         .allow_origin(AllowOrigin::list(list))
@@ -234,11 +215,7 @@ async fn health_handler(State(ops): State<OpsState>) -> impl IntoResponse {
 
 async fn metrics_handler(State(ops): State<OpsState>) -> impl IntoResponse {
     metrics::store_size(ops.shared.store.size_on_disk());
-    (
-        StatusCode::OK,
-        [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        ops.prometheus.render(),
-    )
+    (StatusCode::OK, [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], ops.prometheus.render())
 }
 
 /// Refuses to start with a key that cannot open the stored API keys, and records the
@@ -249,16 +226,10 @@ fn check_key(store: &Store, key: &MasterKey) -> Result<(), InitError> {
         None => store.backends()?.first().map(|b| b.api_key.key_id.clone()),
     };
     match stored {
-        Some(stored) if stored != key.id() => Err(InitError::KeyMismatch {
-            stored,
-            given: key.id().to_owned(),
-        }),
+        Some(stored) if stored != key.id() => Err(InitError::KeyMismatch { stored, given: key.id().to_owned() }),
         Some(_) => Ok(()),
         None => {
-            let change = ConfigChange {
-                active_key_id: Some(key.id().to_owned()),
-                ..Default::default()
-            };
+            let change = ConfigChange { active_key_id: Some(key.id().to_owned()), ..Default::default() };
             store.commit(change, &Actor::system(), "RecordKeyId", key.id())?;
             Ok(())
         }
@@ -271,18 +242,8 @@ fn seed_tokens(store: &Store, config: &ControlConfig) -> Result<Option<String>, 
     let tokens = store.tokens()?;
     let mut change = ConfigChange::default();
     let env_tokens = [
-        (
-            &config.admin_token,
-            "tok_env_admin",
-            Role::Admin,
-            "SIDECAR_ADMIN_TOKEN",
-        ),
-        (
-            &config.node_token,
-            "tok_env_node",
-            Role::Node,
-            "SIDECAR_NODE_TOKEN",
-        ),
+        (&config.admin_token, "tok_env_admin", Role::Admin, "SIDECAR_ADMIN_TOKEN"),
+        (&config.node_token, "tok_env_node", Role::Node, "SIDECAR_NODE_TOKEN"),
     ];
     for (token, id, role, name) in env_tokens {
         let Some(token) = token else { continue };
@@ -327,20 +288,14 @@ fn migrate_v1(store: &Store, config: &ControlConfig) -> Result<(), StoreError> {
     if store.v1_migrated()? {
         return Ok(());
     }
-    let mut change = ConfigChange {
-        mark_v1_migrated: true,
-        ..Default::default()
-    };
+    let mut change = ConfigChange { mark_v1_migrated: true, ..Default::default() };
     let backends = store.backends()?;
     if backends.iter().any(|b| b.base_url == v1.base_url) {
         info!(base_url = %v1.base_url, "V1 upstream already has a backend; not creating another");
     } else {
         let now = now_ms();
-        let name = if backends.iter().any(|b| b.name == "v1-upstream") {
-            new_id("v1-upstream")
-        } else {
-            "v1-upstream".into()
-        };
+        let name =
+            if backends.iter().any(|b| b.name == "v1-upstream") { new_id("v1-upstream") } else { "v1-upstream".into() };
         let backend = BackendRecord {
             id: new_id("bkd"),
             name,

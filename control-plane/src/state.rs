@@ -42,29 +42,27 @@ pub struct ConfigState {
     pub pools: Vec<PoolRecord>,
     /// System settings.
     pub settings: Settings,
+    /// Backend id → "error" for backends active probes or passive health found failing.
+    pub health: std::collections::HashMap<String, &'static str>,
 }
 
 impl ConfigState {
     /// Reads the current config from the store.
-    pub fn load(store: &Store, key: &MasterKey) -> Result<Self, StateError> {
+    pub fn load(
+        store: &Store,
+        key: &MasterKey,
+        health: std::collections::HashMap<String, &'static str>,
+    ) -> Result<Self, StateError> {
         let version = store.config_version();
         let backends = store
             .backends()?
             .into_iter()
             .map(|b| {
-                let plain = key.open(&b.api_key).map_err(|source| StateError::Key {
-                    backend: b.id.clone(),
-                    source,
-                })?;
+                let plain = key.open(&b.api_key).map_err(|source| StateError::Key { backend: b.id.clone(), source })?;
                 Ok((b, plain))
             })
             .collect::<Result<_, StateError>>()?;
-        Ok(Self {
-            version,
-            backends,
-            pools: store.pools()?,
-            settings: store.settings()?,
-        })
+        Ok(Self { version, backends, pools: store.pools()?, settings: store.settings()?, health })
     }
 
     /// The snapshot for a node of `region`: only backends allowed there.
@@ -94,14 +92,11 @@ impl ConfigState {
                         .collect(),
                     resource_version: b.resource_version,
                     label: b.label.clone(),
+                    health: self.health.get(&b.id).copied().unwrap_or("healthy").to_owned(),
                     ..Default::default()
                 })
                 .collect(),
-            pools: self
-                .pools
-                .iter()
-                .map(|p| crate::admin::convert::pool_to_pb(p, 0))
-                .collect(),
+            pools: self.pools.iter().map(|p| crate::admin::convert::pool_to_pb(p, 0)).collect(),
             settings: Some(crate::admin::convert::settings_to_pb(&self.settings)),
             generated_at_ms: util::now_ms(),
         }
@@ -123,6 +118,14 @@ pub struct Shared {
     pub writer: Mutex<()>,
     /// The data directory (backups go to `data_dir/backups`).
     pub data_dir: std::path::PathBuf,
+    /// Fleet coordination: grants and fleet-wide cooldowns.
+    pub fleet: crate::fleet::Fleet,
+    /// The latest dashboard, computed once a second and shared by every watcher.
+    pub dashboard: watch::Sender<Arc<pb::Dashboard>>,
+    /// Active-probe and passive health per backend id ("healthy" or "error").
+    pub health: std::sync::Mutex<std::collections::HashMap<String, &'static str>>,
+    /// When the control plane started.
+    pub started: std::time::Instant,
     config_tx: watch::Sender<Arc<ConfigState>>,
     shutdown: watch::Receiver<bool>,
 }
@@ -133,9 +136,10 @@ impl Shared {
         store: Store,
         key: MasterKey,
         data_dir: std::path::PathBuf,
+        timing: crate::fleet::FleetTiming,
         shutdown: watch::Receiver<bool>,
     ) -> Result<Self, StateError> {
-        let state = ConfigState::load(&store, &key)?;
+        let state = ConfigState::load(&store, &key, Default::default())?;
         crate::metrics::config_version(state.version);
         let (config_tx, _) = watch::channel(Arc::new(state));
         let auth = Authenticator::default();
@@ -147,6 +151,10 @@ impl Shared {
             nodes: NodeRegistry::default(),
             writer: Mutex::new(()),
             data_dir,
+            fleet: crate::fleet::Fleet::new(timing),
+            dashboard: watch::channel(Arc::new(pb::Dashboard::default())).0,
+            health: Default::default(),
+            started: std::time::Instant::now(),
             config_tx,
             shutdown,
         })
@@ -159,7 +167,8 @@ impl Shared {
 
     /// Re-reads the config from the store and pushes it to every node session.
     pub fn publish(&self) -> Result<(), StateError> {
-        let state = ConfigState::load(&self.store, &self.key())?;
+        let health = self.health.lock().expect("health lock").clone();
+        let state = ConfigState::load(&self.store, &self.key(), health)?;
         crate::metrics::config_version(state.version);
         self.config_tx.send_replace(Arc::new(state));
         Ok(())

@@ -19,10 +19,7 @@ pub struct FieldError {
 
 /// Shorthand for a [`FieldError`].
 pub fn field_error(field: impl Into<String>, reason: impl Into<String>) -> FieldError {
-    FieldError {
-        field: field.into(),
-        reason: reason.into(),
-    }
+    FieldError { field: field.into(), reason: reason.into() }
 }
 
 type Result<T> = std::result::Result<T, FieldError>;
@@ -42,42 +39,19 @@ pub fn identifier(field: &str, value: &str) -> Result<String> {
         return Err(field_error(field, "must not be empty"));
     }
     if value.len() > NAME_MAX {
-        return Err(field_error(
-            field,
-            format!("must be at most {NAME_MAX} characters"),
-        ));
+        return Err(field_error(field, format!("must be at most {NAME_MAX} characters")));
     }
-    if let Some(c) = value
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
-    {
-        return Err(field_error(
-            field,
-            format!("may contain only letters, digits, '-', '_' and '.' (found {c:?})"),
-        ));
+    if let Some(c) = value.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))) {
+        return Err(field_error(field, format!("may contain only letters, digits, '-', '_' and '.' (found {c:?})")));
     }
     Ok(value.to_owned())
 }
 
 /// A backend name, unique among backends (case-insensitively) other than `self_id`.
-pub fn backend_name(
-    field: &str,
-    value: &str,
-    others: &[BackendRecord],
-    self_id: Option<&str>,
-) -> Result<String> {
+pub fn backend_name(field: &str, value: &str, others: &[BackendRecord], self_id: Option<&str>) -> Result<String> {
     let name = identifier(field, value)?;
-    if let Some(clash) = others
-        .iter()
-        .find(|b| Some(b.id.as_str()) != self_id && b.name.eq_ignore_ascii_case(&name))
-    {
-        return Err(field_error(
-            field,
-            format!(
-                "a backend named {:?} already exists ({})",
-                clash.name, clash.id
-            ),
-        ));
+    if let Some(clash) = others.iter().find(|b| Some(b.id.as_str()) != self_id && b.name.eq_ignore_ascii_case(&name)) {
+        return Err(field_error(field, format!("a backend named {:?} already exists ({})", clash.name, clash.id)));
     }
     Ok(name)
 }
@@ -85,10 +59,7 @@ pub fn backend_name(
 /// Free text of at most `max` characters, without control characters.
 pub fn text(field: &str, value: &str, max: usize) -> Result<String> {
     if value.chars().count() > max {
-        return Err(field_error(
-            field,
-            format!("must be at most {max} characters"),
-        ));
+        return Err(field_error(field, format!("must be at most {max} characters")));
     }
     if value.chars().any(char::is_control) {
         return Err(field_error(field, "must not contain control characters"));
@@ -101,31 +72,18 @@ pub fn text(field: &str, value: &str, max: usize) -> Result<String> {
 pub fn base_url(field: &str, value: &str) -> Result<String> {
     let value = value.trim();
     if value.is_empty() {
-        return Err(field_error(
-            field,
-            "must not be empty; expected an http(s) URL such as https://api.openai.com/v1",
-        ));
+        return Err(field_error(field, "must not be empty; expected an http(s) URL such as https://api.openai.com/v1"));
     }
-    let url = reqwest::Url::parse(value).map_err(|e| {
-        field_error(
-            field,
-            format!("not a valid URL ({e}); expected e.g. https://api.openai.com/v1"),
-        )
-    })?;
+    let url = reqwest::Url::parse(value)
+        .map_err(|e| field_error(field, format!("not a valid URL ({e}); expected e.g. https://api.openai.com/v1")))?;
     if !matches!(url.scheme(), "http" | "https") {
-        return Err(field_error(
-            field,
-            format!("scheme must be http or https, not {:?}", url.scheme()),
-        ));
+        return Err(field_error(field, format!("scheme must be http or https, not {:?}", url.scheme())));
     }
     if url.host_str().is_none_or(str::is_empty) {
         return Err(field_error(field, "must name a host"));
     }
     if !url.username().is_empty() || url.password().is_some() {
-        return Err(field_error(
-            field,
-            "must not carry credentials; put the key in api_key",
-        ));
+        return Err(field_error(field, "must not carry credentials; put the key in api_key"));
     }
     if url.query().is_some() || url.fragment().is_some() {
         return Err(field_error(field, "must not have a query or fragment"));
@@ -142,10 +100,7 @@ pub fn api_key(field: &str, value: &str) -> Result<String> {
         return Err(field_error(field, "must be at most 4096 characters"));
     }
     if value.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(field_error(
-            field,
-            "must not contain whitespace or control characters",
-        ));
+        return Err(field_error(field, "must not contain whitespace or control characters"));
     }
     Ok(value.to_owned())
 }
@@ -182,10 +137,7 @@ pub fn tpm_limit(field: &str, value: i64) -> Result<Option<u32>> {
         return Ok(None);
     }
     if value < 0 {
-        return Err(field_error(
-            field,
-            format!("must be 0 (no limit) or positive (got {value})"),
-        ));
+        return Err(field_error(field, format!("must be 0 (no limit) or positive (got {value})")));
     }
     in_range(field, value, 1, 1_000_000_000).map(Some)
 }
@@ -202,10 +154,7 @@ pub fn pool(field: &str, value: &str, pools: &[PoolRecord]) -> Result<String> {
         Ok(name.to_owned())
     } else {
         let known: Vec<_> = pools.iter().map(|p| p.name.as_str()).collect();
-        Err(field_error(
-            field,
-            format!("unknown pool {name:?} (pools: {})", known.join(", ")),
-        ))
+        Err(field_error(field, format!("unknown pool {name:?} (pools: {})", known.join(", "))))
     }
 }
 
@@ -218,20 +167,10 @@ pub fn model_mappings(
     for (canonical, m) in value {
         let at = format!("{field}[{canonical:?}]");
         if canonical.trim().is_empty() {
-            return Err(field_error(
-                field,
-                "a canonical model name must not be empty",
-            ));
+            return Err(field_error(field, "a canonical model name must not be empty"));
         }
-        if canonical.len() > 256
-            || canonical
-                .chars()
-                .any(|c| c.is_whitespace() || c.is_control())
-        {
-            return Err(field_error(
-                &at,
-                "canonical model name must be at most 256 characters without whitespace",
-            ));
+        if canonical.len() > 256 || canonical.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(field_error(&at, "canonical model name must be at most 256 characters without whitespace"));
         }
         if m.native_id.trim().is_empty() {
             return Err(field_error(format!("{at}.native_id"), "must not be empty"));
@@ -258,15 +197,10 @@ pub fn model_mappings(
         }
         let mut modalities = Vec::new();
         for (i, modality) in m.input_modalities.iter().enumerate() {
-            if !matches!(
-                modality.as_str(),
-                "text" | "image" | "audio" | "video" | "file"
-            ) {
+            if !matches!(modality.as_str(), "text" | "image" | "audio" | "video" | "file") {
                 return Err(field_error(
                     format!("{at}.input_modalities[{i}]"),
-                    format!(
-                        "unknown modality {modality:?} (expected text, image, audio, video or file)"
-                    ),
+                    format!("unknown modality {modality:?} (expected text, image, audio, video or file)"),
                 ));
             }
             if !modalities.contains(modality) {
@@ -286,16 +220,8 @@ pub fn model_mappings(
                     cache_read: cost.cache_read,
                     cache_write: cost.cache_write,
                 },
-                context_window: if m.context_window == 0 {
-                    DEFAULT_CONTEXT_WINDOW
-                } else {
-                    m.context_window
-                },
-                max_tokens: if m.max_tokens == 0 {
-                    DEFAULT_MAX_TOKENS
-                } else {
-                    m.max_tokens
-                },
+                context_window: if m.context_window == 0 { DEFAULT_CONTEXT_WINDOW } else { m.context_window },
+                max_tokens: if m.max_tokens == 0 { DEFAULT_MAX_TOKENS } else { m.max_tokens },
                 reasoning: m.reasoning,
                 input_modalities: modalities,
             },
@@ -360,10 +286,7 @@ pub fn settings_patch(current: &Settings, patch: &pb::SettingsPatch) -> Result<S
     set!(probe_timeout_seconds, 1, 120);
     if let Some(v) = patch.emergency_fraction {
         if !(0.0..=1.0).contains(&v) {
-            return Err(field_error(
-                f("emergency_fraction"),
-                format!("must be between 0 and 1 (got {v})"),
-            ));
+            return Err(field_error(f("emergency_fraction"), format!("must be between 0 and 1 (got {v})")));
         }
         s.emergency_fraction = v;
     }

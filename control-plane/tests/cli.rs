@@ -88,10 +88,7 @@ impl Ctl {
     }
 
     fn with_token(&self, token: &str) -> Ctl {
-        Ctl {
-            server: self.server.clone(),
-            token: token.to_owned(),
-        }
+        Ctl { server: self.server.clone(), token: token.to_owned() }
     }
 }
 
@@ -102,10 +99,7 @@ async fn mock_provider() -> SocketAddr {
         if auth == Some(&format!("Bearer {GOOD_KEY}")) {
             (StatusCode::OK, Json(json!({"data": [{"id": "m1"}]})))
         } else {
-            (
-                StatusCode::UNAUTHORIZED,
-                Json(json!({"error": {"message": "Incorrect API key"}})),
-            )
+            (StatusCode::UNAUTHORIZED, Json(json!({"error": {"message": "Incorrect API key"}})))
         }
     }
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -136,10 +130,7 @@ async fn sidecarctl_drives_the_admin_api_end_to_end() -> anyhow::Result<()> {
         let _ = stop_rx.await;
     }));
     let provider = format!("http://{}/v1", mock_provider().await);
-    let ctl = Ctl {
-        server: format!("http://{addr}"),
-        token: ADMIN.to_owned(),
-    };
+    let ctl = Ctl { server: format!("http://{addr}"), token: ADMIN.to_owned() };
 
     // Add in table mode: a one-line confirmation naming the backend.
     let out = ctl
@@ -199,125 +190,57 @@ async fn sidecarctl_drives_the_admin_api_end_to_end() -> anyhow::Result<()> {
     let backends = listed["backends"].as_array().unwrap();
     assert_eq!(backends.len(), 2);
     let masked = backends[0]["api_key_masked"].as_str().unwrap();
-    assert!(
-        masked.starts_with("sk-pla") && masked.contains("****"),
-        "{masked}"
-    );
+    assert!(masked.starts_with("sk-pla") && masked.contains("****"), "{masked}");
     let table = ctl.run(&["backend", "list"]).await.ok();
     let header = table.lines().next().unwrap();
-    for column in [
-        "ID", "NAME", "POOL", "STATUS", "RPM", "TPM", "MODELS", "KEY", "URL",
-    ] {
+    for column in ["ID", "NAME", "POOL", "STATUS", "RPM", "TPM", "MODELS", "KEY", "URL"] {
         assert!(header.contains(column), "{header}");
     }
     let alpha_row = table.lines().find(|l| l.contains(" alpha ")).unwrap();
-    assert!(
-        alpha_row.contains("gpt-4o") && alpha_row.contains(masked),
-        "{table}"
-    );
+    assert!(alpha_row.contains("gpt-4o") && alpha_row.contains(masked), "{table}");
     assert!(!table.contains(PLAIN_KEY), "{table}");
 
     // Get by name, as key: value lines.
     let got = ctl.run(&["backend", "get", "alpha"]).await.ok();
     assert!(got.contains("name:") && got.contains("alpha"), "{got}");
     assert!(got.contains("gpt-4o=openai/gpt-4o"), "{got}");
-    assert!(
-        got.lines()
-            .any(|l| l.starts_with("rpm_limit:") && l.ends_with(" 30")),
-        "{got}"
-    );
+    assert!(got.lines().any(|l| l.starts_with("rpm_limit:") && l.ends_with(" 30")), "{got}");
 
     // Update only the RPM; the rest stays.
-    ctl.run(&["backend", "update", "alpha", "--rpm", "60"])
-        .await
-        .ok();
-    let alpha = ctl
-        .run(&["-o", "json", "backend", "get", "alpha"])
-        .await
-        .json();
+    ctl.run(&["backend", "update", "alpha", "--rpm", "60"]).await.ok();
+    let alpha = ctl.run(&["-o", "json", "backend", "get", "alpha"]).await.json();
     assert_eq!(alpha["rpm_limit"], 60);
     assert_eq!(alpha["label"], "example");
-    assert_eq!(
-        alpha["model_mappings"]["gpt-4o"]["native_id"],
-        "openai/gpt-4o"
-    );
+    assert_eq!(alpha["model_mappings"]["gpt-4o"]["native_id"], "openai/gpt-4o");
 
     // The server validates; its field path reaches the operator.
-    let err = ctl
-        .run(&["backend", "update", "alpha", "--rpm", "0"])
-        .await
-        .failed();
-    assert!(
-        err.contains("invalid argument") && err.contains("rpm_limit"),
-        "{err}"
-    );
-    let err = ctl
-        .run(&["backend", "update", "alpha", "--rpm", "-5"])
-        .await
-        .failed();
+    let err = ctl.run(&["backend", "update", "alpha", "--rpm", "0"]).await.failed();
+    assert!(err.contains("invalid argument") && err.contains("rpm_limit"), "{err}");
+    let err = ctl.run(&["backend", "update", "alpha", "--rpm", "-5"]).await.failed();
     assert!(err.contains("rpm_limit"), "{err}");
 
     // A stale expected version is refused.
-    let err = ctl
-        .run(&[
-            "backend",
-            "update",
-            "alpha",
-            "--rpm",
-            "61",
-            "--expected-version",
-            "1",
-        ])
-        .await
-        .failed();
+    let err = ctl.run(&["backend", "update", "alpha", "--rpm", "61", "--expected-version", "1"]).await.failed();
     assert!(err.contains("failed precondition"), "{err}");
 
     // Pools: create one and move a backend into it.
-    let out = ctl
-        .run(&["pool", "add", "batch", "--description", "overnight jobs"])
-        .await
-        .ok();
+    let out = ctl.run(&["pool", "add", "batch", "--description", "overnight jobs"]).await.ok();
     assert!(out.contains("created pool batch"), "{out}");
-    ctl.run(&["backend", "update", "beta", "--pool", "batch"])
-        .await
-        .ok();
-    let in_batch = ctl
-        .run(&["-o", "json", "backend", "list", "--pool", "batch"])
-        .await
-        .json();
-    let names: Vec<_> = in_batch["backends"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|b| b["name"].clone())
-        .collect();
+    ctl.run(&["backend", "update", "beta", "--pool", "batch"]).await.ok();
+    let in_batch = ctl.run(&["-o", "json", "backend", "list", "--pool", "batch"]).await.json();
+    let names: Vec<_> = in_batch["backends"].as_array().unwrap().iter().map(|b| b["name"].clone()).collect();
     assert_eq!(names, vec![json!("beta")]);
     let pools = ctl.run(&["pool", "list"]).await.ok();
-    assert!(
-        pools
-            .lines()
-            .any(|l| l.starts_with("batch ") && l.contains("overnight jobs")),
-        "{pools}"
-    );
+    assert!(pools.lines().any(|l| l.starts_with("batch ") && l.contains("overnight jobs")), "{pools}");
     let err = ctl.run(&["pool", "rm", "batch"]).await.failed();
     assert!(err.contains("beta"), "a pool in use names its users: {err}");
 
     // Settings.
     let out = ctl
-        .run(&[
-            "settings",
-            "set",
-            "cooldown_base_seconds=20",
-            "adaptive_retreat=true",
-            "emergency_fraction=0.2",
-        ])
+        .run(&["settings", "set", "cooldown_base_seconds=20", "adaptive_retreat=true", "emergency_fraction=0.2"])
         .await
         .ok();
-    assert!(
-        out.lines()
-            .any(|l| l.starts_with("cooldown_base_seconds:") && l.ends_with(" 20")),
-        "{out}"
-    );
+    assert!(out.lines().any(|l| l.starts_with("cooldown_base_seconds:") && l.ends_with(" 20")), "{out}");
     let settings = ctl.run(&["-o", "json", "settings", "get"]).await.json();
     assert_eq!(settings["settings"]["cooldown_base_seconds"], 20);
     assert_eq!(settings["settings"]["adaptive_retreat"], true);
@@ -327,46 +250,19 @@ async fn sidecarctl_drives_the_admin_api_end_to_end() -> anyhow::Result<()> {
     assert!(bad.stderr.contains("cooldown_base_seconds"), "{bad:?}");
 
     // A viewer may read but not write.
-    let viewer = ctl
-        .run(&["token", "create", "--role", "viewer", "--name", "dash"])
-        .await;
+    let viewer = ctl.run(&["token", "create", "--role", "viewer", "--name", "dash"]).await;
     assert!(viewer.stderr.contains("shown only this once"), "{viewer:?}");
     let viewer = ctl.with_token(viewer.ok().trim());
     viewer.run(&["backend", "list"]).await.ok();
     let err = viewer.run(&["pool", "add", "nope"]).await.failed();
     assert!(err.contains("permission denied"), "{err}");
     let tokens = ctl.run(&["-o", "json", "token", "list"]).await.json();
-    assert!(
-        tokens["tokens"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|t| t["name"] == "dash" && t["role"] == "viewer")
-    );
+    assert!(tokens["tokens"].as_array().unwrap().iter().any(|t| t["name"] == "dash" && t["role"] == "viewer"));
 
     // Key validation against the mock provider.
-    let out = ctl
-        .run(&[
-            "backend",
-            "validate",
-            "--base-url",
-            &provider,
-            "--api-key",
-            GOOD_KEY,
-        ])
-        .await
-        .ok();
+    let out = ctl.run(&["backend", "validate", "--base-url", &provider, "--api-key", GOOD_KEY]).await.ok();
     assert!(out.contains("m1") && out.contains("200"), "{out}");
-    let bad = ctl
-        .run(&[
-            "backend",
-            "validate",
-            "--base-url",
-            &provider,
-            "--api-key",
-            "bad-key-000000000",
-        ])
-        .await;
+    let bad = ctl.run(&["backend", "validate", "--base-url", &provider, "--api-key", "bad-key-000000000"]).await;
     assert!(bad.stdout.contains("401"), "{bad:?}");
     assert!(bad.failed().contains("Incorrect API key"));
     let err = ctl
@@ -383,10 +279,7 @@ async fn sidecarctl_drives_the_admin_api_end_to_end() -> anyhow::Result<()> {
         ])
         .await
         .failed();
-    assert!(
-        err.contains("api_key") && err.contains("Incorrect API key"),
-        "{err}"
-    );
+    assert!(err.contains("api_key") && err.contains("Incorrect API key"), "{err}");
     let out = ctl
         .run_with(
             &[
@@ -416,17 +309,11 @@ async fn sidecarctl_drives_the_admin_api_end_to_end() -> anyhow::Result<()> {
     let out = ctl.run(&["export", backup_path]).await.ok();
     assert!(out.contains("exported config version"), "{out}");
     let document: Value = serde_json::from_slice(&std::fs::read(&backup)?)?;
-    assert!(
-        !document.to_string().contains(PLAIN_KEY),
-        "keys stay encrypted in a backup"
-    );
+    assert!(!document.to_string().contains(PLAIN_KEY), "keys stay encrypted in a backup");
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        assert_eq!(
-            std::fs::metadata(&backup)?.permissions().mode() & 0o777,
-            0o600
-        );
+        assert_eq!(std::fs::metadata(&backup)?.permissions().mode() & 0o777, 0o600);
     }
     let out = ctl.run(&["backend", "rm", "alpha"]).await.ok();
     assert!(out.contains("deleted backend alpha"), "{out}");
@@ -434,51 +321,29 @@ async fn sidecarctl_drives_the_admin_api_end_to_end() -> anyhow::Result<()> {
     assert!(err.contains("not found"), "{err}");
     let imported = ctl.run(&["-o", "json", "import", backup_path]).await.json();
     assert_eq!(imported["backends"], 3);
-    let alpha = ctl
-        .run(&["-o", "json", "backend", "get", "alpha"])
-        .await
-        .json();
+    let alpha = ctl.run(&["-o", "json", "backend", "get", "alpha"]).await.json();
     assert_eq!(alpha["rpm_limit"], 60);
     ctl.run(&["backend", "validate", "gamma"]).await.ok();
 
     // Remove a backend for good.
     ctl.run(&["backend", "rm", "beta"]).await.ok();
     let listed = ctl.run(&["-o", "json", "backend", "list"]).await.json();
-    assert!(
-        listed["backends"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|b| b["name"] != "beta")
-    );
+    assert!(listed["backends"].as_array().unwrap().iter().all(|b| b["name"] != "beta"));
 
     // Nodes (none connected), version, audit.
     let nodes = ctl.run(&["-o", "json", "nodes"]).await.json();
-    assert!(
-        nodes["nodes"].as_array().is_none_or(|n| n.is_empty()),
-        "{nodes}"
-    );
+    assert!(nodes["nodes"].as_array().is_none_or(|n| n.is_empty()), "{nodes}");
     assert!(ctl.run(&["nodes"]).await.ok().starts_with("ID "));
     let version: u64 = ctl.run(&["version"]).await.ok().trim().parse()?;
     assert!(version >= 10, "every write bumped the version: {version}");
     let audit = ctl.run(&["audit", "--since", "1h"]).await.ok();
-    assert!(
-        audit.contains("CreateBackend") && audit.contains("Import"),
-        "{audit}"
-    );
+    assert!(audit.contains("CreateBackend") && audit.contains("Import"), "{audit}");
 
     // Authentication failures.
-    let err = ctl
-        .with_token("wrong-token-0000000000")
-        .run(&["backend", "list"])
-        .await
-        .failed();
+    let err = ctl.with_token("wrong-token-0000000000").run(&["backend", "list"]).await.failed();
     assert!(err.contains("unauthenticated"), "{err}");
     let err = ctl.with_token("").run(&["backend", "list"]).await.failed();
-    assert!(
-        err.contains("--token") && err.contains("SIDECAR_TOKEN"),
-        "{err}"
-    );
+    assert!(err.contains("--token") && err.contains("SIDECAR_TOKEN"), "{err}");
 
     stop_tx.send(()).ok();
     server.await??;
@@ -489,14 +354,220 @@ async fn sidecarctl_drives_the_admin_api_end_to_end() -> anyhow::Result<()> {
 async fn unreachable_control_plane_is_named_in_the_error() -> anyhow::Result<()> {
     // Bind then drop, so nothing listens on the port.
     let addr = TcpListener::bind("127.0.0.1:0").await?.local_addr()?;
-    let ctl = Ctl {
-        server: format!("http://{addr}"),
-        token: ADMIN.to_owned(),
-    };
+    let ctl = Ctl { server: format!("http://{addr}"), token: ADMIN.to_owned() };
     let err = ctl.run(&["backend", "list"]).await.failed();
-    assert!(
-        err.contains(&format!("cannot reach the control plane at http://{addr}")),
-        "{err}"
-    );
+    assert!(err.contains(&format!("cannot reach the control plane at http://{addr}")), "{err}");
+    Ok(())
+}
+
+const NODE: &str = "node-token-0123456789abcdef";
+
+/// Starts a control plane on `data_dir`; returns its address, its stop switch and task.
+async fn start_control_plane(
+    data_dir: &str,
+    key: &str,
+) -> anyhow::Result<(
+    SocketAddr,
+    oneshot::Sender<()>,
+    tokio::task::JoinHandle<Result<(), sidecar_control_plane::ServeError>>,
+)> {
+    let (data_dir, key) = (data_dir.to_owned(), key.to_owned());
+    let env = move |name: &str| match name {
+        "SIDECAR_ENCRYPTION_KEY" => Some(key.clone()),
+        "SIDECAR_ADMIN_TOKEN" => Some(ADMIN.to_owned()),
+        "SIDECAR_NODE_TOKEN" => Some(NODE.to_owned()),
+        "SIDECAR_DATA_DIR" => Some(data_dir.clone()),
+        _ => None,
+    };
+    let config = ControlConfig::resolve(&Flags::default(), &env)?;
+    let cp = ControlPlane::open(&config)?;
+    let api = TcpListener::bind("127.0.0.1:0").await?;
+    let ops = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = api.local_addr()?;
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(cp.serve(api, ops, async move {
+        let _ = stop_rx.await;
+    }));
+    Ok((addr, stop_tx, task))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sidecarctl_shows_stats_and_cooldowns() -> anyhow::Result<()> {
+    use sidecar_control_plane::store::{CooldownRecord, Store};
+    use sidecar_proto::v1::{self as pb, node_service_client::NodeServiceClient};
+
+    let dir = tempfile::tempdir()?;
+    let data_dir = dir.path().join("data").to_string_lossy().into_owned();
+    let key = MasterKey::generate_hex();
+    let (addr, stop, task) = start_control_plane(&data_dir, &key).await?;
+    let ctl = Ctl { server: format!("http://{addr}"), token: ADMIN.to_owned() };
+    let alpha = ctl
+        .run(&[
+            "-o",
+            "json",
+            "backend",
+            "add",
+            "--name",
+            "alpha",
+            "--base-url",
+            "https://api.example.com/v1",
+            "--api-key",
+            PLAIN_KEY,
+            "--model",
+            "gpt-4o",
+        ])
+        .await
+        .json();
+    let alpha_id = alpha["backend"]["id"].as_str().unwrap().to_owned();
+
+    // A node reports: 3 answers from alpha (one after a 429 elsewhere), 1 from the proxy.
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as i64;
+    let minute = now - now % 60_000;
+    let batch = pb::ReportBatch {
+        node_id: "node-eu-1".into(),
+        boot_id: "boot-1".into(),
+        seq: 1,
+        records: vec![
+            pb::UsageRecord {
+                minute_ms: minute,
+                backend_id: alpha_id.clone(),
+                model: "gpt-4o".into(),
+                pool: "primary".into(),
+                attempts: 4,
+                succeeded: 3,
+                errors_429: 1,
+                answered: 3,
+                prompt_tokens: 30,
+                completion_tokens: 15,
+                total_tokens: 45,
+                cost_usd: 0.25,
+                latency_ms_sum: 400,
+                ..Default::default()
+            },
+            pb::UsageRecord {
+                minute_ms: minute,
+                backend_id: String::new(),
+                model: "unknown-model".into(),
+                answered: 1,
+                answered_errors: 1,
+                ..Default::default()
+            },
+        ],
+        sent_at_ms: now,
+    };
+    let channel = tonic::transport::Channel::from_shared(ctl.server.clone())?.connect().await?;
+    let mut request = tonic::Request::new(batch);
+    request.metadata_mut().insert("authorization", format!("Bearer {NODE}").parse()?);
+    let ack = NodeServiceClient::new(channel).report(request).await?.into_inner();
+    assert!(ack.applied);
+
+    // Stop, record a cooldown in the store directly (the fleet records them), restart:
+    // the usage survives the restart as well.
+    stop.send(()).ok();
+    task.await??;
+    {
+        let store = Store::open(std::path::Path::new(&data_dir))?;
+        store.record_cooldown(&CooldownRecord {
+            backend_id: alpha_id.clone(),
+            node_id: "node-eu-1".into(),
+            consecutive_count: 2,
+            duration_ms: 60_000,
+            retry_after_ms: 5_000,
+            start_ms: now - 600_000,
+            end_ms: now - 540_000,
+        })?;
+        store.flush().await?;
+    }
+    let (addr, stop, task) = start_control_plane(&data_dir, &key).await?;
+    let ctl = Ctl { server: format!("http://{addr}"), token: ADMIN.to_owned() };
+
+    // JSON: totals and by_backend carry the figures flat, as scripts expect them.
+    let stats = ctl.run(&["-o", "json", "stats", "--since", "1h"]).await.json();
+    let totals = &stats["totals"];
+    assert_eq!(totals["requests"], 4, "{stats}");
+    assert_eq!(totals["succeeded"], 3);
+    assert_eq!(totals["errors"], 1);
+    assert_eq!(totals["rate_limited"], 1);
+    assert_eq!(totals["prompt_tokens"], 30);
+    assert_eq!(totals["completion_tokens"], 15);
+    assert_eq!(totals["cost_usd"], 0.25);
+    assert_eq!(stats["granularity"], "minute");
+    assert!(stats["since_ms"].as_i64().unwrap() < stats["until_ms"].as_i64().unwrap());
+    let by_backend = stats["by_backend"].as_array().unwrap();
+    assert_eq!(by_backend.len(), 2, "{stats}");
+    assert_eq!(by_backend[0]["backend_id"], "", "the proxy's own answers");
+    assert_eq!(by_backend[0]["requests"], 1);
+    assert_eq!(by_backend[0]["errors"], 1);
+    assert_eq!(by_backend[1]["backend_id"], alpha_id.as_str());
+    assert_eq!(by_backend[1]["backend_name"], "alpha");
+    for (field, want) in [
+        ("requests", json!(3)),
+        ("succeeded", json!(3)),
+        ("errors", json!(0)),
+        ("rate_limited", json!(1)),
+        ("prompt_tokens", json!(30)),
+        ("completion_tokens", json!(15)),
+        ("cost_usd", json!(0.25)),
+    ] {
+        assert_eq!(by_backend[1][field], want, "by_backend[1].{field}: {stats}");
+    }
+    assert!(by_backend[1].get("totals").is_none(), "flat, not nested");
+
+    // Grouped and filtered.
+    let grouped = ctl.run(&["-o", "json", "stats", "--by", "model,node", "--backend", "alpha"]).await.json();
+    let rows = grouped["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 1, "{grouped}");
+    assert_eq!(rows[0]["model"], "gpt-4o");
+    assert_eq!(rows[0]["node_id"], "node-eu-1");
+    assert_eq!(rows[0]["requests"], 3);
+    assert_eq!(grouped["totals"]["requests"], 3);
+
+    // Table: totals, the per-backend table, and the grouped rows.
+    let table = ctl.run(&["stats", "--by", "model"]).await.ok();
+    assert!(table.lines().any(|l| l.starts_with("requests:") && l.ends_with(" 4")), "{table}");
+    let header = table.lines().find(|l| l.starts_with("BACKEND")).unwrap();
+    for column in ["REQUESTS", "SUCCEEDED", "ERRORS", "429", "PROMPT", "COMPLETION", "COST"] {
+        assert!(header.contains(column), "{header}");
+    }
+    assert!(table.lines().any(|l| l.starts_with("alpha ") && l.contains(" 0.250000")), "{table}");
+    assert!(table.lines().any(|l| l.starts_with("(proxy) ")), "{table}");
+    assert!(table.lines().any(|l| l.starts_with("MODEL ")), "{table}");
+    assert!(table.lines().any(|l| l.starts_with("unknown-model ")), "{table}");
+
+    // Usage mistakes are caught locally (exit 2); bad ranges by the server (exit 1).
+    let bad = ctl.run(&["stats", "--by", "colour"]).await;
+    assert_eq!(bad.code, 2, "{bad:?}");
+    let bad = ctl.run(&["stats", "--since", "soon"]).await;
+    assert_eq!(bad.code, 2, "{bad:?}");
+    let err = ctl.run(&["stats", "--since", "1h", "--until", "2h"]).await.failed();
+    assert!(err.contains("invalid argument") && err.contains("until_ms"), "{err}");
+
+    // Cooldowns, with the backend's name, filterable by backend and node.
+    let cooldowns = ctl.run(&["-o", "json", "cooldowns"]).await.json();
+    let events = cooldowns["events"].as_array().unwrap();
+    assert_eq!(events.len(), 1, "{cooldowns}");
+    assert_eq!(events[0]["backend_name"], "alpha");
+    assert_eq!(events[0]["node_id"], "node-eu-1");
+    assert_eq!(events[0]["consecutive_count"], 2);
+    assert_eq!(events[0]["duration_ms"], 60_000);
+    let table = ctl.run(&["cooldowns", "--backend", "alpha"]).await.ok();
+    let header = table.lines().next().unwrap();
+    assert!(header.starts_with("START") && header.contains("RETRY_AFTER"), "{table}");
+    let row = table.lines().nth(1).unwrap();
+    assert!(row.contains("alpha") && row.contains("node-eu-1") && row.contains("1m"), "{table}");
+    for args in
+        [&["-o", "json", "cooldowns", "--node", "node-us-1"][..], &["-o", "json", "cooldowns", "--since", "5m"][..]]
+    {
+        let none = ctl.run(args).await.json();
+        assert!(none["events"].as_array().is_none_or(|e| e.is_empty()), "{args:?}: {none}");
+    }
+
+    // Nodes show when each last reported.
+    let nodes = ctl.run(&["nodes"]).await.ok();
+    assert!(nodes.lines().next().unwrap().contains("LAST_REPORT"), "{nodes}");
+    assert!(nodes.contains("node-eu-1"), "{nodes}");
+
+    stop.send(()).ok();
+    task.await??;
     Ok(())
 }

@@ -13,10 +13,7 @@ fn a_missing_key_exits_2_with_one_line_saying_how_to_make_one() {
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8(out.stderr).unwrap();
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
-    assert!(
-        stderr.contains("SIDECAR_ENCRYPTION_KEY") && stderr.contains("gen-key"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("SIDECAR_ENCRYPTION_KEY") && stderr.contains("gen-key"), "{stderr}");
 }
 
 #[test]
@@ -29,20 +26,14 @@ fn an_invalid_setting_is_named() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8(out.stderr).unwrap();
-    assert!(
-        stderr.contains("SIDECAR_CONTROL_LISTEN (--listen)"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("SIDECAR_CONTROL_LISTEN (--listen)"), "{stderr}");
 }
 
 #[test]
 fn gen_key_prints_a_fresh_64_hex_key() {
     let a = Command::new(BIN).arg("gen-key").output().unwrap();
     let b = Command::new(BIN).arg("gen-key").output().unwrap();
-    let (a, b) = (
-        String::from_utf8(a.stdout).unwrap(),
-        String::from_utf8(b.stdout).unwrap(),
-    );
+    let (a, b) = (String::from_utf8(a.stdout).unwrap(), String::from_utf8(b.stdout).unwrap());
     assert_eq!(a.trim().len(), 64);
     assert!(a.trim().chars().all(|c| c.is_ascii_hexdigit()));
     assert_ne!(a, b);
@@ -72,17 +63,10 @@ fn sigterm_flushes_and_exits_0() {
         }
     }
     assert!(seen.contains("serving gRPC"), "{seen}");
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
+    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
     let rest: Vec<String> = lines.map_while(Result::ok).collect();
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(0), "{}", rest.join("\n"));
-    assert!(
-        rest.iter().any(|l| l.contains("store flushed")),
-        "{}",
-        rest.join("\n")
-    );
+    assert!(rest.iter().any(|l| l.contains("store flushed")), "{}", rest.join("\n"));
     assert!(dir.path().join("sled").exists());
 }

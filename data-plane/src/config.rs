@@ -101,88 +101,25 @@ struct Setting {
 }
 
 const SETTINGS: &[Setting] = &[
-    Setting {
-        env: "SIDECAR_CONTROL_URL",
-        flag: Some("--control-url"),
-        file: "control_url",
-    },
-    Setting {
-        env: "SIDECAR_NODE_TOKEN",
-        flag: None,
-        file: "node_token",
-    },
-    Setting {
-        env: "SIDECAR_NODE_ID",
-        flag: Some("--node-id"),
-        file: "node_id",
-    },
-    Setting {
-        env: "SIDECAR_REGION",
-        flag: Some("--region"),
-        file: "region",
-    },
-    Setting {
-        env: "SIDECAR_HOST",
-        flag: Some("--host"),
-        file: "host",
-    },
-    Setting {
-        env: "SIDECAR_PORT",
-        flag: Some("--port"),
-        file: "port",
-    },
-    Setting {
-        env: "SIDECAR_OPS_LISTEN",
-        flag: Some("--ops-listen"),
-        file: "ops_listen",
-    },
-    Setting {
-        env: "SIDECAR_DATA_DIR",
-        flag: Some("--data-dir"),
-        file: "data_dir",
-    },
-    Setting {
-        env: "SIDECAR_CACHE_KEY",
-        flag: None,
-        file: "cache_key",
-    },
-    Setting {
-        env: "SIDECAR_MAX_BODY_BYTES",
-        flag: Some("--max-body-bytes"),
-        file: "max_body_bytes",
-    },
-    Setting {
-        env: "SIDECAR_LOG_LEVEL",
-        flag: Some("--log-level"),
-        file: "log_level",
-    },
-    Setting {
-        env: "SIDECAR_LOG_FORMAT",
-        flag: Some("--log-format"),
-        file: "log_format",
-    },
-    Setting {
-        env: "SIDECAR_RATE_WINDOW_MS",
-        flag: None,
-        file: "rate_window_ms",
-    },
-    Setting {
-        env: "SIDECAR_SHUTDOWN_GRACE",
-        flag: None,
-        file: "shutdown_grace",
-    },
-    Setting {
-        env: "SIDECAR_OUTBOX_BATCHES",
-        flag: None,
-        file: "outbox_batches",
-    },
+    Setting { env: "SIDECAR_CONTROL_URL", flag: Some("--control-url"), file: "control_url" },
+    Setting { env: "SIDECAR_NODE_TOKEN", flag: None, file: "node_token" },
+    Setting { env: "SIDECAR_NODE_ID", flag: Some("--node-id"), file: "node_id" },
+    Setting { env: "SIDECAR_REGION", flag: Some("--region"), file: "region" },
+    Setting { env: "SIDECAR_HOST", flag: Some("--host"), file: "host" },
+    Setting { env: "SIDECAR_PORT", flag: Some("--port"), file: "port" },
+    Setting { env: "SIDECAR_OPS_LISTEN", flag: Some("--ops-listen"), file: "ops_listen" },
+    Setting { env: "SIDECAR_DATA_DIR", flag: Some("--data-dir"), file: "data_dir" },
+    Setting { env: "SIDECAR_CACHE_KEY", flag: None, file: "cache_key" },
+    Setting { env: "SIDECAR_MAX_BODY_BYTES", flag: Some("--max-body-bytes"), file: "max_body_bytes" },
+    Setting { env: "SIDECAR_LOG_LEVEL", flag: Some("--log-level"), file: "log_level" },
+    Setting { env: "SIDECAR_LOG_FORMAT", flag: Some("--log-format"), file: "log_format" },
+    Setting { env: "SIDECAR_RATE_WINDOW_MS", flag: None, file: "rate_window_ms" },
+    Setting { env: "SIDECAR_SHUTDOWN_GRACE", flag: None, file: "shutdown_grace" },
+    Setting { env: "SIDECAR_OUTBOX_BATCHES", flag: None, file: "outbox_batches" },
 ];
 
 fn setting(env: &str) -> &'static Setting {
-    SETTINGS
-        .iter()
-        .find(|s| s.env == env)
-        .expect("known setting")
+    SETTINGS.iter().find(|s| s.env == env).expect("known setting")
 }
 
 fn invalid(env: &str, message: impl Into<String>) -> ConfigError {
@@ -191,10 +128,7 @@ fn invalid(env: &str, message: impl Into<String>) -> ConfigError {
         Some(flag) => format!("{} ({flag})", s.env),
         None => s.env.to_owned(),
     };
-    ConfigError {
-        setting,
-        message: message.into(),
-    }
+    ConfigError { setting, message: message.into() }
 }
 
 fn flag_value<'a>(flags: &'a Flags, env: &str) -> Option<&'a String> {
@@ -214,40 +148,23 @@ fn flag_value<'a>(flags: &'a Flags, env: &str) -> Option<&'a String> {
 }
 
 fn read_file(path: &std::path::Path) -> Result<BTreeMap<String, String>, ConfigError> {
-    let err = |message: String| ConfigError {
-        setting: format!("config file {}", path.display()),
-        message,
-    };
+    let err = |message: String| ConfigError { setting: format!("config file {}", path.display()), message };
     let text = std::fs::read_to_string(path).map_err(|e| err(format!("cannot read it: {e}")))?;
-    let table: toml::Table = text
-        .parse()
-        .map_err(|e: toml::de::Error| err(e.message().to_owned()))?;
+    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| err(e.message().to_owned()))?;
     let mut out = BTreeMap::new();
     for (key, value) in table {
         if !SETTINGS.iter().any(|s| s.file == key) {
             let known: Vec<_> = SETTINGS.iter().map(|s| s.file).collect();
-            return Err(err(format!(
-                "unknown key `{key}` (known: {})",
-                known.join(", ")
-            )));
+            return Err(err(format!("unknown key `{key}` (known: {})", known.join(", "))));
         }
-        out.insert(
-            key,
-            value
-                .as_str()
-                .map(str::to_owned)
-                .unwrap_or_else(|| value.to_string()),
-        );
+        out.insert(key, value.as_str().map(str::to_owned).unwrap_or_else(|| value.to_string()));
     }
     Ok(out)
 }
 
 impl ProxyConfig {
     /// Resolves the configuration from flags, an environment lookup and the file.
-    pub fn resolve(
-        flags: &Flags,
-        env: &dyn Fn(&str) -> Option<String>,
-    ) -> Result<Self, ConfigError> {
+    pub fn resolve(flags: &Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let file = match &flags.config {
             Some(path) => read_file(path)?,
             None => BTreeMap::new(),
@@ -262,114 +179,72 @@ impl ProxyConfig {
             |name: &str, default: u64, min: u64, max: u64| -> Result<u64, ConfigError> {
                 match get(name) {
                     None => Ok(default),
-                    Some(raw) => raw
-                        .trim()
-                        .parse::<u64>()
-                        .ok()
-                        .filter(|v| (min..=max).contains(v))
-                        .ok_or_else(|| {
-                            invalid(
-                                name,
-                                format!("expected a whole number from {min} to {max}, got {raw:?}"),
-                            )
-                        }),
+                    Some(raw) => raw.trim().parse::<u64>().ok().filter(|v| (min..=max).contains(v)).ok_or_else(|| {
+                        invalid(name, format!("expected a whole number from {min} to {max}, got {raw:?}"))
+                    }),
                 }
             };
 
-        let control_url =
-            get("SIDECAR_CONTROL_URL").unwrap_or_else(|| "http://127.0.0.1:9290".into());
+        let control_url = get("SIDECAR_CONTROL_URL").unwrap_or_else(|| "http://127.0.0.1:9290".into());
         match control_url.parse::<http::Uri>() {
-            Ok(u)
-                if matches!(u.scheme_str(), Some("http" | "https")) && u.authority().is_some() => {}
+            Ok(u) if matches!(u.scheme_str(), Some("http" | "https")) && u.authority().is_some() => {}
             _ => {
                 return Err(invalid(
                     "SIDECAR_CONTROL_URL",
-                    format!(
-                        "expected an http(s) URL such as http://127.0.0.1:9290, got {control_url:?}"
-                    ),
+                    format!("expected an http(s) URL such as http://127.0.0.1:9290, got {control_url:?}"),
                 ));
             }
         }
         let node_token = get("SIDECAR_NODE_TOKEN");
         let node_id = get("SIDECAR_NODE_ID");
         if let Some(id) = &node_id
-            && (id.len() > 128
-                || !id
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+            && (id.len() > 128 || !id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
         {
-            return Err(invalid(
-                "SIDECAR_NODE_ID",
-                "expected 1-128 letters, digits, '-', '_' or '.'",
-            ));
+            return Err(invalid("SIDECAR_NODE_ID", "expected 1-128 letters, digits, '-', '_' or '.'"));
         }
         let region = get("SIDECAR_REGION").unwrap_or_default();
-        if region.len() > 64
-            || !region
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-        {
-            return Err(invalid(
-                "SIDECAR_REGION",
-                "expected up to 64 letters, digits, '-', '_' or '.'",
-            ));
+        if region.len() > 64 || !region.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')) {
+            return Err(invalid("SIDECAR_REGION", "expected up to 64 letters, digits, '-', '_' or '.'"));
         }
         let host = get("SIDECAR_HOST").unwrap_or_else(|| "127.0.0.1".into());
         let port = parse_num("SIDECAR_PORT", 9190, 0, 65535)?;
-        let listen: SocketAddr = format!("{host}:{port}")
-            .parse()
-            .or_else(|_| format!("[{host}]:{port}").parse())
-            .map_err(|_| {
-                invalid(
-                    "SIDECAR_HOST",
-                    format!("expected an IP address such as 127.0.0.1 or 0.0.0.0, got {host:?}"),
-                )
+        let listen: SocketAddr =
+            format!("{host}:{port}").parse().or_else(|_| format!("[{host}]:{port}").parse()).map_err(|_| {
+                invalid("SIDECAR_HOST", format!("expected an IP address such as 127.0.0.1 or 0.0.0.0, got {host:?}"))
             })?;
         let ops_raw = get("SIDECAR_OPS_LISTEN").unwrap_or_else(|| "127.0.0.1:9191".into());
         let ops_listen: SocketAddr = ops_raw.parse().map_err(|_| {
-            invalid(
-                "SIDECAR_OPS_LISTEN",
-                format!("expected host:port such as 127.0.0.1:9191, got {ops_raw:?}"),
-            )
+            invalid("SIDECAR_OPS_LISTEN", format!("expected host:port such as 127.0.0.1:9191, got {ops_raw:?}"))
         })?;
-        let data_dir =
-            PathBuf::from(get("SIDECAR_DATA_DIR").unwrap_or_else(|| "./data/proxy".into()));
+        let data_dir = PathBuf::from(get("SIDECAR_DATA_DIR").unwrap_or_else(|| "./data/proxy".into()));
         let cache_key = match get("SIDECAR_CACHE_KEY") {
             None => None,
             Some(raw) => {
-                let bytes = hex::decode(raw.trim())
-                    .ok()
-                    .and_then(|b| <[u8; 32]>::try_from(b).ok());
-                Some(bytes.ok_or_else(|| invalid("SIDECAR_CACHE_KEY", "expected 64 hex characters (32 bytes), e.g. from `sidecar-control gen-key`"))?)
+                let bytes = hex::decode(raw.trim()).ok().and_then(|b| <[u8; 32]>::try_from(b).ok());
+                Some(bytes.ok_or_else(|| {
+                    invalid(
+                        "SIDECAR_CACHE_KEY",
+                        "expected 64 hex characters (32 bytes), e.g. from `sidecar-control gen-key`",
+                    )
+                })?)
             }
         };
-        let max_body_bytes = parse_num(
-            "SIDECAR_MAX_BODY_BYTES",
-            10 * 1024 * 1024,
-            1024,
-            1024 * 1024 * 1024,
-        )? as usize;
+        let max_body_bytes = parse_num("SIDECAR_MAX_BODY_BYTES", 10 * 1024 * 1024, 1024, 1024 * 1024 * 1024)? as usize;
         let log_level = get("SIDECAR_LOG_LEVEL").unwrap_or_else(|| "info".into());
         if tracing_subscriber::EnvFilter::try_new(&log_level).is_err() {
             return Err(invalid(
                 "SIDECAR_LOG_LEVEL",
-                format!(
-                    "expected a level (error, warn, info, debug, trace) or a filter directive, got {log_level:?}"
-                ),
+                format!("expected a level (error, warn, info, debug, trace) or a filter directive, got {log_level:?}"),
             ));
         }
         let log_format = match get("SIDECAR_LOG_FORMAT").as_deref() {
             None | Some("text") => LogFormat::Text,
             Some("json") => LogFormat::Json,
             Some(other) => {
-                return Err(invalid(
-                    "SIDECAR_LOG_FORMAT",
-                    format!("expected text or json, got {other:?}"),
-                ));
+                return Err(invalid("SIDECAR_LOG_FORMAT", format!("expected text or json, got {other:?}")));
             }
         };
-        let rate_window =
-            Duration::from_millis(parse_num("SIDECAR_RATE_WINDOW_MS", 60_000, 100, 3_600_000)?);
+        let rate_window = Duration::from_millis(parse_num("SIDECAR_RATE_WINDOW_MS", 60_000, 100, 3_600_000)?);
         let shutdown_grace = Duration::from_secs(parse_num("SIDECAR_SHUTDOWN_GRACE", 30, 0, 3600)?);
         let outbox_capacity = parse_num("SIDECAR_OUTBOX_BATCHES", 3600, 1, 1_000_000)? as usize;
         Ok(Self {
@@ -398,10 +273,7 @@ mod tests {
     use super::*;
 
     fn resolve(env: &[(&str, &str)]) -> Result<ProxyConfig, ConfigError> {
-        let env: HashMap<String, String> = env
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let env: HashMap<String, String> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         ProxyConfig::resolve(&Flags::default(), &move |n| env.get(n).cloned())
     }
 
@@ -440,14 +312,8 @@ mod tests {
 
     #[test]
     fn flags_beat_env() {
-        let flags = Flags {
-            port: Some("7000".into()),
-            ..Default::default()
-        };
-        let c = ProxyConfig::resolve(&flags, &|n| {
-            (n == "SIDECAR_PORT").then(|| "8000".to_string())
-        })
-        .unwrap();
+        let flags = Flags { port: Some("7000".into()), ..Default::default() };
+        let c = ProxyConfig::resolve(&flags, &|n| (n == "SIDECAR_PORT").then(|| "8000".to_string())).unwrap();
         assert_eq!(c.listen.port(), 7000);
     }
 }

@@ -7,15 +7,11 @@
 use std::sync::Arc;
 
 use metrics::{Counter, Histogram, Key, KeyName, Label, Metadata, Recorder, SharedString, Unit};
-use metrics_exporter_prometheus::{
-    Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
-};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 
 static META: Metadata<'static> = Metadata::new(module_path!(), metrics::Level::INFO, None);
 
-const LATENCY_BUCKETS: &[f64] = &[
-    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
-];
+const LATENCY_BUCKETS: &[f64] = &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0];
 
 /// The proxy's metrics.
 #[derive(Clone)]
@@ -31,13 +27,7 @@ impl Default for Metrics {
 }
 
 fn key(name: &'static str, labels: &[(&'static str, &str)]) -> Key {
-    Key::from_parts(
-        name,
-        labels
-            .iter()
-            .map(|(k, v)| Label::new(*k, v.to_string()))
-            .collect::<Vec<_>>(),
-    )
+    Key::from_parts(name, labels.iter().map(|(k, v)| Label::new(*k, v.to_string())).collect::<Vec<_>>())
 }
 
 impl Metrics {
@@ -48,10 +38,7 @@ impl Metrics {
             .expect("non-empty buckets")
             .build_recorder();
         let handle = recorder.handle();
-        let m = Self {
-            recorder: Arc::new(recorder),
-            handle,
-        };
+        let m = Self { recorder: Arc::new(recorder), handle };
         m.describe();
         m
     }
@@ -59,11 +46,7 @@ impl Metrics {
     fn describe(&self) {
         let r = &self.recorder;
         let d = |name: &'static str, unit: Option<Unit>, help: &'static str| {
-            (
-                KeyName::from_const_str(name),
-                unit,
-                SharedString::const_str(help),
-            )
+            (KeyName::from_const_str(name), unit, SharedString::const_str(help))
         };
         for (name, unit, help) in [
             d(
@@ -76,31 +59,15 @@ impl Metrics {
                 None,
                 "Failed upstream attempts by backend and kind (429, 5xx, timeout, connect, io, auth).",
             ),
-            d(
-                "sidecar_retries_total",
-                None,
-                "Attempts moved to the next candidate, by reason.",
-            ),
-            d(
-                "sidecar_emergency_requests_total",
-                None,
-                "Requests sent through a backend's emergency reserve.",
-            ),
+            d("sidecar_retries_total", None, "Attempts moved to the next candidate, by reason."),
+            d("sidecar_emergency_requests_total", None, "Requests sent through a backend's emergency reserve."),
             d(
                 "sidecar_queue_rejected_total",
                 None,
                 "Requests refused by the queue, by priority and reason (full, timeout).",
             ),
-            d(
-                "sidecar_report_outbox_dropped_total",
-                None,
-                "Usage batches dropped because the outbox was full.",
-            ),
-            d(
-                "sidecar_usage_events_dropped_total",
-                None,
-                "Usage events dropped because the reporter fell behind.",
-            ),
+            d("sidecar_report_outbox_dropped_total", None, "Usage batches dropped because the outbox was full."),
+            d("sidecar_usage_events_dropped_total", None, "Usage events dropped because the reporter fell behind."),
         ] {
             r.describe_counter(name, unit, help);
         }
@@ -115,75 +82,23 @@ impl Metrics {
                 Some(Unit::Seconds),
                 "Time from sending a request upstream to its first body byte.",
             ),
-            d(
-                "sidecar_queue_latency_seconds",
-                Some(Unit::Seconds),
-                "Time requests waited in the queue, by priority.",
-            ),
+            d("sidecar_queue_latency_seconds", Some(Unit::Seconds), "Time requests waited in the queue, by priority."),
         ] {
             r.describe_histogram(name, unit, help);
         }
         for (name, unit, help) in [
-            d(
-                "sidecar_queue_depth",
-                None,
-                "Requests waiting, by priority.",
-            ),
-            d(
-                "sidecar_tokens_available",
-                None,
-                "Tokens in each backend's bucket.",
-            ),
-            d(
-                "sidecar_effective_rate_rpm",
-                None,
-                "Requests per minute each backend's limiter allows now.",
-            ),
-            d(
-                "sidecar_backend_requests_in_window",
-                None,
-                "Requests admitted to each backend in the current window.",
-            ),
-            d(
-                "sidecar_backend_cooling",
-                None,
-                "1 while a backend cools down after 429s.",
-            ),
-            d(
-                "sidecar_cooldown_remaining_seconds",
-                Some(Unit::Seconds),
-                "Seconds until each backend's cooldown ends.",
-            ),
-            d(
-                "sidecar_backend_consecutive_429",
-                None,
-                "Consecutive 429s per backend (reset by a success).",
-            ),
-            d(
-                "sidecar_backend_error",
-                None,
-                "1 while a backend is in passive-health error.",
-            ),
-            d(
-                "sidecar_config_version",
-                None,
-                "Config version this proxy runs.",
-            ),
-            d(
-                "sidecar_control_plane_connected",
-                None,
-                "1 while the Sync stream to the control plane is open.",
-            ),
-            d(
-                "sidecar_report_outbox_depth",
-                None,
-                "Usage batches waiting for the control plane's ack.",
-            ),
-            d(
-                "sidecar_uptime_seconds",
-                Some(Unit::Seconds),
-                "Seconds since the proxy started.",
-            ),
+            d("sidecar_queue_depth", None, "Requests waiting, by priority."),
+            d("sidecar_tokens_available", None, "Tokens in each backend's bucket."),
+            d("sidecar_effective_rate_rpm", None, "Requests per minute each backend's limiter allows now."),
+            d("sidecar_backend_requests_in_window", None, "Requests admitted to each backend in the current window."),
+            d("sidecar_backend_cooling", None, "1 while a backend cools down after 429s."),
+            d("sidecar_cooldown_remaining_seconds", Some(Unit::Seconds), "Seconds until each backend's cooldown ends."),
+            d("sidecar_backend_consecutive_429", None, "Consecutive 429s per backend (reset by a success)."),
+            d("sidecar_backend_error", None, "1 while a backend is in passive-health error."),
+            d("sidecar_config_version", None, "Config version this proxy runs."),
+            d("sidecar_control_plane_connected", None, "1 while the Sync stream to the control plane is open."),
+            d("sidecar_report_outbox_depth", None, "Usage batches waiting for the control plane's ack."),
+            d("sidecar_uptime_seconds", Some(Unit::Seconds), "Seconds since the proxy started."),
         ] {
             r.describe_gauge(name, unit, help);
         }
@@ -199,9 +114,7 @@ impl Metrics {
 
     /// Sets a gauge.
     pub fn gauge(&self, name: &'static str, labels: &[(&'static str, &str)], value: f64) {
-        self.recorder
-            .register_gauge(&key(name, labels), &META)
-            .set(value);
+        self.recorder.register_gauge(&key(name, labels), &META).set(value);
     }
 
     /// A client request was answered.
@@ -212,73 +125,51 @@ impl Metrics {
             500..=599 => "5xx",
             _ => "other",
         };
-        self.counter(
-            "sidecar_requests_total",
-            &[
-                ("backend", backend),
-                ("pool", pool),
-                ("status_class", class),
-            ],
-        )
-        .increment(1);
+        self.counter("sidecar_requests_total", &[("backend", backend), ("pool", pool), ("status_class", class)])
+            .increment(1);
     }
 
     /// An upstream attempt failed.
     pub fn upstream_error(&self, backend: &str, kind: &'static str) {
-        self.counter(
-            "sidecar_upstream_errors_total",
-            &[("backend", backend), ("kind", kind)],
-        )
-        .increment(1);
+        self.counter("sidecar_upstream_errors_total", &[("backend", backend), ("kind", kind)]).increment(1);
     }
 
     /// An attempt moved on to the next candidate.
     pub fn retry(&self, reason: &'static str) {
-        self.counter("sidecar_retries_total", &[("reason", reason)])
-            .increment(1);
+        self.counter("sidecar_retries_total", &[("reason", reason)]).increment(1);
     }
 
     /// A request went through the emergency reserve.
     pub fn emergency(&self, backend: &str) {
-        self.counter("sidecar_emergency_requests_total", &[("backend", backend)])
-            .increment(1);
+        self.counter("sidecar_emergency_requests_total", &[("backend", backend)]).increment(1);
     }
 
     /// The queue refused a request.
     pub fn queue_rejected(&self, priority: &'static str, reason: &'static str) {
-        self.counter(
-            "sidecar_queue_rejected_total",
-            &[("priority", priority), ("reason", reason)],
-        )
-        .increment(1);
+        self.counter("sidecar_queue_rejected_total", &[("priority", priority), ("reason", reason)]).increment(1);
     }
 
     /// A request waited in the queue.
     pub fn queue_wait(&self, priority: &'static str, seconds: f64) {
-        self.histogram("sidecar_queue_latency_seconds", &[("priority", priority)])
-            .record(seconds);
+        self.histogram("sidecar_queue_latency_seconds", &[("priority", priority)]).record(seconds);
     }
 
     /// An upstream response ended.
     pub fn upstream_latency(&self, backend: &str, seconds: f64, ttft: Option<f64>) {
-        self.histogram("sidecar_upstream_latency_seconds", &[("backend", backend)])
-            .record(seconds);
+        self.histogram("sidecar_upstream_latency_seconds", &[("backend", backend)]).record(seconds);
         if let Some(t) = ttft {
-            self.histogram("sidecar_ttft_seconds", &[("backend", backend)])
-                .record(t);
+            self.histogram("sidecar_ttft_seconds", &[("backend", backend)]).record(t);
         }
     }
 
     /// Usage batches were dropped from a full outbox.
     pub fn outbox_dropped(&self, n: u64) {
-        self.counter("sidecar_report_outbox_dropped_total", &[])
-            .increment(n);
+        self.counter("sidecar_report_outbox_dropped_total", &[]).increment(n);
     }
 
     /// A usage event was dropped.
     pub fn usage_event_dropped(&self) {
-        self.counter("sidecar_usage_events_dropped_total", &[])
-            .increment(1);
+        self.counter("sidecar_usage_events_dropped_total", &[]).increment(1);
     }
 
     /// Prometheus text.

@@ -23,10 +23,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/status", get(status))
         .route("/metrics", get(metrics))
         .fallback(|| async {
-            (
-                StatusCode::NOT_FOUND,
-                Json(json!({ "error": { "message": "not found", "type": "not_found" } })),
-            )
+            (StatusCode::NOT_FOUND, Json(json!({ "error": { "message": "not found", "type": "not_found" } })))
         })
         .with_state(shared)
 }
@@ -92,14 +89,8 @@ async fn status(State(shared): State<Arc<Shared>>) -> Json<Value> {
     let depths = shared.queue.depths();
     let bundle = shared.bundle.load();
     let backends = backends_json(&shared, now);
-    let tokens: f64 = backends
-        .iter()
-        .filter_map(|b| b["bucket"]["tokens"].as_f64())
-        .sum();
-    let capacity: u64 = backends
-        .iter()
-        .filter_map(|b| b["bucket"]["capacity"].as_u64())
-        .sum();
+    let tokens: f64 = backends.iter().filter_map(|b| b["bucket"]["tokens"].as_f64()).sum();
+    let capacity: u64 = backends.iter().filter_map(|b| b["bucket"]["capacity"].as_u64()).sum();
     let cooldowns: Vec<Value> = backends
         .iter()
         .filter(|b| b["cooldown"]["remaining_seconds"].is_number())
@@ -143,33 +134,17 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
     let m = &shared.metrics;
     let depths = shared.queue.depths();
     for p in Priority::ALL {
-        m.gauge(
-            "sidecar_queue_depth",
-            &[("priority", p.as_str())],
-            depths[p as usize] as f64,
-        );
+        m.gauge("sidecar_queue_depth", &[("priority", p.as_str())], depths[p as usize] as f64);
     }
     let bundle = shared.bundle.load();
     m.gauge("sidecar_config_version", &[], bundle.version as f64);
     m.gauge(
         "sidecar_control_plane_connected",
         &[],
-        if shared.sync.connected.load(Ordering::Relaxed) {
-            1.0
-        } else {
-            0.0
-        },
+        if shared.sync.connected.load(Ordering::Relaxed) { 1.0 } else { 0.0 },
     );
-    m.gauge(
-        "sidecar_uptime_seconds",
-        &[],
-        shared.started.elapsed().as_secs_f64(),
-    );
-    m.gauge(
-        "sidecar_report_outbox_depth",
-        &[],
-        shared.outbox.len() as f64,
-    );
+    m.gauge("sidecar_uptime_seconds", &[], shared.started.elapsed().as_secs_f64());
+    m.gauge("sidecar_report_outbox_depth", &[], shared.outbox.len() as f64);
     for b in &bundle.backends {
         let id = b.config.id.as_str();
         let s = &b.state;
@@ -179,51 +154,15 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
         };
         let window_minutes = bundle.window.as_secs_f64() / 60.0;
         let cooldown = s.cooldown.lock().expect("cooldown lock").clone();
-        let remaining = cooldown
-            .cooling_until(now)
-            .map_or(0.0, |u| u.duration_since(now).as_secs_f64());
-        let error = s
-            .health
-            .lock()
-            .expect("health lock")
-            .error_until(now)
-            .is_some();
+        let remaining = cooldown.cooling_until(now).map_or(0.0, |u| u.duration_since(now).as_secs_f64());
+        let error = s.health.lock().expect("health lock").error_until(now).is_some();
         m.gauge("sidecar_tokens_available", &[("backend", id)], tokens);
-        m.gauge(
-            "sidecar_effective_rate_rpm",
-            &[("backend", id)],
-            f64::from(limit) / window_minutes,
-        );
-        m.gauge(
-            "sidecar_backend_requests_in_window",
-            &[("backend", id)],
-            f64::from(in_window),
-        );
-        m.gauge(
-            "sidecar_backend_cooling",
-            &[("backend", id)],
-            if remaining > 0.0 { 1.0 } else { 0.0 },
-        );
-        m.gauge(
-            "sidecar_cooldown_remaining_seconds",
-            &[("backend", id)],
-            remaining,
-        );
-        m.gauge(
-            "sidecar_backend_consecutive_429",
-            &[("backend", id)],
-            f64::from(cooldown.consecutive),
-        );
-        m.gauge(
-            "sidecar_backend_error",
-            &[("backend", id)],
-            if error { 1.0 } else { 0.0 },
-        );
+        m.gauge("sidecar_effective_rate_rpm", &[("backend", id)], f64::from(limit) / window_minutes);
+        m.gauge("sidecar_backend_requests_in_window", &[("backend", id)], f64::from(in_window));
+        m.gauge("sidecar_backend_cooling", &[("backend", id)], if remaining > 0.0 { 1.0 } else { 0.0 });
+        m.gauge("sidecar_cooldown_remaining_seconds", &[("backend", id)], remaining);
+        m.gauge("sidecar_backend_consecutive_429", &[("backend", id)], f64::from(cooldown.consecutive));
+        m.gauge("sidecar_backend_error", &[("backend", id)], if error { 1.0 } else { 0.0 });
     }
-    (
-        StatusCode::OK,
-        [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        m.render(),
-    )
-        .into_response()
+    (StatusCode::OK, [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], m.render()).into_response()
 }

@@ -34,8 +34,8 @@ pub enum InitError {
     ControlUrl(String),
 }
 
-/// How often adaptive retreat is evaluated.
-const RETREAT_TICK: Duration = Duration::from_secs(10);
+/// Adaptive retreat is evaluated every this many one-second ticks.
+const RETREAT_EVERY: u64 = 10;
 /// How long shutdown keeps trying to deliver usage.
 const REPORT_DRAIN: Duration = Duration::from_secs(5);
 
@@ -82,8 +82,7 @@ impl Proxy {
             .keep_alive_timeout(Duration::from_secs(10))
             .keep_alive_while_idle(true)
             .connect_lazy();
-        let client =
-            NodeServiceClient::with_interceptor(channel, Bearer::new(config.node_token.as_deref()));
+        let client = NodeServiceClient::with_interceptor(channel, Bearer::new(config.node_token.as_deref()));
         let metrics = Metrics::new();
         let (usage, usage_rx) = report::channel(metrics.clone());
         let (events_tx, events_rx) = tokio::sync::mpsc::channel(1024);
@@ -119,14 +118,7 @@ impl Proxy {
             config_version: 0,
             boot_id: boot_id.clone(),
         };
-        let syncer = Syncer::new(
-            shared.clone(),
-            client.clone(),
-            hello,
-            cache,
-            config.rate_window,
-            events_rx,
-        );
+        let syncer = Syncer::new(shared.clone(), client.clone(), hello, cache, config.rate_window, events_rx);
         syncer.load_cache();
         Ok(Self {
             shared,
@@ -159,17 +151,8 @@ impl Proxy {
         let (stop_tasks_tx, stop_tasks) = watch::channel(false);
         let mut tasks = JoinSet::new();
         tasks.spawn(self.syncer.run(stop_tasks.clone()));
-        tasks.spawn(
-            shared
-                .queue
-                .clone()
-                .run(shared.bundle.clone(), stop_tasks.clone()),
-        );
-        tasks.spawn(retreat_ticks(
-            shared.clone(),
-            self.window,
-            stop_tasks.clone(),
-        ));
+        tasks.spawn(shared.queue.clone().run(shared.bundle.clone(), stop_tasks.clone()));
+        tasks.spawn(limit_ticks(shared.clone(), self.window, stop_tasks.clone()));
         let outbox = shared.outbox.clone();
         let (last_batch_tx, last_batch) = watch::channel(false);
         let mut reporting = JoinSet::new();
@@ -186,23 +169,17 @@ impl Proxy {
             stop_tasks.clone(),
             last_batch_tx,
         ));
-        reporting.spawn(report::deliver(
-            outbox,
-            self.client,
-            shared.metrics.clone(),
-            last_batch,
-            REPORT_DRAIN,
-        ));
+        reporting.spawn(report::deliver(outbox, self.client, shared.metrics.clone(), last_batch, REPORT_DRAIN));
 
         info!(addr = %api.local_addr()?, node = %shared.node_id, "serving the OpenAI-compatible API");
         info!(addr = %ops.local_addr()?, "serving /health, /health/ready, /status, /metrics");
         let stopped = |mut rx: watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|s| *s).await;
         };
-        let api_server = axum::serve(api, proxy::router(shared.clone()))
-            .with_graceful_shutdown(stopped(stop_accepting.clone()));
-        let ops_server = axum::serve(ops, ops::router(shared.clone()))
-            .with_graceful_shutdown(stopped(stop_tasks.clone()));
+        let api_server =
+            axum::serve(api, proxy::router(shared.clone())).with_graceful_shutdown(stopped(stop_accepting.clone()));
+        let ops_server =
+            axum::serve(ops, ops::router(shared.clone())).with_graceful_shutdown(stopped(stop_tasks.clone()));
         let ops_task = tokio::spawn(async move { ops_server.await });
         let grace = self.grace;
         let api_task = tokio::spawn(async move { api_server.await });
@@ -243,32 +220,25 @@ fn restrict(dir: &Path) {
 #[cfg(not(unix))]
 fn restrict(_dir: &Path) {}
 
-/// Adaptive retreat: a timed evaluation per backend (never per response).
-async fn retreat_ticks(shared: Arc<Shared>, window: Duration, mut shutdown: watch::Receiver<bool>) {
-    let mut tick = tokio::time::interval(RETREAT_TICK);
+/// Once a second: re-apply every backend's limits (a grant's lease may have run out, so
+/// the fallback share applies) and, every tenth tick, evaluate adaptive retreat (timed,
+/// never per response).
+async fn limit_ticks(shared: Arc<Shared>, window: Duration, mut shutdown: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut n = 0u64;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = shutdown.wait_for(|s| *s) => return,
         }
+        n += 1;
         let bundle = shared.bundle.load();
-        if !bundle.settings.adaptive_retreat {
-            continue;
-        }
         let now = Instant::now();
         for b in &bundle.backends {
-            let rpm = b
-                .state
-                .retreat
-                .lock()
-                .expect("retreat lock")
-                .tick(now, b.config.rpm_limit);
-            b.state.limiter.lock().expect("limiter lock").reconfigure(
-                rpm,
-                bundle.settings.bucket_burst,
-                window,
-                now,
-            );
+            if bundle.settings.adaptive_retreat && n.is_multiple_of(RETREAT_EVERY) {
+                b.state.retreat.lock().expect("retreat lock").tick(now, b.config.rpm_limit);
+            }
+            b.state.apply_limits(&b.config, &bundle.settings, window, now);
         }
     }
 }

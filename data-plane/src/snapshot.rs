@@ -17,10 +17,7 @@ pub struct SnapshotError {
 }
 
 fn bad(field: impl Into<String>, reason: impl Into<String>) -> SnapshotError {
-    SnapshotError {
-        field: field.into(),
-        reason: reason.into(),
-    }
+    SnapshotError { field: field.into(), reason: reason.into() }
 }
 
 /// Price per token, USD.
@@ -72,6 +69,14 @@ pub struct BackendConfig {
     pub models: HashMap<String, ModelRoute>,
     /// Bumped on every change to the backend.
     pub resource_version: u64,
+    /// Starting share of `rpm_limit` until the first grant; `None` = the whole limit.
+    pub initial_share: Option<u32>,
+    /// False when the control plane's health checks found it failing.
+    pub healthy: bool,
+    /// Fleet-wide cooldown in force when the snapshot was made.
+    pub cooldown_remaining: Option<Duration>,
+    /// Fleet-wide consecutive 429s.
+    pub consecutive_429: u32,
 }
 
 impl BackendConfig {
@@ -157,16 +162,10 @@ impl TryFrom<&pb::Settings> for Settings {
             ));
         }
         if !(0.0..=1.0).contains(&s.emergency_fraction) {
-            return Err(bad(
-                "settings.emergency_fraction",
-                "must be between 0 and 1",
-            ));
+            return Err(bad("settings.emergency_fraction", "must be between 0 and 1"));
         }
         if s.queue_timeout_seconds == 0 || s.failure_threshold == 0 || s.bucket_burst == 0 {
-            return Err(bad(
-                "settings",
-                "queue_timeout_seconds, failure_threshold and bucket_burst must be positive",
-            ));
+            return Err(bad("settings", "queue_timeout_seconds, failure_threshold and bucket_burst must be positive"));
         }
         Ok(Self {
             cooldown_base: secs(s.cooldown_base_seconds),
@@ -184,19 +183,12 @@ impl TryFrom<&pb::Settings> for Settings {
     }
 }
 
-fn backend(
-    i: usize,
-    b: &pb::SnapshotBackend,
-    pools: &[PoolConfig],
-) -> Result<BackendConfig, SnapshotError> {
+fn backend(i: usize, b: &pb::SnapshotBackend, pools: &[PoolConfig]) -> Result<BackendConfig, SnapshotError> {
     let f = |name: &str| format!("backends[{i}].{name}");
     if b.id.is_empty() {
         return Err(bad(f("id"), "must not be empty"));
     }
-    let uri: Uri = b
-        .base_url
-        .parse()
-        .map_err(|e| bad(f("base_url"), format!("not a URI: {e}")))?;
+    let uri: Uri = b.base_url.parse().map_err(|e| bad(f("base_url"), format!("not a URI: {e}")))?;
     let scheme = uri.scheme_str().unwrap_or_default();
     if !matches!(scheme, "http" | "https") || uri.authority().is_none() {
         return Err(bad(f("base_url"), "must be an absolute http(s) URL"));
@@ -233,11 +225,7 @@ fn backend(
             canonical.clone(),
             ModelRoute {
                 native_id,
-                cost: Cost {
-                    input: cost.input,
-                    output: cost.output,
-                    cache_read: cost.cache_read,
-                },
+                cost: Cost { input: cost.input, output: cost.output, cache_read: cost.cache_read },
             },
         );
     }
@@ -255,6 +243,10 @@ fn backend(
         weight: b.weight.max(1),
         models,
         resource_version: b.resource_version,
+        initial_share: (b.initial_rpm_share > 0).then_some(b.initial_rpm_share.min(b.rpm_limit)),
+        healthy: b.health != "error",
+        cooldown_remaining: (b.cooldown_remaining_ms > 0).then(|| Duration::from_millis(b.cooldown_remaining_ms)),
+        consecutive_429: b.consecutive_429,
     })
 }
 
@@ -262,42 +254,19 @@ impl TryFrom<&pb::Snapshot> for Snapshot {
     type Error = SnapshotError;
 
     fn try_from(s: &pb::Snapshot) -> Result<Self, SnapshotError> {
-        let mut pools: Vec<PoolConfig> = s
-            .pools
-            .iter()
-            .map(|p| PoolConfig {
-                name: p.name.clone(),
-                order: p.order,
-            })
-            .collect();
+        let mut pools: Vec<PoolConfig> =
+            s.pools.iter().map(|p| PoolConfig { name: p.name.clone(), order: p.order }).collect();
         pools.sort_by(|a, b| a.order.cmp(&b.order).then_with(|| a.name.cmp(&b.name)));
-        let settings = Settings::try_from(
-            s.settings
-                .as_ref()
-                .ok_or_else(|| bad("settings", "missing"))?,
-        )?;
-        let backends = s
-            .backends
-            .iter()
-            .enumerate()
-            .map(|(i, b)| backend(i, b, &pools))
-            .collect::<Result<Vec<_>, _>>()?;
+        let settings = Settings::try_from(s.settings.as_ref().ok_or_else(|| bad("settings", "missing"))?)?;
+        let backends =
+            s.backends.iter().enumerate().map(|(i, b)| backend(i, b, &pools)).collect::<Result<Vec<_>, _>>()?;
         let mut ids = std::collections::HashSet::new();
         for (i, b) in backends.iter().enumerate() {
             if !ids.insert(&b.id) {
-                return Err(bad(
-                    format!("backends[{i}].id"),
-                    format!("duplicate id {}", b.id),
-                ));
+                return Err(bad(format!("backends[{i}].id"), format!("duplicate id {}", b.id)));
             }
         }
-        Ok(Self {
-            version: s.version,
-            nonce: s.nonce.clone(),
-            backends,
-            pools,
-            settings,
-        })
+        Ok(Self { version: s.version, nonce: s.nonce.clone(), backends, pools, settings })
     }
 }
 
@@ -307,13 +276,7 @@ mod tests {
 
     pub(crate) fn pb_snapshot() -> pb::Snapshot {
         let mut mappings = HashMap::new();
-        mappings.insert(
-            "gpt".to_string(),
-            pb::ModelMapping {
-                native_id: "native-gpt".into(),
-                ..Default::default()
-            },
-        );
+        mappings.insert("gpt".to_string(), pb::ModelMapping { native_id: "native-gpt".into(), ..Default::default() });
         pb::Snapshot {
             version: 3,
             nonce: "n".into(),
@@ -331,16 +294,8 @@ mod tests {
                 ..Default::default()
             }],
             pools: vec![
-                pb::Pool {
-                    name: "fallback".into(),
-                    order: 100,
-                    ..Default::default()
-                },
-                pb::Pool {
-                    name: "primary".into(),
-                    order: 0,
-                    ..Default::default()
-                },
+                pb::Pool { name: "fallback".into(), order: 100, ..Default::default() },
+                pb::Pool { name: "primary".into(), order: 0, ..Default::default() },
             ],
             settings: Some(pb::Settings {
                 cooldown_base_seconds: 30,
@@ -368,10 +323,7 @@ mod tests {
         assert_eq!(b.path_prefix, "/v1");
         assert!(b.authorization.is_sensitive());
         assert_eq!(b.models["gpt"].native_id.as_deref(), Some("native-gpt"));
-        assert_eq!(
-            s.pools.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(),
-            ["primary", "fallback"]
-        );
+        assert_eq!(s.pools.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), ["primary", "fallback"]);
         assert_eq!(s.settings, Settings::default());
     }
 
@@ -379,22 +331,13 @@ mod tests {
     fn invalid_fields_are_named() {
         let mut p = pb_snapshot();
         p.backends[0].base_url = "ftp://x".into();
-        assert_eq!(
-            Snapshot::try_from(&p).unwrap_err().field,
-            "backends[0].base_url"
-        );
+        assert_eq!(Snapshot::try_from(&p).unwrap_err().field, "backends[0].base_url");
         let mut p = pb_snapshot();
         p.backends[0].rpm_limit = 0;
-        assert_eq!(
-            Snapshot::try_from(&p).unwrap_err().field,
-            "backends[0].rpm_limit"
-        );
+        assert_eq!(Snapshot::try_from(&p).unwrap_err().field, "backends[0].rpm_limit");
         let mut p = pb_snapshot();
         p.backends[0].pool = "ghost".into();
-        assert_eq!(
-            Snapshot::try_from(&p).unwrap_err().field,
-            "backends[0].pool"
-        );
+        assert_eq!(Snapshot::try_from(&p).unwrap_err().field, "backends[0].pool");
         let mut p = pb_snapshot();
         p.settings = None;
         assert_eq!(Snapshot::try_from(&p).unwrap_err().field, "settings");
@@ -406,13 +349,9 @@ mod tests {
     #[test]
     fn a_wildcard_mapping_keeps_the_client_model() {
         let mut p = pb_snapshot();
-        p.backends[0].model_mappings.insert(
-            "*".into(),
-            pb::ModelMapping {
-                native_id: "*".into(),
-                ..Default::default()
-            },
-        );
+        p.backends[0]
+            .model_mappings
+            .insert("*".into(), pb::ModelMapping { native_id: "*".into(), ..Default::default() });
         let s = Snapshot::try_from(&p).unwrap();
         assert_eq!(s.backends[0].models["*"].native_id, None);
     }

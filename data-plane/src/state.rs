@@ -104,8 +104,8 @@ pub struct Shared {
     pub usage: UsageSink,
     /// Metrics.
     pub metrics: Metrics,
-    /// 429 events to the Sync stream (sent at once, not batched).
-    pub events: mpsc::Sender<pb::RateLimitEvent>,
+    /// 429 and recovery events to the Sync stream (sent at once, not batched).
+    pub events: mpsc::Sender<pb::node_message::Kind>,
     /// Sync stream state.
     pub sync: SyncStatus,
     /// /status counters.

@@ -3,9 +3,7 @@
 use std::{net::SocketAddr, path::PathBuf, sync::Arc};
 
 use sidecar_control_plane::{ControlConfig, ControlPlane, Flags, ServeError, crypto::MasterKey};
-use sidecar_proto::v1::{
-    admin_service_client::AdminServiceClient, node_service_client::NodeServiceClient,
-};
+use sidecar_proto::v1::{admin_service_client::AdminServiceClient, node_service_client::NodeServiceClient};
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 use tonic::{
     metadata::MetadataValue,
@@ -18,10 +16,7 @@ use tonic::{
 pub struct Bearer(Option<MetadataValue<tonic::metadata::Ascii>>);
 
 impl Interceptor for Bearer {
-    fn call(
-        &mut self,
-        mut request: tonic::Request<()>,
-    ) -> Result<tonic::Request<()>, tonic::Status> {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
         if let Some(v) = &self.0 {
             request.metadata_mut().insert("authorization", v.clone());
         }
@@ -90,9 +85,7 @@ impl ControlPlaneHarness {
 
     /// Starts a control plane with `options`; panics with the error if it cannot start.
     pub async fn start_with(options: Options) -> Self {
-        Self::try_start(options)
-            .await
-            .unwrap_or_else(|e| panic!("control plane did not start: {e}"))
+        Self::try_start(options).await.unwrap_or_else(|e| panic!("control plane did not start: {e}"))
     }
 
     /// Starts a control plane with `options`.
@@ -115,12 +108,7 @@ impl ControlPlaneHarness {
             env.push(("SIDECAR_ADMIN_TOKEN".into(), t.clone()));
         }
         env.extend(options.env);
-        let lookup = move |name: &str| {
-            env.iter()
-                .rev()
-                .find(|(k, _)| k == name)
-                .map(|(_, v)| v.clone())
-        };
+        let lookup = move |name: &str| env.iter().rev().find(|(k, _)| k == name).map(|(_, v)| v.clone());
         let config = ControlConfig::resolve(&Flags::default(), &lookup)?;
         let cp = ControlPlane::open(&config)?;
         let admin_token = match (options.admin_token, cp.generated_admin_token()) {
@@ -128,12 +116,7 @@ impl ControlPlaneHarness {
             (None, Some(t)) => t.to_owned(),
             (None, None) => String::new(),
         };
-        let api = bind_retrying(
-            options
-                .listen
-                .unwrap_or_else(|| "127.0.0.1:0".parse().unwrap()),
-        )
-        .await?;
+        let api = bind_retrying(options.listen.unwrap_or_else(|| "127.0.0.1:0".parse().unwrap())).await?;
         let ops = TcpListener::bind("127.0.0.1:0").await?;
         let (addr, ops_addr) = (api.local_addr()?, ops.local_addr()?);
         let (stop, stopped) = oneshot::channel::<()>();
@@ -175,19 +158,13 @@ impl ControlPlaneHarness {
             let _ = stop.send(());
         }
         if let Some(task) = self.task.take() {
-            task.await
-                .expect("control plane task")
-                .expect("control plane stopped cleanly");
+            task.await.expect("control plane task").expect("control plane stopped cleanly");
         }
     }
 
     /// A channel to the API.
     pub async fn channel(&self) -> Channel {
-        Channel::from_shared(self.url())
-            .unwrap()
-            .connect()
-            .await
-            .expect("connect to control plane")
+        Channel::from_shared(self.url()).unwrap().connect().await.expect("connect to control plane")
     }
 
     /// An AdminService client with `token` (`None`: no token at all).

@@ -58,21 +58,28 @@ impl Gateway {
 
     /// A control plane and a proxy with `options`.
     pub async fn start_with(options: ProxyOptions) -> Self {
-        let cp = ControlPlaneHarness::start_with(Options::default()).await;
+        Self::start_fleet(Options::default(), options).await
+    }
+
+    /// A control plane with `cp` options and a first proxy with `options`.
+    pub async fn start_fleet(cp: Options, options: ProxyOptions) -> Self {
+        let cp = ControlPlaneHarness::start_with(cp).await;
         let proxy = ProxyHarness::start(&cp.url(), &cp.node_token, options).await;
         let admin = cp.admin().await;
         proxy
             .wait_version(
-                cp.admin()
-                    .await
-                    .get_config_version(pb::GetConfigVersionRequest {})
-                    .await
-                    .unwrap()
-                    .into_inner()
-                    .version,
+                cp.admin().await.get_config_version(pb::GetConfigVersionRequest {}).await.unwrap().into_inner().version,
             )
             .await;
         Self { cp, proxy, admin }
+    }
+
+    /// Starts another proxy on the same control plane, running the current config.
+    pub async fn add_proxy(&mut self, options: ProxyOptions) -> ProxyHarness {
+        let proxy = ProxyHarness::start(&self.cp.url(), &self.cp.node_token, options).await;
+        let version = self.admin.get_config_version(pb::GetConfigVersionRequest {}).await.unwrap().into_inner().version;
+        proxy.wait_version(version).await;
+        proxy
     }
 
     /// Adds a backend on `mock` and waits until the proxy runs the new config.
@@ -83,11 +90,7 @@ impl Gateway {
                 canonical.to_string(),
                 pb::ModelMapping {
                     native_id: native.to_string(),
-                    cost: Some(pb::ModelCost {
-                        input: def.cost.0,
-                        output: def.cost.1,
-                        ..Default::default()
-                    }),
+                    cost: Some(pb::ModelCost { input: def.cost.0, output: def.cost.1, ..Default::default() }),
                     ..Default::default()
                 },
             );
@@ -118,10 +121,7 @@ impl Gateway {
     pub async fn settings(&mut self, patch: pb::SettingsPatch) {
         let r = self
             .admin
-            .update_settings(pb::UpdateSettingsRequest {
-                patch: Some(patch),
-                expected_resource_version: None,
-            })
+            .update_settings(pb::UpdateSettingsRequest { patch: Some(patch), expected_resource_version: None })
             .await
             .expect("settings updated")
             .into_inner();

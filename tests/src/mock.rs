@@ -101,20 +101,12 @@ pub enum Reply {
 impl Reply {
     /// `Reply::Status` with `status`, the default error body and no `Retry-After`.
     pub fn status(status: u16) -> Self {
-        Self::Status {
-            status,
-            retry_after: None,
-            body: None,
-        }
+        Self::Status { status, retry_after: None, body: None }
     }
 
     /// A `429` with `Retry-After: <retry_after_secs>` and the default error body.
     pub fn too_many_requests(retry_after_secs: u64) -> Self {
-        Self::Status {
-            status: 429,
-            retry_after: Some(retry_after_secs.to_string()),
-            body: None,
-        }
+        Self::Status { status: 429, retry_after: Some(retry_after_secs.to_string()), body: None }
     }
 }
 
@@ -148,10 +140,7 @@ impl Call {
     /// The value of header `name` (case-insensitive), if present and valid text. For a
     /// repeated header, the first value.
     pub fn header(&self, name: &str) -> Option<String> {
-        self.headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
+        self.headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned)
     }
 }
 
@@ -196,11 +185,7 @@ impl Shared {
             return false;
         };
         let key = key.trim();
-        if self.valid_keys.is_empty() {
-            !key.is_empty()
-        } else {
-            self.valid_keys.iter().any(|v| v == key)
-        }
+        if self.valid_keys.is_empty() { !key.is_empty() } else { self.valid_keys.iter().any(|v| v == key) }
     }
 }
 
@@ -228,9 +213,7 @@ pub struct MockUpstream {
 
 impl std::fmt::Debug for MockUpstream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MockUpstream")
-            .field("addr", &self.addr)
-            .finish_non_exhaustive()
+        f.debug_struct("MockUpstream").field("addr", &self.addr).finish_non_exhaustive()
     }
 }
 
@@ -255,13 +238,7 @@ impl MockUpstream {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let task = tokio::spawn(serve(listener, shared.clone()));
-        Self {
-            addr,
-            shared,
-            guard: Arc::new(ServerGuard {
-                task: task.abort_handle(),
-            }),
-        }
+        Self { addr, shared, guard: Arc::new(ServerGuard { task: task.abort_handle() }) }
     }
 
     /// The base URL clients configure, with the `/v1` prefix: `http://ADDR/v1`.
@@ -326,34 +303,18 @@ impl MockUpstream {
     /// Every call received so far (including `/models` and calls still in progress), in
     /// arrival order.
     pub fn calls(&self) -> Vec<Call> {
-        self.shared
-            .lock()
-            .calls
-            .iter()
-            .map(|(_, c)| c.clone())
-            .collect()
+        self.shared.lock().calls.iter().map(|(_, c)| c.clone()).collect()
     }
 
     /// The calls to `path` (exact match, without query string, e.g.
     /// `/v1/chat/completions`).
     pub fn calls_to(&self, path: &str) -> Vec<Call> {
-        self.shared
-            .lock()
-            .calls
-            .iter()
-            .filter(|(_, c)| c.path == path)
-            .map(|(_, c)| c.clone())
-            .collect()
+        self.shared.lock().calls.iter().filter(|(_, c)| c.path == path).map(|(_, c)| c.clone()).collect()
     }
 
     /// Number of calls answered with a 2xx status on paths other than `/v1/models`.
     pub fn served(&self) -> usize {
-        self.shared
-            .lock()
-            .calls
-            .iter()
-            .filter(|(_, c)| c.path != MODELS_PATH && (200..300).contains(&c.status))
-            .count()
+        self.shared.lock().calls.iter().filter(|(_, c)| c.path != MODELS_PATH && (200..300).contains(&c.status)).count()
     }
 
     /// Clears the recorded calls and the violation count. The script, default reply,
@@ -399,11 +360,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
     let (parts, body) = req.into_parts();
     let body = body.collect().await?.to_bytes();
     let path = parts.uri.path().to_owned();
-    let authorization = parts
-        .headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
+    let authorization = parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).map(str::to_owned);
     let id = shared.record(Call {
         at: Instant::now(),
         method: parts.method.to_string(),
@@ -457,35 +414,22 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
     }
 
     let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    let model = request
-        .get("model")
-        .cloned()
-        .unwrap_or_else(|| Value::from("mock-model"));
+    let model = request.get("model").cloned().unwrap_or_else(|| Value::from("mock-model"));
     let wants_stream = request.get("stream").and_then(Value::as_bool) == Some(true);
-    let include_usage = request
-        .pointer("/stream_options/include_usage")
-        .and_then(Value::as_bool)
-        == Some(true);
+    let include_usage = request.pointer("/stream_options/include_usage").and_then(Value::as_bool) == Some(true);
 
     // Admission (own RPM limit), then take the scripted reply.
     let (reply, latency) = {
         let mut inner = shared.lock();
         let now = Instant::now();
         if let Some((limit, window)) = inner.rpm {
-            while inner
-                .admitted
-                .front()
-                .is_some_and(|t| now.duration_since(*t) >= window)
-            {
+            while inner.admitted.front().is_some_and(|t| now.duration_since(*t) >= window) {
                 inner.admitted.pop_front();
             }
             if inner.admitted.len() >= limit as usize {
                 inner.violations += 1;
-                let wait = inner
-                    .admitted
-                    .front()
-                    .map(|t| (*t + window).saturating_duration_since(now))
-                    .unwrap_or(window);
+                let wait =
+                    inner.admitted.front().map(|t| (*t + window).saturating_duration_since(now)).unwrap_or(window);
                 let secs = (wait.as_secs_f64().ceil() as u64).max(1);
                 drop(inner);
                 let mut resp = error_response(
@@ -497,27 +441,19 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
                     "requests",
                     Some("rate_limit_exceeded"),
                 );
-                resp.headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+                resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
                 return respond(resp);
             }
         }
         inner.admitted.push_back(now);
-        let (reply, own) = inner
-            .script
-            .pop_front()
-            .unwrap_or_else(|| (inner.default.clone(), Duration::ZERO));
+        let (reply, own) = inner.script.pop_front().unwrap_or_else(|| (inner.default.clone(), Duration::ZERO));
         (reply, inner.latency + own)
     };
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }
 
-    let stream_kind = if kind == Kind::Completions {
-        Kind::Completions
-    } else {
-        Kind::Chat
-    };
+    let stream_kind = if kind == Kind::Completions { Kind::Completions } else { Kind::Chat };
     match reply {
         Reply::Ok if wants_stream && kind != Kind::Embeddings => respond(sse_response(
             stream_events(stream_kind, &model, DEFAULT_STREAM_CHUNKS, include_usage),
@@ -525,27 +461,15 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
             false,
         )),
         Reply::Ok => respond(json_response(StatusCode::OK, &ok_body(kind, &model))),
-        Reply::Stream {
-            chunks,
-            chunk_delay,
-        } => respond(sse_response(
-            stream_events(stream_kind, &model, chunks, include_usage),
-            chunk_delay,
-            false,
-        )),
-        Reply::Status {
-            status,
-            retry_after,
-            body,
-        } => {
+        Reply::Stream { chunks, chunk_delay } => {
+            respond(sse_response(stream_events(stream_kind, &model, chunks, include_usage), chunk_delay, false))
+        }
+        Reply::Status { status, retry_after, body } => {
             let status = StatusCode::from_u16(status)?;
             let mut resp = match body {
                 Some(body) => {
                     let mut resp = full(status, Bytes::from(body));
-                    resp.headers_mut().insert(
-                        header::CONTENT_TYPE,
-                        HeaderValue::from_static("application/json"),
-                    );
+                    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
                     resp
                 }
                 None => {
@@ -555,17 +479,11 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
                         400..=499 => ("invalid_request_error", None),
                         _ => ("server_error", None),
                     };
-                    error_response(
-                        status,
-                        &format!("mock upstream scripted status {}", status.as_u16()),
-                        kind,
-                        code,
-                    )
+                    error_response(status, &format!("mock upstream scripted status {}", status.as_u16()), kind, code)
                 }
             };
             if let Some(retry_after) = retry_after {
-                resp.headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::try_from(retry_after)?);
+                resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::try_from(retry_after)?);
             }
             respond(resp)
         }
@@ -581,10 +499,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
 }
 
 fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 fn usage() -> Value {
@@ -643,22 +558,15 @@ fn stream_events(kind: Kind, model: &Value, chunks: usize, include_usage: bool) 
     let event = |v: &Value| Bytes::from(format!("data: {v}\n\n"));
     let mut events = Vec::with_capacity(chunks + 2);
     for i in 0..chunks {
-        let finish = if i + 1 == chunks {
-            Value::from("stop")
-        } else {
-            Value::Null
-        };
+        let finish = if i + 1 == chunks { Value::from("stop") } else { Value::Null };
         let text = format!("tok{i} ");
         let choice = match kind {
             Kind::Completions => {
                 json!({"index": 0, "text": text, "logprobs": null, "finish_reason": finish})
             }
             _ => {
-                let delta = if i == 0 {
-                    json!({"role": "assistant", "content": text})
-                } else {
-                    json!({"content": text})
-                };
+                let delta =
+                    if i == 0 { json!({"role": "assistant", "content": text}) } else { json!({"content": text}) };
                 json!({"index": 0, "delta": delta, "finish_reason": finish})
             }
         };
@@ -709,43 +617,25 @@ fn sse_response(events: Vec<Bytes>, delay: Duration, fail_at_end: bool) -> Respo
     });
     let mut resp = Response::new(UnsyncBoxBody::new(StreamBody::new(frames)));
     let headers = resp.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream"),
-    );
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     resp
 }
 
 fn full(status: StatusCode, body: Bytes) -> Response<Body> {
-    let mut resp = Response::new(
-        Full::new(body)
-            .map_err(|never: Infallible| match never {})
-            .boxed_unsync(),
-    );
+    let mut resp = Response::new(Full::new(body).map_err(|never: Infallible| match never {}).boxed_unsync());
     *resp.status_mut() = status;
     resp
 }
 
 fn json_response(status: StatusCode, value: &Value) -> Response<Body> {
     let mut resp = full(status, Bytes::from(value.to_string()));
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     resp
 }
 
-fn error_response(
-    status: StatusCode,
-    message: &str,
-    kind: &str,
-    code: Option<&str>,
-) -> Response<Body> {
-    json_response(
-        status,
-        &json!({"error": {"message": message, "type": kind, "param": null, "code": code}}),
-    )
+fn error_response(status: StatusCode, message: &str, kind: &str, code: Option<&str>) -> Response<Body> {
+    json_response(status, &json!({"error": {"message": message, "type": kind, "param": null, "code": code}}))
 }
 
 fn unauthorized() -> Response<Body> {

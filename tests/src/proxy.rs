@@ -72,26 +72,12 @@ impl ProxyHarness {
             ("SIDECAR_NODE_ID".into(), options.node_id.clone()),
             ("SIDECAR_REGION".into(), options.region.clone()),
             ("SIDECAR_DATA_DIR".into(), data_dir.display().to_string()),
-            (
-                "SIDECAR_CACHE_KEY".into(),
-                options
-                    .cache_key
-                    .clone()
-                    .unwrap_or_else(|| TEST_CACHE_KEY.into()),
-            ),
-            (
-                "SIDECAR_RATE_WINDOW_MS".into(),
-                options.rate_window.as_millis().to_string(),
-            ),
+            ("SIDECAR_CACHE_KEY".into(), options.cache_key.clone().unwrap_or_else(|| TEST_CACHE_KEY.into())),
+            ("SIDECAR_RATE_WINDOW_MS".into(), options.rate_window.as_millis().to_string()),
             ("SIDECAR_SHUTDOWN_GRACE".into(), "5".into()),
         ];
         env.extend(options.env.clone());
-        let lookup = move |name: &str| {
-            env.iter()
-                .rev()
-                .find(|(k, _)| k == name)
-                .map(|(_, v)| v.clone())
-        };
+        let lookup = move |name: &str| env.iter().rev().find(|(k, _)| k == name).map(|(_, v)| v.clone());
         let config = ProxyConfig::resolve(&Flags::default(), &lookup).expect("proxy config");
         let proxy = Proxy::new(&config).expect("proxy starts");
         let shared = proxy.shared();
@@ -102,16 +88,7 @@ impl ProxyHarness {
         let task = tokio::spawn(proxy.serve(api, ops, async move {
             let _ = stopped.await;
         }));
-        Self {
-            addr,
-            ops_addr,
-            shared,
-            data_dir,
-            temp,
-            options,
-            stop: Some(stop),
-            task: Some(task),
-        }
+        Self { addr, ops_addr, shared, data_dir, temp, options, stop: Some(stop), task: Some(task) }
     }
 
     /// `http://addr/v1`.
@@ -126,24 +103,15 @@ impl ProxyHarness {
 
     /// Waits until it runs `version` or later.
     pub async fn wait_version(&self, version: u64) {
-        crate::eventually(
-            &format!("proxy runs config {version}"),
-            Duration::from_secs(10),
-            || async { (self.version() >= version).then_some(()) },
-        )
+        crate::eventually(&format!("proxy runs config {version}"), Duration::from_secs(10), || async {
+            (self.version() >= version).then_some(())
+        })
         .await;
     }
 
     /// POSTs JSON to `path` (e.g. `/chat/completions`) with extra headers.
-    pub async fn post(
-        &self,
-        path: &str,
-        body: &serde_json::Value,
-        headers: &[(&str, &str)],
-    ) -> reqwest::Response {
-        let mut req = reqwest::Client::new()
-            .post(format!("{}{path}", self.url()))
-            .json(body);
+    pub async fn post(&self, path: &str, body: &serde_json::Value, headers: &[(&str, &str)]) -> reqwest::Response {
+        let mut req = reqwest::Client::new().post(format!("{}{path}", self.url())).json(body);
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
@@ -152,30 +120,18 @@ impl ProxyHarness {
 
     /// A chat completion for `model` (non-streaming).
     pub async fn chat(&self, model: &str) -> reqwest::Response {
-        self.post("/chat/completions", &chat_body(model, false), &[])
-            .await
+        self.post("/chat/completions", &chat_body(model, false), &[]).await
     }
 
     /// `GET /status` on the ops port.
     pub async fn status(&self) -> serde_json::Value {
-        reqwest::get(format!("http://{}/status", self.ops_addr))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
+        reqwest::get(format!("http://{}/status", self.ops_addr)).await.unwrap().json().await.unwrap()
     }
 
     /// One backend's entry in `/status`.
     pub async fn backend_status(&self, id: &str) -> serde_json::Value {
         let status = self.status().await;
-        status["buckets"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|b| b["id"] == id)
-            .cloned()
-            .unwrap_or_default()
+        status["buckets"].as_array().unwrap().iter().find(|b| b["id"] == id).cloned().unwrap_or_default()
     }
 
     /// Stops gracefully (finishing in-flight requests, flushing reports).
@@ -184,9 +140,7 @@ impl ProxyHarness {
             let _ = stop.send(());
         }
         if let Some(task) = self.task.take() {
-            task.await
-                .expect("proxy task")
-                .expect("proxy stopped cleanly");
+            task.await.expect("proxy task").expect("proxy stopped cleanly");
         }
     }
 }
@@ -218,20 +172,26 @@ pub struct ProxyClient {
 impl ProxyHarness {
     /// A handle that can move into a task.
     pub fn clone_handle(&self) -> ProxyClient {
-        ProxyClient {
-            url: self.url(),
-            client: reqwest::Client::new(),
-        }
+        ProxyClient { url: self.url(), client: reqwest::Client::new() }
     }
 }
 
 impl ProxyClient {
+    /// POSTs a chat request with `X-Priority`; the status, or 0 if the connection failed
+    /// (a proxy going away under load).
+    pub async fn try_post(&self, body: &serde_json::Value, priority: &str) -> u16 {
+        let sent = self
+            .client
+            .post(format!("{}/chat/completions", self.url))
+            .header("x-priority", priority)
+            .json(body)
+            .send()
+            .await;
+        sent.map_or(0, |r| r.status().as_u16())
+    }
+
     /// POSTs a chat request with `X-Priority`; returns status and JSON body (Null if none).
-    pub async fn post_status(
-        &self,
-        body: &serde_json::Value,
-        priority: &str,
-    ) -> (u16, serde_json::Value) {
+    pub async fn post_status(&self, body: &serde_json::Value, priority: &str) -> (u16, serde_json::Value) {
         let resp = self
             .client
             .post(format!("{}/chat/completions", self.url))

@@ -14,29 +14,15 @@ use sidecar_tests::{MockUpstream, mock::Reply};
 const KEY: &str = "sk-test-0123456789";
 
 fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap()
+    reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap()
 }
 
 async fn post(mock: &MockUpstream, path: &str, body: &Value) -> reqwest::Response {
-    client()
-        .post(format!("{}{path}", mock.base_url()))
-        .bearer_auth(KEY)
-        .json(body)
-        .send()
-        .await
-        .unwrap()
+    client().post(format!("{}{path}", mock.base_url())).bearer_auth(KEY).json(body).send().await.unwrap()
 }
 
 async fn chat(mock: &MockUpstream) -> reqwest::Response {
-    post(
-        mock,
-        "/chat/completions",
-        &json!({"model": "gpt-x", "messages": [{"role": "user", "content": "hi"}]}),
-    )
-    .await
+    post(mock, "/chat/completions", &json!({"model": "gpt-x", "messages": [{"role": "user", "content": "hi"}]})).await
 }
 
 /// Splits an SSE body into its `data:` payloads.
@@ -55,54 +41,26 @@ async fn default_json_replies_echo_model_and_report_usage() {
 
     let resp = chat(&mock).await;
     assert_eq!(resp.status(), 200);
-    assert!(
-        resp.headers()["content-type"]
-            .to_str()
-            .unwrap()
-            .starts_with("application/json")
-    );
+    assert!(resp.headers()["content-type"].to_str().unwrap().starts_with("application/json"));
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["object"], "chat.completion");
     assert_eq!(body["model"], "gpt-x");
     assert_eq!(body["choices"][0]["message"]["role"], "assistant");
-    assert_eq!(
-        body["usage"],
-        json!({"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15})
-    );
+    assert_eq!(body["usage"], json!({"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}));
 
-    let body: Value = post(
-        &mock,
-        "/completions",
-        &json!({"model": "c1", "prompt": "x"}),
-    )
-    .await
-    .json()
-    .await
-    .unwrap();
+    let body: Value = post(&mock, "/completions", &json!({"model": "c1", "prompt": "x"})).await.json().await.unwrap();
     assert_eq!(body["object"], "text_completion");
     assert_eq!(body["model"], "c1");
     assert_eq!(body["usage"]["total_tokens"], 15);
 
-    let body: Value = post(&mock, "/embeddings", &json!({"model": "e1", "input": "x"}))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let body: Value = post(&mock, "/embeddings", &json!({"model": "e1", "input": "x"})).await.json().await.unwrap();
     assert_eq!(body["model"], "e1");
     assert_eq!(body["data"][0]["object"], "embedding");
     assert!(!body["data"][0]["embedding"].as_array().unwrap().is_empty());
-    assert_eq!(
-        body["usage"],
-        json!({"prompt_tokens": 10, "total_tokens": 10})
-    );
+    assert_eq!(body["usage"], json!({"prompt_tokens": 10, "total_tokens": 10}));
 
     // /models and the key check.
-    let resp = client()
-        .get(format!("{}/models", mock.base_url()))
-        .bearer_auth(KEY)
-        .send()
-        .await
-        .unwrap();
+    let resp = client().get(format!("{}/models", mock.base_url())).bearer_auth(KEY).send().await.unwrap();
     assert_eq!(resp.status(), 200);
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["data"][0]["id"], "m1");
@@ -139,12 +97,7 @@ async fn empty_key_list_accepts_any_bearer_key() {
 async fn streams_sse_with_and_without_usage() {
     let mock = MockUpstream::start(&[KEY]).await;
 
-    let resp = post(
-        &mock,
-        "/chat/completions",
-        &json!({"model": "gpt-x", "stream": true}),
-    )
-    .await;
+    let resp = post(&mock, "/chat/completions", &json!({"model": "gpt-x", "stream": true})).await;
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["content-type"], "text/event-stream");
     let events = sse_data(&resp.text().await.unwrap());
@@ -159,10 +112,7 @@ async fn streams_sse_with_and_without_usage() {
     }
 
     // Scripted stream with include_usage: the usage chunk comes last before [DONE].
-    mock.push(Reply::Stream {
-        chunks: 3,
-        chunk_delay: Duration::from_millis(5),
-    });
+    mock.push(Reply::Stream { chunks: 3, chunk_delay: Duration::from_millis(5) });
     let resp = post(
         &mock,
         "/chat/completions",
@@ -181,16 +131,8 @@ async fn streams_sse_with_and_without_usage() {
     }
 
     // Chunks arrive as separate frames over time.
-    mock.push(Reply::Stream {
-        chunks: 3,
-        chunk_delay: Duration::from_millis(30),
-    });
-    let mut resp = post(
-        &mock,
-        "/chat/completions",
-        &json!({"model": "gpt-x", "stream": true}),
-    )
-    .await;
+    mock.push(Reply::Stream { chunks: 3, chunk_delay: Duration::from_millis(30) });
+    let mut resp = post(&mock, "/chat/completions", &json!({"model": "gpt-x", "stream": true})).await;
     let mut frames = 0;
     while let Some(bytes) = resp.chunk().await.unwrap() {
         assert!(!bytes.is_empty());
@@ -202,17 +144,9 @@ async fn streams_sse_with_and_without_usage() {
 #[tokio::test]
 async fn scripted_status_then_back_to_default() {
     let mock = MockUpstream::start(&[KEY]).await;
-    mock.push(Reply::Status {
-        status: 429,
-        retry_after: Some("7".into()),
-        body: None,
-    });
+    mock.push(Reply::Status { status: 429, retry_after: Some("7".into()), body: None });
     mock.push(Reply::status(503));
-    mock.push(Reply::Status {
-        status: 500,
-        retry_after: None,
-        body: Some(r#"{"custom":true}"#.into()),
-    });
+    mock.push(Reply::Status { status: 500, retry_after: None, body: Some(r#"{"custom":true}"#.into()) });
 
     let resp = chat(&mock).await;
     assert_eq!(resp.status(), 429);
@@ -254,12 +188,7 @@ async fn drop_and_drop_mid_stream_cut_the_connection() {
     assert!(!err.is_timeout(), "{err}");
 
     mock.push(Reply::DropMidStream { after_chunks: 2 });
-    let mut resp = post(
-        &mock,
-        "/chat/completions",
-        &json!({"model": "gpt-x", "stream": true}),
-    )
-    .await;
+    let mut resp = post(&mock, "/chat/completions", &json!({"model": "gpt-x", "stream": true})).await;
     assert_eq!(resp.status(), 200);
     let mut received = Vec::new();
     let err = loop {
@@ -339,11 +268,7 @@ async fn records_calls() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
-    client()
-        .get(format!("{}/models", mock.base_url()))
-        .send()
-        .await
-        .unwrap();
+    client().get(format!("{}/models", mock.base_url())).send().await.unwrap();
 
     let calls = mock.calls();
     assert_eq!(calls.len(), 2);
@@ -352,10 +277,7 @@ async fn records_calls() {
     assert_eq!(call.path, "/v1/chat/completions");
     assert_eq!(call.status, 200);
     assert_eq!(call.header("X-Custom").as_deref(), Some("abc"));
-    assert_eq!(
-        call.authorization.as_deref(),
-        Some("Bearer sk-test-0123456789")
-    );
+    assert_eq!(call.authorization.as_deref(), Some("Bearer sk-test-0123456789"));
     assert_eq!(call.header("authorization"), Some(format!("Bearer {KEY}")));
     assert_eq!(call.json(), json!({"model": "gpt-x", "messages": []}));
     assert_eq!(calls[1].path, "/v1/models");
@@ -373,15 +295,11 @@ async fn records_calls() {
 #[tokio::test]
 async fn serves_h2c_prior_knowledge_and_stops() {
     let mock = MockUpstream::start(&[KEY]).await;
-    let h2: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new())
-        .http2_only(true)
-        .build_http();
+    let h2: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new()).http2_only(true).build_http();
     let req = hyper::Request::post(format!("{}/chat/completions", mock.base_url()))
         .header("authorization", format!("Bearer {KEY}"))
         .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(
-            json!({"model": "gpt-x", "stream": true}).to_string(),
-        )))
+        .body(Full::new(Bytes::from(json!({"model": "gpt-x", "stream": true}).to_string())))
         .unwrap();
     let resp = h2.request(req).await.unwrap();
     assert_eq!(resp.status(), 200);
@@ -399,10 +317,6 @@ async fn serves_h2c_prior_knowledge_and_stops() {
     assert_eq!(chat(&clone).await.status(), 200);
     clone.stop();
     tokio::time::sleep(Duration::from_millis(20)).await;
-    let err = client()
-        .get(format!("{base}/models"))
-        .send()
-        .await
-        .unwrap_err();
+    let err = client().get(format!("{base}/models")).send().await.unwrap_err();
     assert!(err.is_connect() || err.is_request(), "{err}");
 }

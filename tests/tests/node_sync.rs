@@ -15,11 +15,7 @@ struct FakeNode {
 }
 
 impl FakeNode {
-    async fn connect(
-        client: &mut NodeClient,
-        node_id: &str,
-        region: &str,
-    ) -> Result<Self, tonic::Status> {
+    async fn connect(client: &mut NodeClient, node_id: &str, region: &str) -> Result<Self, tonic::Status> {
         let (tx, out) = mpsc::channel(16);
         tx.send(pb::NodeMessage {
             kind: Some(node_message::Kind::Hello(pb::Hello {
@@ -49,42 +45,19 @@ impl FakeNode {
     }
 
     async fn ack(&self, s: &pb::Snapshot) {
-        let ack = pb::Ack {
-            version: s.version,
-            nonce: s.nonce.clone(),
-        };
-        self.tx
-            .send(pb::NodeMessage {
-                kind: Some(node_message::Kind::Ack(ack)),
-            })
-            .await
-            .unwrap();
+        let ack = pb::Ack { version: s.version, nonce: s.nonce.clone() };
+        self.tx.send(pb::NodeMessage { kind: Some(node_message::Kind::Ack(ack)) }).await.unwrap();
     }
 
     async fn nack(&self, s: &pb::Snapshot, error: &str) {
-        let nack = pb::Nack {
-            version: s.version,
-            nonce: s.nonce.clone(),
-            error: error.into(),
-        };
-        self.tx
-            .send(pb::NodeMessage {
-                kind: Some(node_message::Kind::Nack(nack)),
-            })
-            .await
-            .unwrap();
+        let nack = pb::Nack { version: s.version, nonce: s.nonce.clone(), error: error.into() };
+        self.tx.send(pb::NodeMessage { kind: Some(node_message::Kind::Nack(nack)) }).await.unwrap();
     }
 }
 
 fn backend(name: &str, key: &str, regions: &[&str]) -> pb::CreateBackendRequest {
     let mut mappings = std::collections::HashMap::new();
-    mappings.insert(
-        "m".to_string(),
-        pb::ModelMapping {
-            native_id: "native-m".into(),
-            ..Default::default()
-        },
-    );
+    mappings.insert("m".to_string(), pb::ModelMapping { native_id: "native-m".into(), ..Default::default() });
     pb::CreateBackendRequest {
         backend: Some(pb::BackendSpec {
             name: name.into(),
@@ -100,69 +73,38 @@ fn backend(name: &str, key: &str, regions: &[&str]) -> pb::CreateBackendRequest 
 
 async fn node_view(cp: &ControlPlaneHarness, id: &str) -> Option<pb::Node> {
     let mut admin = cp.admin().await;
-    admin
-        .list_nodes(pb::ListNodesRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .nodes
-        .into_iter()
-        .find(|n| n.id == id)
+    admin.list_nodes(pb::ListNodesRequest {}).await.unwrap().into_inner().nodes.into_iter().find(|n| n.id == id)
 }
 
 #[tokio::test]
 async fn a_node_syncs_acks_and_gets_the_next_snapshot_within_a_second_of_a_write() {
     let cp = ControlPlaneHarness::start().await;
     let mut admin = cp.admin().await;
-    admin
-        .create_backend(backend("b1", "sk-first-key-0123456789", &[]))
-        .await
-        .unwrap();
+    admin.create_backend(backend("b1", "sk-first-key-0123456789", &[])).await.unwrap();
 
-    let mut node = FakeNode::connect(&mut cp.node().await, "node-a", "eu")
-        .await
-        .unwrap();
+    let mut node = FakeNode::connect(&mut cp.node().await, "node-a", "eu").await.unwrap();
     let first = node.next_snapshot().await;
     assert_eq!(first.backends.len(), 1);
     let sb = &first.backends[0];
-    assert_eq!(
-        sb.api_key, "sk-first-key-0123456789",
-        "nodes get the plaintext key"
-    );
+    assert_eq!(sb.api_key, "sk-first-key-0123456789", "nodes get the plaintext key");
     assert_eq!(sb.model_mappings["m"].native_id, "native-m");
-    assert_eq!(
-        first
-            .pools
-            .iter()
-            .map(|p| p.name.as_str())
-            .collect::<Vec<_>>(),
-        ["primary", "fallback"]
-    );
+    assert_eq!(first.pools.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), ["primary", "fallback"]);
     assert_eq!(first.settings.as_ref().unwrap().queue_capacity, 500);
     assert!(!first.nonce.is_empty());
     node.ack(&first).await;
     let view = eventually("node-a acked", Duration::from_secs(5), || async {
-        node_view(&cp, "node-a")
-            .await
-            .filter(|n| n.acked_config_version == first.version)
+        node_view(&cp, "node-a").await.filter(|n| n.acked_config_version == first.version)
     })
     .await;
     assert!(view.connected);
     assert_eq!(view.region, "eu");
 
     let started = Instant::now();
-    let written = admin
-        .create_backend(backend("b2", "sk-second-key-0123456789", &[]))
-        .await
-        .unwrap()
-        .into_inner();
+    let written = admin.create_backend(backend("b2", "sk-second-key-0123456789", &[])).await.unwrap().into_inner();
     let next = node.next_snapshot().await;
     let elapsed = started.elapsed();
     eprintln!("admin write to snapshot at the node: {elapsed:?}");
-    assert!(
-        elapsed < Duration::from_secs(1),
-        "snapshot took {elapsed:?}"
-    );
+    assert!(elapsed < Duration::from_secs(1), "snapshot took {elapsed:?}");
     assert_eq!(next.version, written.config_version);
     assert_eq!(next.backends.len(), 2);
     assert_ne!(next.nonce, first.nonce);
@@ -172,43 +114,25 @@ async fn a_node_syncs_acks_and_gets_the_next_snapshot_within_a_second_of_a_write
 async fn a_nack_is_visible_in_list_nodes_and_a_later_ack_clears_it() {
     let cp = ControlPlaneHarness::start().await;
     let mut admin = cp.admin().await;
-    let mut node = FakeNode::connect(&mut cp.node().await, "node-n", "")
-        .await
-        .unwrap();
+    let mut node = FakeNode::connect(&mut cp.node().await, "node-n", "").await.unwrap();
     let s1 = node.next_snapshot().await;
     node.ack(&s1).await;
-    admin
-        .create_backend(backend("b1", "sk-some-key-0123456789", &[]))
-        .await
-        .unwrap();
+    admin.create_backend(backend("b1", "sk-some-key-0123456789", &[])).await.unwrap();
     let s2 = node.next_snapshot().await;
     node.nack(&s2, "backend b1: unsupported thing").await;
     let view = eventually("nack recorded", Duration::from_secs(5), || async {
-        node_view(&cp, "node-n")
-            .await
-            .filter(|n| !n.last_nack_error.is_empty())
+        node_view(&cp, "node-n").await.filter(|n| !n.last_nack_error.is_empty())
     })
     .await;
     assert_eq!(view.last_nack_error, "backend b1: unsupported thing");
     assert_eq!(view.last_nack_version, s2.version);
-    assert_eq!(
-        view.acked_config_version, s1.version,
-        "the node still runs the old version"
-    );
+    assert_eq!(view.acked_config_version, s1.version, "the node still runs the old version");
 
-    admin
-        .delete_backend(pb::DeleteBackendRequest {
-            id: "b1".into(),
-            expected_resource_version: None,
-        })
-        .await
-        .unwrap();
+    admin.delete_backend(pb::DeleteBackendRequest { id: "b1".into(), expected_resource_version: None }).await.unwrap();
     let s3 = node.next_snapshot().await;
     node.ack(&s3).await;
     eventually("nack cleared", Duration::from_secs(5), || async {
-        node_view(&cp, "node-n")
-            .await
-            .filter(|n| n.last_nack_error.is_empty() && n.acked_config_version == s3.version)
+        node_view(&cp, "node-n").await.filter(|n| n.last_nack_error.is_empty() && n.acked_config_version == s3.version)
     })
     .await;
 }
@@ -216,23 +140,15 @@ async fn a_nack_is_visible_in_list_nodes_and_a_later_ack_clears_it() {
 #[tokio::test]
 async fn an_ack_with_a_wrong_nonce_does_not_count() {
     let cp = ControlPlaneHarness::start().await;
-    let mut node = FakeNode::connect(&mut cp.node().await, "node-x", "")
-        .await
-        .unwrap();
+    let mut node = FakeNode::connect(&mut cp.node().await, "node-x", "").await.unwrap();
     let s = node.next_snapshot().await;
     // An answer to a snapshot that was never sent: if it counted, the node would show
     // version + 100.
-    let forged = pb::Snapshot {
-        version: s.version + 100,
-        nonce: "forged".into(),
-        ..s.clone()
-    };
+    let forged = pb::Snapshot { version: s.version + 100, nonce: "forged".into(), ..s.clone() };
     node.ack(&forged).await;
     node.ack(&s).await;
     let view = eventually("ack", Duration::from_secs(5), || async {
-        node_view(&cp, "node-x")
-            .await
-            .filter(|n| n.acked_config_version == s.version)
+        node_view(&cp, "node-x").await.filter(|n| n.acked_config_version == s.version)
     })
     .await;
     assert_eq!(view.acked_config_version, s.version);
@@ -242,73 +158,29 @@ async fn an_ack_with_a_wrong_nonce_does_not_count() {
 async fn nodes_only_receive_backends_allowed_in_their_region() {
     let cp = ControlPlaneHarness::start().await;
     let mut admin = cp.admin().await;
-    admin
-        .create_backend(backend("everywhere", "sk-aaaa-0123456789", &[]))
-        .await
-        .unwrap();
-    admin
-        .create_backend(backend("eu-only", "sk-bbbb-0123456789", &["eu"]))
-        .await
-        .unwrap();
-    admin
-        .create_backend(backend("us-only", "sk-cccc-0123456789", &["us"]))
-        .await
-        .unwrap();
-    let mut eu = FakeNode::connect(&mut cp.node().await, "eu-1", "eu")
-        .await
-        .unwrap();
-    let names: Vec<_> = eu
-        .next_snapshot()
-        .await
-        .backends
-        .into_iter()
-        .map(|b| b.name)
-        .collect();
+    admin.create_backend(backend("everywhere", "sk-aaaa-0123456789", &[])).await.unwrap();
+    admin.create_backend(backend("eu-only", "sk-bbbb-0123456789", &["eu"])).await.unwrap();
+    admin.create_backend(backend("us-only", "sk-cccc-0123456789", &["us"])).await.unwrap();
+    let mut eu = FakeNode::connect(&mut cp.node().await, "eu-1", "eu").await.unwrap();
+    let names: Vec<_> = eu.next_snapshot().await.backends.into_iter().map(|b| b.name).collect();
     assert_eq!(names.len(), 2);
-    assert!(
-        names.contains(&"everywhere".to_string()) && names.contains(&"eu-only".to_string()),
-        "{names:?}"
-    );
-    let mut nowhere = FakeNode::connect(&mut cp.node().await, "plain", "")
-        .await
-        .unwrap();
-    let names: Vec<_> = nowhere
-        .next_snapshot()
-        .await
-        .backends
-        .into_iter()
-        .map(|b| b.name)
-        .collect();
+    assert!(names.contains(&"everywhere".to_string()) && names.contains(&"eu-only".to_string()), "{names:?}");
+    let mut nowhere = FakeNode::connect(&mut cp.node().await, "plain", "").await.unwrap();
+    let names: Vec<_> = nowhere.next_snapshot().await.backends.into_iter().map(|b| b.name).collect();
     assert_eq!(names, ["everywhere"]);
 }
 
 #[tokio::test]
 async fn sync_requires_a_node_token_and_a_hello_first() {
     let cp = ControlPlaneHarness::start().await;
-    let err = FakeNode::connect(&mut cp.node_as(None).await, "n", "")
-        .await
-        .err()
-        .unwrap();
+    let err = FakeNode::connect(&mut cp.node_as(None).await, "n", "").await.err().unwrap();
     assert_eq!(err.code(), Code::Unauthenticated);
-    let err = FakeNode::connect(&mut cp.node_as(Some(&cp.admin_token)).await, "n", "")
-        .await
-        .err()
-        .unwrap();
+    let err = FakeNode::connect(&mut cp.node_as(Some(&cp.admin_token)).await, "n", "").await.err().unwrap();
     assert_eq!(err.code(), Code::PermissionDenied);
 
     let (tx, out) = mpsc::channel(1);
-    tx.send(pb::NodeMessage {
-        kind: Some(node_message::Kind::Ack(pb::Ack::default())),
-    })
-    .await
-    .unwrap();
-    let err = cp
-        .node()
-        .await
-        .sync(ReceiverStream::new(out))
-        .await
-        .err()
-        .unwrap();
+    tx.send(pb::NodeMessage { kind: Some(node_message::Kind::Ack(pb::Ack::default())) }).await.unwrap();
+    let err = cp.node().await.sync(ReceiverStream::new(out)).await.err().unwrap();
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(err.message().contains("Hello"));
 }
@@ -316,9 +188,7 @@ async fn sync_requires_a_node_token_and_a_hello_first() {
 #[tokio::test]
 async fn disconnected_nodes_show_as_disconnected() {
     let cp = ControlPlaneHarness::start().await;
-    let mut node = FakeNode::connect(&mut cp.node().await, "node-gone", "")
-        .await
-        .unwrap();
+    let mut node = FakeNode::connect(&mut cp.node().await, "node-gone", "").await.unwrap();
     let s = node.next_snapshot().await;
     node.ack(&s).await;
     eventually("connected", Duration::from_secs(5), || async {
@@ -330,10 +200,7 @@ async fn disconnected_nodes_show_as_disconnected() {
         node_view(&cp, "node-gone").await.filter(|n| !n.connected)
     })
     .await;
-    assert_eq!(
-        view.acked_config_version, s.version,
-        "the last acked version is remembered"
-    );
+    assert_eq!(view.acked_config_version, s.version, "the last acked version is remembered");
 }
 
 fn record(minute_ms: i64, requests: u64) -> pb::UsageRecord {
@@ -363,24 +230,13 @@ async fn a_repeated_report_seq_is_not_double_counted() {
     let ack = node.report(batch(1, 5)).await.unwrap().into_inner();
     assert_eq!((ack.seq, ack.applied), (1, true));
     let again = node.report(batch(1, 5)).await.unwrap().into_inner();
-    assert_eq!(
-        (again.seq, again.applied),
-        (1, false),
-        "a retry gets the same ack and changes nothing"
-    );
+    assert_eq!((again.seq, again.applied), (1, false), "a retry gets the same ack and changes nothing");
     assert!(node.report(batch(2, 7)).await.unwrap().into_inner().applied);
 
-    let bad = pb::ReportBatch {
-        records: vec![record(120_001, 1)],
-        ..batch(3, 1)
-    };
+    let bad = pb::ReportBatch { records: vec![record(120_001, 1)], ..batch(3, 1) };
     let err = node.report(bad).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
-    assert!(
-        err.message().starts_with("records[0].minute_ms"),
-        "{}",
-        err.message()
-    );
+    assert!(err.message().starts_with("records[0].minute_ms"), "{}", err.message());
 
     let view = node_view(&cp, "node-r").await.unwrap();
     assert!(view.last_report_ms > 0);
@@ -396,16 +252,10 @@ async fn a_repeated_report_seq_is_not_double_counted() {
 #[tokio::test]
 async fn shutdown_ends_open_sync_streams() {
     let mut cp = ControlPlaneHarness::start().await;
-    let mut node = FakeNode::connect(&mut cp.node().await, "node-s", "")
-        .await
-        .unwrap();
+    let mut node = FakeNode::connect(&mut cp.node().await, "node-s", "").await.unwrap();
     node.next_snapshot().await;
-    tokio::time::timeout(Duration::from_secs(10), cp.stop())
-        .await
-        .expect("graceful stop with a node connected");
-    let end = tokio::time::timeout(Duration::from_secs(5), node.rx.message())
-        .await
-        .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), cp.stop()).await.expect("graceful stop with a node connected");
+    let end = tokio::time::timeout(Duration::from_secs(5), node.rx.message()).await.unwrap();
     match end {
         Err(status) => assert_eq!(status.code(), Code::Unavailable),
         Ok(None) => {}

@@ -22,23 +22,12 @@ async fn the_official_openai_python_client_works_through_the_proxy() {
     );
     let seen: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert!(!seen["content"].as_str().unwrap().is_empty());
-    assert_eq!(
-        seen["model"], "native-gpt",
-        "the upstream saw the native model id"
-    );
+    assert_eq!(seen["model"], "native-gpt", "the upstream saw the native model id");
     assert_eq!(seen["usage"], 15);
     assert!(seen["stream_chunks"].as_u64().unwrap() >= 2, "{seen}");
-    assert_eq!(
-        seen["stream_usage"], 15,
-        "the usage chunk reached the client"
-    );
+    assert_eq!(seen["stream_usage"], 15, "the usage chunk reached the client");
     let calls = mock.calls_to("/v1/chat/completions");
     assert_eq!(calls.len(), 2);
-    assert!(
-        calls
-            .iter()
-            .all(|c| c.header("authorization").as_deref()
-                == Some("Bearer sk-backend-key-0123456789"))
-    );
+    assert!(calls.iter().all(|c| c.header("authorization").as_deref() == Some("Bearer sk-backend-key-0123456789")));
     assert!(calls[1].json()["stream"].as_bool().unwrap());
 }

@@ -13,13 +13,7 @@ const KEY: &str = "sk-PLAINTEXT-SECRET-do-not-leak-987654321";
 
 fn create(name: &str, key: &str) -> pb::CreateBackendRequest {
     let mut mappings = HashMap::new();
-    mappings.insert(
-        "gpt-4o".to_string(),
-        pb::ModelMapping {
-            native_id: "openai/gpt-4o".into(),
-            ..Default::default()
-        },
-    );
+    mappings.insert("gpt-4o".to_string(), pb::ModelMapping { native_id: "openai/gpt-4o".into(), ..Default::default() });
     pb::CreateBackendRequest {
         backend: Some(pb::BackendSpec {
             name: name.into(),
@@ -35,35 +29,12 @@ fn create(name: &str, key: &str) -> pb::CreateBackendRequest {
 /// The API keys a node receives, by backend name.
 async fn node_keys(cp: &ControlPlaneHarness) -> HashMap<String, String> {
     let (tx, out) = mpsc::channel(4);
-    let hello = pb::Hello {
-        node_id: "key-check".into(),
-        boot_id: "b".into(),
-        ..Default::default()
-    };
-    tx.send(pb::NodeMessage {
-        kind: Some(node_message::Kind::Hello(hello)),
-    })
-    .await
-    .unwrap();
-    let mut rx = cp
-        .node()
-        .await
-        .sync(ReceiverStream::new(out))
-        .await
-        .unwrap()
-        .into_inner();
-    let msg = tokio::time::timeout(Duration::from_secs(5), rx.message())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    let Some(control_message::Kind::Snapshot(s)) = msg.kind else {
-        panic!("expected snapshot")
-    };
-    s.backends
-        .into_iter()
-        .map(|b| (b.name, b.api_key))
-        .collect()
+    let hello = pb::Hello { node_id: "key-check".into(), boot_id: "b".into(), ..Default::default() };
+    tx.send(pb::NodeMessage { kind: Some(node_message::Kind::Hello(hello)) }).await.unwrap();
+    let mut rx = cp.node().await.sync(ReceiverStream::new(out)).await.unwrap().into_inner();
+    let msg = tokio::time::timeout(Duration::from_secs(5), rx.message()).await.unwrap().unwrap().unwrap();
+    let Some(control_message::Kind::Snapshot(s)) = msg.kind else { panic!("expected snapshot") };
+    s.backends.into_iter().map(|b| (b.name, b.api_key)).collect()
 }
 
 fn dir_contains(dir: &std::path::Path, needle: &[u8]) -> bool {
@@ -73,11 +44,7 @@ fn dir_contains(dir: &std::path::Path, needle: &[u8]) -> bool {
             let path = entry.unwrap().path();
             if path.is_dir() {
                 stack.push(path);
-            } else if std::fs::read(&path)
-                .unwrap()
-                .windows(needle.len())
-                .any(|w| w == needle)
-            {
+            } else if std::fs::read(&path).unwrap().windows(needle.len()).any(|w| w == needle) {
                 return true;
             }
         }
@@ -89,91 +56,38 @@ fn dir_contains(dir: &std::path::Path, needle: &[u8]) -> bool {
 async fn restart_keeps_everything_and_the_config_version_keeps_rising() {
     let mut cp = ControlPlaneHarness::start().await;
     let mut admin = cp.admin().await;
-    let b = admin
-        .create_backend(create("keeper", KEY))
-        .await
-        .unwrap()
-        .into_inner();
-    admin
-        .create_pool(pb::CreatePoolRequest {
-            name: "extra".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let b = admin.create_backend(create("keeper", KEY)).await.unwrap().into_inner();
+    admin.create_pool(pb::CreatePoolRequest { name: "extra".into(), ..Default::default() }).await.unwrap();
     admin
         .update_settings(pb::UpdateSettingsRequest {
-            patch: Some(pb::SettingsPatch {
-                queue_capacity: Some(42),
-                ..Default::default()
-            }),
+            patch: Some(pb::SettingsPatch { queue_capacity: Some(42), ..Default::default() }),
             expected_resource_version: None,
         })
         .await
         .unwrap();
     let viewer = admin
-        .create_token(pb::CreateTokenRequest {
-            role: "viewer".into(),
-            name: String::new(),
-        })
+        .create_token(pb::CreateTokenRequest { role: "viewer".into(), name: String::new() })
         .await
         .unwrap()
         .into_inner();
-    let before = admin
-        .get_config_version(pb::GetConfigVersionRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .version;
+    let before = admin.get_config_version(pb::GetConfigVersionRequest {}).await.unwrap().into_inner().version;
     drop(admin);
     cp.stop().await;
 
     let cp2 = ControlPlaneHarness::start_with(cp.restart_options()).await;
     let mut admin = cp2.admin().await;
-    let after = admin
-        .get_config_version(pb::GetConfigVersionRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .version;
-    assert!(
-        after >= before,
-        "config version went backwards: {before} -> {after}"
-    );
-    let got = admin
-        .get_backend(pb::GetBackendRequest {
-            id: "keeper".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let after = admin.get_config_version(pb::GetConfigVersionRequest {}).await.unwrap().into_inner().version;
+    assert!(after >= before, "config version went backwards: {before} -> {after}");
+    let got = admin.get_backend(pb::GetBackendRequest { id: "keeper".into() }).await.unwrap().into_inner();
     assert_eq!(got, b.backend.unwrap());
-    let pools = admin
-        .list_pools(pb::ListPoolsRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .pools;
+    let pools = admin.list_pools(pb::ListPoolsRequest {}).await.unwrap().into_inner().pools;
     assert!(pools.iter().any(|p| p.name == "extra"));
-    let s = admin
-        .get_settings(pb::GetSettingsRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let s = admin.get_settings(pb::GetSettingsRequest {}).await.unwrap().into_inner();
     assert_eq!(s.settings.unwrap().queue_capacity, 42);
     let mut as_viewer = cp2.admin_as(Some(&viewer.secret)).await;
-    assert!(
-        as_viewer
-            .list_backends(pb::ListBackendsRequest::default())
-            .await
-            .is_ok(),
-        "tokens survive"
-    );
+    assert!(as_viewer.list_backends(pb::ListBackendsRequest::default()).await.is_ok(), "tokens survive");
     let next = admin
-        .delete_backend(pb::DeleteBackendRequest {
-            id: "keeper".into(),
-            expected_resource_version: None,
-        })
+        .delete_backend(pb::DeleteBackendRequest { id: "keeper".into(), expected_resource_version: None })
         .await
         .unwrap();
     assert!(next.into_inner().config_version > before);
@@ -188,14 +102,8 @@ async fn the_data_dir_never_holds_the_plaintext_key() {
     assert_eq!(node_keys(&cp).await["secret"], KEY);
     drop(admin);
     cp.stop().await;
-    assert!(
-        !dir_contains(&cp.data_dir, KEY.as_bytes()),
-        "plaintext key found in the data dir"
-    );
-    assert!(
-        !dir_contains(&cp.data_dir, cp.admin_token.as_bytes()),
-        "plaintext admin token found in the data dir"
-    );
+    assert!(!dir_contains(&cp.data_dir, KEY.as_bytes()), "plaintext key found in the data dir");
+    assert!(!dir_contains(&cp.data_dir, cp.admin_token.as_bytes()), "plaintext admin token found in the data dir");
     // The check can see things: the backend's name is there in clear.
     assert!(dir_contains(&cp.data_dir, b"secret"));
 }
@@ -204,76 +112,39 @@ async fn the_data_dir_never_holds_the_plaintext_key() {
 async fn rotation_keeps_every_backend_usable_and_the_old_key_is_then_refused() {
     let mut cp = ControlPlaneHarness::start().await;
     let mut admin = cp.admin().await;
-    admin
-        .create_backend(create("one", "sk-one-0123456789abcdef"))
-        .await
-        .unwrap();
-    admin
-        .create_backend(create("two", "sk-two-0123456789abcdef"))
-        .await
-        .unwrap();
-    let old_id = admin
-        .get_backend(pb::GetBackendRequest { id: "one".into() })
-        .await
-        .unwrap()
-        .into_inner()
-        .api_key_key_id;
+    admin.create_backend(create("one", "sk-one-0123456789abcdef")).await.unwrap();
+    admin.create_backend(create("two", "sk-two-0123456789abcdef")).await.unwrap();
+    let old_id =
+        admin.get_backend(pb::GetBackendRequest { id: "one".into() }).await.unwrap().into_inner().api_key_key_id;
 
-    let err = admin
-        .rotate_encryption_key(pb::RotateEncryptionKeyRequest {
-            new_key_hex: "abc".into(),
-        })
-        .await
-        .unwrap_err();
+    let err =
+        admin.rotate_encryption_key(pb::RotateEncryptionKeyRequest { new_key_hex: "abc".into() }).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(err.message().starts_with("new_key_hex"));
 
     let new_hex = MasterKey::generate_hex();
     let r = admin
-        .rotate_encryption_key(pb::RotateEncryptionKeyRequest {
-            new_key_hex: new_hex.clone(),
-        })
+        .rotate_encryption_key(pb::RotateEncryptionKeyRequest { new_key_hex: new_hex.clone() })
         .await
         .unwrap()
         .into_inner();
     assert_eq!(r.keys_reencrypted, 2);
     assert_eq!(r.old_key_id, old_id);
     assert_ne!(r.new_key_id, old_id);
-    let listed = admin
-        .list_backends(pb::ListBackendsRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .backends;
+    let listed = admin.list_backends(pb::ListBackendsRequest::default()).await.unwrap().into_inner().backends;
     assert!(listed.iter().all(|b| b.api_key_key_id == r.new_key_id));
     let keys = node_keys(&cp).await;
-    assert_eq!(
-        (keys["one"].as_str(), keys["two"].as_str()),
-        ("sk-one-0123456789abcdef", "sk-two-0123456789abcdef")
-    );
+    assert_eq!((keys["one"].as_str(), keys["two"].as_str()), ("sk-one-0123456789abcdef", "sk-two-0123456789abcdef"));
     // New backends are sealed with the new key too.
-    admin
-        .create_backend(create("three", "sk-three-0123456789abcdef"))
-        .await
-        .unwrap();
+    admin.create_backend(create("three", "sk-three-0123456789abcdef")).await.unwrap();
     drop(admin);
     cp.stop().await;
 
-    let old = Options {
-        key_hex: Some(cp.key_hex.clone()),
-        ..cp.restart_options()
-    };
-    let err = ControlPlaneHarness::try_start(old)
-        .await
-        .err()
-        .expect("the old key is refused");
+    let old = Options { key_hex: Some(cp.key_hex.clone()), ..cp.restart_options() };
+    let err = ControlPlaneHarness::try_start(old).await.err().expect("the old key is refused");
     assert!(err.to_string().contains(&r.new_key_id), "{err}");
 
-    let restarted = ControlPlaneHarness::start_with(Options {
-        key_hex: Some(new_hex),
-        ..cp.restart_options()
-    })
-    .await;
+    let restarted = ControlPlaneHarness::start_with(Options { key_hex: Some(new_hex), ..cp.restart_options() }).await;
     let keys = node_keys(&restarted).await;
     assert_eq!(keys.len(), 3);
     assert_eq!(keys["three"], "sk-three-0123456789abcdef");
@@ -294,115 +165,43 @@ async fn export_then_wipe_then_import_restores_everything() {
     let mut spec = create("a", "sk-aaaa-0123456789abcdef");
     spec.backend.as_mut().unwrap().pool = "reserve".into();
     admin.create_backend(spec).await.unwrap();
-    admin
-        .create_backend(create("b", "sk-bbbb-0123456789abcdef"))
-        .await
-        .unwrap();
+    admin.create_backend(create("b", "sk-bbbb-0123456789abcdef")).await.unwrap();
     admin
         .update_settings(pb::UpdateSettingsRequest {
-            patch: Some(pb::SettingsPatch {
-                cooldown_max_seconds: Some(900),
-                ..Default::default()
-            }),
+            patch: Some(pb::SettingsPatch { cooldown_max_seconds: Some(900), ..Default::default() }),
             expected_resource_version: None,
         })
         .await
         .unwrap();
-    let exported = admin
-        .export(pb::ExportRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let exported = admin.export(pb::ExportRequest {}).await.unwrap().into_inner();
     let text = String::from_utf8(exported.document.clone()).unwrap();
-    assert!(
-        !text.contains("sk-aaaa-0123456789abcdef"),
-        "keys stay sealed in exports"
-    );
+    assert!(!text.contains("sk-aaaa-0123456789abcdef"), "keys stay sealed in exports");
     assert!(text.contains("key_id"));
-    let backends_before = admin
-        .list_backends(pb::ListBackendsRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .backends;
-    let pools_before = admin
-        .list_pools(pb::ListPoolsRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .pools;
-    let settings_before = admin
-        .get_settings(pb::GetSettingsRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .settings;
+    let backends_before = admin.list_backends(pb::ListBackendsRequest::default()).await.unwrap().into_inner().backends;
+    let pools_before = admin.list_pools(pb::ListPoolsRequest {}).await.unwrap().into_inner().pools;
+    let settings_before = admin.get_settings(pb::GetSettingsRequest {}).await.unwrap().into_inner().settings;
 
     // Wipe: a new control plane on a fresh data dir with the same key.
-    let fresh = ControlPlaneHarness::start_with(Options {
-        key_hex: Some(cp.key_hex.clone()),
-        ..Options::default()
-    })
-    .await;
+    let fresh =
+        ControlPlaneHarness::start_with(Options { key_hex: Some(cp.key_hex.clone()), ..Options::default() }).await;
     let mut admin2 = fresh.admin().await;
-    admin2
-        .create_backend(create("stray", "sk-stray-0123456789abcdef"))
-        .await
-        .unwrap();
-    let imported = admin2
-        .import(pb::ImportRequest {
-            document: exported.document.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    admin2.create_backend(create("stray", "sk-stray-0123456789abcdef")).await.unwrap();
+    let imported = admin2.import(pb::ImportRequest { document: exported.document.clone() }).await.unwrap().into_inner();
     assert_eq!((imported.backends, imported.pools), (2, 3));
     assert_eq!(
-        admin2
-            .list_backends(pb::ListBackendsRequest::default())
-            .await
-            .unwrap()
-            .into_inner()
-            .backends,
+        admin2.list_backends(pb::ListBackendsRequest::default()).await.unwrap().into_inner().backends,
         backends_before
     );
-    assert_eq!(
-        admin2
-            .list_pools(pb::ListPoolsRequest {})
-            .await
-            .unwrap()
-            .into_inner()
-            .pools,
-        pools_before
-    );
-    assert_eq!(
-        admin2
-            .get_settings(pb::GetSettingsRequest {})
-            .await
-            .unwrap()
-            .into_inner()
-            .settings,
-        settings_before
-    );
+    assert_eq!(admin2.list_pools(pb::ListPoolsRequest {}).await.unwrap().into_inner().pools, pools_before);
+    assert_eq!(admin2.get_settings(pb::GetSettingsRequest {}).await.unwrap().into_inner().settings, settings_before);
     let keys = node_keys(&fresh).await;
-    assert_eq!(
-        keys["a"], "sk-aaaa-0123456789abcdef",
-        "imported keys decrypt"
-    );
+    assert_eq!(keys["a"], "sk-aaaa-0123456789abcdef", "imported keys decrypt");
 
     // A control plane with another key refuses the file and changes nothing.
     let other = ControlPlaneHarness::start().await;
     let mut admin3 = other.admin().await;
-    admin3
-        .create_backend(create("mine", "sk-mine-0123456789abcdef"))
-        .await
-        .unwrap();
-    let err = admin3
-        .import(pb::ImportRequest {
-            document: exported.document,
-        })
-        .await
-        .unwrap_err();
+    admin3.create_backend(create("mine", "sk-mine-0123456789abcdef")).await.unwrap();
+    let err = admin3.import(pb::ImportRequest { document: exported.document }).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(err.message().contains("key id"), "{}", err.message());
     let names: Vec<_> = admin3
@@ -415,73 +214,31 @@ async fn export_then_wipe_then_import_restores_everything() {
         .map(|b| b.name)
         .collect();
     assert_eq!(names, ["mine"]);
-    let err = admin3
-        .import(pb::ImportRequest {
-            document: b"{not json".to_vec(),
-        })
-        .await
-        .unwrap_err();
+    let err = admin3.import(pb::ImportRequest { document: b"{not json".to_vec() }).await.unwrap_err();
     assert!(err.message().starts_with("document"), "{}", err.message());
 }
 
 #[tokio::test]
 async fn v1_environment_becomes_one_env_backend_once() {
     let env = vec![
-        (
-            "SIDECAR_UPSTREAM".to_string(),
-            "https://v1.example.com/v1".to_string(),
-        ),
-        (
-            "SIDECAR_API_KEY".to_string(),
-            "sk-v1-0123456789abcdef".to_string(),
-        ),
+        ("SIDECAR_UPSTREAM".to_string(), "https://v1.example.com/v1".to_string()),
+        ("SIDECAR_API_KEY".to_string(), "sk-v1-0123456789abcdef".to_string()),
         ("SIDECAR_RATE_RPM".to_string(), "25".to_string()),
     ];
-    let mut cp = ControlPlaneHarness::start_with(Options {
-        env: env.clone(),
-        ..Options::default()
-    })
-    .await;
+    let mut cp = ControlPlaneHarness::start_with(Options { env: env.clone(), ..Options::default() }).await;
     let mut admin = cp.admin().await;
-    let backends = admin
-        .list_backends(pb::ListBackendsRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .backends;
+    let backends = admin.list_backends(pb::ListBackendsRequest::default()).await.unwrap().into_inner().backends;
     assert_eq!(backends.len(), 1);
     let b = &backends[0];
-    assert_eq!(
-        (b.source.as_str(), b.rpm_limit, b.base_url.as_str()),
-        ("env", 25, "https://v1.example.com/v1")
-    );
-    assert!(
-        b.model_mappings.contains_key("*"),
-        "a V1 upstream serves any model"
-    );
-    admin
-        .delete_backend(pb::DeleteBackendRequest {
-            id: b.id.clone(),
-            expected_resource_version: None,
-        })
-        .await
-        .unwrap();
+    assert_eq!((b.source.as_str(), b.rpm_limit, b.base_url.as_str()), ("env", 25, "https://v1.example.com/v1"));
+    assert!(b.model_mappings.contains_key("*"), "a V1 upstream serves any model");
+    admin.delete_backend(pb::DeleteBackendRequest { id: b.id.clone(), expected_resource_version: None }).await.unwrap();
     drop(admin);
     cp.stop().await;
-    let again = ControlPlaneHarness::start_with(Options {
-        env,
-        ..cp.restart_options()
-    })
-    .await;
+    let again = ControlPlaneHarness::start_with(Options { env, ..cp.restart_options() }).await;
     let mut admin = again.admin().await;
     assert!(
-        admin
-            .list_backends(pb::ListBackendsRequest::default())
-            .await
-            .unwrap()
-            .into_inner()
-            .backends
-            .is_empty(),
+        admin.list_backends(pb::ListBackendsRequest::default()).await.unwrap().into_inner().backends.is_empty(),
         "the migration runs once; a deleted env backend does not come back"
     );
 }

@@ -5,21 +5,14 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use serde_json::{Value, json};
-use sidecar_tests::{
-    Gateway, MockUpstream, ProxyHarness, ProxyOptions, gateway::BackendDef, proxy::chat_body,
-};
+use sidecar_tests::{Gateway, MockUpstream, ProxyHarness, ProxyOptions, gateway::BackendDef, proxy::chat_body};
 
 /// Sums the control plane's per-minute usage (stop the control plane first).
 fn stored_usage(
     cp: &sidecar_tests::ControlPlaneHarness,
 ) -> Vec<(String, String, sidecar_control_plane::store::UsageCounters)> {
     let store = sidecar_control_plane::store::Store::open(&cp.data_dir).unwrap();
-    store
-        .usage_minutes(0, i64::MAX)
-        .unwrap()
-        .into_iter()
-        .map(|(_, b, m, c)| (b, m, c))
-        .collect()
+    store.usage_minutes(0, i64::MAX).unwrap().into_iter().map(|(_, b, m, c)| (b, m, c)).collect()
 }
 
 #[tokio::test]
@@ -42,11 +35,7 @@ async fn chat_completions_and_embeddings_are_forwarded_with_the_model_rewritten(
         .post(
             "/chat/completions",
             &chat_body("gpt-test", false),
-            &[
-                ("authorization", "Bearer client-own-key"),
-                ("x-api-key", "client-x"),
-                ("x-request-id", "r-1"),
-            ],
+            &[("authorization", "Bearer client-own-key"), ("x-api-key", "client-x"), ("x-request-id", "r-1")],
         )
         .await;
     assert_eq!(resp.status(), 200);
@@ -58,63 +47,25 @@ async fn chat_completions_and_embeddings_are_forwarded_with_the_model_rewritten(
     assert_eq!(body["usage"]["total_tokens"], 15);
 
     let call = mock.calls_to("/v1/chat/completions").pop().unwrap();
-    assert_eq!(
-        call.json()["model"],
-        "native-gpt",
-        "model rewritten to native_id"
-    );
-    assert_eq!(
-        call.header("authorization").as_deref(),
-        Some("Bearer sk-backend-key-0123456789"),
-        "backend key set"
-    );
-    assert!(
-        call.header("x-api-key").is_none(),
-        "client credentials dropped"
-    );
-    assert_eq!(
-        call.header("x-request-id").as_deref(),
-        Some("r-1"),
-        "other headers kept"
-    );
+    assert_eq!(call.json()["model"], "native-gpt", "model rewritten to native_id");
+    assert_eq!(call.header("authorization").as_deref(), Some("Bearer sk-backend-key-0123456789"), "backend key set");
+    assert!(call.header("x-api-key").is_none(), "client credentials dropped");
+    assert_eq!(call.header("x-request-id").as_deref(), Some("r-1"), "other headers kept");
     assert_eq!(call.path, "/v1/chat/completions", "never /v1/v1");
 
-    let resp = gw
-        .proxy
-        .post(
-            "/completions",
-            &json!({"model": "gpt-test", "prompt": "hi"}),
-            &[],
-        )
-        .await;
+    let resp = gw.proxy.post("/completions", &json!({"model": "gpt-test", "prompt": "hi"}), &[]).await;
     assert_eq!(resp.status(), 200);
-    assert_eq!(
-        mock.calls_to("/v1/completions").pop().unwrap().json()["model"],
-        "native-gpt"
-    );
-    let resp = gw
-        .proxy
-        .post(
-            "/embeddings",
-            &json!({"model": "embed", "input": "hi"}),
-            &[],
-        )
-        .await;
+    assert_eq!(mock.calls_to("/v1/completions").pop().unwrap().json()["model"], "native-gpt");
+    let resp = gw.proxy.post("/embeddings", &json!({"model": "embed", "input": "hi"}), &[]).await;
     assert_eq!(resp.status(), 200);
-    assert_eq!(
-        mock.calls_to("/v1/embeddings").pop().unwrap().json()["model"],
-        "native-embed"
-    );
+    assert_eq!(mock.calls_to("/v1/embeddings").pop().unwrap().json()["model"], "native-embed");
 
     // Usage reaches the control plane (batches flush every second and on shutdown).
     gw.proxy.stop().await;
     gw.cp.stop().await;
     let usage = stored_usage(&gw.cp);
-    let chat: u64 = usage
-        .iter()
-        .filter(|(b, m, _)| *b == backend.id && m == "gpt-test")
-        .map(|(_, _, c)| c.attempts)
-        .sum();
+    let chat: u64 =
+        usage.iter().filter(|(b, m, _)| *b == backend.id && m == "gpt-test").map(|(_, _, c)| c.attempts).sum();
     assert_eq!(chat, 2, "chat + completions under the canonical model");
     let tokens: u64 = usage.iter().map(|(_, _, c)| c.total_tokens).sum();
     assert_eq!(tokens, 15 + 15 + 10);
@@ -123,32 +74,13 @@ async fn chat_completions_and_embeddings_are_forwarded_with_the_model_rewritten(
 #[tokio::test]
 async fn streams_pass_through_chunk_by_chunk_with_usage_requested_and_costed() {
     let mock = MockUpstream::start(&[]).await;
-    mock.set_default(sidecar_tests::Reply::Stream {
-        chunks: 4,
-        chunk_delay: Duration::from_millis(40),
-    });
+    mock.set_default(sidecar_tests::Reply::Stream { chunks: 4, chunk_delay: Duration::from_millis(40) });
     let mut gw = Gateway::start().await;
-    let backend = gw
-        .add_backend(
-            &mock,
-            BackendDef {
-                cost: (0.001, 0.002),
-                ..Default::default()
-            },
-        )
-        .await;
+    let backend = gw.add_backend(&mock, BackendDef { cost: (0.001, 0.002), ..Default::default() }).await;
 
-    let resp = gw
-        .proxy
-        .post("/chat/completions", &chat_body("gpt-test", true), &[])
-        .await;
+    let resp = gw.proxy.post("/chat/completions", &chat_body("gpt-test", true), &[]).await;
     assert_eq!(resp.status(), 200);
-    assert!(
-        resp.headers()["content-type"]
-            .to_str()
-            .unwrap()
-            .starts_with("text/event-stream")
-    );
+    assert!(resp.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
     let mut frames = Vec::new();
     let mut stream = resp.bytes_stream();
     while let Some(chunk) = stream.next().await {
@@ -159,54 +91,31 @@ async fn streams_pass_through_chunk_by_chunk_with_usage_requested_and_costed() {
     assert!(text.contains("\"usage\""), "usage chunk passed through");
     assert!(text.trim_end().ends_with("data: [DONE]"));
     let sent = mock.calls().pop().unwrap().json();
-    assert_eq!(
-        sent["stream_options"]["include_usage"], true,
-        "usage asked for"
-    );
+    assert_eq!(sent["stream_options"]["include_usage"], true, "usage asked for");
 
     gw.proxy.stop().await;
     gw.cp.stop().await;
     let usage = stored_usage(&gw.cp);
     let (_, _, c) = usage.iter().find(|(b, _, _)| *b == backend.id).unwrap();
-    assert_eq!(
-        (
-            c.attempts,
-            c.succeeded,
-            c.prompt_tokens,
-            c.completion_tokens
-        ),
-        (1, 1, 10, 5)
-    );
-    assert!(
-        (c.cost_usd - (10.0 * 0.001 + 5.0 * 0.002)).abs() < 1e-9,
-        "cost {}",
-        c.cost_usd
-    );
+    assert_eq!((c.attempts, c.succeeded, c.prompt_tokens, c.completion_tokens), (1, 1, 10, 5));
+    assert!((c.cost_usd - (10.0 * 0.001 + 5.0 * 0.002)).abs() < 1e-9, "cost {}", c.cost_usd);
     assert_eq!(c.ttft_count, 1);
 }
 
 #[tokio::test]
 async fn a_client_that_leaves_mid_stream_is_still_accounted() {
     let mock = MockUpstream::start(&[]).await;
-    mock.set_default(sidecar_tests::Reply::Stream {
-        chunks: 6,
-        chunk_delay: Duration::from_millis(60),
-    });
+    mock.set_default(sidecar_tests::Reply::Stream { chunks: 6, chunk_delay: Duration::from_millis(60) });
     let mut gw = Gateway::start().await;
     let backend = gw.add_backend(&mock, BackendDef::default()).await;
-    let resp = gw
-        .proxy
-        .post("/chat/completions", &chat_body("gpt-test", true), &[])
-        .await;
+    let resp = gw.proxy.post("/chat/completions", &chat_body("gpt-test", true), &[]).await;
     let mut stream = resp.bytes_stream();
     let first = stream.next().await.unwrap().unwrap();
     assert!(!first.is_empty());
     drop(stream);
     // The proxy drains the upstream in the background and accounts the final usage.
     sidecar_tests::eventually("in-flight drained", Duration::from_secs(5), || async {
-        gw.proxy.backend_status(&backend.id).await["in_flight"]
-            .as_u64()
-            .filter(|&n| n == 0)
+        gw.proxy.backend_status(&backend.id).await["in_flight"].as_u64().filter(|&n| n == 0)
     })
     .await;
     gw.proxy.stop().await;
@@ -220,82 +129,31 @@ async fn a_client_that_leaves_mid_stream_is_still_accounted() {
 async fn models_are_answered_locally_and_unknown_things_are_refused_clearly() {
     let mock = MockUpstream::start(&[]).await;
     let mut gw = Gateway::start().await;
-    gw.add_backend(
-        &mock,
-        BackendDef {
-            models: &[("b-model", "x"), ("a-model", "y")],
-            ..Default::default()
-        },
-    )
-    .await;
+    gw.add_backend(&mock, BackendDef { models: &[("b-model", "x"), ("a-model", "y")], ..Default::default() }).await;
     let client = reqwest::Client::new();
-    let models: Value = client
-        .get(format!("{}/models", gw.proxy.url()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let ids: Vec<_> = models["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["id"].as_str().unwrap().to_owned())
-        .collect();
+    let models: Value = client.get(format!("{}/models", gw.proxy.url())).send().await.unwrap().json().await.unwrap();
+    let ids: Vec<_> = models["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap().to_owned()).collect();
     assert_eq!(ids, ["a-model", "b-model"]);
-    let one = client
-        .get(format!("{}/models/a-model", gw.proxy.url()))
-        .send()
-        .await
-        .unwrap();
+    let one = client.get(format!("{}/models/a-model", gw.proxy.url())).send().await.unwrap();
     assert_eq!(one.status(), 200);
-    let missing = client
-        .get(format!("{}/models/zzz", gw.proxy.url()))
-        .send()
-        .await
-        .unwrap();
+    let missing = client.get(format!("{}/models/zzz", gw.proxy.url())).send().await.unwrap();
     assert_eq!(missing.status(), 404);
 
-    let unknown = client
-        .post(format!("{}/files", gw.proxy.url()))
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
+    let unknown = client.post(format!("{}/files", gw.proxy.url())).body("{}").send().await.unwrap();
     assert_eq!(unknown.status(), 404);
     let body: Value = unknown.json().await.unwrap();
     assert_eq!(body["error"]["type"], "not_found");
 
-    let not_json = client
-        .post(format!("{}/chat/completions", gw.proxy.url()))
-        .body("[1,2]")
-        .send()
-        .await
-        .unwrap();
+    let not_json = client.post(format!("{}/chat/completions", gw.proxy.url())).body("[1,2]").send().await.unwrap();
     assert_eq!(not_json.status(), 400);
     let body: Value = not_json.json().await.unwrap();
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("JSON object")
-    );
-    let no_model = gw
-        .proxy
-        .post("/chat/completions", &json!({"messages": []}), &[])
-        .await;
+    assert!(body["error"]["message"].as_str().unwrap().contains("JSON object"));
+    let no_model = gw.proxy.post("/chat/completions", &json!({"messages": []}), &[]).await;
     assert_eq!(no_model.status(), 400);
     let unknown_model = gw.proxy.chat("nobody-serves-this").await;
     assert_eq!(unknown_model.status(), 404);
-    assert_eq!(
-        unknown_model.json::<Value>().await.unwrap()["error"]["type"],
-        "model_not_found"
-    );
-    assert!(
-        mock.calls_to("/v1/chat/completions").is_empty(),
-        "nothing invalid reached the upstream"
-    );
+    assert_eq!(unknown_model.json::<Value>().await.unwrap()["error"]["type"], "model_not_found");
+    assert!(mock.calls_to("/v1/chat/completions").is_empty(), "nothing invalid reached the upstream");
 }
 
 #[tokio::test]
@@ -307,48 +165,27 @@ async fn bodies_over_the_limit_get_413() {
     })
     .await;
     gw.add_backend(&mock, BackendDef::default()).await;
-    let big =
-        json!({"model": "gpt-test", "messages": [{"role": "user", "content": "x".repeat(4096)}]});
+    let big = json!({"model": "gpt-test", "messages": [{"role": "user", "content": "x".repeat(4096)}]});
     let resp = gw.proxy.post("/chat/completions", &big, &[]).await;
     assert_eq!(resp.status(), 413);
-    assert_eq!(
-        resp.json::<Value>().await.unwrap()["error"]["type"],
-        "invalid_request_error"
-    );
-    assert!(
-        gw.proxy.chat("gpt-test").await.status().is_success(),
-        "small bodies still pass"
-    );
+    assert_eq!(resp.json::<Value>().await.unwrap()["error"]["type"], "invalid_request_error");
+    assert!(gw.proxy.chat("gpt-test").await.status().is_success(), "small bodies still pass");
 }
 
 #[tokio::test]
 async fn ready_only_after_a_config_and_ops_endpoints_report() {
     // A proxy whose control plane does not exist yet: alive, not ready.
-    let lonely = ProxyHarness::start(
-        "http://127.0.0.1:1",
-        "node-token-0123456789abcdef",
-        ProxyOptions::default(),
-    )
-    .await;
-    let ready = reqwest::get(format!("http://{}/health/ready", lonely.ops_addr))
-        .await
-        .unwrap();
+    let lonely =
+        ProxyHarness::start("http://127.0.0.1:1", "node-token-0123456789abcdef", ProxyOptions::default()).await;
+    let ready = reqwest::get(format!("http://{}/health/ready", lonely.ops_addr)).await.unwrap();
     assert_eq!(ready.status(), 503);
-    assert_eq!(
-        reqwest::get(format!("http://{}/health", lonely.ops_addr))
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(reqwest::get(format!("http://{}/health", lonely.ops_addr)).await.unwrap().status(), 200);
     assert_eq!(lonely.chat("x").await.status(), 503);
 
     let mock = MockUpstream::start(&[]).await;
     let mut gw = Gateway::start().await;
     let backend = gw.add_backend(&mock, BackendDef::default()).await;
-    let ready = reqwest::get(format!("http://{}/health/ready", gw.proxy.ops_addr))
-        .await
-        .unwrap();
+    let ready = reqwest::get(format!("http://{}/health/ready", gw.proxy.ops_addr)).await.unwrap();
     assert_eq!(ready.status(), 200);
     gw.proxy.chat("gpt-test").await;
     let status = gw.proxy.status().await;
@@ -358,19 +195,11 @@ async fn ready_only_after_a_config_and_ops_endpoints_report() {
     assert_eq!(status["requests"]["succeeded"], 1);
     assert!(status["queue"]["depth"]["urgent"].is_number());
     assert_eq!(status["buckets"][0]["id"], backend.id.as_str());
-    let metrics = reqwest::get(format!("http://{}/metrics", gw.proxy.ops_addr))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = reqwest::get(format!("http://{}/metrics", gw.proxy.ops_addr)).await.unwrap().text().await.unwrap();
     for needle in [
         "# HELP sidecar_requests_total",
         "# TYPE sidecar_requests_total counter",
-        &format!(
-            "sidecar_requests_total{{backend=\"{}\",pool=\"primary\",status_class=\"2xx\"}} 1",
-            backend.id
-        ),
+        &format!("sidecar_requests_total{{backend=\"{}\",pool=\"primary\",status_class=\"2xx\"}} 1", backend.id),
         "# TYPE sidecar_upstream_latency_seconds histogram",
         &format!("sidecar_tokens_available{{backend=\"{}\"}}", backend.id),
         "sidecar_queue_depth{priority=\"low\"} 0",
@@ -380,9 +209,6 @@ async fn ready_only_after_a_config_and_ops_endpoints_report() {
     ] {
         assert!(metrics.contains(needle), "missing {needle}\n{metrics}");
     }
-    assert!(
-        !metrics.contains("gpt-test"),
-        "no client model strings in labels"
-    );
+    assert!(!metrics.contains("gpt-test"), "no client model strings in labels");
     assert!(!metrics.contains("sk-backend-key"), "no keys in metrics");
 }

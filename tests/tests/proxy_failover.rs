@@ -17,15 +17,11 @@ fn fast_cooldowns(base: i64, max: i64, near: i64) -> pb::SettingsPatch {
 }
 
 async fn consecutive(gw: &Gateway, id: &str) -> u64 {
-    gw.proxy.backend_status(id).await["cooldown"]["consecutive_429"]
-        .as_u64()
-        .unwrap()
+    gw.proxy.backend_status(id).await["cooldown"]["consecutive_429"].as_u64().unwrap()
 }
 
 async fn remaining(gw: &Gateway, id: &str) -> f64 {
-    gw.proxy.backend_status(id).await["cooldown"]["remaining_seconds"]
-        .as_f64()
-        .unwrap_or(0.0)
+    gw.proxy.backend_status(id).await["cooldown"]["remaining_seconds"].as_f64().unwrap_or(0.0)
 }
 
 #[tokio::test]
@@ -34,24 +30,8 @@ async fn a_429_cools_the_backend_moves_on_escalates_and_resets_after_a_success()
     let spare = MockUpstream::start(&[]).await;
     let mut gw = Gateway::start().await;
     gw.settings(fast_cooldowns(1, 8, 0)).await;
-    let a = gw
-        .add_backend(
-            &primary,
-            BackendDef {
-                name: "a",
-                ..Default::default()
-            },
-        )
-        .await;
-    gw.add_backend(
-        &spare,
-        BackendDef {
-            name: "spare",
-            pool: "fallback",
-            ..Default::default()
-        },
-    )
-    .await;
+    let a = gw.add_backend(&primary, BackendDef { name: "a", ..Default::default() }).await;
+    gw.add_backend(&spare, BackendDef { name: "spare", pool: "fallback", ..Default::default() }).await;
 
     primary.push(Reply::status(429));
     let resp = gw.proxy.chat("gpt-test").await;
@@ -61,10 +41,7 @@ async fn a_429_cools_the_backend_moves_on_escalates_and_resets_after_a_success()
     assert_eq!(resp.headers()["x-sidecar-degraded"], "fallback");
     assert_eq!(consecutive(&gw, &a.id).await, 1);
     let first = remaining(&gw, &a.id).await;
-    assert!(
-        first > 0.0 && first <= 1.0,
-        "base cooldown 1 s, got {first}"
-    );
+    assert!(first > 0.0 && first <= 1.0, "base cooldown 1 s, got {first}");
 
     // While cooling, traffic skips it.
     let resp = gw.proxy.chat("gpt-test").await;
@@ -76,20 +53,13 @@ async fn a_429_cools_the_backend_moves_on_escalates_and_resets_after_a_success()
         (remaining(&gw, &a.id).await == 0.0).then_some(())
     })
     .await;
-    assert_eq!(
-        consecutive(&gw, &a.id).await,
-        1,
-        "expiry does not reset the count"
-    );
+    assert_eq!(consecutive(&gw, &a.id).await, 1, "expiry does not reset the count");
     primary.push(Reply::status(429));
     let resp = gw.proxy.chat("gpt-test").await;
     assert_eq!(resp.headers()["x-sidecar-backend"], "spare");
     assert_eq!(consecutive(&gw, &a.id).await, 2);
     let second = remaining(&gw, &a.id).await;
-    assert!(
-        second > 1.0 && second <= 2.0,
-        "escalated to 2 s, got {second}"
-    );
+    assert!(second > 1.0 && second <= 2.0, "escalated to 2 s, got {second}");
 
     // A success resets the count.
     eventually("cooldown over", Duration::from_secs(5), || async {
@@ -107,60 +77,23 @@ async fn retry_after_sets_a_floor_under_the_cooldown() {
     let spare = MockUpstream::start(&[]).await;
     let mut gw = Gateway::start().await;
     gw.settings(fast_cooldowns(1, 600, 0)).await;
-    let a = gw
-        .add_backend(
-            &primary,
-            BackendDef {
-                name: "a",
-                ..Default::default()
-            },
-        )
-        .await;
-    gw.add_backend(
-        &spare,
-        BackendDef {
-            name: "spare",
-            pool: "fallback",
-            ..Default::default()
-        },
-    )
-    .await;
+    let a = gw.add_backend(&primary, BackendDef { name: "a", ..Default::default() }).await;
+    gw.add_backend(&spare, BackendDef { name: "spare", pool: "fallback", ..Default::default() }).await;
     primary.push(Reply::too_many_requests(7));
     gw.proxy.chat("gpt-test").await;
     let r = remaining(&gw, &a.id).await;
-    assert!(
-        r > 6.0 && r <= 7.0,
-        "Retry-After 7 beats the 1 s backoff: {r}"
-    );
+    assert!(r > 6.0 && r <= 7.0, "Retry-After 7 beats the 1 s backoff: {r}");
 
     // An HTTP-date Retry-After works too.
     let b_mock = MockUpstream::start(&[]).await;
-    let b = gw
-        .add_backend(
-            &b_mock,
-            BackendDef {
-                name: "b",
-                models: &[("other", "o")],
-                ..Default::default()
-            },
-        )
-        .await;
+    let b = gw.add_backend(&b_mock, BackendDef { name: "b", models: &[("other", "o")], ..Default::default() }).await;
     gw.add_backend(
         &spare,
-        BackendDef {
-            name: "spare2",
-            pool: "fallback",
-            models: &[("other", "o")],
-            ..Default::default()
-        },
+        BackendDef { name: "spare2", pool: "fallback", models: &[("other", "o")], ..Default::default() },
     )
     .await;
     let date = httpdate_in(Duration::from_secs(20));
-    b_mock.push(Reply::Status {
-        status: 429,
-        retry_after: Some(date),
-        body: None,
-    });
+    b_mock.push(Reply::Status { status: 429, retry_after: Some(date), body: None });
     let resp = gw.proxy.chat("other").await;
     assert_eq!(resp.headers()["x-sidecar-backend"], "spare2");
     let r = remaining(&gw, &b.id).await;
@@ -185,9 +118,8 @@ fn httpdate_in(d: Duration) -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    let mon = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ][(month - 1) as usize];
+    let mon =
+        ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"][(month - 1) as usize];
     format!("{weekday}, {day:02} {mon} {year} {h:02}:{m:02}:{s:02} GMT")
 }
 
@@ -202,39 +134,13 @@ async fn server_errors_and_timeouts_move_to_the_next_candidate_and_count_against
         ..Default::default()
     })
     .await;
-    let f = gw
-        .add_backend(
-            &flaky,
-            BackendDef {
-                name: "flaky",
-                ..Default::default()
-            },
-        )
-        .await;
-    gw.add_backend(
-        &spare,
-        BackendDef {
-            name: "spare",
-            pool: "fallback",
-            ..Default::default()
-        },
-    )
-    .await;
+    let f = gw.add_backend(&flaky, BackendDef { name: "flaky", ..Default::default() }).await;
+    gw.add_backend(&spare, BackendDef { name: "spare", pool: "fallback", ..Default::default() }).await;
 
     flaky.push(Reply::status(502));
     let resp = gw.proxy.chat("gpt-test").await;
-    assert_eq!(
-        (
-            resp.status().as_u16(),
-            resp.headers()["x-sidecar-backend"].to_str().unwrap()
-        ),
-        (200, "spare")
-    );
-    assert_eq!(
-        flaky.calls_to("/v1/chat/completions").len(),
-        1,
-        "a 5xx is not retried on the same backend"
-    );
+    assert_eq!((resp.status().as_u16(), resp.headers()["x-sidecar-backend"].to_str().unwrap()), (200, "spare"));
+    assert_eq!(flaky.calls_to("/v1/chat/completions").len(), 1, "a 5xx is not retried on the same backend");
 
     // The backend timeout is 5 s (set by the harness); the mock hangs.
     flaky.push(Reply::Hang);
@@ -246,32 +152,15 @@ async fn server_errors_and_timeouts_move_to_the_next_candidate_and_count_against
     assert_eq!(status["status"], "error", "two consecutive failures: error");
     let before = flaky.calls().len();
     gw.proxy.chat("gpt-test").await;
-    assert_eq!(
-        flaky.calls().len(),
-        before,
-        "an erroring backend gets no traffic"
-    );
+    assert_eq!(flaky.calls().len(), before, "an erroring backend gets no traffic");
 
     // A dropped connection also moves on.
     let other = MockUpstream::start(&[]).await;
     let spare2 = MockUpstream::start(&[]).await;
-    gw.add_backend(
-        &other,
-        BackendDef {
-            name: "drop",
-            models: &[("m2", "m2")],
-            ..Default::default()
-        },
-    )
-    .await;
+    gw.add_backend(&other, BackendDef { name: "drop", models: &[("m2", "m2")], ..Default::default() }).await;
     gw.add_backend(
         &spare2,
-        BackendDef {
-            name: "spare2",
-            pool: "fallback",
-            models: &[("m2", "m2")],
-            ..Default::default()
-        },
+        BackendDef { name: "spare2", pool: "fallback", models: &[("m2", "m2")], ..Default::default() },
     )
     .await;
     other.push(Reply::Drop);
@@ -284,37 +173,17 @@ async fn a_client_error_is_passed_through_without_retry() {
     let mock = MockUpstream::start(&[]).await;
     let spare = MockUpstream::start(&[]).await;
     let mut gw = Gateway::start().await;
-    gw.add_backend(
-        &mock,
-        BackendDef {
-            name: "a",
-            ..Default::default()
-        },
-    )
-    .await;
-    gw.add_backend(
-        &spare,
-        BackendDef {
-            name: "spare",
-            pool: "fallback",
-            ..Default::default()
-        },
-    )
-    .await;
+    gw.add_backend(&mock, BackendDef { name: "a", ..Default::default() }).await;
+    gw.add_backend(&spare, BackendDef { name: "spare", pool: "fallback", ..Default::default() }).await;
     mock.push(Reply::Status {
         status: 400,
         retry_after: None,
-        body: Some(
-            "{\"error\":{\"message\":\"bad messages\",\"type\":\"invalid_request_error\"}}".into(),
-        ),
+        body: Some("{\"error\":{\"message\":\"bad messages\",\"type\":\"invalid_request_error\"}}".into()),
     });
     let resp = gw.proxy.chat("gpt-test").await;
     assert_eq!(resp.status(), 400);
     assert_eq!(resp.headers()["x-sidecar-backend"], "a");
-    assert_eq!(
-        resp.json::<Value>().await.unwrap()["error"]["message"],
-        "bad messages"
-    );
+    assert_eq!(resp.json::<Value>().await.unwrap()["error"]["message"], "bad messages");
     assert!(spare.calls().is_empty());
 }
 
@@ -323,29 +192,15 @@ async fn when_every_candidate_cools_briefly_the_request_waits_for_recovery() {
     let only = MockUpstream::start(&[]).await;
     let mut gw = Gateway::start().await;
     gw.settings(fast_cooldowns(1, 4, 10)).await;
-    gw.add_backend(
-        &only,
-        BackendDef {
-            name: "only",
-            ..Default::default()
-        },
-    )
-    .await;
+    gw.add_backend(&only, BackendDef { name: "only", ..Default::default() }).await;
     only.push(Reply::status(429));
     // The first request's 429 cools the only backend for 1 s; the retry waits for it.
     let started = Instant::now();
     let resp = gw.proxy.chat("gpt-test").await;
     assert_eq!(resp.status(), 200);
-    assert!(
-        started.elapsed() >= Duration::from_millis(800),
-        "waited for recovery: {:?}",
-        started.elapsed()
-    );
+    assert!(started.elapsed() >= Duration::from_millis(800), "waited for recovery: {:?}", started.elapsed());
     assert_eq!(resp.headers()["x-sidecar-backend"], "only");
-    assert!(
-        resp.headers().get("x-sidecar-degraded").is_none(),
-        "not the emergency channel"
-    );
+    assert!(resp.headers().get("x-sidecar-degraded").is_none(), "not the emergency channel");
 }
 
 #[tokio::test]
@@ -354,26 +209,10 @@ async fn the_emergency_reserve_probes_a_cooling_backend_and_a_success_ends_its_c
     let bystander = MockUpstream::start(&[]).await;
     let mut gw = Gateway::start().await;
     gw.settings(fast_cooldowns(30, 600, 0)).await;
-    let b = gw
-        .add_backend(
-            &only,
-            BackendDef {
-                name: "only",
-                rpm: 60,
-                ..Default::default()
-            },
-        )
-        .await;
+    let b = gw.add_backend(&only, BackendDef { name: "only", rpm: 60, ..Default::default() }).await;
     // A cooling backend that does not serve the model is never used for it.
     let other = gw
-        .add_backend(
-            &bystander,
-            BackendDef {
-                name: "bystander",
-                models: &[("elsewhere", "x")],
-                ..Default::default()
-            },
-        )
+        .add_backend(&bystander, BackendDef { name: "bystander", models: &[("elsewhere", "x")], ..Default::default() })
         .await;
     bystander.push(Reply::status(429));
     bystander.push(Reply::status(429));
@@ -389,29 +228,13 @@ async fn the_emergency_reserve_probes_a_cooling_backend_and_a_success_ends_its_c
     assert_eq!(first.headers()["x-sidecar-degraded"], "emergency");
     assert_eq!(first.headers()["x-sidecar-backend"], "only");
     let status = gw.proxy.backend_status(&b.id).await;
-    assert_eq!(
-        status["status"], "healthy",
-        "an emergency success ends the cooldown"
-    );
+    assert_eq!(status["status"], "healthy", "an emergency success ends the cooldown");
     assert_eq!(status["cooldown"]["consecutive_429"], 0);
-    assert_eq!(
-        status["bucket"]["in_window"], 1,
-        "the main bucket was not touched by the emergency request"
-    );
-    assert_eq!(
-        bystander.calls().len(),
-        bystander_calls,
-        "emergency never goes to a backend without the model"
-    );
-    assert_eq!(
-        gw.proxy.backend_status(&other.id).await["status"],
-        "cooling"
-    );
+    assert_eq!(status["bucket"]["in_window"], 1, "the main bucket was not touched by the emergency request");
+    assert_eq!(bystander.calls().len(), bystander_calls, "emergency never goes to a backend without the model");
+    assert_eq!(gw.proxy.backend_status(&other.id).await["status"], "cooling");
     let status = gw.proxy.status().await;
-    assert_eq!(
-        status["requests"]["emergency"], 2,
-        "the bystander's probe and ours"
-    );
+    assert_eq!(status["requests"]["emergency"], 2, "the bystander's probe and ours");
 }
 
 #[tokio::test]
@@ -419,38 +242,18 @@ async fn everything_cooling_and_the_reserve_spent_is_503_with_retry_after() {
     let only = MockUpstream::start(&[]).await;
     let mut gw = Gateway::start().await;
     gw.settings(fast_cooldowns(30, 600, 0)).await;
-    let b = gw
-        .add_backend(
-            &only,
-            BackendDef {
-                name: "only",
-                rpm: 10,
-                ..Default::default()
-            },
-        )
-        .await;
+    let b = gw.add_backend(&only, BackendDef { name: "only", rpm: 10, ..Default::default() }).await;
     only.push(Reply::status(429));
     only.push(Reply::status(429));
     // 429 → cooling 30 s → emergency (reserve: 1 per minute) → 429 again → 60 s.
     let resp = gw.proxy.chat("gpt-test").await;
     assert_eq!(resp.status(), 503);
-    let retry: u64 = resp.headers()["retry-after"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
-    assert!(
-        (55..=60).contains(&retry),
-        "Retry-After until the earliest cooldown ends: {retry}"
-    );
+    let retry: u64 = resp.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((55..=60).contains(&retry), "Retry-After until the earliest cooldown ends: {retry}");
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["error"]["type"], "all_pools_exhausted");
     assert_eq!(body["error"]["message"], "All provider pools exhausted");
-    assert_eq!(
-        gw.proxy.backend_status(&b.id).await["cooldown"]["consecutive_429"],
-        2,
-        "the emergency 429 escalated"
-    );
+    assert_eq!(gw.proxy.backend_status(&b.id).await["cooldown"]["consecutive_429"], 2, "the emergency 429 escalated");
     // The reserve is spent: the next request does not reach the upstream.
     let calls = only.calls().len();
     assert_eq!(gw.proxy.chat("gpt-test").await.status(), 503);

@@ -9,27 +9,19 @@ use sidecar_proto::v1::{
     node_service_server::{NodeService, NodeServiceServer},
 };
 use sidecar_tests::{
-    ControlPlaneHarness, Gateway, MockUpstream, ProxyHarness, ProxyOptions, eventually,
-    gateway::BackendDef,
+    ControlPlaneHarness, Gateway, MockUpstream, ProxyHarness, ProxyOptions, eventually, gateway::BackendDef,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tonic::{Request, Response, Status, Streaming};
 
 async fn connected(proxy: &ProxyHarness) -> bool {
-    proxy.status().await["control_plane"]["connected"]
-        .as_bool()
-        .unwrap()
+    proxy.status().await["control_plane"]["connected"].as_bool().unwrap()
 }
 
 fn total_requests(cp: &ControlPlaneHarness) -> u64 {
     let store = sidecar_control_plane::store::Store::open(&cp.data_dir).unwrap();
-    store
-        .usage_minutes(0, i64::MAX)
-        .unwrap()
-        .iter()
-        .map(|r| r.3.answered)
-        .sum()
+    store.usage_minutes(0, i64::MAX).unwrap().iter().map(|r| r.3.answered).sum()
 }
 
 #[tokio::test]
@@ -41,27 +33,17 @@ async fn the_proxy_serves_through_a_control_plane_outage_and_reports_exactly_onc
         assert_eq!(gw.proxy.chat("gpt-test").await.status(), 200);
     }
     gw.cp.stop().await;
-    eventually("proxy notices", Duration::from_secs(10), || async {
-        (!connected(&gw.proxy).await).then_some(())
-    })
-    .await;
+    eventually("proxy notices", Duration::from_secs(10), || async { (!connected(&gw.proxy).await).then_some(()) })
+        .await;
     for _ in 0..5 {
-        assert_eq!(
-            gw.proxy.chat("gpt-test").await.status(),
-            200,
-            "served from the last snapshot"
-        );
+        assert_eq!(gw.proxy.chat("gpt-test").await.status(), 200, "served from the last snapshot");
     }
-    let outbox: u64 = gw.proxy.status().await["requests"]["total"]
-        .as_u64()
-        .unwrap();
+    let outbox: u64 = gw.proxy.status().await["requests"]["total"].as_u64().unwrap();
     assert_eq!(outbox, 8);
 
     let mut cp = ControlPlaneHarness::start_with(gw.cp.restart_options()).await;
-    eventually("proxy reconnects", Duration::from_secs(15), || async {
-        connected(&gw.proxy).await.then_some(())
-    })
-    .await;
+    eventually("proxy reconnects", Duration::from_secs(15), || async { connected(&gw.proxy).await.then_some(()) })
+        .await;
     for _ in 0..2 {
         assert_eq!(gw.proxy.chat("gpt-test").await.status(), 200);
     }
@@ -72,67 +54,37 @@ async fn the_proxy_serves_through_a_control_plane_outage_and_reports_exactly_onc
     gw.proxy.stop().await;
     cp.stop().await;
     assert_eq!(mock.served(), 10);
-    assert_eq!(
-        total_requests(&cp),
-        10,
-        "every request reported once: none lost, none twice"
-    );
+    assert_eq!(total_requests(&cp), 10, "every request reported once: none lost, none twice");
 }
 
 #[tokio::test]
 async fn a_proxy_restarted_while_the_control_plane_is_down_serves_from_its_encrypted_cache() {
     let mock = MockUpstream::start(&[]).await;
     let dir = tempfile::tempdir().unwrap();
-    let options = ProxyOptions {
-        data_dir: Some(dir.path().to_path_buf()),
-        node_id: "cached".into(),
-        ..Default::default()
-    };
+    let options =
+        ProxyOptions { data_dir: Some(dir.path().to_path_buf()), node_id: "cached".into(), ..Default::default() };
     let mut gw = Gateway::start_with(options.clone()).await;
-    gw.add_backend(
-        &mock,
-        BackendDef {
-            key: "sk-cached-secret-0123456789",
-            ..Default::default()
-        },
-    )
-    .await;
+    gw.add_backend(&mock, BackendDef { key: "sk-cached-secret-0123456789", ..Default::default() }).await;
     let version = gw.proxy.version();
     gw.proxy.stop().await;
     gw.cp.stop().await;
 
     let cache = std::fs::read(dir.path().join("snapshot.cache")).unwrap();
-    assert!(
-        !cache.windows(10).any(|w| w == b"sk-cached-"),
-        "the cache holds no plaintext key"
-    );
+    assert!(!cache.windows(10).any(|w| w == b"sk-cached-"), "the cache holds no plaintext key");
 
     let revived = ProxyHarness::start(&gw.cp.url(), &gw.cp.node_token, options.clone()).await;
-    assert_eq!(
-        revived.version(),
-        version,
-        "the cached config is applied at boot"
-    );
-    let ready = reqwest::get(format!("http://{}/health/ready", revived.ops_addr))
-        .await
-        .unwrap();
+    assert_eq!(revived.version(), version, "the cached config is applied at boot");
+    let ready = reqwest::get(format!("http://{}/health/ready", revived.ops_addr)).await.unwrap();
     assert_eq!(ready.status(), 200);
     assert_eq!(revived.chat("gpt-test").await.status(), 200);
     assert_eq!(
-        mock.calls()
-            .last()
-            .unwrap()
-            .header("authorization")
-            .as_deref(),
+        mock.calls().last().unwrap().header("authorization").as_deref(),
         Some("Bearer sk-cached-secret-0123456789")
     );
 
     // A wrong cache key cannot open it: the proxy starts empty rather than guessing.
     drop(revived);
-    let wrong = ProxyOptions {
-        cache_key: Some("02".repeat(32)),
-        ..options
-    };
+    let wrong = ProxyOptions { cache_key: Some("02".repeat(32)), ..options };
     let blind = ProxyHarness::start(&gw.cp.url(), &gw.cp.node_token, wrong).await;
     assert_eq!(blind.version(), 0);
 }
@@ -147,10 +99,7 @@ struct FakeControlPlane {
 impl NodeService for FakeControlPlane {
     type SyncStream = ReceiverStream<Result<pb::ControlMessage, Status>>;
 
-    async fn sync(
-        &self,
-        request: Request<Streaming<pb::NodeMessage>>,
-    ) -> Result<Response<Self::SyncStream>, Status> {
+    async fn sync(&self, request: Request<Streaming<pb::NodeMessage>>) -> Result<Response<Self::SyncStream>, Status> {
         let mut inbound = request.into_inner();
         let answers = self.answers.clone();
         tokio::spawn(async move {
@@ -158,18 +107,12 @@ impl NodeService for FakeControlPlane {
                 let _ = answers.send(m).await;
             }
         });
-        let mut snapshots = self
-            .snapshots
-            .lock()
-            .unwrap()
-            .take()
-            .ok_or_else(|| Status::unavailable("one session only"))?;
+        let mut snapshots =
+            self.snapshots.lock().unwrap().take().ok_or_else(|| Status::unavailable("one session only"))?;
         let (tx, rx) = mpsc::channel(4);
         tokio::spawn(async move {
             while let Some(s) = snapshots.recv().await {
-                let msg = pb::ControlMessage {
-                    kind: Some(pb::control_message::Kind::Snapshot(s)),
-                };
+                let msg = pb::ControlMessage { kind: Some(pb::control_message::Kind::Snapshot(s)) };
                 if tx.send(Ok(msg)).await.is_err() {
                     return;
                 }
@@ -178,29 +121,16 @@ impl NodeService for FakeControlPlane {
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
-    async fn report(
-        &self,
-        request: Request<pb::ReportBatch>,
-    ) -> Result<Response<pb::ReportAck>, Status> {
-        Ok(Response::new(pb::ReportAck {
-            seq: request.into_inner().seq,
-            applied: true,
-        }))
+    async fn report(&self, request: Request<pb::ReportBatch>) -> Result<Response<pb::ReportAck>, Status> {
+        Ok(Response::new(pb::ReportAck { seq: request.into_inner().seq, applied: true }))
     }
 }
 
 /// A proxy synced from a [`FakeControlPlane`]: send it snapshots, read its answers.
-async fn proxy_on_fake_control_plane() -> (
-    ProxyHarness,
-    mpsc::Sender<pb::Snapshot>,
-    mpsc::Receiver<pb::NodeMessage>,
-) {
+async fn proxy_on_fake_control_plane() -> (ProxyHarness, mpsc::Sender<pb::Snapshot>, mpsc::Receiver<pb::NodeMessage>) {
     let (snap_tx, snap_rx) = mpsc::channel(4);
     let (ans_tx, answers) = mpsc::channel(16);
-    let fake = FakeControlPlane {
-        snapshots: Mutex::new(Some(snap_rx)),
-        answers: ans_tx,
-    };
+    let fake = FakeControlPlane { snapshots: Mutex::new(Some(snap_rx)), answers: ans_tx };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(
@@ -208,22 +138,12 @@ async fn proxy_on_fake_control_plane() -> (
             .add_service(NodeServiceServer::new(fake))
             .serve_with_incoming(TcpListenerStream::new(listener)),
     );
-    (
-        ProxyHarness::start(&url, "any", ProxyOptions::default()).await,
-        snap_tx,
-        answers,
-    )
+    (ProxyHarness::start(&url, "any", ProxyOptions::default()).await, snap_tx, answers)
 }
 
 fn snapshot(version: u64, base_url: &str, rpm: u32) -> pb::Snapshot {
     let mut mappings = HashMap::new();
-    mappings.insert(
-        "gpt-test".to_string(),
-        pb::ModelMapping {
-            native_id: "native".into(),
-            ..Default::default()
-        },
-    );
+    mappings.insert("gpt-test".to_string(), pb::ModelMapping { native_id: "native".into(), ..Default::default() });
     pb::Snapshot {
         version,
         nonce: format!("nonce-{version}"),
@@ -240,11 +160,7 @@ fn snapshot(version: u64, base_url: &str, rpm: u32) -> pb::Snapshot {
             model_mappings: mappings,
             ..Default::default()
         }],
-        pools: vec![pb::Pool {
-            name: "primary".into(),
-            order: 0,
-            ..Default::default()
-        }],
+        pools: vec![pb::Pool { name: "primary".into(), order: 0, ..Default::default() }],
         settings: Some(pb::Settings {
             cooldown_base_seconds: 30,
             cooldown_max_seconds: 600,
@@ -265,12 +181,9 @@ fn snapshot(version: u64, base_url: &str, rpm: u32) -> pb::Snapshot {
 
 async fn next_answer(answers: &mut mpsc::Receiver<pb::NodeMessage>) -> pb::node_message::Kind {
     loop {
-        let m = tokio::time::timeout(Duration::from_secs(5), answers.recv())
-            .await
-            .expect("an answer")
-            .expect("open");
+        let m = tokio::time::timeout(Duration::from_secs(5), answers.recv()).await.expect("an answer").expect("open");
         match m.kind {
-            Some(pb::node_message::Kind::Hello(_)) | None => continue,
+            Some(pb::node_message::Kind::Hello(_) | pb::node_message::Kind::Demand(_)) | None => continue,
             Some(k) => return k,
         }
     }
@@ -282,10 +195,7 @@ async fn a_nacked_snapshot_leaves_traffic_on_the_old_config() {
     let new = MockUpstream::start(&[]).await;
     let (proxy, snap_tx, mut answers) = proxy_on_fake_control_plane().await;
 
-    snap_tx
-        .send(snapshot(1, &old.base_url(), 60))
-        .await
-        .unwrap();
+    snap_tx.send(snapshot(1, &old.base_url(), 60)).await.unwrap();
     match next_answer(&mut answers).await {
         pb::node_message::Kind::Ack(a) => assert_eq!((a.version, a.nonce.as_str()), (1, "nonce-1")),
         other => panic!("expected an ack, got {other:?}"),
@@ -307,14 +217,8 @@ async fn a_nacked_snapshot_leaves_traffic_on_the_old_config() {
     assert_eq!(new.calls().len(), 0);
 
     // A valid version 3 is applied.
-    snap_tx
-        .send(snapshot(3, &new.base_url(), 60))
-        .await
-        .unwrap();
-    assert!(matches!(
-        next_answer(&mut answers).await,
-        pb::node_message::Kind::Ack(_)
-    ));
+    snap_tx.send(snapshot(3, &new.base_url(), 60)).await.unwrap();
+    assert!(matches!(next_answer(&mut answers).await, pb::node_message::Kind::Ack(_)));
     assert_eq!(proxy.chat("gpt-test").await.status(), 200);
     assert_eq!(new.served(), 1);
 }
@@ -323,10 +227,7 @@ async fn a_nacked_snapshot_leaves_traffic_on_the_old_config() {
 async fn a_429_is_sent_to_the_control_plane_at_once() {
     let mock = MockUpstream::start(&[]).await;
     let (proxy, snap_tx, mut answers) = proxy_on_fake_control_plane().await;
-    snap_tx
-        .send(snapshot(1, &mock.base_url(), 60))
-        .await
-        .unwrap();
+    snap_tx.send(snapshot(1, &mock.base_url(), 60)).await.unwrap();
     next_answer(&mut answers).await;
     mock.push(sidecar_tests::Reply::too_many_requests(3));
     mock.push(sidecar_tests::Reply::too_many_requests(3));

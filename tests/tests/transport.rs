@@ -35,20 +35,9 @@ fn frame(message: &impl prost::Message) -> Vec<u8> {
 #[tokio::test]
 async fn grpc_web_calls_work_over_http1() {
     let cp = ControlPlaneHarness::start().await;
-    let resp = grpc_web(
-        &cp,
-        "/sidecar.v1.AdminService/ListPools",
-        &pb::ListPoolsRequest {},
-        None,
-    )
-    .await;
+    let resp = grpc_web(&cp, "/sidecar.v1.AdminService/ListPools", &pb::ListPoolsRequest {}, None).await;
     assert_eq!(resp.status(), 200);
-    assert!(
-        resp.headers()["content-type"]
-            .to_str()
-            .unwrap()
-            .starts_with("application/grpc-web")
-    );
+    assert!(resp.headers()["content-type"].to_str().unwrap().starts_with("application/grpc-web"));
     let body = resp.bytes().await.unwrap();
     assert_eq!(body[0], 0, "first frame is data");
     let len = u32::from_be_bytes(body[1..5].try_into().unwrap()) as usize;
@@ -61,57 +50,26 @@ async fn cors_is_same_origin_only_by_default_and_allows_configured_origins() {
     let cp = ControlPlaneHarness::start().await;
     let preflight = |cp: &ControlPlaneHarness, origin: &str| {
         reqwest::Client::new()
-            .request(
-                reqwest::Method::OPTIONS,
-                format!("{}/sidecar.v1.AdminService/ListPools", cp.url()),
-            )
+            .request(reqwest::Method::OPTIONS, format!("{}/sidecar.v1.AdminService/ListPools", cp.url()))
             .header("origin", origin)
             .header("access-control-request-method", "POST")
-            .header(
-                "access-control-request-headers",
-                "content-type,authorization,x-grpc-web",
-            )
+            .header("access-control-request-headers", "content-type,authorization,x-grpc-web")
             .send()
     };
     let resp = preflight(&cp, "https://evil.example").await.unwrap();
-    assert!(
-        resp.headers().get("access-control-allow-origin").is_none(),
-        "no origin allowed by default"
-    );
+    assert!(resp.headers().get("access-control-allow-origin").is_none(), "no origin allowed by default");
 
-    let env = vec![(
-        "SIDECAR_CORS_ORIGINS".to_string(),
-        "https://console.example".to_string(),
-    )];
-    let cp2 = ControlPlaneHarness::start_with(Options {
-        env,
-        ..Options::default()
-    })
-    .await;
+    let env = vec![("SIDECAR_CORS_ORIGINS".to_string(), "https://console.example".to_string())];
+    let cp2 = ControlPlaneHarness::start_with(Options { env, ..Options::default() }).await;
     let resp = preflight(&cp2, "https://console.example").await.unwrap();
-    assert_eq!(
-        resp.headers()["access-control-allow-origin"],
-        "https://console.example"
-    );
+    assert_eq!(resp.headers()["access-control-allow-origin"], "https://console.example");
     let resp = preflight(&cp2, "https://evil.example").await.unwrap();
     assert!(resp.headers().get("access-control-allow-origin").is_none());
-    let resp = grpc_web(
-        &cp2,
-        "/sidecar.v1.AdminService/ListPools",
-        &pb::ListPoolsRequest {},
-        Some("https://console.example"),
-    )
-    .await;
-    assert_eq!(
-        resp.headers()["access-control-allow-origin"],
-        "https://console.example"
-    );
-    assert!(
-        resp.headers()["access-control-expose-headers"]
-            .to_str()
-            .unwrap()
-            .contains("grpc-status")
-    );
+    let resp =
+        grpc_web(&cp2, "/sidecar.v1.AdminService/ListPools", &pb::ListPoolsRequest {}, Some("https://console.example"))
+            .await;
+    assert_eq!(resp.headers()["access-control-allow-origin"], "https://console.example");
+    assert!(resp.headers()["access-control-expose-headers"].to_str().unwrap().contains("grpc-status"));
 }
 
 #[tokio::test]
@@ -119,16 +77,11 @@ async fn standard_health_service_reports_serving() {
     let cp = ControlPlaneHarness::start().await;
     let mut health = tonic_health::pb::health_client::HealthClient::new(cp.channel().await);
     let resp = health
-        .check(tonic_health::pb::HealthCheckRequest {
-            service: "sidecar.v1.AdminService".into(),
-        })
+        .check(tonic_health::pb::HealthCheckRequest { service: "sidecar.v1.AdminService".into() })
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(
-        resp.status(),
-        tonic_health::pb::health_check_response::ServingStatus::Serving
-    );
+    assert_eq!(resp.status(), tonic_health::pb::health_check_response::ServingStatus::Serving);
 }
 
 #[tokio::test]
@@ -136,25 +89,12 @@ async fn ops_port_serves_health_and_described_metrics() {
     let cp = ControlPlaneHarness::start().await;
     let mut admin = cp.admin().await;
     admin.list_pools(pb::ListPoolsRequest {}).await.unwrap();
-    let _ = admin
-        .get_backend(pb::GetBackendRequest {
-            id: "missing".into(),
-        })
-        .await;
-    let health: serde_json::Value = reqwest::get(format!("http://{}/health", cp.ops_addr))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let _ = admin.get_backend(pb::GetBackendRequest { id: "missing".into() }).await;
+    let health: serde_json::Value =
+        reqwest::get(format!("http://{}/health", cp.ops_addr)).await.unwrap().json().await.unwrap();
     assert_eq!(health["status"], "ok");
     assert!(health["config_version"].as_u64().unwrap() >= 1);
-    let metrics = reqwest::get(format!("http://{}/metrics", cp.ops_addr))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = reqwest::get(format!("http://{}/metrics", cp.ops_addr)).await.unwrap().text().await.unwrap();
     for needle in [
         "# HELP sidecar_control_admin_requests_total",
         "# TYPE sidecar_control_admin_requests_total counter",
@@ -166,11 +106,5 @@ async fn ops_port_serves_health_and_described_metrics() {
         assert!(metrics.contains(needle), "missing {needle} in\n{metrics}");
     }
     assert!(!metrics.contains(&cp.admin_token));
-    assert_eq!(
-        reqwest::get(format!("http://{}/nope", cp.ops_addr))
-            .await
-            .unwrap()
-            .status(),
-        404
-    );
+    assert_eq!(reqwest::get(format!("http://{}/nope", cp.ops_addr)).await.unwrap().status(), 404);
 }

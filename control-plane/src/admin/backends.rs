@@ -13,11 +13,7 @@ use crate::{
 /// Finds a backend by id, or else by name.
 pub(super) fn find(store: &Store, id_or_name: &str) -> Result<BackendRecord, Status> {
     if id_or_name.is_empty() {
-        return Err(FieldError {
-            field: "id".into(),
-            reason: "must name a backend (id or name)".into(),
-        }
-        .into());
+        return Err(FieldError { field: "id".into(), reason: "must name a backend (id or name)".into() }.into());
     }
     if let Some(b) = store.backend(id_or_name)? {
         return Ok(b);
@@ -30,12 +26,7 @@ pub(super) fn find(store: &Store, id_or_name: &str) -> Result<BackendRecord, Sta
 }
 
 /// Refuses a write whose expected resource version is not the current one.
-pub(super) fn check_version(
-    kind: &str,
-    id: &str,
-    current: u64,
-    expected: Option<u64>,
-) -> Result<(), Status> {
+pub(super) fn check_version(kind: &str, id: &str, current: u64, expected: Option<u64>) -> Result<(), Status> {
     match expected {
         Some(expected) if expected != current => Err(Status::failed_precondition(format!(
             "{kind} {id} is at resource version {current}, not {expected}: re-read it and retry"
@@ -56,12 +47,8 @@ pub(super) fn new_backend(
     let api_key = validate::api_key(&f("api_key"), &spec.api_key)?;
     let source = match spec.source.as_str() {
         "" => Source::Api,
-        s => Source::parse(s).ok_or_else(|| {
-            field_error(
-                f("source"),
-                format!("expected console, api, env or import, got {s:?}"),
-            )
-        })?,
+        s => Source::parse(s)
+            .ok_or_else(|| field_error(f("source"), format!("expected console, api, env or import, got {s:?}")))?,
     };
     let now = now_ms();
     Ok(BackendRecord {
@@ -72,10 +59,7 @@ pub(super) fn new_backend(
         api_key: key.seal(&api_key),
         api_key_masked: mask(&api_key),
         timeout_seconds: validate::timeout_seconds(&f("timeout_seconds"), spec.timeout_seconds)?,
-        rpm_limit: validate::rpm_limit(
-            &f("rpm_limit"),
-            spec.rpm_limit.unwrap_or(validate::DEFAULT_RPM as i64),
-        )?,
+        rpm_limit: validate::rpm_limit(&f("rpm_limit"), spec.rpm_limit.unwrap_or(validate::DEFAULT_RPM as i64))?,
         tpm_limit: validate::tpm_limit(&f("tpm_limit"), spec.tpm_limit)?,
         pool: validate::pool(&f("pool"), &spec.pool, pools)?,
         enabled: spec.enabled.unwrap_or(true),

@@ -2,9 +2,7 @@
 
 use sidecar_proto::v1 as pb;
 
-use crate::store::{
-    AuditRecord, BackendRecord, ModelMapping, NodeRecord, PoolRecord, Settings, TokenRecord,
-};
+use crate::store::{AuditRecord, BackendRecord, ModelMapping, NodeRecord, PoolRecord, Settings, TokenRecord};
 
 /// A model mapping as the API shows it.
 pub fn mapping_to_pb(m: &ModelMapping) -> pb::ModelMapping {
@@ -38,19 +36,13 @@ pub fn backend_to_pb(b: &BackendRecord) -> pb::Backend {
         pool: b.pool.clone(),
         enabled: b.enabled,
         weight: b.weight,
-        model_mappings: b
-            .model_mappings
-            .iter()
-            .map(|(k, m)| (k.clone(), mapping_to_pb(m)))
-            .collect(),
+        model_mappings: b.model_mappings.iter().map(|(k, m)| (k.clone(), mapping_to_pb(m))).collect(),
         regions: b.regions.clone(),
         source: b.source.as_str().to_owned(),
         metadata: b.metadata.clone().into_iter().collect(),
         created_at_ms: b.created_at_ms,
         updated_at_ms: b.updated_at_ms,
         resource_version: b.resource_version,
-        // Runtime health arrives with fleet statistics; until then a backend is what its
-        // config says.
         status: if b.enabled { "healthy" } else { "disabled" }.to_owned(),
         cooldown_until_ms: 0,
         consecutive_429_count: 0,
@@ -129,5 +121,43 @@ pub fn audit_to_pb(a: &AuditRecord) -> pb::AuditEntry {
         action: a.action.clone(),
         target: a.target.clone(),
         config_version: a.config_version,
+    }
+}
+
+/// Usage counters as the API's totals.
+pub fn usage_totals_to_pb(c: &crate::store::UsageCounters) -> pb::UsageTotals {
+    pb::UsageTotals {
+        requests: c.answered,
+        succeeded: c.succeeded,
+        errors: c.answered_errors,
+        rate_limited: c.errors_429,
+        attempts: c.attempts,
+        errors_5xx: c.errors_5xx,
+        errors_timeout: c.errors_timeout,
+        errors_connect: c.errors_connect,
+        errors_4xx: c.errors_4xx,
+        prompt_tokens: c.prompt_tokens,
+        completion_tokens: c.completion_tokens,
+        total_tokens: c.total_tokens,
+        cost_usd: c.cost_usd,
+        latency_ms_sum: c.latency_ms_sum,
+        latency_histogram: c.latency_histogram.clone(),
+        ttft_ms_sum: c.ttft_ms_sum,
+        ttft_count: c.ttft_count,
+        avg_latency_ms: if c.attempts > 0 { c.latency_ms_sum as f64 / c.attempts as f64 } else { 0.0 },
+    }
+}
+
+/// A backend's runtime status: disabled by config, failing health, cooling fleet-wide,
+/// or healthy.
+pub fn backend_status(enabled: bool, health: Option<&str>, cooling_until_ms: i64, now_ms: i64) -> &'static str {
+    if !enabled {
+        "disabled"
+    } else if health == Some("error") {
+        "error"
+    } else if cooling_until_ms > now_ms {
+        "cooling"
+    } else {
+        "healthy"
     }
 }

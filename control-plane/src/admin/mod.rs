@@ -53,10 +53,7 @@ impl From<StateError> for Status {
 
 /// Records the call's outcome in the admin request metric.
 fn observe<T>(method: &'static str, result: Result<T, Status>) -> Result<Response<T>, Status> {
-    metrics::admin_request(
-        method,
-        result.as_ref().map_or_else(Status::code, |_| Code::Ok),
-    );
+    metrics::admin_request(method, result.as_ref().map_or_else(Status::code, |_| Code::Ok));
     result.map(Response::new)
 }
 
@@ -69,12 +66,7 @@ pub struct AdminApi {
 impl AdminApi {
     /// An AdminService over the shared state.
     pub fn new(shared: Arc<Shared>) -> Self {
-        let http = reqwest::Client::builder()
-            .user_agent(concat!("sidecar-control/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(Duration::from_secs(5))
-            .build()
-            .expect("HTTP client with rustls builds");
-        Self { shared, http }
+        Self { shared, http: probe::client() }
     }
 
     fn who<T>(&self, request: &Request<T>, access: Access) -> Result<Principal, Status> {
@@ -83,6 +75,25 @@ impl AdminApi {
 
     fn store(&self) -> &Store {
         &self.shared.store
+    }
+
+    /// Backends as the API shows them, with their runtime state (health, fleet cooldown).
+    fn views(&self, backends: &[crate::store::BackendRecord]) -> Vec<pb::Backend> {
+        let live = self.shared.fleet.live();
+        let health = self.shared.health.lock().expect("health lock").clone();
+        let now = now_ms();
+        backends
+            .iter()
+            .map(|b| {
+                let mut out = convert::backend_to_pb(b);
+                let l = live.get(&b.id).cloned().unwrap_or_default();
+                out.status =
+                    convert::backend_status(b.enabled, health.get(&b.id).copied(), l.cooling_until_ms, now).to_owned();
+                out.cooldown_until_ms = if l.cooling_until_ms > now { l.cooling_until_ms } else { 0 };
+                out.consecutive_429_count = l.consecutive;
+                out
+            })
+            .collect()
     }
 
     /// Runs one config write: serialised with every other write, committed in one
@@ -116,11 +127,7 @@ impl AdminApi {
     ) -> Result<pb::ValidateBackendResponse, Status> {
         let result = probe::probe(&self.http, base_url, api_key, VALIDATE_TIMEOUT).await;
         if matches!(result.http_status, 401 | 403) {
-            return Err(field_error(
-                field,
-                format!("the provider rejected this key ({})", result.message),
-            )
-            .into());
+            return Err(field_error(field, format!("the provider rejected this key ({})", result.message)).into());
         }
         Ok(result)
     }
@@ -131,44 +138,23 @@ impl AdminApi {
     ) -> Result<pb::BackendResponse, Status> {
         let who = self.who(&request, Access::AdminWrite)?;
         let req = request.into_inner();
-        let spec = req
-            .backend
-            .ok_or_else(|| field_error("backend", "is required"))?;
+        let spec = req.backend.ok_or_else(|| field_error("backend", "is required"))?;
         let key = self.shared.key();
         // Validate before probing so bad input fails fast; the write re-validates under
         // the writer lock, where names and pools cannot change underneath it.
-        let draft = backends::new_backend(
-            &spec,
-            &self.store().backends()?,
-            &self.store().pools()?,
-            &key,
-        )?;
+        let draft = backends::new_backend(&spec, &self.store().backends()?, &self.store().pools()?, &key)?;
         let validation = match req.validate {
-            true => Some(
-                self.validation(&draft.base_url, &spec.api_key, "backend.api_key")
-                    .await?,
-            ),
+            true => Some(self.validation(&draft.base_url, &spec.api_key, "backend.api_key").await?),
             false => None,
         };
         let (config_version, backend) = self
             .write(&who, "CreateBackend", |store| {
                 let b = backends::new_backend(&spec, &store.backends()?, &store.pools()?, &key)?;
                 let target = b.id.clone();
-                Ok((
-                    ConfigChange {
-                        put_backends: vec![b.clone()],
-                        ..Default::default()
-                    },
-                    target,
-                    b,
-                ))
+                Ok((ConfigChange { put_backends: vec![b.clone()], ..Default::default() }, target, b))
             })
             .await?;
-        Ok(pb::BackendResponse {
-            backend: Some(convert::backend_to_pb(&backend)),
-            config_version,
-            validation,
-        })
+        Ok(pb::BackendResponse { backend: Some(convert::backend_to_pb(&backend)), config_version, validation })
     }
 
     async fn update_backend_impl(
@@ -187,14 +173,9 @@ impl AdminApi {
             };
             let api_key = match &patch.api_key {
                 Some(k) => validate::api_key("patch.api_key", k)?,
-                None => key
-                    .open(&current.api_key)
-                    .map_err(|e| Status::internal(e.to_string()))?,
+                None => key.open(&current.api_key).map_err(|e| Status::internal(e.to_string()))?,
             };
-            Some(
-                self.validation(&base_url, &api_key, "patch.api_key")
-                    .await?,
-            )
+            Some(self.validation(&base_url, &api_key, "patch.api_key").await?)
         } else {
             None
         };
@@ -207,24 +188,12 @@ impl AdminApi {
                     current.resource_version,
                     req.expected_resource_version,
                 )?;
-                let b =
-                    backends::patched(current, &patch, &store.backends()?, &store.pools()?, &key)?;
+                let b = backends::patched(current, &patch, &store.backends()?, &store.pools()?, &key)?;
                 let target = b.id.clone();
-                Ok((
-                    ConfigChange {
-                        put_backends: vec![b.clone()],
-                        ..Default::default()
-                    },
-                    target,
-                    b,
-                ))
+                Ok((ConfigChange { put_backends: vec![b.clone()], ..Default::default() }, target, b))
             })
             .await?;
-        Ok(pb::BackendResponse {
-            backend: Some(convert::backend_to_pb(&backend)),
-            config_version,
-            validation,
-        })
+        Ok(pb::BackendResponse { backend: Some(convert::backend_to_pb(&backend)), config_version, validation })
     }
 
     async fn validate_backend_impl(
@@ -235,11 +204,7 @@ impl AdminApi {
         let (base_url, api_key, timeout) = match request.into_inner().target {
             Some(pb::validate_backend_request::Target::Id(id)) => {
                 let b = backends::find(self.store(), &id)?;
-                let key = self
-                    .shared
-                    .key()
-                    .open(&b.api_key)
-                    .map_err(|e| Status::internal(e.to_string()))?;
+                let key = self.shared.key().open(&b.api_key).map_err(|e| Status::internal(e.to_string()))?;
                 (b.base_url, key, VALIDATE_TIMEOUT)
             }
             Some(pb::validate_backend_request::Target::Candidate(c)) => {
@@ -254,20 +219,13 @@ impl AdminApi {
                 )
             }
             None => {
-                return Err(field_error(
-                    "target",
-                    "give a backend id or a candidate (base_url, api_key)",
-                )
-                .into());
+                return Err(field_error("target", "give a backend id or a candidate (base_url, api_key)").into());
             }
         };
         Ok(probe::probe(&self.http, &base_url, &api_key, timeout).await)
     }
 
-    async fn create_pool_impl(
-        &self,
-        request: Request<pb::CreatePoolRequest>,
-    ) -> Result<pb::PoolResponse, Status> {
+    async fn create_pool_impl(&self, request: Request<pb::CreatePoolRequest>) -> Result<pb::PoolResponse, Status> {
         let who = self.who(&request, Access::AdminWrite)?;
         let req = request.into_inner();
         let name = validate::identifier("name", req.name.trim())?;
@@ -276,42 +234,20 @@ impl AdminApi {
             .write(&who, "CreatePool", |store| {
                 let pools = store.pools()?;
                 if pools.iter().any(|p| p.name.eq_ignore_ascii_case(&name)) {
-                    return Err(field_error(
-                        "name",
-                        format!("a pool named {name:?} already exists"),
-                    )
-                    .into());
+                    return Err(field_error("name", format!("a pool named {name:?} already exists")).into());
                 }
                 let order = match req.order {
                     0 => pools.iter().map(|p| p.order).max().unwrap_or(0) + 100,
                     o => o,
                 };
-                let pool = PoolRecord {
-                    name: name.clone(),
-                    order,
-                    description,
-                    builtin: false,
-                };
-                Ok((
-                    ConfigChange {
-                        put_pools: vec![pool.clone()],
-                        ..Default::default()
-                    },
-                    name.clone(),
-                    pool,
-                ))
+                let pool = PoolRecord { name: name.clone(), order, description, builtin: false };
+                Ok((ConfigChange { put_pools: vec![pool.clone()], ..Default::default() }, name.clone(), pool))
             })
             .await?;
-        Ok(pb::PoolResponse {
-            pool: Some(convert::pool_to_pb(&pool, 0)),
-            config_version,
-        })
+        Ok(pb::PoolResponse { pool: Some(convert::pool_to_pb(&pool, 0)), config_version })
     }
 
-    async fn delete_pool_impl(
-        &self,
-        request: Request<pb::DeletePoolRequest>,
-    ) -> Result<pb::WriteResponse, Status> {
+    async fn delete_pool_impl(&self, request: Request<pb::DeletePoolRequest>) -> Result<pb::WriteResponse, Status> {
         let who = self.who(&request, Access::AdminWrite)?;
         let name = request.into_inner().name;
         let (config_version, ()) = self
@@ -326,12 +262,8 @@ impl AdminApi {
                         "pool {name:?} is built in and cannot be deleted"
                     )));
                 }
-                let users: Vec<String> = store
-                    .backends()?
-                    .into_iter()
-                    .filter(|b| b.pool == name)
-                    .map(|b| b.name)
-                    .collect();
+                let users: Vec<String> =
+                    store.backends()?.into_iter().filter(|b| b.pool == name).map(|b| b.name).collect();
                 if !users.is_empty() {
                     return Err(Status::failed_precondition(format!(
                         "pool {name:?} is used by {} backend(s) ({}); move or delete them first",
@@ -339,14 +271,7 @@ impl AdminApi {
                         users.join(", ")
                     )));
                 }
-                Ok((
-                    ConfigChange {
-                        delete_pools: vec![name.clone()],
-                        ..Default::default()
-                    },
-                    name.clone(),
-                    (),
-                ))
+                Ok((ConfigChange { delete_pools: vec![name.clone()], ..Default::default() }, name.clone(), ()))
             })
             .await?;
         Ok(pb::WriteResponse { config_version })
@@ -358,12 +283,8 @@ impl AdminApi {
     ) -> Result<pb::CreateTokenResponse, Status> {
         let who = self.who(&request, Access::AdminWrite)?;
         let req = request.into_inner();
-        let role = Role::parse(&req.role).ok_or_else(|| {
-            field_error(
-                "role",
-                format!("expected admin, viewer or node, got {:?}", req.role),
-            )
-        })?;
+        let role = Role::parse(&req.role)
+            .ok_or_else(|| field_error("role", format!("expected admin, viewer or node, got {:?}", req.role)))?;
         let name = validate::text("name", &req.name, 64)?;
         let secret = generate_token();
         let record = TokenRecord {
@@ -376,26 +297,13 @@ impl AdminApi {
         };
         let (_, record) = self
             .write(&who, "CreateToken", |_| {
-                Ok((
-                    ConfigChange {
-                        put_tokens: vec![record.clone()],
-                        ..Default::default()
-                    },
-                    record.id.clone(),
-                    record,
-                ))
+                Ok((ConfigChange { put_tokens: vec![record.clone()], ..Default::default() }, record.id.clone(), record))
             })
             .await?;
-        Ok(pb::CreateTokenResponse {
-            token: Some(convert::token_to_pb(&record)),
-            secret,
-        })
+        Ok(pb::CreateTokenResponse { token: Some(convert::token_to_pb(&record)), secret })
     }
 
-    async fn revoke_token_impl(
-        &self,
-        request: Request<pb::RevokeTokenRequest>,
-    ) -> Result<pb::WriteResponse, Status> {
+    async fn revoke_token_impl(&self, request: Request<pb::RevokeTokenRequest>) -> Result<pb::WriteResponse, Status> {
         let who = self.who(&request, Access::AdminWrite)?;
         let id = request.into_inner().id;
         let (config_version, ()) = self
@@ -405,21 +313,12 @@ impl AdminApi {
                     .iter()
                     .find(|t| t.id == id)
                     .ok_or_else(|| Status::not_found(format!("token {id:?} not found")))?;
-                if token.role == Role::Admin
-                    && tokens.iter().filter(|t| t.role == Role::Admin).count() == 1
-                {
+                if token.role == Role::Admin && tokens.iter().filter(|t| t.role == Role::Admin).count() == 1 {
                     return Err(Status::failed_precondition(
                         "cannot revoke the last admin token; create another admin token first",
                     ));
                 }
-                Ok((
-                    ConfigChange {
-                        delete_tokens: vec![id.clone()],
-                        ..Default::default()
-                    },
-                    id.clone(),
-                    (),
-                ))
+                Ok((ConfigChange { delete_tokens: vec![id.clone()], ..Default::default() }, id.clone(), ()))
             })
             .await?;
         Ok(pb::WriteResponse { config_version })
@@ -435,16 +334,11 @@ impl AdminService for AdminApi {
         observe("CreateBackend", self.create_backend_impl(request).await)
     }
 
-    async fn get_backend(
-        &self,
-        request: Request<pb::GetBackendRequest>,
-    ) -> Result<Response<pb::Backend>, Status> {
+    async fn get_backend(&self, request: Request<pb::GetBackendRequest>) -> Result<Response<pb::Backend>, Status> {
         let result = async {
             self.who(&request, Access::AdminRead)?;
-            Ok(convert::backend_to_pb(&backends::find(
-                self.store(),
-                &request.get_ref().id,
-            )?))
+            let b = backends::find(self.store(), &request.get_ref().id)?;
+            Ok(self.views(std::slice::from_ref(&b)).remove(0))
         };
         observe("GetBackend", result.await)
     }
@@ -456,16 +350,10 @@ impl AdminService for AdminApi {
         let result = (|| {
             self.who(&request, Access::AdminRead)?;
             let pool = &request.get_ref().pool;
-            let mut backends: Vec<_> = self
-                .store()
-                .backends()?
-                .into_iter()
-                .filter(|b| pool.is_empty() || &b.pool == pool)
-                .collect();
+            let mut backends: Vec<_> =
+                self.store().backends()?.into_iter().filter(|b| pool.is_empty() || &b.pool == pool).collect();
             backends.sort_by(|a, b| a.name.cmp(&b.name));
-            Ok(pb::ListBackendsResponse {
-                backends: backends.iter().map(convert::backend_to_pb).collect(),
-            })
+            Ok(pb::ListBackendsResponse { backends: self.views(&backends) })
         })();
         observe("ListBackends", result)
     }
@@ -487,20 +375,8 @@ impl AdminService for AdminApi {
             let (config_version, ()) = self
                 .write(&who, "DeleteBackend", |store| {
                     let b = backends::find(store, &req.id)?;
-                    backends::check_version(
-                        "backend",
-                        &b.id,
-                        b.resource_version,
-                        req.expected_resource_version,
-                    )?;
-                    Ok((
-                        ConfigChange {
-                            delete_backends: vec![b.id.clone()],
-                            ..Default::default()
-                        },
-                        b.id,
-                        (),
-                    ))
+                    backends::check_version("backend", &b.id, b.resource_version, req.expected_resource_version)?;
+                    Ok((ConfigChange { delete_backends: vec![b.id.clone()], ..Default::default() }, b.id, ()))
                 })
                 .await?;
             Ok(pb::WriteResponse { config_version })
@@ -515,10 +391,7 @@ impl AdminService for AdminApi {
         observe("ValidateBackend", self.validate_backend_impl(request).await)
     }
 
-    async fn create_pool(
-        &self,
-        request: Request<pb::CreatePoolRequest>,
-    ) -> Result<Response<pb::PoolResponse>, Status> {
+    async fn create_pool(&self, request: Request<pb::CreatePoolRequest>) -> Result<Response<pb::PoolResponse>, Status> {
         observe("CreatePool", self.create_pool_impl(request).await)
     }
 
@@ -533,12 +406,7 @@ impl AdminService for AdminApi {
                 .store()
                 .pools()?
                 .iter()
-                .map(|p| {
-                    convert::pool_to_pb(
-                        p,
-                        backends.iter().filter(|b| b.pool == p.name).count() as u32,
-                    )
-                })
+                .map(|p| convert::pool_to_pb(p, backends.iter().filter(|b| b.pool == p.name).count() as u32))
                 .collect();
             Ok(pb::ListPoolsResponse { pools })
         })();
@@ -587,14 +455,7 @@ impl AdminService for AdminApi {
                     )?;
                     let mut s = validate::settings_patch(&current, &patch)?;
                     s.resource_version = current.resource_version + 1;
-                    Ok((
-                        ConfigChange {
-                            settings: Some(s.clone()),
-                            ..Default::default()
-                        },
-                        "settings".into(),
-                        s,
-                    ))
+                    Ok((ConfigChange { settings: Some(s.clone()), ..Default::default() }, "settings".into(), s))
                 })
                 .await?;
             Ok(pb::SettingsResponse {
@@ -618,10 +479,7 @@ impl AdminService for AdminApi {
                 .iter()
                 .map(|n| convert::node_to_pb(n, self.shared.nodes.is_connected(&n.id)))
                 .collect();
-            Ok(pb::ListNodesResponse {
-                nodes,
-                config_version: self.store().config_version(),
-            })
+            Ok(pb::ListNodesResponse { nodes, config_version: self.store().config_version() })
         })();
         observe("ListNodes", result)
     }
@@ -641,9 +499,7 @@ impl AdminService for AdminApi {
             self.who(&request, Access::AdminRead)?;
             let mut tokens = self.store().tokens()?;
             tokens.sort_by_key(|t| t.created_at_ms);
-            Ok(pb::ListTokensResponse {
-                tokens: tokens.iter().map(convert::token_to_pb).collect(),
-            })
+            Ok(pb::ListTokensResponse { tokens: tokens.iter().map(convert::token_to_pb).collect() })
         })();
         observe("ListTokens", result)
     }
@@ -655,10 +511,7 @@ impl AdminService for AdminApi {
         observe("RevokeToken", self.revoke_token_impl(request).await)
     }
 
-    async fn export(
-        &self,
-        request: Request<pb::ExportRequest>,
-    ) -> Result<Response<pb::ExportResponse>, Status> {
+    async fn export(&self, request: Request<pb::ExportRequest>) -> Result<Response<pb::ExportResponse>, Status> {
         let result = (|| {
             self.who(&request, Access::AdminWrite)?;
             transfer::export(self.store())
@@ -666,24 +519,14 @@ impl AdminService for AdminApi {
         observe("Export", result)
     }
 
-    async fn import(
-        &self,
-        request: Request<pb::ImportRequest>,
-    ) -> Result<Response<pb::ImportResponse>, Status> {
+    async fn import(&self, request: Request<pb::ImportRequest>) -> Result<Response<pb::ImportResponse>, Status> {
         let result = async {
             let who = self.who(&request, Access::AdminWrite)?;
             let document = request.into_inner().document;
             let key = self.shared.key();
-            let (config_version, (backends, pools)) = self
-                .write(&who, "Import", |store| {
-                    transfer::import(store, &document, &key)
-                })
-                .await?;
-            Ok(pb::ImportResponse {
-                backends,
-                pools,
-                config_version,
-            })
+            let (config_version, (backends, pools)) =
+                self.write(&who, "Import", |store| transfer::import(store, &document, &key)).await?;
+            Ok(pb::ImportResponse { backends, pools, config_version })
         };
         observe("Import", result.await)
     }
@@ -703,11 +546,8 @@ impl AdminService for AdminApi {
         &self,
         request: Request<pb::GetConfigVersionRequest>,
     ) -> Result<Response<pb::ConfigVersion>, Status> {
-        let result = self
-            .who(&request, Access::AdminRead)
-            .map(|_| pb::ConfigVersion {
-                version: self.store().config_version(),
-            });
+        let result =
+            self.who(&request, Access::AdminRead).map(|_| pb::ConfigVersion { version: self.store().config_version() });
         observe("GetConfigVersion", result)
     }
 
@@ -719,34 +559,18 @@ impl AdminService for AdminApi {
             self.who(&request, Access::AdminRead)?;
             let req = request.get_ref();
             let now = now_ms();
-            let since = if req.since_ms == 0 {
-                now - 24 * 3_600_000
-            } else {
-                req.since_ms
-            };
-            let until = if req.until_ms == 0 {
-                now + 1
-            } else {
-                req.until_ms
-            };
+            let since = if req.since_ms == 0 { now - 24 * 3_600_000 } else { req.since_ms };
+            let until = if req.until_ms == 0 { now + 1 } else { req.until_ms };
             if until < since {
                 return Err(field_error("until_ms", "must not be before since_ms").into());
             }
-            let entries = self
-                .store()
-                .audit(since, until)?
-                .iter()
-                .map(convert::audit_to_pb)
-                .collect();
+            let entries = self.store().audit(since, until)?.iter().map(convert::audit_to_pb).collect();
             Ok(pb::ListAuditResponse { entries })
         })();
         observe("ListAudit", result)
     }
 
-    async fn get_stats(
-        &self,
-        request: Request<pb::GetStatsRequest>,
-    ) -> Result<Response<pb::GetStatsResponse>, Status> {
+    async fn get_stats(&self, request: Request<pb::GetStatsRequest>) -> Result<Response<pb::GetStatsResponse>, Status> {
         let result = (|| {
             self.who(&request, Access::AdminRead)?;
             stats::get_stats(self.store(), request.get_ref())
@@ -765,15 +589,22 @@ impl AdminService for AdminApi {
         observe("ListCooldowns", result)
     }
 
-    type WatchDashboardStream =
-        std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::Dashboard, Status>> + Send>>;
+    type WatchDashboardStream = std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::Dashboard, Status>> + Send>>;
 
     async fn watch_dashboard(
         &self,
         request: Request<pb::WatchDashboardRequest>,
     ) -> Result<Response<Self::WatchDashboardStream>, Status> {
         let result = self.who(&request, Access::AdminRead).map(|_| {
-            let stream: Self::WatchDashboardStream = Box::pin(futures::stream::empty());
+            use futures::StreamExt;
+            let mut shutdown = self.shared.shutdown();
+            let stream = tokio_stream::wrappers::WatchStream::new(self.shared.dashboard.subscribe())
+                .filter(|d| futures::future::ready(d.at_ms > 0))
+                .map(|d| Ok(pb::Dashboard::clone(&d)))
+                .take_until(async move {
+                    let _ = shutdown.wait_for(|s| *s).await;
+                });
+            let stream: Self::WatchDashboardStream = Box::pin(stream);
             stream
         });
         observe("WatchDashboard", result)

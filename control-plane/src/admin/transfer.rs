@@ -11,7 +11,7 @@ use crate::{
     auth::Principal,
     crypto::MasterKey,
     state::Shared,
-    store::{BackendRecord, ConfigChange, PoolRecord, Settings, Store},
+    store::{BackendRecord, ConfigChange, PoolRecord, Settings, Store, StoreError},
     util::now_ms,
     validate::{self, FieldError, field_error},
 };
@@ -40,27 +40,36 @@ pub struct ExportDocument {
     pub settings: Settings,
 }
 
+impl ExportDocument {
+    /// The document of the store's current backends, pools and settings, as `Export`
+    /// returns it and periodic backups write it.
+    pub fn from_store(store: &Store) -> Result<Self, StoreError> {
+        let backends = store.backends()?;
+        let mut key_ids: Vec<String> = backends.iter().map(|b| b.api_key.key_id.clone()).collect();
+        key_ids.sort();
+        key_ids.dedup();
+        Ok(Self {
+            format: FORMAT.into(),
+            format_version: FORMAT_VERSION,
+            exported_at_ms: now_ms(),
+            config_version: store.config_version(),
+            key_ids,
+            backends,
+            pools: store.pools()?,
+            settings: store.settings()?,
+        })
+    }
+
+    /// The document as pretty JSON.
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec_pretty(self).expect("export documents serialize to JSON")
+    }
+}
+
 /// Builds the export document.
 pub(super) fn export(store: &Store) -> Result<pb::ExportResponse, Status> {
-    let backends = store.backends()?;
-    let mut key_ids: Vec<String> = backends.iter().map(|b| b.api_key.key_id.clone()).collect();
-    key_ids.sort();
-    key_ids.dedup();
-    let doc = ExportDocument {
-        format: FORMAT.into(),
-        format_version: FORMAT_VERSION,
-        exported_at_ms: now_ms(),
-        config_version: store.config_version(),
-        key_ids,
-        backends,
-        pools: store.pools()?,
-        settings: store.settings()?,
-    };
-    let document = serde_json::to_vec_pretty(&doc).map_err(|e| Status::internal(e.to_string()))?;
-    Ok(pb::ExportResponse {
-        document,
-        config_version: doc.config_version,
-    })
+    let doc = ExportDocument::from_store(store)?;
+    Ok(pb::ExportResponse { document: doc.to_json(), config_version: doc.config_version })
 }
 
 /// Checks a document and turns it into one change that replaces backends, pools and
@@ -76,12 +85,8 @@ pub(super) fn import(
 
     let mut change = ConfigChange::default();
     let keep_backends: HashSet<&str> = doc.backends.iter().map(|b| b.id.as_str()).collect();
-    change.delete_backends = store
-        .backends()?
-        .into_iter()
-        .map(|b| b.id)
-        .filter(|id| !keep_backends.contains(id.as_str()))
-        .collect();
+    change.delete_backends =
+        store.backends()?.into_iter().map(|b| b.id).filter(|id| !keep_backends.contains(id.as_str())).collect();
     let keep_pools: HashSet<&str> = doc.pools.iter().map(|p| p.name.as_str()).collect();
     for existing in store.pools()? {
         // The built-in pools always exist, also when a document lacks them.
@@ -98,28 +103,19 @@ pub(super) fn import(
 
 fn check_document(doc: &ExportDocument, key: &MasterKey) -> Result<(), FieldError> {
     if doc.format != FORMAT {
-        return Err(field_error(
-            "document.format",
-            format!("expected {FORMAT:?}, got {:?}", doc.format),
-        ));
+        return Err(field_error("document.format", format!("expected {FORMAT:?}, got {:?}", doc.format)));
     }
     if doc.format_version != FORMAT_VERSION {
         return Err(field_error(
             "document.format_version",
-            format!(
-                "this control plane reads version {FORMAT_VERSION}, not {}",
-                doc.format_version
-            ),
+            format!("this control plane reads version {FORMAT_VERSION}, not {}", doc.format_version),
         ));
     }
     let mut pool_names = HashSet::from(["primary", "fallback"]);
     for (i, p) in doc.pools.iter().enumerate() {
         validate::identifier(&format!("document.pools[{i}].name"), &p.name)?;
         if !pool_names.insert(&p.name) && !p.builtin {
-            return Err(field_error(
-                format!("document.pools[{i}].name"),
-                format!("duplicate pool {:?}", p.name),
-            ));
+            return Err(field_error(format!("document.pools[{i}].name"), format!("duplicate pool {:?}", p.name)));
         }
     }
     let (mut ids, mut names) = (HashSet::new(), HashSet::new());
@@ -129,16 +125,10 @@ fn check_document(doc: &ExportDocument, key: &MasterKey) -> Result<(), FieldErro
         validate::base_url(&f("base_url"), &b.base_url)?;
         validate::rpm_limit(&f("rpm_limit"), i64::from(b.rpm_limit))?;
         if !ids.insert(b.id.as_str()) || !b.id.starts_with("bkd_") {
-            return Err(field_error(
-                f("id"),
-                format!("duplicate or malformed id {:?}", b.id),
-            ));
+            return Err(field_error(f("id"), format!("duplicate or malformed id {:?}", b.id)));
         }
         if !names.insert(b.name.to_ascii_lowercase()) {
-            return Err(field_error(
-                f("name"),
-                format!("duplicate name {:?}", b.name),
-            ));
+            return Err(field_error(f("name"), format!("duplicate name {:?}", b.name)));
         }
         if !pool_names.contains(b.pool.as_str()) {
             return Err(field_error(f("pool"), format!("unknown pool {:?}", b.pool)));
@@ -153,8 +143,7 @@ fn check_document(doc: &ExportDocument, key: &MasterKey) -> Result<(), FieldErro
                 ),
             ));
         }
-        key.open(&b.api_key)
-            .map_err(|e| field_error(f("api_key"), e.to_string()))?;
+        key.open(&b.api_key).map_err(|e| field_error(f("api_key"), e.to_string()))?;
     }
     validate::check_settings(&doc.settings, "document.settings")
 }
@@ -167,28 +156,20 @@ pub(super) async fn rotate(
     who: &Principal,
     new_key_hex: &str,
 ) -> Result<pb::RotateEncryptionKeyResponse, Status> {
-    let new_key =
-        MasterKey::from_hex(new_key_hex).map_err(|e| field_error("new_key_hex", e.to_string()))?;
+    let new_key = MasterKey::from_hex(new_key_hex).map_err(|e| field_error("new_key_hex", e.to_string()))?;
     let _guard = shared.writer.lock().await;
     let old_key = shared.key();
     if old_key.id() == new_key.id() {
         return Err(field_error("new_key_hex", "is the key already in use").into());
     }
-    let mut change = ConfigChange {
-        active_key_id: Some(new_key.id().to_owned()),
-        ..Default::default()
-    };
+    let mut change = ConfigChange { active_key_id: Some(new_key.id().to_owned()), ..Default::default() };
     for mut b in shared.store.backends()? {
-        let plain = old_key
-            .open(&b.api_key)
-            .map_err(|e| Status::internal(format!("backend {}: {e}", b.id)))?;
+        let plain = old_key.open(&b.api_key).map_err(|e| Status::internal(format!("backend {}: {e}", b.id)))?;
         b.api_key = new_key.seal(&plain);
         change.put_backends.push(b);
     }
     let count = change.put_backends.len() as u32;
-    let version = shared
-        .store
-        .commit(change, &who.actor(), "RotateEncryptionKey", new_key.id())?;
+    let version = shared.store.commit(change, &who.actor(), "RotateEncryptionKey", new_key.id())?;
     *shared.key.write().expect("key lock") = new_key.clone();
     shared.publish()?;
     shared.store.flush().await?;

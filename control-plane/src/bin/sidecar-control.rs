@@ -37,10 +37,7 @@ fn main() -> ExitCode {
         }
     };
     init_logging(&config);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     match runtime.block_on(run(config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -59,18 +56,12 @@ async fn run(config: ControlConfig) -> anyhow::Result<()> {
              Use it with sidecarctl (--token or SIDECAR_TOKEN). Only its hash is stored.\n"
         );
     }
-    let api = TcpListener::bind(config.listen).await.map_err(|e| {
-        anyhow::anyhow!(
-            "cannot listen on {} (SIDECAR_CONTROL_LISTEN): {e}",
-            config.listen
-        )
-    })?;
-    let ops = TcpListener::bind(config.ops_listen).await.map_err(|e| {
-        anyhow::anyhow!(
-            "cannot listen on {} (SIDECAR_CONTROL_OPS_LISTEN): {e}",
-            config.ops_listen
-        )
-    })?;
+    let api = TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {} (SIDECAR_CONTROL_LISTEN): {e}", config.listen))?;
+    let ops = TcpListener::bind(config.ops_listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {} (SIDECAR_CONTROL_OPS_LISTEN): {e}", config.ops_listen))?;
     cp.serve(api, ops, shutdown_signal()).await?;
     Ok(())
 }
@@ -79,8 +70,8 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}
@@ -93,9 +84,7 @@ async fn shutdown_signal() {
 
 fn init_logging(config: &ControlConfig) {
     let filter = tracing_subscriber::EnvFilter::new(&config.log_level);
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match config.log_format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),

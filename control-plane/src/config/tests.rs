@@ -9,10 +9,7 @@ fn key() -> String {
 }
 
 fn resolve(flags: &Flags, env: &[(&str, &str)]) -> Result<ControlConfig, ConfigError> {
-    let env: HashMap<String, String> = env
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
+    let env: HashMap<String, String> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
     ControlConfig::resolve(flags, &move |name| env.get(name).cloned())
 }
 
@@ -48,49 +45,20 @@ fn the_key_value_is_never_echoed() {
 #[test]
 fn invalid_values_name_env_and_flag() {
     let k = key();
-    let e = resolve(
-        &Flags::default(),
-        &[
-            ("SIDECAR_ENCRYPTION_KEY", &k),
-            ("SIDECAR_CONTROL_LISTEN", "nope"),
-        ],
-    )
-    .unwrap_err();
+    let e =
+        resolve(&Flags::default(), &[("SIDECAR_ENCRYPTION_KEY", &k), ("SIDECAR_CONTROL_LISTEN", "nope")]).unwrap_err();
     assert_eq!(e.setting, "SIDECAR_CONTROL_LISTEN (--listen)");
     assert!(e.message.contains("host:port"));
-    let e = resolve(
-        &Flags::default(),
-        &[
-            ("SIDECAR_ENCRYPTION_KEY", &k),
-            ("SIDECAR_LOG_FORMAT", "xml"),
-        ],
-    )
-    .unwrap_err();
+    let e = resolve(&Flags::default(), &[("SIDECAR_ENCRYPTION_KEY", &k), ("SIDECAR_LOG_FORMAT", "xml")]).unwrap_err();
     assert!(e.to_string().contains("text or json"));
-    let e = resolve(
-        &Flags::default(),
-        &[
-            ("SIDECAR_ENCRYPTION_KEY", &k),
-            ("SIDECAR_COOLDOWN_BASE", "-3"),
-        ],
-    )
-    .unwrap_err();
+    let e = resolve(&Flags::default(), &[("SIDECAR_ENCRYPTION_KEY", &k), ("SIDECAR_COOLDOWN_BASE", "-3")]).unwrap_err();
     assert!(e.setting.starts_with("SIDECAR_COOLDOWN_BASE"));
-    let e = resolve(
-        &Flags::default(),
-        &[
-            ("SIDECAR_ENCRYPTION_KEY", &k),
-            ("SIDECAR_ADMIN_TOKEN", "short"),
-        ],
-    )
-    .unwrap_err();
+    let e =
+        resolve(&Flags::default(), &[("SIDECAR_ENCRYPTION_KEY", &k), ("SIDECAR_ADMIN_TOKEN", "short")]).unwrap_err();
     assert_eq!(e.setting, "SIDECAR_ADMIN_TOKEN");
     let e = resolve(
         &Flags::default(),
-        &[
-            ("SIDECAR_ENCRYPTION_KEY", &k),
-            ("SIDECAR_CORS_ORIGINS", "https://ok.example, *"),
-        ],
+        &[("SIDECAR_ENCRYPTION_KEY", &k), ("SIDECAR_CORS_ORIGINS", "https://ok.example, *")],
     )
     .unwrap_err();
     assert!(e.setting.starts_with("SIDECAR_CORS_ORIGINS"));
@@ -101,19 +69,9 @@ fn flags_beat_env_and_env_beats_file() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("control.toml");
     std::fs::write(&path, "listen = \"127.0.0.1:1111\"\nops_listen = \"127.0.0.1:2222\"\nqueue_max = 7\ncors_origins = [\"https://a.example\"]\n").unwrap();
-    let flags = Flags {
-        config: Some(path),
-        listen: Some("127.0.0.1:3333".into()),
-        ..Default::default()
-    };
-    let c = resolve(
-        &flags,
-        &[
-            ("SIDECAR_ENCRYPTION_KEY", &key()),
-            ("SIDECAR_CONTROL_OPS_LISTEN", "127.0.0.1:4444"),
-        ],
-    )
-    .unwrap();
+    let flags = Flags { config: Some(path), listen: Some("127.0.0.1:3333".into()), ..Default::default() };
+    let c = resolve(&flags, &[("SIDECAR_ENCRYPTION_KEY", &key()), ("SIDECAR_CONTROL_OPS_LISTEN", "127.0.0.1:4444")])
+        .unwrap();
     assert_eq!(c.listen.port(), 3333, "flag wins");
     assert_eq!(c.ops_listen.port(), 4444, "env beats file");
     assert_eq!(c.initial_settings.queue_capacity, 7, "file applies");
@@ -125,10 +83,7 @@ fn unknown_file_keys_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("control.toml");
     std::fs::write(&path, "lisen = \"127.0.0.1:1111\"\n").unwrap();
-    let flags = Flags {
-        config: Some(path),
-        ..Default::default()
-    };
+    let flags = Flags { config: Some(path), ..Default::default() };
     let e = resolve(&flags, &[("SIDECAR_ENCRYPTION_KEY", &key())]).unwrap_err();
     assert!(e.message.contains("unknown key `lisen`"), "{e}");
 }
@@ -148,20 +103,10 @@ fn v1_environment_becomes_an_upstream() {
     .unwrap();
     assert_eq!(
         c.v1_upstream,
-        Some(V1Upstream {
-            base_url: "https://api.example.com/v1".into(),
-            api_key: "sk-x".into(),
-            rpm_limit: 60
-        })
+        Some(V1Upstream { base_url: "https://api.example.com/v1".into(), api_key: "sk-x".into(), rpm_limit: 60 })
     );
-    let e = resolve(
-        &Flags::default(),
-        &[
-            ("SIDECAR_ENCRYPTION_KEY", &k),
-            ("SIDECAR_UPSTREAM", "https://x"),
-        ],
-    )
-    .unwrap_err();
+    let e =
+        resolve(&Flags::default(), &[("SIDECAR_ENCRYPTION_KEY", &k), ("SIDECAR_UPSTREAM", "https://x")]).unwrap_err();
     assert_eq!(e.setting, "SIDECAR_API_KEY");
 }
 

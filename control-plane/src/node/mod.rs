@@ -19,7 +19,7 @@ use crate::{
     auth::Access,
     metrics,
     state::Shared,
-    store::{LATENCY_BUCKETS_MS, UsageCounters},
+    store::{LATENCY_BUCKETS_MS, ReportRecord, UsageCounters},
 };
 
 /// How long a node has to say hello after opening the stream.
@@ -46,11 +46,7 @@ fn nonce() -> String {
 }
 
 fn node_id_ok(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 128
-        && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    !id.is_empty() && id.len() <= 128 && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
 type SyncStream = Pin<Box<dyn Stream<Item = Result<pb::ControlMessage, Status>> + Send>>;
@@ -59,26 +55,17 @@ type SyncStream = Pin<Box<dyn Stream<Item = Result<pb::ControlMessage, Status>> 
 impl NodeService for NodeApi {
     type SyncStream = SyncStream;
 
-    async fn sync(
-        &self,
-        request: Request<Streaming<pb::NodeMessage>>,
-    ) -> Result<Response<SyncStream>, Status> {
+    async fn sync(&self, request: Request<Streaming<pb::NodeMessage>>) -> Result<Response<SyncStream>, Status> {
         self.shared.auth.check(request.metadata(), Access::Node)?;
         let mut inbound = request.into_inner();
         let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
-            Ok(Ok(Some(pb::NodeMessage {
-                kind: Some(Kind::Hello(hello)),
-            }))) => hello,
+            Ok(Ok(Some(pb::NodeMessage { kind: Some(Kind::Hello(hello)) }))) => hello,
             Ok(Err(status)) => return Err(status),
             Err(_) => {
-                return Err(Status::deadline_exceeded(
-                    "no Hello within 10 s of opening Sync",
-                ));
+                return Err(Status::deadline_exceeded("no Hello within 10 s of opening Sync"));
             }
             Ok(_) => {
-                return Err(Status::invalid_argument(
-                    "the first message on Sync must be Hello",
-                ));
+                return Err(Status::invalid_argument("the first message on Sync must be Hello"));
             }
         };
         if !node_id_ok(&hello.node_id) {
@@ -87,22 +74,11 @@ impl NodeService for NodeApi {
             ));
         }
         let (tx, rx) = mpsc::channel(16);
-        tokio::spawn(
-            Session {
-                shared: self.shared.clone(),
-                hello,
-                tx,
-                pending: VecDeque::new(),
-            }
-            .run(inbound),
-        );
+        tokio::spawn(Session { shared: self.shared.clone(), hello, tx, pending: VecDeque::new() }.run(inbound));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
-    async fn report(
-        &self,
-        request: Request<pb::ReportBatch>,
-    ) -> Result<Response<pb::ReportAck>, Status> {
+    async fn report(&self, request: Request<pb::ReportBatch>) -> Result<Response<pb::ReportAck>, Status> {
         self.shared.auth.check(request.metadata(), Access::Node)?;
         let batch = request.into_inner();
         let records = match check_batch(&batch) {
@@ -113,40 +89,26 @@ impl NodeService for NodeApi {
             }
         };
         let store = &self.shared.store;
-        let applied = store
-            .apply_report(&batch.node_id, &batch.boot_id, batch.seq, &records)
-            .map_err(|error| {
-                warn!(%error, "report could not be stored");
-                Status::internal("storage error")
-            })?;
+        let applied = store.apply_report(&batch.node_id, &batch.boot_id, batch.seq, &records).map_err(|error| {
+            warn!(%error, "report could not be stored");
+            Status::internal("storage error")
+        })?;
         // Acknowledge only what is on disk: a node drops a batch from its outbox once
         // acked, so an ack before the flush could lose it in a crash.
-        store
-            .flush()
-            .await
-            .map_err(|_| Status::internal("storage error"))?;
+        store.flush().await.map_err(|_| Status::internal("storage error"))?;
         metrics::report(if applied { "applied" } else { "duplicate" });
         self.shared.nodes.reported(store, &batch.node_id);
-        Ok(Response::new(pb::ReportAck {
-            seq: batch.seq,
-            applied,
-        }))
+        Ok(Response::new(pb::ReportAck { seq: batch.seq, applied }))
     }
 }
 
 /// Validates a batch and converts its records.
-fn check_batch(
-    batch: &pb::ReportBatch,
-) -> Result<Vec<(i64, String, String, UsageCounters)>, Status> {
+fn check_batch(batch: &pb::ReportBatch) -> Result<Vec<ReportRecord>, Status> {
     if !node_id_ok(&batch.node_id) {
-        return Err(Status::invalid_argument(
-            "node_id: must be 1-128 characters of letters, digits, '-', '_' or '.'",
-        ));
+        return Err(Status::invalid_argument("node_id: must be 1-128 characters of letters, digits, '-', '_' or '.'"));
     }
     if batch.boot_id.is_empty() || batch.boot_id.len() > 128 {
-        return Err(Status::invalid_argument(
-            "boot_id: must be 1-128 characters",
-        ));
+        return Err(Status::invalid_argument("boot_id: must be 1-128 characters"));
     }
     if batch.seq == 0 {
         return Err(Status::invalid_argument("seq: must start at 1"));
@@ -156,9 +118,7 @@ fn check_batch(
         .iter()
         .enumerate()
         .map(|(i, r)| {
-            let bad = |field: &str, why: &str| {
-                Status::invalid_argument(format!("records[{i}].{field}: {why}"))
-            };
+            let bad = |field: &str, why: &str| Status::invalid_argument(format!("records[{i}].{field}: {why}"));
             if r.minute_ms < 0 || r.minute_ms % 60_000 != 0 {
                 return Err(bad("minute_ms", "must be a non-negative multiple of 60000"));
             }
@@ -168,20 +128,21 @@ fn check_batch(
             if r.model.len() > 256 || r.model.contains('\0') {
                 return Err(bad("model", "must be at most 256 characters"));
             }
+            if r.pool.len() > 128 {
+                return Err(bad("pool", "must be at most 128 characters"));
+            }
             if r.latency_histogram.len() > LATENCY_BUCKETS_MS.len() + 1 {
-                return Err(bad(
-                    "latency_histogram",
-                    "has more buckets than LATENCY_BUCKETS_MS + 1",
-                ));
+                return Err(bad("latency_histogram", "has more buckets than LATENCY_BUCKETS_MS + 1"));
             }
             if !r.cost_usd.is_finite() || r.cost_usd < 0.0 {
                 return Err(bad("cost_usd", "must be a non-negative number"));
             }
-            Ok((
-                r.minute_ms,
-                r.backend_id.clone(),
-                r.model.clone(),
-                UsageCounters {
+            Ok(ReportRecord {
+                minute_ms: r.minute_ms,
+                backend_id: r.backend_id.clone(),
+                model: r.model.clone(),
+                pool: r.pool.clone(),
+                counters: UsageCounters {
                     attempts: r.attempts,
                     answered: r.answered,
                     answered_errors: r.answered_errors,
@@ -200,7 +161,7 @@ fn check_batch(
                     ttft_ms_sum: r.ttft_ms_sum,
                     ttft_count: r.ttft_count,
                 },
-            ))
+            })
         })
         .collect()
 }
@@ -221,6 +182,7 @@ impl Session {
         let store = &shared.store;
         let node_id = self.hello.node_id.clone();
         let session = self.shared.nodes.connect(store, &self.hello);
+        shared.fleet.attach(&node_id, session, &self.hello.region, self.tx.clone());
         info!(node = %node_id, region = %self.hello.region, has_version = self.hello.config_version, "node connected");
         let mut config = self.shared.config();
         let mut shutdown = self.shared.shutdown();
@@ -237,7 +199,8 @@ impl Session {
                     }
                     let state = config.borrow_and_update().clone();
                     let nonce = nonce();
-                    let snapshot = state.snapshot_for(&self.hello.region, nonce.clone());
+                    let mut snapshot = state.snapshot_for(&self.hello.region, nonce.clone());
+                    shared.fleet.decorate(&node_id, &mut snapshot);
                     let msg = pb::ControlMessage { kind: Some(pb::control_message::Kind::Snapshot(snapshot)) };
                     if self.tx.send(Ok(msg)).await.is_err() {
                         break;
@@ -259,17 +222,14 @@ impl Session {
                 },
             }
         }
+        shared.fleet.detach(&node_id, session);
         self.shared.nodes.disconnect(store, &node_id, session);
         info!(node = %node_id, "node disconnected");
     }
 
     /// Takes the answer to a snapshot we sent; answers to anything else are ignored.
     fn answered(&mut self, version: u64, nonce: &str) -> bool {
-        match self
-            .pending
-            .iter()
-            .position(|(v, n)| *v == version && n == nonce)
-        {
+        match self.pending.iter().position(|(v, n)| *v == version && n == nonce) {
             Some(i) => {
                 self.pending.drain(..=i);
                 true
@@ -293,16 +253,18 @@ impl Session {
             Some(Kind::Nack(nack)) if self.answered(nack.version, &nack.nonce) => {
                 metrics::snapshot_answer(false);
                 warn!(node = %node_id, version = nack.version, error = %nack.error, "node rejected snapshot");
-                shared
-                    .nodes
-                    .nacked(store, &node_id, nack.version, &nack.error);
+                shared.nodes.nacked(store, &node_id, nack.version, &nack.error);
             }
             Some(Kind::Ack(_) | Kind::Nack(_)) => {}
             Some(Kind::RateLimited(event)) => {
                 metrics::rate_limit_event();
-                info!(node = %node_id, backend = %event.backend_id, count = event.consecutive_count, cooldown_ms = event.cooldown_ms, "node reported 429");
+                let settings = shared.config().borrow().settings.clone();
+                if let Some(record) = shared.fleet.rate_limited(&node_id, &event, &settings) {
+                    crate::fleet::Fleet::store_cooldown(store, &record);
+                }
             }
-            Some(Kind::Demand(_) | Kind::Recovered(_)) => {}
+            Some(Kind::Demand(demand)) => shared.fleet.demand(&node_id, &demand),
+            Some(Kind::Recovered(r)) => shared.fleet.recovered(&node_id, &r.backend_id),
             Some(Kind::Hello(_)) => warn!(node = %node_id, "ignoring a second Hello on one stream"),
             None => {}
         }

@@ -35,10 +35,7 @@ impl NodeRegistry {
             .node(node_id)
             .ok()
             .flatten()
-            .unwrap_or_else(|| NodeRecord {
-                id: node_id.to_owned(),
-                ..Default::default()
-            });
+            .unwrap_or_else(|| NodeRecord { id: node_id.to_owned(), ..Default::default() });
         f(&mut record);
         record.last_seen_ms = now_ms();
         if let Err(error) = store.put_node(&record) {
@@ -104,9 +101,6 @@ impl NodeRegistry {
 
     /// Whether the node has a live session.
     pub fn is_connected(&self, node_id: &str) -> bool {
-        self.live
-            .lock()
-            .expect("registry lock")
-            .contains_key(node_id)
+        self.live.lock().expect("registry lock").contains_key(node_id)
     }
 }

@@ -2,6 +2,7 @@
 //! version byte, multi-tree writes in one transaction, and the config version.
 
 mod records;
+mod usage;
 
 use std::{
     path::Path,
@@ -11,10 +12,11 @@ use std::{
 use serde::{Serialize, de::DeserializeOwned};
 use sled::{
     Transactional, Tree,
-    transaction::{ConflictableTransactionError, TransactionError, TransactionalTree},
+    transaction::{ConflictableTransactionError, TransactionError},
 };
 
 pub use records::*;
+pub use usage::{Granularity, ReportRecord, UsageRow};
 
 /// Version byte written in front of every stored value. Bump it (and teach `decode` the
 /// old layout) when a record's format changes incompatibly.
@@ -62,16 +64,10 @@ pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
 pub fn decode<T: DeserializeOwned>(tree: &'static str, bytes: &[u8]) -> Result<T, StoreError> {
     match bytes.split_first() {
         Some((&SCHEMA_VERSION, body)) => {
-            serde_json::from_slice(body).map_err(|e| StoreError::Corrupt {
-                tree,
-                reason: e.to_string(),
-            })
+            serde_json::from_slice(body).map_err(|e| StoreError::Corrupt { tree, reason: e.to_string() })
         }
         Some((&found, _)) => Err(StoreError::UnsupportedSchema { tree, found }),
-        None => Err(StoreError::Corrupt {
-            tree,
-            reason: "empty value".into(),
-        }),
+        None => Err(StoreError::Corrupt { tree, reason: "empty value".into() }),
     }
 }
 
@@ -87,10 +83,7 @@ pub struct Actor {
 impl Actor {
     /// The control plane itself (first-start setup, migrations).
     pub fn system() -> Self {
-        Self {
-            id: "system".into(),
-            role: "system".into(),
-        }
+        Self { id: "system".into(), role: "system".into() }
     }
 }
 
@@ -126,6 +119,9 @@ pub struct Store {
     nodes: Tree,
     tokens: Tree,
     usage_m: Tree,
+    usage_h: Tree,
+    usage_d: Tree,
+    cooldowns: Tree,
     report_seq: Tree,
     audit: Tree,
     meta: Tree,
@@ -159,17 +155,15 @@ impl Store {
             nodes: tree("nodes")?,
             tokens: tree("tokens")?,
             usage_m: tree("usage_m")?,
+            usage_h: tree("usage_h")?,
+            usage_d: tree("usage_d")?,
+            cooldowns: tree("cooldowns")?,
             report_seq: tree("report_seq")?,
             audit: tree("audit")?,
             meta: tree("meta")?,
             db,
             config_version: AtomicU64::new(0),
         };
-        // Trees named by the design that later features fill; created now so the layout
-        // is complete from the first start.
-        for name in ["usage_h", "usage_d", "cooldowns"] {
-            store.db.open_tree(name)?;
-        }
         let version = match store.meta.get(META_CONFIG_VERSION)? {
             Some(v) => decode::<u64>("meta", &v)?,
             None => 0,
@@ -181,10 +175,9 @@ impl Store {
     /// Creates what must exist from the first start: the built-in pools and the settings.
     pub fn initialize(&self, initial_settings: &Settings) -> Result<(), StoreError> {
         let mut change = ConfigChange::default();
-        for (name, order, description) in [
-            ("primary", 0, "Tried first."),
-            ("fallback", 100, "Used when no primary backend can serve."),
-        ] {
+        for (name, order, description) in
+            [("primary", 0, "Tried first."), ("fallback", 100, "Used when no primary backend can serve.")]
+        {
             if self.pools.get(name)?.is_none() {
                 change.put_pools.push(PoolRecord {
                     name: name.into(),
@@ -213,23 +206,10 @@ impl Store {
     ///
     /// Callers serialise writes (see `admin::Writer`), so reads done before building the
     /// change are still current when it commits.
-    pub fn commit(
-        &self,
-        change: ConfigChange,
-        actor: &Actor,
-        action: &str,
-        target: &str,
-    ) -> Result<u64, StoreError> {
+    pub fn commit(&self, change: ConfigChange, actor: &Actor, action: &str, target: &str) -> Result<u64, StoreError> {
         let audit_id = self.db.generate_id()?;
         let at_ms = now_ms();
-        let trees = (
-            &self.backends,
-            &self.pools,
-            &self.settings,
-            &self.tokens,
-            &self.meta,
-            &self.audit,
-        );
+        let trees = (&self.backends, &self.pools, &self.settings, &self.tokens, &self.meta, &self.audit);
         let version = trees
             .transaction(|(backends, pools, settings, tokens, meta, audit)| {
                 let current = match meta.get(META_CONFIG_VERSION)? {
@@ -296,11 +276,7 @@ impl Store {
         tree.iter().values().map(|v| decode(name, &v?)).collect()
     }
 
-    fn get<T: DeserializeOwned>(
-        tree: &Tree,
-        name: &'static str,
-        key: &[u8],
-    ) -> Result<Option<T>, StoreError> {
+    fn get<T: DeserializeOwned>(tree: &Tree, name: &'static str, key: &[u8]) -> Result<Option<T>, StoreError> {
         tree.get(key)?.map(|v| decode(name, &v)).transpose()
     }
 
@@ -361,76 +337,8 @@ impl Store {
     pub fn audit(&self, since_ms: i64, until_ms: i64) -> Result<Vec<AuditRecord>, StoreError> {
         let lo = audit_key(since_ms, 0);
         let hi = audit_key(until_ms, 0);
-        self.audit
-            .range(lo..hi)
-            .values()
-            .map(|v| decode("audit", &v?))
-            .collect()
+        self.audit.range(lo..hi).values().map(|v| decode("audit", &v?)).collect()
     }
-
-    /// Applies one usage report batch unless `(node_id, boot_id)` already applied `seq`
-    /// or a later one. Returns whether it was applied. Counters and the high-water mark
-    /// change in one transaction, so a batch is applied exactly once.
-    pub fn apply_report(
-        &self,
-        node_id: &str,
-        boot_id: &str,
-        seq: u64,
-        records: &[(i64, String, String, UsageCounters)],
-    ) -> Result<bool, StoreError> {
-        let seq_key = [node_id.as_bytes(), &[0], boot_id.as_bytes()].concat();
-        (&self.usage_m, &self.report_seq)
-            .transaction(|(usage, seqs)| {
-                let last = match seqs.get(&seq_key)? {
-                    Some(v) => Some(decode::<u64>("report_seq", &v).map_err(tx_abort)?),
-                    None => None,
-                };
-                if last.is_some_and(|last| seq <= last) {
-                    return Ok(false);
-                }
-                for (minute_ms, backend_id, model, counters) in records {
-                    merge_usage(usage, &usage_key(*minute_ms, backend_id, model), counters)?;
-                }
-                seqs.insert(seq_key.as_slice(), encode(&seq))?;
-                Ok(true)
-            })
-            .map_err(tx_error)
-    }
-
-    /// Per-minute usage in `[since_ms, until_ms)`: (minute, backend id, model, counters).
-    pub fn usage_minutes(
-        &self,
-        since_ms: i64,
-        until_ms: i64,
-    ) -> Result<Vec<(i64, String, String, UsageCounters)>, StoreError> {
-        let lo = (since_ms.max(0) as u64).to_be_bytes();
-        let hi = (until_ms.max(0) as u64).to_be_bytes();
-        let mut out = Vec::new();
-        for item in self.usage_m.range(lo..hi) {
-            let (k, v) = item?;
-            let (minute, backend, model) =
-                parse_usage_key(&k).ok_or_else(|| StoreError::Corrupt {
-                    tree: "usage_m",
-                    reason: "malformed key".into(),
-                })?;
-            out.push((minute, backend, model, decode("usage_m", &v)?));
-        }
-        Ok(out)
-    }
-}
-
-fn merge_usage(
-    tree: &TransactionalTree,
-    key: &[u8],
-    add: &UsageCounters,
-) -> Result<(), ConflictableTransactionError<StoreError>> {
-    let mut counters = match tree.get(key)? {
-        Some(v) => decode::<UsageCounters>("usage_m", &v).map_err(tx_abort)?,
-        None => UsageCounters::default(),
-    };
-    counters.merge(add);
-    tree.insert(key, encode(&counters))?;
-    Ok(())
 }
 
 fn audit_key(at_ms: i64, id: u64) -> [u8; 16] {
@@ -438,26 +346,6 @@ fn audit_key(at_ms: i64, id: u64) -> [u8; 16] {
     key[..8].copy_from_slice(&(at_ms.max(0) as u64).to_be_bytes());
     key[8..].copy_from_slice(&id.to_be_bytes());
     key
-}
-
-/// Usage keys sort by time first, so retention and range queries are key-range scans.
-fn usage_key(minute_ms: i64, backend_id: &str, model: &str) -> Vec<u8> {
-    [
-        &(minute_ms.max(0) as u64).to_be_bytes()[..],
-        backend_id.as_bytes(),
-        &[0],
-        model.as_bytes(),
-    ]
-    .concat()
-}
-
-fn parse_usage_key(key: &[u8]) -> Option<(i64, String, String)> {
-    let (time, rest) = key.split_at_checked(8)?;
-    let minute = u64::from_be_bytes(time.try_into().ok()?) as i64;
-    let sep = rest.iter().position(|&b| b == 0)?;
-    let backend = String::from_utf8(rest[..sep].to_vec()).ok()?;
-    let model = String::from_utf8(rest[sep + 1..].to_vec()).ok()?;
-    Some((minute, backend, model))
 }
 
 #[cfg(test)]

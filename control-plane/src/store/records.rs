@@ -307,10 +307,9 @@ pub struct AuditRecord {
 }
 
 /// Upper bounds (ms) of the latency histogram buckets; one more bucket counts the rest.
-pub const LATENCY_BUCKETS_MS: [u64; 10] =
-    [50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000];
+pub const LATENCY_BUCKETS_MS: [u64; 10] = [50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000];
 
-/// Usage counters of one (time bucket, backend, model).
+/// Usage counters of one (time bucket, backend, model, node).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[allow(missing_docs)]
 pub struct UsageCounters {
@@ -357,14 +356,9 @@ impl UsageCounters {
         self.cost_usd += other.cost_usd;
         self.latency_ms_sum += other.latency_ms_sum;
         if self.latency_histogram.len() < other.latency_histogram.len() {
-            self.latency_histogram
-                .resize(other.latency_histogram.len(), 0);
+            self.latency_histogram.resize(other.latency_histogram.len(), 0);
         }
-        for (mine, theirs) in self
-            .latency_histogram
-            .iter_mut()
-            .zip(&other.latency_histogram)
-        {
+        for (mine, theirs) in self.latency_histogram.iter_mut().zip(&other.latency_histogram) {
             *mine += theirs;
         }
         self.ttft_ms_sum += other.ttft_ms_sum;

@@ -8,12 +8,7 @@ use crate::store::{PoolRecord, Settings};
 fn pools() -> Vec<PoolRecord> {
     ["primary", "fallback"]
         .iter()
-        .map(|n| PoolRecord {
-            name: (*n).into(),
-            order: 0,
-            description: String::new(),
-            builtin: true,
-        })
+        .map(|n| PoolRecord { name: (*n).into(), order: 0, description: String::new(), builtin: true })
         .collect()
 }
 
@@ -24,40 +19,18 @@ fn field_of<T: std::fmt::Debug>(r: Result<T>) -> String {
 #[test]
 fn identifiers_must_be_non_empty_short_and_plain() {
     assert_eq!(field_of(identifier("backend.name", "")), "backend.name");
-    assert!(
-        identifier("x", "has space")
-            .unwrap_err()
-            .reason
-            .contains("' '")
-    );
+    assert!(identifier("x", "has space").unwrap_err().reason.contains("' '"));
     assert!(identifier("x", &"a".repeat(65)).is_err());
     assert_eq!(identifier("x", "nvidia-1.eu_2").unwrap(), "nvidia-1.eu_2");
 }
 
 #[test]
 fn base_urls_must_be_http_with_host_and_lose_their_trailing_slash() {
-    for bad in [
-        "",
-        "ftp://x.com/v1",
-        "not a url",
-        "https://user:pw@x.com/v1",
-        "https://x.com/v1?q=1",
-        "file:///etc",
-    ] {
-        assert_eq!(
-            field_of(base_url("backend.base_url", bad)),
-            "backend.base_url",
-            "{bad}"
-        );
+    for bad in ["", "ftp://x.com/v1", "not a url", "https://user:pw@x.com/v1", "https://x.com/v1?q=1", "file:///etc"] {
+        assert_eq!(field_of(base_url("backend.base_url", bad)), "backend.base_url", "{bad}");
     }
-    assert_eq!(
-        base_url("f", "https://api.example.com/v1/").unwrap(),
-        "https://api.example.com/v1"
-    );
-    assert_eq!(
-        base_url("f", "http://127.0.0.1:8080").unwrap(),
-        "http://127.0.0.1:8080"
-    );
+    assert_eq!(base_url("f", "https://api.example.com/v1/").unwrap(), "https://api.example.com/v1");
+    assert_eq!(base_url("f", "http://127.0.0.1:8080").unwrap(), "http://127.0.0.1:8080");
 }
 
 #[test]
@@ -82,10 +55,7 @@ fn rpm_must_be_positive() {
 fn tpm_zero_means_none_and_negative_is_refused() {
     assert_eq!(tpm_limit("t", 0).unwrap(), None);
     assert_eq!(tpm_limit("t", 5000).unwrap(), Some(5000));
-    assert_eq!(
-        field_of(tpm_limit("backend.tpm_limit", -1)),
-        "backend.tpm_limit"
-    );
+    assert_eq!(field_of(tpm_limit("backend.tpm_limit", -1)), "backend.tpm_limit");
 }
 
 #[test]
@@ -112,8 +82,7 @@ fn pools_must_exist_and_empty_means_primary() {
 
 #[test]
 fn duplicate_names_are_refused_case_insensitively_except_for_self() {
-    let key =
-        crate::crypto::MasterKey::from_hex(&crate::crypto::MasterKey::generate_hex()).unwrap();
+    let key = crate::crypto::MasterKey::from_hex(&crate::crypto::MasterKey::generate_hex()).unwrap();
     let existing = crate::store::BackendRecord {
         id: "bkd_1".into(),
         name: "Alpha".into(),
@@ -144,70 +113,36 @@ fn duplicate_names_are_refused_case_insensitively_except_for_self() {
 #[test]
 fn model_mappings_need_a_native_id_and_sane_costs() {
     let mut m = HashMap::new();
-    m.insert(
-        "gpt-4o".to_string(),
-        pb::ModelMapping {
-            native_id: " ".into(),
-            ..Default::default()
-        },
-    );
-    assert_eq!(
-        field_of(model_mappings("backend.model_mappings", &m)),
-        "backend.model_mappings[\"gpt-4o\"].native_id"
-    );
+    m.insert("gpt-4o".to_string(), pb::ModelMapping { native_id: " ".into(), ..Default::default() });
+    assert_eq!(field_of(model_mappings("backend.model_mappings", &m)), "backend.model_mappings[\"gpt-4o\"].native_id");
 
     let mut m = HashMap::new();
     m.insert(
         "gpt-4o".to_string(),
         pb::ModelMapping {
             native_id: "openai/gpt-4o".into(),
-            cost: Some(pb::ModelCost {
-                input: -1.0,
-                ..Default::default()
-            }),
+            cost: Some(pb::ModelCost { input: -1.0, ..Default::default() }),
             ..Default::default()
         },
     );
-    assert_eq!(
-        field_of(model_mappings("f", &m)),
-        "f[\"gpt-4o\"].cost.input"
-    );
+    assert_eq!(field_of(model_mappings("f", &m)), "f[\"gpt-4o\"].cost.input");
 
     let mut m = HashMap::new();
-    m.insert(
-        "".to_string(),
-        pb::ModelMapping {
-            native_id: "x".into(),
-            ..Default::default()
-        },
-    );
+    m.insert("".to_string(), pb::ModelMapping { native_id: "x".into(), ..Default::default() });
     assert_eq!(field_of(model_mappings("f", &m)), "f");
 
     let mut m = HashMap::new();
     m.insert(
         "m".to_string(),
-        pb::ModelMapping {
-            native_id: "x".into(),
-            input_modalities: vec!["smell".into()],
-            ..Default::default()
-        },
+        pb::ModelMapping { native_id: "x".into(), input_modalities: vec!["smell".into()], ..Default::default() },
     );
-    assert_eq!(
-        field_of(model_mappings("f", &m)),
-        "f[\"m\"].input_modalities[0]"
-    );
+    assert_eq!(field_of(model_mappings("f", &m)), "f[\"m\"].input_modalities[0]");
 }
 
 #[test]
 fn model_mapping_defaults_are_filled_in() {
     let mut m = HashMap::new();
-    m.insert(
-        "gpt-4o".to_string(),
-        pb::ModelMapping {
-            native_id: "openai/gpt-4o".into(),
-            ..Default::default()
-        },
-    );
+    m.insert("gpt-4o".to_string(), pb::ModelMapping { native_id: "openai/gpt-4o".into(), ..Default::default() });
     let out = model_mappings("f", &m).unwrap();
     let got = &out["gpt-4o"];
     assert_eq!((got.context_window, got.max_tokens), (128_000, 65_536));
@@ -216,65 +151,27 @@ fn model_mapping_defaults_are_filled_in() {
 
 #[test]
 fn regions_are_identifiers_and_deduplicated() {
-    assert_eq!(
-        regions("r", &["eu".into(), "eu".into(), "us".into()]).unwrap(),
-        vec!["eu", "us"]
-    );
-    assert_eq!(
-        field_of(regions("backend.regions", &["ok".into(), "".into()])),
-        "backend.regions[1]"
-    );
+    assert_eq!(regions("r", &["eu".into(), "eu".into(), "us".into()]).unwrap(), vec!["eu", "us"]);
+    assert_eq!(field_of(regions("backend.regions", &["ok".into(), "".into()])), "backend.regions[1]");
 }
 
 #[test]
 fn metadata_values_are_bounded() {
     let mut m = HashMap::new();
     m.insert("k".to_string(), "x".repeat(1025));
-    assert_eq!(
-        field_of(metadata("backend.metadata", &m)),
-        "backend.metadata[\"k\"]"
-    );
+    assert_eq!(field_of(metadata("backend.metadata", &m)), "backend.metadata[\"k\"]");
 }
 
 #[test]
 fn settings_ranges_and_cross_field_rules_hold() {
     let s = Settings::default();
-    let bad = pb::SettingsPatch {
-        cooldown_base_seconds: Some(0),
-        ..Default::default()
-    };
-    assert_eq!(
-        field_of(settings_patch(&s, &bad)),
-        "patch.cooldown_base_seconds"
-    );
-    let bad = pb::SettingsPatch {
-        emergency_fraction: Some(1.5),
-        ..Default::default()
-    };
-    assert_eq!(
-        field_of(settings_patch(&s, &bad)),
-        "patch.emergency_fraction"
-    );
-    let bad = pb::SettingsPatch {
-        cooldown_max_seconds: Some(10),
-        ..Default::default()
-    };
-    assert_eq!(
-        field_of(settings_patch(&s, &bad)),
-        "patch.cooldown_max_seconds"
-    );
-    let good = pb::SettingsPatch {
-        queue_capacity: Some(10),
-        adaptive_retreat: Some(true),
-        ..Default::default()
-    };
+    let bad = pb::SettingsPatch { cooldown_base_seconds: Some(0), ..Default::default() };
+    assert_eq!(field_of(settings_patch(&s, &bad)), "patch.cooldown_base_seconds");
+    let bad = pb::SettingsPatch { emergency_fraction: Some(1.5), ..Default::default() };
+    assert_eq!(field_of(settings_patch(&s, &bad)), "patch.emergency_fraction");
+    let bad = pb::SettingsPatch { cooldown_max_seconds: Some(10), ..Default::default() };
+    assert_eq!(field_of(settings_patch(&s, &bad)), "patch.cooldown_max_seconds");
+    let good = pb::SettingsPatch { queue_capacity: Some(10), adaptive_retreat: Some(true), ..Default::default() };
     let out = settings_patch(&s, &good).unwrap();
-    assert_eq!(
-        (
-            out.queue_capacity,
-            out.adaptive_retreat,
-            out.cooldown_base_seconds
-        ),
-        (10, true, 30)
-    );
+    assert_eq!((out.queue_capacity, out.adaptive_retreat, out.cooldown_base_seconds), (10, true, 30));
 }

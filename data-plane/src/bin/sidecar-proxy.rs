@@ -25,17 +25,12 @@ fn main() -> ExitCode {
         }
     };
     let filter = tracing_subscriber::EnvFilter::new(&config.log_level);
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match config.log_format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     match runtime.block_on(run(config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -47,18 +42,12 @@ fn main() -> ExitCode {
 
 async fn run(config: ProxyConfig) -> anyhow::Result<()> {
     let proxy = Proxy::new(&config)?;
-    let api = TcpListener::bind(config.listen).await.map_err(|e| {
-        anyhow::anyhow!(
-            "cannot listen on {} (SIDECAR_HOST/SIDECAR_PORT): {e}",
-            config.listen
-        )
-    })?;
-    let ops = TcpListener::bind(config.ops_listen).await.map_err(|e| {
-        anyhow::anyhow!(
-            "cannot listen on {} (SIDECAR_OPS_LISTEN): {e}",
-            config.ops_listen
-        )
-    })?;
+    let api = TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {} (SIDECAR_HOST/SIDECAR_PORT): {e}", config.listen))?;
+    let ops = TcpListener::bind(config.ops_listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {} (SIDECAR_OPS_LISTEN): {e}", config.ops_listen))?;
     proxy.serve(api, ops, shutdown_signal()).await?;
     Ok(())
 }
@@ -67,8 +56,8 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}

@@ -23,10 +23,7 @@ pub struct Cache {
 impl Cache {
     /// A cache file in `dir` sealed with `key`.
     pub fn new(dir: &std::path::Path, key: &[u8; 32]) -> Self {
-        Self {
-            path: dir.join("snapshot.cache"),
-            cipher: Aes256GcmSiv::new(key.into()),
-        }
+        Self { path: dir.join("snapshot.cache"), cipher: Aes256GcmSiv::new(key.into()) }
     }
 
     /// Seals and writes `snapshot`.
@@ -36,13 +33,7 @@ impl Cache {
         let plain = snapshot.encode_to_vec();
         let sealed = self
             .cipher
-            .encrypt(
-                Nonce::from_slice(&nonce),
-                Payload {
-                    msg: &plain,
-                    aad: AAD,
-                },
-            )
+            .encrypt(Nonce::from_slice(&nonce), Payload { msg: &plain, aad: AAD })
             .map_err(|_| std::io::Error::other("sealing the snapshot failed"))?;
         let tmp = self.path.with_extension("tmp");
         let mut file = open_private(&tmp)?;
@@ -65,31 +56,16 @@ impl Cache {
         let (nonce, sealed) = bytes.split_at(12);
         let plain = self
             .cipher
-            .decrypt(
-                Nonce::from_slice(nonce),
-                Payload {
-                    msg: sealed,
-                    aad: AAD,
-                },
-            )
-            .map_err(|_| {
-                "cache does not open with SIDECAR_CACHE_KEY (another key, or corrupted)".to_string()
-            })?;
-        pb::Snapshot::decode(plain.as_slice())
-            .map(Some)
-            .map_err(|e| format!("cache is not a snapshot: {e}"))
+            .decrypt(Nonce::from_slice(nonce), Payload { msg: sealed, aad: AAD })
+            .map_err(|_| "cache does not open with SIDECAR_CACHE_KEY (another key, or corrupted)".to_string())?;
+        pb::Snapshot::decode(plain.as_slice()).map(Some).map_err(|e| format!("cache is not a snapshot: {e}"))
     }
 }
 
 #[cfg(unix)]
 fn open_private(path: &std::path::Path) -> std::io::Result<std::fs::File> {
     use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
+    std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)
 }
 
 #[cfg(not(unix))]
@@ -108,10 +84,7 @@ mod tests {
         assert_eq!(cache.load().unwrap(), None);
         let snapshot = pb::Snapshot {
             version: 9,
-            backends: vec![pb::SnapshotBackend {
-                api_key: "sk-very-secret-key".into(),
-                ..Default::default()
-            }],
+            backends: vec![pb::SnapshotBackend { api_key: "sk-very-secret-key".into(), ..Default::default() }],
             ..Default::default()
         };
         cache.save(&snapshot).unwrap();

@@ -26,6 +26,9 @@ use crate::{
     state::Shared,
 };
 
+/// How often the node tells the control plane its demand.
+const DEMAND_EVERY: Duration = Duration::from_secs(1);
+
 /// The sync task.
 pub struct Syncer {
     shared: Arc<Shared>,
@@ -33,7 +36,7 @@ pub struct Syncer {
     hello: pb::Hello,
     cache: Option<Cache>,
     window: Duration,
-    events: mpsc::Receiver<pb::RateLimitEvent>,
+    events: mpsc::Receiver<pb::node_message::Kind>,
 }
 
 impl Syncer {
@@ -44,16 +47,9 @@ impl Syncer {
         hello: pb::Hello,
         cache: Option<Cache>,
         window: Duration,
-        events: mpsc::Receiver<pb::RateLimitEvent>,
+        events: mpsc::Receiver<pb::node_message::Kind>,
     ) -> Self {
-        Self {
-            shared,
-            client,
-            hello,
-            cache,
-            window,
-            events,
-        }
+        Self { shared, client, hello, cache, window, events }
     }
 
     /// Applies the cached snapshot, if any; used at boot so the proxy serves even when
@@ -62,10 +58,9 @@ impl Syncer {
         let Some(cache) = &self.cache else { return };
         match cache.load() {
             Ok(Some(snapshot)) => match self.apply(&snapshot, false) {
-                Ok(()) => info!(
-                    version = snapshot.version,
-                    "serving the cached config until the control plane answers"
-                ),
+                Ok(()) => {
+                    info!(version = snapshot.version, "serving the cached config until the control plane answers")
+                }
                 Err(e) => warn!(error = %e, "cached config is invalid; ignoring it"),
             },
             Ok(None) => {}
@@ -83,33 +78,97 @@ impl Syncer {
         let bundle = Bundle::prepare(&parsed, &current, self.window, Instant::now());
         self.shared.bundle.store(Arc::new(bundle));
         self.shared.queue.wake();
-        self.shared
-            .metrics
-            .gauge("sidecar_config_version", &[], parsed.version as f64);
+        self.shared.metrics.gauge("sidecar_config_version", &[], parsed.version as f64);
         if persist
             && let Some(cache) = &self.cache
             && let Err(e) = cache.save(snapshot)
         {
             warn!(error = %e, "could not write the config cache");
         }
-        info!(
-            version = parsed.version,
-            backends = parsed.backends.len(),
-            "config applied"
-        );
+        info!(version = parsed.version, backends = parsed.backends.len(), "config applied");
         Ok(())
     }
 
+    /// Takes this node's shares of backend limits from the control plane.
+    fn apply_grants(&self, grants: &pb::QuotaGrants) {
+        let bundle = self.shared.bundle.load();
+        let now = Instant::now();
+        let lease = Duration::from_millis(grants.lease_ms);
+        for g in &grants.grants {
+            let Some(b) = bundle.backend(&g.backend_id) else { continue };
+            {
+                let mut quota = b.state.quota.lock().expect("quota lock");
+                quota.grant = Some((g.rpm, (g.tpm > 0).then_some(g.tpm)));
+                quota.lease_until = Some(now + lease);
+                quota.fallback = (g.fallback_rpm, (g.fallback_tpm > 0).then_some(g.fallback_tpm));
+            }
+            b.state.apply_limits(&b.config, &bundle.settings, bundle.window, now);
+        }
+        self.shared.queue.wake();
+    }
+
+    /// A fleet-wide cooldown (or its end) from the control plane.
+    fn apply_cooldown(&self, c: &pb::CooldownBroadcast) {
+        let bundle = self.shared.bundle.load();
+        let Some(b) = bundle.backend(&c.backend_id) else { return };
+        let now = Instant::now();
+        let mut cooldown = b.state.cooldown.lock().expect("cooldown lock");
+        if c.remaining_ms == 0 {
+            cooldown.consecutive = 0;
+            cooldown.until = None;
+            drop(cooldown);
+            self.shared.queue.wake();
+        } else {
+            // Never lower a count this node escalated itself after the broadcast was sent.
+            cooldown.consecutive = cooldown.consecutive.max(c.consecutive_count);
+            let until = now + Duration::from_millis(c.remaining_ms);
+            cooldown.until = Some(cooldown.until.map_or(until, |u| u.max(until)));
+            info!(backend = %c.backend_id, count = c.consecutive_count, remaining_ms = c.remaining_ms, from = %c.node_id, "fleet-wide cooldown");
+        }
+    }
+
+    /// What this node wants of each backend: admitted + turned away since the last
+    /// report + waiting now, as requests per window.
+    fn demand(&self, every: Duration) -> pb::Demand {
+        use std::sync::atomic::Ordering::Relaxed;
+        let bundle = self.shared.bundle.load();
+        let now = Instant::now();
+        let waiting = self.shared.queue.waiting_by_model();
+        let scale = bundle.window.as_secs_f64() / every.as_secs_f64();
+        let backends = bundle
+            .backends
+            .iter()
+            .map(|b| {
+                let waiting: u64 = waiting
+                    .iter()
+                    .filter(|(model, _)| {
+                        bundle.route(model).is_some_and(|r| r.members().any(|(m, _)| m.config.id == b.config.id))
+                    })
+                    .map(|(_, n)| n)
+                    .sum();
+                let admitted = b.state.admitted.swap(0, Relaxed);
+                let rejected = b.state.rejected.swap(0, Relaxed);
+                let (tokens, burst, in_window) = {
+                    let mut l = b.state.limiter.lock().expect("limiter lock");
+                    (l.tokens(now), l.burst(), l.in_window(now))
+                };
+                pb::BackendDemand {
+                    backend_id: b.config.id.clone(),
+                    demand: (admitted + rejected + waiting) as f64 * scale,
+                    admitted,
+                    waiting,
+                    rejected,
+                    bucket_fill: (tokens / f64::from(burst.max(1))).clamp(0.0, 1.0),
+                    in_window,
+                }
+            })
+            .collect();
+        pb::Demand { backends, at_ms: crate::now_ms() }
+    }
+
     fn set_connected(&self, connected: bool) {
-        self.shared
-            .sync
-            .connected
-            .store(connected, std::sync::atomic::Ordering::Relaxed);
-        self.shared.metrics.gauge(
-            "sidecar_control_plane_connected",
-            &[],
-            if connected { 1.0 } else { 0.0 },
-        );
+        self.shared.sync.connected.store(connected, std::sync::atomic::Ordering::Relaxed);
+        self.shared.metrics.gauge("sidecar_control_plane_connected", &[], if connected { 1.0 } else { 0.0 });
     }
 
     /// Runs until `shutdown` turns true.
@@ -127,8 +186,7 @@ impl Syncer {
                     backoff = Duration::from_millis(100);
                 }
                 Err(status) => {
-                    *self.shared.sync.last_error.lock().expect("status lock") =
-                        status.message().to_owned();
+                    *self.shared.sync.last_error.lock().expect("status lock") = status.message().to_owned();
                     match status.code() {
                         Code::Unauthenticated | Code::PermissionDenied | Code::InvalidArgument => {
                             error!(
@@ -156,23 +214,27 @@ impl Syncer {
         let (tx, rx) = mpsc::channel(64);
         let mut hello = self.hello.clone();
         hello.config_version = self.shared.bundle.load().version;
-        tx.send(pb::NodeMessage {
-            kind: Some(node_message::Kind::Hello(hello)),
-        })
-        .await
-        .expect("fresh channel");
-        let mut inbound = self
-            .client
-            .sync(ReceiverStream::new(rx))
-            .await?
-            .into_inner();
+        tx.send(pb::NodeMessage { kind: Some(node_message::Kind::Hello(hello)) }).await.expect("fresh channel");
+        let mut inbound = self.client.sync(ReceiverStream::new(rx)).await?.into_inner();
         self.set_connected(true);
         info!("connected to the control plane");
+        let mut demand_tick = tokio::time::interval(DEMAND_EVERY);
         loop {
             tokio::select! {
                 message = inbound.message() => {
                     let Some(message) = message? else { return Ok(()) };
-                    let Some(control_message::Kind::Snapshot(snapshot)) = message.kind else { continue };
+                    let snapshot = match message.kind {
+                        Some(control_message::Kind::Snapshot(snapshot)) => snapshot,
+                        Some(control_message::Kind::Grants(grants)) => {
+                            self.apply_grants(&grants);
+                            continue;
+                        }
+                        Some(control_message::Kind::Cooldown(cooldown)) => {
+                            self.apply_cooldown(&cooldown);
+                            continue;
+                        }
+                        None => continue,
+                    };
                     let answer = match self.apply(&snapshot, true) {
                         Ok(()) => node_message::Kind::Ack(pb::Ack { version: snapshot.version, nonce: snapshot.nonce.clone() }),
                         Err(e) => {
@@ -185,7 +247,11 @@ impl Syncer {
                     }
                 }
                 Some(event) = self.events.recv() => {
-                    let _ = tx.send(pb::NodeMessage { kind: Some(node_message::Kind::RateLimited(event)) }).await;
+                    let _ = tx.send(pb::NodeMessage { kind: Some(event) }).await;
+                }
+                _ = demand_tick.tick() => {
+                    let demand = self.demand(DEMAND_EVERY);
+                    let _ = tx.send(pb::NodeMessage { kind: Some(node_message::Kind::Demand(demand)) }).await;
                 }
             }
         }

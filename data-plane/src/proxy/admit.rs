@@ -17,12 +17,7 @@ fn earliest_recovery(route: &Route, now: Instant) -> Option<Instant> {
     route
         .members()
         .filter_map(|(b, _)| {
-            let cool = b
-                .state
-                .cooldown
-                .lock()
-                .expect("cooldown lock")
-                .cooling_until(now);
+            let cool = b.state.cooldown.lock().expect("cooldown lock").cooling_until(now);
             let err = b.state.health.lock().expect("health lock").error_until(now);
             match (cool, err) {
                 (Some(a), Some(b)) => Some(a.max(b)),
@@ -33,8 +28,14 @@ fn earliest_recovery(route: &Route, now: Instant) -> Option<Instant> {
 }
 
 fn until(t: Option<Instant>, now: Instant, default: Duration) -> Duration {
-    t.map_or(default, |t| t.saturating_duration_since(now))
-        .max(Duration::from_secs(1))
+    t.map_or(default, |t| t.saturating_duration_since(now)).max(Duration::from_secs(1))
+}
+
+/// Counts a request turned away against every candidate, as demand the fleet should know.
+fn turned_away(route: &Route) {
+    for (b, _) in route.members() {
+        b.state.rejected.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// Gets a backend token for one attempt at `model`, not using `exclude`d backends.
@@ -48,9 +49,7 @@ pub(super) async fn admit(
 ) -> Result<Grant, ProxyError> {
     loop {
         let bundle = shared.bundle.load_full();
-        let route = bundle
-            .route(model)
-            .ok_or_else(|| ProxyError::ModelNotFound(model.to_owned()))?;
+        let route = bundle.route(model).ok_or_else(|| ProxyError::ModelNotFound(model.to_owned()))?;
         let now = Instant::now();
         match assess(&route, exclude, now, estimate, &bundle.settings) {
             Assessment::Ready if shared.queue.is_empty() => {
@@ -64,11 +63,7 @@ pub(super) async fn admit(
                     Counters::bump(&shared.counters.emergency);
                     return Ok(grant);
                 }
-                let retry = until(
-                    earliest_recovery(&route, now),
-                    now,
-                    bundle.settings.cooldown_base,
-                );
+                let retry = until(earliest_recovery(&route, now), now, bundle.settings.cooldown_base);
                 return Err(ProxyError::Exhausted(retry));
             }
             _ => {}
@@ -77,22 +72,17 @@ pub(super) async fn admit(
         let started = Instant::now();
         let capacity = bundle.settings.queue_capacity;
         drop(bundle);
-        let (id, mut rx) = shared
-            .queue
-            .push(priority, model, exclude, estimate, capacity)
-            .map_err(|_| {
-                shared.metrics.queue_rejected(priority.as_str(), "full");
-                ProxyError::QueueFull
-            })?;
+        let (id, mut rx) = shared.queue.push(priority, model, exclude, estimate, capacity).map_err(|_| {
+            shared.metrics.queue_rejected(priority.as_str(), "full");
+            ProxyError::QueueFull
+        })?;
         let decision = match tokio::time::timeout_at(deadline, &mut rx).await {
             Ok(decision) => decision.ok(),
             Err(_) if shared.queue.remove(id) => None,
             // Decided while timing out: take the decision rather than lose a token.
             Err(_) => rx.try_recv().ok(),
         };
-        shared
-            .metrics
-            .queue_wait(priority.as_str(), started.elapsed().as_secs_f64());
+        shared.metrics.queue_wait(priority.as_str(), started.elapsed().as_secs_f64());
         match decision {
             Some(Decision::Granted(grant)) => return Ok(grant),
             Some(Decision::Evicted) => {
@@ -103,6 +93,7 @@ pub(super) async fn admit(
             None if Instant::now() < deadline => continue,
             None => {
                 shared.metrics.queue_rejected(priority.as_str(), "timeout");
+                turned_away(&route);
                 let bundle = shared.bundle.load();
                 let now = Instant::now();
                 let next = bundle.route(model).and_then(|route| {
@@ -111,11 +102,7 @@ pub(super) async fn admit(
                         _ => None,
                     }
                 });
-                return Err(ProxyError::QueueTimeout(until(
-                    next,
-                    now,
-                    Duration::from_secs(1),
-                )));
+                return Err(ProxyError::QueueTimeout(until(next, now, Duration::from_secs(1))));
             }
         }
     }

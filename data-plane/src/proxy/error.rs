@@ -47,28 +47,17 @@ impl ProxyError {
                 format!("request body is larger than the limit of {limit} bytes"),
                 None,
             ),
-            Self::BadRequest(m) => (
-                StatusCode::BAD_REQUEST,
-                "invalid_request_error",
-                m.clone(),
-                None,
-            ),
+            Self::BadRequest(m) => (StatusCode::BAD_REQUEST, "invalid_request_error", m.clone(), None),
             Self::ModelNotFound(model) => (
                 StatusCode::NOT_FOUND,
                 "model_not_found",
-                format!(
-                    "The model `{}` is not served by this gateway",
-                    model.chars().take(200).collect::<String>()
-                ),
+                format!("The model `{}` is not served by this gateway", model.chars().take(200).collect::<String>()),
                 None,
             ),
             Self::NotFound(path) => (
                 StatusCode::NOT_FOUND,
                 "not_found",
-                format!(
-                    "Unknown path {}",
-                    path.chars().take(200).collect::<String>()
-                ),
+                format!("Unknown path {}", path.chars().take(200).collect::<String>()),
                 None,
             ),
             Self::NotReady => (
@@ -103,16 +92,10 @@ impl ProxyError {
 impl IntoResponse for ProxyError {
     fn into_response(self) -> Response {
         let (status, kind, message, retry) = self.parts();
-        let mut response = (
-            status,
-            Json(serde_json::json!({ "error": { "message": message, "type": kind } })),
-        )
-            .into_response();
+        let mut response =
+            (status, Json(serde_json::json!({ "error": { "message": message, "type": kind } }))).into_response();
         if let Some(retry) = retry {
-            response.headers_mut().insert(
-                header::RETRY_AFTER,
-                HeaderValue::from(seconds(retry).max(1)),
-            );
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds(retry).max(1)));
         }
         response
     }

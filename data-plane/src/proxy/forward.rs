@@ -80,19 +80,12 @@ pub(crate) async fn serve(
     priority: Priority,
 ) -> Result<Response, ProxyError> {
     let settings = shared.bundle.load().settings.clone();
-    let wait = if priority == Priority::Low {
-        settings.low_priority_timeout
-    } else {
-        settings.queue_timeout
-    };
+    let wait = if priority == Priority::Low { settings.low_priority_timeout } else { settings.queue_timeout };
     let deadline = Instant::now() + wait;
     let estimate = (request.size / 4) as u64;
     if request.stream && path != "/v1/embeddings" {
         // Ask for the usage chunk so streamed requests are accounted too.
-        let options = request
-            .body
-            .entry("stream_options")
-            .or_insert_with(|| Value::Object(Default::default()));
+        let options = request.body.entry("stream_options").or_insert_with(|| Value::Object(Default::default()));
         if let Value::Object(o) = options {
             o.entry("include_usage").or_insert(Value::Bool(true));
         }
@@ -102,35 +95,20 @@ pub(crate) async fn serve(
     let mut last: Option<Failure> = None;
     let mut attempts = 0;
     loop {
-        let grant = match admit(
-            shared,
-            &request.model,
-            priority,
-            &exclude,
-            estimate,
-            deadline,
-        )
-        .await
-        {
+        let grant = match admit(shared, &request.model, priority, &exclude, estimate, deadline).await {
             Ok(grant) => grant,
             Err(e) => return give_up(shared, &model, e, last, attempts),
         };
         attempts += 1;
         let backend = grant.backend.clone();
         let config = &backend.config;
-        let native = grant
-            .model
-            .native_id
-            .clone()
-            .unwrap_or_else(|| request.model.clone());
+        let native = grant.model.native_id.clone().unwrap_or_else(|| request.model.clone());
         request.body.insert("model".into(), Value::String(native));
         let body = Bytes::from(serde_json::to_vec(&request.body).expect("a JSON map serializes"));
         let uri = upstream::target_uri(&config.origin, &config.path_prefix, path)
             .map_err(|e| ProxyError::Upstream(format!("bad upstream URL: {e}")))?;
         let upstream_request = upstream::build_request(uri, headers, &config.authorization, body)
-            .map_err(|e| {
-            ProxyError::Upstream(format!("could not build the upstream request: {e}"))
-        })?;
+            .map_err(|e| ProxyError::Upstream(format!("could not build the upstream request: {e}")))?;
 
         backend.state.started();
         shared.in_flight.start();
@@ -141,31 +119,12 @@ pub(crate) async fn serve(
                 backend.state.finished();
                 shared.in_flight.finish();
                 grant_settle(&grant, None);
-                attempt_failed(
-                    shared,
-                    &grant,
-                    &model,
-                    kind_outcome(kind),
-                    kind.as_str(),
-                    sent,
-                );
-                Failure {
-                    backend: backend.clone(),
-                    response: None,
-                    rate_limited: false,
-                }
+                attempt_failed(shared, &grant, &model, kind_outcome(kind), kind.as_str(), sent);
+                Failure { backend: backend.clone(), response: None, rate_limited: false }
             }
             Ok(response) => match upstream::classify(response.status()) {
                 StatusClass::Success | StatusClass::ClientError => {
-                    return Ok(respond(
-                        shared,
-                        grant,
-                        response,
-                        request.stream,
-                        model,
-                        attempts,
-                        sent,
-                    ));
+                    return Ok(respond(shared, grant, response, request.stream, model, attempts, sent));
                 }
                 class => {
                     backend.state.finished();
@@ -179,14 +138,7 @@ pub(crate) async fn serve(
                     match class {
                         StatusClass::RateLimited => {
                             on_rate_limited(shared, &grant, retry_after, now);
-                            attempt_failed(
-                                shared,
-                                &grant,
-                                &model,
-                                Outcome::RateLimited,
-                                "429",
-                                sent,
-                            );
+                            attempt_failed(shared, &grant, &model, Outcome::RateLimited, "429", sent);
                         }
                         StatusClass::Auth => {
                             warn!(backend = %config.id, status = parts.status.as_u16(), "upstream refused the key; backend marked error");
@@ -196,40 +148,17 @@ pub(crate) async fn serve(
                                 .lock()
                                 .expect("health lock")
                                 .on_auth_error(now, &shared.bundle.load().settings);
-                            attempt_failed(
-                                shared,
-                                &grant,
-                                &model,
-                                Outcome::ClientError,
-                                "auth",
-                                sent,
-                            );
+                            attempt_failed(shared, &grant, &model, Outcome::ClientError, "auth", sent);
                         }
                         _ => {
                             let settings = shared.bundle.load().settings.clone();
-                            backend
-                                .state
-                                .health
-                                .lock()
-                                .expect("health lock")
-                                .on_failure(now, &settings, "5xx");
-                            attempt_failed(
-                                shared,
-                                &grant,
-                                &model,
-                                Outcome::ServerError,
-                                "5xx",
-                                sent,
-                            );
+                            backend.state.health.lock().expect("health lock").on_failure(now, &settings, "5xx");
+                            attempt_failed(shared, &grant, &model, Outcome::ServerError, "5xx", sent);
                         }
                     }
                     Failure {
                         backend: backend.clone(),
-                        response: Some((
-                            parts.status,
-                            upstream::response_headers(&parts.headers),
-                            bytes,
-                        )),
+                        response: Some((parts.status, upstream::response_headers(&parts.headers), bytes)),
                         rate_limited,
                     }
                 }
@@ -243,21 +172,9 @@ pub(crate) async fn serve(
         }
         last = Some(failure);
         if attempts >= MAX_ATTEMPTS {
-            return give_up(
-                shared,
-                &model,
-                ProxyError::Upstream("every attempt failed".into()),
-                last,
-                attempts,
-            );
+            return give_up(shared, &model, ProxyError::Upstream("every attempt failed".into()), last, attempts);
         }
-        shared
-            .metrics
-            .retry(if last.as_ref().is_some_and(|f| f.rate_limited) {
-                "429"
-            } else {
-                "failure"
-            });
+        shared.metrics.retry(if last.as_ref().is_some_and(|f| f.rate_limited) { "429" } else { "failure" });
         Counters::bump(&shared.counters.retries);
     }
 }
@@ -270,10 +187,7 @@ fn kind_outcome(kind: AttemptError) -> Outcome {
 }
 
 fn grant_settle(grant: &Grant, tokens: Option<u64>) {
-    if let (Some(id), Some(w)) = (
-        grant.tpm_reservation,
-        grant.backend.state.tpm.lock().expect("tpm lock").as_mut(),
-    ) {
+    if let (Some(id), Some(w)) = (grant.tpm_reservation, grant.backend.state.tpm.lock().expect("tpm lock").as_mut()) {
         w.settle(id, tokens.unwrap_or(0));
     }
 }
@@ -291,20 +205,10 @@ fn attempt_failed(
     let backend = &grant.backend;
     if matches!(outcome, Outcome::Timeout | Outcome::Connect) {
         let settings = shared.bundle.load().settings.clone();
-        backend
-            .state
-            .health
-            .lock()
-            .expect("health lock")
-            .on_failure(Instant::now(), &settings, kind);
+        backend.state.health.lock().expect("health lock").on_failure(Instant::now(), &settings, kind);
     }
     if outcome != Outcome::RateLimited {
-        backend
-            .state
-            .retreat
-            .lock()
-            .expect("retreat lock")
-            .record(Instant::now(), false);
+        backend.state.retreat.lock().expect("retreat lock").record(Instant::now(), false);
     }
     shared.metrics.upstream_error(&backend.config.id, kind);
     Counters::bump(&shared.counters.upstream_errors);
@@ -325,12 +229,7 @@ fn attempt_failed(
 
 /// A 429: escalate the backend's cooldown (floored by Retry-After) and tell the control
 /// plane at once.
-fn on_rate_limited(
-    shared: &Shared,
-    grant: &Grant,
-    retry_after: Option<std::time::Duration>,
-    now: Instant,
-) {
+fn on_rate_limited(shared: &Shared, grant: &Grant, retry_after: Option<std::time::Duration>, now: Instant) {
     let backend = &grant.backend;
     let settings = shared.bundle.load().settings.clone();
     let (applied, count) = {
@@ -338,12 +237,7 @@ fn on_rate_limited(
         let d = cooldown.on_429(now, &settings, retry_after);
         (d, cooldown.consecutive)
     };
-    backend
-        .state
-        .retreat
-        .lock()
-        .expect("retreat lock")
-        .record(now, true);
+    backend.state.retreat.lock().expect("retreat lock").record(now, true);
     warn!(backend = %backend.config.id, count, cooldown_ms = applied.as_millis() as u64, "upstream 429: cooling down");
     let event = sidecar_proto::v1::RateLimitEvent {
         backend_id: backend.config.id.clone(),
@@ -352,7 +246,7 @@ fn on_rate_limited(
         consecutive_count: count,
         at_ms: crate::now_ms(),
     };
-    let _ = shared.events.try_send(event);
+    let _ = shared.events.try_send(sidecar_proto::v1::node_message::Kind::RateLimited(event));
 }
 
 /// Passes an upstream response through: status, headers minus hop-by-hop ones, the
@@ -370,24 +264,20 @@ fn respond(
     let status = response.status();
     let success = status.is_success();
     if success {
-        let was_cooling = {
+        let (was_cooling, had_429s) = {
             let mut cooldown = backend.state.cooldown.lock().expect("cooldown lock");
-            let was = cooldown.until.is_some();
+            let was = (cooldown.until.is_some(), cooldown.consecutive > 0);
             cooldown.on_success();
             was
         };
-        backend
-            .state
-            .health
-            .lock()
-            .expect("health lock")
-            .on_success();
-        backend
-            .state
-            .retreat
-            .lock()
-            .expect("retreat lock")
-            .record(Instant::now(), false);
+        if had_429s {
+            // The fleet-wide count starts over too.
+            let recovered =
+                sidecar_proto::v1::BackendRecovered { backend_id: backend.config.id.clone(), at_ms: crate::now_ms() };
+            let _ = shared.events.try_send(sidecar_proto::v1::node_message::Kind::Recovered(recovered));
+        }
+        backend.state.health.lock().expect("health lock").on_success();
+        backend.state.retreat.lock().expect("retreat lock").record(Instant::now(), false);
         if was_cooling {
             // An emergency success ended a cooldown: waiters may use the backend again.
             shared.queue.wake();
@@ -399,9 +289,7 @@ fn respond(
     } else {
         Counters::bump(&shared.counters.client_errors);
     }
-    shared
-        .metrics
-        .request(&backend.config.id, &backend.config.pool, status.as_u16());
+    shared.metrics.request(&backend.config.id, &backend.config.pool, status.as_u16());
     let (parts, body) = response.into_parts();
     let mut headers = upstream::response_headers(&parts.headers);
     sidecar_headers(&mut headers, &grant, attempts);
@@ -422,11 +310,7 @@ fn respond(
         finish_shared.metrics.upstream_latency(
             &backend.config.id,
             done.elapsed.as_secs_f64(),
-            if is_sse {
-                done.ttft.map(|t| t.as_secs_f64())
-            } else {
-                None
-            },
+            if is_sse { done.ttft.map(|t| t.as_secs_f64()) } else { None },
         );
         finish_shared.usage.record(UsageEvent {
             at_ms: crate::now_ms(),
@@ -470,11 +354,7 @@ fn give_up(
             other => other,
         });
     };
-    shared.metrics.request(
-        &failure.backend.config.id,
-        &failure.backend.config.pool,
-        status.as_u16(),
-    );
+    shared.metrics.request(&failure.backend.config.id, &failure.backend.config.pool, status.as_u16());
     if let Ok(v) = HeaderValue::from_str(&failure.backend.config.name) {
         headers.insert("x-sidecar-backend", v);
     }

@@ -27,18 +27,9 @@ use crate::{routing::Priority, state::Shared};
 /// [`ProxyError`], and every response carries the `X-Sidecar-*` headers set in `forward`.
 pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()
-        .route(
-            "/v1/chat/completions",
-            post(|s, h, b| completion(s, h, b, "/v1/chat/completions")),
-        )
-        .route(
-            "/v1/completions",
-            post(|s, h, b| completion(s, h, b, "/v1/completions")),
-        )
-        .route(
-            "/v1/embeddings",
-            post(|s, h, b| completion(s, h, b, "/v1/embeddings")),
-        )
+        .route("/v1/chat/completions", post(|s, h, b| completion(s, h, b, "/v1/chat/completions")))
+        .route("/v1/completions", post(|s, h, b| completion(s, h, b, "/v1/completions")))
+        .route("/v1/embeddings", post(|s, h, b| completion(s, h, b, "/v1/embeddings")))
         .route("/v1/models", get(list_models))
         .route("/v1/models/{*id}", get(get_model))
         .fallback(|uri: Uri| async move { ProxyError::NotFound(uri.path().to_owned()) })
@@ -56,53 +47,32 @@ pub(crate) struct ParsedRequest {
 async fn read_body(body: Body, limit: usize) -> Result<ParsedRequest, ProxyError> {
     let bytes = match Limited::new(body, limit).collect().await {
         Ok(c) => c.to_bytes(),
-        Err(e)
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some() =>
-        {
+        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
             return Err(ProxyError::PayloadTooLarge(limit));
         }
         Err(_) => {
-            return Err(ProxyError::BadRequest(
-                "could not read the request body".into(),
-            ));
+            return Err(ProxyError::BadRequest("could not read the request body".into()));
         }
     };
     let value: Value = serde_json::from_slice(&bytes)
         .map_err(|e| ProxyError::BadRequest(format!("request body is not valid JSON: {e}")))?;
     let Value::Object(body) = value else {
-        return Err(ProxyError::BadRequest(
-            "request body must be a JSON object".into(),
-        ));
+        return Err(ProxyError::BadRequest("request body must be a JSON object".into()));
     };
     let model = match body.get("model") {
         Some(Value::String(m)) if !m.is_empty() => m.clone(),
         Some(_) => {
-            return Err(ProxyError::BadRequest(
-                "`model` must be a non-empty string".into(),
-            ));
+            return Err(ProxyError::BadRequest("`model` must be a non-empty string".into()));
         }
         None => {
-            return Err(ProxyError::BadRequest(
-                "you must provide a `model` parameter".into(),
-            ));
+            return Err(ProxyError::BadRequest("you must provide a `model` parameter".into()));
         }
     };
     let stream = body.get("stream").and_then(Value::as_bool).unwrap_or(false);
-    Ok(ParsedRequest {
-        body,
-        model,
-        stream,
-        size: bytes.len(),
-    })
+    Ok(ParsedRequest { body, model, stream, size: bytes.len() })
 }
 
-async fn completion(
-    State(shared): State<Arc<Shared>>,
-    headers: HeaderMap,
-    body: Body,
-    path: &'static str,
-) -> Response {
+async fn completion(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Body, path: &'static str) -> Response {
     crate::state::Counters::bump(&shared.counters.total);
     let request = match read_body(body, shared.max_body_bytes).await {
         Ok(r) => r,

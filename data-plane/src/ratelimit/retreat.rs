@@ -26,11 +26,7 @@ pub struct Retreat {
 impl Retreat {
     /// Starts at the configured rate.
     pub fn new(rpm: u32) -> Self {
-        Self {
-            effective: f64::from(rpm),
-            outcomes: VecDeque::new(),
-            calm_since: None,
-        }
+        Self { effective: f64::from(rpm), outcomes: VecDeque::new(), calm_since: None }
     }
 
     /// Records one upstream answer.
@@ -40,11 +36,7 @@ impl Retreat {
     }
 
     fn prune(&mut self, now: Instant) {
-        while self
-            .outcomes
-            .front()
-            .is_some_and(|&(t, _)| now.saturating_duration_since(t) >= WINDOW)
-        {
+        while self.outcomes.front().is_some_and(|&(t, _)| now.saturating_duration_since(t) >= WINDOW) {
             self.outcomes.pop_front();
         }
     }
@@ -52,9 +44,8 @@ impl Retreat {
     /// The 429 share over the last minute, if the sample is large enough.
     pub fn rate_429(&mut self, now: Instant) -> Option<f64> {
         self.prune(now);
-        (self.outcomes.len() >= MIN_SAMPLE).then(|| {
-            self.outcomes.iter().filter(|o| o.1).count() as f64 / self.outcomes.len() as f64
-        })
+        (self.outcomes.len() >= MIN_SAMPLE)
+            .then(|| self.outcomes.iter().filter(|o| o.1).count() as f64 / self.outcomes.len() as f64)
     }
 
     /// One evaluation tick; returns the effective RPM (never above `configured`).

@@ -38,29 +38,14 @@ fn never_more_than_the_limit_in_any_window() {
     for (limit, burst) in [(1, 3), (2, 3), (40, 3), (60, 10), (600, 3), (7, 7)] {
         let start = Instant::now();
         let mut l = RequestLimiter::new(limit, burst, MIN, start);
-        let times = run(
-            &mut l,
-            start,
-            Duration::from_millis(50),
-            Duration::from_secs(300),
-        );
+        let times = run(&mut l, start, Duration::from_millis(50), Duration::from_secs(300));
         let max = max_in_any_window(&times, MIN);
-        assert!(
-            max <= limit as usize,
-            "limit {limit} burst {burst}: {max} in one window"
-        );
+        assert!(max <= limit as usize, "limit {limit} burst {burst}: {max} in one window");
         // Even when arrival jitter stretches the window by just under the margin.
         let max = max_in_any_window(&times, MIN + Duration::from_millis(590));
-        assert!(
-            max <= limit as usize,
-            "limit {limit}: {max} within the margin"
-        );
+        assert!(max <= limit as usize, "limit {limit}: {max} within the margin");
         // And the limiter does not starve: over 5 minutes it admits close to 5 × limit.
-        assert!(
-            times.len() as u32 >= limit * 5 - limit,
-            "limit {limit}: only {} admitted",
-            times.len()
-        );
+        assert!(times.len() as u32 >= limit * 5 - limit, "limit {limit}: only {} admitted", times.len());
     }
 }
 
@@ -68,12 +53,7 @@ fn never_more_than_the_limit_in_any_window() {
 fn admissions_are_spread_not_spent_at_once() {
     let start = Instant::now();
     let mut l = RequestLimiter::new(60, 3, MIN, start);
-    let times = run(
-        &mut l,
-        start,
-        Duration::from_millis(10),
-        Duration::from_secs(10),
-    );
+    let times = run(&mut l, start, Duration::from_millis(10), Duration::from_secs(10));
     // 3 at once, then about one per second.
     assert!((12..=14).contains(&times.len()), "{}", times.len());
     assert_eq!(times.iter().filter(|&&t| t == start).count(), 3);
@@ -97,10 +77,7 @@ fn the_window_binds_when_the_bucket_would_allow_more() {
     assert!(l.try_acquire(start) && l.try_acquire(start));
     // The bucket refills in 30 s, but two admissions are in the window until 60 s
     // (plus the 1% safety margin).
-    assert_eq!(
-        l.next_available(start + Duration::from_secs(31)),
-        start + MIN + MIN / 100
-    );
+    assert_eq!(l.next_available(start + Duration::from_secs(31)), start + MIN + MIN / 100);
 }
 
 #[test]
@@ -122,10 +99,7 @@ fn reconfigure_keeps_the_log() {
     l.reconfigure(20, 10, MIN, start);
     let t = start + Duration::from_secs(30);
     let admitted = (0..20).filter(|_| l.try_acquire(t)).count();
-    assert!(
-        admitted <= 10,
-        "raising the limit must count the 10 already spent: {admitted}"
-    );
+    assert!(admitted <= 10, "raising the limit must count the 10 already spent: {admitted}");
 }
 
 #[test]
@@ -178,4 +152,14 @@ fn retreat_needs_a_minimum_sample() {
         r.record(t, true);
     }
     assert_eq!(r.tick(t, 40), 40);
+}
+
+#[test]
+fn a_limit_of_zero_admits_nothing_until_raised() {
+    let start = Instant::now();
+    let mut l = RequestLimiter::new(0, 3, MIN, start);
+    assert!(!l.try_acquire(start));
+    assert!(!l.try_acquire(start + MIN * 2));
+    l.reconfigure(2, 3, MIN, start + MIN * 2);
+    assert!(l.try_acquire(start + MIN * 2 + Duration::from_secs(30)));
 }

@@ -19,13 +19,7 @@ pub struct TokenWindow {
 impl TokenWindow {
     /// A window allowing `limit` tokens per `window`.
     pub fn new(limit: u64, window: Duration) -> Self {
-        Self {
-            limit: limit.max(1),
-            window,
-            spent: VecDeque::new(),
-            sum: 0,
-            next_id: 0,
-        }
+        Self { limit: limit.max(1), window, spent: VecDeque::new(), sum: 0, next_id: 0 }
     }
 
     /// Changes the limit, keeping what was spent.

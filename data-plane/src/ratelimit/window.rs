@@ -24,15 +24,8 @@ pub struct RequestLimiter {
 impl RequestLimiter {
     /// A limiter starting with a full bucket.
     pub fn new(limit: u32, burst: u32, window: Duration, now: Instant) -> Self {
-        let mut l = Self {
-            limit: limit.max(1),
-            burst: 1,
-            window,
-            tokens: 0.0,
-            refilled_at: now,
-            admitted: VecDeque::new(),
-        };
-        l.burst = burst.clamp(1, l.limit);
+        let mut l = Self { limit, burst: 1, window, tokens: 0.0, refilled_at: now, admitted: VecDeque::new() };
+        l.burst = burst.clamp(1, l.limit.max(1));
         l.tokens = f64::from(l.burst);
         l
     }
@@ -41,8 +34,8 @@ impl RequestLimiter {
     /// so a change never forgets what the last window already spent.
     pub fn reconfigure(&mut self, limit: u32, burst: u32, window: Duration, now: Instant) {
         self.refill(now);
-        self.limit = limit.max(1);
-        self.burst = burst.clamp(1, self.limit);
+        self.limit = limit;
+        self.burst = burst.clamp(1, self.limit.max(1));
         self.window = window;
         self.tokens = self.tokens.min(f64::from(self.burst));
     }
@@ -67,23 +60,27 @@ impl RequestLimiter {
     }
 
     fn refill(&mut self, now: Instant) {
-        let elapsed = now
-            .saturating_duration_since(self.refilled_at)
-            .as_secs_f64();
+        if self.limit == 0 {
+            self.refilled_at = now;
+            self.tokens = 0.0;
+        }
+        let elapsed = now.saturating_duration_since(self.refilled_at).as_secs_f64();
         self.tokens = (self.tokens + elapsed * self.rate_per_sec()).min(f64::from(self.burst));
         self.refilled_at = now;
         let guarded = self.guarded_window();
-        while self
-            .admitted
-            .front()
-            .is_some_and(|&t| now.saturating_duration_since(t) >= guarded)
-        {
+        while self.admitted.front().is_some_and(|&t| now.saturating_duration_since(t) >= guarded) {
             self.admitted.pop_front();
         }
     }
 
     /// When the next admission is possible: `now` if it is possible now.
     pub fn next_available(&mut self, now: Instant) -> Instant {
+        if self.limit == 0 {
+            // No share at all (e.g. a grant of 0): look again after a window; a new
+            // grant wakes waiters sooner.
+            self.refill(now);
+            return now + self.window;
+        }
         self.refill(now);
         let bucket = if self.tokens >= 1.0 {
             now

@@ -17,8 +17,7 @@ use tracing::{debug, warn};
 use crate::{auth::Bearer, metrics::Metrics, upstream::Usage};
 
 /// Upper bounds (ms) of the latency histogram buckets, as the control plane reads them.
-pub const LATENCY_BUCKETS_MS: [u64; 10] =
-    [50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000];
+pub const LATENCY_BUCKETS_MS: [u64; 10] = [50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000];
 
 /// How an attempt ended, for usage counters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,10 +106,7 @@ impl Outbox {
 }
 
 fn bucket_index(ms: u64) -> usize {
-    LATENCY_BUCKETS_MS
-        .iter()
-        .position(|&b| ms <= b)
-        .unwrap_or(LATENCY_BUCKETS_MS.len())
+    LATENCY_BUCKETS_MS.iter().position(|&b| ms <= b).unwrap_or(LATENCY_BUCKETS_MS.len())
 }
 
 fn add(record: &mut pb::UsageRecord, e: &UsageEvent) {
@@ -173,12 +169,7 @@ pub async fn aggregate(
     mut shutdown: watch::Receiver<bool>,
     done: watch::Sender<bool>,
 ) {
-    let Batching {
-        node_id,
-        boot_id,
-        capacity,
-        interval,
-    } = batching;
+    let Batching { node_id, boot_id, capacity, interval } = batching;
     let mut pending: HashMap<(i64, Arc<str>, Arc<str>), pb::UsageRecord> = HashMap::new();
     let mut seq = 0u64;
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
@@ -212,9 +203,8 @@ pub async fn aggregate(
     };
     let put = |pending: &mut HashMap<(i64, Arc<str>, Arc<str>), pb::UsageRecord>, e: UsageEvent| {
         let minute = e.at_ms - e.at_ms.rem_euclid(60_000);
-        let record = pending
-            .entry((minute, e.backend_id.clone(), e.model.clone()))
-            .or_insert_with(|| pb::UsageRecord {
+        let record =
+            pending.entry((minute, e.backend_id.clone(), e.model.clone())).or_insert_with(|| pb::UsageRecord {
                 minute_ms: minute,
                 backend_id: e.backend_id.to_string(),
                 model: e.model.to_string(),
@@ -272,21 +262,14 @@ pub async fn deliver(
             }
         };
         if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
-            warn!(
-                pending = outbox.len(),
-                "shutting down with usage batches the control plane has not acknowledged"
-            );
+            warn!(pending = outbox.len(), "shutting down with usage batches the control plane has not acknowledged");
             return;
         }
         let mut request = tonic::Request::new(batch.clone());
         request.set_timeout(Duration::from_secs(5));
         match client.report(request).await {
             Ok(ack) => {
-                debug!(
-                    seq = ack.get_ref().seq,
-                    applied = ack.get_ref().applied,
-                    "report acknowledged"
-                );
+                debug!(seq = ack.get_ref().seq, applied = ack.get_ref().applied, "report acknowledged");
                 let mut batches = outbox.batches.lock().expect("outbox lock");
                 if batches.front().is_some_and(|b| b.seq == batch.seq) {
                     batches.pop_front();
@@ -323,12 +306,7 @@ mod tests {
             model: "m".into(),
             attempt: Some(outcome),
             answered: Some(outcome == Outcome::Success),
-            usage: Some(Usage {
-                prompt: 10,
-                completion: 5,
-                total: 15,
-                cached: 0,
-            }),
+            usage: Some(Usage { prompt: 10, completion: 5, total: 15, cached: 0 }),
             cost_usd: 0.5,
             latency: Duration::from_millis(ms),
             ttft: None,
@@ -342,20 +320,9 @@ mod tests {
         let outbox = Arc::new(Outbox::default());
         let (stop_tx, stop) = watch::channel(false);
         let (done_tx, mut done) = watch::channel(false);
-        let batching = Batching {
-            node_id: "n".into(),
-            boot_id: "b".into(),
-            capacity: 10,
-            interval: Duration::from_secs(1),
-        };
-        let task = tokio::spawn(aggregate(
-            rx,
-            outbox.clone(),
-            batching,
-            metrics,
-            stop,
-            done_tx,
-        ));
+        let batching =
+            Batching { node_id: "n".into(), boot_id: "b".into(), capacity: 10, interval: Duration::from_secs(1) };
+        let task = tokio::spawn(aggregate(rx, outbox.clone(), batching, metrics, stop, done_tx));
         sink.record(event(Outcome::Success, 60_000, 40));
         sink.record(event(Outcome::RateLimited, 60_500, 3000));
         sink.record(event(Outcome::Success, 120_000, 40));
@@ -370,10 +337,7 @@ mod tests {
         first.sort_by_key(|r| r.minute_ms);
         assert_eq!(first.len(), 2, "two minutes");
         let r = &first[0];
-        assert_eq!(
-            (r.attempts, r.succeeded, r.errors_429, r.prompt_tokens),
-            (2, 1, 1, 20)
-        );
+        assert_eq!((r.attempts, r.succeeded, r.errors_429, r.prompt_tokens), (2, 1, 1, 20));
         assert_eq!(r.latency_histogram[0], 1, "40 ms in the first bucket");
         assert_eq!(r.latency_histogram[6], 1, "3 s in the 5 s bucket");
         let last = &batches[1].records[0];
@@ -391,40 +355,17 @@ mod tests {
         let outbox = Arc::new(Outbox::default());
         let (stop_tx, stop) = watch::channel(false);
         let (done_tx, mut done) = watch::channel(false);
-        let batching = Batching {
-            node_id: "n".into(),
-            boot_id: "b".into(),
-            capacity: 2,
-            interval: Duration::from_secs(1),
-        };
-        tokio::spawn(aggregate(
-            rx,
-            outbox.clone(),
-            batching,
-            metrics.clone(),
-            stop,
-            done_tx,
-        ));
+        let batching =
+            Batching { node_id: "n".into(), boot_id: "b".into(), capacity: 2, interval: Duration::from_secs(1) };
+        tokio::spawn(aggregate(rx, outbox.clone(), batching, metrics.clone(), stop, done_tx));
         for i in 0..3 {
             sink.record(event(Outcome::Success, 60_000 * (i + 1), 10));
             tokio::time::sleep(Duration::from_millis(1100)).await;
         }
         stop_tx.send(true).unwrap();
         done.wait_for(|d| *d).await.unwrap();
-        let seqs: Vec<u64> = outbox
-            .batches
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|b| b.seq)
-            .collect();
+        let seqs: Vec<u64> = outbox.batches.lock().unwrap().iter().map(|b| b.seq).collect();
         assert_eq!(seqs, [2, 3], "the oldest batch was dropped");
-        assert!(
-            metrics
-                .render()
-                .contains("sidecar_report_outbox_dropped_total 1"),
-            "{}",
-            metrics.render()
-        );
+        assert!(metrics.render().contains("sidecar_report_outbox_dropped_total 1"), "{}", metrics.render());
     }
 }

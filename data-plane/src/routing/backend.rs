@@ -36,19 +36,10 @@ pub struct Cooldown {
 
 impl Cooldown {
     /// A 429: escalates and returns the cooldown applied (never shorter than Retry-After).
-    pub fn on_429(
-        &mut self,
-        now: Instant,
-        settings: &Settings,
-        retry_after: Option<Duration>,
-    ) -> Duration {
+    pub fn on_429(&mut self, now: Instant, settings: &Settings, retry_after: Option<Duration>) -> Duration {
         self.consecutive += 1;
-        let d = backoff(
-            settings.cooldown_base,
-            settings.cooldown_max,
-            self.consecutive,
-        )
-        .max(retry_after.unwrap_or_default());
+        let d = backoff(settings.cooldown_base, settings.cooldown_max, self.consecutive)
+            .max(retry_after.unwrap_or_default());
         let until = now + d;
         self.until = Some(self.until.map_or(until, |u| u.max(until)));
         self.last_retry_after = retry_after;
@@ -125,6 +116,36 @@ pub enum Availability {
     Disabled,
 }
 
+/// This node's share of a backend's limit, granted by the control plane.
+#[derive(Debug, Default, Clone)]
+pub struct Quota {
+    /// Requests per window granted, with its tokens-per-window share.
+    pub grant: Option<(u32, Option<u32>)>,
+    /// The grant holds until then without renewal.
+    pub lease_until: Option<Instant>,
+    /// Share to use once the lease has run out: limit / nodes last known.
+    pub fallback: (u32, Option<u32>),
+    /// Starting share from the snapshot, until the first grant.
+    pub initial: Option<u32>,
+}
+
+impl Quota {
+    /// The requests-per-window share in force at `now`, and the tokens share; `None`
+    /// when the control plane does not coordinate this backend (use the whole limit).
+    pub fn share(&self, now: Instant) -> Option<(u32, Option<u32>)> {
+        match (self.grant, self.lease_until) {
+            (Some(g), Some(until)) if until > now => Some(g),
+            (Some(_), _) => Some(self.fallback),
+            (None, _) => self.initial.map(|i| (i, None)),
+        }
+    }
+
+    /// Whether the lease has run out and the fallback share applies.
+    pub fn expired(&self, now: Instant) -> bool {
+        self.grant.is_some() && self.lease_until.is_none_or(|u| u <= now)
+    }
+}
+
 /// Live state of one backend, carried across snapshots.
 #[derive(Debug)]
 pub struct BackendState {
@@ -140,88 +161,85 @@ pub struct BackendState {
     pub health: Mutex<Health>,
     /// Adaptive retreat.
     pub retreat: Mutex<Retreat>,
+    /// This node's share of the limit.
+    pub quota: Mutex<Quota>,
     /// Requests in flight to this backend.
     pub in_flight: AtomicU64,
+    /// Admitted since the last demand report.
+    pub admitted: AtomicU64,
+    /// Turned away (queue full or timed out) since the last demand report.
+    pub rejected: AtomicU64,
 }
 
+/// The emergency reserve: `emergency_fraction` of the limit per window (0 disables it).
 fn reserve_limit(config: &BackendConfig, settings: &Settings) -> u32 {
+    if settings.emergency_fraction <= 0.0 {
+        return 0;
+    }
     ((f64::from(config.rpm_limit) * settings.emergency_fraction).floor() as u32).max(1)
 }
 
 impl BackendState {
     /// Fresh state for a backend.
-    pub fn new(
-        config: &BackendConfig,
-        settings: &Settings,
-        window: Duration,
-        now: Instant,
-    ) -> Self {
-        Self {
-            limiter: Mutex::new(RequestLimiter::new(
-                config.rpm_limit,
-                settings.bucket_burst,
-                window,
-                now,
-            )),
-            reserve: Mutex::new(RequestLimiter::new(
-                reserve_limit(config, settings),
-                1,
-                window,
-                now,
-            )),
-            tpm: Mutex::new(
-                config
-                    .tpm_limit
-                    .map(|t| TokenWindow::new(u64::from(t), window)),
-            ),
+    pub fn new(config: &BackendConfig, settings: &Settings, window: Duration, now: Instant) -> Self {
+        let state = Self {
+            limiter: Mutex::new(RequestLimiter::new(config.rpm_limit, settings.bucket_burst, window, now)),
+            reserve: Mutex::new(RequestLimiter::new(reserve_limit(config, settings), 1, window, now)),
+            tpm: Mutex::new(config.tpm_limit.map(|t| TokenWindow::new(u64::from(t), window))),
             cooldown: Mutex::new(Cooldown::default()),
             health: Mutex::new(Health::default()),
             retreat: Mutex::new(Retreat::new(config.rpm_limit)),
+            quota: Mutex::new(Quota::default()),
             in_flight: AtomicU64::new(0),
-        }
+            admitted: AtomicU64::new(0),
+            rejected: AtomicU64::new(0),
+        };
+        state.reconfigure(config, settings, window, now);
+        state
     }
 
-    /// Applies a changed config in place, keeping admissions, cooldown and health.
-    pub fn reconfigure(
-        &self,
-        config: &BackendConfig,
-        settings: &Settings,
-        window: Duration,
-        now: Instant,
-    ) {
-        let effective = self.effective_rpm(config, settings);
-        self.limiter.lock().expect("limiter lock").reconfigure(
-            effective,
-            settings.bucket_burst,
-            window,
-            now,
-        );
-        self.reserve.lock().expect("reserve lock").reconfigure(
-            reserve_limit(config, settings),
-            1,
-            window,
-            now,
-        );
+    /// Applies a (changed) config in place, keeping admissions, cooldown and health, and
+    /// takes over the snapshot's starting share and fleet-wide cooldown.
+    pub fn reconfigure(&self, config: &BackendConfig, settings: &Settings, window: Duration, now: Instant) {
+        {
+            let mut quota = self.quota.lock().expect("quota lock");
+            quota.initial = config.initial_share;
+            if quota.fallback.0 == 0 {
+                quota.fallback = (config.initial_share.unwrap_or(config.rpm_limit), None);
+            }
+        }
+        if let Some(remaining) = config.cooldown_remaining {
+            let mut cooldown = self.cooldown.lock().expect("cooldown lock");
+            let until = now + remaining;
+            cooldown.until = Some(cooldown.until.map_or(until, |u| u.max(until)));
+            cooldown.consecutive = cooldown.consecutive.max(config.consecutive_429);
+        }
+        self.reserve.lock().expect("reserve lock").reconfigure(reserve_limit(config, settings), 1, window, now);
+        self.apply_limits(config, settings, window, now);
+    }
+
+    /// Sets the limiters to the share in force: the configured limit, lowered by this
+    /// node's grant (or fallback, or starting share) and by retreat when enabled.
+    pub fn apply_limits(&self, config: &BackendConfig, settings: &Settings, window: Duration, now: Instant) {
+        let share = self.quota.lock().expect("quota lock").share(now);
+        let mut rpm = config.rpm_limit;
+        if settings.adaptive_retreat {
+            let retreat = self.retreat.lock().expect("retreat lock").effective().round() as u32;
+            rpm = rpm.min(retreat.max(1));
+        }
+        if let Some((granted, _)) = share {
+            rpm = rpm.min(granted);
+        }
+        self.limiter.lock().expect("limiter lock").reconfigure(rpm, settings.bucket_burst, window, now);
+        let tpm_limit = match (config.tpm_limit, share) {
+            (Some(limit), Some((_, Some(granted)))) => Some(limit.min(granted)),
+            (limit, _) => limit,
+        };
         let mut tpm = self.tpm.lock().expect("tpm lock");
-        match (config.tpm_limit, tpm.as_mut()) {
+        match (tpm_limit, tpm.as_mut()) {
             (Some(limit), Some(w)) => w.reconfigure(u64::from(limit), window),
             (Some(limit), None) => *tpm = Some(TokenWindow::new(u64::from(limit), window)),
             (None, _) => *tpm = None,
-        }
-    }
-
-    /// The RPM the limiter enforces: the configured limit, lowered by retreat if enabled.
-    pub fn effective_rpm(&self, config: &BackendConfig, settings: &Settings) -> u32 {
-        if settings.adaptive_retreat {
-            (self
-                .retreat
-                .lock()
-                .expect("retreat lock")
-                .effective()
-                .round() as u32)
-                .clamp(1, config.rpm_limit)
-        } else {
-            config.rpm_limit
         }
     }
 
@@ -233,33 +251,20 @@ impl BackendState {
         if let Some(until) = self.health.lock().expect("health lock").error_until(now) {
             return Availability::Error(until);
         }
-        if let Some(until) = self
-            .cooldown
-            .lock()
-            .expect("cooldown lock")
-            .cooling_until(now)
-        {
+        if let Some(until) = self.cooldown.lock().expect("cooldown lock").cooling_until(now) {
             return Availability::Cooling(until);
         }
-        let mut next = self
-            .limiter
-            .lock()
-            .expect("limiter lock")
-            .next_available(now);
+        let mut next = self.limiter.lock().expect("limiter lock").next_available(now);
         if let Some(w) = self.tpm.lock().expect("tpm lock").as_mut() {
             next = next.max(w.next_available(now, estimate));
         }
-        if next <= now {
-            Availability::Ready
-        } else {
-            Availability::NoToken(next)
-        }
+        if next <= now { Availability::Ready } else { Availability::NoToken(next) }
     }
 
     /// The request rate in the current window relative to the limit, 0..=1.
     pub fn load(&self, now: Instant) -> f64 {
         let mut l = self.limiter.lock().expect("limiter lock");
-        f64::from(l.in_window(now)) / f64::from(l.limit())
+        f64::from(l.in_window(now)) / f64::from(l.limit().max(1))
     }
 
     /// Counts a request in flight.

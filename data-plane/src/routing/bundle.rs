@@ -75,11 +75,7 @@ impl Bundle {
             .backends
             .iter()
             .map(|config| {
-                let pool_rank = snapshot
-                    .pools
-                    .iter()
-                    .position(|p| p.name == config.pool)
-                    .unwrap_or(usize::MAX);
+                let pool_rank = snapshot.pools.iter().position(|p| p.name == config.pool).unwrap_or(usize::MAX);
                 let state = match previous.backends.iter().find(|b| b.config.id == config.id) {
                     Some(old) if old.config.same_upstream(config) => {
                         old.state.reconfigure(config, settings, window, now);
@@ -87,11 +83,7 @@ impl Bundle {
                     }
                     _ => Arc::new(BackendState::new(config, settings, window, now)),
                 };
-                Arc::new(Backend {
-                    config: config.clone(),
-                    pool_rank,
-                    state,
-                })
+                Arc::new(Backend { config: config.clone(), pool_rank, state })
             })
             .collect();
 
@@ -108,11 +100,7 @@ impl Bundle {
                     })
                     .collect();
                 if !members.is_empty() {
-                    tiers.push(Tier {
-                        pool: pool.name.clone(),
-                        rank,
-                        members,
-                    });
+                    tiers.push(Tier { pool: pool.name.clone(), rank, members });
                 }
             }
             Route { tiers }
@@ -120,30 +108,13 @@ impl Bundle {
         let mut models: Vec<String> = backends
             .iter()
             .filter(|b| b.config.enabled)
-            .flat_map(|b| {
-                b.config
-                    .models
-                    .keys()
-                    .filter(|k| k.as_str() != "*")
-                    .cloned()
-            })
+            .flat_map(|b| b.config.models.keys().filter(|k| k.as_str() != "*").cloned())
             .collect();
         models.sort();
         models.dedup();
-        let routes = models
-            .iter()
-            .map(|m| (m.clone(), Arc::new(route_for(Some(m)))))
-            .collect();
+        let routes = models.iter().map(|m| (m.clone(), Arc::new(route_for(Some(m))))).collect();
         let wildcard = Some(Arc::new(route_for(None))).filter(|r| !r.tiers.is_empty());
-        Self {
-            version: snapshot.version,
-            backends,
-            routes,
-            wildcard,
-            settings: settings.clone(),
-            models,
-            window,
-        }
+        Self { version: snapshot.version, backends, routes, wildcard, settings: settings.clone(), models, window }
     }
 
     /// The candidates for `model`, if any backend serves it.

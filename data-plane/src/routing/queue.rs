@@ -37,12 +37,7 @@ pub enum Priority {
 
 impl Priority {
     /// All priorities, highest first.
-    pub const ALL: [Priority; 4] = [
-        Priority::Urgent,
-        Priority::High,
-        Priority::Normal,
-        Priority::Low,
-    ];
+    pub const ALL: [Priority; 4] = [Priority::Urgent, Priority::High, Priority::Normal, Priority::Low];
 
     /// Parses `X-Priority` (case-insensitive); anything else is normal.
     pub fn from_header(value: Option<&str>) -> Self {
@@ -118,6 +113,16 @@ impl Queue {
     pub fn depths(&self) -> [usize; 4] {
         let lanes = self.lanes.lock().expect("queue lock");
         [0, 1, 2, 3].map(|i| lanes.lanes[i].len())
+    }
+
+    /// Requests waiting per model.
+    pub fn waiting_by_model(&self) -> std::collections::HashMap<String, u64> {
+        let lanes = self.lanes.lock().expect("queue lock");
+        let mut out = std::collections::HashMap::new();
+        for w in lanes.lanes.iter().flatten() {
+            *out.entry(w.model.clone()).or_insert(0) += 1;
+        }
+        out
     }
 
     /// Enqueues a request. When the queue holds `capacity` requests, the lowest-priority
@@ -232,11 +237,7 @@ impl Queue {
     }
 
     /// The dispatcher task: runs until `shutdown` turns true.
-    pub async fn run(
-        self: Arc<Self>,
-        bundle: Arc<ArcSwap<Bundle>>,
-        mut shutdown: watch::Receiver<bool>,
-    ) {
+    pub async fn run(self: Arc<Self>, bundle: Arc<ArcSwap<Bundle>>, mut shutdown: watch::Receiver<bool>) {
         loop {
             let next = self.dispatch(&bundle.load(), Instant::now());
             let sleep = async {

@@ -31,16 +31,9 @@ impl Grant {
     /// Gives the token back (the request never used it).
     pub fn refund(&self) {
         let state = &self.backend.state;
-        let limiter = if self.emergency {
-            &state.reserve
-        } else {
-            &state.limiter
-        };
+        let limiter = if self.emergency { &state.reserve } else { &state.limiter };
         limiter.lock().expect("limiter lock").refund(self.at);
-        if let (Some(id), Some(w)) = (
-            self.tpm_reservation,
-            state.tpm.lock().expect("tpm lock").as_mut(),
-        ) {
+        if let (Some(id), Some(w)) = (self.tpm_reservation, state.tpm.lock().expect("tpm lock").as_mut()) {
             w.settle(id, 0);
         }
     }
@@ -64,22 +57,14 @@ fn usable(b: &Backend, exclude: &[String]) -> bool {
 }
 
 /// Assesses `route` without taking anything.
-pub fn assess(
-    route: &Route,
-    exclude: &[String],
-    now: Instant,
-    estimate: u64,
-    settings: &Settings,
-) -> Assessment {
+pub fn assess(route: &Route, exclude: &[String], now: Instant, estimate: u64, settings: &Settings) -> Assessment {
     let mut next_token: Option<Instant> = None;
     let mut recovery: Option<Instant> = None;
     for (b, _) in route.members().filter(|(b, _)| usable(b, exclude)) {
-        match b.state.availability(b.config.enabled, now, estimate) {
+        match b.state.availability(b.config.enabled && b.config.healthy, now, estimate) {
             Availability::Ready => return Assessment::Ready,
             Availability::NoToken(t) => next_token = Some(next_token.map_or(t, |n| n.min(t))),
-            Availability::Cooling(t) | Availability::Error(t) => {
-                recovery = Some(recovery.map_or(t, |r| r.min(t)))
-            }
+            Availability::Cooling(t) | Availability::Error(t) => recovery = Some(recovery.map_or(t, |r| r.min(t))),
             Availability::Disabled => {}
         }
     }
@@ -100,7 +85,7 @@ pub fn take(route: &Route, exclude: &[String], now: Instant, estimate: u64) -> O
             .iter()
             .filter(|(b, _)| usable(b, exclude))
             .filter(|(b, _)| {
-                b.state.availability(b.config.enabled, now, estimate) == Availability::Ready
+                b.state.availability(b.config.enabled && b.config.healthy, now, estimate) == Availability::Ready
             })
             .map(|m| {
                 let headroom = (1.0 - m.0.state.load(now)).max(0.01);
@@ -131,57 +116,20 @@ pub fn take(route: &Route, exclude: &[String], now: Instant, estimate: u64) -> O
 pub fn take_emergency(route: &Route, exclude: &[String], now: Instant) -> Option<Grant> {
     let (b, model) = route
         .members()
-        .filter(|(b, _)| usable(b, exclude) && b.config.enabled)
-        .filter(|(b, _)| {
-            b.state
-                .health
-                .lock()
-                .expect("health lock")
-                .error_until(now)
-                .is_none()
-        })
-        .filter_map(|m| {
-            Some((
-                m,
-                m.0.state
-                    .cooldown
-                    .lock()
-                    .expect("cooldown lock")
-                    .cooling_until(now)?,
-            ))
-        })
+        .filter(|(b, _)| usable(b, exclude) && b.config.enabled && b.config.healthy)
+        .filter(|(b, _)| b.state.health.lock().expect("health lock").error_until(now).is_none())
+        .filter_map(|m| Some((m, m.0.state.cooldown.lock().expect("cooldown lock").cooling_until(now)?)))
         .min_by_key(|(_, until)| *until)?
         .0;
     acquire(b, model, now, 0, true)
 }
 
-fn acquire(
-    b: &Arc<Backend>,
-    model: &ModelRoute,
-    now: Instant,
-    estimate: u64,
-    emergency: bool,
-) -> Option<Grant> {
+fn acquire(b: &Arc<Backend>, model: &ModelRoute, now: Instant, estimate: u64, emergency: bool) -> Option<Grant> {
     let state = &b.state;
-    let limiter = if emergency {
-        &state.reserve
-    } else {
-        &state.limiter
-    };
+    let limiter = if emergency { &state.reserve } else { &state.limiter };
     if !limiter.lock().expect("limiter lock").try_acquire(now) {
         return None;
     }
-    let tpm_reservation = state
-        .tpm
-        .lock()
-        .expect("tpm lock")
-        .as_mut()
-        .map(|w| w.reserve(now, estimate));
-    Some(Grant {
-        backend: b.clone(),
-        model: model.clone(),
-        emergency,
-        at: now,
-        tpm_reservation,
-    })
+    let tpm_reservation = state.tpm.lock().expect("tpm lock").as_mut().map(|w| w.reserve(now, estimate));
+    Some(Grant { backend: b.clone(), model: model.clone(), emergency, at: now, tpm_reservation })
 }

@@ -13,13 +13,7 @@ const MIN: Duration = Duration::from_secs(60);
 
 fn backend(id: &str, pool: &str, rpm: u32) -> pb::SnapshotBackend {
     let mut mappings = HashMap::new();
-    mappings.insert(
-        "m".to_string(),
-        pb::ModelMapping {
-            native_id: format!("{id}-native"),
-            ..Default::default()
-        },
-    );
+    mappings.insert("m".to_string(), pb::ModelMapping { native_id: format!("{id}-native"), ..Default::default() });
     pb::SnapshotBackend {
         id: id.into(),
         name: id.into(),
@@ -54,35 +48,19 @@ fn bundle(backends: Vec<pb::SnapshotBackend>, now: Instant) -> Bundle {
         version: 1,
         backends,
         pools: vec![
-            pb::Pool {
-                name: "primary".into(),
-                order: 0,
-                ..Default::default()
-            },
-            pb::Pool {
-                name: "fallback".into(),
-                order: 100,
-                ..Default::default()
-            },
+            pb::Pool { name: "primary".into(), order: 0, ..Default::default() },
+            pb::Pool { name: "fallback".into(), order: 100, ..Default::default() },
         ],
         settings: Some(settings),
         ..Default::default()
     };
-    Bundle::prepare(
-        &Snapshot::try_from(&snap).unwrap(),
-        &Bundle::empty(MIN),
-        MIN,
-        now,
-    )
+    Bundle::prepare(&Snapshot::try_from(&snap).unwrap(), &Bundle::empty(MIN), MIN, now)
 }
 
 #[test]
 fn the_first_pool_with_a_token_wins() {
     let now = Instant::now();
-    let b = bundle(
-        vec![backend("p", "primary", 1), backend("f", "fallback", 100)],
-        now,
-    );
+    let b = bundle(vec![backend("p", "primary", 1), backend("f", "fallback", 100)], now);
     let route = b.route("m").unwrap();
     let g = take(&route, &[], now, 0).unwrap();
     assert_eq!(g.backend.config.id, "p");
@@ -94,59 +72,29 @@ fn the_first_pool_with_a_token_wins() {
 #[test]
 fn within_a_pool_headroom_is_preferred() {
     let now = Instant::now();
-    let b = bundle(
-        vec![
-            backend("busy", "primary", 100),
-            backend("idle", "primary", 100),
-        ],
-        now,
-    );
+    let b = bundle(vec![backend("busy", "primary", 100), backend("idle", "primary", 100)], now);
     let route = b.route("m").unwrap();
     let busy = b.backend("busy").unwrap();
     for _ in 0..90 {
         assert!(busy.state.limiter.lock().unwrap().try_acquire(now));
     }
-    let picks: Vec<String> = (0..50)
-        .map(|_| take(&route, &[], now, 0).unwrap().backend.config.id.clone())
-        .collect();
+    let picks: Vec<String> = (0..50).map(|_| take(&route, &[], now, 0).unwrap().backend.config.id.clone()).collect();
     let idle = picks.iter().filter(|p| *p == "idle").count();
-    assert!(
-        idle >= 40,
-        "the backend with headroom should take most: {idle}/50"
-    );
+    assert!(idle >= 40, "the backend with headroom should take most: {idle}/50");
 }
 
 #[test]
 fn excluded_and_cooling_backends_are_skipped_and_assessed() {
     let now = Instant::now();
-    let b = bundle(
-        vec![backend("a", "primary", 100), backend("b", "primary", 100)],
-        now,
-    );
+    let b = bundle(vec![backend("a", "primary", 100), backend("b", "primary", 100)], now);
     let route = b.route("m").unwrap();
-    assert_eq!(
-        take(&route, &["a".into()], now, 0)
-            .unwrap()
-            .backend
-            .config
-            .id,
-        "b"
-    );
+    assert_eq!(take(&route, &["a".into()], now, 0).unwrap().backend.config.id, "b");
     let settings = b.settings.clone();
     for id in ["a", "b"] {
-        b.backend(id)
-            .unwrap()
-            .state
-            .cooldown
-            .lock()
-            .unwrap()
-            .on_429(now, &settings, None);
+        b.backend(id).unwrap().state.cooldown.lock().unwrap().on_429(now, &settings, None);
     }
     // Both cool for 30 s, beyond the 10 s near-recovery wait.
-    assert_eq!(
-        assess(&route, &[], now, 0, &settings),
-        Assessment::Exhausted(Some(now + Duration::from_secs(30)))
-    );
+    assert_eq!(assess(&route, &[], now, 0, &settings), Assessment::Exhausted(Some(now + Duration::from_secs(30))));
     assert!(take(&route, &[], now, 0).is_none());
     let later = now + Duration::from_secs(21);
     assert_eq!(
@@ -162,22 +110,11 @@ fn the_emergency_reserve_is_separate_from_the_main_bucket() {
     let b = bundle(vec![backend("a", "primary", 20)], now);
     let route = b.route("m").unwrap();
     let a = b.backend("a").unwrap();
-    a.state
-        .cooldown
-        .lock()
-        .unwrap()
-        .on_429(now, &b.settings, None);
+    a.state.cooldown.lock().unwrap().on_429(now, &b.settings, None);
     let g = take_emergency(&route, &[], now).unwrap();
     assert!(g.emergency);
-    assert_eq!(
-        a.state.limiter.lock().unwrap().in_window(now),
-        0,
-        "main bucket untouched"
-    );
-    assert!(
-        take_emergency(&route, &[], now).is_none(),
-        "reserve of 10% of 20 RPM = 2 per minute, burst 1"
-    );
+    assert_eq!(a.state.limiter.lock().unwrap().in_window(now), 0, "main bucket untouched");
+    assert!(take_emergency(&route, &[], now).is_none(), "reserve of 10% of 20 RPM = 2 per minute, burst 1");
 }
 
 #[test]
@@ -192,21 +129,11 @@ fn backoff_doubles_up_to_the_cap() {
 fn state_survives_a_snapshot_that_keeps_the_backend() {
     let now = Instant::now();
     let first = bundle(vec![backend("a", "primary", 100)], now);
-    first
-        .backend("a")
-        .unwrap()
-        .state
-        .cooldown
-        .lock()
-        .unwrap()
-        .on_429(now, &first.settings, None);
+    first.backend("a").unwrap().state.cooldown.lock().unwrap().on_429(now, &first.settings, None);
     let mut snap = pb::Snapshot {
         version: 2,
         backends: vec![backend("a", "primary", 50), backend("new", "primary", 10)],
-        pools: vec![pb::Pool {
-            name: "primary".into(),
-            ..Default::default()
-        }],
+        pools: vec![pb::Pool { name: "primary".into(), ..Default::default() }],
         settings: Some(pb::Settings {
             cooldown_base_seconds: 30,
             cooldown_max_seconds: 600,
@@ -220,30 +147,12 @@ fn state_survives_a_snapshot_that_keeps_the_backend() {
     let second = Bundle::prepare(&Snapshot::try_from(&snap).unwrap(), &first, MIN, now);
     let a = second.backend("a").unwrap();
     assert!(Arc::ptr_eq(&a.state, &first.backend("a").unwrap().state));
-    assert_eq!(
-        a.state.cooldown.lock().unwrap().consecutive,
-        1,
-        "cooldown carried over"
-    );
-    assert_eq!(
-        a.state.limiter.lock().unwrap().limit(),
-        50,
-        "new limit applied in place"
-    );
+    assert_eq!(a.state.cooldown.lock().unwrap().consecutive, 1, "cooldown carried over");
+    assert_eq!(a.state.limiter.lock().unwrap().limit(), 50, "new limit applied in place");
     // A new key means a new upstream identity: fresh state.
     snap.backends[0].api_key = "other".into();
     let third = Bundle::prepare(&Snapshot::try_from(&snap).unwrap(), &second, MIN, now);
-    assert_eq!(
-        third
-            .backend("a")
-            .unwrap()
-            .state
-            .cooldown
-            .lock()
-            .unwrap()
-            .consecutive,
-        0
-    );
+    assert_eq!(third.backend("a").unwrap().state.cooldown.lock().unwrap().consecutive, 0);
 }
 
 #[test]
@@ -251,14 +160,8 @@ fn the_queue_never_evicts_a_higher_priority_waiter() {
     let q = Queue::default();
     let (_, mut high) = q.push(Priority::High, "m", &[], 0, 2).unwrap();
     let (_, mut normal) = q.push(Priority::Normal, "m", &[], 0, 2).unwrap();
-    assert!(
-        q.push(Priority::Low, "m", &[], 0, 2).is_err(),
-        "the low newcomer is the one refused"
-    );
-    assert!(
-        q.push(Priority::Normal, "m", &[], 0, 2).is_err(),
-        "equal priority: the newcomer is newest"
-    );
+    assert!(q.push(Priority::Low, "m", &[], 0, 2).is_err(), "the low newcomer is the one refused");
+    assert!(q.push(Priority::Normal, "m", &[], 0, 2).is_err(), "equal priority: the newcomer is newest");
     let (_, _urgent) = q.push(Priority::Urgent, "m", &[], 0, 2).unwrap();
     assert!(matches!(normal.try_recv(), Ok(Decision::Evicted)));
     assert!(high.try_recv().is_err(), "the high waiter is still waiting");

@@ -83,10 +83,7 @@ impl Body for TappedBody {
     type Data = Bytes;
     type Error = hyper::Error;
 
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = &mut *self;
         let Some(inner) = this.inner.as_mut() else {
             return Poll::Ready(None);
@@ -159,11 +156,9 @@ impl Drop for TappedBody {
         };
         runtime.spawn(async move {
             loop {
-                let next = tokio::time::timeout(
-                    rest.idle,
-                    futures::future::poll_fn(|cx| Pin::new(&mut inner).poll_frame(cx)),
-                )
-                .await;
+                let next =
+                    tokio::time::timeout(rest.idle, futures::future::poll_fn(|cx| Pin::new(&mut inner).poll_frame(cx)))
+                        .await;
                 match next.map(|f| f.map(|r| r.map(|frame| frame.into_data()))) {
                     Ok(Some(Ok(Ok(data)))) => {
                         rest.ttft.get_or_insert_with(|| rest.started.elapsed());

@@ -87,15 +87,8 @@ const DROPPED_REQUEST_HEADERS: &[&str] = &[
 ];
 
 /// Response headers never passed back (hop-by-hop).
-const DROPPED_RESPONSE_HEADERS: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-];
+const DROPPED_RESPONSE_HEADERS: &[&str] =
+    &["connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade"];
 
 fn named_in_connection(headers: &HeaderMap) -> Vec<HeaderName> {
     headers
@@ -132,10 +125,7 @@ pub fn build_request(
         headers.remove(*name);
     }
     headers.insert(header::AUTHORIZATION, authorization.clone());
-    headers.insert(
-        header::ACCEPT_ENCODING,
-        HeaderValue::from_static("identity"),
-    );
+    headers.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("identity"));
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
     let mut request = Request::post(uri).body(Full::new(body))?;
     *request.headers_mut() = headers;
@@ -183,10 +173,9 @@ pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     let d = match value.parse::<f64>() {
         Ok(secs) if secs.is_finite() && secs >= 0.0 => Duration::from_secs_f64(secs),
         Ok(_) => return None,
-        Err(_) => httpdate::parse_http_date(value)
-            .ok()?
-            .duration_since(std::time::SystemTime::now())
-            .unwrap_or_default(),
+        Err(_) => {
+            httpdate::parse_http_date(value).ok()?.duration_since(std::time::SystemTime::now()).unwrap_or_default()
+        }
     };
     Some(d.min(Duration::from_secs(86_400)))
 }
@@ -225,21 +214,15 @@ mod tests {
     fn paths_never_double_the_version_prefix() {
         let origin: Uri = "https://api.example.com/".parse().unwrap();
         assert_eq!(
-            target_uri(&origin, "/v1", "/v1/chat/completions")
-                .unwrap()
-                .to_string(),
+            target_uri(&origin, "/v1", "/v1/chat/completions").unwrap().to_string(),
             "https://api.example.com/v1/chat/completions"
         );
         assert_eq!(
-            target_uri(&origin, "/openai/v1", "/v1/embeddings")
-                .unwrap()
-                .to_string(),
+            target_uri(&origin, "/openai/v1", "/v1/embeddings").unwrap().to_string(),
             "https://api.example.com/openai/v1/embeddings"
         );
         assert_eq!(
-            target_uri(&origin, "", "/v1/completions")
-                .unwrap()
-                .to_string(),
+            target_uri(&origin, "", "/v1/completions").unwrap().to_string(),
             "https://api.example.com/completions"
         );
     }
@@ -262,27 +245,14 @@ mod tests {
             h.insert(HeaderName::from_static(k), HeaderValue::from_static(v));
         }
         let key = HeaderValue::from_static("Bearer backend-key");
-        let r = build_request(
-            "http://u/x".parse().unwrap(),
-            &h,
-            &key,
-            Bytes::from_static(b"{}"),
-        )
-        .unwrap();
+        let r = build_request("http://u/x".parse().unwrap(), &h, &key, Bytes::from_static(b"{}")).unwrap();
         let out = r.headers();
         assert_eq!(out["authorization"], "Bearer backend-key");
         assert_eq!(out["accept-encoding"], "identity");
         assert_eq!(out["content-length"], "2");
         assert_eq!(out["content-type"], "application/json");
         assert_eq!(out["x-request-id"], "abc");
-        for gone in [
-            "x-api-key",
-            "cookie",
-            "connection",
-            "x-custom-hop",
-            "keep-alive",
-            "x-priority",
-        ] {
+        for gone in ["x-api-key", "cookie", "connection", "x-custom-hop", "keep-alive", "x-priority"] {
             assert!(!out.contains_key(gone), "{gone} forwarded");
         }
     }
@@ -293,15 +263,9 @@ mod tests {
         h.insert(header::RETRY_AFTER, HeaderValue::from_static("7"));
         assert_eq!(retry_after(&h), Some(Duration::from_secs(7)));
         let later = std::time::SystemTime::now() + Duration::from_secs(120);
-        h.insert(
-            header::RETRY_AFTER,
-            HeaderValue::from_str(&httpdate::fmt_http_date(later)).unwrap(),
-        );
+        h.insert(header::RETRY_AFTER, HeaderValue::from_str(&httpdate::fmt_http_date(later)).unwrap());
         let d = retry_after(&h).unwrap();
-        assert!(
-            d > Duration::from_secs(115) && d <= Duration::from_secs(120),
-            "{d:?}"
-        );
+        assert!(d > Duration::from_secs(115) && d <= Duration::from_secs(120), "{d:?}");
         h.insert(header::RETRY_AFTER, HeaderValue::from_static("soon"));
         assert_eq!(retry_after(&h), None);
     }
@@ -309,10 +273,7 @@ mod tests {
     #[test]
     fn statuses_are_classified() {
         assert_eq!(classify(StatusCode::OK), StatusClass::Success);
-        assert_eq!(
-            classify(StatusCode::TOO_MANY_REQUESTS),
-            StatusClass::RateLimited
-        );
+        assert_eq!(classify(StatusCode::TOO_MANY_REQUESTS), StatusClass::RateLimited);
         assert_eq!(classify(StatusCode::UNAUTHORIZED), StatusClass::Auth);
         assert_eq!(classify(StatusCode::FORBIDDEN), StatusClass::Auth);
         assert_eq!(classify(StatusCode::BAD_GATEWAY), StatusClass::ServerError);

@@ -32,16 +32,8 @@ impl Usage {
             0 => prompt + completion,
             t => t,
         };
-        let cached = v
-            .pointer("/prompt_tokens_details/cached_tokens")
-            .and_then(Value::as_u64)
-            .unwrap_or(0);
-        Some(Self {
-            prompt,
-            completion,
-            total,
-            cached,
-        })
+        let cached = v.pointer("/prompt_tokens_details/cached_tokens").and_then(Value::as_u64).unwrap_or(0);
+        Some(Self { prompt, completion, total, cached })
     }
 }
 
@@ -57,12 +49,7 @@ pub struct UsageScanner {
 impl UsageScanner {
     /// A scanner for an SSE stream (`stream = true`) or a JSON body.
     pub fn new(stream: bool) -> Self {
-        Self {
-            stream,
-            buf: Vec::new(),
-            truncated: false,
-            usage: None,
-        }
+        Self { stream, buf: Vec::new(), truncated: false, usage: None }
     }
 
     /// Feeds the next bytes of the body.
@@ -125,17 +112,13 @@ impl UsageScanner {
             return self.usage;
         }
         if !self.truncated {
-            return serde_json::from_slice::<Value>(&self.buf)
-                .ok()?
-                .get("usage")
-                .and_then(Usage::from_json);
+            return serde_json::from_slice::<Value>(&self.buf).ok()?.get("usage").and_then(Usage::from_json);
         }
         // Only the tail is left: parse the value after the last `"usage":`.
         let at = rfind(&self.buf, b"\"usage\"")?;
         let rest = &self.buf[at + 7..];
         let colon = rest.iter().position(|&b| b == b':')?;
-        let mut values =
-            serde_json::Deserializer::from_slice(&rest[colon + 1..]).into_iter::<Value>();
+        let mut values = serde_json::Deserializer::from_slice(&rest[colon + 1..]).into_iter::<Value>();
         Usage::from_json(&values.next()?.ok()?)
     }
 }
@@ -159,15 +142,7 @@ mod tests {
             let mut s = UsageScanner::new(false);
             s.feed(&body[..split]);
             s.feed(&body[split..]);
-            assert_eq!(
-                s.finish(),
-                Some(Usage {
-                    prompt: 12,
-                    completion: 3,
-                    total: 15,
-                    cached: 0
-                })
-            );
+            assert_eq!(s.finish(), Some(Usage { prompt: 12, completion: 3, total: 15, cached: 0 }));
         }
     }
 
@@ -179,15 +154,7 @@ mod tests {
             s.feed(b"[0.123,0.456,0.789],");
         }
         s.feed(br#"[1]],"usage":{"prompt_tokens":40,"total_tokens":40}}"#);
-        assert_eq!(
-            s.finish(),
-            Some(Usage {
-                prompt: 40,
-                completion: 0,
-                total: 40,
-                cached: 0
-            })
-        );
+        assert_eq!(s.finish(), Some(Usage { prompt: 40, completion: 0, total: 40, cached: 0 }));
     }
 
     #[test]
@@ -199,16 +166,7 @@ mod tests {
             let mut s = UsageScanner::new(true);
             s.feed(&stream.as_bytes()[..split]);
             s.feed(&stream.as_bytes()[split..]);
-            assert_eq!(
-                s.finish(),
-                Some(Usage {
-                    prompt: 7,
-                    completion: 2,
-                    total: 9,
-                    cached: 4
-                }),
-                "split {split}"
-            );
+            assert_eq!(s.finish(), Some(Usage { prompt: 7, completion: 2, total: 9, cached: 4 }), "split {split}");
         }
     }
 

@@ -6,9 +6,7 @@ use anyhow::bail;
 use sidecar_proto::v1::{self as pb, validate_backend_request::Target};
 
 use crate::{
-    cli::{
-        BackendAddArgs, BackendCommand, BackendUpdateArgs, BackendValidateArgs, Format, KeyArgs,
-    },
+    cli::{BackendAddArgs, BackendCommand, BackendUpdateArgs, BackendValidateArgs, Format, KeyArgs},
     client::Usage,
     commands::{Ctx, secret},
     output::{Table, line, list, or_dash, print_fields, print_json, time},
@@ -19,9 +17,7 @@ pub(crate) async fn run(ctx: &mut Ctx, command: BackendCommand) -> anyhow::Resul
     match command {
         BackendCommand::Add(args) => add(ctx, args).await,
         BackendCommand::List { pool } => {
-            let request = pb::ListBackendsRequest {
-                pool: pool.unwrap_or_default(),
-            };
+            let request = pb::ListBackendsRequest { pool: pool.unwrap_or_default() };
             let resp = ctx.admin.list_backends(request).await?.into_inner();
             match ctx.format {
                 Format::Json => print_json(&resp),
@@ -29,32 +25,19 @@ pub(crate) async fn run(ctx: &mut Ctx, command: BackendCommand) -> anyhow::Resul
             }
         }
         BackendCommand::Get { id } => {
-            let b = ctx
-                .admin
-                .get_backend(pb::GetBackendRequest { id })
-                .await?
-                .into_inner();
+            let b = ctx.admin.get_backend(pb::GetBackendRequest { id }).await?.into_inner();
             match ctx.format {
                 Format::Json => print_json(&b),
                 Format::Table => Ok(print_fields(&fields(&b))?),
             }
         }
         BackendCommand::Update(args) => update(ctx, args).await,
-        BackendCommand::Rm {
-            id,
-            expected_version,
-        } => {
-            let request = pb::DeleteBackendRequest {
-                id: id.clone(),
-                expected_resource_version: expected_version,
-            };
+        BackendCommand::Rm { id, expected_version } => {
+            let request = pb::DeleteBackendRequest { id: id.clone(), expected_resource_version: expected_version };
             let resp = ctx.admin.delete_backend(request).await?.into_inner();
             match ctx.format {
                 Format::Json => print_json(&resp),
-                Format::Table => line(format_args!(
-                    "deleted backend {id} (config version {})",
-                    resp.config_version
-                )),
+                Format::Table => line(format_args!("deleted backend {id} (config version {})", resp.config_version)),
             }
         }
         BackendCommand::Validate(args) => validate(ctx, args).await,
@@ -82,10 +65,7 @@ async fn add(ctx: &mut Ctx, args: BackendAddArgs) -> anyhow::Result<()> {
         metadata: HashMap::new(),
         source: "api".into(),
     };
-    let request = pb::CreateBackendRequest {
-        backend: Some(spec),
-        validate: f.validate,
-    };
+    let request = pb::CreateBackendRequest { backend: Some(spec), validate: f.validate };
     let resp = ctx.admin.create_backend(request).await?.into_inner();
     written(ctx.format, "created", &resp)
 }
@@ -99,9 +79,7 @@ async fn update(ctx: &mut Ctx, args: BackendUpdateArgs) -> anyhow::Result<()> {
     };
     let model_mappings = match f.models.is_empty() {
         true => None,
-        false => Some(pb::ModelMappings {
-            entries: mappings(&f.models)?,
-        }),
+        false => Some(pb::ModelMappings { entries: mappings(&f.models)? }),
     };
     let patch = pb::BackendPatch {
         name: args.name,
@@ -123,10 +101,7 @@ async fn update(ctx: &mut Ctx, args: BackendUpdateArgs) -> anyhow::Result<()> {
         metadata: None,
     };
     if patch == pb::BackendPatch::default() && !f.validate {
-        return Err(Usage(
-            "nothing to change: give at least one field, e.g. --rpm 60 or --disable".into(),
-        )
-        .into());
+        return Err(Usage("nothing to change: give at least one field, e.g. --rpm 60 or --disable".into()).into());
     }
     let request = pb::UpdateBackendRequest {
         id: args.id,
@@ -150,9 +125,7 @@ async fn validate(ctx: &mut Ctx, args: BackendValidateArgs) -> anyhow::Result<()
             return Err(Usage("name a backend, or give --base-url and --api-key".into()).into());
         }
     };
-    let request = pb::ValidateBackendRequest {
-        target: Some(target),
-    };
+    let request = pb::ValidateBackendRequest { target: Some(target) };
     let resp = ctx.admin.validate_backend(request).await?.into_inner();
     match ctx.format {
         Format::Json => print_json(&resp)?,
@@ -197,21 +170,14 @@ fn written(format: Format, verb: &str, resp: &pb::BackendResponse) -> anyhow::Re
 
 /// The key from --api-key (`-` = stdin) or --api-key-env, if either was given.
 fn key(args: &KeyArgs) -> anyhow::Result<Option<String>> {
-    secret(
-        args.api_key.as_deref(),
-        args.api_key_env.as_deref(),
-        "api-key",
-    )
+    secret(args.api_key.as_deref(), args.api_key_env.as_deref(), "api-key")
 }
 
 /// `--model` values as mappings; the server fills in the other mapping defaults.
 fn mappings(models: &[(String, String)]) -> anyhow::Result<HashMap<String, pb::ModelMapping>> {
     let mut out = HashMap::new();
     for (canonical, native_id) in models {
-        let mapping = pb::ModelMapping {
-            native_id: native_id.clone(),
-            ..Default::default()
-        };
+        let mapping = pb::ModelMapping { native_id: native_id.clone(), ..Default::default() };
         if out.insert(canonical.clone(), mapping).is_some() {
             return Err(Usage(format!("--model {canonical} is given more than once")).into());
         }
@@ -228,9 +194,7 @@ fn model_names(b: &pb::Backend) -> Vec<&str> {
 
 /// The backends table.
 fn table(backends: &[pb::Backend]) -> Table {
-    let mut t = Table::new(&[
-        "ID", "NAME", "POOL", "STATUS", "RPM", "TPM", "MODELS", "KEY", "URL",
-    ]);
+    let mut t = Table::new(&["ID", "NAME", "POOL", "STATUS", "RPM", "TPM", "MODELS", "KEY", "URL"]);
     for b in backends {
         t.row(vec![
             b.id.clone(),

@@ -16,13 +16,7 @@ pub(crate) struct Cli {
     #[arg(long, global = true, help_heading = "Global options", env = "SIDECAR_CONTROL_URL", default_value = DEFAULT_SERVER)]
     pub(crate) server: String,
     /// Admin or viewer token, sent as `authorization: Bearer <token>`.
-    #[arg(
-        long,
-        global = true,
-        help_heading = "Global options",
-        env = "SIDECAR_TOKEN",
-        hide_env_values = true
-    )]
+    #[arg(long, global = true, help_heading = "Global options", env = "SIDECAR_TOKEN", hide_env_values = true)]
     pub(crate) token: Option<String>,
     /// Output format.
     #[arg(short, long, global = true, help_heading = "Global options", value_enum, default_value_t = Format::Table)]
@@ -78,8 +72,101 @@ pub(crate) enum Command {
         #[arg(long, value_parser = humantime::parse_duration)]
         since: Option<std::time::Duration>,
     },
+    /// Usage statistics over a time range: totals, per backend, and grouped rows.
+    Stats(StatsArgs),
+    /// Fleet-wide cooldowns (429 back-offs) over a time range, newest first.
+    Cooldowns(CooldownsArgs),
     /// The current config version.
     Version,
+}
+
+/// `sidecarctl stats`
+#[derive(Debug, Args)]
+pub(crate) struct StatsArgs {
+    /// Start: a duration ago (30m, 1h, 7days), an RFC 3339 time, a date or unix ms.
+    #[arg(long, default_value = "1h", value_parser = crate::stats::parse_time)]
+    pub(crate) since: TimeArg,
+    /// End (exclusive), in the same forms; default: now.
+    #[arg(long, value_parser = crate::stats::parse_time)]
+    pub(crate) until: Option<TimeArg>,
+    /// Bucket size; default: chosen from the range (up to 6 h per minute, up to 14 days
+    /// per hour, else per day).
+    #[arg(long, value_enum)]
+    pub(crate) granularity: Option<GranularityArg>,
+    /// Only this backend, by id or name (repeatable).
+    #[arg(long = "backend", value_name = "BACKEND")]
+    pub(crate) backends: Vec<String>,
+    /// Only this model (repeatable).
+    #[arg(long = "model", value_name = "MODEL")]
+    pub(crate) models: Vec<String>,
+    /// Only this pool (repeatable).
+    #[arg(long = "pool", value_name = "POOL")]
+    pub(crate) pools: Vec<String>,
+    /// Only nodes of this region (repeatable).
+    #[arg(long = "region", value_name = "REGION")]
+    pub(crate) regions: Vec<String>,
+    /// Only this node (repeatable).
+    #[arg(long = "node", value_name = "NODE")]
+    pub(crate) nodes: Vec<String>,
+    /// Group rows by these, comma-separated, e.g. --by time,backend.
+    #[arg(long = "by", value_enum, value_delimiter = ',', value_name = "DIM,...")]
+    pub(crate) group_by: Vec<GroupBy>,
+}
+
+/// `sidecarctl cooldowns`
+#[derive(Debug, Args)]
+pub(crate) struct CooldownsArgs {
+    /// Start: a duration ago (30m, 1h, 7days), an RFC 3339 time, a date or unix ms.
+    #[arg(long, default_value = "24h", value_parser = crate::stats::parse_time)]
+    pub(crate) since: TimeArg,
+    /// End (exclusive), in the same forms; default: now.
+    #[arg(long, value_parser = crate::stats::parse_time)]
+    pub(crate) until: Option<TimeArg>,
+    /// Only this backend, by id or name.
+    #[arg(long)]
+    pub(crate) backend: Option<String>,
+    /// Only cooldowns caused by this node.
+    #[arg(long)]
+    pub(crate) node: Option<String>,
+}
+
+/// A point in time given on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TimeArg {
+    /// This long before now.
+    Ago(std::time::Duration),
+    /// This unix time, in ms.
+    At(i64),
+}
+
+/// Stats bucket sizes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum GranularityArg {
+    /// One row per minute.
+    Minute,
+    /// One row per hour.
+    Hour,
+    /// One row per UTC day.
+    Day,
+    /// Chosen from the range's length.
+    Auto,
+}
+
+/// What stats rows can be grouped by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum GroupBy {
+    /// Time bucket.
+    Time,
+    /// Backend.
+    Backend,
+    /// Model (canonical name).
+    Model,
+    /// Pool.
+    Pool,
+    /// Region of the reporting node.
+    Region,
+    /// Reporting node.
+    Node,
 }
 
 /// `sidecarctl backend ...`
@@ -349,31 +436,16 @@ mod tests {
 
     #[test]
     fn model_flag_defaults_native_id_to_canonical() {
-        assert_eq!(
-            parse_model("gpt-4o").unwrap(),
-            ("gpt-4o".into(), "gpt-4o".into())
-        );
-        assert_eq!(
-            parse_model("gpt-4o=openai/gpt-4o").unwrap(),
-            ("gpt-4o".into(), "openai/gpt-4o".into())
-        );
+        assert_eq!(parse_model("gpt-4o").unwrap(), ("gpt-4o".into(), "gpt-4o".into()));
+        assert_eq!(parse_model("gpt-4o=openai/gpt-4o").unwrap(), ("gpt-4o".into(), "openai/gpt-4o".into()));
         assert!(parse_model("=x").is_err());
         assert!(parse_model("x=").is_err());
     }
 
     #[test]
     fn negative_numbers_reach_the_server_for_validation() {
-        let cli = Cli::try_parse_from([
-            "sidecarctl",
-            "backend",
-            "update",
-            "b1",
-            "--rpm",
-            "-5",
-            "--weight",
-            "-1",
-        ])
-        .unwrap();
+        let cli =
+            Cli::try_parse_from(["sidecarctl", "backend", "update", "b1", "--rpm", "-5", "--weight", "-1"]).unwrap();
         let Command::Backend(BackendCommand::Update(args)) = cli.command else {
             panic!("parsed as another command");
         };

@@ -23,9 +23,7 @@ pub(crate) struct BearerAuth(MetadataValue<Ascii>);
 
 impl Interceptor for BearerAuth {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        request
-            .metadata_mut()
-            .insert("authorization", self.0.clone());
+        request.metadata_mut().insert("authorization", self.0.clone());
         Ok(request)
     }
 }
@@ -51,11 +49,7 @@ struct Unreachable {
 
 impl fmt::Display for Unreachable {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "cannot reach the control plane at {}: {}",
-            self.url, self.detail
-        )
+        write!(f, "cannot reach the control plane at {}: {}", self.url, self.detail)
     }
 }
 
@@ -64,11 +58,7 @@ impl std::error::Error for Unreachable {}
 /// `--server` as a URL: a bare `host:port` means plain-text gRPC over http.
 pub(crate) fn server_url(server: &str) -> String {
     let server = server.trim().trim_end_matches('/');
-    if server.contains("://") {
-        server.to_owned()
-    } else {
-        format!("http://{server}")
-    }
+    if server.contains("://") { server.to_owned() } else { format!("http://{server}") }
 }
 
 /// Connects to the control plane at `server` with `token`.
@@ -86,15 +76,10 @@ pub(crate) async fn connect(server: &str, token: Option<&str>) -> anyhow::Result
         .map_err(|e| anyhow::anyhow!("invalid --server URL {url:?}: {}", chain(&e)))?
         .connect_timeout(Duration::from_secs(5))
         .timeout(Duration::from_secs(60));
-    let channel = endpoint.connect().await.map_err(|e| Unreachable {
-        url: url.clone(),
-        detail: chain(&e),
-    })?;
-    Ok(
-        AdminServiceClient::with_interceptor(channel, BearerAuth(auth))
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES),
-    )
+    let channel = endpoint.connect().await.map_err(|e| Unreachable { url: url.clone(), detail: chain(&e) })?;
+    Ok(AdminServiceClient::with_interceptor(channel, BearerAuth(auth))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES))
 }
 
 /// The one-line message for a failed command (without the `error: ` prefix).
@@ -108,11 +93,7 @@ pub(crate) fn describe(error: &anyhow::Error, server: &str) -> String {
         Code::Unavailable => format!(
             "cannot reach the control plane at {}: {}",
             server_url(server),
-            if message.is_empty() {
-                "unavailable"
-            } else {
-                message
-            }
+            if message.is_empty() { "unavailable" } else { message }
         ),
         Code::Unauthenticated => {
             format!("unauthenticated: {message} (pass a valid token with --token or SIDECAR_TOKEN)")
@@ -172,13 +153,8 @@ mod tests {
 
     #[test]
     fn statuses_read_as_code_words_and_message() {
-        let e = anyhow::Error::from(Status::invalid_argument(
-            "backend.rpm_limit: must be at least 1 (got 0)",
-        ));
-        assert_eq!(
-            describe(&e, "x"),
-            "invalid argument: backend.rpm_limit: must be at least 1 (got 0)"
-        );
+        let e = anyhow::Error::from(Status::invalid_argument("backend.rpm_limit: must be at least 1 (got 0)"));
+        assert_eq!(describe(&e, "x"), "invalid argument: backend.rpm_limit: must be at least 1 (got 0)");
         let e = anyhow::Error::from(Status::unavailable("tcp connect error"));
         assert_eq!(
             describe(&e, "127.0.0.1:1"),
@@ -195,9 +171,6 @@ mod tests {
     #[tokio::test]
     async fn missing_token_says_how_to_give_one() {
         let e = connect("http://127.0.0.1:9", None).await.err().unwrap();
-        assert!(
-            e.to_string().contains("--token or set SIDECAR_TOKEN"),
-            "{e}"
-        );
+        assert!(e.to_string().contains("--token or set SIDECAR_TOKEN"), "{e}");
     }
 }

@@ -14,7 +14,7 @@ use crate::{
     cli::{Cli, Command, Format, PoolCommand, RotateKeyArgs, SettingsCommand, TokenCommand},
     client::{self, Admin, Usage},
     output::{Table, line, or_dash, print_fields, print_json, time},
-    settings,
+    settings, stats,
 };
 
 /// What every command needs: the connection and the output format.
@@ -28,10 +28,7 @@ pub(crate) struct Ctx {
 /// Connects and runs the command.
 pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
     let admin = client::connect(&cli.server, cli.token.as_deref()).await?;
-    let mut ctx = Ctx {
-        admin,
-        format: cli.output,
-    };
+    let mut ctx = Ctx { admin, format: cli.output };
     match cli.command {
         Command::Backend(c) => backend::run(&mut ctx, c).await,
         Command::Pool(c) => pool(&mut ctx, c).await,
@@ -43,15 +40,10 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::RotateKey(args) => rotate_key(&mut ctx, args).await,
         Command::Audit { since } => {
             let since_ms = match since {
-                Some(d) => now_ms()
-                    .saturating_sub(i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-                    .max(1),
+                Some(d) => now_ms().saturating_sub(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)).max(1),
                 None => 0,
             };
-            let request = pb::ListAuditRequest {
-                since_ms,
-                until_ms: 0,
-            };
+            let request = pb::ListAuditRequest { since_ms, until_ms: 0 };
             let resp = ctx.admin.list_audit(request).await?.into_inner();
             if ctx.format == Format::Json {
                 return print_json(&resp);
@@ -69,12 +61,10 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(t.print()?)
         }
+        Command::Stats(args) => stats::stats(&mut ctx, args).await,
+        Command::Cooldowns(args) => stats::cooldowns(&mut ctx, args).await,
         Command::Version => {
-            let resp = ctx
-                .admin
-                .get_config_version(pb::GetConfigVersionRequest {})
-                .await?
-                .into_inner();
+            let resp = ctx.admin.get_config_version(pb::GetConfigVersionRequest {}).await?.into_inner();
             match ctx.format {
                 Format::Json => print_json(&resp),
                 Format::Table => line(format_args!("{}", resp.version)),
@@ -85,25 +75,16 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
 
 /// A secret from its flag (`-` reads stdin) or from the environment variable named by
 /// its `-env` twin, so it need not appear on the command line or in shell history.
-pub(crate) fn secret(
-    value: Option<&str>,
-    env_var: Option<&str>,
-    flag: &str,
-) -> anyhow::Result<Option<String>> {
+pub(crate) fn secret(value: Option<&str>, env_var: Option<&str>, flag: &str) -> anyhow::Result<Option<String>> {
     let raw = match (value, env_var) {
         (Some("-"), _) => {
             let mut s = String::new();
-            io::stdin()
-                .read_to_string(&mut s)
-                .with_context(|| format!("reading --{flag} from stdin"))?;
+            io::stdin().read_to_string(&mut s).with_context(|| format!("reading --{flag} from stdin"))?;
             s
         }
         (Some(v), _) => v.to_owned(),
-        (None, Some(var)) => std::env::var(var).map_err(|_| {
-            Usage(format!(
-                "environment variable {var} (from --{flag}-env) is not set"
-            ))
-        })?,
+        (None, Some(var)) => std::env::var(var)
+            .map_err(|_| Usage(format!("environment variable {var} (from --{flag}-env) is not set")))?,
         (None, None) => return Ok(None),
     };
     let trimmed = raw.trim();
@@ -116,11 +97,7 @@ pub(crate) fn secret(
 async fn pool(ctx: &mut Ctx, command: PoolCommand) -> anyhow::Result<()> {
     match command {
         PoolCommand::List => {
-            let resp = ctx
-                .admin
-                .list_pools(pb::ListPoolsRequest {})
-                .await?
-                .into_inner();
+            let resp = ctx.admin.list_pools(pb::ListPoolsRequest {}).await?.into_inner();
             if ctx.format == Format::Json {
                 return print_json(&resp);
             }
@@ -136,35 +113,22 @@ async fn pool(ctx: &mut Ctx, command: PoolCommand) -> anyhow::Result<()> {
             }
             Ok(t.print()?)
         }
-        PoolCommand::Add {
-            name,
-            order,
-            description,
-        } => {
-            let request = pb::CreatePoolRequest {
-                name,
-                order: order.unwrap_or(0),
-                description: description.unwrap_or_default(),
-            };
+        PoolCommand::Add { name, order, description } => {
+            let request =
+                pb::CreatePoolRequest { name, order: order.unwrap_or(0), description: description.unwrap_or_default() };
             let resp = ctx.admin.create_pool(request).await?.into_inner();
             if ctx.format == Format::Json {
                 return print_json(&resp);
             }
             let p = resp.pool.unwrap_or_default();
-            line(format_args!(
-                "created pool {} (order {}), config version {}",
-                p.name, p.order, resp.config_version
-            ))
+            line(format_args!("created pool {} (order {}), config version {}", p.name, p.order, resp.config_version))
         }
         PoolCommand::Rm { name } => {
             let request = pb::DeletePoolRequest { name: name.clone() };
             let resp = ctx.admin.delete_pool(request).await?.into_inner();
             match ctx.format {
                 Format::Json => print_json(&resp),
-                Format::Table => line(format_args!(
-                    "deleted pool {name} (config version {})",
-                    resp.config_version
-                )),
+                Format::Table => line(format_args!("deleted pool {name} (config version {})", resp.config_version)),
             }
         }
     }
@@ -173,10 +137,7 @@ async fn pool(ctx: &mut Ctx, command: PoolCommand) -> anyhow::Result<()> {
 async fn settings(ctx: &mut Ctx, command: SettingsCommand) -> anyhow::Result<()> {
     let resp = match command {
         SettingsCommand::Get => ctx.admin.get_settings(pb::GetSettingsRequest {}).await?,
-        SettingsCommand::Set {
-            pairs,
-            expected_version,
-        } => {
+        SettingsCommand::Set { pairs, expected_version } => {
             let request = pb::UpdateSettingsRequest {
                 patch: Some(settings::patch(&pairs)),
                 expected_resource_version: expected_version,
@@ -195,23 +156,11 @@ async fn settings(ctx: &mut Ctx, command: SettingsCommand) -> anyhow::Result<()>
 }
 
 async fn nodes(ctx: &mut Ctx) -> anyhow::Result<()> {
-    let resp = ctx
-        .admin
-        .list_nodes(pb::ListNodesRequest {})
-        .await?
-        .into_inner();
+    let resp = ctx.admin.list_nodes(pb::ListNodesRequest {}).await?.into_inner();
     if ctx.format == Format::Json {
         return print_json(&resp);
     }
-    let mut t = Table::new(&[
-        "ID",
-        "REGION",
-        "VERSION",
-        "CONNECTED",
-        "ACKED",
-        "LAST_SEEN",
-        "LAST_NACK",
-    ]);
+    let mut t = Table::new(&["ID", "REGION", "VERSION", "CONNECTED", "ACKED", "LAST_SEEN", "LAST_REPORT", "LAST_NACK"]);
     for n in &resp.nodes {
         let nack = match n.last_nack_error.as_str() {
             "" => "-".to_owned(),
@@ -224,6 +173,7 @@ async fn nodes(ctx: &mut Ctx) -> anyhow::Result<()> {
             n.connected.to_string(),
             or_dash(n.acked_config_version),
             time(n.last_seen_ms),
+            time(n.last_report_ms),
             nack,
         ]);
     }
@@ -233,28 +183,18 @@ async fn nodes(ctx: &mut Ctx) -> anyhow::Result<()> {
 async fn token(ctx: &mut Ctx, command: TokenCommand) -> anyhow::Result<()> {
     match command {
         TokenCommand::Create { role, name } => {
-            let request = pb::CreateTokenRequest {
-                role: role.as_str().into(),
-                name: name.unwrap_or_default(),
-            };
+            let request = pb::CreateTokenRequest { role: role.as_str().into(), name: name.unwrap_or_default() };
             let resp = ctx.admin.create_token(request).await?.into_inner();
             if ctx.format == Format::Json {
                 return print_json(&resp);
             }
             let t = resp.token.unwrap_or_default();
             // The note goes to stderr so that `TOKEN=$(sidecarctl token create ...)` works.
-            eprintln!(
-                "created {} token {}; its secret is shown only this once:",
-                t.role, t.id
-            );
+            eprintln!("created {} token {}; its secret is shown only this once:", t.role, t.id);
             line(&resp.secret)
         }
         TokenCommand::List => {
-            let resp = ctx
-                .admin
-                .list_tokens(pb::ListTokensRequest {})
-                .await?
-                .into_inner();
+            let resp = ctx.admin.list_tokens(pb::ListTokensRequest {}).await?.into_inner();
             if ctx.format == Format::Json {
                 return print_json(&resp);
             }
@@ -275,10 +215,7 @@ async fn token(ctx: &mut Ctx, command: TokenCommand) -> anyhow::Result<()> {
             let resp = ctx.admin.revoke_token(request).await?.into_inner();
             match ctx.format {
                 Format::Json => print_json(&resp),
-                Format::Table => line(format_args!(
-                    "revoked token {id} (config version {})",
-                    resp.config_version
-                )),
+                Format::Table => line(format_args!("revoked token {id} (config version {})", resp.config_version)),
             }
         }
     }
@@ -319,11 +256,7 @@ async fn import(ctx: &mut Ctx, file: &str) -> anyhow::Result<()> {
     if document.is_empty() {
         bail!("{file} is empty; expected a document written by `sidecarctl export`");
     }
-    let resp = ctx
-        .admin
-        .import(pb::ImportRequest { document })
-        .await?
-        .into_inner();
+    let resp = ctx.admin.import(pb::ImportRequest { document }).await?.into_inner();
     match ctx.format {
         Format::Json => print_json(&resp),
         Format::Table => line(format_args!(
@@ -334,12 +267,7 @@ async fn import(ctx: &mut Ctx, file: &str) -> anyhow::Result<()> {
 }
 
 async fn rotate_key(ctx: &mut Ctx, args: RotateKeyArgs) -> anyhow::Result<()> {
-    let Some(new_key_hex) = secret(
-        args.new_key.as_deref(),
-        args.new_key_env.as_deref(),
-        "new-key",
-    )?
-    else {
+    let Some(new_key_hex) = secret(args.new_key.as_deref(), args.new_key_env.as_deref(), "new-key")? else {
         return Err(Usage("give the key with --new-key or --new-key-env".into()).into());
     };
     let request = pb::RotateEncryptionKeyRequest { new_key_hex };
@@ -374,8 +302,7 @@ fn write_private(path: &str, bytes: &[u8]) -> io::Result<()> {
     file.sync_all()
 }
 
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+/// Now as unix milliseconds.
+pub(crate) fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }

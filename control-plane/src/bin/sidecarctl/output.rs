@@ -18,17 +18,13 @@ pub(crate) struct Table {
 impl Table {
     /// A table with these column titles.
     pub(crate) fn new(header: &[&'static str]) -> Self {
-        Self {
-            header: header.to_vec(),
-            rows: Vec::new(),
-        }
+        Self { header: header.to_vec(), rows: Vec::new() }
     }
 
     /// Adds a row; it must have one cell per column.
     pub(crate) fn row(&mut self, cells: Vec<String>) {
         debug_assert_eq!(cells.len(), self.header.len());
-        self.rows
-            .push(cells.into_iter().map(|c| one_line(&c)).collect());
+        self.rows.push(cells.into_iter().map(|c| one_line(&c)).collect());
     }
 
     /// Renders the table, two spaces between columns and no trailing blanks.
@@ -98,9 +94,7 @@ pub(crate) fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {
 /// A unix-milliseconds timestamp as RFC 3339 (UTC, whole seconds); 0 or less is "-".
 pub(crate) fn time(ms: i64) -> String {
     match u64::try_from(ms) {
-        Ok(ms) if ms > 0 => {
-            humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
-        }
+        Ok(ms) if ms > 0 => humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(ms)).to_string(),
         _ => "-".to_owned(),
     }
 }
@@ -118,18 +112,12 @@ pub(crate) fn list<S: AsRef<str>>(items: &[S], empty: &str) -> String {
     if items.is_empty() {
         return empty.to_owned();
     }
-    items
-        .iter()
-        .map(AsRef::as_ref)
-        .collect::<Vec<_>>()
-        .join(",")
+    items.iter().map(AsRef::as_ref).collect::<Vec<_>>().join(",")
 }
 
 /// Keeps table cells on one line: control characters (newlines in error texts) become spaces.
 fn one_line(s: &str) -> String {
-    s.chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect()
+    s.chars().map(|c| if c.is_control() { ' ' } else { c }).collect()
 }
 
 #[cfg(test)]
@@ -158,10 +146,7 @@ mod tests {
 
     #[test]
     fn fields_align_their_values() {
-        assert_eq!(
-            render_fields(&[("id", "b1".into()), ("rpm_limit", "40".into())]),
-            "id:        b1\nrpm_limit: 40\n"
-        );
+        assert_eq!(render_fields(&[("id", "b1".into()), ("rpm_limit", "40".into())]), "id:        b1\nrpm_limit: 40\n");
     }
 
     #[test]

@@ -1,0 +1,118 @@
+//! Backend health: active probes (`GET {base_url}/models`, concurrently, every
+//! `probe_interval_seconds`) combined with passive health from usage reports. A backend
+//! is `error` after two failed probes in a row, a probe answered 401/403, or when most of
+//! its recent attempts failed; it recovers by itself when probes and traffic do. A change
+//! is published to every node as a new snapshot, so health drives routing.
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use tracing::{info, warn};
+
+use crate::{
+    probe,
+    state::Shared,
+    store::{Actor, ConfigChange, UsageCounters},
+    util::now_ms,
+};
+
+/// Consecutive failed probes that mark a backend `error`.
+const PROBE_FAILURES: u32 = 2;
+/// Passive health looks at this much recent usage.
+const PASSIVE_WINDOW_MS: i64 = 5 * 60_000;
+/// Passive health needs at least this many attempts to judge.
+const PASSIVE_MIN_ATTEMPTS: u64 = 10;
+
+/// Probes until shutdown.
+pub async fn run(shared: Arc<Shared>, client: reqwest::Client) {
+    let mut shutdown = shared.shutdown();
+    let mut failures: HashMap<String, u32> = HashMap::new();
+    let mut config_rx = shared.config();
+    let mut last = tokio::time::Instant::now();
+    loop {
+        // Settings can change at any time: wake on a new config and recompute the due time.
+        let settings = shared.store.settings().unwrap_or_default();
+        let every = Duration::from_secs(u64::from(settings.probe_interval_seconds.max(1)));
+        tokio::select! {
+            _ = tokio::time::sleep_until(last + every), if settings.probe_interval_seconds > 0 => {}
+            changed = config_rx.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                continue;
+            }
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+        last = tokio::time::Instant::now();
+        let timeout = Duration::from_secs(u64::from(settings.probe_timeout_seconds.max(1)));
+        let config = shared.config().borrow().clone();
+        let probes = config.backends.iter().filter(|(b, _)| b.enabled).map(|(b, key)| {
+            let client = client.clone();
+            async move { (b.id.clone(), probe::probe(&client, &b.base_url, key, timeout).await) }
+        });
+        let results = futures::future::join_all(probes).await;
+        let mut bad_key = HashMap::new();
+        for (id, result) in results {
+            let f = failures.entry(id.clone()).or_default();
+            if result.ok {
+                *f = 0;
+            } else {
+                *f += 1;
+                bad_key.insert(id, matches!(result.http_status, 401 | 403));
+            }
+        }
+        failures.retain(|id, _| config.backends.iter().any(|(b, _)| &b.id == id));
+        let passive = passive_failures(&shared);
+        let next: HashMap<String, &'static str> = config
+            .backends
+            .iter()
+            .filter(|(b, _)| {
+                failures.get(&b.id).is_some_and(|&f| f >= PROBE_FAILURES)
+                    || bad_key.get(&b.id).copied().unwrap_or(false)
+                    || passive.get(&b.id).copied().unwrap_or(false)
+            })
+            .map(|(b, _)| (b.id.clone(), "error"))
+            .collect();
+        apply(&shared, next).await;
+    }
+}
+
+/// Backends most of whose recent attempts failed (5xx, timeout, connect).
+fn passive_failures(shared: &Shared) -> HashMap<String, bool> {
+    let now = now_ms();
+    let mut per: HashMap<String, UsageCounters> = HashMap::new();
+    match shared.store.usage_minutes(now - PASSIVE_WINDOW_MS, now + 1) {
+        Ok(rows) => rows.into_iter().for_each(|(_, b, _, c)| per.entry(b).or_default().merge(&c)),
+        Err(error) => warn!(%error, "passive health"),
+    }
+    per.into_iter()
+        .map(|(b, c)| {
+            let failed = c.errors_5xx + c.errors_timeout + c.errors_connect;
+            (b, c.attempts >= PASSIVE_MIN_ATTEMPTS && failed * 2 >= c.attempts)
+        })
+        .collect()
+}
+
+/// Swaps in the new health map; a change is committed (audited, version bumped) and
+/// published so every node routes by it.
+pub async fn apply(shared: &Shared, next: HashMap<String, &'static str>) {
+    let _guard = shared.writer.lock().await;
+    let changed: Vec<String> = {
+        let mut health = shared.health.lock().expect("health lock");
+        if *health == next {
+            return;
+        }
+        let mut changed: Vec<String> = next.keys().filter(|k| !health.contains_key(*k)).cloned().collect();
+        changed.extend(health.keys().filter(|k| !next.contains_key(*k)).map(|k| format!("{k} recovered")));
+        *health = next;
+        changed
+    };
+    info!(changes = ?changed, "backend health changed");
+    let target = changed.join(", ");
+    if let Err(error) = shared.store.commit(ConfigChange::default(), &Actor::system(), "HealthChange", &target) {
+        warn!(%error, "could not record a health change");
+        return;
+    }
+    if let Err(error) = shared.publish() {
+        warn!(%error, "could not publish a health change");
+    }
+}
