@@ -32,7 +32,7 @@ pub async fn run(shared: Arc<Shared>) {
             let now = now_ms();
             // 24 hourly buckets rather than 1440 minutes.
             let mut sum = UsageCounters::default();
-            let rows = shared.store.usage_rows(Granularity::Hour, now - DAY_MS, now + 1);
+            let mut rows = shared.store.usage_rows(Granularity::Hour, now - DAY_MS, now + 1);
             match rows.try_for_each(|r| r.map(|r| sum.merge(&r.counters))) {
                 Ok(()) => totals = usage_totals_to_pb(&sum),
                 Err(error) => warn!(%error, "dashboard totals"),
