@@ -32,15 +32,19 @@ impl FakeNode {
         Ok(Self { tx, rx })
     }
 
+    /// The next snapshot, skipping quota grants and cooldown broadcasts.
     async fn next_snapshot(&mut self) -> pb::Snapshot {
-        let msg = tokio::time::timeout(Duration::from_secs(5), self.rx.message())
-            .await
-            .expect("a snapshot within 5 s")
-            .expect("stream ok")
-            .expect("stream open");
-        match msg.kind {
-            Some(control_message::Kind::Snapshot(s)) => s,
-            other => panic!("expected a snapshot, got {other:?}"),
+        loop {
+            let msg = tokio::time::timeout(Duration::from_secs(5), self.rx.message())
+                .await
+                .expect("a snapshot within 5 s")
+                .expect("stream ok")
+                .expect("stream open");
+            match msg.kind {
+                Some(control_message::Kind::Snapshot(s)) => return s,
+                Some(control_message::Kind::Grants(_) | control_message::Kind::Cooldown(_)) => continue,
+                other => panic!("expected a snapshot, got {other:?}"),
+            }
         }
     }
 
@@ -255,10 +259,16 @@ async fn shutdown_ends_open_sync_streams() {
     let mut node = FakeNode::connect(&mut cp.node().await, "node-s", "").await.unwrap();
     node.next_snapshot().await;
     tokio::time::timeout(Duration::from_secs(10), cp.stop()).await.expect("graceful stop with a node connected");
-    let end = tokio::time::timeout(Duration::from_secs(5), node.rx.message()).await.unwrap();
-    match end {
-        Err(status) => assert_eq!(status.code(), Code::Unavailable),
-        Ok(None) => {}
-        Ok(Some(m)) => panic!("unexpected message {m:?}"),
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), node.rx.message()).await.unwrap() {
+            Err(status) => {
+                assert_eq!(status.code(), Code::Unavailable);
+                break;
+            }
+            Ok(None) => break,
+            // Grants sent before the shutdown may still be in the stream.
+            Ok(Some(pb::ControlMessage { kind: Some(control_message::Kind::Grants(_)) })) => continue,
+            Ok(Some(m)) => panic!("unexpected message {m:?}"),
+        }
     }
 }

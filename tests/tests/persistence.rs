@@ -32,9 +32,13 @@ async fn node_keys(cp: &ControlPlaneHarness) -> HashMap<String, String> {
     let hello = pb::Hello { node_id: "key-check".into(), boot_id: "b".into(), ..Default::default() };
     tx.send(pb::NodeMessage { kind: Some(node_message::Kind::Hello(hello)) }).await.unwrap();
     let mut rx = cp.node().await.sync(ReceiverStream::new(out)).await.unwrap().into_inner();
-    let msg = tokio::time::timeout(Duration::from_secs(5), rx.message()).await.unwrap().unwrap().unwrap();
-    let Some(control_message::Kind::Snapshot(s)) = msg.kind else { panic!("expected snapshot") };
-    s.backends.into_iter().map(|b| (b.name, b.api_key)).collect()
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(5), rx.message()).await.unwrap().unwrap().unwrap();
+        // Quota grants may come first; the snapshot follows.
+        if let Some(control_message::Kind::Snapshot(s)) = msg.kind {
+            return s.backends.into_iter().map(|b| (b.name, b.api_key)).collect();
+        }
+    }
 }
 
 fn dir_contains(dir: &std::path::Path, needle: &[u8]) -> bool {
