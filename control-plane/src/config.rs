@@ -53,6 +53,8 @@ pub struct ControlConfig {
     pub v1_upstream: Option<V1Upstream>,
     /// Fleet coordination timing.
     pub fleet: crate::fleet::FleetTiming,
+    /// Built browser console (`web-ui/dist`) served at `/`; `None` = not available.
+    pub console_dir: Option<PathBuf>,
 }
 
 /// An invalid setting.
@@ -104,6 +106,9 @@ pub struct Flags {
     /// Initial low-priority wait limit, seconds [env: SIDECAR_LOW_TIMEOUT] [default: 2]
     #[arg(long, value_name = "SECONDS")]
     pub low_timeout: Option<String>,
+    /// Directory of the built browser console [env: SIDECAR_CONSOLE_DIR] [default: ./web-ui/dist]
+    #[arg(long, value_name = "DIR")]
+    pub console_dir: Option<String>,
 }
 
 /// One setting: its flag value (if the setting has a flag), env var and file key.
@@ -131,6 +136,7 @@ const SETTINGS: &[Setting] = &[
     Setting { env: "SIDECAR_UPSTREAM", flag: None, file: "upstream" },
     Setting { env: "SIDECAR_API_KEY", flag: None, file: "api_key" },
     Setting { env: "SIDECAR_RATE_RPM", flag: None, file: "rate_rpm" },
+    Setting { env: "SIDECAR_CONSOLE_DIR", flag: Some("--console-dir"), file: "console_dir" },
     Setting { env: "SIDECAR_RATE_WINDOW_MS", flag: None, file: "rate_window_ms" },
     Setting { env: "SIDECAR_GRANT_LEASE_MS", flag: None, file: "grant_lease_ms" },
     Setting { env: "SIDECAR_GRANT_INTERVAL_MS", flag: None, file: "grant_interval_ms" },
@@ -162,6 +168,7 @@ fn flag_value<'a>(flags: &'a Flags, env: &str) -> Option<&'a String> {
         "SIDECAR_QUEUE_MAX" => flags.queue_max.as_ref(),
         "SIDECAR_QUEUE_TIMEOUT" => flags.queue_timeout.as_ref(),
         "SIDECAR_LOW_TIMEOUT" => flags.low_timeout.as_ref(),
+        "SIDECAR_CONSOLE_DIR" => flags.console_dir.as_ref(),
         _ => None,
     }
 }
@@ -352,7 +359,26 @@ impl ControlConfig {
             return Err(invalid("SIDECAR_GRANT_LEASE_MS", "must be longer than SIDECAR_GRANT_INTERVAL_MS"));
         }
 
+        // An explicit directory must hold a built console; the default is used if present.
+        let console_dir = match src.get("SIDECAR_CONSOLE_DIR") {
+            Some(dir) => {
+                let dir = PathBuf::from(dir);
+                if !dir.join("index.html").is_file() {
+                    return Err(invalid(
+                        "SIDECAR_CONSOLE_DIR",
+                        format!(
+                            "{} has no index.html; build the console with `npm --prefix web-ui ci && npm --prefix web-ui run build`",
+                            dir.display()
+                        ),
+                    ));
+                }
+                Some(dir)
+            }
+            None => Some(PathBuf::from("web-ui/dist")).filter(|d| d.join("index.html").is_file()),
+        };
+
         Ok(Self {
+            console_dir,
             fleet,
             encryption_key,
             admin_token,

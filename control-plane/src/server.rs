@@ -77,6 +77,7 @@ pub enum ServeError {
 pub struct ControlPlane {
     shared: Arc<Shared>,
     cors_origins: Vec<String>,
+    console_dir: Option<std::path::PathBuf>,
     shutdown_tx: watch::Sender<bool>,
     generated_admin_token: Option<String>,
 }
@@ -100,7 +101,13 @@ impl ControlPlane {
             config.fleet,
             shutdown_rx,
         )?);
-        Ok(Self { shared, cors_origins: config.cors_origins.clone(), shutdown_tx, generated_admin_token })
+        Ok(Self {
+            shared,
+            cors_origins: config.cors_origins.clone(),
+            console_dir: config.console_dir.clone(),
+            shutdown_tx,
+            generated_admin_token,
+        })
     }
 
     /// The admin token generated at first start (none was configured or stored), to be
@@ -156,11 +163,10 @@ impl ControlPlane {
             .http2_keepalive_interval(Some(Duration::from_secs(20)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
             .layer(cors(&self.cors_origins))
-            .layer(tonic_web::GrpcWebLayer::new())
-            .add_service(admin)
-            .add_service(node)
-            .add_service(reflection)
-            .add_service(health)
+            .add_routes(crate::console::with_console(
+                tonic::service::Routes::new(admin).add_service(node).add_service(reflection).add_service(health),
+                self.console_dir.as_deref(),
+            ))
             .serve_with_incoming_shutdown(TcpListenerStream::new(api), stopped(self.shutdown_tx.subscribe()));
 
         let ops_app = Router::new()

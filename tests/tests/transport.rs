@@ -108,3 +108,31 @@ async fn ops_port_serves_health_and_described_metrics() {
     assert!(!metrics.contains(&cp.admin_token));
     assert_eq!(reqwest::get(format!("http://{}/nope", cp.ops_addr)).await.unwrap().status(), 404);
 }
+
+#[tokio::test]
+async fn the_console_is_served_on_the_api_port_with_a_strict_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("index.html"), "<!doctype html><h1>Sidecar console</h1>").unwrap();
+    std::fs::create_dir(dir.path().join("assets")).unwrap();
+    std::fs::write(dir.path().join("assets/app.js"), "console.log('hi')").unwrap();
+    let env = vec![("SIDECAR_CONSOLE_DIR".to_string(), dir.path().display().to_string())];
+    let cp = ControlPlaneHarness::start_with(Options { env, ..Options::default() }).await;
+    let index = reqwest::get(format!("{}/", cp.url())).await.unwrap();
+    assert_eq!(index.status(), 200);
+    let csp = index.headers()["content-security-policy"].to_str().unwrap().to_owned();
+    assert!(csp.contains("default-src 'self'") && csp.contains("script-src 'self'"), "{csp}");
+    assert!(index.text().await.unwrap().contains("Sidecar console"));
+    let js = reqwest::get(format!("{}/assets/app.js", cp.url())).await.unwrap();
+    assert!(js.headers()["content-type"].to_str().unwrap().contains("javascript"));
+    let deep = reqwest::get(format!("{}/providers", cp.url())).await.unwrap();
+    assert!(deep.text().await.unwrap().contains("Sidecar console"), "console routes fall back to index.html");
+    // gRPC-web still answers on the same port.
+    let resp = grpc_web(&cp, "/sidecar.v1.AdminService/ListPools", &pb::ListPoolsRequest {}, None).await;
+    assert_eq!(resp.status(), 200);
+
+    let bare = ControlPlaneHarness::start().await;
+    let page = reqwest::get(format!("{}/", bare.url())).await.unwrap();
+    if page.status() == 404 {
+        assert!(page.text().await.unwrap().contains("not built"));
+    }
+}

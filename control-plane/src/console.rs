@@ -1,0 +1,53 @@
+//! The browser console: static files from `web-ui/dist`, served on the API port at `/`
+//! next to gRPC and gRPC-web, so the console is same-origin with the API it calls. Any
+//! path that is not a file gets `index.html` (the console routes in the browser).
+
+use std::path::Path;
+
+use axum::{http::StatusCode, response::Html};
+use http::{HeaderValue, header};
+use tonic::service::Routes;
+use tower::ServiceBuilder;
+use tower_http::{
+    services::{ServeDir, ServeFile},
+    set_header::SetResponseHeaderLayer,
+};
+
+/// Content Security Policy of the console: everything from this origin only, no inline
+/// scripts; values from the server are rendered as text by the console itself.
+const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; \
+                   connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'";
+
+const NOT_BUILT: &str = "<!doctype html><title>Sidecar</title><h1>Sidecar control plane</h1>\
+<p>The browser console is not built. Build it with <code>npm --prefix web-ui ci &amp;&amp; npm --prefix web-ui run build</code> \
+(scripts/start.sh does this), or point SIDECAR_CONSOLE_DIR at a built console. The gRPC API is served on this port.</p>";
+
+/// Adds gRPC-web to the gRPC routes, and the console (or a page saying how to build it)
+/// behind them. gRPC-web wraps only the gRPC routes: it refuses plain HTTP/1.1 requests,
+/// which is what a browser sends for the console's files.
+pub fn with_console(routes: Routes, dir: Option<&Path>) -> Routes {
+    let router = routes.into_axum_router().layer(tonic_web::GrpcWebLayer::new());
+    let router = match dir {
+        Some(dir) => {
+            let files = ServeDir::new(dir).fallback(ServeFile::new(dir.join("index.html")));
+            let service = ServiceBuilder::new()
+                .layer(SetResponseHeaderLayer::overriding(
+                    header::CONTENT_SECURITY_POLICY,
+                    HeaderValue::from_static(CSP),
+                ))
+                .layer(SetResponseHeaderLayer::overriding(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY")))
+                .layer(SetResponseHeaderLayer::overriding(
+                    header::X_CONTENT_TYPE_OPTIONS,
+                    HeaderValue::from_static("nosniff"),
+                ))
+                .layer(SetResponseHeaderLayer::overriding(
+                    header::REFERRER_POLICY,
+                    HeaderValue::from_static("no-referrer"),
+                ))
+                .service(files);
+            router.fallback_service(service)
+        }
+        None => router.fallback(|| async { (StatusCode::NOT_FOUND, Html(NOT_BUILT)) }),
+    };
+    Routes::from(router)
+}
