@@ -128,7 +128,7 @@ pub fn timeout_seconds(field: &str, value: i64) -> Result<u32> {
 
 /// Requests per minute, at least 1.
 pub fn rpm_limit(field: &str, value: i64) -> Result<u32> {
-    in_range(field, value, 1, 1_000_000)
+    in_range(field, value, 1, 1_000_000_000)
 }
 
 /// Tokens per minute; 0 means no limit.

@@ -13,6 +13,40 @@ static META: Metadata<'static> = Metadata::new(module_path!(), metrics::Level::I
 
 const LATENCY_BUCKETS: &[f64] = &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0];
 
+/// Handles for one backend's per-request metrics.
+#[derive(Debug, Clone)]
+pub struct BackendMetrics {
+    requests: [Counter; 4],
+    latency: Histogram,
+    ttft: Histogram,
+}
+
+impl BackendMetrics {
+    /// A client request this backend answered.
+    pub fn request(&self, status: u16) {
+        self.requests[class_index(status)].increment(1);
+    }
+
+    /// An upstream response ended.
+    pub fn upstream_latency(&self, seconds: f64, ttft: Option<f64>) {
+        self.latency.record(seconds);
+        if let Some(t) = ttft {
+            self.ttft.record(t);
+        }
+    }
+}
+
+const CLASSES: [&str; 4] = ["2xx", "4xx", "5xx", "other"];
+
+fn class_index(status: u16) -> usize {
+    match status {
+        200..=299 => 0,
+        400..=499 => 1,
+        500..=599 => 2,
+        _ => 3,
+    }
+}
+
 /// The proxy's metrics.
 #[derive(Clone)]
 pub struct Metrics {
@@ -119,14 +153,20 @@ impl Metrics {
 
     /// A client request was answered.
     pub fn request(&self, backend: &str, pool: &str, status: u16) {
-        let class = match status {
-            200..=299 => "2xx",
-            400..=499 => "4xx",
-            500..=599 => "5xx",
-            _ => "other",
-        };
+        let class = CLASSES[class_index(status)];
         self.counter("sidecar_requests_total", &[("backend", backend), ("pool", pool), ("status_class", class)])
             .increment(1);
+    }
+
+    /// Handles for one backend's per-request metrics.
+    pub fn backend(&self, backend: &str, pool: &str) -> BackendMetrics {
+        BackendMetrics {
+            requests: CLASSES.map(|class| {
+                self.counter("sidecar_requests_total", &[("backend", backend), ("pool", pool), ("status_class", class)])
+            }),
+            latency: self.histogram("sidecar_upstream_latency_seconds", &[("backend", backend)]),
+            ttft: self.histogram("sidecar_ttft_seconds", &[("backend", backend)]),
+        }
     }
 
     /// An upstream attempt failed.
@@ -152,14 +192,6 @@ impl Metrics {
     /// A request waited in the queue.
     pub fn queue_wait(&self, priority: &'static str, seconds: f64) {
         self.histogram("sidecar_queue_latency_seconds", &[("priority", priority)]).record(seconds);
-    }
-
-    /// An upstream response ended.
-    pub fn upstream_latency(&self, backend: &str, seconds: f64, ttft: Option<f64>) {
-        self.histogram("sidecar_upstream_latency_seconds", &[("backend", backend)]).record(seconds);
-        if let Some(t) = ttft {
-            self.histogram("sidecar_ttft_seconds", &[("backend", backend)]).record(t);
-        }
     }
 
     /// Usage batches were dropped from a full outbox.

@@ -6,6 +6,7 @@
 use std::{future::Future, path::Path, sync::Arc, time::Duration};
 
 use arc_swap::ArcSwap;
+use axum::serve::ListenerExt;
 use sidecar_proto::v1::{self as pb, node_service_client::NodeServiceClient};
 use tokio::{net::TcpListener, sync::watch, task::JoinSet, time::Instant};
 use tonic::transport::Channel;
@@ -177,7 +178,14 @@ impl Proxy {
             let _ = rx.wait_for(|s| *s).await;
         };
         let api_server =
-            axum::serve(api, proxy::router(shared.clone())).with_graceful_shutdown(stopped(stop_accepting.clone()));
+            // No Nagle delay: responses often go out as headers, then body.
+            axum::serve(
+                api.tap_io(|tcp| {
+                    let _ = tcp.set_nodelay(true);
+                }),
+                proxy::router(shared.clone()),
+            )
+            .with_graceful_shutdown(stopped(stop_accepting.clone()));
         let ops_server =
             axum::serve(ops, ops::router(shared.clone())).with_graceful_shutdown(stopped(stop_tasks.clone()));
         let ops_task = tokio::spawn(async move { ops_server.await });

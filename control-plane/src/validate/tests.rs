@@ -43,7 +43,7 @@ fn api_keys_must_be_non_empty_without_whitespace() {
 
 #[test]
 fn rpm_must_be_positive() {
-    for bad in [0, -1, -40, 1_000_001] {
+    for bad in [0, -1, -40, 1_000_000_001] {
         let e = rpm_limit("backend.rpm_limit", bad).unwrap_err();
         assert_eq!(e.field, "backend.rpm_limit");
         assert!(e.reason.contains(&bad.to_string()), "{e}");

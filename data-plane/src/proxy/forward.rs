@@ -8,7 +8,6 @@ use std::{sync::Arc, time::Duration};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, StatusCode};
-use serde_json::Value;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
@@ -83,13 +82,8 @@ pub(crate) async fn serve(
     let wait = if priority == Priority::Low { settings.low_priority_timeout } else { settings.queue_timeout };
     let deadline = Instant::now() + wait;
     let estimate = (request.size / 4) as u64;
-    if request.stream && path != "/v1/embeddings" {
-        // Ask for the usage chunk so streamed requests are accounted too.
-        let options = request.body.entry("stream_options").or_insert_with(|| Value::Object(Default::default()));
-        if let Value::Object(o) = options {
-            o.entry("include_usage").or_insert(Value::Bool(true));
-        }
-    }
+    // Ask for the usage chunk so streamed requests are accounted too.
+    let want_usage = request.stream && path != "/v1/embeddings";
     let model: Arc<str> = request.model.as_str().into();
     let mut exclude: Vec<String> = Vec::new();
     let mut last: Option<Failure> = None;
@@ -103,8 +97,7 @@ pub(crate) async fn serve(
         let backend = grant.backend.clone();
         let config = &backend.config;
         let native = grant.model.native_id.clone().unwrap_or_else(|| request.model.clone());
-        request.body.insert("model".into(), Value::String(native));
-        let body = Bytes::from(serde_json::to_vec(&request.body).expect("a JSON map serializes"));
+        let body = request.upstream_body(&native, want_usage)?;
         let uri = upstream::target_uri(&config.origin, &config.path_prefix, path)
             .map_err(|e| ProxyError::Upstream(format!("bad upstream URL: {e}")))?;
         let upstream_request = upstream::build_request(uri, headers, &config.authorization, body)
@@ -289,7 +282,9 @@ fn respond(
     } else {
         Counters::bump(&shared.counters.client_errors);
     }
-    shared.metrics.request(&backend.config.id, &backend.config.pool, status.as_u16());
+    let metrics =
+        backend.metrics.get_or_init(|| shared.metrics.backend(&backend.config.id, &backend.config.pool)).clone();
+    metrics.request(status.as_u16());
     let (parts, body) = response.into_parts();
     let mut headers = upstream::response_headers(&parts.headers);
     sidecar_headers(&mut headers, &grant, attempts);
@@ -307,8 +302,7 @@ fn respond(
             (false, _) => Outcome::ClientError,
         };
         let cost_usd = done.usage.map_or(0.0, |u| cost(&u, &grant.model.cost));
-        finish_shared.metrics.upstream_latency(
-            &backend.config.id,
+        metrics.upstream_latency(
             done.elapsed.as_secs_f64(),
             if is_sse { done.ttft.map(|t| t.as_secs_f64()) } else { None },
         );

@@ -278,9 +278,12 @@ impl BackendState {
     }
 }
 
-/// A backend in a bundle: its config and its live state.
+/// A backend in a bundle: its config, its live state, and its metric handles (made on
+/// first use, so the hot path does not build label sets per request).
 #[derive(Debug)]
 pub struct Backend {
+    /// Metric handles labelled with this backend's id and pool.
+    pub metrics: std::sync::OnceLock<crate::metrics::BackendMetrics>,
     /// Config from the snapshot.
     pub config: BackendConfig,
     /// Rank of its pool (0 = first pool).

@@ -83,7 +83,7 @@ impl Bundle {
                     }
                     _ => Arc::new(BackendState::new(config, settings, window, now)),
                 };
-                Arc::new(Backend { config: config.clone(), pool_rank, state })
+                Arc::new(Backend { config: config.clone(), pool_rank, state, metrics: Default::default() })
             })
             .collect();
 

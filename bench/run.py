@@ -1,0 +1,285 @@
+"""Benchmark orchestrator: starts the mock upstream, nginx, the control plane and a proxy,
+runs each scenario several times and reports medians side by side.
+
+Usage: bench/run.sh [--runs 3] [--duration 10] [--quick]
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import resource
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REL = os.path.join(ROOT, "target", "release")
+ADMIN = "bench-admin-token-0123456789"
+NODE = "bench-node-token-0123456789"
+KEY = "ab" * 32
+UP, UP_SLOW, NGINX, PROXY, PROXY_OPS, CTRL, CTRL_OPS = 18000, 18001, 18100, 18200, 18201, 18290, 18291
+BODY = '{"model":"bench","messages":[{"role":"user","content":"hello"}]}'
+
+procs = []
+
+
+def start(cmd, env=None, name=None):
+    p = subprocess.Popen(cmd, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    procs.append(p)
+    return p
+
+
+def wait_port(port, timeout=30):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"port {port} did not open")
+
+
+def stop_all():
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
+def rss_mb(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def cpu_seconds(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class RssSampler:
+    """Samples a process's RSS every 100 ms; keeps the peak."""
+
+    def __init__(self, pid):
+        self.pid, self.peak, self.running = pid, 0.0, True
+        self.thread = threading.Thread(target=self.loop, daemon=True)
+        self.thread.start()
+
+    def loop(self):
+        while self.running:
+            self.peak = max(self.peak, rss_mb(self.pid))
+            time.sleep(0.1)
+
+    def stop(self):
+        self.running = False
+        self.thread.join()
+        return self.peak
+
+
+def unit(value, suffix):
+    scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}[suffix]
+    return float(value) * scale
+
+
+def wrk(url, conns, duration, lua):
+    threads = max(1, min(conns, 2))
+    out = subprocess.run(
+        ["wrk", f"-t{threads}", f"-c{conns}", f"-d{duration}s", "--latency", "-s", lua, url],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    lat = {}
+    for q in ("50", "99"):
+        m = re.search(rf"^\s+{q}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+        lat[q] = unit(*m.groups()) if m else float("nan")
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    return {"p50_ms": lat["50"], "p99_ms": lat["99"], "rps": rps, "errors": int(non2xx.group(1)) if non2xx else 0}
+
+
+def median_of(runs, key):
+    return statistics.median(r[key] for r in runs)
+
+
+def sidecarctl(*args):
+    env = {"SIDECAR_TOKEN": ADMIN, "SIDECAR_CONTROL_URL": f"http://127.0.0.1:{CTRL}"}
+    subprocess.run([os.path.join(REL, "sidecarctl"), *args], env={**os.environ, **env}, check=True, capture_output=True)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--duration", type=int, default=10)
+    ap.add_argument("--quick", action="store_true", help="1 run of 3 s, fewer streams: a smoke test")
+    ap.add_argument("--streams", type=int, default=10000)
+    args = ap.parse_args()
+    if args.quick:
+        args.runs, args.duration, args.streams = 1, 3, 1000
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    if hard < 4 * args.streams:
+        args.streams = max(100, hard // 4 - 100)
+        print(f"open-file limit {hard}: holding {args.streams} streams instead", flush=True)
+    work = tempfile.mkdtemp(prefix="sidecar-bench-")
+    results = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+    try:
+        # Upstreams: a fast one, and a slow one for the open-streams scenario.
+        start([os.path.join(REL, "bench-upstream"), "--addr", f"127.0.0.1:{UP}", "--chunks", "50"])
+        start([os.path.join(REL, "bench-upstream"), "--addr", f"127.0.0.1:{UP_SLOW}", "--chunks", "60", "--chunk-interval-ms", "1000"])
+        # nginx: a plain reverse proxy with upstream keep-alive.
+        conf = os.path.join(work, "nginx.conf")
+        with open(conf, "w") as f:
+            f.write(f"""worker_processes 2; daemon off; pid {work}/nginx.pid; error_log {work}/nginx-error.log;
+events {{ worker_connections 65536; }}
+http {{ access_log off; upstream up {{ server 127.0.0.1:{UP}; keepalive 256; }}
+  server {{ listen 127.0.0.1:{NGINX}; location / {{ proxy_pass http://up; proxy_http_version 1.1;
+    proxy_set_header Connection ""; proxy_buffering off; }} }} }}
+""")
+        start(["nginx", "-c", conf, "-p", work])
+        # Control plane + proxy; three backends in two pools, limits far above the load.
+        cp = start(
+            [os.path.join(REL, "sidecar-control"), "--listen", f"127.0.0.1:{CTRL}", "--ops-listen", f"127.0.0.1:{CTRL_OPS}"],
+            {"SIDECAR_ENCRYPTION_KEY": KEY, "SIDECAR_ADMIN_TOKEN": ADMIN, "SIDECAR_NODE_TOKEN": NODE,
+             "SIDECAR_DATA_DIR": os.path.join(work, "control"), "SIDECAR_LOG_LEVEL": "warn"},
+        )
+        for port in (UP, UP_SLOW, NGINX, CTRL):
+            wait_port(port)
+        sidecarctl("settings", "set", "bucket_burst=1000", "queue_capacity=100000", "queue_timeout_seconds=600")
+        for name, pool in (("b1", "primary"), ("b2", "primary"), ("b3", "fallback")):
+            sidecarctl("backend", "add", "--name", name, "--base-url", f"http://127.0.0.1:{UP}/v1", "--api-key", "sk-bench-0123456789",
+                       "--pool", pool, "--rpm", "100000000", "--model", "bench")
+        sidecarctl("backend", "add", "--name", "slow", "--base-url", f"http://127.0.0.1:{UP_SLOW}/v1", "--api-key", "sk-bench-0123456789",
+                   "--rpm", "100000000", "--model", "slow", "--timeout", "600")
+        proxy = start(
+            [os.path.join(REL, "sidecar-proxy")],
+            {"SIDECAR_CONTROL_URL": f"http://127.0.0.1:{CTRL}", "SIDECAR_NODE_TOKEN": NODE, "SIDECAR_PORT": str(PROXY),
+             "SIDECAR_OPS_LISTEN": f"127.0.0.1:{PROXY_OPS}", "SIDECAR_DATA_DIR": os.path.join(work, "proxy"), "SIDECAR_LOG_LEVEL": "warn"},
+        )
+        wait_port(PROXY)
+        time.sleep(1.5)  # first snapshot and grants
+        lua = os.path.join(work, "post.lua")
+        with open(lua, "w") as f:
+            f.write(f'wrk.method = "POST"\nwrk.body = {json.dumps(BODY)}\nwrk.headers["Content-Type"] = "application/json"\n')
+        systems = {
+            "mock (direct)": f"http://127.0.0.1:{UP}/v1/chat/completions",
+            "nginx": f"http://127.0.0.1:{NGINX}/v1/chat/completions",
+            "sidecar-proxy": f"http://127.0.0.1:{PROXY}/v1/chat/completions",
+        }
+        # Warm up every path.
+        for url in systems.values():
+            wrk(url, 16, 2, lua)
+
+        results["chat"] = {}
+        for conns in (1, 16, 64, 256):
+            row = {}
+            for name, url in systems.items():
+                runs = []
+                for _ in range(args.runs):
+                    sampler = RssSampler(proxy.pid) if name == "sidecar-proxy" else None
+                    r = wrk(url, conns, args.duration, lua)
+                    if sampler:
+                        r["rss_mb"] = sampler.stop()
+                    runs.append(r)
+                row[name] = {k: median_of(runs, k) for k in runs[0]}
+                print(f"c={conns:<4} {name:<14} p50 {row[name]['p50_ms']:.3f} ms  p99 {row[name]['p99_ms']:.3f} ms  {row[name]['rps']:.0f} req/s"
+                      + (f"  rss {row[name]['rss_mb']:.1f} MB" if 'rss_mb' in row[name] else ""), flush=True)
+            results["chat"][conns] = row
+
+        results["stream"] = {}
+        for name, url in systems.items():
+            out = subprocess.run([os.path.join(REL, "bench-stream"), "--url", url, "--requests", "300"], capture_output=True, text=True, check=True)
+            results["stream"][name] = json.loads(out.stdout)
+            print(f"stream {name:<14} {results['stream'][name]}", flush=True)
+
+        base_rss = rss_mb(proxy.pid)
+        sampler = RssSampler(proxy.pid)
+        out = subprocess.run(
+            [os.path.join(REL, "bench-stream"), "--url", systems["sidecar-proxy"], "--model", "slow", "--hold", str(args.streams), "--hold-secs", "20"],
+            capture_output=True, text=True, check=True,
+        )
+        held = json.loads(out.stdout)
+        results["open_streams"] = {**held, "rss_peak_mb": sampler.stop(), "rss_before_mb": base_rss}
+        print(f"open streams {results['open_streams']}", flush=True)
+
+        fleet = [os.path.join(REL, "bench-fleet"), "--control", f"http://127.0.0.1:{CTRL}", "--admin-token", ADMIN, "--node-token", NODE]
+        out = subprocess.run([*fleet, "propagation", "--nodes", "50", "--writes", "20"], capture_output=True, text=True, check=True)
+        results["propagation"] = json.loads(out.stdout)
+        print(f"propagation {results['propagation']}", flush=True)
+
+        seconds = 10 if args.quick else 30
+        cpu0, t0 = cpu_seconds(cp.pid), time.time()
+        out = subprocess.run([*fleet, "ingest", "--nodes", "500", "--seconds", str(seconds)], capture_output=True, text=True, check=True)
+        cores = (cpu_seconds(cp.pid) - cpu0) / (time.time() - t0)
+        results["ingest"] = {**json.loads(out.stdout), "control_plane_cores": cores}
+        print(f"ingest {results['ingest']}", flush=True)
+    finally:
+        stop_all()
+        shutil.rmtree(work, ignore_errors=True)
+
+    results["machine"] = {"cpus": os.cpu_count(), "kernel": platform.release(), "cpu": cpu_model()}
+    report = render(results, args)
+    os.makedirs(os.path.join(ROOT, "bench", "results"), exist_ok=True)
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    with open(os.path.join(ROOT, "bench", "results", f"{stamp}.json"), "w") as f:
+        json.dump(results, f, indent=2)
+    with open(os.path.join(ROOT, "bench", "results", f"{stamp}.md"), "w") as f:
+        f.write(report)
+    print(report)
+
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def render(r, args):
+    lines = [f"Run {r['date']} on {r['machine']['cpus']} CPUs ({r['machine']['cpu']}), kernel {r['machine']['kernel']}; "
+             f"{args.runs} runs of {args.duration} s per cell, medians.", ""]
+    lines.append("| concurrency | system | p50 ms | p99 ms | req/s | added p50 ms | added p99 ms | RSS MB |")
+    lines.append("|---|---|---|---|---|---|---|---|")
+    for conns, row in r["chat"].items():
+        direct = row["mock (direct)"]
+        for name, v in row.items():
+            added = (v["p50_ms"] - direct["p50_ms"], v["p99_ms"] - direct["p99_ms"]) if name != "mock (direct)" else None
+            lines.append(f"| {conns} | {name} | {v['p50_ms']:.3f} | {v['p99_ms']:.3f} | {v['rps']:.0f} | "
+                         + (f"{added[0]:.3f} | {added[1]:.3f}" if added else "– | –") + f" | {v.get('rss_mb', 0):.1f} |".replace("| 0.0 |", "| – |"))
+    lines.append("")
+    lines.append("| streaming (50 chunks) | TTFB p50 µs | TTFB p99 µs | frames per response (median) |")
+    lines.append("|---|---|---|---|")
+    for name, v in r["stream"].items():
+        lines.append(f"| {name} | {v['ttfb_p50_us']:.0f} | {v['ttfb_p99_us']:.0f} | {v['frames_median']} |")
+    o, p, i = r["open_streams"], r["propagation"], r["ingest"]
+    lines += ["", f"Open slow streams through the proxy: {o['ok']} of {o['held']} held for 20 s; proxy RSS {o['rss_before_mb']:.1f} MB before, peak {o['rss_peak_mb']:.1f} MB.",
+              f"Config propagation to {p['nodes']} nodes over {p['writes']} writes (admin write → node ACK): p50 {p['p50_ms']:.1f} ms, p99 {p['p99_ms']:.1f} ms, max {p['max_ms']:.1f} ms.",
+              f"Report ingestion, {i['nodes']} nodes × 1 batch/s for {i['elapsed_s']:.0f} s: {i['batches']} batches, {i['errors']} errors, p50 {i['p50_ms']:.1f} ms, p99 {i['p99_ms']:.1f} ms; control plane used {i['control_plane_cores']:.2f} cores.", ""]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except KeyboardInterrupt:
+        stop_all()
+        sys.exit(130)
