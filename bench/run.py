@@ -26,7 +26,7 @@ REL = os.path.join(ROOT, "target", "release")
 ADMIN = "bench-admin-token-0123456789"
 NODE = "bench-node-token-0123456789"
 KEY = "ab" * 32
-UP, UP_SLOW, NGINX, PROXY, PROXY_OPS, CTRL, CTRL_OPS = 18000, 18001, 18100, 18200, 18201, 18290, 18291
+UP, UP_SLOW, UP_STREAM, NGINX, NGINX_STREAM, PROXY, PROXY_OPS, CTRL, CTRL_OPS = 18000, 18001, 18002, 18100, 18101, 18200, 18201, 18290, 18291
 BODY = '{"model":"bench","messages":[{"role":"user","content":"hello"}]}'
 
 procs = []
@@ -142,13 +142,18 @@ def main():
         # Upstreams: a fast one, and a slow one for the open-streams scenario.
         start([os.path.join(REL, "bench-upstream"), "--addr", f"127.0.0.1:{UP}", "--chunks", "50"])
         start([os.path.join(REL, "bench-upstream"), "--addr", f"127.0.0.1:{UP_SLOW}", "--chunks", "60", "--chunk-interval-ms", "1000"])
+        # Streams whose chunks are 2 ms apart, so coalescing or delay would show.
+        start([os.path.join(REL, "bench-upstream"), "--addr", f"127.0.0.1:{UP_STREAM}", "--chunks", "50", "--chunk-interval-ms", "2"])
         # nginx: a plain reverse proxy with upstream keep-alive.
         conf = os.path.join(work, "nginx.conf")
         with open(conf, "w") as f:
             f.write(f"""worker_processes 2; daemon off; pid {work}/nginx.pid; error_log {work}/nginx-error.log;
 events {{ worker_connections 65536; }}
 http {{ access_log off; upstream up {{ server 127.0.0.1:{UP}; keepalive 256; }}
+  upstream stream {{ server 127.0.0.1:{UP_STREAM}; keepalive 64; }}
   server {{ listen 127.0.0.1:{NGINX}; location / {{ proxy_pass http://up; proxy_http_version 1.1;
+    proxy_set_header Connection ""; proxy_buffering off; }} }}
+  server {{ listen 127.0.0.1:{NGINX_STREAM}; location / {{ proxy_pass http://stream; proxy_http_version 1.1;
     proxy_set_header Connection ""; proxy_buffering off; }} }} }}
 """)
         start(["nginx", "-c", conf, "-p", work])
@@ -158,12 +163,14 @@ http {{ access_log off; upstream up {{ server 127.0.0.1:{UP}; keepalive 256; }}
             {"SIDECAR_ENCRYPTION_KEY": KEY, "SIDECAR_ADMIN_TOKEN": ADMIN, "SIDECAR_NODE_TOKEN": NODE,
              "SIDECAR_DATA_DIR": os.path.join(work, "control"), "SIDECAR_LOG_LEVEL": "warn"},
         )
-        for port in (UP, UP_SLOW, NGINX, CTRL):
+        for port in (UP, UP_SLOW, UP_STREAM, NGINX, NGINX_STREAM, CTRL):
             wait_port(port)
         sidecarctl("settings", "set", "bucket_burst=1000", "queue_capacity=100000", "queue_timeout_seconds=600")
         for name, pool in (("b1", "primary"), ("b2", "primary"), ("b3", "fallback")):
             sidecarctl("backend", "add", "--name", name, "--base-url", f"http://127.0.0.1:{UP}/v1", "--api-key", "sk-bench-0123456789",
                        "--pool", pool, "--rpm", "100000000", "--model", "bench")
+        sidecarctl("backend", "add", "--name", "stream", "--base-url", f"http://127.0.0.1:{UP_STREAM}/v1", "--api-key", "sk-bench-0123456789",
+                   "--rpm", "100000000", "--model", "stream")
         sidecarctl("backend", "add", "--name", "slow", "--base-url", f"http://127.0.0.1:{UP_SLOW}/v1", "--api-key", "sk-bench-0123456789",
                    "--rpm", "100000000", "--model", "slow", "--timeout", "600")
         proxy = start(
@@ -202,8 +209,14 @@ http {{ access_log off; upstream up {{ server 127.0.0.1:{UP}; keepalive 256; }}
             results["chat"][conns] = row
 
         results["stream"] = {}
-        for name, url in systems.items():
-            out = subprocess.run([os.path.join(REL, "bench-stream"), "--url", url, "--requests", "300"], capture_output=True, text=True, check=True)
+        stream_urls = {
+            "mock (direct)": f"http://127.0.0.1:{UP_STREAM}/v1/chat/completions",
+            "nginx": f"http://127.0.0.1:{NGINX_STREAM}/v1/chat/completions",
+            "sidecar-proxy": f"http://127.0.0.1:{PROXY}/v1/chat/completions",
+        }
+        for name, url in stream_urls.items():
+            out = subprocess.run([os.path.join(REL, "bench-stream"), "--url", url, "--model", "stream", "--requests", "100"],
+                                 capture_output=True, text=True, check=True)
             results["stream"][name] = json.loads(out.stdout)
             print(f"stream {name:<14} {results['stream'][name]}", flush=True)
 
@@ -266,7 +279,7 @@ def render(r, args):
             lines.append(f"| {conns} | {name} | {v['p50_ms']:.3f} | {v['p99_ms']:.3f} | {v['rps']:.0f} | "
                          + (f"{added[0]:.3f} | {added[1]:.3f}" if added else "– | –") + f" | {v.get('rss_mb', 0):.1f} |".replace("| 0.0 |", "| – |"))
     lines.append("")
-    lines.append("| streaming (50 chunks) | TTFB p50 µs | TTFB p99 µs | frames per response (median) |")
+    lines.append("| streaming (50 chunks, 2 ms apart) | TTFB p50 µs | TTFB p99 µs | frames per response (median) |")
     lines.append("|---|---|---|---|")
     for name, v in r["stream"].items():
         lines.append(f"| {name} | {v['ttfb_p50_us']:.0f} | {v['ttfb_p99_us']:.0f} | {v['frames_median']} |")

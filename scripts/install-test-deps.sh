@@ -2,10 +2,24 @@
 # Installs what the test suite needs beyond the Rust toolchain. Idempotent; fast when
 # everything is already there.
 set -euo pipefail
+cd "$(dirname "$0")/.."
 rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
 rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
 # The official OpenAI Python client, for the "real client nobody here wrote" test.
 if ! python3 -c 'import openai' 2>/dev/null; then
   python3 -m pip install --quiet --disable-pip-version-check 'openai==1.109.1' \
     || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages 'openai==1.109.1'
+fi
+# The browser console's end-to-end tests drive Debian's Chromium with playwright-core.
+if [ ! -x /usr/bin/chromium ]; then
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO=sudo
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+fi
+# The console's npm packages, at the exact versions of web-ui/package-lock.json; again
+# only when node_modules is missing or older than the lock file.
+if [ ! -f web-ui/node_modules/.package-lock.json ] \
+  || [ web-ui/package-lock.json -nt web-ui/node_modules/.package-lock.json ]; then
+  npm --prefix web-ui ci --no-audit --no-fund --loglevel=error
 fi

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Starts a working Sidecar on this machine: the control plane (embedded sled storage)
 # and a proxy, with a key and tokens generated on first run and kept in ./data/dev.env.
-# Stop with Ctrl-C. Nothing else to install: it builds the binaries with cargo.
+# Stop with Ctrl-C. It builds the binaries with cargo, and the browser console with npm
+# when web-ui/dist is missing or older than its sources.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA="${SIDECAR_HOME:-$PWD/data}"
@@ -27,6 +28,31 @@ set -a
 # shellcheck disable=SC1090
 . "$ENV_FILE"
 set +a
+
+# The browser console (web-ui/dist, served by the control plane at /): built when it is
+# missing or older than its sources. Without npm the gateway still starts, console-less.
+console_stale() {
+  [ -f web-ui/dist/index.html ] || return 0
+  [ -n "$(find web-ui/src web-ui/index.html web-ui/package.json web-ui/package-lock.json web-ui/vite.config.js \
+    web-ui/buf.gen.yaml web-ui/tsconfig.json proto/sidecar -newer web-ui/dist/index.html \
+    -not -path 'web-ui/src/gen/*' -print -quit 2>/dev/null)" ]
+}
+if console_stale; then
+  if command -v npm >/dev/null 2>&1; then
+    echo "building the console (web-ui)…" >&2
+    if ! {
+      if [ ! -f web-ui/node_modules/.package-lock.json ] \
+        || [ web-ui/package-lock.json -nt web-ui/node_modules/.package-lock.json ]; then
+        npm --prefix web-ui ci --no-audit --no-fund --loglevel=error
+      fi
+      npm --prefix web-ui run build --silent
+    } >&2; then
+      echo "the console build failed; starting without the console (see the output above)" >&2
+    fi
+  else
+    echo "npm not found: starting without the browser console (see docs/console.md)" >&2
+  fi
+fi
 
 pids=()
 cleanup() {
@@ -55,6 +81,7 @@ fi
 cat >&2 <<MSG
 
 Sidecar is running.
+  console        http://127.0.0.1:9290/  (sign in with SIDECAR_ADMIN_TOKEN from $ENV_FILE)
   control plane  gRPC/gRPC-web http://127.0.0.1:9290   ops http://127.0.0.1:9291/metrics
   proxy          OpenAI API    http://127.0.0.1:9190/v1 ops http://127.0.0.1:9191/status
 

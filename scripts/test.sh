@@ -1,7 +1,16 @@
 #!/usr/bin/env bash
-# Runs every test: unit, end-to-end (in-process control plane, proxies, mock upstreams)
-# and CLI tests. Works on a fresh machine with the Rust toolchain.
+# Runs every test: unit, end-to-end (in-process control plane, proxies, mock upstreams),
+# CLI tests, and the browser console's end-to-end tests (headless Chromium). Works on a
+# fresh machine with the Rust toolchain, Node/npm and apt (install-test-deps.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 "$(dirname "$0")/install-test-deps.sh"
-cargo test --workspace --no-fail-fast "$@"
+status=0
+cargo test --workspace --no-fail-fast "$@" || status=$?
+# The browser console: build it (client generated from proto/), then its end-to-end tests
+# in headless Chromium against the debug binaries (cargo test built them already; the
+# build below is then a no-op).
+cargo build --quiet -p sidecar-control-plane -p sidecar-data-plane --bins || status=$?
+npm --prefix web-ui run build || status=$?
+npm --prefix web-ui test || status=$?
+exit "$status"

@@ -1,0 +1,456 @@
+// End-to-end tests of the browser console: headless Chromium (Debian's, driven by
+// playwright-core) against a real control plane and proxy (the debug binaries) and a mock
+// upstream. The scenarios run in order and share one browser page, like an operator's
+// session. Screenshots of every page go to web-ui/test-results/screenshots/.
+
+import assert from "node:assert/strict";
+import fs from "node:fs";
+import path from "node:path";
+import { after, before, describe, test } from "node:test";
+import { chromium } from "playwright-core";
+import { ControlPlane, MockUpstream, Proxy, repoRoot, resultsDir, waitFor, webUi } from "./harness.mjs";
+
+const CHROMIUM = process.env.CHROMIUM_PATH ?? "/usr/bin/chromium";
+const CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--no-first-run"];
+const KEY = "sk-mock-PLAINTEXT-0123456789abcdef";
+const MASKED = "sk-moc****cdef";
+const XSS_LABEL = '<img src=x onerror="window.__xss=1">';
+const XSS_MODEL = "<b>bold</b>";
+const XSS_META = "<script>window.__xss=2</script>";
+const shotsDir = path.join(resultsDir, "screenshots");
+const logDir = path.join(resultsDir, "logs");
+const docsImage = path.join(repoRoot, "docs", "images", "dashboard.png");
+
+let mock;
+let cp;
+let proxy;
+let browser;
+let page;
+let viewerToken = "";
+const pageErrors = [];
+const consoleErrors = [];
+const fieldHeaders = [];
+const dialogs = [];
+
+async function shot(name, opts = {}) {
+  // Full-page shots draw the sticky header where the page is scrolled to.
+  await page.evaluate(() => window.scrollTo(0, 0));
+  await page.screenshot({ path: path.join(shotsDir, `${name}.png`), fullPage: true, ...opts });
+}
+
+async function text(locator) {
+  return ((await locator.textContent()) ?? "").trim();
+}
+
+async function num(locator) {
+  return Number((await text(locator)).replace(/[^0-9.]/g, ""));
+}
+
+/** Waits until `locator`'s text satisfies `ok` (a RegExp or a predicate). */
+async function expectText(what, locator, ok, timeout = 15_000) {
+  const test = typeof ok === "function" ? ok : (t) => ok.test(t);
+  let last = "";
+  try {
+    await waitFor(what, async () => {
+      last = await text(locator);
+      return test(last);
+    }, { timeout });
+  } catch (e) {
+    throw new Error(`${e.message} (last text: ${JSON.stringify(last)})`);
+  }
+  return last;
+}
+
+async function visible(locator, timeout = 15_000) {
+  await locator.waitFor({ state: "visible", timeout });
+  return locator;
+}
+
+async function openPage(title, cls) {
+  await page.getByRole("link", { name: title, exact: true }).click();
+  await visible(page.locator(`.page-${cls}`));
+}
+
+function row(name) {
+  return page.locator(`[data-testid=providers-table] tr[data-backend="${name}"]`);
+}
+
+async function signIn(token) {
+  await visible(page.locator("#token"));
+  await page.fill("#token", token);
+  await page.getByRole("button", { name: "Sign in" }).click();
+}
+
+async function signOut() {
+  await page.getByTestId("logout").click();
+  await visible(page.locator("#token"));
+}
+
+describe("browser console", { concurrency: false }, () => {
+  before(async () => {
+    fs.mkdirSync(shotsDir, { recursive: true });
+    fs.mkdirSync(logDir, { recursive: true });
+    for (const f of fs.readdirSync(logDir)) fs.rmSync(path.join(logDir, f));
+    const dist = path.join(webUi, "dist");
+    assert.ok(fs.existsSync(path.join(dist, "index.html")), "web-ui/dist is not built: run `npm --prefix web-ui run build` first");
+    assert.ok(fs.existsSync(CHROMIUM), `${CHROMIUM} is missing: run scripts/install-test-deps.sh (apt-get install chromium)`);
+    mock = await new MockUpstream(KEY).start();
+    cp = await new ControlPlane({ consoleDir: dist, logDir }).start();
+    proxy = await new Proxy({ controlPlane: cp, logDir }).start();
+    browser = await chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS });
+    const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
+    context.setDefaultTimeout(15_000);
+    page = await context.newPage();
+    page.on("pageerror", (e) => pageErrors.push(e.message));
+    page.on("response", (r) => {
+      const field = r.headers()["sidecar-field"];
+      if (field) fieldHeaders.push(field);
+    });
+    page.on("console", (m) => {
+      if (m.type() === "error") consoleErrors.push(m.text());
+    });
+    page.on("dialog", (d) => {
+      dialogs.push(d.message());
+      void d.dismiss();
+    });
+  });
+
+  after(async () => {
+    await browser?.close();
+    await proxy?.stop();
+    await cp?.stop();
+    await mock?.stop();
+    proxy?.cleanup();
+    cp?.cleanup();
+  });
+
+  test("a wrong token gets a clear message", async () => {
+    await page.goto(cp.url);
+    await signIn("sct_not_a_real_token_0000");
+    const err = await visible(page.getByTestId("login-error"));
+    assert.match(await text(err), /Wrong token/);
+    assert.equal(new URL(page.url()).pathname, "/login");
+    await shot("login-wrong-token");
+  });
+
+  test("an admin signs in and the dashboard is live", async () => {
+    await signIn(cp.adminToken);
+    await expectText("role badge", page.getByTestId("role"), /^admin$/);
+    await expectText("live status", page.getByTestId("live-status"), /^live · config v\d+/);
+    await expectText("one proxy connected", page.locator("[data-testid=stat-nodes] .stat-value"), /^1 \/ 1$/);
+    await visible(page.locator('[data-testid=pool][data-pool="primary"]'));
+    assert.equal(await page.getByTestId("disconnected-banner").isVisible(), false);
+  });
+
+  test("adding a provider: errors next to the fields the server names, then saved with the key masked", async () => {
+    await openPage("Providers", "providers");
+    await page.getByTestId("add-provider").click();
+    const dialog = await visible(page.getByTestId("provider-dialog"));
+    await dialog.locator("input[name=name]").fill("mock-main");
+    await dialog.locator("input[name=label]").fill("Mock provider");
+    await dialog.locator("input[name=base_url]").fill(mock.baseUrl);
+    await dialog.locator("input[name=api_key]").fill(KEY);
+    await dialog.locator("input[name=rpm_limit]").fill("0");
+    const mapping = dialog.getByTestId("mapping-row").first();
+    await mapping.getByTestId("mapping-canonical").fill("gpt-test");
+    await mapping.getByTestId("mapping-cost-input").fill("2.5");
+    await mapping.getByTestId("mapping-cost-output").fill("10");
+    await dialog.getByTestId("save").click();
+
+    // RPM 0: the server names backend.rpm_limit; the message sits under that field.
+    const rpmError = dialog.locator('[data-field="rpm_limit"] .field-error');
+    await expectText("RPM error", rpmError, /must be at least 1 \(got 0\)/);
+    assert.equal(await dialog.locator('[data-field="rpm_limit"] input').getAttribute("aria-invalid"), "true");
+    assert.equal(await dialog.getByTestId("form-error").isVisible(), false, "not a general error");
+    assert.ok(fieldHeaders.includes("backend.rpm_limit"), `the server named the field in sidecar-field: ${fieldHeaders}`);
+    await shot("provider-validation-error");
+
+    // Fixed; next the empty native id of the mapping is refused, next to that input.
+    await dialog.locator("input[name=rpm_limit]").fill("60");
+    await dialog.getByTestId("save").click();
+    const nativeError = dialog.locator('[data-field="model_mappings[\\"gpt-test\\"].native_id"] .field-error');
+    await expectText("native id error", nativeError, /must not be empty/);
+    assert.equal(await rpmError.isVisible(), false, "the old error is cleared");
+    await mapping.getByTestId("mapping-native").fill("mock-large");
+
+    // "Test key" calls ValidateBackend with the typed URL and key.
+    await dialog.getByTestId("form-test-key").click();
+    await expectText("key test result", dialog.getByTestId("key-result"), /Key accepted: HTTP 200 .*2 models listed/);
+
+    await dialog.getByTestId("save").click();
+    await dialog.waitFor({ state: "detached" });
+    const r = await visible(row("mock-main"));
+    await expectText("masked key", r.getByTestId("key"), (t) => t === MASKED);
+    await expectText("status", r.getByTestId("status"), /^healthy$/);
+    assert.equal(await text(r.getByTestId("rpm")), "60");
+    assert.equal(await text(r.getByTestId("label")), "Mock provider");
+
+    // The plaintext key is nowhere in the page: not in the markup, not in any input.
+    const html = await page.content();
+    assert.ok(!html.includes(KEY) && !html.includes("PLAINTEXT"), "plaintext key in the page markup");
+    const values = await page.evaluate(() => [...document.querySelectorAll("input")].map((i) => i.value).join("\n"));
+    assert.ok(!values.includes("PLAINTEXT"), "plaintext key in an input");
+    await shot("providers");
+  });
+
+  test("editing a provider changes only what was edited", async () => {
+    await row("mock-main").getByTestId("edit").click();
+    const dialog = await visible(page.getByTestId("provider-dialog"));
+    assert.equal(await dialog.locator("input[name=api_key]").inputValue(), "", "the key is write-only");
+    assert.match((await dialog.locator("input[name=api_key]").getAttribute("placeholder")) ?? "", /sk-moc\*\*\*\*cdef/);
+    assert.equal(await dialog.locator("input[name=rpm_limit]").inputValue(), "60");
+    assert.equal(await dialog.getByTestId("mapping-cost-input").first().inputValue(), "2.5");
+    await dialog.locator("input[name=rpm_limit]").fill("120");
+    await dialog.getByTestId("add-mapping").click();
+    const second = dialog.getByTestId("mapping-row").nth(1);
+    await second.getByTestId("mapping-canonical").fill("gpt-alt");
+    await second.getByTestId("mapping-native").fill("mock-small");
+    await shot("provider-edit");
+    await dialog.getByTestId("save").click();
+    await dialog.waitFor({ state: "detached" });
+    await expectText("new RPM", row("mock-main").getByTestId("rpm"), /^120$/);
+    await expectText("models", row("mock-main").getByTestId("models"), (t) => t.includes("gpt-alt") && t.includes("gpt-test"));
+    const b = await cp.ctl("backend", "get", "mock-main");
+    const backend = b.backend ?? b;
+    assert.equal(backend.api_key_masked, MASKED, "key unchanged");
+    assert.equal(backend.model_mappings["gpt-test"].cost.input, 2.5e-6, "prices are stored per token");
+    assert.equal(backend.model_mappings["gpt-alt"].native_id, "mock-small");
+  });
+
+  test("traffic through the proxy moves the dashboard counters", async () => {
+    await openPage("Dashboard", "dashboard");
+    const requests = page.locator("[data-testid=stat-requests] .stat-value");
+    await expectText("requests card", requests, /^\d/);
+    const before = await num(requests);
+    // The proxy has the backend within moments of the write; wait for its first 200.
+    await waitFor("a 200 through the proxy", async () => (await proxy.chat("gpt-test")) === 200, { timeout: 10_000 });
+    for (let i = 0; i < 5; i++) assert.equal(await proxy.chat(i % 2 ? "gpt-alt" : "gpt-test"), 200);
+    await expectText("requests counter", requests, (t) => Number(t.replace(/,/g, "")) >= before + 6, 20_000);
+    await expectText("tokens counter", page.locator("[data-testid=stat-tokens] .stat-value"), (t) => Number(t.replace(/,/g, "")) >= 90);
+    await expectText("cost", page.locator("[data-testid=stat-cost] .stat-value"), (t) => t !== "$0.00");
+    await expectText("live backend row", page.locator('[data-testid=live-backends] tr[data-backend="mock-main"]'), /healthy/);
+    await shot("dashboard");
+    const update = process.env.UPDATE_SCREENSHOTS === "1" || !fs.existsSync(docsImage);
+    if (update) {
+      fs.mkdirSync(path.dirname(docsImage), { recursive: true });
+      await page.screenshot({ path: docsImage, fullPage: false });
+    }
+  });
+
+  test("a 429 from the upstream shows the cooldown countdown and history", async () => {
+    mock.rateLimit(30);
+    const status = await proxy.chat("gpt-test");
+    assert.notEqual(status, 200);
+    assert.ok(mock.chatCalls().some((c) => c.status === 429), "the mock answered 429");
+    await openPage("Providers", "providers");
+    const r = row("mock-main");
+    await expectText("cooling status", r.getByTestId("status"), /^cooling$/, 10_000);
+    const first = await expectText("countdown", r.getByTestId("cooldown"), /\d+s left$/);
+    await expectText("countdown ticking", r.getByTestId("cooldown"), (t) => /\d+s left$/.test(t) && t !== first, 5000);
+    await shot("providers-cooling");
+    mock.rateLimit(0);
+
+    await openPage("Dashboard", "dashboard");
+    await expectText("pool cooling count", page.locator('[data-pool="primary"] [data-count="cooling"]'), /^1$/);
+
+    await openPage("Cooldowns", "cooldowns");
+    const event = await visible(page.locator('[data-testid=cooldowns-table] tr[data-backend="mock-main"]').first());
+    assert.match(await text(event), /active/);
+    assert.match(await text(event), /30\.0 s|30s|1m/);
+    await shot("cooldowns");
+  });
+
+  test("usage: hourly and daily tables with filters", async () => {
+    await openPage("Usage", "usage");
+    await expectText("summary", page.getByTestId("usage-summary"), /^\d+ requests/);
+    const byTime = page.getByTestId("usage-by-time");
+    await expectText("hour rows", byTime.locator("thead"), /Hour/);
+    await visible(byTime.locator("tbody tr:not(.empty)").first());
+    await expectText("per backend", page.getByTestId("usage-by-backend"), /mock-main/);
+    await page.getByTestId("filter-granularity").selectOption("day");
+    await expectText("day rows", byTime.locator("thead"), /Day \(UTC\)/);
+    await page.getByTestId("filter-model").selectOption("gpt-alt");
+    await expectText("filtered summary", page.getByTestId("usage-summary"), /^[1-9]\d* requests/);
+    await page.getByTestId("filter-granularity").selectOption("hour");
+    await page.getByTestId("filter-model").selectOption("");
+    await expectText("all models", page.getByTestId("usage-summary"), /^\d+ requests/);
+    await shot("usage");
+  });
+
+  test("nodes: region, acknowledged config version, connected, last report", async () => {
+    await openPage("Nodes", "nodes");
+    const r = await visible(page.locator('[data-testid=nodes-table] tr[data-node="console-test-node"]'));
+    const t = await expectText("node row", r, /connected/);
+    assert.match(t, /test-region/);
+    await expectText("acked current", r.getByTestId("acked"), /current/);
+    assert.match(t, /ago|just now/, "last report shown");
+    await shot("nodes");
+  });
+
+  test("settings: a typed form, errors next to the field, saved with UpdateSettings", async () => {
+    await openPage("Settings", "settings");
+    const form = await visible(page.getByTestId("settings-form"));
+    await form.locator("input[name=cooldown_max_seconds]").fill("0");
+    await page.getByTestId("save-settings").click();
+    await expectText("settings error", form.locator('[data-field="cooldown_max_seconds"] .field-error'), /must be at least 1 \(got 0\)/);
+    await shot("settings-error");
+    await form.locator("input[name=cooldown_max_seconds]").fill("900");
+    await form.locator("input[name=near_recovery_wait_seconds]").fill("5");
+    await page.getByTestId("save-settings").click();
+    await expectText("saved", page.locator(".toast-ok").last(), /Settings saved/);
+    const s = await cp.ctl("settings", "get");
+    const settings = s.settings ?? s;
+    assert.equal(settings.cooldown_max_seconds, 900);
+    assert.equal(settings.near_recovery_wait_seconds, 5);
+    await shot("settings");
+  });
+
+  test("settings: an admin creates a viewer token; its secret is shown once", async () => {
+    await page.getByTestId("token-role").selectOption("viewer");
+    await page.getByTestId("token-name").fill("console-test-viewer");
+    await page.getByTestId("create-token").click();
+    const dialog = await visible(page.getByTestId("token-dialog"));
+    viewerToken = await dialog.getByTestId("token-secret").inputValue();
+    assert.match(viewerToken, /^sct_[0-9a-f]{64}$/);
+    await shot("token-created");
+    await dialog.getByTestId("token-done").click();
+    await dialog.waitFor({ state: "detached" });
+    const r = await visible(page.locator('[data-testid=tokens-table] tr[data-token="console-test-viewer"]'));
+    assert.match(await text(r), /viewer/);
+    assert.ok(!(await page.content()).includes(viewerToken), "the secret is gone from the page");
+  });
+
+  test("values from the server are rendered as text, never as HTML", async () => {
+    await openPage("Providers", "providers");
+    await page.getByTestId("add-provider").click();
+    const dialog = await visible(page.getByTestId("provider-dialog"));
+    await dialog.locator("input[name=name]").fill("xss-probe");
+    await dialog.locator("input[name=label]").fill(XSS_LABEL);
+    await dialog.locator("input[name=base_url]").fill(mock.baseUrl);
+    await dialog.locator("input[name=api_key]").fill("sk-other-key-000000");
+    await dialog.locator("select[name=pool]").selectOption("fallback");
+    const mapping = dialog.getByTestId("mapping-row").first();
+    await mapping.getByTestId("mapping-canonical").fill(XSS_MODEL);
+    await mapping.getByTestId("mapping-native").fill(XSS_META);
+    await dialog.getByRole("button", { name: "Add entry" }).click();
+    await dialog.getByTestId("meta-key").fill("note");
+    await dialog.getByTestId("meta-value").fill(XSS_META);
+    await dialog.getByTestId("save").click();
+    await dialog.waitFor({ state: "detached" });
+    const r = await visible(row("xss-probe"));
+    assert.equal(await text(r.getByTestId("label")), XSS_LABEL);
+    assert.equal(await text(r.getByTestId("models")), XSS_MODEL);
+    // Reopen it: the stored values come back from the server into the form as text.
+    await r.getByTestId("edit").click();
+    const again = await visible(page.getByTestId("provider-dialog"));
+    assert.equal(await again.getByTestId("meta-value").inputValue(), XSS_META);
+    assert.equal(await again.getByTestId("mapping-native").first().inputValue(), XSS_META);
+    await shot("provider-text-not-html");
+    await again.getByRole("button", { name: "Cancel" }).click();
+    await again.waitFor({ state: "detached" });
+    const injected = await page.evaluate(() => ({
+      img: document.querySelectorAll("main img, dialog img").length,
+      bold: document.querySelectorAll("main b").length,
+      scripts: [...document.scripts].filter((s) => !s.src).length,
+      xss: window.__xss ?? null,
+    }));
+    assert.deepEqual(injected, { img: 0, bold: 0, scripts: 0, xss: null });
+    assert.deepEqual(dialogs, [], "no alert/confirm fired");
+  });
+
+  test("deleting asks for confirmation", async () => {
+    const r = row("xss-probe");
+    await r.getByTestId("delete").click();
+    const confirm = await visible(page.getByTestId("confirm"));
+    assert.match(await text(confirm), /Delete provider “xss-probe”\?/);
+    await shot("delete-confirm");
+    await page.getByTestId("confirm-no").click();
+    await confirm.waitFor({ state: "detached" });
+    assert.ok(await r.isVisible(), "cancel keeps it");
+    await r.getByTestId("delete").click();
+    await visible(page.getByTestId("confirm"));
+    await page.getByTestId("confirm-yes").click();
+    await r.waitFor({ state: "detached" });
+    await expectText("toast", page.locator(".toast-ok").last(), /Deleted xss-probe/);
+    const list = await cp.ctl("backend", "list");
+    const names = (list.backends ?? list).map((b) => b.name);
+    assert.deepEqual(names, ["mock-main"]);
+  });
+
+  test("a viewer sees everything but every write control is disabled (and the server refuses)", async () => {
+    assert.ok(viewerToken, "a viewer token was created on the Settings page");
+    await signOut();
+    await signIn(viewerToken);
+    await expectText("viewer badge", page.getByTestId("role"), /viewer · read-only/);
+    await openPage("Providers", "providers");
+    await visible(row("mock-main"));
+    const writes = page.locator("[data-write]");
+    assert.ok((await writes.count()) >= 3);
+    for (const b of await writes.all()) assert.ok(await b.isDisabled(), `${await b.textContent()} is disabled`);
+    // The details are there to read.
+    await row("mock-main").getByTestId("edit").click();
+    const dialog = await visible(page.getByTestId("provider-dialog"));
+    assert.equal(await dialog.locator("input[name=name]").inputValue(), "mock-main");
+    assert.ok(await dialog.locator("input[name=rpm_limit]").isDisabled());
+    assert.ok(await dialog.getByTestId("save").isDisabled());
+    await shot("viewer-provider");
+    await dialog.getByRole("button", { name: "Close" }).first().click();
+    await dialog.waitFor({ state: "detached" });
+    await shot("viewer-providers");
+
+    await openPage("Settings", "settings");
+    const form = await visible(page.getByTestId("settings-form"));
+    assert.ok(await form.locator("input[name=queue_capacity]").isDisabled());
+    assert.ok(await page.getByTestId("save-settings").isDisabled());
+    await visible(page.locator('[data-testid=tokens-table] tr[data-token="console-test-viewer"]'));
+    for (const b of await page.locator("[data-write]").all()) assert.ok(await b.isDisabled(), `${await b.textContent()} is disabled`);
+    // Forced past the disabled controls, the server still refuses.
+    await page.evaluate(() => {
+      for (const el of document.querySelectorAll(".settings-form input, .settings-form button")) el.disabled = false;
+    });
+    await form.locator("input[name=queue_capacity]").fill("123");
+    await page.getByTestId("save-settings").click();
+    await expectText("refused", page.getByTestId("form-error"), /Not allowed: .*viewer may only read/);
+    await shot("viewer-settings-refused");
+  });
+
+  test("usable on a narrow screen", async () => {
+    await page.setViewportSize({ width: 390, height: 844 });
+    for (const [title, cls] of [
+      ["Dashboard", "dashboard"],
+      ["Providers", "providers"],
+      ["Usage", "usage"],
+    ]) {
+      await openPage(title, cls);
+      if (cls === "providers") await visible(row("mock-main"));
+      const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+      assert.ok(overflow <= 1, `${title} overflows the viewport by ${overflow}px`);
+      await shot(`narrow-${cls}`);
+    }
+    await page.setViewportSize({ width: 1280, height: 900 });
+  });
+
+  test("no script errors or Content-Security-Policy violations in the page", () => {
+    assert.deepEqual(pageErrors, []);
+    assert.deepEqual(consoleErrors, []);
+  });
+
+  test("the disconnected banner shows after 5 s without data and goes away on reconnect", async () => {
+    await openPage("Dashboard", "dashboard");
+    const banner = page.getByTestId("disconnected-banner");
+    await expectText("live", page.getByTestId("live-status"), /^live/);
+    const stopped = Date.now();
+    const stopping = cp.stop();
+    assert.equal(await banner.isVisible(), false, "no banner right away");
+    await stopping;
+    await visible(banner, 15_000);
+    const after = Date.now() - stopped;
+    assert.ok(after >= 4000, `the banner came after ${after} ms, before 5 s of silence`);
+    assert.match(await text(banner), /Disconnected — reconnecting/);
+    await expectText("offline", page.getByTestId("live-status"), /^offline$/);
+    await shot("disconnected");
+    await cp.start();
+    await banner.waitFor({ state: "hidden", timeout: 20_000 });
+    await expectText("live again", page.getByTestId("live-status"), /^live/);
+  });
+});
