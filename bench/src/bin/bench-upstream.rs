@@ -35,8 +35,7 @@ type Body = BoxBody<Bytes, Infallible>;
 
 async fn handle(args: Arc<Args>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
     let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-    let stream =
-        body.windows(14).any(|w| w == b"\"stream\":true") || body.windows(15).any(|w| w == b"\"stream\": true");
+    let stream = serde_json::from_slice::<serde_json::Value>(&body).is_ok_and(|v| v["stream"] == true);
     if !stream {
         let mut r = Response::new(Full::new(Bytes::from_static(JSON.as_bytes())).boxed());
         r.headers_mut().insert(header::CONTENT_TYPE, "application/json".parse().unwrap());

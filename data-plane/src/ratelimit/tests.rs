@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::window::SLOTS;
 use super::*;
 
 const MIN: Duration = Duration::from_secs(60);
@@ -162,4 +163,15 @@ fn a_limit_of_zero_admits_nothing_until_raised() {
     assert!(!l.try_acquire(start + MIN * 2));
     l.reconfigure(2, 3, MIN, start + MIN * 2);
     assert!(l.try_acquire(start + MIN * 2 + Duration::from_secs(30)));
+}
+
+#[test]
+fn large_limits_use_constant_memory_and_still_never_exceed() {
+    let start = Instant::now();
+    let limit = 100_000;
+    let mut l = RequestLimiter::new(limit, 1000, MIN, start);
+    let times = run(&mut l, start, Duration::from_millis(5), Duration::from_secs(180));
+    assert!(max_in_any_window(&times, MIN) <= limit as usize);
+    assert!(times.len() >= (limit as usize) * 2, "slots cost at most one slot of throughput: {}", times.len());
+    assert!(l.admitted.entries.len() <= SLOTS as usize + 2, "{} log entries", l.admitted.entries.len());
 }

@@ -4,6 +4,11 @@
 //! The window check keeps a small safety margin (1% of the window, at least 50 ms): a
 //! provider counts arrivals, not our admissions, and network jitter can bring two
 //! admissions exactly one window apart closer together by the time they arrive.
+//!
+//! Admissions are logged one by one while the limit is small (exact). For large limits
+//! the log counts per slot of 1/64 of the window, so memory stays constant however many
+//! requests a minute pass; a slot counts until all of it has left the window, which errs
+//! on the safe side by at most one slot.
 
 use std::{collections::VecDeque, time::Duration};
 
@@ -17,14 +22,73 @@ pub struct RequestLimiter {
     window: Duration,
     tokens: f64,
     refilled_at: Instant,
-    /// Admission times within the last window, oldest first. Bounded by `limit`.
-    admitted: VecDeque<Instant>,
+    /// Admissions within the guarded window, oldest first.
+    pub(super) admitted: AdmissionLog,
+}
+
+/// Limits up to this are logged admission by admission.
+const EXACT_UP_TO: u32 = 4096;
+/// Slots per window for larger limits.
+pub(super) const SLOTS: u32 = 64;
+
+/// Admission counts by time: entries (first admission, end of its slot, count). An exact
+/// entry's slot ends where it starts.
+#[derive(Debug, Default)]
+pub(super) struct AdmissionLog {
+    pub(super) entries: VecDeque<(Instant, Instant, u32)>,
+    total: u64,
+}
+
+impl AdmissionLog {
+    fn push(&mut self, now: Instant, slot: Duration) {
+        self.total += 1;
+        if let Some(last) = self.entries.back_mut()
+            && now < last.1
+        {
+            last.2 += 1;
+            return;
+        }
+        self.entries.push_back((now, now + slot, 1));
+    }
+
+    /// Drops entries whose whole slot has left the guarded window.
+    fn prune(&mut self, now: Instant, guarded: Duration) {
+        while let Some(&(_, end, n)) = self.entries.front() {
+            if now.saturating_duration_since(end) < guarded {
+                break;
+            }
+            self.total -= u64::from(n);
+            self.entries.pop_front();
+        }
+    }
+
+    /// When `need` of the oldest admissions will have left the guarded window.
+    fn leaves(&self, need: u64, guarded: Duration) -> Option<Instant> {
+        let mut gone = 0u64;
+        for &(_, end, n) in &self.entries {
+            gone += u64::from(n);
+            if gone >= need {
+                return Some(end + guarded);
+            }
+        }
+        None
+    }
+
+    fn remove(&mut self, at: Instant) {
+        if let Some(i) = self.entries.iter().rposition(|&(start, end, _)| start <= at && (at < end || at == start)) {
+            self.total -= 1;
+            self.entries[i].2 -= 1;
+            if self.entries[i].2 == 0 {
+                self.entries.remove(i);
+            }
+        }
+    }
 }
 
 impl RequestLimiter {
     /// A limiter starting with a full bucket.
     pub fn new(limit: u32, burst: u32, window: Duration, now: Instant) -> Self {
-        let mut l = Self { limit, burst: 1, window, tokens: 0.0, refilled_at: now, admitted: VecDeque::new() };
+        let mut l = Self { limit, burst: 1, window, tokens: 0.0, refilled_at: now, admitted: AdmissionLog::default() };
         l.burst = burst.clamp(1, l.limit.max(1));
         l.tokens = f64::from(l.burst);
         l
@@ -55,6 +119,11 @@ impl RequestLimiter {
         self.window + (self.window / 100).max(Duration::from_millis(50))
     }
 
+    /// Width of one log slot: none (exact) for small limits.
+    fn slot(&self) -> Duration {
+        if self.limit <= EXACT_UP_TO { Duration::ZERO } else { self.window / SLOTS }
+    }
+
     fn rate_per_sec(&self) -> f64 {
         f64::from(self.limit) / self.window.as_secs_f64()
     }
@@ -68,9 +137,7 @@ impl RequestLimiter {
         self.tokens = (self.tokens + elapsed * self.rate_per_sec()).min(f64::from(self.burst));
         self.refilled_at = now;
         let guarded = self.guarded_window();
-        while self.admitted.front().is_some_and(|&t| now.saturating_duration_since(t) >= guarded) {
-            self.admitted.pop_front();
-        }
+        self.admitted.prune(now, guarded);
     }
 
     /// When the next admission is possible: `now` if it is possible now.
@@ -87,9 +154,10 @@ impl RequestLimiter {
         } else {
             now + Duration::from_secs_f64((1.0 - self.tokens) / self.rate_per_sec())
         };
-        let window = if self.admitted.len() >= self.limit as usize {
-            // The admission that must leave the window before another may enter.
-            self.admitted[self.admitted.len() - self.limit as usize] + self.guarded_window()
+        let window = if self.admitted.total >= u64::from(self.limit) {
+            // The admissions that must leave the window before another may enter.
+            let need = self.admitted.total - u64::from(self.limit) + 1;
+            self.admitted.leaves(need, self.guarded_window()).unwrap_or(now + self.window)
         } else {
             now
         };
@@ -102,14 +170,16 @@ impl RequestLimiter {
             return false;
         }
         self.tokens -= 1.0;
-        self.admitted.push_back(now);
+        let slot = self.slot();
+        self.admitted.push(now, slot);
         true
     }
 
     /// Gives back an admission made at `at` that was never used (the waiter had gone).
     pub fn refund(&mut self, at: Instant) {
-        if let Some(i) = self.admitted.iter().rposition(|&t| t == at) {
-            self.admitted.remove(i);
+        let before = self.admitted.total;
+        self.admitted.remove(at);
+        if self.admitted.total < before {
             self.tokens = (self.tokens + 1.0).min(f64::from(self.burst));
         }
     }
@@ -117,7 +187,7 @@ impl RequestLimiter {
     /// Admissions in the current window (the backend's current rate).
     pub fn in_window(&mut self, now: Instant) -> u32 {
         self.refill(now);
-        self.admitted.len() as u32
+        self.admitted.total.min(u64::from(u32::MAX)) as u32
     }
 
     /// Tokens in the bucket now.
