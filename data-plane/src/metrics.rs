@@ -204,6 +204,13 @@ impl Metrics {
         self.counter("sidecar_usage_events_dropped_total", &[]).increment(1);
     }
 
+    /// Folds recorded histogram samples into their buckets. The exporter keeps raw
+    /// samples until then, so without this memory would grow with every request between
+    /// scrapes.
+    pub fn upkeep(&self) {
+        self.handle.run_upkeep();
+    }
+
     /// Prometheus text.
     pub fn render(&self) -> String {
         self.handle.render()

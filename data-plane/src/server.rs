@@ -35,6 +35,8 @@ pub enum InitError {
     ControlUrl(String),
 }
 
+/// Histogram samples are folded into buckets every this many one-second ticks.
+const UPKEEP_EVERY: u64 = 5;
 /// Adaptive retreat is evaluated every this many one-second ticks.
 const RETREAT_EVERY: u64 = 10;
 /// How long shutdown keeps trying to deliver usage.
@@ -229,8 +231,8 @@ fn restrict(dir: &Path) {
 fn restrict(_dir: &Path) {}
 
 /// Once a second: re-apply every backend's limits (a grant's lease may have run out, so
-/// the fallback share applies) and, every tenth tick, evaluate adaptive retreat (timed,
-/// never per response).
+/// the fallback share applies); every tenth tick, evaluate adaptive retreat (timed,
+/// never per response); every fifth, fold metric samples into their buckets.
 async fn limit_ticks(shared: Arc<Shared>, window: Duration, mut shutdown: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut n = 0u64;
@@ -240,6 +242,9 @@ async fn limit_ticks(shared: Arc<Shared>, window: Duration, mut shutdown: watch:
             _ = shutdown.wait_for(|s| *s) => return,
         }
         n += 1;
+        if n.is_multiple_of(UPKEEP_EVERY) {
+            shared.metrics.upkeep();
+        }
         let bundle = shared.bundle.load();
         let now = Instant::now();
         for b in &bundle.backends {

@@ -15,11 +15,15 @@ const CALM_FOR: Duration = Duration::from_secs(120);
 const FLOOR_RPM: f64 = 5.0;
 const STEP_RPM: f64 = 2.0;
 
+/// Outcomes are counted per second, so the state stays small at any request rate.
+const SLOT: Duration = Duration::from_secs(1);
+
 /// Retreat state of one backend.
 #[derive(Debug)]
 pub struct Retreat {
     effective: f64,
-    outcomes: VecDeque<(Instant, bool)>,
+    /// (slot start, answers, 429s), oldest first; at most a minute of slots.
+    outcomes: VecDeque<(Instant, u32, u32)>,
     calm_since: Option<Instant>,
 }
 
@@ -31,12 +35,18 @@ impl Retreat {
 
     /// Records one upstream answer.
     pub fn record(&mut self, now: Instant, was_429: bool) {
-        self.outcomes.push_back((now, was_429));
+        match self.outcomes.back_mut() {
+            Some(slot) if now < slot.0 + SLOT => {
+                slot.1 += 1;
+                slot.2 += u32::from(was_429);
+            }
+            _ => self.outcomes.push_back((now, 1, u32::from(was_429))),
+        }
         self.prune(now);
     }
 
     fn prune(&mut self, now: Instant) {
-        while self.outcomes.front().is_some_and(|&(t, _)| now.saturating_duration_since(t) >= WINDOW) {
+        while self.outcomes.front().is_some_and(|&(t, _, _)| now.saturating_duration_since(t) >= WINDOW) {
             self.outcomes.pop_front();
         }
     }
@@ -44,8 +54,9 @@ impl Retreat {
     /// The 429 share over the last minute, if the sample is large enough.
     pub fn rate_429(&mut self, now: Instant) -> Option<f64> {
         self.prune(now);
-        (self.outcomes.len() >= MIN_SAMPLE)
-            .then(|| self.outcomes.iter().filter(|o| o.1).count() as f64 / self.outcomes.len() as f64)
+        let answers: u32 = self.outcomes.iter().map(|o| o.1).sum();
+        let limited: u32 = self.outcomes.iter().map(|o| o.2).sum();
+        (answers as usize >= MIN_SAMPLE).then(|| f64::from(limited) / f64::from(answers))
     }
 
     /// One evaluation tick; returns the effective RPM (never above `configured`).
