@@ -124,8 +124,10 @@ pub fn audit_to_pb(a: &AuditRecord) -> pb::AuditEntry {
     }
 }
 
-/// Usage counters as the API's totals.
+/// Usage counters as the API's totals (the latency histogram always has every bucket).
 pub fn usage_totals_to_pb(c: &crate::store::UsageCounters) -> pb::UsageTotals {
+    let mut histogram = c.latency_histogram.clone();
+    histogram.resize(histogram.len().max(crate::store::LATENCY_BUCKETS_MS.len() + 1), 0);
     pb::UsageTotals {
         requests: c.answered,
         succeeded: c.succeeded,
@@ -141,10 +143,13 @@ pub fn usage_totals_to_pb(c: &crate::store::UsageCounters) -> pb::UsageTotals {
         total_tokens: c.total_tokens,
         cost_usd: c.cost_usd,
         latency_ms_sum: c.latency_ms_sum,
-        latency_histogram: c.latency_histogram.clone(),
+        latency_histogram: histogram,
         ttft_ms_sum: c.ttft_ms_sum,
         ttft_count: c.ttft_count,
-        avg_latency_ms: if c.attempts > 0 { c.latency_ms_sum as f64 / c.attempts as f64 } else { 0.0 },
+        avg_latency_ms: match c.attempts {
+            0 => 0.0,
+            n => c.latency_ms_sum as f64 / n as f64,
+        },
     }
 }
 

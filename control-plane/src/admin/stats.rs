@@ -5,10 +5,12 @@
 use std::collections::HashMap;
 
 use sidecar_proto::v1 as pb;
+
+use super::convert::usage_totals_to_pb as usage_totals;
 use tonic::Status;
 
 use crate::{
-    store::{BackendRecord, CooldownRecord, Granularity, LATENCY_BUCKETS_MS, Store, UsageCounters, UsageRow},
+    store::{BackendRecord, CooldownRecord, Granularity, Store, UsageCounters, UsageRow},
     util::now_ms,
     validate::{FieldError, field_error},
 };
@@ -133,35 +135,6 @@ fn passes(filter: &pb::StatsFilter, row: &UsageRow, region: &str, lookup: &Looku
         && any(&filter.pools, &row.pool)
         && any(&filter.regions, region)
         && any(&filter.nodes, &row.node_id)
-}
-
-/// Usage counters as the API shows them.
-pub(crate) fn usage_totals(c: &UsageCounters) -> pb::UsageTotals {
-    let mut histogram = c.latency_histogram.clone();
-    histogram.resize(histogram.len().max(LATENCY_BUCKETS_MS.len() + 1), 0);
-    pb::UsageTotals {
-        requests: c.answered,
-        succeeded: c.succeeded,
-        errors: c.answered_errors,
-        rate_limited: c.errors_429,
-        attempts: c.attempts,
-        errors_5xx: c.errors_5xx,
-        errors_timeout: c.errors_timeout,
-        errors_connect: c.errors_connect,
-        errors_4xx: c.errors_4xx,
-        prompt_tokens: c.prompt_tokens,
-        completion_tokens: c.completion_tokens,
-        total_tokens: c.total_tokens,
-        cost_usd: c.cost_usd,
-        latency_ms_sum: c.latency_ms_sum,
-        latency_histogram: histogram,
-        ttft_ms_sum: c.ttft_ms_sum,
-        ttft_count: c.ttft_count,
-        avg_latency_ms: match c.attempts {
-            0 => 0.0,
-            n => c.latency_ms_sum as f64 / n as f64,
-        },
-    }
 }
 
 /// One group's identity; dimensions not grouped by stay empty (0 for time).
@@ -358,7 +331,7 @@ mod tests {
         let t = usage_totals(&c);
         assert_eq!((t.requests, t.succeeded, t.errors, t.rate_limited, t.attempts), (3, 2, 1, 2, 4));
         assert_eq!(t.avg_latency_ms, 100.0);
-        assert_eq!(t.latency_histogram.len(), LATENCY_BUCKETS_MS.len() + 1);
+        assert_eq!(t.latency_histogram.len(), crate::store::LATENCY_BUCKETS_MS.len() + 1);
         assert_eq!(&t.latency_histogram[..3], &[1, 3, 0]);
         assert_eq!(usage_totals(&UsageCounters::default()).avg_latency_ms, 0.0);
     }
