@@ -41,7 +41,9 @@ pub struct TappedBody {
     started: Instant,
     ttft: Option<Duration>,
     idle: Duration,
-    idle_timer: Pin<Box<Sleep>>,
+    /// Armed only when the upstream makes us wait: a body that is already there (most
+    /// JSON answers) costs no timer at all.
+    idle_timer: Option<Pin<Box<Sleep>>>,
     on_finish: Option<OnFinish>,
 }
 
@@ -61,7 +63,7 @@ impl TappedBody {
             started,
             ttft: None,
             idle,
-            idle_timer: Box::pin(tokio::time::sleep(idle)),
+            idle_timer: None,
             on_finish: Some(Box::new(on_finish)),
         }
     }
@@ -94,8 +96,8 @@ impl Body for TappedBody {
                     this.ttft.get_or_insert_with(|| this.started.elapsed());
                     this.scanner.feed(data);
                 }
-                let deadline = Instant::now() + this.idle;
-                this.idle_timer.as_mut().reset(deadline);
+                // The next wait starts now.
+                this.idle_timer = None;
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => {
@@ -109,7 +111,9 @@ impl Body for TappedBody {
                 Poll::Ready(None)
             }
             Poll::Pending => {
-                ready!(this.idle_timer.as_mut().poll(cx));
+                let idle = this.idle;
+                let timer = this.idle_timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+                ready!(timer.as_mut().poll(cx));
                 // Stalled longer than the backend's timeout: end the body here. The
                 // client sees a truncated stream; accounting records the timeout.
                 this.inner = None;
@@ -151,7 +155,7 @@ impl Drop for TappedBody {
             started: self.started,
             ttft: self.ttft,
             idle: self.idle,
-            idle_timer: Box::pin(tokio::time::sleep(self.idle)),
+            idle_timer: None,
             on_finish: self.on_finish.take(),
         };
         runtime.spawn(async move {
