@@ -15,7 +15,7 @@ use super::{ParsedRequest, admit::admit, error::ProxyError};
 use crate::{
     report::{Outcome, UsageEvent},
     routing::{Backend, Grant, Priority},
-    snapshot::Cost,
+    snapshot::{Cost, Settings},
     state::{Counters, Shared},
     upstream::{self, AttemptError, StatusClass, TappedBody, Usage},
 };
@@ -112,7 +112,7 @@ pub(crate) async fn serve(
                 backend.state.finished();
                 shared.in_flight.finish();
                 grant_settle(&grant, None);
-                attempt_failed(shared, &grant, &model, kind_outcome(kind), kind.as_str(), sent);
+                attempt_failed(shared, &settings, &grant, &model, kind_outcome(kind), kind.as_str(), sent);
                 Failure { backend: backend.clone(), response: None, rate_limited: false }
             }
             Ok(response) => match upstream::classify(response.status()) {
@@ -130,23 +130,17 @@ pub(crate) async fn serve(
                     let now = Instant::now();
                     match class {
                         StatusClass::RateLimited => {
-                            on_rate_limited(shared, &grant, retry_after, now);
-                            attempt_failed(shared, &grant, &model, Outcome::RateLimited, "429", sent);
+                            on_rate_limited(shared, &settings, &grant, retry_after, now);
+                            attempt_failed(shared, &settings, &grant, &model, Outcome::RateLimited, "429", sent);
                         }
                         StatusClass::Auth => {
                             warn!(backend = %config.id, status = parts.status.as_u16(), "upstream refused the key; backend marked error");
-                            backend
-                                .state
-                                .health
-                                .lock()
-                                .expect("health lock")
-                                .on_auth_error(now, &shared.bundle.load().settings);
-                            attempt_failed(shared, &grant, &model, Outcome::ClientError, "auth", sent);
+                            backend.state.health.lock().expect("health lock").on_auth_error(now, &settings);
+                            attempt_failed(shared, &settings, &grant, &model, Outcome::ClientError, "auth", sent);
                         }
                         _ => {
-                            let settings = shared.bundle.load().settings.clone();
                             backend.state.health.lock().expect("health lock").on_failure(now, &settings, "5xx");
-                            attempt_failed(shared, &grant, &model, Outcome::ServerError, "5xx", sent);
+                            attempt_failed(shared, &settings, &grant, &model, Outcome::ServerError, "5xx", sent);
                         }
                     }
                     Failure {
@@ -189,6 +183,7 @@ fn grant_settle(grant: &Grant, tokens: Option<u64>) {
 /// event, metrics.
 fn attempt_failed(
     shared: &Shared,
+    settings: &Settings,
     grant: &Grant,
     model: &Arc<str>,
     outcome: Outcome,
@@ -197,8 +192,7 @@ fn attempt_failed(
 ) {
     let backend = &grant.backend;
     if matches!(outcome, Outcome::Timeout | Outcome::Connect) {
-        let settings = shared.bundle.load().settings.clone();
-        backend.state.health.lock().expect("health lock").on_failure(Instant::now(), &settings, kind);
+        backend.state.health.lock().expect("health lock").on_failure(Instant::now(), settings, kind);
     }
     if outcome != Outcome::RateLimited {
         backend.state.retreat.lock().expect("retreat lock").record(Instant::now(), false);
@@ -222,12 +216,17 @@ fn attempt_failed(
 
 /// A 429: escalate the backend's cooldown (floored by Retry-After) and tell the control
 /// plane at once.
-fn on_rate_limited(shared: &Shared, grant: &Grant, retry_after: Option<std::time::Duration>, now: Instant) {
+fn on_rate_limited(
+    shared: &Shared,
+    settings: &Settings,
+    grant: &Grant,
+    retry_after: Option<std::time::Duration>,
+    now: Instant,
+) {
     let backend = &grant.backend;
-    let settings = shared.bundle.load().settings.clone();
     let (applied, count) = {
         let mut cooldown = backend.state.cooldown.lock().expect("cooldown lock");
-        let d = cooldown.on_429(now, &settings, retry_after);
+        let d = cooldown.on_429(now, settings, retry_after);
         (d, cooldown.consecutive)
     };
     backend.state.retreat.lock().expect("retreat lock").record(now, true);

@@ -109,11 +109,6 @@ impl RequestLimiter {
         self.limit
     }
 
-    /// The window length.
-    pub fn window(&self) -> Duration {
-        self.window
-    }
-
     /// The window the log is checked against: the window plus the safety margin.
     fn guarded_window(&self) -> Duration {
         self.window + (self.window / 100).max(Duration::from_millis(50))

@@ -139,11 +139,6 @@ impl Quota {
             (None, _) => self.initial.map(|i| (i, None)),
         }
     }
-
-    /// Whether the lease has run out and the fallback share applies.
-    pub fn expired(&self, now: Instant) -> bool {
-        self.grant.is_some() && self.lease_until.is_none_or(|u| u <= now)
-    }
 }
 
 /// Live state of one backend, carried across snapshots.
