@@ -44,6 +44,8 @@ pub struct ProxyConfig {
     pub shutdown_grace: Duration,
     /// Usage batches kept while the control plane is away.
     pub outbox_capacity: usize,
+    /// API worker threads, each with its own event loop and upstream connections.
+    pub workers: usize,
 }
 
 /// An invalid setting.
@@ -92,6 +94,9 @@ pub struct Flags {
     /// text or json [env: SIDECAR_LOG_FORMAT]
     #[arg(long, value_name = "FORMAT")]
     pub log_format: Option<String>,
+    /// API worker threads [env: SIDECAR_WORKERS] [default: one per CPU]
+    #[arg(long, value_name = "N")]
+    pub workers: Option<String>,
 }
 
 struct Setting {
@@ -116,6 +121,7 @@ const SETTINGS: &[Setting] = &[
     Setting { env: "SIDECAR_RATE_WINDOW_MS", flag: None, file: "rate_window_ms" },
     Setting { env: "SIDECAR_SHUTDOWN_GRACE", flag: None, file: "shutdown_grace" },
     Setting { env: "SIDECAR_OUTBOX_BATCHES", flag: None, file: "outbox_batches" },
+    Setting { env: "SIDECAR_WORKERS", flag: Some("--workers"), file: "workers" },
 ];
 
 fn setting(env: &str) -> &'static Setting {
@@ -143,6 +149,7 @@ fn flag_value<'a>(flags: &'a Flags, env: &str) -> Option<&'a String> {
         "SIDECAR_MAX_BODY_BYTES" => flags.max_body_bytes.as_ref(),
         "SIDECAR_LOG_LEVEL" => flags.log_level.as_ref(),
         "SIDECAR_LOG_FORMAT" => flags.log_format.as_ref(),
+        "SIDECAR_WORKERS" => flags.workers.as_ref(),
         _ => None,
     }
 }
@@ -247,6 +254,8 @@ impl ProxyConfig {
         let rate_window = Duration::from_millis(parse_num("SIDECAR_RATE_WINDOW_MS", 60_000, 100, 3_600_000)?);
         let shutdown_grace = Duration::from_secs(parse_num("SIDECAR_SHUTDOWN_GRACE", 30, 0, 3600)?);
         let outbox_capacity = parse_num("SIDECAR_OUTBOX_BATCHES", 3600, 1, 1_000_000)? as usize;
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let workers = parse_num("SIDECAR_WORKERS", cpus as u64, 1, 1024)? as usize;
         Ok(Self {
             control_url,
             node_token,
@@ -262,6 +271,7 @@ impl ProxyConfig {
             rate_window,
             shutdown_grace,
             outbox_capacity,
+            workers,
         })
     }
 }
@@ -303,6 +313,7 @@ mod tests {
             ("SIDECAR_LOG_FORMAT", "xml"),
             ("SIDECAR_HOST", "not a host"),
             ("SIDECAR_REGION", "eu west"),
+            ("SIDECAR_WORKERS", "0"),
         ] {
             let e = resolve(&[(env, value)]).unwrap_err();
             assert!(e.setting.starts_with(env), "{env}: {e}");

@@ -18,6 +18,7 @@ pub mod server;
 pub mod snapshot;
 pub mod state;
 pub mod upstream;
+mod workers;
 
 use std::time::Duration;
 

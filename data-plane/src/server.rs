@@ -6,7 +6,6 @@
 use std::{future::Future, path::Path, sync::Arc, time::Duration};
 
 use arc_swap::ArcSwap;
-use axum::serve::ListenerExt;
 use sidecar_proto::v1::{self as pb, node_service_client::NodeServiceClient};
 use tokio::{net::TcpListener, sync::watch, task::JoinSet, time::Instant};
 use tonic::transport::Channel;
@@ -17,11 +16,11 @@ use crate::{
     config::ProxyConfig,
     config_sync::{Cache, Syncer},
     metrics::Metrics,
-    ops, proxy,
+    ops,
     report::{self, Outbox},
     routing::{Bundle, Queue},
     state::{Counters, Shared, SyncStatus},
-    upstream,
+    workers::Workers,
 };
 
 /// Start-up failures.
@@ -52,6 +51,7 @@ pub struct Proxy {
     outbox_capacity: usize,
     grace: Duration,
     window: Duration,
+    workers: usize,
 }
 
 fn node_id(config: &ProxyConfig) -> Result<String, InitError> {
@@ -97,7 +97,6 @@ impl Proxy {
             events: events_tx,
             sync: SyncStatus::default(),
             counters: Counters::default(),
-            client: upstream::client(Duration::from_secs(10)),
             max_body_bytes: config.max_body_bytes,
             started: Instant::now(),
             node_id: node_id.clone(),
@@ -132,6 +131,7 @@ impl Proxy {
             outbox_capacity: config.outbox_capacity,
             grace: config.shutdown_grace,
             window: config.rate_window,
+            workers: config.workers,
         })
     }
 
@@ -150,7 +150,6 @@ impl Proxy {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let shared = self.shared;
-        let (stop_accepting_tx, stop_accepting) = watch::channel(false);
         let (stop_tasks_tx, stop_tasks) = watch::channel(false);
         let mut tasks = JoinSet::new();
         tasks.spawn(self.syncer.run(stop_tasks.clone()));
@@ -174,41 +173,21 @@ impl Proxy {
         ));
         reporting.spawn(report::deliver(outbox, self.client, shared.metrics.clone(), last_batch, REPORT_DRAIN));
 
-        info!(addr = %api.local_addr()?, node = %shared.node_id, "serving the OpenAI-compatible API");
+        info!(addr = %api.local_addr()?, node = %shared.node_id, workers = self.workers, "serving the OpenAI-compatible API");
         info!(addr = %ops.local_addr()?, "serving /health, /health/ready, /status, /metrics");
+        let workers = Workers::start(api, self.workers, shared.clone())?;
         let stopped = |mut rx: watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|s| *s).await;
         };
-        let api_server =
-            // No Nagle delay: responses often go out as headers, then body.
-            axum::serve(
-                api.tap_io(|tcp| {
-                    let _ = tcp.set_nodelay(true);
-                }),
-                proxy::router(shared.clone()),
-            )
-            .with_graceful_shutdown(stopped(stop_accepting.clone()));
         let ops_server =
             axum::serve(ops, ops::router(shared.clone())).with_graceful_shutdown(stopped(stop_tasks.clone()));
         let ops_task = tokio::spawn(async move { ops_server.await });
+        shutdown.await;
+        info!("shutting down: no new connections; finishing in-flight requests");
         let grace = self.grace;
-        let api_task = tokio::spawn(async move { api_server.await });
-        tokio::spawn(async move {
-            shutdown.await;
-            info!("shutting down: no new connections; finishing in-flight requests");
-            let _ = stop_accepting_tx.send(true);
-        });
-        let api_result = {
-            let mut api_task = api_task;
-            tokio::select! {
-                r = &mut api_task => r.unwrap_or(Ok(())),
-                _ = async { stopped(stop_accepting).await; tokio::time::sleep(grace).await } => {
-                    warn!(grace_seconds = grace.as_secs(), "in-flight requests did not finish in time; closing them");
-                    api_task.abort();
-                    Ok(())
-                }
-            }
-        };
+        if !workers.shutdown(grace).await {
+            warn!(grace_seconds = grace.as_secs(), "in-flight requests did not finish in time; closing them");
+        }
         // Responses still draining (clients that left mid-stream) finish their accounting
         // before the last batch is cut.
         shared.in_flight.wait_idle(grace).await;
@@ -217,7 +196,7 @@ impl Proxy {
         tasks.shutdown().await;
         let _ = ops_task.await;
         info!("proxy stopped");
-        api_result
+        Ok(())
     }
 }
 

@@ -77,9 +77,23 @@ pub struct BackendConfig {
     pub cooldown_remaining: Option<Duration>,
     /// Fleet-wide consecutive 429s.
     pub consecutive_429: u32,
+    /// The upstream URI of each forwarded endpoint, in [`ENDPOINTS`] order, built once.
+    pub targets: Vec<Uri>,
+    /// `X-Sidecar-Backend` and `X-Sidecar-Pool` values (none if the name cannot be one).
+    pub name_header: Option<HeaderValue>,
+    /// See `name_header`.
+    pub pool_header: Option<HeaderValue>,
 }
 
+/// The endpoints forwarded to providers.
+pub const ENDPOINTS: [&str; 3] = ["/v1/chat/completions", "/v1/completions", "/v1/embeddings"];
+
 impl BackendConfig {
+    /// The upstream URI for a client path in [`ENDPOINTS`].
+    pub fn target(&self, path: &str) -> Option<&Uri> {
+        ENDPOINTS.iter().position(|p| *p == path).and_then(|i| self.targets.get(i))
+    }
+
     /// Whether the upstream identity (URL or key) differs, which resets runtime state.
     pub fn same_upstream(&self, other: &BackendConfig) -> bool {
         self.origin == other.origin
@@ -229,11 +243,20 @@ fn backend(i: usize, b: &pb::SnapshotBackend, pools: &[PoolConfig]) -> Result<Ba
             },
         );
     }
+    let path_prefix = uri.path().trim_end_matches('/').to_owned();
+    let targets = ENDPOINTS
+        .iter()
+        .map(|p| crate::upstream::target_uri(&origin, &path_prefix, p))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad(f("base_url"), format!("cannot build the upstream URL: {e}")))?;
     Ok(BackendConfig {
+        targets,
+        name_header: HeaderValue::from_str(&b.name).ok(),
+        pool_header: HeaderValue::from_str(&b.pool).ok(),
         id: b.id.clone(),
         name: b.name.clone(),
         origin,
-        path_prefix: uri.path().trim_end_matches('/').to_owned(),
+        path_prefix,
         authorization,
         timeout: secs(b.timeout_seconds.max(1)),
         rpm_limit: b.rpm_limit,

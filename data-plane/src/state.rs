@@ -16,7 +16,6 @@ use crate::{
     metrics::Metrics,
     report::UsageSink,
     routing::{Bundle, Queue},
-    upstream::HttpClient,
 };
 
 /// Request counters for `/status` (V1 names where V1 had them).
@@ -110,8 +109,6 @@ pub struct Shared {
     pub sync: SyncStatus,
     /// /status counters.
     pub counters: Counters,
-    /// The pooled upstream client.
-    pub client: HttpClient,
     /// Request body limit.
     pub max_body_bytes: usize,
     /// Process start.

@@ -146,7 +146,21 @@ fn now_ms() -> i64 {
 impl Store {
     /// Opens (creating if needed) the store in `dir`.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        let db = sled::Config::new().path(dir.join("sled")).open()?;
+        let config = sled::Config::new().path(dir.join("sled"));
+        // A store closed a moment ago (a restart in the same process) lets go of its
+        // lock when sled's background flusher exits; wait briefly for that rather than
+        // fail. Another live process keeps it, and the error says so.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let db = loop {
+            match config.open() {
+                Err(sled::Error::Io(e))
+                    if e.to_string().contains("could not acquire lock") && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                other => break other?,
+            }
+        };
         let tree = |name: &str| db.open_tree(name);
         let store = Self {
             backends: tree("backends")?,

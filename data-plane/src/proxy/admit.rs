@@ -69,20 +69,11 @@ pub(super) async fn admit(
             _ => {}
         }
 
-        let started = Instant::now();
         let capacity = bundle.settings.queue_capacity;
         drop(bundle);
-        let (id, mut rx) = shared.queue.push(priority, model, exclude, estimate, capacity).map_err(|_| {
-            shared.metrics.queue_rejected(priority.as_str(), "full");
-            ProxyError::QueueFull
-        })?;
-        let decision = match tokio::time::timeout_at(deadline, &mut rx).await {
-            Ok(decision) => decision.ok(),
-            Err(_) if shared.queue.remove(id) => None,
-            // Decided while timing out: take the decision rather than lose a token.
-            Err(_) => rx.try_recv().ok(),
-        };
-        shared.metrics.queue_wait(priority.as_str(), started.elapsed().as_secs_f64());
+        // The queue is the slow path: its future lives on the heap so the fast path's
+        // state (moved into the connection on every request) stays small.
+        let decision = Box::pin(wait_in_queue(shared, model, priority, exclude, estimate, capacity, deadline)).await?;
         match decision {
             Some(Decision::Granted(grant)) => return Ok(grant),
             Some(Decision::Evicted) => {
@@ -106,4 +97,29 @@ pub(super) async fn admit(
             }
         }
     }
+}
+
+/// Waits in the queue for a decision; `None` when the wait ran out first.
+async fn wait_in_queue(
+    shared: &Arc<Shared>,
+    model: &str,
+    priority: Priority,
+    exclude: &[String],
+    estimate: u64,
+    capacity: usize,
+    deadline: Instant,
+) -> Result<Option<Decision>, ProxyError> {
+    let started = Instant::now();
+    let (id, mut rx) = shared.queue.push(priority, model, exclude, estimate, capacity).map_err(|_| {
+        shared.metrics.queue_rejected(priority.as_str(), "full");
+        ProxyError::QueueFull
+    })?;
+    let decision = match tokio::time::timeout_at(deadline, &mut rx).await {
+        Ok(decision) => decision.ok(),
+        Err(_) if shared.queue.remove(id) => None,
+        // Decided while timing out: take the decision rather than lose a token.
+        Err(_) => rx.try_recv().ok(),
+    };
+    shared.metrics.queue_wait(priority.as_str(), started.elapsed().as_secs_f64());
+    Ok(decision)
 }

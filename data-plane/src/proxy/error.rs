@@ -4,11 +4,9 @@
 
 use std::time::Duration;
 
-use axum::{
-    Json,
-    response::{IntoResponse, Response},
-};
 use http::{HeaderValue, StatusCode, header};
+
+use super::body::{ApiResponse, json};
 
 /// Why the proxy answered a request itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,6 +19,8 @@ pub enum ProxyError {
     ModelNotFound(String),
     /// Unknown path.
     NotFound(String),
+    /// A known path with the wrong method: (method used, path, method expected).
+    MethodNotAllowed(String, String, &'static str),
     /// No config applied yet.
     NotReady,
     /// The queue was full and this request had the lowest priority.
@@ -60,6 +60,16 @@ impl ProxyError {
                 format!("Unknown path {}", path.chars().take(200).collect::<String>()),
                 None,
             ),
+            Self::MethodNotAllowed(method, path, allowed) => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "invalid_request_error",
+                format!(
+                    "Method {} is not allowed on {}; use {allowed}",
+                    method.chars().take(20).collect::<String>(),
+                    path.chars().take(200).collect::<String>()
+                ),
+                None,
+            ),
             Self::NotReady => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "not_ready",
@@ -87,15 +97,16 @@ impl ProxyError {
             Self::Upstream(m) => (StatusCode::BAD_GATEWAY, "upstream_error", m.clone(), None),
         }
     }
-}
 
-impl IntoResponse for ProxyError {
-    fn into_response(self) -> Response {
+    /// The OpenAI-shaped error response.
+    pub fn into_response(self) -> ApiResponse {
         let (status, kind, message, retry) = self.parts();
-        let mut response =
-            (status, Json(serde_json::json!({ "error": { "message": message, "type": kind } }))).into_response();
+        let mut response = json(status, &serde_json::json!({ "error": { "message": message, "type": kind } }));
         if let Some(retry) = retry {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds(retry).max(1)));
+        }
+        if let Self::MethodNotAllowed(_, _, allowed) = &self {
+            response.headers_mut().insert(header::ALLOW, HeaderValue::from_static(allowed));
         }
         response
     }

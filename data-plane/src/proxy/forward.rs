@@ -5,25 +5,34 @@
 
 use std::{sync::Arc, time::Duration};
 
-use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, StatusCode};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
-use super::{ParsedRequest, admit::admit, error::ProxyError};
+use super::{
+    ParsedRequest,
+    admit::admit,
+    body::{ApiResponse, ProxyBody},
+    error::ProxyError,
+};
 use crate::{
     report::{Outcome, UsageEvent},
     routing::{Backend, Grant, Priority},
     snapshot::{Cost, Settings},
     state::{Counters, Shared},
-    upstream::{self, AttemptError, StatusClass, TappedBody, Usage},
+    upstream::{self, AttemptError, HttpClient, StatusClass, TappedBody, Usage},
 };
 
 /// At most this many upstream attempts per client request.
 const MAX_ATTEMPTS: u32 = 5;
 /// Error bodies are read up to this size (to pass on the last one).
 const ERROR_BODY_LIMIT: usize = 64 * 1024;
+
+const X_SIDECAR_BACKEND: HeaderName = HeaderName::from_static("x-sidecar-backend");
+const X_SIDECAR_POOL: HeaderName = HeaderName::from_static("x-sidecar-pool");
+const X_SIDECAR_ATTEMPTS: HeaderName = HeaderName::from_static("x-sidecar-attempts");
+const X_SIDECAR_DEGRADED: HeaderName = HeaderName::from_static("x-sidecar-degraded");
 
 /// An attempt that failed, kept in case it is the last.
 struct Failure {
@@ -56,28 +65,29 @@ fn cost(usage: &Usage, cost: &Cost) -> f64 {
 
 fn sidecar_headers(headers: &mut HeaderMap, grant: &Grant, attempts: u32) {
     let b = &grant.backend;
-    if let Ok(v) = HeaderValue::from_str(&b.config.name) {
-        headers.insert("x-sidecar-backend", v);
+    if let Some(v) = &b.config.name_header {
+        headers.insert(X_SIDECAR_BACKEND, v.clone());
     }
-    if let Ok(v) = HeaderValue::from_str(&b.config.pool) {
-        headers.insert("x-sidecar-pool", v);
+    if let Some(v) = &b.config.pool_header {
+        headers.insert(X_SIDECAR_POOL, v.clone());
     }
-    headers.insert("x-sidecar-attempts", HeaderValue::from(attempts));
+    headers.insert(X_SIDECAR_ATTEMPTS, HeaderValue::from(attempts));
     if grant.emergency {
-        headers.insert("x-sidecar-degraded", HeaderValue::from_static("emergency"));
+        headers.insert(X_SIDECAR_DEGRADED, HeaderValue::from_static("emergency"));
     } else if b.pool_rank > 0 {
-        headers.insert("x-sidecar-degraded", HeaderValue::from_static("fallback"));
+        headers.insert(X_SIDECAR_DEGRADED, HeaderValue::from_static("fallback"));
     }
 }
 
 /// Serves one parsed request.
 pub(crate) async fn serve(
     shared: &Arc<Shared>,
+    client: &HttpClient,
     path: &'static str,
     headers: &HeaderMap,
-    mut request: ParsedRequest,
+    request: ParsedRequest,
     priority: Priority,
-) -> Result<Response, ProxyError> {
+) -> Result<ApiResponse, ProxyError> {
     let settings = shared.bundle.load().settings.clone();
     let wait = if priority == Priority::Low { settings.low_priority_timeout } else { settings.queue_timeout };
     let deadline = Instant::now() + wait;
@@ -98,15 +108,14 @@ pub(crate) async fn serve(
         let config = &backend.config;
         let native = grant.model.native_id.clone().unwrap_or_else(|| request.model.clone());
         let body = request.upstream_body(&native, want_usage)?;
-        let uri = upstream::target_uri(&config.origin, &config.path_prefix, path)
-            .map_err(|e| ProxyError::Upstream(format!("bad upstream URL: {e}")))?;
+        let uri = config.target(path).cloned().ok_or_else(|| ProxyError::NotFound(path.to_owned()))?;
         let upstream_request = upstream::build_request(uri, headers, &config.authorization, body)
             .map_err(|e| ProxyError::Upstream(format!("could not build the upstream request: {e}")))?;
 
         backend.state.started();
         shared.in_flight.start();
         let sent = Instant::now();
-        let outcome = upstream::send(&shared.client, upstream_request, config.timeout).await;
+        let outcome = upstream::send(client, upstream_request, config.timeout).await;
         let failure = match outcome {
             Err(kind) => {
                 backend.state.finished();
@@ -125,7 +134,8 @@ pub(crate) async fn serve(
                     grant_settle(&grant, None);
                     let (parts, body) = response.into_parts();
                     let retry_after = upstream::retry_after(&parts.headers);
-                    let bytes = upstream::read_small(body, ERROR_BODY_LIMIT, config.timeout).await;
+                    // Boxed: a failure path, kept out of the hot future's size.
+                    let bytes = Box::pin(upstream::read_small(body, ERROR_BODY_LIMIT, config.timeout)).await;
                     let rate_limited = class == StatusClass::RateLimited;
                     let now = Instant::now();
                     match class {
@@ -145,7 +155,7 @@ pub(crate) async fn serve(
                     }
                     Failure {
                         backend: backend.clone(),
-                        response: Some((parts.status, upstream::response_headers(&parts.headers), bytes)),
+                        response: Some((parts.status, upstream::response_headers(parts.headers), bytes)),
                         rate_limited,
                     }
                 }
@@ -251,7 +261,7 @@ fn respond(
     model: Arc<str>,
     attempts: u32,
     sent: Instant,
-) -> Response {
+) -> ApiResponse {
     let backend = grant.backend.clone();
     let status = response.status();
     let success = status.is_success();
@@ -285,7 +295,7 @@ fn respond(
         backend.metrics.get_or_init(|| shared.metrics.backend(&backend.config.id, &backend.config.pool)).clone();
     metrics.request(status.as_u16());
     let (parts, body) = response.into_parts();
-    let mut headers = upstream::response_headers(&parts.headers);
+    let mut headers = upstream::response_headers(parts.headers);
     sidecar_headers(&mut headers, &grant, attempts);
 
     let finish_shared = shared.clone();
@@ -320,7 +330,7 @@ fn respond(
         // Last: shutdown waits for this before cutting the final usage batch.
         finish_shared.in_flight.finish();
     });
-    let mut response = Response::new(axum::body::Body::new(body));
+    let mut response = http::Response::new(ProxyBody::Tapped(body));
     *response.status_mut() = status;
     *response.headers_mut() = headers;
     response
@@ -334,7 +344,7 @@ fn give_up(
     e: ProxyError,
     last: Option<Failure>,
     attempts: u32,
-) -> Result<Response, ProxyError> {
+) -> Result<ApiResponse, ProxyError> {
     let Some(failure) = last else { return Err(e) };
     if failure.rate_limited && matches!(e, ProxyError::Exhausted(_) | ProxyError::QueueTimeout(_)) {
         return Err(e);
@@ -348,10 +358,10 @@ fn give_up(
         });
     };
     shared.metrics.request(&failure.backend.config.id, &failure.backend.config.pool, status.as_u16());
-    if let Ok(v) = HeaderValue::from_str(&failure.backend.config.name) {
-        headers.insert("x-sidecar-backend", v);
+    if let Some(v) = &failure.backend.config.name_header {
+        headers.insert(X_SIDECAR_BACKEND, v.clone());
     }
-    headers.insert("x-sidecar-attempts", HeaderValue::from(attempts));
+    headers.insert(X_SIDECAR_ATTEMPTS, HeaderValue::from(attempts));
     headers.remove(http::header::CONTENT_LENGTH);
     // The attempt itself was accounted when it failed; this records the answer.
     shared.usage.record(UsageEvent {
@@ -366,5 +376,8 @@ fn give_up(
         latency: Duration::ZERO,
         ttft: None,
     });
-    Ok((status, headers, body).into_response())
+    let mut response = http::Response::new(ProxyBody::full(body));
+    *response.status_mut() = status;
+    *response.headers_mut() = headers;
+    Ok(response)
 }

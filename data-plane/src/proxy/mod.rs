@@ -2,74 +2,157 @@
 //! next candidate, the response passed through, and accounting.
 
 mod admit;
+pub mod body;
 pub mod error;
 mod forward;
 
-use std::sync::Arc;
-
-use axum::{
-    Json, Router,
-    body::Body,
-    extract::{Path, State},
-    http::{HeaderMap, Uri},
-    response::{IntoResponse, Response},
-    routing::{get, post},
-};
-use http_body_util::{BodyExt, Limited};
-use std::collections::BTreeMap;
+use std::{ops::Range, sync::Arc};
 
 use bytes::Bytes;
+use http::{HeaderMap, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use serde::Deserialize;
 use serde_json::{Value, value::RawValue};
 
+pub use body::{ApiResponse, ProxyBody};
 pub use error::ProxyError;
 
-use crate::{routing::Priority, state::Shared};
+use crate::{routing::Priority, snapshot::ENDPOINTS, state::Shared, upstream::HttpClient};
 
-/// Builds the API router. Layers, outermost first: none beyond axum's routing — the body
-/// limit is enforced while reading (413), errors become OpenAI-shaped responses in
-/// [`ProxyError`], and every response carries the `X-Sidecar-*` headers set in `forward`.
-pub fn router(shared: Arc<Shared>) -> Router {
-    Router::new()
-        .route("/v1/chat/completions", post(|s, h, b| completion(s, h, b, "/v1/chat/completions")))
-        .route("/v1/completions", post(|s, h, b| completion(s, h, b, "/v1/completions")))
-        .route("/v1/embeddings", post(|s, h, b| completion(s, h, b, "/v1/embeddings")))
-        .route("/v1/models", get(list_models))
-        .route("/v1/models/{*id}", get(get_model))
-        .fallback(|uri: Uri| async move { ProxyError::NotFound(uri.path().to_owned()) })
-        .with_state(shared)
-}
-
-/// A parsed request: the JSON object's top-level fields kept raw (a long `messages`
-/// array is validated but never turned into a tree), its model and whether it streams.
-pub(crate) struct ParsedRequest {
-    pub body: BTreeMap<String, Box<RawValue>>,
-    pub model: String,
-    pub stream: bool,
-    pub size: usize,
-}
-
-impl ParsedRequest {
-    /// The body for one upstream attempt: `model` set to `model`, and for streams
-    /// `stream_options.include_usage` asked for unless the client decided it.
-    pub(crate) fn upstream_body(&mut self, model: &str, want_usage: bool) -> Result<Bytes, ProxyError> {
-        let raw = |v: &serde_json::Value| RawValue::from_string(v.to_string()).expect("a value serializes to JSON");
-        self.body.insert("model".into(), raw(&Value::String(model.to_owned())));
-        if want_usage {
-            let mut options: serde_json::Map<String, Value> = match self.body.get("stream_options") {
-                Some(v) => serde_json::from_str(v.get())
-                    .map_err(|_| ProxyError::BadRequest("`stream_options` must be an object".into()))?,
-                None => serde_json::Map::new(),
-            };
-            if !options.contains_key("include_usage") {
-                options.insert("include_usage".into(), Value::Bool(true));
-                self.body.insert("stream_options".into(), raw(&Value::Object(options)));
-            }
+/// Serves one API request. Routing is a match on the path: the three forwarded
+/// endpoints (POST) and the model list answered locally (GET); anything else is an
+/// OpenAI-shaped 404 or 405. Every response carries the `X-Sidecar-*` headers set in
+/// `forward`; the body limit is enforced while reading (413).
+pub async fn handle<B>(shared: &Arc<Shared>, client: &HttpClient, request: Request<B>) -> ApiResponse
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    let path = request.uri().path();
+    if let Some(endpoint) = ENDPOINTS.iter().find(|p| **p == path) {
+        if request.method() != Method::POST {
+            return ProxyError::MethodNotAllowed(request.method().to_string(), path.to_owned(), "POST").into_response();
         }
-        Ok(Bytes::from(serde_json::to_vec(&self.body).expect("raw JSON values serialize")))
+        let (parts, body) = request.into_parts();
+        return completion(shared, client, parts.headers, body, endpoint).await;
+    }
+    let model = match path.strip_prefix("/v1/models") {
+        Some("") => None,
+        Some(rest) if rest.len() > 1 && rest.starts_with('/') => Some(&rest[1..]),
+        _ => return ProxyError::NotFound(path.to_owned()).into_response(),
+    };
+    if request.method() != Method::GET && request.method() != Method::HEAD {
+        return ProxyError::MethodNotAllowed(request.method().to_string(), path.to_owned(), "GET").into_response();
+    }
+    match model {
+        None => list_models(shared),
+        Some(id) => get_model(shared, &percent_encoding::percent_decode_str(id).decode_utf8_lossy()),
     }
 }
 
-async fn read_body(body: Body, limit: usize) -> Result<ParsedRequest, ProxyError> {
+/// A parsed request: the body as the client sent it, and where in it the fields the
+/// proxy may change are. A long `messages` array is validated but never copied or
+/// turned into a tree; the upstream body is the client's bytes with only the model
+/// (and, for streams, `stream_options`) spliced in.
+pub(crate) struct ParsedRequest {
+    bytes: Bytes,
+    pub model: String,
+    pub stream: bool,
+    pub size: usize,
+    model_at: Range<usize>,
+    options_at: Option<Range<usize>>,
+    /// Offset of the object's closing brace.
+    close_at: usize,
+}
+
+/// The top-level fields the proxy reads; everything else is validated and skipped.
+#[derive(Deserialize)]
+struct Fields<'a> {
+    #[serde(borrow)]
+    model: Option<&'a RawValue>,
+    #[serde(borrow)]
+    stream: Option<&'a RawValue>,
+    #[serde(borrow)]
+    stream_options: Option<&'a RawValue>,
+}
+
+/// Where `raw` (borrowed from `text`) sits in `text`.
+fn span(text: &str, raw: &RawValue) -> Range<usize> {
+    let start = raw.get().as_ptr() as usize - text.as_ptr() as usize;
+    start..start + raw.get().len()
+}
+
+impl ParsedRequest {
+    fn parse(bytes: Bytes) -> Result<Self, ProxyError> {
+        let text = std::str::from_utf8(&bytes)
+            .map_err(|_| ProxyError::BadRequest("request body is not valid JSON: it is not UTF-8".into()))?;
+        if !text.trim_start().starts_with('{') {
+            return Err(ProxyError::BadRequest("request body must be a JSON object".into()));
+        }
+        let fields: Fields<'_> = serde_json::from_str(text).map_err(|e| {
+            ProxyError::BadRequest(if e.is_data() {
+                format!("request body must be a JSON object with valid fields: {e}")
+            } else {
+                format!("request body is not valid JSON: {e}")
+            })
+        })?;
+        let model = match fields.model.map(|v| serde_json::from_str::<String>(v.get())) {
+            Some(Ok(m)) if !m.is_empty() => m,
+            Some(_) => return Err(ProxyError::BadRequest("`model` must be a non-empty string".into())),
+            None => return Err(ProxyError::BadRequest("you must provide a `model` parameter".into())),
+        };
+        let stream = fields.stream.is_some_and(|v| v.get() == "true");
+        let model_at = span(text, fields.model.expect("checked above"));
+        let options_at = fields.stream_options.map(|v| span(text, v));
+        let close_at = text.trim_end().len() - 1;
+        Ok(Self { size: bytes.len(), model, stream, model_at, options_at, close_at, bytes })
+    }
+
+    /// The body for one upstream attempt: `model` set to `model`, and for streams
+    /// `stream_options.include_usage` asked for unless the client decided it. Every
+    /// other byte is the client's.
+    pub(crate) fn upstream_body(&self, model: &str, want_usage: bool) -> Result<Bytes, ProxyError> {
+        let mut edits: Vec<(Range<usize>, Vec<u8>)> = Vec::with_capacity(2);
+        if model != self.model {
+            edits.push((self.model_at.clone(), serde_json::to_vec(model).expect("a string serializes")));
+        }
+        if want_usage {
+            match &self.options_at {
+                None => {
+                    edits.push((self.close_at..self.close_at, br#","stream_options":{"include_usage":true}"#.to_vec()))
+                }
+                Some(at) => {
+                    let mut options: serde_json::Map<String, Value> =
+                        serde_json::from_slice(&self.bytes[at.clone()])
+                            .map_err(|_| ProxyError::BadRequest("`stream_options` must be an object".into()))?;
+                    if !options.contains_key("include_usage") {
+                        options.insert("include_usage".into(), Value::Bool(true));
+                        edits.push((at.clone(), serde_json::to_vec(&options).expect("an object serializes")));
+                    }
+                }
+            }
+        }
+        if edits.is_empty() {
+            return Ok(self.bytes.clone());
+        }
+        edits.sort_by_key(|(at, _)| at.start);
+        let mut out = Vec::with_capacity(self.bytes.len() + edits.iter().map(|(_, v)| v.len()).sum::<usize>());
+        let mut from = 0;
+        for (at, value) in &edits {
+            out.extend_from_slice(&self.bytes[from..at.start]);
+            out.extend_from_slice(value);
+            from = at.end;
+        }
+        out.extend_from_slice(&self.bytes[from..]);
+        Ok(Bytes::from(out))
+    }
+}
+
+async fn read_body<B>(body: B, limit: usize) -> Result<ParsedRequest, ProxyError>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
     let bytes = match Limited::new(body, limit).collect().await {
         Ok(c) => c.to_bytes(),
         Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
@@ -77,40 +160,39 @@ async fn read_body(body: Body, limit: usize) -> Result<ParsedRequest, ProxyError
         }
         Err(_) => return Err(ProxyError::BadRequest("could not read the request body".into())),
     };
-    let body: BTreeMap<String, Box<RawValue>> = match serde_json::from_slice(&bytes) {
-        Ok(body) => body,
-        Err(e) if e.is_data() => return Err(ProxyError::BadRequest("request body must be a JSON object".into())),
-        Err(e) => return Err(ProxyError::BadRequest(format!("request body is not valid JSON: {e}"))),
-    };
-    let model = match body.get("model").map(|v| serde_json::from_str::<Value>(v.get())) {
-        Some(Ok(Value::String(m))) if !m.is_empty() => m,
-        Some(_) => return Err(ProxyError::BadRequest("`model` must be a non-empty string".into())),
-        None => return Err(ProxyError::BadRequest("you must provide a `model` parameter".into())),
-    };
-    let stream = body.get("stream").is_some_and(|v| v.get().trim() == "true");
-    Ok(ParsedRequest { body, model, stream, size: bytes.len() })
+    ParsedRequest::parse(bytes)
 }
 
-async fn completion(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Body, path: &'static str) -> Response {
+async fn completion<B>(
+    shared: &Arc<Shared>,
+    client: &HttpClient,
+    headers: HeaderMap,
+    body: B,
+    path: &'static str,
+) -> ApiResponse
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
     crate::state::Counters::bump(&shared.counters.total);
     let request = match read_body(body, shared.max_body_bytes).await {
         Ok(r) => r,
-        Err(e) => return reject(&shared, e, ""),
+        Err(e) => return reject(shared, e, ""),
     };
     if shared.bundle.load().version == 0 {
-        return reject(&shared, ProxyError::NotReady, &request.model);
+        return reject(shared, ProxyError::NotReady, &request.model);
     }
     let model = request.model.clone();
     let priority = Priority::from_header(headers.get("x-priority").and_then(|v| v.to_str().ok()));
-    match forward::serve(&shared, path, &headers, request, priority).await {
+    match forward::serve(shared, client, path, &headers, request, priority).await {
         Ok(response) => response,
-        Err(e) => reject(&shared, e, &model),
+        Err(e) => reject(shared, e, &model),
     }
 }
 
 /// The proxy answers the request itself: counted, accounted (as answered by no
 /// backend), and turned into an OpenAI-shaped error.
-fn reject(shared: &Shared, e: ProxyError, model: &str) -> Response {
+fn reject(shared: &Shared, e: ProxyError, model: &str) -> ApiResponse {
     forward::count_error(shared, &e);
     shared.metrics.request("none", "none", e.parts().0.as_u16());
     shared.usage.record(crate::report::UsageEvent {
@@ -132,18 +214,18 @@ fn model_object(id: &str, created: i64) -> Value {
     serde_json::json!({ "id": id, "object": "model", "created": created, "owned_by": "sidecar" })
 }
 
-async fn list_models(State(shared): State<Arc<Shared>>) -> Response {
+fn list_models(shared: &Shared) -> ApiResponse {
     let bundle = shared.bundle.load();
     let data: Vec<Value> = bundle.models.iter().map(|m| model_object(m, 0)).collect();
-    Json(serde_json::json!({ "object": "list", "data": data })).into_response()
+    body::json(StatusCode::OK, &serde_json::json!({ "object": "list", "data": data }))
 }
 
-async fn get_model(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> Response {
+fn get_model(shared: &Shared, id: &str) -> ApiResponse {
     let bundle = shared.bundle.load();
-    if bundle.models.contains(&id) {
-        Json(model_object(&id, 0)).into_response()
+    if bundle.models.iter().any(|m| m == id) {
+        body::json(StatusCode::OK, &model_object(id, 0))
     } else {
-        ProxyError::ModelNotFound(id).into_response()
+        ProxyError::ModelNotFound(id.to_owned()).into_response()
     }
 }
 
@@ -152,15 +234,14 @@ mod tests {
     use super::*;
 
     async fn parse(text: &str) -> Result<ParsedRequest, ProxyError> {
-        read_body(Body::from(text.to_owned()), 1 << 20).await
+        read_body(http_body_util::Full::new(Bytes::from(text.to_owned())), 1 << 20).await
     }
 
     #[tokio::test]
     async fn the_model_is_rewritten_and_everything_else_passes_as_sent() {
-        let mut r =
-            parse(r#"{"model":"gpt","messages":[{"role":"user","content":"h\u00e9 \"x\""}],"temperature":0.70}"#)
-                .await
-                .unwrap();
+        let r = parse(r#"{"model":"gpt","messages":[{"role":"user","content":"h\u00e9 \"x\""}],"temperature":0.70}"#)
+            .await
+            .unwrap();
         assert_eq!((r.model.as_str(), r.stream), ("gpt", false));
         let out: Value = serde_json::from_slice(&r.upstream_body("native/gpt", false).unwrap()).unwrap();
         assert_eq!(out["model"], "native/gpt");
@@ -172,12 +253,11 @@ mod tests {
 
     #[tokio::test]
     async fn streams_ask_for_usage_unless_the_client_decided() {
-        let mut r = parse(r#"{"model":"m","stream":true}"#).await.unwrap();
+        let r = parse(r#"{"model":"m","stream":true}"#).await.unwrap();
         assert!(r.stream);
         let out: Value = serde_json::from_slice(&r.upstream_body("m", true).unwrap()).unwrap();
         assert_eq!(out["stream_options"]["include_usage"], true);
-        let mut r =
-            parse(r#"{"model":"m","stream":true,"stream_options":{"include_usage":false,"x":1}}"#).await.unwrap();
+        let r = parse(r#"{"model":"m","stream":true,"stream_options":{"include_usage":false,"x":1}}"#).await.unwrap();
         let out: Value = serde_json::from_slice(&r.upstream_body("m", true).unwrap()).unwrap();
         assert_eq!(out["stream_options"]["include_usage"], false);
         assert_eq!(out["stream_options"]["x"], 1);
@@ -190,7 +270,23 @@ mod tests {
         assert!(msg(parse("{nope").await).contains("not valid JSON"));
         assert!(msg(parse(r#"{"messages":[]}"#).await).contains("`model`"));
         assert!(msg(parse(r#"{"model":7}"#).await).contains("non-empty string"));
-        let big = read_body(Body::from(vec![b' '; 100]), 10).await;
+        let big = read_body(http_body_util::Full::new(Bytes::from(vec![b' '; 100])), 10).await;
         assert!(matches!(big, Err(ProxyError::PayloadTooLarge(10))));
+        assert!(msg(parse(r#"{"model":"a","model":"b"}"#).await).contains("duplicate field `model`"));
+        assert!(msg(parse(r#"{"model":"a"} x"#).await).contains("not valid JSON"));
+        assert!(msg(parse(r#"{"model":"a","messages":[1,}"#).await).contains("not valid JSON"));
+    }
+
+    #[tokio::test]
+    async fn the_upstream_body_is_the_clients_bytes_with_only_the_model_spliced_in() {
+        let sent = "{ \"messages\": [ {\"role\":\"user\"} ],\n  \"model\" : \"gpt\", \"n\": 1.50 }\n";
+        let r = parse(sent).await.unwrap();
+        let same = r.upstream_body("gpt", false).unwrap();
+        assert_eq!(same, sent, "nothing to change: the bytes pass as sent");
+        let out = String::from_utf8(r.upstream_body("vendor/\"gpt\"", false).unwrap().to_vec()).unwrap();
+        assert_eq!(out, sent.replace("\"gpt\"", "\"vendor/\\\"gpt\\\"\""));
+        let streamed = parse(r#"{"stream":true,"model":"m"}  "#).await.unwrap();
+        let out = String::from_utf8(streamed.upstream_body("native", true).unwrap().to_vec()).unwrap();
+        assert_eq!(out, r#"{"stream":true,"model":"native","stream_options":{"include_usage":true}}  "#);
     }
 }

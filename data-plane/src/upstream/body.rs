@@ -90,7 +90,7 @@ impl Body for TappedBody {
         let Some(inner) = this.inner.as_mut() else {
             return Poll::Ready(None);
         };
-        match Pin::new(inner).poll_frame(cx) {
+        match Pin::new(&mut *inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     this.ttft.get_or_insert_with(|| this.started.elapsed());
@@ -98,6 +98,13 @@ impl Body for TappedBody {
                 }
                 // The next wait starts now.
                 this.idle_timer = None;
+                if inner.is_end_stream() {
+                    // The last frame of a body of known length: the server stops
+                    // polling once it has written that many bytes, so the end is
+                    // accounted here rather than when the body is dropped.
+                    this.inner = None;
+                    this.finish(None, false);
+                }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => {

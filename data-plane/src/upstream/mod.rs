@@ -64,31 +64,38 @@ impl AttemptError {
 
 /// Request headers never forwarded: hop-by-hop headers, the client's own credentials,
 /// and headers the proxy sets itself.
-const DROPPED_REQUEST_HEADERS: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "host",
-    "content-length",
-    "authorization",
-    "x-api-key",
-    "api-key",
-    "cookie",
-    "openai-organization",
-    "openai-project",
-    "accept-encoding",
-    "x-priority",
-];
+fn dropped_request_header(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "host"
+            | "content-length"
+            | "authorization"
+            | "x-api-key"
+            | "api-key"
+            | "cookie"
+            | "openai-organization"
+            | "openai-project"
+            | "accept-encoding"
+            | "x-priority"
+    )
+}
 
 /// Response headers never passed back (hop-by-hop).
-const DROPPED_RESPONSE_HEADERS: &[&str] =
-    &["connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade"];
+fn dropped_response_header(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection" | "keep-alive" | "proxy-connection" | "te" | "trailer" | "transfer-encoding" | "upgrade"
+    )
+}
 
 fn named_in_connection(headers: &HeaderMap) -> Vec<HeaderName> {
     headers
@@ -98,6 +105,16 @@ fn named_in_connection(headers: &HeaderMap) -> Vec<HeaderName> {
         .flat_map(|v| v.split(','))
         .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
         .collect()
+}
+
+/// Removes the headers `dropped` names, and those the `Connection` header names. The
+/// names are looked at once each; only headers actually present are removed.
+fn strip(headers: &mut HeaderMap, dropped: fn(&HeaderName) -> bool) {
+    let named = named_in_connection(headers);
+    let gone: Vec<HeaderName> = headers.keys().filter(|n| dropped(n) || named.contains(n)).cloned().collect();
+    for name in gone {
+        headers.remove(name);
+    }
 }
 
 /// The upstream URI: the base URL's origin and prefix, then the client path without its
@@ -118,12 +135,7 @@ pub fn build_request(
     body: Bytes,
 ) -> Result<Request<Full<Bytes>>, http::Error> {
     let mut headers = client_headers.clone();
-    for name in named_in_connection(client_headers) {
-        headers.remove(name);
-    }
-    for name in DROPPED_REQUEST_HEADERS {
-        headers.remove(*name);
-    }
+    strip(&mut headers, dropped_request_header);
     headers.insert(header::AUTHORIZATION, authorization.clone());
     headers.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("identity"));
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
@@ -133,15 +145,9 @@ pub fn build_request(
 }
 
 /// Response headers for the client: the upstream's minus hop-by-hop ones.
-pub fn response_headers(upstream: &HeaderMap) -> HeaderMap {
-    let mut headers = upstream.clone();
-    for name in named_in_connection(upstream) {
-        headers.remove(name);
-    }
-    for name in DROPPED_RESPONSE_HEADERS {
-        headers.remove(*name);
-    }
-    headers
+pub fn response_headers(mut upstream: HeaderMap) -> HeaderMap {
+    strip(&mut upstream, dropped_response_header);
+    upstream
 }
 
 /// Sends one attempt and waits for response headers, up to `timeout`.
@@ -255,6 +261,25 @@ mod tests {
         for gone in ["x-api-key", "cookie", "connection", "x-custom-hop", "keep-alive", "x-priority"] {
             assert!(!out.contains_key(gone), "{gone} forwarded");
         }
+    }
+
+    #[test]
+    fn hop_by_hop_response_headers_are_dropped_and_the_rest_kept() {
+        let mut h = HeaderMap::new();
+        for (k, v) in [
+            ("connection", "x-hop"),
+            ("x-hop", "1"),
+            ("transfer-encoding", "chunked"),
+            ("content-type", "text/event-stream"),
+            ("x-request-id", "r1"),
+        ] {
+            h.append(HeaderName::from_static(k), HeaderValue::from_static(v));
+        }
+        h.append("x-request-id", HeaderValue::from_static("r2"));
+        let out = response_headers(h);
+        let mut kept: Vec<_> = out.iter().map(|(k, v)| format!("{k}={}", v.to_str().unwrap())).collect();
+        kept.sort();
+        assert_eq!(kept, ["content-type=text/event-stream", "x-request-id=r1", "x-request-id=r2"]);
     }
 
     #[test]

@@ -1,0 +1,142 @@
+//! The API's event loops: one thread per worker, each running its own single-threaded
+//! runtime that accepts from the shared listening socket and serves its connections to
+//! the end, with its own pool of upstream connections. A request, its upstream
+//! connection and its response then live on one thread: no cross-thread wake-ups, no
+//! shared connection pool, no work stealing on the hot path. Everything else (config
+//! sync, the queue dispatcher, reports, ops) runs on the main runtime and meets the
+//! workers through atomics, `ArcSwap` and channels.
+
+use std::{convert::Infallible, sync::Arc, time::Duration};
+
+use hyper::service::service_fn;
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo},
+    server::{conn::auto, graceful::GracefulShutdown},
+};
+use tokio::{
+    net::TcpListener,
+    sync::{oneshot, watch},
+};
+use tracing::{debug, warn};
+
+use crate::{proxy, state::Shared, upstream};
+
+/// What the workers are asked to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Phase {
+    /// Accept and serve.
+    Serve,
+    /// Stop accepting; finish in-flight requests, close idle connections.
+    Drain,
+    /// Give up on whatever is still open.
+    Abort,
+}
+
+/// Running workers.
+pub(crate) struct Workers {
+    phase: watch::Sender<Phase>,
+    done: Vec<oneshot::Receiver<()>>,
+}
+
+/// Connect timeout for upstream connections.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl Workers {
+    /// Starts `count` workers serving `listener`.
+    pub(crate) fn start(listener: TcpListener, count: usize, shared: Arc<Shared>) -> std::io::Result<Self> {
+        let listener = listener.into_std()?;
+        let (phase, _) = watch::channel(Phase::Serve);
+        let mut done = Vec::with_capacity(count);
+        for i in 0..count {
+            let listener = listener.try_clone()?;
+            let (done_tx, done_rx) = oneshot::channel();
+            let shared = shared.clone();
+            let phase = phase.subscribe();
+            std::thread::Builder::new().name(format!("sidecar-api-{i}")).spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
+                match runtime {
+                    Ok(runtime) => runtime.block_on(worker(listener, shared, phase)),
+                    Err(e) => warn!(error = %e, "API worker could not start its runtime"),
+                }
+                // Dropping the runtime cancels connections still open after an abort;
+                // their response bodies account for themselves as they drop.
+                let _ = done_tx.send(());
+            })?;
+            done.push(done_rx);
+        }
+        Ok(Self { phase, done })
+    }
+
+    /// Stops accepting and waits up to `grace` for in-flight requests; after that,
+    /// closes what is left. Returns whether everything finished in time.
+    pub(crate) async fn shutdown(self, grace: Duration) -> bool {
+        let _ = self.phase.send(Phase::Drain);
+        let all = futures::future::join_all(self.done);
+        tokio::pin!(all);
+        let in_time = tokio::time::timeout(grace, &mut all).await.is_ok();
+        if !in_time {
+            let _ = self.phase.send(Phase::Abort);
+            all.await;
+        }
+        in_time
+    }
+}
+
+/// The accept loop of one worker, then its drain.
+async fn worker(listener: std::net::TcpListener, shared: Arc<Shared>, mut phase: watch::Receiver<Phase>) {
+    let listener = match TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => return warn!(error = %e, "API worker could not register the listener"),
+    };
+    // This worker's upstream connections: used only by requests on this thread.
+    let context = Arc::new((shared.clone(), upstream::client(CONNECT_TIMEOUT)));
+    let builder = auto::Builder::new(TokioExecutor::new());
+    let graceful = GracefulShutdown::new();
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = phase.wait_for(|p| *p != Phase::Serve) => break,
+        };
+        let tcp = match accepted {
+            Ok((tcp, _)) => tcp,
+            Err(e) if is_connection_error(&e) => continue,
+            Err(e) => {
+                // Out of file descriptors, most likely: back off instead of spinning.
+                warn!(error = %e, "accepting API connections failed; retrying in 1 s");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        // No Nagle delay: responses often go out as headers, then body.
+        let _ = tcp.set_nodelay(true);
+        let context = context.clone();
+        let service = service_fn(move |request| {
+            let context = context.clone();
+            async move { Ok::<_, Infallible>(proxy::handle(&context.0, &context.1, request).await) }
+        });
+        let connection = builder.serve_connection(TokioIo::new(tcp), service).into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                debug!(error = %e, "API connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    // Until an abort (or the `Workers` handle is dropped): let the connections finish,
+    // then the upstream bodies of clients that left mid-stream, which drain on this
+    // runtime so the usage they carry is still accounted.
+    let finish = async {
+        graceful.shutdown().await;
+        shared.in_flight.wait_idle(Duration::from_secs(24 * 3600)).await;
+    };
+    tokio::select! {
+        _ = finish => {}
+        _ = phase.wait_for(|p| *p == Phase::Abort) => {}
+    }
+}
+
+fn is_connection_error(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(e.kind(), ConnectionRefused | ConnectionAborted | ConnectionReset | Interrupted | WouldBlock)
+}
