@@ -27,6 +27,7 @@ ADMIN = "bench-admin-token-0123456789"
 NODE = "bench-node-token-0123456789"
 KEY = "ab" * 32
 UP, UP_SLOW, UP_STREAM, NGINX, NGINX_STREAM, PROXY, PROXY_OPS, CTRL, CTRL_OPS = 18000, 18001, 18002, 18100, 18101, 18200, 18201, 18290, 18291
+FLOOR, FLOOR_SLOW = 18300, 18301
 BODY = '{"model":"bench","messages":[{"role":"user","content":"hello"}]}'
 
 procs = []
@@ -133,8 +134,9 @@ def main():
         args.runs, args.duration, args.streams = 1, 3, 1000
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    if hard < 4 * args.streams:
-        args.streams = max(100, hard // 4 - 100)
+    # The proxy holds two descriptors per stream (client and upstream).
+    if hard < 2 * args.streams + 200:
+        args.streams = max(100, hard // 2 - 200)
         print(f"open-file limit {hard}: holding {args.streams} streams instead", flush=True)
     work = tempfile.mkdtemp(prefix="sidecar-bench-")
     results = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
@@ -156,14 +158,18 @@ http {{ access_log off; upstream up {{ server 127.0.0.1:{UP}; keepalive 256; }}
   server {{ listen 127.0.0.1:{NGINX_STREAM}; location / {{ proxy_pass http://stream; proxy_http_version 1.1;
     proxy_set_header Connection ""; proxy_buffering off; }} }} }}
 """)
-        start(["nginx", "-c", conf, "-p", work])
+        nginx = start(["nginx", "-c", conf, "-p", work])
+        # The floor for a proxy built on hyper: the same runtime layout as sidecar-proxy,
+        # nothing else (bench/src/bin/bench-hyper-floor.rs).
+        floor = start([os.path.join(REL, "bench-hyper-floor"), "--listen", f"127.0.0.1:{FLOOR}", "--upstream", f"127.0.0.1:{UP}"])
+        floor_slow = start([os.path.join(REL, "bench-hyper-floor"), "--listen", f"127.0.0.1:{FLOOR_SLOW}", "--upstream", f"127.0.0.1:{UP_SLOW}"])
         # Control plane + proxy; three backends in two pools, limits far above the load.
         cp = start(
             [os.path.join(REL, "sidecar-control"), "--listen", f"127.0.0.1:{CTRL}", "--ops-listen", f"127.0.0.1:{CTRL_OPS}"],
             {"SIDECAR_ENCRYPTION_KEY": KEY, "SIDECAR_ADMIN_TOKEN": ADMIN, "SIDECAR_NODE_TOKEN": NODE,
              "SIDECAR_DATA_DIR": os.path.join(work, "control"), "SIDECAR_LOG_LEVEL": "warn"},
         )
-        for port in (UP, UP_SLOW, UP_STREAM, NGINX, NGINX_STREAM, CTRL):
+        for port in (UP, UP_SLOW, UP_STREAM, NGINX, NGINX_STREAM, CTRL, FLOOR, FLOOR_SLOW):
             wait_port(port)
         sidecarctl("settings", "set", "bucket_burst=1000", "queue_capacity=100000", "queue_timeout_seconds=600")
         for name, pool in (("b1", "primary"), ("b2", "primary"), ("b3", "fallback")):
@@ -186,8 +192,12 @@ http {{ access_log off; upstream up {{ server 127.0.0.1:{UP}; keepalive 256; }}
         systems = {
             "mock (direct)": f"http://127.0.0.1:{UP}/v1/chat/completions",
             "nginx": f"http://127.0.0.1:{NGINX}/v1/chat/completions",
+            "hyper floor": f"http://127.0.0.1:{FLOOR}/v1/chat/completions",
             "sidecar-proxy": f"http://127.0.0.1:{PROXY}/v1/chat/completions",
         }
+        nginx_workers = [int(p) for p in subprocess.run(["pgrep", "-P", str(nginx.pid)], capture_output=True, text=True).stdout.split()]
+        # Whose CPU time is the system's: the processes that serve its requests.
+        serving = {"mock (direct)": [procs[0].pid], "nginx": nginx_workers, "hyper floor": [floor.pid], "sidecar-proxy": [proxy.pid]}
         # Warm up every path.
         for url in systems.values():
             wrk(url, 16, 2, lua)
@@ -199,12 +209,17 @@ http {{ access_log off; upstream up {{ server 127.0.0.1:{UP}; keepalive 256; }}
                 runs = []
                 for _ in range(args.runs):
                     sampler = RssSampler(proxy.pid) if name == "sidecar-proxy" else None
+                    cpu0 = sum(cpu_seconds(pid) for pid in serving[name])
                     r = wrk(url, conns, args.duration, lua)
+                    cpu = sum(cpu_seconds(pid) for pid in serving[name]) - cpu0
+                    # CPU per request of the serving processes (the mock's own share is
+                    # in the "mock (direct)" row).
+                    r["cpu_us"] = cpu * 1e6 / max(1.0, r["rps"] * args.duration)
                     if sampler:
                         r["rss_mb"] = sampler.stop()
                     runs.append(r)
                 row[name] = {k: median_of(runs, k) for k in runs[0]}
-                print(f"c={conns:<4} {name:<14} p50 {row[name]['p50_ms']:.3f} ms  p99 {row[name]['p99_ms']:.3f} ms  {row[name]['rps']:.0f} req/s"
+                print(f"c={conns:<4} {name:<14} p50 {row[name]['p50_ms']:.3f} ms  p99 {row[name]['p99_ms']:.3f} ms  {row[name]['rps']:.0f} req/s  {row[name]['cpu_us']:.1f} µs CPU/req"
                       + (f"  rss {row[name]['rss_mb']:.1f} MB" if 'rss_mb' in row[name] else ""), flush=True)
             results["chat"][conns] = row
 
@@ -220,15 +235,19 @@ http {{ access_log off; upstream up {{ server 127.0.0.1:{UP}; keepalive 256; }}
             results["stream"][name] = json.loads(out.stdout)
             print(f"stream {name:<14} {results['stream'][name]}", flush=True)
 
-        base_rss = rss_mb(proxy.pid)
-        sampler = RssSampler(proxy.pid)
-        out = subprocess.run(
-            [os.path.join(REL, "bench-stream"), "--url", systems["sidecar-proxy"], "--model", "slow", "--hold", str(args.streams), "--hold-secs", "20"],
-            capture_output=True, text=True, check=True,
-        )
-        held = json.loads(out.stdout)
-        results["open_streams"] = {**held, "rss_peak_mb": sampler.stop(), "rss_before_mb": base_rss}
-        print(f"open streams {results['open_streams']}", flush=True)
+        results["open_streams"] = {}
+        for name, pid, url in (("sidecar-proxy", proxy.pid, systems["sidecar-proxy"]),
+                               ("hyper floor", floor_slow.pid, f"http://127.0.0.1:{FLOOR_SLOW}/v1/chat/completions")):
+            base_rss = rss_mb(pid)
+            sampler = RssSampler(pid)
+            out = subprocess.run(
+                [os.path.join(REL, "bench-stream"), "--url", url, "--model", "slow", "--hold", str(args.streams), "--hold-secs", "20"],
+                capture_output=True, text=True, check=True,
+            )
+            held = json.loads(out.stdout)
+            results["open_streams"][name] = {**held, "rss_peak_mb": sampler.stop(), "rss_before_mb": base_rss}
+            print(f"open streams {name} {results['open_streams'][name]}", flush=True)
+            time.sleep(2)  # let the held streams close
 
         fleet = [os.path.join(REL, "bench-fleet"), "--control", f"http://127.0.0.1:{CTRL}", "--admin-token", ADMIN, "--node-token", NODE]
         out = subprocess.run([*fleet, "propagation", "--nodes", "50", "--writes", "20"], capture_output=True, text=True, check=True)
@@ -270,21 +289,27 @@ def cpu_model():
 def render(r, args):
     lines = [f"Run {r['date']} on {r['machine']['cpus']} CPUs ({r['machine']['cpu']}), kernel {r['machine']['kernel']}; "
              f"{args.runs} runs of {args.duration} s per cell, medians.", ""]
-    lines.append("| concurrency | system | p50 ms | p99 ms | req/s | added p50 ms | added p99 ms | RSS MB |")
-    lines.append("|---|---|---|---|---|---|---|---|")
+    lines.append("| concurrency | system | p50 ms | p99 ms | req/s | added p50 ms | added p99 ms | CPU µs/req | RSS MB |")
+    lines.append("|---|---|---|---|---|---|---|---|---|")
     for conns, row in r["chat"].items():
         direct = row["mock (direct)"]
         for name, v in row.items():
             added = (v["p50_ms"] - direct["p50_ms"], v["p99_ms"] - direct["p99_ms"]) if name != "mock (direct)" else None
             lines.append(f"| {conns} | {name} | {v['p50_ms']:.3f} | {v['p99_ms']:.3f} | {v['rps']:.0f} | "
-                         + (f"{added[0]:.3f} | {added[1]:.3f}" if added else "– | –") + f" | {v.get('rss_mb', 0):.1f} |".replace("| 0.0 |", "| – |"))
+                         + (f"{added[0]:.3f} | {added[1]:.3f}" if added else "– | –") + f" | {v['cpu_us']:.1f}"
+                         + f" | {v.get('rss_mb', 0):.1f} |".replace("| 0.0 |", "| – |"))
     lines.append("")
     lines.append("| streaming (50 chunks, 2 ms apart) | TTFB p50 µs | TTFB p99 µs | frames per response (median) |")
     lines.append("|---|---|---|---|")
     for name, v in r["stream"].items():
         lines.append(f"| {name} | {v['ttfb_p50_us']:.0f} | {v['ttfb_p99_us']:.0f} | {v['frames_median']} |")
-    o, p, i = r["open_streams"], r["propagation"], r["ingest"]
-    lines += ["", f"Open slow streams through the proxy: {o['ok']} of {o['held']} held for 20 s; proxy RSS {o['rss_before_mb']:.1f} MB before, peak {o['rss_peak_mb']:.1f} MB.",
+    p, i = r["propagation"], r["ingest"]
+    lines.append("")
+    for name, o in r["open_streams"].items():
+        per = (o["rss_peak_mb"] - o["rss_before_mb"]) * 1024 / max(1, o["ok"])
+        lines.append(f"Open slow streams through {name}: {o['ok']} of {o['held']} held for 20 s; RSS {o['rss_before_mb']:.1f} MB before, "
+                     f"peak {o['rss_peak_mb']:.1f} MB ({per:.1f} KB per stream; at that rate 10,000 streams take {o['rss_before_mb'] + per * 10000 / 1024:.0f} MB).")
+    lines += ["",
               f"Config propagation to {p['nodes']} nodes over {p['writes']} writes (admin write → node ACK): p50 {p['p50_ms']:.1f} ms, p99 {p['p99_ms']:.1f} ms, max {p['max_ms']:.1f} ms.",
               f"Report ingestion, {i['nodes']} nodes × 1 batch/s for {i['elapsed_s']:.0f} s: {i['batches']} batches, {i['errors']} errors, p50 {i['p50_ms']:.1f} ms, p99 {i['p99_ms']:.1f} ms; control plane used {i['control_plane_cores']:.2f} cores.", ""]
     return "\n".join(lines)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One command for the whole benchmark: builds release binaries, installs wrk and nginx if
-# missing, runs every scenario side by side (mock direct, nginx, sidecar-proxy) and prints
+# missing, runs every scenario side by side (mock direct, nginx, a bare hyper proxy,
+# sidecar-proxy) and prints
 # the results table (also written to bench/results/). See docs/benchmarks.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."

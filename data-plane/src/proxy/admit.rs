@@ -51,6 +51,12 @@ pub(super) async fn admit(
         let bundle = shared.bundle.load_full();
         let route = bundle.route(model).ok_or_else(|| ProxyError::ModelNotFound(model.to_owned()))?;
         let now = Instant::now();
+        // The common case first: nobody waits and a candidate has a token.
+        if shared.queue.is_empty()
+            && let Some(grant) = take(&route, exclude, now, estimate)
+        {
+            return Ok(grant);
+        }
         match assess(&route, exclude, now, estimate, &bundle.settings) {
             Assessment::Ready if shared.queue.is_empty() => {
                 if let Some(grant) = take(&route, exclude, now, estimate) {

@@ -256,10 +256,26 @@ impl BackendState {
         if next <= now { Availability::Ready } else { Availability::NoToken(next) }
     }
 
-    /// The request rate in the current window relative to the limit, 0..=1.
-    pub fn load(&self, now: Instant) -> f64 {
-        let mut l = self.limiter.lock().expect("limiter lock");
-        f64::from(l.in_window(now)) / f64::from(l.limit().max(1))
+    /// For a backend that can take a request now, the request rate in the current window
+    /// relative to its limit (0..=1); `None` when it cannot ([`Self::availability`] is
+    /// not `Ready`). One pass, one limiter lock.
+    pub fn ready_load(&self, enabled: bool, now: Instant, estimate: u64) -> Option<f64> {
+        if !enabled
+            || self.health.lock().expect("health lock").error_until(now).is_some()
+            || self.cooldown.lock().expect("cooldown lock").cooling_until(now).is_some()
+        {
+            return None;
+        }
+        if let Some(w) = self.tpm.lock().expect("tpm lock").as_mut()
+            && w.next_available(now, estimate) > now
+        {
+            return None;
+        }
+        let mut limiter = self.limiter.lock().expect("limiter lock");
+        if limiter.next_available(now) > now {
+            return None;
+        }
+        Some(f64::from(limiter.in_window(now)) / f64::from(limiter.limit().max(1)))
     }
 
     /// Counts a request in flight.

@@ -84,14 +84,19 @@ pub fn take(route: &Route, exclude: &[String], now: Instant, estimate: u64) -> O
             .members
             .iter()
             .filter(|(b, _)| usable(b, exclude))
-            .filter(|(b, _)| {
-                b.state.availability(b.config.enabled && b.config.healthy, now, estimate) == Availability::Ready
-            })
-            .map(|m| {
-                let headroom = (1.0 - m.0.state.load(now)).max(0.01);
-                (m, headroom * f64::from(m.0.config.weight))
+            .filter_map(|m| {
+                let load = m.0.state.ready_load(m.0.config.enabled && m.0.config.healthy, now, estimate)?;
+                Some((m, (1.0 - load).max(0.01) * f64::from(m.0.config.weight)))
             })
             .collect();
+        if ready.len() == 1 {
+            // One candidate: no draw needed.
+            let (b, model) = ready[0].0;
+            if let Some(grant) = acquire(b, model, now, estimate, false) {
+                return Some(grant);
+            }
+            continue;
+        }
         while !ready.is_empty() {
             let total: f64 = ready.iter().map(|r| r.1).sum();
             let mut pick = rng.random_range(0.0..total);
