@@ -53,6 +53,19 @@ async fn chat_completions_and_embeddings_are_forwarded_with_the_model_rewritten(
     assert_eq!(call.header("x-request-id").as_deref(), Some("r-1"), "other headers kept");
     assert_eq!(call.path, "/v1/chat/completions", "never /v1/v1");
 
+    // Everything but the model passes byte for byte: key order, spacing, number forms.
+    let sent = "{ \"temperature\": 0.70,\n  \"model\" : \"gpt-test\", \"messages\": [{\"role\":\"user\",\"content\":\"h\\u00e9\"}] }";
+    let resp = reqwest::Client::new()
+        .post(format!("{}/chat/completions", gw.proxy.url()))
+        .header("content-type", "application/json")
+        .body(sent)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let call = mock.calls_to("/v1/chat/completions").pop().unwrap();
+    assert_eq!(std::str::from_utf8(&call.body).unwrap(), sent.replace("\"gpt-test\"", "\"native-gpt\""));
+
     let resp = gw.proxy.post("/completions", &json!({"model": "gpt-test", "prompt": "hi"}), &[]).await;
     assert_eq!(resp.status(), 200);
     assert_eq!(mock.calls_to("/v1/completions").pop().unwrap().json()["model"], "native-gpt");
@@ -66,9 +79,9 @@ async fn chat_completions_and_embeddings_are_forwarded_with_the_model_rewritten(
     let usage = stored_usage(&gw.cp);
     let chat: u64 =
         usage.iter().filter(|(b, m, _)| *b == backend.id && m == "gpt-test").map(|(_, _, c)| c.attempts).sum();
-    assert_eq!(chat, 2, "chat + completions under the canonical model");
+    assert_eq!(chat, 3, "two chats + completions under the canonical model");
     let tokens: u64 = usage.iter().map(|(_, _, c)| c.total_tokens).sum();
-    assert_eq!(tokens, 15 + 15 + 10);
+    assert_eq!(tokens, 15 + 15 + 15 + 10);
 }
 
 #[tokio::test]
@@ -129,15 +142,30 @@ async fn a_client_that_leaves_mid_stream_is_still_accounted() {
 async fn models_are_answered_locally_and_unknown_things_are_refused_clearly() {
     let mock = MockUpstream::start(&[]).await;
     let mut gw = Gateway::start().await;
-    gw.add_backend(&mock, BackendDef { models: &[("b-model", "x"), ("a-model", "y")], ..Default::default() }).await;
+    gw.add_backend(
+        &mock,
+        BackendDef { models: &[("b-model", "x"), ("a-model", "y"), ("vendor/c-model", "z")], ..Default::default() },
+    )
+    .await;
     let client = reqwest::Client::new();
     let models: Value = client.get(format!("{}/models", gw.proxy.url())).send().await.unwrap().json().await.unwrap();
     let ids: Vec<_> = models["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap().to_owned()).collect();
-    assert_eq!(ids, ["a-model", "b-model"]);
+    assert_eq!(ids, ["a-model", "b-model", "vendor/c-model"]);
     let one = client.get(format!("{}/models/a-model", gw.proxy.url())).send().await.unwrap();
     assert_eq!(one.status(), 200);
     let missing = client.get(format!("{}/models/zzz", gw.proxy.url())).send().await.unwrap();
     assert_eq!(missing.status(), 404);
+    // Model ids may hold slashes, as sent or percent-encoded.
+    for path in ["vendor/c-model", "vendor%2Fc-model"] {
+        let one = client.get(format!("{}/models/{path}", gw.proxy.url())).send().await.unwrap();
+        assert_eq!(one.status(), 200, "{path}");
+        assert_eq!(one.json::<Value>().await.unwrap()["id"], "vendor/c-model");
+    }
+
+    let wrong_method = client.get(format!("{}/chat/completions", gw.proxy.url())).send().await.unwrap();
+    assert_eq!(wrong_method.status(), 405);
+    assert_eq!(wrong_method.headers()["allow"], "POST");
+    assert_eq!(wrong_method.json::<Value>().await.unwrap()["error"]["type"], "invalid_request_error");
 
     let unknown = client.post(format!("{}/files", gw.proxy.url())).body("{}").send().await.unwrap();
     assert_eq!(unknown.status(), 404);
