@@ -22,7 +22,7 @@ use tracing::{debug, warn};
 use crate::{proxy, state::Shared, upstream};
 
 /// What the workers are asked to do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Phase {
     /// Accept and serve.
     Serve,

@@ -57,22 +57,16 @@ pub(super) async fn admit(
         {
             return Ok(grant);
         }
-        match assess(&route, exclude, now, estimate, &bundle.settings) {
-            Assessment::Ready if shared.queue.is_empty() => {
-                if let Some(grant) = take(&route, exclude, now, estimate) {
-                    return Ok(grant);
-                }
+        // No token now (or others wait first): the emergency channel when everything
+        // is cooling, else the queue.
+        if let Assessment::Exhausted(_) = assess(&route, exclude, now, estimate, &bundle.settings) {
+            if let Some(grant) = take_emergency(&route, exclude, now) {
+                shared.metrics.emergency(&grant.backend.config.id);
+                Counters::bump(&shared.counters.emergency);
+                return Ok(grant);
             }
-            Assessment::Exhausted(_) => {
-                if let Some(grant) = take_emergency(&route, exclude, now) {
-                    shared.metrics.emergency(&grant.backend.config.id);
-                    Counters::bump(&shared.counters.emergency);
-                    return Ok(grant);
-                }
-                let retry = until(earliest_recovery(&route, now), now, bundle.settings.cooldown_base);
-                return Err(ProxyError::Exhausted(retry));
-            }
-            _ => {}
+            let retry = until(earliest_recovery(&route, now), now, bundle.settings.cooldown_base);
+            return Err(ProxyError::Exhausted(retry));
         }
 
         let capacity = bundle.settings.queue_capacity;

@@ -238,16 +238,23 @@ impl BackendState {
         }
     }
 
-    /// Where the backend stands at `now` for a request needing `estimate` tokens.
-    pub fn availability(&self, enabled: bool, now: Instant, estimate: u64) -> Availability {
+    /// Disabled, in error or cooling at `now`: what both [`Self::availability`] and
+    /// [`Self::ready_load`] check before the limiters.
+    fn blocked(&self, enabled: bool, now: Instant) -> Option<Availability> {
         if !enabled {
-            return Availability::Disabled;
+            return Some(Availability::Disabled);
         }
         if let Some(until) = self.health.lock().expect("health lock").error_until(now) {
-            return Availability::Error(until);
+            return Some(Availability::Error(until));
         }
-        if let Some(until) = self.cooldown.lock().expect("cooldown lock").cooling_until(now) {
-            return Availability::Cooling(until);
+        let until = self.cooldown.lock().expect("cooldown lock").cooling_until(now)?;
+        Some(Availability::Cooling(until))
+    }
+
+    /// Where the backend stands at `now` for a request needing `estimate` tokens.
+    pub fn availability(&self, enabled: bool, now: Instant, estimate: u64) -> Availability {
+        if let Some(blocked) = self.blocked(enabled, now) {
+            return blocked;
         }
         let mut next = self.limiter.lock().expect("limiter lock").next_available(now);
         if let Some(w) = self.tpm.lock().expect("tpm lock").as_mut() {
@@ -260,10 +267,7 @@ impl BackendState {
     /// relative to its limit (0..=1); `None` when it cannot ([`Self::availability`] is
     /// not `Ready`). One pass, one limiter lock.
     pub fn ready_load(&self, enabled: bool, now: Instant, estimate: u64) -> Option<f64> {
-        if !enabled
-            || self.health.lock().expect("health lock").error_until(now).is_some()
-            || self.cooldown.lock().expect("cooldown lock").cooling_until(now).is_some()
-        {
+        if self.blocked(enabled, now).is_some() {
             return None;
         }
         if let Some(w) = self.tpm.lock().expect("tpm lock").as_mut()

@@ -89,14 +89,6 @@ pub fn take(route: &Route, exclude: &[String], now: Instant, estimate: u64) -> O
                 Some((m, (1.0 - load).max(0.01) * f64::from(m.0.config.weight)))
             })
             .collect();
-        if ready.len() == 1 {
-            // One candidate: no draw needed.
-            let (b, model) = ready[0].0;
-            if let Some(grant) = acquire(b, model, now, estimate, false) {
-                return Some(grant);
-            }
-            continue;
-        }
         while !ready.is_empty() {
             let total: f64 = ready.iter().map(|r| r.1).sum();
             let mut pick = rng.random_range(0.0..total);
