@@ -114,6 +114,26 @@ def wrk(url, conns, duration, lua):
     return {"p50_ms": lat["50"], "p99_ms": lat["99"], "rps": rps, "errors": int(non2xx.group(1)) if non2xx else 0}
 
 
+def oha_path():
+    local = os.path.join(ROOT, "target", "bench-tools", "bin", "oha")
+    return local if os.path.exists(local) else shutil.which("oha")
+
+
+def oha(url, conns, rate, duration):
+    """Open loop: `rate` requests a second spread over `conns` connections, latency measured
+    from when each request was due (corrected for coordinated omission)."""
+    out = subprocess.run(
+        [oha_path(), "--no-tui", "--output-format", "json", "-z", f"{duration}s", "-c", str(conns), "-q", str(rate),
+         "--latency-correction", "-m", "POST", "-T", "application/json", "-d", BODY, url],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    d = json.loads(out)
+    codes = d.get("statusCodeDistribution", {})
+    ok = int(codes.get("200", 0))
+    return {"p50_ms": d["latencyPercentiles"]["p50"] * 1000, "p99_ms": d["latencyPercentiles"]["p99"] * 1000,
+            "rps": d["summary"]["requestsPerSec"], "errors": sum(int(v) for v in codes.values()) - ok}
+
+
 def median_of(runs, key):
     return statistics.median(r[key] for r in runs)
 
@@ -129,6 +149,7 @@ def main():
     ap.add_argument("--duration", type=int, default=10)
     ap.add_argument("--quick", action="store_true", help="1 run of 3 s, fewer streams: a smoke test")
     ap.add_argument("--streams", type=int, default=10000)
+    ap.add_argument("--rate", type=int, default=10000, help="requests/s of the fixed-rate latency scenario")
     args = ap.parse_args()
     if args.quick:
         args.runs, args.duration, args.streams = 1, 3, 1000
@@ -223,6 +244,15 @@ http {{ access_log off; upstream up {{ server 127.0.0.1:{UP}; keepalive 256; }}
                       + (f"  rss {row[name]['rss_mb']:.1f} MB" if 'rss_mb' in row[name] else ""), flush=True)
             results["chat"][conns] = row
 
+        # Latency at a fixed rate, below every system's capacity, over 64 connections: what
+        # a proxy adds per request when it is not also competing for the CPU at saturation.
+        results["fixed_rate"] = {"rate": args.rate, "conns": 64, "rows": {}}
+        for name, url in systems.items():
+            runs = [oha(url, 64, args.rate, args.duration) for _ in range(args.runs)]
+            row = results["fixed_rate"]["rows"][name] = {k: median_of(runs, k) for k in runs[0]}
+            print(f"fixed {args.rate}/s c=64 {name:<14} p50 {row['p50_ms']:.3f} ms  p99 {row['p99_ms']:.3f} ms  "
+                  f"{row['rps']:.0f} req/s  {row['errors']:.0f} errors", flush=True)
+
         results["stream"] = {}
         stream_urls = {
             "mock (direct)": f"http://127.0.0.1:{UP_STREAM}/v1/chat/completions",
@@ -298,6 +328,14 @@ def render(r, args):
             lines.append(f"| {conns} | {name} | {v['p50_ms']:.3f} | {v['p99_ms']:.3f} | {v['rps']:.0f} | "
                          + (f"{added[0]:.3f} | {added[1]:.3f}" if added else "– | –") + f" | {v['cpu_us']:.1f}"
                          + f" | {v.get('rss_mb', 0):.1f} |".replace("| 0.0 |", "| – |"))
+    lines.append("")
+    fixed = r["fixed_rate"]
+    lines.append(f"| fixed rate: {fixed['rate']} req/s over {fixed['conns']} connections (oha, latency-corrected) | p50 ms | p99 ms | added p50 ms | added p99 ms | errors |")
+    lines.append("|---|---|---|---|---|---|")
+    direct = fixed["rows"]["mock (direct)"]
+    for name, v in fixed["rows"].items():
+        added = f"{v['p50_ms'] - direct['p50_ms']:.3f} | {v['p99_ms'] - direct['p99_ms']:.3f}" if name != "mock (direct)" else "– | –"
+        lines.append(f"| {name} | {v['p50_ms']:.3f} | {v['p99_ms']:.3f} | {added} | {v['errors']:.0f} |")
     lines.append("")
     lines.append("| streaming (50 chunks, 2 ms apart) | TTFB p50 µs | TTFB p99 µs | frames per response (median) |")
     lines.append("|---|---|---|---|")

@@ -138,6 +138,78 @@ async fn a_client_that_leaves_mid_stream_is_still_accounted() {
     assert_eq!((c.attempts, c.succeeded, c.total_tokens), (1, 1, 15));
 }
 
+/// Sends a chat completion and abandons it once the upstream has the request (the client
+/// hangs up while the upstream is still working on it).
+async fn abandon_once_upstream_has_it(gw: &Gateway, mock: &MockUpstream) {
+    let url = format!("{}/chat/completions", gw.proxy.url());
+    let request = tokio::spawn(async move {
+        let _ = reqwest::Client::new().post(url).json(&chat_body("gpt-test", false)).send().await;
+    });
+    sidecar_tests::eventually("upstream has the request", Duration::from_secs(5), || async {
+        (mock.calls().len() == 1).then_some(())
+    })
+    .await;
+    request.abort();
+    let _ = request.await;
+}
+
+#[tokio::test]
+async fn a_client_that_leaves_before_the_answer_is_still_accounted() {
+    let mock = MockUpstream::start(&[]).await;
+    mock.push_with_latency(sidecar_tests::Reply::Ok, Duration::from_secs(1));
+    let mut gw = Gateway::start().await;
+    let backend = gw.add_backend(&mock, BackendDef::default()).await;
+    abandon_once_upstream_has_it(&gw, &mock).await;
+    // The upstream still answers (and bills) the request: the proxy waits for the answer
+    // in the background, accounts it, and no longer counts it in flight.
+    sidecar_tests::eventually("the abandoned attempt finished", Duration::from_secs(5), || async {
+        gw.proxy.backend_status(&backend.id).await["in_flight"].as_u64().filter(|&n| n == 0)
+    })
+    .await;
+    assert_eq!(gw.proxy.shared.in_flight.count(), 0);
+    gw.proxy.stop().await;
+    gw.cp.stop().await;
+    let usage = stored_usage(&gw.cp);
+    let (_, _, c) = usage.iter().find(|(b, _, _)| *b == backend.id).unwrap();
+    assert_eq!((c.attempts, c.succeeded, c.total_tokens), (1, 1, 15));
+}
+
+#[tokio::test]
+async fn a_429_that_comes_after_the_client_left_still_cools_the_backend() {
+    let mock = MockUpstream::start(&[]).await;
+    mock.push_with_latency(sidecar_tests::Reply::too_many_requests(3), Duration::from_secs(1));
+    let mut gw = Gateway::start().await;
+    let backend = gw.add_backend(&mock, BackendDef::default()).await;
+    abandon_once_upstream_has_it(&gw, &mock).await;
+    let status = sidecar_tests::eventually("the backend cools down", Duration::from_secs(5), || async {
+        let status = gw.proxy.backend_status(&backend.id).await;
+        (status["status"] == "cooling").then_some(status)
+    })
+    .await;
+    assert_eq!(status["cooldown"]["consecutive_429"], 1);
+    assert_eq!(status["in_flight"], 0);
+}
+
+#[tokio::test]
+async fn an_abandoned_attempt_still_unanswered_at_shutdown_is_accounted_as_a_broken_connection() {
+    let mock = MockUpstream::start(&[]).await;
+    mock.push_with_latency(sidecar_tests::Reply::Ok, Duration::from_secs(60));
+    let options = ProxyOptions { env: vec![("SIDECAR_SHUTDOWN_GRACE".into(), "1".into())], ..Default::default() };
+    let mut gw = Gateway::start_with(options).await;
+    let backend = gw.add_backend(&mock, BackendDef::default()).await;
+    abandon_once_upstream_has_it(&gw, &mock).await;
+    // The grace period runs out long before the upstream answers: the attempt is closed
+    // with the proxy, counted as a broken connection, and in the final report.
+    tokio::time::timeout(Duration::from_secs(10), gw.proxy.stop())
+        .await
+        .expect("the proxy stops after its grace period");
+    assert_eq!(gw.proxy.shared.in_flight.count(), 0);
+    gw.cp.stop().await;
+    let usage = stored_usage(&gw.cp);
+    let (_, _, c) = usage.iter().find(|(b, _, _)| *b == backend.id).unwrap();
+    assert_eq!((c.attempts, c.succeeded, c.errors_connect), (1, 0, 1));
+}
+
 #[tokio::test]
 async fn models_are_answered_locally_and_unknown_things_are_refused_clearly() {
     let mock = MockUpstream::start(&[]).await;

@@ -2,6 +2,7 @@
 //! next candidate, the response passed through, and accounting.
 
 mod admit;
+mod attempt;
 pub mod body;
 pub mod error;
 mod forward;

@@ -150,17 +150,21 @@ pub fn response_headers(mut upstream: HeaderMap) -> HeaderMap {
     upstream
 }
 
-/// Sends one attempt and waits for response headers, up to `timeout`.
-pub async fn send(
+/// Sends one attempt and waits for response headers, up to `timeout`. The future owns
+/// what it needs, so it can outlive the client request that started it.
+pub fn send(
     client: &HttpClient,
     request: Request<Full<Bytes>>,
     timeout: Duration,
-) -> Result<Response<Incoming>, AttemptError> {
-    match tokio::time::timeout(timeout, client.request(request)).await {
-        Err(_) => Err(AttemptError::Timeout),
-        Ok(Err(e)) if e.is_connect() => Err(AttemptError::Connect),
-        Ok(Err(_)) => Err(AttemptError::Io),
-        Ok(Ok(r)) => Ok(r),
+) -> impl Future<Output = Result<Response<Incoming>, AttemptError>> + Send + 'static {
+    let response = client.request(request);
+    async move {
+        match tokio::time::timeout(timeout, response).await {
+            Err(_) => Err(AttemptError::Timeout),
+            Ok(Err(e)) if e.is_connect() => Err(AttemptError::Connect),
+            Ok(Err(_)) => Err(AttemptError::Io),
+            Ok(Ok(r)) => Ok(r),
+        }
     }
 }
 

@@ -1,0 +1,359 @@
+//! One upstream attempt and its accounting. An attempt is accounted exactly once,
+//! whoever finishes it: the request's own task, or — when the client goes away while the
+//! upstream is still working on the request — a background task that waits for the
+//! answer. The provider bills an abandoned request all the same, and a 429 it ends with
+//! must still cool the backend down.
+
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+};
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+use hyper::body::Incoming;
+use tokio::time::Instant;
+use tracing::{debug, warn};
+
+use super::body::{ApiResponse, ProxyBody};
+use crate::{
+    report::{Outcome, UsageEvent},
+    routing::Grant,
+    snapshot::{Cost, Settings},
+    state::{Counters, Shared},
+    upstream::{self, AttemptError, StatusClass, TappedBody, Usage},
+};
+
+pub(super) const X_SIDECAR_BACKEND: HeaderName = HeaderName::from_static("x-sidecar-backend");
+const X_SIDECAR_POOL: HeaderName = HeaderName::from_static("x-sidecar-pool");
+pub(super) const X_SIDECAR_ATTEMPTS: HeaderName = HeaderName::from_static("x-sidecar-attempts");
+const X_SIDECAR_DEGRADED: HeaderName = HeaderName::from_static("x-sidecar-degraded");
+
+type Upstream = http::Response<Incoming>;
+type Pending = Pin<Box<dyn Future<Output = Result<Upstream, AttemptError>> + Send>>;
+
+/// An attempt under way: what accounting it needs, whoever finishes it.
+pub(super) struct Attempt {
+    shared: Arc<Shared>,
+    grant: Grant,
+    model: Arc<str>,
+    /// The client asked for a stream.
+    stream: bool,
+    /// This attempt's number (1-based).
+    attempts: u32,
+    /// When the request went upstream.
+    sent: Instant,
+}
+
+/// What an upstream answer means for the client request, once accounted.
+pub(super) enum Answer {
+    /// 2xx or a 4xx other than 429/401/403: goes to the client as it is.
+    Pass(Upstream),
+    /// Failed (and already accounted): try the next candidate. The upstream's error
+    /// answer, if there was one.
+    Failed { response: Option<Upstream>, rate_limited: bool },
+}
+
+impl Attempt {
+    /// Counts the attempt in flight (for routing by load, and for shutdown) from now on.
+    pub(super) fn start(shared: &Arc<Shared>, grant: Grant, model: Arc<str>, stream: bool, attempts: u32) -> Self {
+        grant.backend.state.started();
+        shared.in_flight.start();
+        Self { shared: shared.clone(), grant, model, stream, attempts, sent: Instant::now() }
+    }
+
+    /// Accounts for how the upstream answered (or did not). A failure is recorded in full
+    /// here — cooldown, health, usage event — before its error body is read.
+    pub(super) fn settle(&self, settings: &Settings, outcome: Result<Upstream, AttemptError>) -> Answer {
+        let grant = &self.grant;
+        let backend = &grant.backend;
+        let response = match outcome {
+            Ok(response) => response,
+            Err(kind) => {
+                self.done();
+                grant_settle(grant, None);
+                attempt_failed(
+                    &self.shared,
+                    settings,
+                    grant,
+                    &self.model,
+                    kind_outcome(kind),
+                    kind.as_str(),
+                    self.sent,
+                );
+                return Answer::Failed { response: None, rate_limited: false };
+            }
+        };
+        let class = upstream::classify(response.status());
+        let now = Instant::now();
+        let (outcome, kind) = match class {
+            StatusClass::Success | StatusClass::ClientError => return Answer::Pass(response),
+            StatusClass::RateLimited => {
+                on_rate_limited(&self.shared, settings, grant, upstream::retry_after(response.headers()), now);
+                (Outcome::RateLimited, "429")
+            }
+            StatusClass::Auth => {
+                let status = response.status().as_u16();
+                warn!(backend = %backend.config.id, status, "upstream refused the key; backend marked error");
+                backend.state.health.lock().expect("health lock").on_auth_error(now, settings);
+                (Outcome::ClientError, "auth")
+            }
+            StatusClass::ServerError => {
+                backend.state.health.lock().expect("health lock").on_failure(now, settings, "5xx");
+                (Outcome::ServerError, "5xx")
+            }
+        };
+        self.done();
+        grant_settle(grant, None);
+        attempt_failed(&self.shared, settings, grant, &self.model, outcome, kind, self.sent);
+        Answer::Failed { response: Some(response), rate_limited: class == StatusClass::RateLimited }
+    }
+
+    /// The attempt no longer holds the backend or shutdown.
+    fn done(&self) {
+        self.grant.backend.state.finished();
+        self.shared.in_flight.finish();
+    }
+
+    /// Passes an upstream response through: status, headers minus hop-by-hop ones, the
+    /// `X-Sidecar-*` headers, and the body frame by frame with accounting on the side.
+    pub(super) fn respond(self, response: Upstream) -> ApiResponse {
+        let Attempt { shared, grant, model, stream, attempts, sent } = self;
+        let backend = grant.backend.clone();
+        let status = response.status();
+        let success = status.is_success();
+        if success {
+            let (was_cooling, had_429s) = {
+                let mut cooldown = backend.state.cooldown.lock().expect("cooldown lock");
+                let was = (cooldown.until.is_some(), cooldown.consecutive > 0);
+                cooldown.on_success();
+                was
+            };
+            if had_429s {
+                // The fleet-wide count starts over too.
+                let recovered = sidecar_proto::v1::BackendRecovered {
+                    backend_id: backend.config.id.clone(),
+                    at_ms: crate::now_ms(),
+                };
+                let _ = shared.events.try_send(sidecar_proto::v1::node_message::Kind::Recovered(recovered));
+            }
+            backend.state.health.lock().expect("health lock").on_success();
+            backend.state.retreat.lock().expect("retreat lock").record(Instant::now(), false);
+            if was_cooling {
+                // An emergency success ended a cooldown: waiters may use the backend again.
+                shared.queue.wake();
+            }
+            Counters::bump(&shared.counters.succeeded);
+            if backend.pool_rank > 0 && !grant.emergency {
+                Counters::bump(&shared.counters.fallback);
+            }
+        } else {
+            Counters::bump(&shared.counters.client_errors);
+        }
+        let metrics =
+            backend.metrics.get_or_init(|| shared.metrics.backend(&backend.config.id, &backend.config.pool)).clone();
+        metrics.request(status.as_u16());
+        let (parts, body) = response.into_parts();
+        let mut headers = upstream::response_headers(parts.headers);
+        sidecar_headers(&mut headers, &grant, attempts);
+
+        let finish_shared = shared.clone();
+        let is_sse = stream && success;
+        let body = TappedBody::new(body, is_sse, sent, backend.config.timeout, move |done| {
+            let backend = &grant.backend;
+            backend.state.finished();
+            grant_settle(&grant, done.usage.map(|u| u.total));
+            let outcome = match (success, done.error) {
+                (true, None) => Outcome::Success,
+                (true, Some("timeout")) => Outcome::Timeout,
+                (true, Some(_)) => Outcome::Connect,
+                (false, _) => Outcome::ClientError,
+            };
+            let cost_usd = done.usage.map_or(0.0, |u| cost(&u, &grant.model.cost));
+            metrics.upstream_latency(
+                done.elapsed.as_secs_f64(),
+                if is_sse { done.ttft.map(|t| t.as_secs_f64()) } else { None },
+            );
+            finish_shared.usage.record(UsageEvent {
+                at_ms: crate::now_ms(),
+                backend_id: backend.config.id.as_str().into(),
+                pool: backend.config.pool.as_str().into(),
+                model,
+                attempt: Some(outcome),
+                answered: Some(success),
+                usage: done.usage,
+                cost_usd,
+                latency: done.elapsed,
+                ttft: if is_sse { done.ttft } else { None },
+            });
+            // Last: shutdown waits for this before cutting the final usage batch.
+            finish_shared.in_flight.finish();
+        });
+        let mut response = http::Response::new(ProxyBody::Tapped(body));
+        *response.status_mut() = status;
+        *response.headers_mut() = headers;
+        response
+    }
+}
+
+/// The upstream half of an attempt, polled by the request's task. If the request's task
+/// drops it (the client went away) before the upstream answered, the wait moves to a
+/// background task and the answer is accounted there: settled, and a body drained for
+/// its usage (see [`TappedBody`]).
+pub(super) struct Abandonable {
+    pending: Option<(Pending, Attempt)>,
+}
+
+impl Abandonable {
+    pub(super) fn new(
+        send: impl Future<Output = Result<Upstream, AttemptError>> + Send + 'static,
+        attempt: Attempt,
+    ) -> Self {
+        Self { pending: Some((Box::pin(send), attempt)) }
+    }
+}
+
+impl Future for Abandonable {
+    type Output = (Result<Upstream, AttemptError>, Attempt);
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let (send, _) = self.pending.as_mut().expect("Abandonable polled after completion");
+        let outcome = std::task::ready!(send.as_mut().poll(cx));
+        let (_, attempt) = self.pending.take().expect("pending");
+        Poll::Ready((outcome, attempt))
+    }
+}
+
+impl Drop for Abandonable {
+    fn drop(&mut self) {
+        let Some((send, attempt)) = self.pending.take() else { return };
+        let mut orphan = Orphan(Some(attempt));
+        // Without a runtime (the process is going down) the orphan settles as it drops.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        runtime.spawn(async move {
+            let outcome = send.await;
+            let attempt = orphan.0.take().expect("an orphan is settled once");
+            let bundle = attempt.shared.bundle.load();
+            if let Answer::Pass(response) = attempt.settle(&bundle.settings, outcome) {
+                // Dropped at once: the body drains in the background and is accounted.
+                drop(attempt.respond(response));
+            }
+        });
+    }
+}
+
+/// An abandoned attempt waiting for its answer. If it is dropped first (its runtime shuts
+/// down), it is settled as a broken connection, so it is still accounted and no longer
+/// counted in flight.
+struct Orphan(Option<Attempt>);
+
+impl Drop for Orphan {
+    fn drop(&mut self) {
+        if let Some(attempt) = self.0.take() {
+            let bundle = attempt.shared.bundle.load();
+            attempt.settle(&bundle.settings, Err(AttemptError::Io));
+        }
+    }
+}
+
+fn cost(usage: &Usage, cost: &Cost) -> f64 {
+    let cached = usage.cached.min(usage.prompt);
+    let prompt = if cost.cache_read > 0.0 {
+        (usage.prompt - cached) as f64 * cost.input + cached as f64 * cost.cache_read
+    } else {
+        usage.prompt as f64 * cost.input
+    };
+    prompt + usage.completion as f64 * cost.output
+}
+
+fn sidecar_headers(headers: &mut HeaderMap, grant: &Grant, attempts: u32) {
+    let b = &grant.backend;
+    if let Some(v) = &b.config.name_header {
+        headers.insert(X_SIDECAR_BACKEND, v.clone());
+    }
+    if let Some(v) = &b.config.pool_header {
+        headers.insert(X_SIDECAR_POOL, v.clone());
+    }
+    headers.insert(X_SIDECAR_ATTEMPTS, HeaderValue::from(attempts));
+    if grant.emergency {
+        headers.insert(X_SIDECAR_DEGRADED, HeaderValue::from_static("emergency"));
+    } else if b.pool_rank > 0 {
+        headers.insert(X_SIDECAR_DEGRADED, HeaderValue::from_static("fallback"));
+    }
+}
+
+fn kind_outcome(kind: AttemptError) -> Outcome {
+    match kind {
+        AttemptError::Timeout => Outcome::Timeout,
+        AttemptError::Connect | AttemptError::Io => Outcome::Connect,
+    }
+}
+
+fn grant_settle(grant: &Grant, tokens: Option<u64>) {
+    if let (Some(id), Some(w)) = (grant.tpm_reservation, grant.backend.state.tpm.lock().expect("tpm lock").as_mut()) {
+        w.settle(id, tokens.unwrap_or(0));
+    }
+}
+
+/// Records a failed attempt: passive health (for timeouts and connect errors), the usage
+/// event, metrics.
+fn attempt_failed(
+    shared: &Shared,
+    settings: &Settings,
+    grant: &Grant,
+    model: &Arc<str>,
+    outcome: Outcome,
+    kind: &'static str,
+    sent: Instant,
+) {
+    let backend = &grant.backend;
+    if matches!(outcome, Outcome::Timeout | Outcome::Connect) {
+        backend.state.health.lock().expect("health lock").on_failure(Instant::now(), settings, kind);
+    }
+    if outcome != Outcome::RateLimited {
+        backend.state.retreat.lock().expect("retreat lock").record(Instant::now(), false);
+    }
+    shared.metrics.upstream_error(&backend.config.id, kind);
+    Counters::bump(&shared.counters.upstream_errors);
+    debug!(backend = %backend.config.id, kind, "attempt failed");
+    shared.usage.record(UsageEvent {
+        at_ms: crate::now_ms(),
+        backend_id: backend.config.id.as_str().into(),
+        pool: backend.config.pool.as_str().into(),
+        model: model.clone(),
+        attempt: Some(outcome),
+        answered: None,
+        usage: None,
+        cost_usd: 0.0,
+        latency: sent.elapsed(),
+        ttft: None,
+    });
+}
+
+/// A 429: escalate the backend's cooldown (floored by Retry-After) and tell the control
+/// plane at once.
+fn on_rate_limited(
+    shared: &Shared,
+    settings: &Settings,
+    grant: &Grant,
+    retry_after: Option<std::time::Duration>,
+    now: Instant,
+) {
+    let backend = &grant.backend;
+    let (applied, count) = {
+        let mut cooldown = backend.state.cooldown.lock().expect("cooldown lock");
+        let d = cooldown.on_429(now, settings, retry_after);
+        (d, cooldown.consecutive)
+    };
+    backend.state.retreat.lock().expect("retreat lock").record(now, true);
+    warn!(backend = %backend.config.id, count, cooldown_ms = applied.as_millis() as u64, "upstream 429: cooling down");
+    let event = sidecar_proto::v1::RateLimitEvent {
+        backend_id: backend.config.id.clone(),
+        retry_after_ms: retry_after.map_or(0, |d| d.as_millis() as u64),
+        cooldown_ms: applied.as_millis() as u64,
+        consecutive_count: count,
+        at_ms: crate::now_ms(),
+    };
+    let _ = shared.events.try_send(sidecar_proto::v1::node_message::Kind::RateLimited(event));
+}
