@@ -40,6 +40,8 @@ pub(crate) struct Workers {
 
 /// Connect timeout for upstream connections.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Below the shortest upstream timeout a backend can have (1 s).
+const TIMER_FLOOR: Duration = Duration::from_millis(500);
 
 impl Workers {
     /// Starts `count` workers serving `listener`.
@@ -90,6 +92,16 @@ async fn worker(listener: std::net::TcpListener, shared: Arc<Shared>, mut phase:
     };
     // This worker's upstream connections: used only by requests on this thread.
     let context = Arc::new((shared.clone(), upstream::client(CONNECT_TIMEOUT)));
+    // Every request arms a timer for its upstream timeout. tokio wakes its own driver
+    // (an eventfd write, then an extra trip through epoll) whenever a new timer is due
+    // before every other one, which is every request when none is in flight. A timer
+    // that is always due sooner than any request's keeps that off the request path.
+    tokio::spawn(async {
+        let mut tick = tokio::time::interval(TIMER_FLOOR);
+        loop {
+            tick.tick().await;
+        }
+    });
     let builder = auto::Builder::new(TokioExecutor::new());
     let graceful = GracefulShutdown::new();
     loop {

@@ -71,7 +71,6 @@ impl Attempt {
         let response = match outcome {
             Ok(response) => response,
             Err(kind) => {
-                self.done();
                 grant_settle(grant, None);
                 attempt_failed(
                     &self.shared,
@@ -82,6 +81,7 @@ impl Attempt {
                     kind.as_str(),
                     self.sent,
                 );
+                self.done();
                 return Answer::Failed { response: None, rate_limited: false };
             }
         };
@@ -104,13 +104,14 @@ impl Attempt {
                 (Outcome::ServerError, "5xx")
             }
         };
-        self.done();
         grant_settle(grant, None);
         attempt_failed(&self.shared, settings, grant, &self.model, outcome, kind, self.sent);
+        self.done();
         Answer::Failed { response: Some(response), rate_limited: class == StatusClass::RateLimited }
     }
 
-    /// The attempt no longer holds the backend or shutdown.
+    /// The attempt no longer holds the backend or shutdown. Last, after its usage event:
+    /// shutdown waits for in-flight attempts before it cuts the final usage batch.
     fn done(&self) {
         self.grant.backend.state.finished();
         self.shared.in_flight.finish();
