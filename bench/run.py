@@ -1,7 +1,7 @@
 """Benchmark orchestrator: starts the mock upstream, nginx, the control plane and a proxy,
 runs each scenario several times and reports medians side by side.
 
-Usage: bench/run.sh [--runs 3] [--duration 10] [--quick]
+Usage: bench/run.sh [--runs 3] [--duration 10] [--rate 10000] [--streams 10000] [--quick]
 """
 
 import argparse
