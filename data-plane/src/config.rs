@@ -46,6 +46,9 @@ pub struct ProxyConfig {
     pub outbox_capacity: usize,
     /// API worker threads, each with its own event loop and upstream connections.
     pub workers: usize,
+    /// Longest a client connection may wait before a request's headers are complete:
+    /// closes slow senders and idle keep-alive connections.
+    pub header_timeout: Duration,
 }
 
 /// An invalid setting.
@@ -122,6 +125,7 @@ const SETTINGS: &[Setting] = &[
     Setting { env: "SIDECAR_SHUTDOWN_GRACE", flag: None, file: "shutdown_grace" },
     Setting { env: "SIDECAR_OUTBOX_BATCHES", flag: None, file: "outbox_batches" },
     Setting { env: "SIDECAR_WORKERS", flag: Some("--workers"), file: "workers" },
+    Setting { env: "SIDECAR_HEADER_TIMEOUT", flag: None, file: "header_timeout" },
 ];
 
 fn setting(env: &str) -> &'static Setting {
@@ -256,6 +260,7 @@ impl ProxyConfig {
         let outbox_capacity = parse_num("SIDECAR_OUTBOX_BATCHES", 3600, 1, 1_000_000)? as usize;
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         let workers = parse_num("SIDECAR_WORKERS", cpus as u64, 1, 1024)? as usize;
+        let header_timeout = Duration::from_secs(parse_num("SIDECAR_HEADER_TIMEOUT", 60, 1, 3600)?);
         Ok(Self {
             control_url,
             node_token,
@@ -272,6 +277,7 @@ impl ProxyConfig {
             shutdown_grace,
             outbox_capacity,
             workers,
+            header_timeout,
         })
     }
 }
@@ -294,6 +300,7 @@ mod tests {
         assert_eq!(c.ops_listen.to_string(), "127.0.0.1:9191");
         assert_eq!(c.control_url, "http://127.0.0.1:9290");
         assert_eq!(c.rate_window, Duration::from_secs(60));
+        assert_eq!(c.header_timeout, Duration::from_secs(60));
         assert!(c.cache_key.is_none());
     }
 
@@ -314,6 +321,7 @@ mod tests {
             ("SIDECAR_HOST", "not a host"),
             ("SIDECAR_REGION", "eu west"),
             ("SIDECAR_WORKERS", "0"),
+            ("SIDECAR_HEADER_TIMEOUT", "0"),
         ] {
             let e = resolve(&[(env, value)]).unwrap_err();
             assert!(e.setting.starts_with(env), "{env}: {e}");

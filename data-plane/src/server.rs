@@ -52,6 +52,7 @@ pub struct Proxy {
     grace: Duration,
     window: Duration,
     workers: usize,
+    header_timeout: Duration,
 }
 
 fn node_id(config: &ProxyConfig) -> Result<String, InitError> {
@@ -132,6 +133,7 @@ impl Proxy {
             grace: config.shutdown_grace,
             window: config.rate_window,
             workers: config.workers,
+            header_timeout: config.header_timeout,
         })
     }
 
@@ -175,7 +177,7 @@ impl Proxy {
 
         info!(addr = %api.local_addr()?, node = %shared.node_id, workers = self.workers, "serving the OpenAI-compatible API");
         info!(addr = %ops.local_addr()?, "serving /health, /health/ready, /status, /metrics");
-        let workers = Workers::start(api, self.workers, shared.clone())?;
+        let workers = Workers::start(api, self.workers, self.header_timeout, shared.clone())?;
         let stopped = |mut rx: watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|s| *s).await;
         };

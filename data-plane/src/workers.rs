@@ -10,7 +10,7 @@ use std::{convert::Infallible, sync::Arc, time::Duration};
 
 use hyper::service::service_fn;
 use hyper_util::{
-    rt::{TokioExecutor, TokioIo},
+    rt::{TokioExecutor, TokioIo, TokioTimer},
     server::{conn::auto, graceful::GracefulShutdown},
 };
 use tokio::{
@@ -45,7 +45,12 @@ const TIMER_FLOOR: Duration = Duration::from_millis(500);
 
 impl Workers {
     /// Starts `count` workers serving `listener`.
-    pub(crate) fn start(listener: TcpListener, count: usize, shared: Arc<Shared>) -> std::io::Result<Self> {
+    pub(crate) fn start(
+        listener: TcpListener,
+        count: usize,
+        header_timeout: Duration,
+        shared: Arc<Shared>,
+    ) -> std::io::Result<Self> {
         let listener = listener.into_std()?;
         let (phase, _) = watch::channel(Phase::Serve);
         let mut done = Vec::with_capacity(count);
@@ -57,7 +62,7 @@ impl Workers {
             std::thread::Builder::new().name(format!("sidecar-api-{i}")).spawn(move || {
                 let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
                 match runtime {
-                    Ok(runtime) => runtime.block_on(worker(listener, shared, phase)),
+                    Ok(runtime) => runtime.block_on(worker(listener, header_timeout, shared, phase)),
                     Err(e) => warn!(error = %e, "API worker could not start its runtime"),
                 }
                 // Dropping the runtime cancels connections still open after an abort;
@@ -85,7 +90,12 @@ impl Workers {
 }
 
 /// The accept loop of one worker, then its drain.
-async fn worker(listener: std::net::TcpListener, shared: Arc<Shared>, mut phase: watch::Receiver<Phase>) {
+async fn worker(
+    listener: std::net::TcpListener,
+    header_timeout: Duration,
+    shared: Arc<Shared>,
+    mut phase: watch::Receiver<Phase>,
+) {
     let listener = match TcpListener::from_std(listener) {
         Ok(l) => l,
         Err(e) => return warn!(error = %e, "API worker could not register the listener"),
@@ -102,7 +112,10 @@ async fn worker(listener: std::net::TcpListener, shared: Arc<Shared>, mut phase:
             tick.tick().await;
         }
     });
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // Without a timer hyper silently drops its header timeout: a client could hold a
+    // connection (and its buffers) forever by never finishing a request.
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(header_timeout);
     let graceful = GracefulShutdown::new();
     loop {
         let accepted = tokio::select! {

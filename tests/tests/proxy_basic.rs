@@ -211,6 +211,25 @@ async fn an_abandoned_attempt_still_unanswered_at_shutdown_is_accounted_as_a_bro
 }
 
 #[tokio::test]
+async fn a_client_that_never_finishes_its_headers_is_disconnected() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let options = ProxyOptions { env: vec![("SIDECAR_HEADER_TIMEOUT".into(), "1".into())], ..Default::default() };
+    let gw = Gateway::start_with(options).await;
+    let mut slow = tokio::net::TcpStream::connect(gw.proxy.addr).await.unwrap();
+    slow.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nHost: sidecar\r\n").await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), slow.read_to_end(&mut answer))
+        .await
+        .expect("the proxy closes the connection")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.is_empty() || answer.starts_with("HTTP/1.1 408"), "{answer}");
+    // Requests that arrive whole are served as before.
+    let models = reqwest::get(format!("{}/models", gw.proxy.url())).await.unwrap();
+    assert_eq!(models.status(), 200);
+}
+
+#[tokio::test]
 async fn models_are_answered_locally_and_unknown_things_are_refused_clearly() {
     let mock = MockUpstream::start(&[]).await;
     let mut gw = Gateway::start().await;
