@@ -15,6 +15,12 @@ fn stored_usage(
     store.usage_minutes(0, i64::MAX).unwrap().into_iter().map(|(_, b, m, c)| (b, m, c)).collect()
 }
 
+/// One backend's stored usage (stop the control plane first).
+fn backend_usage(cp: &sidecar_tests::ControlPlaneHarness, id: &str) -> sidecar_control_plane::store::UsageCounters {
+    let usage = stored_usage(cp);
+    usage.into_iter().find(|(b, _, _)| b == id).map(|(_, _, c)| c).expect("usage for the backend")
+}
+
 #[tokio::test]
 async fn chat_completions_and_embeddings_are_forwarded_with_the_model_rewritten() {
     let mock = MockUpstream::start(&[]).await;
@@ -108,8 +114,7 @@ async fn streams_pass_through_chunk_by_chunk_with_usage_requested_and_costed() {
 
     gw.proxy.stop().await;
     gw.cp.stop().await;
-    let usage = stored_usage(&gw.cp);
-    let (_, _, c) = usage.iter().find(|(b, _, _)| *b == backend.id).unwrap();
+    let c = backend_usage(&gw.cp, &backend.id);
     assert_eq!((c.attempts, c.succeeded, c.prompt_tokens, c.completion_tokens), (1, 1, 10, 5));
     assert!((c.cost_usd - (10.0 * 0.001 + 5.0 * 0.002)).abs() < 1e-9, "cost {}", c.cost_usd);
     assert_eq!(c.ttft_count, 1);
@@ -133,8 +138,7 @@ async fn a_client_that_leaves_mid_stream_is_still_accounted() {
     .await;
     gw.proxy.stop().await;
     gw.cp.stop().await;
-    let usage = stored_usage(&gw.cp);
-    let (_, _, c) = usage.iter().find(|(b, _, _)| *b == backend.id).unwrap();
+    let c = backend_usage(&gw.cp, &backend.id);
     assert_eq!((c.attempts, c.succeeded, c.total_tokens), (1, 1, 15));
 }
 
@@ -169,8 +173,7 @@ async fn a_client_that_leaves_before_the_answer_is_still_accounted() {
     assert_eq!(gw.proxy.shared.in_flight.count(), 0);
     gw.proxy.stop().await;
     gw.cp.stop().await;
-    let usage = stored_usage(&gw.cp);
-    let (_, _, c) = usage.iter().find(|(b, _, _)| *b == backend.id).unwrap();
+    let c = backend_usage(&gw.cp, &backend.id);
     assert_eq!((c.attempts, c.succeeded, c.total_tokens), (1, 1, 15));
 }
 
@@ -205,8 +208,7 @@ async fn an_abandoned_attempt_still_unanswered_at_shutdown_is_accounted_as_a_bro
         .expect("the proxy stops after its grace period");
     assert_eq!(gw.proxy.shared.in_flight.count(), 0);
     gw.cp.stop().await;
-    let usage = stored_usage(&gw.cp);
-    let (_, _, c) = usage.iter().find(|(b, _, _)| *b == backend.id).unwrap();
+    let c = backend_usage(&gw.cp, &backend.id);
     assert_eq!((c.attempts, c.succeeded, c.errors_connect), (1, 0, 1));
 }
 
