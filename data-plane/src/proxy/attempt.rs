@@ -81,7 +81,7 @@ impl Attempt {
                     kind.as_str(),
                     self.sent,
                 );
-                self.done();
+                release(&self.shared, grant);
                 return Answer::Failed { response: None, rate_limited: false };
             }
         };
@@ -106,15 +106,8 @@ impl Attempt {
         };
         grant_settle(grant, None);
         attempt_failed(&self.shared, settings, grant, &self.model, outcome, kind, self.sent);
-        self.done();
+        release(&self.shared, grant);
         Answer::Failed { response: Some(response), rate_limited: class == StatusClass::RateLimited }
-    }
-
-    /// The attempt no longer holds the backend or shutdown. Last, after its usage event:
-    /// shutdown waits for in-flight attempts before it cuts the final usage batch.
-    fn done(&self) {
-        self.grant.backend.state.finished();
-        self.shared.in_flight.finish();
     }
 
     /// Passes an upstream response through: status, headers minus hop-by-hop ones, the
@@ -163,7 +156,6 @@ impl Attempt {
         let is_sse = stream && success;
         let body = TappedBody::new(body, is_sse, sent, backend.config.timeout, move |done| {
             let backend = &grant.backend;
-            backend.state.finished();
             grant_settle(&grant, done.usage.map(|u| u.total));
             let outcome = match (success, done.error) {
                 (true, None) => Outcome::Success,
@@ -188,8 +180,7 @@ impl Attempt {
                 latency: done.elapsed,
                 ttft: if is_sse { done.ttft } else { None },
             });
-            // Last: shutdown waits for this before cutting the final usage batch.
-            finish_shared.in_flight.finish();
+            release(&finish_shared, &grant);
         });
         let mut response = http::Response::new(ProxyBody::Tapped(body));
         *response.status_mut() = status;
@@ -282,6 +273,13 @@ fn sidecar_headers(headers: &mut HeaderMap, grant: &Grant, attempts: u32) {
     } else if b.pool_rank > 0 {
         headers.insert(X_SIDECAR_DEGRADED, HeaderValue::from_static("fallback"));
     }
+}
+
+/// The attempt no longer holds its backend or shutdown. Call it last, after the usage
+/// event: shutdown waits for in-flight attempts before it cuts the final usage batch.
+fn release(shared: &Shared, grant: &Grant) {
+    grant.backend.state.finished();
+    shared.in_flight.finish();
 }
 
 fn kind_outcome(kind: AttemptError) -> Outcome {
