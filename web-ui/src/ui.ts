@@ -22,6 +22,13 @@ export interface Page {
   render(ctx: PageContext): PageView;
 }
 
+/** Runs `load` now and every `ms` after; returns what stops it. */
+export function poll(load: () => Promise<void>, ms: number): () => void {
+  void load();
+  const timer = window.setInterval(() => void load(), ms);
+  return () => window.clearInterval(timer);
+}
+
 export const READ_ONLY_HINT = "Read-only: sign in with an admin token to change this";
 
 /** A status badge: healthy, cooling, error, disabled, or anything else. */

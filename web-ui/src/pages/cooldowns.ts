@@ -4,7 +4,7 @@ import { admin, describe } from "../api";
 import { h, mount } from "../dom";
 import { fmtMs, fmtTime, n } from "../format";
 import type { CooldownEvent } from "../gen/sidecar/v1/types_pb";
-import { badge, pageHeader, table, type Page, type PageContext } from "../ui";
+import { badge, pageHeader, table, type Page, type PageContext, poll } from "../ui";
 
 const HOUR = 3_600_000;
 const RANGES: [string, string, number][] = [
@@ -83,13 +83,12 @@ function render(_ctx: PageContext) {
   range.addEventListener("change", () => void load());
   backend.addEventListener("change", () => void load());
   void loadBackends();
-  void load();
-  const timer = window.setInterval(() => void load(), 5000);
+  const stopPolling = poll(load, 5000);
   return {
     el,
     dispose() {
       disposed = true;
-      window.clearInterval(timer);
+      stopPolling();
     },
   };
 }

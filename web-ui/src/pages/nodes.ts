@@ -5,7 +5,7 @@ import { admin, describe } from "../api";
 import { h, mount, setText } from "../dom";
 import { fmtAgo, fmtTime, n } from "../format";
 import type { Node } from "../gen/sidecar/v1/types_pb";
-import { badge, pageHeader, table, type Page, type PageContext } from "../ui";
+import { badge, pageHeader, table, type Page, type PageContext, poll } from "../ui";
 
 function render(_ctx: PageContext) {
   const box = h("div", null, h("p", "muted", "Loading…"));
@@ -55,13 +55,12 @@ function render(_ctx: PageContext) {
     }
   }
 
-  void load();
-  const timer = window.setInterval(() => void load(), 5000);
+  const stopPolling = poll(load, 5000);
   return {
     el,
     dispose() {
       disposed = true;
-      window.clearInterval(timer);
+      stopPolling();
     },
   };
 }

@@ -12,51 +12,54 @@ type PatchInit = MessageInitShape<typeof SettingsPatchSchema>;
 type Kind = "int" | "float" | "bool";
 
 interface Def {
-  /** Proto field name (as the server names it in errors). */
-  name: string;
   key: keyof Settings & keyof PatchInit;
   label: string;
   kind: Kind;
   hint: string;
 }
 
+/** The proto field name of a setting, as the server names it in errors. */
+function protoName(d: Def): string {
+  return String(d.key).replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`);
+}
+
 const GROUPS: { title: string; defs: Def[] }[] = [
   {
     title: "Cooldowns",
     defs: [
-      { name: "cooldown_base_seconds", key: "cooldownBaseSeconds", label: "Base cooldown (s)", kind: "int", hint: "after the first consecutive 429; doubles with each further one" },
-      { name: "cooldown_max_seconds", key: "cooldownMaxSeconds", label: "Longest cooldown (s)", kind: "int", hint: "cap of the doubling; at least the base" },
-      { name: "near_recovery_wait_seconds", key: "nearRecoveryWaitSeconds", label: "Wait for recovery (s)", kind: "int", hint: "wait this long for a cooling backend before the emergency channel" },
-      { name: "emergency_fraction", key: "emergencyFraction", label: "Emergency reserve", kind: "float", hint: "fraction of a backend's RPM kept for emergencies (0–1)" },
-      { name: "adaptive_retreat", key: "adaptiveRetreat", label: "Adaptive retreat", kind: "bool", hint: "lower a backend's limit while it answers many 429s" },
+      { key: "cooldownBaseSeconds", label: "Base cooldown (s)", kind: "int", hint: "after the first consecutive 429; doubles with each further one" },
+      { key: "cooldownMaxSeconds", label: "Longest cooldown (s)", kind: "int", hint: "cap of the doubling; at least the base" },
+      { key: "nearRecoveryWaitSeconds", label: "Wait for recovery (s)", kind: "int", hint: "wait this long for a cooling backend before the emergency channel" },
+      { key: "emergencyFraction", label: "Emergency reserve", kind: "float", hint: "fraction of a backend's RPM kept for emergencies (0–1)" },
+      { key: "adaptiveRetreat", label: "Adaptive retreat", kind: "bool", hint: "lower a backend's limit while it answers many 429s" },
     ],
   },
   {
     title: "Queue and limits",
     defs: [
-      { name: "queue_capacity", key: "queueCapacity", label: "Queue capacity", kind: "int", hint: "requests that may wait for a token, over all priorities" },
-      { name: "queue_timeout_seconds", key: "queueTimeoutSeconds", label: "Queue timeout (s)", kind: "int", hint: "longest wait for urgent, high and normal requests" },
-      { name: "low_priority_timeout_seconds", key: "lowPriorityTimeoutSeconds", label: "Low-priority timeout (s)", kind: "int", hint: "longest wait for low-priority requests" },
-      { name: "bucket_burst", key: "bucketBurst", label: "Bucket burst", kind: "int", hint: "requests a backend may take at once" },
+      { key: "queueCapacity", label: "Queue capacity", kind: "int", hint: "requests that may wait for a token, over all priorities" },
+      { key: "queueTimeoutSeconds", label: "Queue timeout (s)", kind: "int", hint: "longest wait for urgent, high and normal requests" },
+      { key: "lowPriorityTimeoutSeconds", label: "Low-priority timeout (s)", kind: "int", hint: "longest wait for low-priority requests" },
+      { key: "bucketBurst", label: "Bucket burst", kind: "int", hint: "requests a backend may take at once" },
     ],
   },
   {
     title: "Health",
     defs: [
-      { name: "failure_threshold", key: "failureThreshold", label: "Failure threshold", kind: "int", hint: "consecutive 5xx/timeouts/connect errors that mark a backend error" },
-      { name: "error_cooldown_seconds", key: "errorCooldownSeconds", label: "Error cooldown (s)", kind: "int", hint: "how long a backend stays in error" },
-      { name: "probe_interval_seconds", key: "probeIntervalSeconds", label: "Probe interval (s)", kind: "int", hint: "active GET /models checks; 0 = off" },
-      { name: "probe_timeout_seconds", key: "probeTimeoutSeconds", label: "Probe timeout (s)", kind: "int", hint: "" },
+      { key: "failureThreshold", label: "Failure threshold", kind: "int", hint: "consecutive 5xx/timeouts/connect errors that mark a backend error" },
+      { key: "errorCooldownSeconds", label: "Error cooldown (s)", kind: "int", hint: "how long a backend stays in error" },
+      { key: "probeIntervalSeconds", label: "Probe interval (s)", kind: "int", hint: "active GET /models checks; 0 = off" },
+      { key: "probeTimeoutSeconds", label: "Probe timeout (s)", kind: "int", hint: "" },
     ],
   },
   {
     title: "Retention and backups",
     defs: [
-      { name: "retention_minute_hours", key: "retentionMinuteHours", label: "Per-minute usage (hours)", kind: "int", hint: "default 48" },
-      { name: "retention_hour_days", key: "retentionHourDays", label: "Hourly usage (days)", kind: "int", hint: "default 90; also the cooldown history" },
-      { name: "retention_day_days", key: "retentionDayDays", label: "Daily usage (days)", kind: "int", hint: "default 730" },
-      { name: "backup_interval_hours", key: "backupIntervalHours", label: "Backup every (hours)", kind: "int", hint: "0 = off" },
-      { name: "backup_retention_days", key: "backupRetentionDays", label: "Keep backups (days)", kind: "int", hint: "the newest is always kept" },
+      { key: "retentionMinuteHours", label: "Per-minute usage (hours)", kind: "int", hint: "default 48" },
+      { key: "retentionHourDays", label: "Hourly usage (days)", kind: "int", hint: "default 90; also the cooldown history" },
+      { key: "retentionDayDays", label: "Daily usage (days)", kind: "int", hint: "default 730" },
+      { key: "backupIntervalHours", label: "Backup every (hours)", kind: "int", hint: "0 = off" },
+      { key: "backupRetentionDays", label: "Keep backups (days)", kind: "int", hint: "the newest is always kept" },
     ],
   },
 ];
@@ -106,17 +109,18 @@ function render(ctx: PageContext) {
         h("legend", null, g.title),
         g.defs.map((d) => {
           const value = s[d.key];
+          const name = protoName(d);
           const input =
             d.kind === "bool"
-              ? h("input", { attrs: { type: "checkbox", name: d.name, checked: Boolean(value) } })
-              : h("input", { attrs: { type: "text", inputmode: d.kind === "int" ? "numeric" : "decimal", name: d.name, value: String(value), autocomplete: "off" } });
+              ? h("input", { attrs: { type: "checkbox", name, checked: Boolean(value) } })
+              : h("input", { attrs: { type: "text", inputmode: d.kind === "int" ? "numeric" : "decimal", name, value: String(value), autocomplete: "off" } });
           if (!ctx.canWrite) {
             input.disabled = true;
             input.title = READ_ONLY_HINT;
           }
           inputs.set(d, input);
-          const f: Field = field(d.label, input, { hint: d.hint || undefined, path: d.name });
-          errors.register(d.name, f);
+          const f: Field = field(d.label, input, { hint: d.hint || undefined, path: name });
+          errors.register(name, f);
           return f.wrap;
         }),
       ),
@@ -142,11 +146,11 @@ function render(ctx: PageContext) {
               if (input.checked !== old) patch[d.key] = input.checked;
             } else if (d.kind === "int") {
               const v = input.value.trim();
-              if (!/^-?\d+$/.test(v)) throw new LocalError(d.name, `must be a whole number (got ${JSON.stringify(v)})`);
+              if (!/^-?\d+$/.test(v)) throw new LocalError(protoName(d), `must be a whole number (got ${JSON.stringify(v)})`);
               if (BigInt(v) !== BigInt(old as number)) patch[d.key] = BigInt(v);
             } else {
               const v = Number(input.value.trim());
-              if (input.value.trim() === "" || !Number.isFinite(v)) throw new LocalError(d.name, `must be a number (got ${JSON.stringify(input.value)})`);
+              if (input.value.trim() === "" || !Number.isFinite(v)) throw new LocalError(protoName(d), `must be a number (got ${JSON.stringify(input.value)})`);
               if (v !== old) patch[d.key] = v;
             }
           }

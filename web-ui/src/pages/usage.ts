@@ -7,7 +7,7 @@ import { h, mount, setText } from "../dom";
 import { fmtBucket, fmtCount, fmtInt, fmtPct, fmtUsd, n } from "../format";
 import type { GetStatsResponse, StatsRow } from "../gen/sidecar/v1/admin_pb";
 import type { UsageTotals } from "../gen/sidecar/v1/types_pb";
-import { pageHeader, section, table, type Column, type Page, type PageContext } from "../ui";
+import { pageHeader, section, table, type Column, type Page, type PageContext, poll } from "../ui";
 
 const HOUR = 3_600_000;
 const DAY = 24 * HOUR;
@@ -181,14 +181,13 @@ function render(_ctx: PageContext) {
     void load();
   });
   void loadFilters();
-  void load();
-  const timer = window.setInterval(() => void load(), 15_000);
+  const stopPolling = poll(load, 15_000);
 
   return {
     el,
     dispose() {
       disposed = true;
-      window.clearInterval(timer);
+      stopPolling();
       countChart.destroy();
       tokenChart.destroy();
       costChart.destroy();
