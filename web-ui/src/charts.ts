@@ -4,6 +4,7 @@
 import uPlot from "uplot";
 import "uplot/dist/uPlot.min.css";
 import { h } from "./dom";
+import { fmtCount, fmtUsd } from "./format";
 
 export interface SeriesDef {
   label: string;
@@ -30,6 +31,20 @@ export function countAxis(v: number): string {
 }
 
 const HOUR = 3_600_000;
+
+/** The usage charts' series, the same on every page that draws them. */
+export function requestSeries(bars: boolean): SeriesDef[] {
+  return [
+    { label: "Requests", color: "#2563eb", bars },
+    { label: "429s", color: "#d97706" },
+    { label: "Errors", color: "#dc2626" },
+  ];
+}
+export const TOKEN_SERIES: SeriesDef[] = [
+  { label: "Prompt", color: "#7c3aed", fmt: (v) => fmtCount(v), axis: countAxis },
+  { label: "Completion", color: "#059669", fmt: (v) => fmtCount(v) },
+];
+export const COST_SERIES: SeriesDef[] = [{ label: "Cost", color: "#0891b2", bars: true, fmt: (v) => fmtUsd(v), axis: usdAxis }];
 
 /** Bucket starts from `since` to `until` (exclusive) at `stepMs`, aligned to the step (UTC). */
 export function buckets(sinceMs: number, untilMs: number, stepMs: number): number[] {

@@ -6,7 +6,7 @@
 // within seconds. Rates, pools, backends, nodes and uptime come from the stream.
 
 import { admin, describe } from "../api";
-import { buckets, countAxis, stepOf, TimeChart, usdAxis } from "../charts";
+import { buckets, COST_SERIES, requestSeries, stepOf, TimeChart, TOKEN_SERIES } from "../charts";
 import { h, mount, setText } from "../dom";
 import { fmtCount, fmtDuration, fmtInt, fmtPct, fmtRate, fmtTime, fmtUsd, n } from "../format";
 import type { Dashboard, GetStatsResponse } from "../gen/sidecar/v1/admin_pb";
@@ -57,16 +57,9 @@ function render(ctx: PageContext) {
   };
   const pools = h("div", { class: "cards pools", attrs: { "data-testid": "pools" } });
   const backends = h("div");
-  const rateChart = new TimeChart("Per minute, last hour", [
-    { label: "Requests", color: "#2563eb" },
-    { label: "429s", color: "#d97706" },
-    { label: "Errors", color: "#dc2626" },
-  ]);
-  const tokenChart = new TimeChart("Tokens per hour, last 24 h", [
-    { label: "Prompt", color: "#7c3aed", fmt: (v) => fmtCount(v), axis: countAxis },
-    { label: "Completion", color: "#059669", fmt: (v) => fmtCount(v) },
-  ]);
-  const costChart = new TimeChart("Cost per hour, last 24 h (USD)", [{ label: "Cost", color: "#0891b2", bars: true, fmt: (v) => fmtUsd(v), axis: usdAxis }]);
+  const rateChart = new TimeChart("Per minute, last hour", requestSeries(false));
+  const tokenChart = new TimeChart("Tokens per hour, last 24 h", TOKEN_SERIES);
+  const costChart = new TimeChart("Cost per hour, last 24 h (USD)", COST_SERIES);
   const statsError = h("div", { class: "inline-error", attrs: { hidden: true, role: "status" } });
 
   const el = h(

@@ -2,7 +2,7 @@
 // a chart and a table over time, and the same figures per backend.
 
 import { admin, describe } from "../api";
-import { buckets, countAxis, stepOf, TimeChart, usdAxis } from "../charts";
+import { buckets, COST_SERIES, requestSeries, stepOf, TimeChart, TOKEN_SERIES } from "../charts";
 import { h, mount, setText } from "../dom";
 import { fmtBucket, fmtCount, fmtInt, fmtPct, fmtUsd, n } from "../format";
 import type { GetStatsResponse, StatsRow } from "../gen/sidecar/v1/admin_pb";
@@ -50,16 +50,9 @@ function render(_ctx: PageContext) {
   const model = select("model", "Model", [["", "All models"]], "");
   const pool = select("pool", "Pool", [["", "All pools"]], "");
   const summary = h("p", { class: "summary", attrs: { "data-testid": "usage-summary" } }, "Loading…");
-  const countChart = new TimeChart("Requests", [
-    { label: "Requests", color: "#2563eb", bars: true },
-    { label: "429s", color: "#d97706" },
-    { label: "Errors", color: "#dc2626" },
-  ]);
-  const tokenChart = new TimeChart("Tokens", [
-    { label: "Prompt", color: "#7c3aed", fmt: (v) => fmtCount(v), axis: countAxis },
-    { label: "Completion", color: "#059669", fmt: (v) => fmtCount(v) },
-  ]);
-  const costChart = new TimeChart("Cost (USD)", [{ label: "Cost", color: "#0891b2", bars: true, fmt: (v) => fmtUsd(v), axis: usdAxis }]);
+  const countChart = new TimeChart("Requests", requestSeries(true));
+  const tokenChart = new TimeChart("Tokens", TOKEN_SERIES);
+  const costChart = new TimeChart("Cost (USD)", COST_SERIES);
   const byTime = h("div");
   const byBackend = h("div");
   const error = h("div", { class: "inline-error", attrs: { hidden: true, role: "alert" } });
