@@ -5,10 +5,16 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
 rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
-# The official OpenAI Python client, for the "real client nobody here wrote" test.
-if ! python3 -c 'import openai' 2>/dev/null; then
-  python3 -m pip install --quiet --disable-pip-version-check 'openai==1.109.1' \
-    || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages 'openai==1.109.1'
+# Python packages for the tests (the official `openai` client, the v1alpha reflection
+# client) go into a virtualenv under target/, never into the machine's own Python. Tests
+# find it at target/test-venv (or $SIDECAR_TEST_PYTHON).
+VENV=target/test-venv
+if [ ! -x "$VENV/bin/python" ]; then
+  python3 -m venv "$VENV"
+fi
+if [ ! -f "$VENV/.installed" ] || [ tests/python/requirements.txt -nt "$VENV/.installed" ]; then
+  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
+  touch "$VENV/.installed"
 fi
 # The browser console's end-to-end tests drive Debian's Chromium with playwright-core.
 if [ ! -x /usr/bin/chromium ]; then

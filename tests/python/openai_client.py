@@ -14,18 +14,32 @@ normal = client.chat.completions.create(
     messages=[{"role": "user", "content": "hello"}],
 )
 
+# The tutorials' loop: every chunk has a choice. A usage chunk the client never asked
+# for (`choices: []`) would fail here with IndexError.
 chunks = []
-usage = None
 stream = client.chat.completions.create(
     model=os.environ.get("SIDECAR_MODEL", "gpt-test"),
     messages=[{"role": "user", "content": "stream please"}],
     stream=True,
 )
 for chunk in stream:
-    if chunk.choices and chunk.choices[0].delta.content:
-        chunks.append(chunk.choices[0].delta.content)
+    chunks.append(chunk.choices[0].delta.content or "")
+
+# Asked for: the usage chunk arrives, last, with no choices.
+usage = None
+usage_chunk_choices = None
+stream = client.chat.completions.create(
+    model=os.environ.get("SIDECAR_MODEL", "gpt-test"),
+    messages=[{"role": "user", "content": "stream please"}],
+    stream=True,
+    stream_options={"include_usage": True},
+)
+for chunk in stream:
     if chunk.usage is not None:
         usage = chunk.usage.total_tokens
+        usage_chunk_choices = len(chunk.choices)
+    else:
+        chunk.choices[0].delta.content
 
 json.dump(
     {
@@ -36,6 +50,7 @@ json.dump(
         "stream_text": "".join(chunks),
         "stream_chunks": len(chunks),
         "stream_usage": usage,
+        "usage_chunk_choices": usage_chunk_choices,
     },
     sys.stdout,
 )

@@ -33,3 +33,14 @@ where
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// The Python that has the tests' packages (`openai`, `grpcio-reflection`):
+/// `$SIDECAR_TEST_PYTHON`, else the virtualenv `scripts/install-test-deps.sh` makes under
+/// `target/test-venv`, else `python3`.
+pub fn test_python() -> std::path::PathBuf {
+    if let Some(p) = std::env::var_os("SIDECAR_TEST_PYTHON") {
+        return p.into();
+    }
+    let venv = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-venv/bin/python");
+    if venv.exists() { venv } else { "python3".into() }
+}

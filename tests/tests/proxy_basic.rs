@@ -90,14 +90,8 @@ async fn chat_completions_and_embeddings_are_forwarded_with_the_model_rewritten(
     assert_eq!(tokens, 15 + 15 + 15 + 10);
 }
 
-#[tokio::test]
-async fn streams_pass_through_chunk_by_chunk_with_usage_requested_and_costed() {
-    let mock = MockUpstream::start(&[]).await;
-    mock.set_default(sidecar_tests::Reply::Stream { chunks: 4, chunk_delay: Duration::from_millis(40) });
-    let mut gw = Gateway::start().await;
-    let backend = gw.add_backend(&mock, BackendDef { cost: (0.001, 0.002), ..Default::default() }).await;
-
-    let resp = gw.proxy.post("/chat/completions", &chat_body("gpt-test", true), &[]).await;
+/// The frames of a streamed answer, as the client received them.
+async fn stream_frames(resp: reqwest::Response) -> Vec<String> {
     assert_eq!(resp.status(), 200);
     assert!(resp.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
     let mut frames = Vec::new();
@@ -105,19 +99,45 @@ async fn streams_pass_through_chunk_by_chunk_with_usage_requested_and_costed() {
     while let Some(chunk) = stream.next().await {
         frames.push(String::from_utf8(chunk.unwrap().to_vec()).unwrap());
     }
-    let text = frames.concat();
-    assert!(frames.len() >= 4, "chunks are not coalesced: {frames:?}");
-    assert!(text.contains("\"usage\""), "usage chunk passed through");
-    assert!(text.trim_end().ends_with("data: [DONE]"));
+    frames
+}
+
+#[tokio::test]
+async fn streams_pass_through_chunk_by_chunk_with_usage_requested_and_costed() {
+    let mock = MockUpstream::start(&[]).await;
+    mock.set_default(sidecar_tests::Reply::Stream { chunks: 4, chunk_delay: Duration::from_millis(40) });
+    let mut gw = Gateway::start().await;
+    let backend = gw.add_backend(&mock, BackendDef { cost: (0.001, 0.002), ..Default::default() }).await;
+
+    // The client did not ask for usage: the proxy asks upstream, reads the usage chunk
+    // and does not pass it on; every other event arrives as its own frame, as sent.
+    let frames = stream_frames(gw.proxy.post("/chat/completions", &chat_body("gpt-test", true), &[]).await).await;
+    assert_eq!(frames.len(), 5, "four content chunks and [DONE], not coalesced: {frames:?}");
+    for frame in &frames[..4] {
+        let event: serde_json::Value =
+            serde_json::from_str(frame.strip_prefix("data: ").unwrap().strip_suffix("\n\n").unwrap()).unwrap();
+        assert_eq!(event["choices"].as_array().unwrap().len(), 1, "{frame}");
+    }
+    assert!(!frames.concat().contains("\"usage\""), "the usage chunk nobody asked for is not passed on");
+    assert_eq!(frames[4], "data: [DONE]\n\n");
     let sent = mock.calls().pop().unwrap().json();
     assert_eq!(sent["stream_options"]["include_usage"], true, "usage asked for");
+
+    // The client asked for usage: it gets the usage chunk, unchanged.
+    let mut body = chat_body("gpt-test", true);
+    body["stream_options"] = serde_json::json!({"include_usage": true});
+    let frames = stream_frames(gw.proxy.post("/chat/completions", &body, &[]).await).await;
+    assert_eq!(frames.len(), 6, "{frames:?}");
+    let usage: serde_json::Value = serde_json::from_str(frames[4].strip_prefix("data: ").unwrap().trim_end()).unwrap();
+    assert_eq!(usage["choices"], serde_json::json!([]));
+    assert_eq!(usage["usage"]["total_tokens"], 15);
 
     gw.proxy.stop().await;
     gw.cp.stop().await;
     let c = backend_usage(&gw.cp, &backend.id);
-    assert_eq!((c.attempts, c.succeeded, c.prompt_tokens, c.completion_tokens), (1, 1, 10, 5));
-    assert!((c.cost_usd - (10.0 * 0.001 + 5.0 * 0.002)).abs() < 1e-9, "cost {}", c.cost_usd);
-    assert_eq!(c.ttft_count, 1);
+    assert_eq!((c.attempts, c.succeeded, c.prompt_tokens, c.completion_tokens), (2, 2, 20, 10), "both accounted");
+    assert!((c.cost_usd - 2.0 * (10.0 * 0.001 + 5.0 * 0.002)).abs() < 1e-9, "cost {}", c.cost_usd);
+    assert_eq!(c.ttft_count, 2);
 }
 
 #[tokio::test]

@@ -40,6 +40,9 @@ pub(super) struct Attempt {
     model: Arc<str>,
     /// The client asked for a stream.
     stream: bool,
+    /// The proxy asked for the stream's usage chunk on the client's behalf: it is read
+    /// for accounting and not passed on.
+    strip_usage: bool,
     /// This attempt's number (1-based).
     attempts: u32,
     /// When the request went upstream.
@@ -57,10 +60,16 @@ pub(super) enum Answer {
 
 impl Attempt {
     /// Counts the attempt in flight (for routing by load, and for shutdown) from now on.
-    pub(super) fn start(shared: &Arc<Shared>, grant: Grant, model: Arc<str>, stream: bool, attempts: u32) -> Self {
+    pub(super) fn start(
+        shared: &Arc<Shared>,
+        grant: Grant,
+        model: Arc<str>,
+        (stream, strip_usage): (bool, bool),
+        attempts: u32,
+    ) -> Self {
         grant.backend.state.started();
         shared.in_flight.start();
-        Self { shared: shared.clone(), grant, model, stream, attempts, sent: Instant::now() }
+        Self { shared: shared.clone(), grant, model, stream, strip_usage, attempts, sent: Instant::now() }
     }
 
     /// Accounts for how the upstream answered (or did not). A failure is recorded in full
@@ -113,7 +122,7 @@ impl Attempt {
     /// Passes an upstream response through: status, headers minus hop-by-hop ones, the
     /// `X-Sidecar-*` headers, and the body frame by frame with accounting on the side.
     pub(super) fn respond(self, response: Upstream) -> ApiResponse {
-        let Attempt { shared, grant, model, stream, attempts, sent } = self;
+        let Attempt { shared, grant, model, stream, strip_usage, attempts, sent } = self;
         let backend = grant.backend.clone();
         let status = response.status();
         let success = status.is_success();
@@ -154,7 +163,12 @@ impl Attempt {
 
         let finish_shared = shared.clone();
         let is_sse = stream && success;
-        let body = TappedBody::new(body, is_sse, sent, backend.config.timeout, move |done| {
+        let strip_usage = is_sse && strip_usage;
+        if strip_usage {
+            // The body may come out shorter than the upstream said.
+            headers.remove(http::header::CONTENT_LENGTH);
+        }
+        let body = TappedBody::new(body, is_sse, strip_usage, sent, backend.config.timeout, move |done| {
             let backend = &grant.backend;
             grant_settle(&grant, done.usage.map(|u| u.total));
             let outcome = match (success, done.error) {

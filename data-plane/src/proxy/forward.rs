@@ -60,8 +60,10 @@ pub(crate) async fn serve(
     let wait = if priority == Priority::Low { settings.low_priority_timeout } else { settings.queue_timeout };
     let deadline = Instant::now() + wait;
     let estimate = (request.size / 4) as u64;
-    // Ask for the usage chunk so streamed requests are accounted too.
+    // Ask for the usage chunk so streamed requests are accounted too; if the client did
+    // not ask for it, it is taken out of the stream again on the way back.
     let want_usage = request.stream && path != "/v1/embeddings";
+    let strip_usage = want_usage && !request.usage_asked;
     let model: Arc<str> = request.model.as_str().into();
     let mut exclude: Vec<String> = Vec::new();
     let mut last: Option<Failure> = None;
@@ -80,7 +82,7 @@ pub(crate) async fn serve(
         let upstream_request = upstream::build_request(uri, headers, &config.authorization, body)
             .map_err(|e| ProxyError::Upstream(format!("could not build the upstream request: {e}")))?;
 
-        let attempt = Attempt::start(shared, grant, model.clone(), request.stream, attempts);
+        let attempt = Attempt::start(shared, grant, model.clone(), (request.stream, strip_usage), attempts);
         let (outcome, attempt) =
             Abandonable::new(upstream::send(client, upstream_request, config.timeout), attempt).await;
         let failure = match attempt.settle(&settings, outcome) {

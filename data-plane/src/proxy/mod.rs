@@ -59,6 +59,9 @@ pub(crate) struct ParsedRequest {
     bytes: Bytes,
     pub model: String,
     pub stream: bool,
+    /// The client's `stream_options` has `include_usage` (true or false): the client
+    /// decided whether it gets the usage chunk.
+    pub usage_asked: bool,
     pub size: usize,
     model_at: Range<usize>,
     options_at: Option<Range<usize>>,
@@ -105,8 +108,12 @@ impl ParsedRequest {
         let stream = fields.stream.is_some_and(|v| v.get() == "true");
         let model_at = span(text, fields.model.expect("checked above"));
         let options_at = fields.stream_options.map(|v| span(text, v));
+        let usage_asked = fields.stream_options.is_some_and(|v| {
+            serde_json::from_str::<serde_json::Map<String, Value>>(v.get())
+                .is_ok_and(|o| o.contains_key("include_usage"))
+        });
         let close_at = text.trim_end().len() - 1;
-        Ok(Self { size: bytes.len(), model, stream, model_at, options_at, close_at, bytes })
+        Ok(Self { size: bytes.len(), model, stream, usage_asked, model_at, options_at, close_at, bytes })
     }
 
     /// The body for one upstream attempt: `model` set to `model`, and for streams

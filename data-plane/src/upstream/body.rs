@@ -1,6 +1,7 @@
 //! The response body as it goes to the client: upstream frames passed through one by
 //! one, untouched and unbuffered, while usage and time to first byte are read on the
-//! side. Accounting completes exactly once — at the end of the body, on an error, or,
+//! side. A usage chunk the proxy asked for on the client's behalf is taken out on the
+//! way (see [`UsageChunkFilter`]). Accounting completes exactly once — at the end of the body, on an error, or,
 //! if the client goes away first, after draining the upstream in the background so the
 //! tokens the provider bills are still counted.
 
@@ -15,7 +16,10 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
-use super::usage::{Usage, UsageScanner};
+use super::{
+    sse::UsageChunkFilter,
+    usage::{Usage, UsageScanner},
+};
 
 /// How a response body ended.
 #[derive(Debug, Clone, Copy, Default)]
@@ -38,6 +42,9 @@ type OnFinish = Box<dyn FnOnce(Finished) + Send + Sync>;
 pub struct TappedBody {
     inner: Option<Incoming>,
     scanner: UsageScanner,
+    /// Set when the client did not ask for the usage chunk the proxy asked for. Boxed:
+    /// most bodies have none, and the body's size is the response future's.
+    strip: Option<Box<UsageChunkFilter>>,
     started: Instant,
     ttft: Option<Duration>,
     idle: Duration,
@@ -50,9 +57,12 @@ pub struct TappedBody {
 impl TappedBody {
     /// Wraps `inner`; `started` is when the request was sent; `idle` is the longest wait
     /// between two chunks; `on_finish` runs once when the body ends, however it ends.
+    /// With `strip_usage` (an SSE stream whose client did not ask for usage), the usage
+    /// chunk is read for accounting and not passed on.
     pub fn new(
         inner: Incoming,
         stream: bool,
+        strip_usage: bool,
         started: Instant,
         idle: Duration,
         on_finish: impl FnOnce(Finished) + Send + Sync + 'static,
@@ -60,6 +70,7 @@ impl TappedBody {
         Self {
             inner: Some(inner),
             scanner: UsageScanner::new(stream),
+            strip: (stream && strip_usage).then(Box::default),
             started,
             ttft: None,
             idle,
@@ -87,45 +98,66 @@ impl Body for TappedBody {
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = &mut *self;
-        let Some(inner) = this.inner.as_mut() else {
-            return Poll::Ready(None);
-        };
-        match Pin::new(&mut *inner).poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
-                    this.ttft.get_or_insert_with(|| this.started.elapsed());
-                    this.scanner.feed(data);
+        loop {
+            let Some(inner) = this.inner.as_mut() else {
+                return Poll::Ready(None);
+            };
+            match Pin::new(&mut *inner).poll_frame(cx) {
+                Poll::Ready(Some(Ok(mut frame))) => {
+                    if let Some(data) = frame.data_ref() {
+                        this.ttft.get_or_insert_with(|| this.started.elapsed());
+                        this.scanner.feed(data);
+                    }
+                    // The next wait starts now.
+                    this.idle_timer = None;
+                    let last = inner.is_end_stream();
+                    if let Some(filter) = this.strip.as_mut() {
+                        frame = match frame.into_data() {
+                            Ok(data) => {
+                                let mut out = filter.filter(data);
+                                if last {
+                                    out = [out, filter.finish()].concat().into();
+                                }
+                                if out.is_empty() && !last {
+                                    // All of it was the usage chunk (or is held): nothing
+                                    // to send yet.
+                                    continue;
+                                }
+                                Frame::data(out)
+                            }
+                            Err(frame) => frame,
+                        };
+                    }
+                    if last {
+                        // The last frame of a body of known length: the server stops
+                        // polling once it has written that many bytes, so the end is
+                        // accounted here rather than when the body is dropped.
+                        this.inner = None;
+                        this.finish(None, false);
+                    }
+                    return Poll::Ready(Some(Ok(frame)));
                 }
-                // The next wait starts now.
-                this.idle_timer = None;
-                if inner.is_end_stream() {
-                    // The last frame of a body of known length: the server stops
-                    // polling once it has written that many bytes, so the end is
-                    // accounted here rather than when the body is dropped.
+                Poll::Ready(Some(Err(e))) => {
+                    this.inner = None;
+                    this.finish(Some("io"), false);
+                    return Poll::Ready(Some(Err(e)));
+                }
+                Poll::Ready(None) => {
                     this.inner = None;
                     this.finish(None, false);
+                    let rest = this.strip.as_mut().map(|f| f.finish()).unwrap_or_default();
+                    return Poll::Ready((!rest.is_empty()).then(|| Ok(Frame::data(rest))));
                 }
-                Poll::Ready(Some(Ok(frame)))
-            }
-            Poll::Ready(Some(Err(e))) => {
-                this.inner = None;
-                this.finish(Some("io"), false);
-                Poll::Ready(Some(Err(e)))
-            }
-            Poll::Ready(None) => {
-                this.inner = None;
-                this.finish(None, false);
-                Poll::Ready(None)
-            }
-            Poll::Pending => {
-                let idle = this.idle;
-                let timer = this.idle_timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
-                ready!(timer.as_mut().poll(cx));
-                // Stalled longer than the backend's timeout: end the body here. The
-                // client sees a truncated stream; accounting records the timeout.
-                this.inner = None;
-                this.finish(Some("timeout"), false);
-                Poll::Ready(None)
+                Poll::Pending => {
+                    let idle = this.idle;
+                    let timer = this.idle_timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+                    ready!(timer.as_mut().poll(cx));
+                    // Stalled longer than the backend's timeout: end the body here. The
+                    // client sees a truncated stream; accounting records the timeout.
+                    this.inner = None;
+                    this.finish(Some("timeout"), false);
+                    return Poll::Ready(None);
+                }
             }
         }
     }
@@ -136,8 +168,12 @@ impl Body for TappedBody {
         self.inner.is_none()
     }
 
+    /// Unknown once the body is filtered: it may come out shorter than the upstream's.
     fn size_hint(&self) -> SizeHint {
-        self.inner.as_ref().map(Body::size_hint).unwrap_or_default()
+        match (&self.inner, &self.strip) {
+            (Some(inner), None) => inner.size_hint(),
+            _ => SizeHint::default(),
+        }
     }
 }
 
@@ -159,6 +195,7 @@ impl Drop for TappedBody {
         let mut rest = TappedBody {
             inner: None,
             scanner: std::mem::replace(&mut self.scanner, UsageScanner::new(false)),
+            strip: None,
             started: self.started,
             ttft: self.ttft,
             idle: self.idle,

@@ -1,8 +1,9 @@
-//! Talking to providers: one pooled HTTPS client for the whole process (rustls with
+//! Talking to providers: the pooled HTTPS client (rustls with
 //! webpki roots, HTTP/2 where the provider negotiates it, keep-alive), request building
 //! (model rewrite, key, header hygiene), and classification of what came back.
 
 mod body;
+mod sse;
 mod usage;
 
 use std::time::Duration;
@@ -17,6 +18,7 @@ use hyper_util::{
 };
 
 pub use body::{Finished, TappedBody};
+pub use sse::UsageChunkFilter;
 pub use usage::{Usage, UsageScanner};
 
 /// The process-wide upstream client.
