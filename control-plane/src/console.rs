@@ -1,6 +1,8 @@
 //! The browser console: static files from `web-ui/dist`, served on the API port at `/`
 //! next to gRPC and gRPC-web, so the console is same-origin with the API it calls. Any
-//! path that is not a file gets `index.html` (the console routes in the browser).
+//! path that is not a file gets `index.html` (the console routes in the browser). A gRPC
+//! or gRPC-web call to a path no service serves gets the gRPC status UNIMPLEMENTED, as
+//! gRPC clients expect, rather than an HTTP error page.
 
 use std::path::Path;
 
@@ -27,7 +29,7 @@ const NOT_BUILT: &str = "<!doctype html><title>Sidecar</title><h1>Sidecar contro
 /// which is what a browser sends for the console's files.
 pub fn with_console(routes: Routes, dir: Option<&Path>) -> Routes {
     let router = routes.into_axum_router().layer(tonic_web::GrpcWebLayer::new());
-    let router = match dir {
+    let fallback = match dir {
         Some(dir) => {
             let files = ServeDir::new(dir).fallback(ServeFile::new(dir.join("index.html")));
             let service = ServiceBuilder::new()
@@ -45,9 +47,28 @@ pub fn with_console(routes: Routes, dir: Option<&Path>) -> Routes {
                     HeaderValue::from_static("no-referrer"),
                 ))
                 .service(files);
-            router.fallback_service(service)
+            axum::Router::new().fallback_service(service)
         }
-        None => router.fallback(|| async { (StatusCode::NOT_FOUND, Html(NOT_BUILT)) }),
+        None => axum::Router::new().fallback(|| async { (StatusCode::NOT_FOUND, Html(NOT_BUILT)) }),
     };
-    Routes::from(router)
+    let fallback = fallback.layer(axum::middleware::from_fn(grpc_unimplemented));
+    Routes::from(router.fallback_service(fallback))
+}
+
+/// A gRPC (or gRPC-web) call that reached the fallback names a method nobody serves:
+/// answered with the gRPC status UNIMPLEMENTED, which is what gRPC clients understand.
+async fn grpc_unimplemented(request: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
+    let grpc = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"));
+    if !grpc {
+        return next.run(request).await;
+    }
+    let status = tonic::Status::unimplemented(format!(
+        "no gRPC method {} on this server",
+        crate::util::clip(request.uri().path())
+    ));
+    status.into_http::<axum::body::Body>()
 }

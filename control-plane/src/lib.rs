@@ -17,6 +17,7 @@ pub mod maintenance;
 pub mod metrics;
 pub mod node;
 pub mod probe;
+pub mod reflection;
 pub mod server;
 pub mod state;
 pub mod store;

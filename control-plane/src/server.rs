@@ -66,8 +66,8 @@ pub enum ServeError {
     #[error("ops server: {0}")]
     Ops(std::io::Error),
     /// Reflection could not be built.
-    #[error("reflection: {0}")]
-    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("reflection: the built-in descriptor sets do not decode: {0}")]
+    Reflection(#[from] prost::DecodeError),
     /// The final flush failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -147,10 +147,13 @@ impl ControlPlane {
         let (health_reporter, health) = tonic_health::server::health_reporter();
         health_reporter.set_serving::<AdminServiceServer<AdminApi>>().await;
         health_reporter.set_serving::<NodeServiceServer<NodeApi>>().await;
-        let reflection = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(sidecar_proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1()?;
+        let reflection = crate::reflection::index()?;
+        let reflection_v1 = tonic_reflection::pb::v1::server_reflection_server::ServerReflectionServer::new(
+            crate::reflection::ReflectionV1(reflection.clone()),
+        );
+        let reflection_v1alpha = tonic_reflection::pb::v1alpha::server_reflection_server::ServerReflectionServer::new(
+            crate::reflection::ReflectionV1Alpha(reflection),
+        );
         let admin = AdminServiceServer::new(AdminApi::new(self.shared.clone()))
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
@@ -164,7 +167,11 @@ impl ControlPlane {
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
             .layer(cors(&self.cors_origins))
             .add_routes(crate::console::with_console(
-                tonic::service::Routes::new(admin).add_service(node).add_service(reflection).add_service(health),
+                tonic::service::Routes::new(admin)
+                    .add_service(node)
+                    .add_service(reflection_v1)
+                    .add_service(reflection_v1alpha)
+                    .add_service(health),
                 self.console_dir.as_deref(),
             ))
             .serve_with_incoming_shutdown(TcpListenerStream::new(api), stopped(self.shutdown_tx.subscribe()));

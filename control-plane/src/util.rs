@@ -13,3 +13,25 @@ pub fn new_id(prefix: &str) -> String {
     rand::rng().fill_bytes(&mut bytes);
     format!("{prefix}_{}", hex::encode(bytes))
 }
+
+/// Client input as it may be echoed in an error message: at most 64 characters, then `…`,
+/// so an error never repeats a huge input back.
+pub fn clip(input: &str) -> std::borrow::Cow<'_, str> {
+    const MAX: usize = 64;
+    match input.char_indices().nth(MAX) {
+        None => input.into(),
+        Some((at, _)) => format!("{}…", &input[..at]).into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn clip_keeps_short_input_and_cuts_long_input_at_a_character() {
+        assert_eq!(super::clip("bkd_1"), "bkd_1");
+        let long = "é".repeat(100);
+        let clipped = super::clip(&long);
+        assert_eq!(clipped.chars().count(), 65);
+        assert!(clipped.ends_with('…'));
+    }
+}
