@@ -37,6 +37,13 @@ impl Run {
         serde_json::from_str(&out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
     }
 
+    /// Asserts a usage error (exit code 2, as clap's) and returns stderr.
+    fn usage_error(self) -> String {
+        assert_eq!(self.code, 2, "expected a usage error: {self:?}");
+        assert!(self.stderr.starts_with("error: "), "{self:?}");
+        self.stderr
+    }
+
     /// Asserts failure with exit code 1 and returns stderr.
     fn failed(self) -> String {
         assert_eq!(self.code, 1, "expected a failed call: {self:?}");
@@ -170,6 +177,8 @@ async fn sidecarctl_drives_the_admin_api_end_to_end() -> anyhow::Result<()> {
                 "-",
                 "--model",
                 "m2",
+                "--price",
+                "m2=0.15/0.60",
                 "--tpm",
                 "1000",
             ],
@@ -181,6 +190,9 @@ async fn sidecarctl_drives_the_admin_api_end_to_end() -> anyhow::Result<()> {
     assert_eq!(beta["backend"]["name"], "beta");
     assert_eq!(beta["backend"]["source"], "api");
     assert_eq!(beta["backend"]["model_mappings"]["m2"]["native_id"], "m2");
+    let cost = &beta["backend"]["model_mappings"]["m2"]["cost"];
+    assert!((cost["input"].as_f64().unwrap() - 0.15e-6).abs() < 1e-15, "USD per token on the wire: {cost}");
+    assert!((cost["output"].as_f64().unwrap() - 0.60e-6).abs() < 1e-15, "{cost}");
     assert!(beta["config_version"].as_u64().unwrap() > 0);
 
     // Lists show the masked key, never the key itself.
@@ -213,6 +225,17 @@ async fn sidecarctl_drives_the_admin_api_end_to_end() -> anyhow::Result<()> {
     assert_eq!(alpha["label"], "example");
     assert_eq!(alpha["model_mappings"]["gpt-4o"]["native_id"], "openai/gpt-4o");
 
+    // Prices: shown per 1M tokens; a price-only update keeps the models.
+    let got = ctl.run(&["backend", "get", "beta"]).await.ok();
+    assert!(got.lines().any(|l| l.starts_with("prices_usd_per_1m:") && l.ends_with("m2=0.15/0.6")), "{got}");
+    ctl.run(&["backend", "update", "alpha", "--price", "gpt-4o=2.5/10/1.25/0"]).await.ok();
+    let got = ctl.run(&["backend", "get", "alpha"]).await.ok();
+    assert!(got.contains("gpt-4o=2.5/10/1.25/0") && got.contains("gpt-4o=openai/gpt-4o"), "{got}");
+    let err = ctl.run(&["backend", "update", "alpha", "--price", "nope=1/2"]).await.usage_error();
+    assert!(err.contains("no model nope"), "{err}");
+    let err = ctl.run(&["backend", "update", "alpha", "--price", "gpt-4o=1"]).await.usage_error();
+    assert!(err.contains("INPUT/OUTPUT"), "{err}");
+
     // The server validates; its field path reaches the operator.
     let err = ctl.run(&["backend", "update", "alpha", "--rpm", "0"]).await.failed();
     assert!(err.contains("invalid argument") && err.contains("rpm_limit"), "{err}");
@@ -232,6 +255,13 @@ async fn sidecarctl_drives_the_admin_api_end_to_end() -> anyhow::Result<()> {
     assert_eq!(names, vec![json!("beta")]);
     let pools = ctl.run(&["pool", "list"]).await.ok();
     assert!(pools.lines().any(|l| l.starts_with("batch ") && l.contains("overnight jobs")), "{pools}");
+    assert!(pools.lines().any(|l| l.starts_with("primary ") && l.contains("on-busy")), "{pools}");
+    let out = ctl.run(&["pool", "update", "primary", "--spill", "on-failure"]).await.ok();
+    assert!(out.contains("updated pool primary") && out.contains("spill on-failure"), "{out}");
+    let pools = ctl.run(&["pool", "list"]).await.ok();
+    assert!(pools.lines().any(|l| l.starts_with("primary ") && l.contains("on-failure")), "{pools}");
+    let err = ctl.run(&["pool", "update", "nope", "--spill", "on-busy"]).await.failed();
+    assert!(err.contains("not found"), "{err}");
     let err = ctl.run(&["pool", "rm", "batch"]).await.failed();
     assert!(err.contains("beta"), "a pool in use names its users: {err}");
 

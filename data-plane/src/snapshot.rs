@@ -109,6 +109,10 @@ pub struct PoolConfig {
     pub name: String,
     /// Sort key.
     pub order: i32,
+    /// Requests go on to the next pool only when every backend of this one is cooling,
+    /// in error, disabled or failed the request (`on_failure`); otherwise also when none
+    /// has a token now (`on_busy`, the default).
+    pub spill_on_failure: bool,
 }
 
 /// Settings the proxy acts on.
@@ -277,8 +281,20 @@ impl TryFrom<&pb::Snapshot> for Snapshot {
     type Error = SnapshotError;
 
     fn try_from(s: &pb::Snapshot) -> Result<Self, SnapshotError> {
-        let mut pools: Vec<PoolConfig> =
-            s.pools.iter().map(|p| PoolConfig { name: p.name.clone(), order: p.order }).collect();
+        let pools: Result<Vec<PoolConfig>, SnapshotError> = s
+            .pools
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let spill_on_failure = match pb::PoolSpill::try_from(p.spill) {
+                    Ok(pb::PoolSpill::OnFailure) => true,
+                    Ok(_) => false,
+                    Err(_) => return Err(bad(format!("pools[{i}].spill"), format!("unknown value {}", p.spill))),
+                };
+                Ok(PoolConfig { name: p.name.clone(), order: p.order, spill_on_failure })
+            })
+            .collect();
+        let mut pools = pools?;
         pools.sort_by(|a, b| a.order.cmp(&b.order).then_with(|| a.name.cmp(&b.name)));
         let settings = Settings::try_from(s.settings.as_ref().ok_or_else(|| bad("settings", "missing"))?)?;
         let backends =

@@ -259,3 +259,86 @@ async fn everything_cooling_and_the_reserve_spent_is_503_with_retry_after() {
     assert_eq!(gw.proxy.chat("gpt-test").await.status(), 503);
     assert_eq!(only.calls().len(), calls);
 }
+
+/// Two healthy primaries (60 and 30 RPM, burst 3) and a fallback; ten back-to-back
+/// requests. Returns how many were served by the fallback.
+async fn ten_requests_fallback_count(gw: &Gateway) -> usize {
+    let mut fallback = 0;
+    for _ in 0..10 {
+        let resp = gw.proxy.chat("gpt-test").await;
+        assert_eq!(resp.status(), 200);
+        if resp.headers().get("x-sidecar-degraded").is_some_and(|v| v == "fallback") {
+            fallback += 1;
+        }
+    }
+    fallback
+}
+
+async fn set_spill(gw: &mut Gateway, pool: &str, spill: pb::PoolSpill) {
+    let r = gw
+        .admin
+        .update_pool(pb::UpdatePoolRequest { name: pool.into(), spill: spill as i32, ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.pool.unwrap().spill, spill as i32);
+    gw.proxy.wait_version(r.config_version).await;
+}
+
+#[tokio::test]
+async fn a_pool_that_spills_on_busy_overflows_into_the_fallback() {
+    let (one, two, spare) =
+        (MockUpstream::start(&[]).await, MockUpstream::start(&[]).await, MockUpstream::start(&[]).await);
+    let mut gw = Gateway::start().await;
+    gw.add_backend(&one, BackendDef { name: "one", rpm: 60, ..Default::default() }).await;
+    gw.add_backend(&two, BackendDef { name: "two", rpm: 30, ..Default::default() }).await;
+    gw.add_backend(&spare, BackendDef { name: "spare", pool: "fallback", ..Default::default() }).await;
+    let pools = gw.admin.list_pools(pb::ListPoolsRequest {}).await.unwrap().into_inner().pools;
+    assert!(pools.iter().all(|p| p.spill == pb::PoolSpill::OnBusy as i32), "on_busy is the default: {pools:?}");
+    let fallback = ten_requests_fallback_count(&gw).await;
+    assert!(fallback >= 2, "overflow went to the fallback: {fallback} of 10");
+}
+
+#[tokio::test]
+async fn a_pool_that_spills_on_failure_keeps_traffic_until_its_backends_fail() {
+    let (one, two, spare) =
+        (MockUpstream::start(&[]).await, MockUpstream::start(&[]).await, MockUpstream::start(&[]).await);
+    let mut gw = Gateway::start().await;
+    gw.settings(fast_cooldowns(30, 60, 0)).await;
+    let a = gw.add_backend(&one, BackendDef { name: "one", rpm: 60, ..Default::default() }).await;
+    gw.add_backend(&two, BackendDef { name: "two", rpm: 30, ..Default::default() }).await;
+    gw.add_backend(&spare, BackendDef { name: "spare", pool: "fallback", ..Default::default() }).await;
+    set_spill(&mut gw, "primary", pb::PoolSpill::OnFailure).await;
+
+    // Healthy but out of tokens: requests wait for the primaries.
+    assert_eq!(ten_requests_fallback_count(&gw).await, 0);
+    assert!(spare.calls().is_empty());
+
+    // One primary cooling: the other still keeps the traffic.
+    one.push(Reply::status(429));
+    for _ in 0..20 {
+        let resp = gw.proxy.chat("gpt-test").await;
+        assert_eq!(resp.status(), 200);
+        assert_ne!(resp.headers()["x-sidecar-backend"], "spare", "a live primary remains");
+        if remaining(&gw, &a.id).await > 0.0 {
+            break;
+        }
+    }
+    assert!(remaining(&gw, &a.id).await > 0.0, "`one` took its 429 and is cooling");
+    for _ in 0..2 {
+        let resp = gw.proxy.chat("gpt-test").await;
+        assert_eq!(resp.headers()["x-sidecar-backend"], "two", "waits for the other primary");
+    }
+
+    // Both primaries cooling: now the fallback takes the traffic.
+    two.push(Reply::status(429));
+    for _ in 0..3 {
+        let resp = gw.proxy.chat("gpt-test").await;
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers()["x-sidecar-backend"], "spare");
+        assert_eq!(resp.headers()["x-sidecar-degraded"], "fallback");
+    }
+
+    // Back to on_busy with the CLI's API: nothing else changes.
+    set_spill(&mut gw, "primary", pb::PoolSpill::OnBusy).await;
+}

@@ -2,7 +2,7 @@
 
 use sidecar_proto::v1 as pb;
 
-use crate::store::{AuditRecord, BackendRecord, ModelMapping, NodeRecord, PoolRecord, Settings, TokenRecord};
+use crate::store::{AuditRecord, BackendRecord, ModelMapping, NodeRecord, PoolRecord, Settings, Spill, TokenRecord};
 
 /// A model mapping as the API shows it.
 pub fn mapping_to_pb(m: &ModelMapping) -> pb::ModelMapping {
@@ -57,6 +57,28 @@ pub fn pool_to_pb(p: &PoolRecord, backend_count: u32) -> pb::Pool {
         description: p.description.clone(),
         builtin: p.builtin,
         backend_count,
+        spill: spill_to_pb(p.spill) as i32,
+    }
+}
+
+/// A pool's spill policy on the wire.
+pub fn spill_to_pb(spill: Spill) -> pb::PoolSpill {
+    match spill {
+        Spill::OnBusy => pb::PoolSpill::OnBusy,
+        Spill::OnFailure => pb::PoolSpill::OnFailure,
+    }
+}
+
+/// A spill policy from the wire; `None` when unspecified.
+pub fn spill_from_pb(value: i32) -> Result<Option<Spill>, crate::validate::FieldError> {
+    match pb::PoolSpill::try_from(value) {
+        Ok(pb::PoolSpill::Unspecified) => Ok(None),
+        Ok(pb::PoolSpill::OnBusy) => Ok(Some(Spill::OnBusy)),
+        Ok(pb::PoolSpill::OnFailure) => Ok(Some(Spill::OnFailure)),
+        Err(_) => Err(crate::validate::field_error(
+            "spill",
+            format!("unknown spill policy {value}: use ON_BUSY or ON_FAILURE"),
+        )),
     }
 }
 

@@ -3,6 +3,7 @@
 
 mod backends;
 pub mod convert;
+mod pools;
 mod stats;
 mod transfer;
 
@@ -16,7 +17,7 @@ use crate::{
     auth::{Access, Principal, generate_token, hash_token},
     metrics, probe,
     state::{Shared, StateError},
-    store::{ConfigChange, PoolRecord, Role, Store, StoreError, TokenRecord},
+    store::{ConfigChange, Role, Store, StoreError, TokenRecord},
     util::{new_id, now_ms},
     validate::{self, FieldError, field_error},
 };
@@ -225,58 +226,6 @@ impl AdminApi {
         Ok(probe::probe(&self.http, &base_url, &api_key, timeout).await)
     }
 
-    async fn create_pool_impl(&self, request: Request<pb::CreatePoolRequest>) -> Result<pb::PoolResponse, Status> {
-        let who = self.who(&request, Access::AdminWrite)?;
-        let req = request.into_inner();
-        let name = validate::identifier("name", req.name.trim())?;
-        let description = validate::text("description", &req.description, 256)?;
-        let (config_version, pool) = self
-            .write(&who, "CreatePool", |store| {
-                let pools = store.pools()?;
-                if pools.iter().any(|p| p.name.eq_ignore_ascii_case(&name)) {
-                    return Err(field_error("name", format!("a pool named {name:?} already exists")).into());
-                }
-                let order = match req.order {
-                    0 => pools.iter().map(|p| p.order).max().unwrap_or(0) + 100,
-                    o => o,
-                };
-                let pool = PoolRecord { name: name.clone(), order, description, builtin: false };
-                Ok((ConfigChange { put_pools: vec![pool.clone()], ..Default::default() }, name.clone(), pool))
-            })
-            .await?;
-        Ok(pb::PoolResponse { pool: Some(convert::pool_to_pb(&pool, 0)), config_version })
-    }
-
-    async fn delete_pool_impl(&self, request: Request<pb::DeletePoolRequest>) -> Result<pb::WriteResponse, Status> {
-        let who = self.who(&request, Access::AdminWrite)?;
-        let name = request.into_inner().name;
-        let (config_version, ()) = self
-            .write(&who, "DeletePool", |store| {
-                let pool = store
-                    .pools()?
-                    .into_iter()
-                    .find(|p| p.name == name)
-                    .ok_or_else(|| Status::not_found(format!("pool {name:?} not found")))?;
-                if pool.builtin {
-                    return Err(Status::failed_precondition(format!(
-                        "pool {name:?} is built in and cannot be deleted"
-                    )));
-                }
-                let users: Vec<String> =
-                    store.backends()?.into_iter().filter(|b| b.pool == name).map(|b| b.name).collect();
-                if !users.is_empty() {
-                    return Err(Status::failed_precondition(format!(
-                        "pool {name:?} is used by {} backend(s) ({}); move or delete them first",
-                        users.len(),
-                        users.join(", ")
-                    )));
-                }
-                Ok((ConfigChange { delete_pools: vec![name.clone()], ..Default::default() }, name.clone(), ()))
-            })
-            .await?;
-        Ok(pb::WriteResponse { config_version })
-    }
-
     async fn create_token_impl(
         &self,
         request: Request<pb::CreateTokenRequest>,
@@ -393,6 +342,10 @@ impl AdminService for AdminApi {
 
     async fn create_pool(&self, request: Request<pb::CreatePoolRequest>) -> Result<Response<pb::PoolResponse>, Status> {
         observe("CreatePool", self.create_pool_impl(request).await)
+    }
+
+    async fn update_pool(&self, request: Request<pb::UpdatePoolRequest>) -> Result<Response<pb::PoolResponse>, Status> {
+        observe("UpdatePool", self.update_pool_impl(request).await)
     }
 
     async fn list_pools(

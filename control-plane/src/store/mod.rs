@@ -198,6 +198,7 @@ impl Store {
                     order,
                     description: description.into(),
                     builtin: true,
+                    spill: Spill::OnBusy,
                 });
             }
         }

@@ -135,6 +135,20 @@ pub struct PoolRecord {
     pub description: String,
     /// Built-in pools cannot be deleted.
     pub builtin: bool,
+    /// When requests go on to the next pool (records written before this field: on_busy).
+    #[serde(default)]
+    pub spill: Spill,
+}
+
+/// When requests leave a pool for the next one.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Spill {
+    /// When no backend of the pool has a token now (overflow).
+    #[default]
+    OnBusy,
+    /// Only when every backend of the pool is cooling, in error or disabled.
+    OnFailure,
 }
 
 /// Typed system settings. Field meanings are documented on the proto `Settings`.

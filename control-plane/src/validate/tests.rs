@@ -8,7 +8,13 @@ use crate::store::{PoolRecord, Settings};
 fn pools() -> Vec<PoolRecord> {
     ["primary", "fallback"]
         .iter()
-        .map(|n| PoolRecord { name: (*n).into(), order: 0, description: String::new(), builtin: true })
+        .map(|n| PoolRecord {
+            name: (*n).into(),
+            order: 0,
+            description: String::new(),
+            builtin: true,
+            spill: Default::default(),
+        })
         .collect()
 }
 

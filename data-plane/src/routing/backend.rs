@@ -240,6 +240,12 @@ impl BackendState {
 
     /// Disabled, in error or cooling at `now`: what both [`Self::availability`] and
     /// [`Self::ready_load`] check before the limiters.
+    /// Whether the backend can serve at all now (tokens aside): enabled, not in error,
+    /// not cooling.
+    pub fn is_live(&self, enabled: bool, now: Instant) -> bool {
+        self.blocked(enabled, now).is_none()
+    }
+
     fn blocked(&self, enabled: bool, now: Instant) -> Option<Availability> {
         if !enabled {
             return Some(Availability::Disabled);
@@ -305,4 +311,12 @@ pub struct Backend {
     pub pool_rank: usize,
     /// Live state, shared with the next bundle if the backend stays.
     pub state: std::sync::Arc<BackendState>,
+}
+
+impl Backend {
+    /// Whether it can serve at all now, tokens aside: enabled, healthy by the control
+    /// plane's probes, not in error, not cooling.
+    pub fn is_live(&self, now: Instant) -> bool {
+        self.state.is_live(self.config.enabled && self.config.healthy, now)
+    }
 }

@@ -15,6 +15,9 @@ pub struct Tier {
     pub pool: String,
     /// Pool rank (0 = first pool).
     pub rank: usize,
+    /// Later pools are used only when no member of this one is live (see
+    /// [`Route::open_tiers`]).
+    pub spill_on_failure: bool,
     /// Members and how each serves the model.
     pub members: Vec<(Arc<Backend>, ModelRoute)>,
 }
@@ -30,6 +33,25 @@ impl Route {
     /// Every member, in pool order.
     pub fn members(&self) -> impl Iterator<Item = &(Arc<Backend>, ModelRoute)> {
         self.tiers.iter().flat_map(|t| t.members.iter())
+    }
+
+    /// The tiers a request may use now, in order: every tier up to and including the
+    /// first `on_failure` tier that still has a live member (enabled, healthy, not
+    /// cooling or in error, not `excluded` because it failed this request). Past such a
+    /// tier a request waits for it rather than spilling over.
+    pub fn open_tiers<'a>(
+        &'a self,
+        excluded: impl Fn(&Backend) -> bool + 'a,
+        now: Instant,
+    ) -> impl Iterator<Item = &'a Tier> + 'a {
+        let mut closed = false;
+        self.tiers.iter().take_while(move |tier| {
+            if closed {
+                return false;
+            }
+            closed = tier.spill_on_failure && tier.members.iter().any(|(b, _)| !excluded(b) && b.is_live(now));
+            true
+        })
     }
 }
 
@@ -100,7 +122,12 @@ impl Bundle {
                     })
                     .collect();
                 if !members.is_empty() {
-                    tiers.push(Tier { pool: pool.name.clone(), rank, members });
+                    tiers.push(Tier {
+                        pool: pool.name.clone(),
+                        rank,
+                        spill_on_failure: pool.spill_on_failure,
+                        members,
+                    });
                 }
             }
             Route { tiers }

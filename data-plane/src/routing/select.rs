@@ -60,7 +60,8 @@ fn usable(b: &Backend, exclude: &[String]) -> bool {
 pub fn assess(route: &Route, exclude: &[String], now: Instant, estimate: u64, settings: &Settings) -> Assessment {
     let mut next_token: Option<Instant> = None;
     let mut recovery: Option<Instant> = None;
-    for (b, _) in route.members().filter(|(b, _)| usable(b, exclude)) {
+    let members = route.open_tiers(|b| !usable(b, exclude), now).flat_map(|t| t.members.iter());
+    for (b, _) in members.filter(|(b, _)| usable(b, exclude)) {
         match b.state.availability(b.config.enabled && b.config.healthy, now, estimate) {
             Availability::Ready => return Assessment::Ready,
             Availability::NoToken(t) => next_token = Some(next_token.map_or(t, |n| n.min(t))),
@@ -75,11 +76,11 @@ pub fn assess(route: &Route, exclude: &[String], now: Instant, estimate: u64, se
     }
 }
 
-/// Takes a token from the best ready candidate: the first pool with a ready member, and
-/// within it a headroom-weighted random choice.
+/// Takes a token from the best ready candidate: the first open pool with a ready member
+/// (see [`Route::open_tiers`]), and within it a headroom-weighted random choice.
 pub fn take(route: &Route, exclude: &[String], now: Instant, estimate: u64) -> Option<Grant> {
     let mut rng = rand::rng();
-    for tier in &route.tiers {
+    for tier in route.open_tiers(|b| !usable(b, exclude), now) {
         let mut ready: Vec<(&(Arc<Backend>, ModelRoute), f64)> = tier
             .members
             .iter()

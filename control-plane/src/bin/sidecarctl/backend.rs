@@ -6,7 +6,7 @@ use anyhow::bail;
 use sidecar_proto::v1::{self as pb, validate_backend_request::Target};
 
 use crate::{
-    cli::{BackendAddArgs, BackendCommand, BackendUpdateArgs, BackendValidateArgs, Format, KeyArgs},
+    cli::{BackendAddArgs, BackendCommand, BackendUpdateArgs, BackendValidateArgs, Format, KeyArgs, Price},
     client::Usage,
     commands::{Ctx, secret},
     output::{Table, line, list, or_dash, print_fields, print_json, time},
@@ -60,7 +60,7 @@ async fn add(ctx: &mut Ctx, args: BackendAddArgs) -> anyhow::Result<()> {
         pool: f.pool.unwrap_or_default(),
         enabled: Some(!args.disabled),
         weight: f.weight,
-        model_mappings: mappings(&f.models)?,
+        model_mappings: mappings(&f.models, &f.prices, HashMap::new())?,
         regions: f.regions,
         metadata: HashMap::new(),
         source: "api".into(),
@@ -77,9 +77,14 @@ async fn update(ctx: &mut Ctx, args: BackendUpdateArgs) -> anyhow::Result<()> {
         (false, false) => Some(pb::StringList { values: f.regions }),
         (false, true) => None,
     };
-    let model_mappings = match f.models.is_empty() {
-        true => None,
-        false => Some(pb::ModelMappings { entries: mappings(&f.models)? }),
+    let model_mappings = match (f.models.is_empty(), f.prices.is_empty()) {
+        (true, true) => None,
+        (false, _) => Some(pb::ModelMappings { entries: mappings(&f.models, &f.prices, HashMap::new())? }),
+        (true, false) => {
+            // Prices only: the backend's own mappings with those prices changed.
+            let current = ctx.admin.get_backend(pb::GetBackendRequest { id: args.id.clone() }).await?.into_inner();
+            Some(pb::ModelMappings { entries: mappings(&[], &f.prices, current.model_mappings)? })
+        }
     };
     let patch = pb::BackendPatch {
         name: args.name,
@@ -173,16 +178,33 @@ fn key(args: &KeyArgs) -> anyhow::Result<Option<String>> {
     secret(args.api_key.as_deref(), args.api_key_env.as_deref(), "api-key")
 }
 
-/// `--model` values as mappings; the server fills in the other mapping defaults.
-fn mappings(models: &[(String, String)]) -> anyhow::Result<HashMap<String, pb::ModelMapping>> {
-    let mut out = HashMap::new();
+/// `--model` values as mappings added to `base` (the server fills in the other mapping
+/// defaults), then `--price` values set on them.
+fn mappings(
+    models: &[(String, String)],
+    prices: &[(String, Price)],
+    mut base: HashMap<String, pb::ModelMapping>,
+) -> anyhow::Result<HashMap<String, pb::ModelMapping>> {
     for (canonical, native_id) in models {
         let mapping = pb::ModelMapping { native_id: native_id.clone(), ..Default::default() };
-        if out.insert(canonical.clone(), mapping).is_some() {
+        if base.insert(canonical.clone(), mapping).is_some() {
             return Err(Usage(format!("--model {canonical} is given more than once")).into());
         }
     }
-    Ok(out)
+    let mut priced = std::collections::HashSet::new();
+    for (canonical, price) in prices {
+        if !priced.insert(canonical) {
+            return Err(Usage(format!("--price {canonical} is given more than once")).into());
+        }
+        let Some(mapping) = base.get_mut(canonical) else {
+            return Err(Usage(format!(
+                "--price {canonical}: the backend has no model {canonical}; add it with --model"
+            ))
+            .into());
+        };
+        mapping.cost = Some(price.to_cost());
+    }
+    Ok(base)
 }
 
 /// Canonical model names, sorted.
@@ -211,6 +233,18 @@ fn table(backends: &[pb::Backend]) -> Table {
     t
 }
 
+/// Each priced model as `CANONICAL=INPUT/OUTPUT[/CACHE_READ/CACHE_WRITE]`, USD per 1M
+/// tokens (the form `--price` takes).
+fn prices(b: &pb::Backend) -> Vec<String> {
+    model_names(b)
+        .into_iter()
+        .filter_map(|name| {
+            let price = Price::of(b.model_mappings[name].cost.as_ref()?);
+            price.0.iter().any(|p| *p > 0.0).then(|| format!("{name}={price}"))
+        })
+        .collect()
+}
+
 /// One backend as `key: value` rows.
 fn fields(b: &pb::Backend) -> Vec<(&'static str, String)> {
     let models: Vec<String> = model_names(b)
@@ -237,6 +271,7 @@ fn fields(b: &pb::Backend) -> Vec<(&'static str, String)> {
         ("timeout_seconds", b.timeout_seconds.to_string()),
         ("weight", b.weight.to_string()),
         ("models", list(&models, "-")),
+        ("prices_usd_per_1m", list(&prices(b), "-")),
         ("regions", list(&b.regions, "all")),
         ("metadata", list(&metadata, "-")),
         ("source", b.source.clone()),

@@ -1,6 +1,7 @@
 //! Command-line definitions of `sidecarctl` (clap derive).
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use sidecar_proto::v1 as pb;
 
 use crate::settings::SettingArg;
 
@@ -236,6 +237,10 @@ pub(crate) struct BackendFields {
     /// Model served, as CANONICAL or CANONICAL=NATIVE_ID (repeatable).
     #[arg(long = "model", value_name = "CANONICAL[=NATIVE_ID]", value_parser = parse_model)]
     pub(crate) models: Vec<(String, String)>,
+    /// A model's price in USD per 1M tokens (repeatable); shown as cost in stats and the
+    /// dashboard. On update without --model, changes only that model's price.
+    #[arg(long = "price", value_name = "CANONICAL=INPUT/OUTPUT[/CACHE_READ[/CACHE_WRITE]]", value_parser = parse_price)]
+    pub(crate) prices: Vec<(String, Price)>,
     /// Relative share of traffic within the pool (default on add: 1).
     #[arg(long, allow_negative_numbers = true)]
     pub(crate) weight: Option<i64>,
@@ -330,6 +335,24 @@ pub(crate) enum PoolCommand {
         /// What the pool is for.
         #[arg(long)]
         description: Option<String>,
+        /// When requests go on to the next pool (default: on-busy).
+        #[arg(long, value_enum)]
+        spill: Option<SpillArg>,
+    },
+    /// Change a pool's order, description or spill policy (built-in pools too).
+    #[command(alias = "set")]
+    Update {
+        /// Pool name.
+        name: String,
+        /// Position among pools (lower is tried first).
+        #[arg(long, allow_negative_numbers = true)]
+        order: Option<i32>,
+        /// What the pool is for.
+        #[arg(long)]
+        description: Option<String>,
+        /// When requests go on to the next pool.
+        #[arg(long, value_enum)]
+        spill: Option<SpillArg>,
     },
     /// Delete a pool that no backend uses.
     #[command(alias = "delete")]
@@ -337,6 +360,34 @@ pub(crate) enum PoolCommand {
         /// Pool name.
         name: String,
     },
+}
+
+/// When requests leave a pool for the next one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum SpillArg {
+    /// The next pool takes a request when no backend of this pool has a token now.
+    OnBusy,
+    /// The next pool is used only when every backend of this pool is cooling, in error or
+    /// disabled; otherwise requests wait in the queue for this pool.
+    OnFailure,
+}
+
+impl SpillArg {
+    /// The wire value.
+    pub(crate) fn to_pb(self) -> i32 {
+        match self {
+            SpillArg::OnBusy => pb::PoolSpill::OnBusy as i32,
+            SpillArg::OnFailure => pb::PoolSpill::OnFailure as i32,
+        }
+    }
+}
+
+/// A spill policy as the CLI shows it.
+pub(crate) fn spill_name(value: i32) -> &'static str {
+    match pb::PoolSpill::try_from(value) {
+        Ok(pb::PoolSpill::OnFailure) => "on-failure",
+        _ => "on-busy",
+    }
 }
 
 /// `sidecarctl settings ...`
@@ -411,6 +462,55 @@ pub(crate) struct RotateKeyArgs {
     pub(crate) new_key_env: Option<String>,
 }
 
+/// A model's price in USD per 1M tokens: input, output, cache read, cache write.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Price(pub(crate) [f64; 4]);
+
+impl Price {
+    /// The mapping's cost, which the API keeps in USD per token.
+    pub(crate) fn to_cost(self) -> pb::ModelCost {
+        let [input, output, cache_read, cache_write] = self.0.map(|p| p / 1e6);
+        pb::ModelCost { input, output, cache_read, cache_write }
+    }
+
+    /// The price of a mapping's cost, per 1M tokens.
+    pub(crate) fn of(cost: &pb::ModelCost) -> Self {
+        Price([cost.input, cost.output, cost.cache_read, cost.cache_write].map(|c| c * 1e6))
+    }
+}
+
+impl std::fmt::Display for Price {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Rounded to a millionth of a dollar per 1M tokens: what per-token floats print as.
+        let [i, o, r, w] = self.0.map(|p| (p * 1e6).round() / 1e6);
+        write!(f, "{i}/{o}")?;
+        if r != 0.0 || w != 0.0 {
+            write!(f, "/{r}/{w}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Parses `CANONICAL=INPUT/OUTPUT[/CACHE_READ[/CACHE_WRITE]]` (USD per 1M tokens).
+fn parse_price(s: &str) -> Result<(String, Price), String> {
+    const EXPECTED: &str = "expected CANONICAL=INPUT/OUTPUT[/CACHE_READ[/CACHE_WRITE]] in USD per 1M tokens, \
+                            e.g. gpt-4o-mini=0.15/0.60";
+    let (model, prices) = s.split_once('=').ok_or(EXPECTED)?;
+    let model = model.trim();
+    let parts: Vec<&str> = prices.split('/').map(str::trim).collect();
+    if model.is_empty() || !(2..=4).contains(&parts.len()) {
+        return Err(EXPECTED.into());
+    }
+    let mut out = [0.0; 4];
+    for (slot, part) in out.iter_mut().zip(&parts) {
+        *slot = match part.parse::<f64>() {
+            Ok(v) if v.is_finite() && v >= 0.0 => v,
+            _ => return Err(format!("{part:?} is not a price (a number of USD, 0 or more); {EXPECTED}")),
+        };
+    }
+    Ok((model.to_owned(), Price(out)))
+}
+
 /// Parses `CANONICAL[=NATIVE_ID]`; without `=` the native id is the canonical name.
 fn parse_model(s: &str) -> Result<(String, String), String> {
     let (canonical, native) = match s.split_once('=') {
@@ -432,6 +532,20 @@ mod tests {
     #[test]
     fn cli_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn price_flag_reads_usd_per_million_tokens() {
+        let (model, price) = parse_price("gpt-4o-mini=0.15/0.60").unwrap();
+        assert_eq!((model.as_str(), price.0), ("gpt-4o-mini", [0.15, 0.6, 0.0, 0.0]));
+        let cost = price.to_cost();
+        assert!((cost.input - 0.15e-6).abs() < 1e-15 && (cost.output - 0.6e-6).abs() < 1e-15);
+        assert_eq!(Price::of(&cost).to_string(), "0.15/0.6");
+        let (_, price) = parse_price("m=3/15/0.3/3.75").unwrap();
+        assert_eq!(price.to_string(), "3/15/0.3/3.75");
+        for bad in ["m", "m=1", "=1/2", "m=1/x", "m=1/-2", "m=1/2/3/4/5", "m=NaN/1"] {
+            assert!(parse_price(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

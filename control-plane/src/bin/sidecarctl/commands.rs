@@ -11,7 +11,7 @@ use sidecar_proto::v1 as pb;
 
 use crate::{
     backend,
-    cli::{Cli, Command, Format, PoolCommand, RotateKeyArgs, SettingsCommand, TokenCommand},
+    cli::{self, Cli, Command, Format, PoolCommand, RotateKeyArgs, SettingsCommand, TokenCommand},
     client::{self, Admin, Usage},
     output::{Table, line, or_dash, print_fields, print_json, time},
     settings, stats,
@@ -101,11 +101,12 @@ async fn pool(ctx: &mut Ctx, command: PoolCommand) -> anyhow::Result<()> {
             if ctx.format == Format::Json {
                 return print_json(&resp);
             }
-            let mut t = Table::new(&["NAME", "ORDER", "BACKENDS", "BUILTIN", "DESCRIPTION"]);
+            let mut t = Table::new(&["NAME", "ORDER", "SPILL", "BACKENDS", "BUILTIN", "DESCRIPTION"]);
             for p in &resp.pools {
                 t.row(vec![
                     p.name.clone(),
                     p.order.to_string(),
+                    cli::spill_name(p.spill).to_owned(),
                     p.backend_count.to_string(),
                     p.builtin.to_string(),
                     p.description.clone(),
@@ -113,15 +114,41 @@ async fn pool(ctx: &mut Ctx, command: PoolCommand) -> anyhow::Result<()> {
             }
             Ok(t.print()?)
         }
-        PoolCommand::Add { name, order, description } => {
-            let request =
-                pb::CreatePoolRequest { name, order: order.unwrap_or(0), description: description.unwrap_or_default() };
+        PoolCommand::Add { name, order, description, spill } => {
+            let request = pb::CreatePoolRequest {
+                name,
+                order: order.unwrap_or(0),
+                description: description.unwrap_or_default(),
+                spill: spill.map_or(0, cli::SpillArg::to_pb),
+            };
             let resp = ctx.admin.create_pool(request).await?.into_inner();
             if ctx.format == Format::Json {
                 return print_json(&resp);
             }
             let p = resp.pool.unwrap_or_default();
-            line(format_args!("created pool {} (order {}), config version {}", p.name, p.order, resp.config_version))
+            line(format_args!(
+                "created pool {} (order {}, spill {}), config version {}",
+                p.name,
+                p.order,
+                cli::spill_name(p.spill),
+                resp.config_version
+            ))
+        }
+        PoolCommand::Update { name, order, description, spill } => {
+            let request =
+                pb::UpdatePoolRequest { name, order, description, spill: spill.map_or(0, cli::SpillArg::to_pb) };
+            let resp = ctx.admin.update_pool(request).await?.into_inner();
+            if ctx.format == Format::Json {
+                return print_json(&resp);
+            }
+            let p = resp.pool.unwrap_or_default();
+            line(format_args!(
+                "updated pool {} (order {}, spill {}), config version {}",
+                p.name,
+                p.order,
+                cli::spill_name(p.spill),
+                resp.config_version
+            ))
         }
         PoolCommand::Rm { name } => {
             let request = pb::DeletePoolRequest { name: name.clone() };
