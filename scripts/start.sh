@@ -9,8 +9,14 @@ DATA="${SIDECAR_HOME:-$PWD/data}"
 mkdir -p "$DATA"
 chmod 700 "$DATA"
 
-echo "building (release)…" >&2
-cargo build --release --quiet --bins
+# cargo's own progress bar shows on a terminal; the first build on a fresh machine takes
+# about 5 minutes on 2 cores (later ones only rebuild what changed).
+if [ ! -x target/release/sidecar-control ]; then
+  echo "building (release) — the first build takes about 5 minutes on 2 cores…" >&2
+else
+  echo "building (release)…" >&2
+fi
+cargo build --release --bins
 BIN="$PWD/target/release"
 
 ENV_FILE="$DATA/dev.env"

@@ -68,5 +68,6 @@ fn sigterm_flushes_and_exits_0() {
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(0), "{}", rest.join("\n"));
     assert!(rest.iter().any(|l| l.contains("store flushed")), "{}", rest.join("\n"));
+    assert!(!seen.contains('\x1b'), "logs to a pipe carry no ANSI colour codes: {seen:?}");
     assert!(dir.path().join("sled").exists());
 }

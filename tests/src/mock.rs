@@ -357,6 +357,10 @@ enum Kind {
 }
 
 async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<Body>, BoxError> {
+    answer(shared, req).await.map(provider_headers)
+}
+
+async fn answer(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<Body>, BoxError> {
     let (parts, body) = req.into_parts();
     let body = body.collect().await?.to_bytes();
     let path = parts.uri.path().to_owned();
@@ -625,6 +629,18 @@ fn sse_response(events: Vec<Bytes>, delay: Duration, fail_at_end: bool) -> Respo
 fn full(status: StatusCode, body: Bytes) -> Response<Body> {
     let mut resp = Response::new(Full::new(body).map_err(|never: Infallible| match never {}).boxed_unsync());
     *resp.status_mut() = status;
+    resp
+}
+
+/// Headers a real provider sends with every answer: who it is (which a gateway should not
+/// pass on) and where the key stands against its limits (which it should).
+fn provider_headers(mut resp: Response<Body>) -> Response<Body> {
+    let h = resp.headers_mut();
+    h.insert(header::SERVER, HeaderValue::from_static("BaseHTTP/0.6 Python/3.11.7"));
+    h.insert("x-powered-by", HeaderValue::from_static("mock-provider"));
+    h.insert("x-ratelimit-limit-requests", HeaderValue::from_static("60"));
+    h.insert("x-ratelimit-remaining-requests", HeaderValue::from_static("59"));
+    h.insert("x-request-id", HeaderValue::from_static("req_mock"));
     resp
 }
 

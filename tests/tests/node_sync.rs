@@ -272,3 +272,35 @@ async fn shutdown_ends_open_sync_streams() {
         }
     }
 }
+
+#[tokio::test]
+async fn last_seen_advances_while_a_node_stays_connected() {
+    let cp = ControlPlaneHarness::start().await;
+    let mut node = FakeNode::connect(&mut cp.node().await, "node-seen", "eu").await.unwrap();
+    let first = node.next_snapshot().await;
+    node.ack(&first).await;
+    let view = eventually("node acked", Duration::from_secs(5), || async {
+        node_view(&cp, "node-seen").await.filter(|n| n.acked_config_version == first.version)
+    })
+    .await;
+    let seen_at_ack = view.last_seen_ms;
+    // The node keeps talking on its stream (a real proxy sends its demand every second);
+    // its last_seen follows, within the control plane's write interval (5 s).
+    let beat = node.tx.clone();
+    let heartbeat = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            tick.tick().await;
+            let demand = pb::Demand { backends: vec![], at_ms: 0 };
+            if beat.send(pb::NodeMessage { kind: Some(node_message::Kind::Demand(demand)) }).await.is_err() {
+                return;
+            }
+        }
+    });
+    let later = eventually("last_seen advanced", Duration::from_secs(10), || async {
+        node_view(&cp, "node-seen").await.filter(|n| n.last_seen_ms >= seen_at_ack + 4_000)
+    })
+    .await;
+    assert!(later.connected);
+    heartbeat.abort();
+}

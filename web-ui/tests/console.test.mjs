@@ -320,6 +320,41 @@ describe("browser console", { concurrency: false }, () => {
     assert.ok(!(await page.content()).includes(viewerToken), "the secret is gone from the page");
   });
 
+  test("settings: the pools in order with their spill policy; an admin switches primary to on_failure", async () => {
+    const pools = await visible(page.getByTestId("pools-table"));
+    const primary = await visible(pools.locator('tr[data-pool="primary"]'));
+    const names = await pools.locator("tbody tr[data-pool]").evaluateAll((trs) => trs.map((tr) => tr.getAttribute("data-pool")));
+    assert.deepEqual(names, ["primary", "fallback"], "pools in routing order");
+    assert.equal(await text(primary.getByTestId("pool-backends")), "1", "mock-main is in primary");
+    assert.equal(await text(pools.locator('tr[data-pool="fallback"]').getByTestId("pool-backends")), "0");
+    assert.match(await text(page.getByTestId("spill-help")), /on_busy.*on_failure/s, "the two policies are explained");
+    const spill = primary.getByTestId("pool-spill");
+    assert.equal(await spill.inputValue(), "on_busy", "on_busy is the default");
+    assert.match(await text(spill.locator("option:checked")), /^on_busy — overflow to the next pool$/);
+    const save = primary.getByTestId("save-pool");
+    assert.ok(await save.isDisabled(), "nothing to save before a change");
+    await spill.selectOption("on_failure");
+    assert.ok(await save.isEnabled(), "a change can be saved");
+    await save.click();
+    await expectText("pool saved", page.locator(".toast-ok").last(), /^Pool primary: spill on_failure \(config v\d+\)/);
+    assert.ok(await save.isDisabled(), "saved: nothing left to save");
+    await shot("settings-pools");
+
+    // The server stored it (and only for primary).
+    const list = await cp.ctl("pool", "list");
+    const stored = Object.fromEntries((list.pools ?? list).map((p) => [p.name, p.spill]));
+    assert.deepEqual(stored, { primary: 2, fallback: 1 }, "ON_FAILURE = 2, ON_BUSY = 1");
+
+    // A reload of the page shows the stored value.
+    await page.reload();
+    await visible(page.locator(".page-settings"));
+    const again = await visible(page.locator('[data-testid=pools-table] tr[data-pool="primary"]'));
+    assert.equal(await again.getByTestId("pool-spill").inputValue(), "on_failure");
+    assert.equal(await again.getAttribute("data-spill"), "on_failure");
+    assert.equal(await page.locator('[data-testid=pools-table] tr[data-pool="fallback"]').getByTestId("pool-spill").inputValue(), "on_busy");
+    await expectText("live after the reload", page.getByTestId("live-status"), /^live · config v\d+/);
+  });
+
   test("values from the server are rendered as text, never as HTML", async () => {
     await openPage("Providers", "providers");
     await page.getByTestId("add-provider").click();
@@ -403,6 +438,12 @@ describe("browser console", { concurrency: false }, () => {
     assert.ok(await form.locator("input[name=queue_capacity]").isDisabled());
     assert.ok(await page.getByTestId("save-settings").isDisabled());
     await visible(page.locator('[data-testid=tokens-table] tr[data-token="console-test-viewer"]'));
+    // The pools' spill policy is shown (as saved by the admin) but cannot be changed.
+    const poolSpill = (await visible(page.locator('[data-testid=pools-table] tr[data-pool="primary"]'))).getByTestId("pool-spill");
+    assert.equal(await poolSpill.inputValue(), "on_failure");
+    assert.ok(await poolSpill.isDisabled(), "the spill select is disabled for a viewer");
+    assert.ok(await page.locator('[data-testid=pools-table] tr[data-pool="primary"]').getByTestId("save-pool").isDisabled());
+    assert.ok((await page.locator("[data-testid=pools-table] [data-write]").count()) >= 4, "the pool controls are write controls");
     for (const b of await page.locator("[data-write]").all()) assert.ok(await b.isDisabled(), `${await b.textContent()} is disabled`);
     // Forced past the disabled controls, the server still refuses.
     await page.evaluate(() => {

@@ -245,6 +245,7 @@ impl Session {
         let shared = self.shared.clone();
         let store = &shared.store;
         let node_id = self.hello.node_id.clone();
+        shared.nodes.seen(store, &node_id);
         match message.kind {
             Some(Kind::Ack(ack)) if self.answered(ack.version, &ack.nonce) => {
                 metrics::snapshot_answer(true);

@@ -24,13 +24,20 @@ pub struct NodeRegistry {
     live: Mutex<HashMap<String, u64>>,
     next_session: AtomicU64,
     /// Serialises read-modify-write of node records (a report and an ACK for the same
-    /// node can arrive at once).
-    records: Mutex<()>,
+    /// node can arrive at once), and holds when each node's record was last written, so
+    /// that "seen" on every stream message costs a store write at most every
+    /// [`SEEN_WRITE_MS`].
+    records: Mutex<HashMap<String, i64>>,
 }
+
+/// How stale a live node's `last_seen` may get in the store: a node sends a demand
+/// message about every second, and writing each would be a store write per node per
+/// second for a value nobody needs to the millisecond.
+pub(crate) const SEEN_WRITE_MS: i64 = 5_000;
 
 impl NodeRegistry {
     fn update(&self, store: &Store, node_id: &str, f: impl FnOnce(&mut NodeRecord)) {
-        let _guard = self.records.lock().expect("node records lock");
+        let mut written = self.records.lock().expect("node records lock");
         let mut record = store
             .node(node_id)
             .ok()
@@ -40,6 +47,21 @@ impl NodeRegistry {
         record.last_seen_ms = now_ms();
         if let Err(error) = store.put_node(&record) {
             warn!(%error, node = node_id, "could not save node record");
+        }
+        written.insert(node_id.to_owned(), record.last_seen_ms);
+    }
+
+    /// A message arrived from a connected node: its `last_seen` advances (written at most
+    /// every [`SEEN_WRITE_MS`]).
+    pub fn seen(&self, store: &Store, node_id: &str) {
+        let due = self
+            .records
+            .lock()
+            .expect("node records lock")
+            .get(node_id)
+            .is_none_or(|&at| now_ms() - at >= SEEN_WRITE_MS);
+        if due {
+            self.update(store, node_id, |_| {});
         }
     }
 
@@ -74,6 +96,8 @@ impl NodeRegistry {
         metrics::nodes_connected(connected);
         if was_current {
             self.update(store, node_id, |_| {});
+            // Bounded by the nodes connected now, not by every node ever seen.
+            self.records.lock().expect("node records lock").remove(node_id);
         }
     }
 

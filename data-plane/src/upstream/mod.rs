@@ -92,10 +92,26 @@ fn dropped_request_header(name: &HeaderName) -> bool {
 }
 
 /// Response headers never passed back (hop-by-hop).
+/// Upstream response headers that do not reach the client: hop-by-hop ones, the
+/// provider's software banner (`server`, `x-powered-by`: the client talks to Sidecar, and
+/// the banner only helps an attacker), `alt-svc` (it would point the client's HTTP/3 at
+/// the provider's endpoint under the proxy's name) and `set-cookie` (the provider's
+/// session, like the client's cookies that are not sent upstream). Everything else passes,
+/// `x-ratelimit-*`, `retry-after`, `x-request-id` and `openai-*` included.
 fn dropped_response_header(name: &HeaderName) -> bool {
     matches!(
         name.as_str(),
-        "connection" | "keep-alive" | "proxy-connection" | "te" | "trailer" | "transfer-encoding" | "upgrade"
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "server"
+            | "x-powered-by"
+            | "alt-svc"
+            | "set-cookie"
     )
 }
 

@@ -1,10 +1,12 @@
 // Settings: the typed system settings (pushed to every proxy), as a form. Only changed
 // fields are sent (SettingsPatch) with the resource version the form was loaded at.
+// Below the form: the routing pools (spill policy per pool) and the API tokens.
 
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import { admin, callError, Code, describe } from "../api";
 import { h, mount, setText } from "../dom";
 import type { Settings, SettingsPatchSchema } from "../gen/sidecar/v1/types_pb";
+import { poolsSection } from "./pools";
 import { tokensSection } from "./tokens";
 import { field, FieldErrors, READ_ONLY_HINT, toast, type Field, type Page, type PageContext, pageHeader } from "../ui";
 
@@ -79,13 +81,19 @@ function render(ctx: PageContext) {
   const el = h(
     "div",
     "page page-settings",
-    pageHeader("Settings", version, h("button", { class: "btn small", attrs: { type: "button" }, on: { click: () => void load() } }, "Reload")),
+    pageHeader("Settings", version, h("button", { class: "btn small", attrs: { type: "button" }, on: { click: () => void reload() } }, "Reload")),
     h("p", "muted intro", "System settings apply to every proxy within moments of saving. Only the fields you change are sent."),
     box,
   );
+  const pools = poolsSection(ctx);
   const tokens = tokensSection(ctx);
-  el.append(tokens.el);
+  el.append(pools.el, tokens.el);
   let disposed = false;
+
+  function reload(): void {
+    void load();
+    void pools.load();
+  }
 
   async function load(): Promise<void> {
     try {
@@ -186,6 +194,7 @@ function render(ctx: PageContext) {
     el,
     dispose() {
       disposed = true;
+      pools.dispose();
       tokens.dispose();
     },
   };
