@@ -100,8 +100,9 @@ impl Index {
         let mut queue = vec![file.to_owned()];
         while let Some(next) = queue.pop() {
             let Some((bytes, deps)) = self.files.get(&next) else { continue };
-            if out.is_empty() || sent.insert(next.clone()) {
-                sent.insert(next);
+            // The file asked for always; an import only if not sent on this stream yet.
+            let fresh = sent.insert(next);
+            if out.is_empty() || fresh {
                 out.push(bytes.clone());
                 queue.extend(deps.iter().rev().cloned());
             }

@@ -37,10 +37,28 @@ where
 /// The Python that has the tests' packages (`openai`, `grpcio-reflection`):
 /// `$SIDECAR_TEST_PYTHON`, else the virtualenv `scripts/install-test-deps.sh` makes under
 /// `target/test-venv`, else `python3`.
-pub fn test_python() -> std::path::PathBuf {
+fn test_python() -> std::path::PathBuf {
     if let Some(p) = std::env::var_os("SIDECAR_TEST_PYTHON") {
         return p.into();
     }
     let venv = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-venv/bin/python");
     if venv.exists() { venv } else { "python3".into() }
+}
+
+/// Runs `tests/python/<script>` with the tests' Python and `env`, asserts it succeeded,
+/// and returns what it printed as JSON (what the real client saw).
+pub async fn run_python_client(script: &str, env: &[(&str, String)]) -> serde_json::Value {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("python").join(script);
+    let output = tokio::process::Command::new(test_python())
+        .arg(&path)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .output()
+        .await
+        .expect("python runs");
+    assert!(
+        output.status.success(),
+        "{script} failed (scripts/install-test-deps.sh installs its packages into target/test-venv):\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| panic!("{script} printed no JSON ({e})"))
 }

@@ -2,7 +2,6 @@
 //! `grpc.reflection.v1alpha` (as grpcurl 1.8 does); a tonic client checks v1 too. A call
 //! to a method nobody serves gets the gRPC status UNIMPLEMENTED.
 
-use serde_json::Value;
 use sidecar_tests::ControlPlaneHarness;
 use tokio_stream::StreamExt;
 use tonic_reflection::pb::v1::{
@@ -13,19 +12,9 @@ use tonic_reflection::pb::v1::{
 #[tokio::test]
 async fn grpcio_reflection_on_v1alpha_lists_services_and_resolves_the_admin_service() {
     let cp = ControlPlaneHarness::start().await;
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/python/grpc_reflection_client.py");
-    let output = tokio::process::Command::new(sidecar_tests::test_python())
-        .arg(script)
-        .env("SIDECAR_CONTROL_ADDR", cp.addr.to_string())
-        .output()
-        .await
-        .expect("python runs");
-    assert!(
-        output.status.success(),
-        "the grpcio-reflection client failed (scripts/install-test-deps.sh installs it into target/test-venv):\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let seen: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let seen =
+        sidecar_tests::run_python_client("grpc_reflection_client.py", &[("SIDECAR_CONTROL_ADDR", cp.addr.to_string())])
+            .await;
     let services: Vec<&str> = seen["services"].as_array().unwrap().iter().map(|s| s.as_str().unwrap()).collect();
     for s in [
         "sidecar.v1.AdminService",

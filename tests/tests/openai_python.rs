@@ -8,19 +8,7 @@ async fn the_official_openai_python_client_works_through_the_proxy() {
     let mock = MockUpstream::start(&[]).await;
     let mut gw = Gateway::start().await;
     gw.add_backend(&mock, BackendDef::default()).await;
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/python/openai_client.py");
-    let output = tokio::process::Command::new(sidecar_tests::test_python())
-        .arg(script)
-        .env("SIDECAR_PROXY_URL", gw.proxy.url())
-        .output()
-        .await
-        .expect("python3 runs");
-    assert!(
-        output.status.success(),
-        "the openai client failed (is the `openai` package installed? scripts/install-test-deps.sh installs it into target/test-venv):\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let seen: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let seen = sidecar_tests::run_python_client("openai_client.py", &[("SIDECAR_PROXY_URL", gw.proxy.url())]).await;
     assert!(!seen["content"].as_str().unwrap().is_empty());
     assert_eq!(seen["model"], "native-gpt", "the upstream saw the native model id");
     assert_eq!(seen["usage"], 15);

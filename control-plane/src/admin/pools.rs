@@ -7,7 +7,7 @@ use tonic::{Request, Status};
 use super::{AdminApi, convert};
 use crate::{
     auth::Access,
-    store::{ConfigChange, PoolRecord},
+    store::{ConfigChange, PoolRecord, Store},
     validate::{self, field_error},
 };
 
@@ -49,11 +49,7 @@ impl AdminApi {
         let name = req.name;
         let (config_version, (pool, users)) = self
             .write(&who, "UpdatePool", |store| {
-                let mut pool = store
-                    .pools()?
-                    .into_iter()
-                    .find(|p| p.name == name)
-                    .ok_or_else(|| Status::not_found(format!("pool {:?} not found", crate::util::clip(&name))))?;
+                let mut pool = pool_named(store, &name)?;
                 if let Some(order) = req.order {
                     pool.order = order;
                 }
@@ -79,11 +75,7 @@ impl AdminApi {
         let name = request.into_inner().name;
         let (config_version, ()) = self
             .write(&who, "DeletePool", |store| {
-                let pool = store
-                    .pools()?
-                    .into_iter()
-                    .find(|p| p.name == name)
-                    .ok_or_else(|| Status::not_found(format!("pool {:?} not found", crate::util::clip(&name))))?;
+                let pool = pool_named(store, &name)?;
                 if pool.builtin {
                     return Err(Status::failed_precondition(format!(
                         "pool {name:?} is built in and cannot be deleted"
@@ -103,4 +95,13 @@ impl AdminApi {
             .await?;
         Ok(pb::WriteResponse { config_version })
     }
+}
+
+/// The pool called `name`, or NOT_FOUND naming it.
+fn pool_named(store: &Store, name: &str) -> Result<PoolRecord, Status> {
+    store
+        .pools()?
+        .into_iter()
+        .find(|p| p.name == name)
+        .ok_or_else(|| Status::not_found(format!("pool {:?} not found", crate::util::clip(name))))
 }

@@ -126,6 +126,8 @@ impl ParsedRequest {
         }
         if want_usage {
             match &self.options_at {
+                // The client decided; its choice is sent as it is.
+                _ if self.usage_asked => {}
                 None => {
                     edits.push((self.close_at..self.close_at, br#","stream_options":{"include_usage":true}"#.to_vec()))
                 }
@@ -133,10 +135,8 @@ impl ParsedRequest {
                     let mut options: serde_json::Map<String, Value> =
                         serde_json::from_slice(&self.bytes[at.clone()])
                             .map_err(|_| ProxyError::BadRequest("`stream_options` must be an object".into()))?;
-                    if !options.contains_key("include_usage") {
-                        options.insert("include_usage".into(), Value::Bool(true));
-                        edits.push((at.clone(), serde_json::to_vec(&options).expect("an object serializes")));
-                    }
+                    options.insert("include_usage".into(), Value::Bool(true));
+                    edits.push((at.clone(), serde_json::to_vec(&options).expect("an object serializes")));
                 }
             }
         }

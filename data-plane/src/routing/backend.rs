@@ -240,12 +240,6 @@ impl BackendState {
 
     /// Disabled, in error or cooling at `now`: what both [`Self::availability`] and
     /// [`Self::ready_load`] check before the limiters.
-    /// Whether the backend can serve at all now (tokens aside): enabled, not in error,
-    /// not cooling.
-    pub fn is_live(&self, enabled: bool, now: Instant) -> bool {
-        self.blocked(enabled, now).is_none()
-    }
-
     fn blocked(&self, enabled: bool, now: Instant) -> Option<Availability> {
         if !enabled {
             return Some(Availability::Disabled);
@@ -317,6 +311,6 @@ impl Backend {
     /// Whether it can serve at all now, tokens aside: enabled, healthy by the control
     /// plane's probes, not in error, not cooling.
     pub fn is_live(&self, now: Instant) -> bool {
-        self.state.is_live(self.config.enabled && self.config.healthy, now)
+        self.state.blocked(self.config.enabled && self.config.healthy, now).is_none()
     }
 }

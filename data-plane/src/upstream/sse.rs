@@ -13,6 +13,8 @@ use bytes::{Bytes, BytesMut};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+use super::usage::contains;
+
 /// A data line longer than this is not the usage chunk (which is a few hundred bytes):
 /// it passes through instead of being held.
 const HOLD_MAX: usize = 64 * 1024;
@@ -44,7 +46,7 @@ impl UsageChunkFilter {
         };
         let mut drops: Vec<std::ops::Range<usize>> = Vec::new();
         let mut at = 0;
-        while let Some(nl) = memchr(&input[at..]).map(|i| at + i) {
+        while let Some(nl) = input[at..].iter().position(|&b| b == b'\n').map(|i| at + i) {
             let line = &input[at..nl];
             if std::mem::take(&mut self.passing) {
                 // The end of a line whose start already went out.
@@ -110,10 +112,6 @@ fn strip_cr(line: &[u8]) -> &[u8] {
     line.strip_suffix(b"\r").unwrap_or(line)
 }
 
-fn memchr(haystack: &[u8]) -> Option<usize> {
-    haystack.iter().position(|&b| b == b'\n')
-}
-
 /// Whether a (partial) data line already shows a `choices` array with an element, which
 /// the usage-only chunk never has.
 fn has_choices(line: &[u8]) -> bool {
@@ -137,7 +135,7 @@ fn is_usage_chunk(line: &[u8]) -> bool {
     let Some(data) = strip_cr(line).strip_prefix(b"data:") else {
         return false;
     };
-    if !data.windows(7).any(|w| w == b"\"usage\"") {
+    if !contains(data, b"\"usage\"") {
         return false;
     }
     let Ok(chunk) = serde_json::from_slice::<Chunk<'_>>(data) else {

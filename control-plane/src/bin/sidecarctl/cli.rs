@@ -329,30 +329,18 @@ pub(crate) enum PoolCommand {
     Add {
         /// Pool name.
         name: String,
-        /// Position among pools (lower is tried first); default: after every pool.
-        #[arg(long, allow_negative_numbers = true)]
-        order: Option<i32>,
-        /// What the pool is for.
-        #[arg(long)]
-        description: Option<String>,
-        /// When requests go on to the next pool (default: on-busy).
-        #[arg(long, value_enum)]
-        spill: Option<SpillArg>,
+        /// Order, description and spill (defaults: after every pool, none, on-busy).
+        #[command(flatten)]
+        fields: PoolFields,
     },
     /// Change a pool's order, description or spill policy (built-in pools too).
     #[command(alias = "set")]
     Update {
         /// Pool name.
         name: String,
-        /// Position among pools (lower is tried first).
-        #[arg(long, allow_negative_numbers = true)]
-        order: Option<i32>,
-        /// What the pool is for.
-        #[arg(long)]
-        description: Option<String>,
-        /// When requests go on to the next pool.
-        #[arg(long, value_enum)]
-        spill: Option<SpillArg>,
+        /// The fields to change.
+        #[command(flatten)]
+        fields: PoolFields,
     },
     /// Delete a pool that no backend uses.
     #[command(alias = "delete")]
@@ -360,6 +348,20 @@ pub(crate) enum PoolCommand {
         /// Pool name.
         name: String,
     },
+}
+
+/// A pool's settable fields (`pool add`, `pool update`).
+#[derive(Debug, Args)]
+pub(crate) struct PoolFields {
+    /// Position among pools (lower is tried first); on add, default: after every pool.
+    #[arg(long, allow_negative_numbers = true)]
+    pub(crate) order: Option<i32>,
+    /// What the pool is for.
+    #[arg(long)]
+    pub(crate) description: Option<String>,
+    /// When requests go on to the next pool (on add, default: on-busy).
+    #[arg(long, value_enum)]
+    pub(crate) spill: Option<SpillArg>,
 }
 
 /// When requests leave a pool for the next one.

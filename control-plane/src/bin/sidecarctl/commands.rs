@@ -114,41 +114,25 @@ async fn pool(ctx: &mut Ctx, command: PoolCommand) -> anyhow::Result<()> {
             }
             Ok(t.print()?)
         }
-        PoolCommand::Add { name, order, description, spill } => {
+        PoolCommand::Add { name, fields } => {
             let request = pb::CreatePoolRequest {
                 name,
-                order: order.unwrap_or(0),
-                description: description.unwrap_or_default(),
-                spill: spill.map_or(0, cli::SpillArg::to_pb),
+                order: fields.order.unwrap_or(0),
+                description: fields.description.unwrap_or_default(),
+                spill: fields.spill.map_or(0, cli::SpillArg::to_pb),
             };
             let resp = ctx.admin.create_pool(request).await?.into_inner();
-            if ctx.format == Format::Json {
-                return print_json(&resp);
-            }
-            let p = resp.pool.unwrap_or_default();
-            line(format_args!(
-                "created pool {} (order {}, spill {}), config version {}",
-                p.name,
-                p.order,
-                cli::spill_name(p.spill),
-                resp.config_version
-            ))
+            pool_written(ctx.format, "created", &resp)
         }
-        PoolCommand::Update { name, order, description, spill } => {
-            let request =
-                pb::UpdatePoolRequest { name, order, description, spill: spill.map_or(0, cli::SpillArg::to_pb) };
+        PoolCommand::Update { name, fields } => {
+            let request = pb::UpdatePoolRequest {
+                name,
+                order: fields.order,
+                description: fields.description,
+                spill: fields.spill.map_or(0, cli::SpillArg::to_pb),
+            };
             let resp = ctx.admin.update_pool(request).await?.into_inner();
-            if ctx.format == Format::Json {
-                return print_json(&resp);
-            }
-            let p = resp.pool.unwrap_or_default();
-            line(format_args!(
-                "updated pool {} (order {}, spill {}), config version {}",
-                p.name,
-                p.order,
-                cli::spill_name(p.spill),
-                resp.config_version
-            ))
+            pool_written(ctx.format, "updated", &resp)
         }
         PoolCommand::Rm { name } => {
             let request = pb::DeletePoolRequest { name: name.clone() };
@@ -159,6 +143,21 @@ async fn pool(ctx: &mut Ctx, command: PoolCommand) -> anyhow::Result<()> {
             }
         }
     }
+}
+
+/// What a pool write prints.
+fn pool_written(format: Format, verb: &str, resp: &pb::PoolResponse) -> anyhow::Result<()> {
+    if format == Format::Json {
+        return print_json(resp);
+    }
+    let p = resp.pool.clone().unwrap_or_default();
+    line(format_args!(
+        "{verb} pool {} (order {}, spill {}), config version {}",
+        p.name,
+        p.order,
+        cli::spill_name(p.spill),
+        resp.config_version
+    ))
 }
 
 async fn settings(ctx: &mut Ctx, command: SettingsCommand) -> anyhow::Result<()> {
