@@ -49,6 +49,10 @@ pub struct ProxyConfig {
     /// Longest a client connection may wait before a request's headers are complete:
     /// closes slow senders and idle keep-alive connections.
     pub header_timeout: Duration,
+    /// Longest a request body may take to arrive, from the end of its headers (408).
+    pub body_timeout: Duration,
+    /// Open client connections on the API port; past it new ones are closed at once.
+    pub max_connections: usize,
 }
 
 /// An invalid setting.
@@ -100,6 +104,10 @@ pub struct Flags {
     /// API worker threads [env: SIDECAR_WORKERS] [default: one per CPU]
     #[arg(long, value_name = "N")]
     pub workers: Option<String>,
+    /// Open client connections allowed on the API port [env: SIDECAR_MAX_CONNECTIONS]
+    /// [default: from the open-file limit]
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<String>,
 }
 
 struct Setting {
@@ -126,6 +134,8 @@ const SETTINGS: &[Setting] = &[
     Setting { env: "SIDECAR_OUTBOX_BATCHES", flag: None, file: "outbox_batches" },
     Setting { env: "SIDECAR_WORKERS", flag: Some("--workers"), file: "workers" },
     Setting { env: "SIDECAR_HEADER_TIMEOUT", flag: None, file: "header_timeout" },
+    Setting { env: "SIDECAR_BODY_TIMEOUT", flag: None, file: "body_timeout" },
+    Setting { env: "SIDECAR_MAX_CONNECTIONS", flag: Some("--max-connections"), file: "max_connections" },
 ];
 
 fn setting(env: &str) -> &'static Setting {
@@ -154,6 +164,7 @@ fn flag_value<'a>(flags: &'a Flags, env: &str) -> Option<&'a String> {
         "SIDECAR_LOG_LEVEL" => flags.log_level.as_ref(),
         "SIDECAR_LOG_FORMAT" => flags.log_format.as_ref(),
         "SIDECAR_WORKERS" => flags.workers.as_ref(),
+        "SIDECAR_MAX_CONNECTIONS" => flags.max_connections.as_ref(),
         _ => None,
     }
 }
@@ -261,6 +272,10 @@ impl ProxyConfig {
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         let workers = parse_num("SIDECAR_WORKERS", cpus as u64, 1, 1024)? as usize;
         let header_timeout = Duration::from_secs(parse_num("SIDECAR_HEADER_TIMEOUT", 60, 1, 3600)?);
+        let body_timeout = Duration::from_secs(parse_num("SIDECAR_BODY_TIMEOUT", 30, 1, 3600)?);
+        let max_connections =
+            parse_num("SIDECAR_MAX_CONNECTIONS", default_max_connections(open_file_limit()) as u64, 1, 10_000_000)?
+                as usize;
         Ok(Self {
             control_url,
             node_token,
@@ -278,7 +293,31 @@ impl ProxyConfig {
             outbox_capacity,
             workers,
             header_timeout,
+            body_timeout,
+            max_connections,
         })
+    }
+}
+
+/// File descriptors kept back from client connections: upstream connections idle in the
+/// pools, the control-plane stream, the snapshot cache and outbox files, the ops port
+/// and its scrapers, logs.
+const FD_RESERVE: u64 = 256;
+
+/// The default connection cap for an open-file limit: every client connection may hold
+/// one upstream connection while its request is in flight, so half of what is left
+/// after the reserve.
+pub fn default_max_connections(open_files: u64) -> usize {
+    (open_files.saturating_sub(FD_RESERVE) / 2).max(16) as usize
+}
+
+/// The process's open-file limit (soft), after raising it to the hard limit as most
+/// servers do: the distribution default of 1024 is far below what a proxy needs.
+pub fn open_file_limit() -> u64 {
+    match rlimit::getrlimit(rlimit::Resource::NOFILE) {
+        Ok((soft, hard)) if soft < hard => rlimit::increase_nofile_limit(hard).unwrap_or(soft),
+        Ok((soft, _)) => soft,
+        Err(_) => 1024,
     }
 }
 
@@ -301,7 +340,16 @@ mod tests {
         assert_eq!(c.control_url, "http://127.0.0.1:9290");
         assert_eq!(c.rate_window, Duration::from_secs(60));
         assert_eq!(c.header_timeout, Duration::from_secs(60));
+        assert_eq!(c.body_timeout, Duration::from_secs(30));
+        assert_eq!(c.max_connections, default_max_connections(open_file_limit()));
         assert!(c.cache_key.is_none());
+    }
+
+    #[test]
+    fn the_default_connection_cap_leaves_descriptors_for_everything_else() {
+        assert_eq!(default_max_connections(1024), 384);
+        assert_eq!(default_max_connections(1 << 20), 524_160);
+        assert_eq!(default_max_connections(100), 16, "never below a usable floor");
     }
 
     #[test]
@@ -322,6 +370,8 @@ mod tests {
             ("SIDECAR_REGION", "eu west"),
             ("SIDECAR_WORKERS", "0"),
             ("SIDECAR_HEADER_TIMEOUT", "0"),
+            ("SIDECAR_BODY_TIMEOUT", "0"),
+            ("SIDECAR_MAX_CONNECTIONS", "0"),
         ] {
             let e = resolve(&[(env, value)]).unwrap_err();
             assert!(e.setting.starts_with(env), "{env}: {e}");

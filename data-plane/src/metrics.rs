@@ -102,6 +102,11 @@ impl Metrics {
             ),
             d("sidecar_report_outbox_dropped_total", None, "Usage batches dropped because the outbox was full."),
             d("sidecar_usage_events_dropped_total", None, "Usage events dropped because the reporter fell behind."),
+            d(
+                "sidecar_connections_rejected_total",
+                None,
+                "Client connections closed at once because SIDECAR_MAX_CONNECTIONS were open.",
+            ),
         ] {
             r.describe_counter(name, unit, help);
         }
@@ -133,6 +138,8 @@ impl Metrics {
             d("sidecar_control_plane_connected", None, "1 while the Sync stream to the control plane is open."),
             d("sidecar_report_outbox_depth", None, "Usage batches waiting for the control plane's ack."),
             d("sidecar_uptime_seconds", Some(Unit::Seconds), "Seconds since the proxy started."),
+            d("sidecar_connections_open", None, "Client connections open on the API port."),
+            d("sidecar_connections_max", None, "The API port's connection cap (SIDECAR_MAX_CONNECTIONS)."),
         ] {
             r.describe_gauge(name, unit, help);
         }
@@ -197,6 +204,11 @@ impl Metrics {
     /// Usage batches were dropped from a full outbox.
     pub fn outbox_dropped(&self, n: u64) {
         self.counter("sidecar_report_outbox_dropped_total", &[]).increment(n);
+    }
+
+    /// A client connection was closed at the connection cap.
+    pub fn connection_rejected(&self) {
+        self.counter("sidecar_connections_rejected_total", &[]).increment(1);
     }
 
     /// A usage event was dropped.

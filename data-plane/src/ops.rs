@@ -124,6 +124,7 @@ async fn status(State(shared): State<Arc<Shared>>) -> Json<Value> {
             "connected": shared.sync.connected.load(Ordering::Relaxed),
             "last_error": shared.sync.last_error.lock().expect("status lock").clone(),
         },
+        "connections": { "open": shared.connections.open(), "max": shared.connections.max() },
         "node_id": shared.node_id,
         "uptime_seconds": shared.started.elapsed().as_secs(),
     }))
@@ -145,6 +146,8 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
     );
     m.gauge("sidecar_uptime_seconds", &[], shared.started.elapsed().as_secs_f64());
     m.gauge("sidecar_report_outbox_depth", &[], shared.outbox.len() as f64);
+    m.gauge("sidecar_connections_open", &[], shared.connections.open() as f64);
+    m.gauge("sidecar_connections_max", &[], shared.connections.max() as f64);
     for b in &bundle.backends {
         let id = b.config.id.as_str();
         let s = &b.state;

@@ -99,6 +99,8 @@ impl Proxy {
             sync: SyncStatus::default(),
             counters: Counters::default(),
             max_body_bytes: config.max_body_bytes,
+            body_timeout: config.body_timeout,
+            connections: Arc::new(crate::state::Connections::new(config.max_connections)),
             started: Instant::now(),
             node_id: node_id.clone(),
             in_flight: Default::default(),
@@ -175,7 +177,13 @@ impl Proxy {
         ));
         reporting.spawn(report::deliver(outbox, self.client, shared.metrics.clone(), last_batch, REPORT_DRAIN));
 
-        info!(addr = %api.local_addr()?, node = %shared.node_id, workers = self.workers, "serving the OpenAI-compatible API");
+        info!(
+            addr = %api.local_addr()?,
+            node = %shared.node_id,
+            workers = self.workers,
+            max_connections = shared.connections.max(),
+            "serving the OpenAI-compatible API"
+        );
         info!(addr = %ops.local_addr()?, "serving /health, /health/ready, /status, /metrics");
         let workers = Workers::start(api, self.workers, self.header_timeout, shared.clone())?;
         let stopped = |mut rx: watch::Receiver<bool>| async move {

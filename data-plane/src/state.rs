@@ -93,6 +93,59 @@ impl InFlight {
     }
 }
 
+/// Open client connections, shared by every API worker, against `SIDECAR_MAX_CONNECTIONS`.
+#[derive(Debug)]
+pub struct Connections {
+    open: AtomicU64,
+    max: u64,
+    /// Unix ms of the last "connection refused" log line (at most one a second).
+    last_warned_ms: AtomicU64,
+}
+
+/// One admitted client connection; the slot frees when it drops.
+#[derive(Debug)]
+pub struct ConnectionSlot(Arc<Connections>);
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Connections {
+    /// Room for `max` open connections.
+    pub fn new(max: usize) -> Self {
+        Self { open: AtomicU64::new(0), max: max as u64, last_warned_ms: AtomicU64::new(0) }
+    }
+
+    /// A slot for a new connection, or `None` at the cap.
+    pub fn admit(self: &Arc<Self>) -> Option<ConnectionSlot> {
+        let open = self.open.fetch_add(1, Ordering::AcqRel);
+        if open >= self.max {
+            self.open.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(ConnectionSlot(self.clone()))
+    }
+
+    /// Connections open now.
+    pub fn open(&self) -> u64 {
+        self.open.load(Ordering::Acquire)
+    }
+
+    /// The cap.
+    pub fn max(&self) -> u64 {
+        self.max
+    }
+
+    /// Whether a refusal at `now_ms` should be logged: at most once a second.
+    pub fn should_warn(&self, now_ms: u64) -> bool {
+        let last = self.last_warned_ms.load(Ordering::Relaxed);
+        now_ms >= last + 1000
+            && self.last_warned_ms.compare_exchange(last, now_ms, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+    }
+}
+
 /// Everything the proxy's tasks share.
 pub struct Shared {
     /// The config in force; one load per request.
@@ -111,6 +164,10 @@ pub struct Shared {
     pub counters: Counters,
     /// Request body limit.
     pub max_body_bytes: usize,
+    /// Longest a request body may take to arrive.
+    pub body_timeout: std::time::Duration,
+    /// Open client connections on the API port, against their cap.
+    pub connections: Arc<Connections>,
     /// Process start.
     pub started: Instant,
     /// This node's id.

@@ -132,6 +132,19 @@ async fn worker(
                 continue;
             }
         };
+        // At the cap the connection is closed at once: its descriptor is back before the
+        // next accept, so neither this port nor the ops port runs out.
+        let Some(slot) = shared.connections.admit() else {
+            shared.metrics.connection_rejected();
+            if shared.connections.should_warn(crate::now_ms() as u64) {
+                warn!(
+                    max = shared.connections.max(),
+                    "API connection limit reached (SIDECAR_MAX_CONNECTIONS): closing new connections"
+                );
+            }
+            drop(tcp);
+            continue;
+        };
         // No Nagle delay: responses often go out as headers, then body.
         let _ = tcp.set_nodelay(true);
         let context = context.clone();
@@ -145,6 +158,7 @@ async fn worker(
             if let Err(e) = connection.await {
                 debug!(error = %e, "API connection ended with an error");
             }
+            drop(slot);
         });
     }
     drop(listener);

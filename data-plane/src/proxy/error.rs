@@ -11,8 +11,10 @@ use super::body::{ApiResponse, json};
 /// Why the proxy answered a request itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ProxyError {
-    /// Body above the limit.
+    /// Body above the limit (declared or read).
     PayloadTooLarge(usize),
+    /// The body did not arrive within the body timeout.
+    BodyTimeout(Duration),
     /// Not a JSON object, or no `model`.
     BadRequest(String),
     /// No backend serves the model.
@@ -45,6 +47,12 @@ impl ProxyError {
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "invalid_request_error",
                 format!("request body is larger than the limit of {limit} bytes"),
+                None,
+            ),
+            Self::BodyTimeout(limit) => (
+                StatusCode::REQUEST_TIMEOUT,
+                "invalid_request_error",
+                format!("request body did not arrive within {} s (SIDECAR_BODY_TIMEOUT)", seconds(*limit)),
                 None,
             ),
             Self::BadRequest(m) => (StatusCode::BAD_REQUEST, "invalid_request_error", m.clone(), None),
@@ -105,8 +113,16 @@ impl ProxyError {
         if let Some(retry) = retry {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds(retry).max(1)));
         }
-        if let Self::MethodNotAllowed(_, _, allowed) = &self {
-            response.headers_mut().insert(header::ALLOW, HeaderValue::from_static(allowed));
+        match &self {
+            Self::MethodNotAllowed(_, _, allowed) => {
+                response.headers_mut().insert(header::ALLOW, HeaderValue::from_static(allowed));
+            }
+            // The rest of the body is not read: the connection cannot carry another
+            // request, and a slow sender must not keep it.
+            Self::PayloadTooLarge(_) | Self::BodyTimeout(_) => {
+                response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            _ => {}
         }
         response
     }

@@ -183,9 +183,17 @@ where
     B::Error: std::error::Error + Send + Sync + 'static,
 {
     crate::state::Counters::bump(&shared.counters.total);
-    let request = match read_body(body, shared.max_body_bytes).await {
-        Ok(r) => r,
-        Err(e) => return reject(shared, e, ""),
+    // A declared length above the limit is refused before any body byte is read.
+    let declared = headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > shared.max_body_bytes as u64) {
+        return reject(shared, ProxyError::PayloadTooLarge(shared.max_body_bytes), "");
+    }
+    // The timer is armed only if the body is not already there when first polled.
+    let read = tokio::time::timeout(shared.body_timeout, read_body(body, shared.max_body_bytes));
+    let request = match read.await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => return reject(shared, e, ""),
+        Err(_) => return reject(shared, ProxyError::BodyTimeout(shared.body_timeout), ""),
     };
     if shared.bundle.load().version == 0 {
         return reject(shared, ProxyError::NotReady, &request.model);
@@ -207,7 +215,7 @@ fn reject(shared: &Shared, e: ProxyError, model: &str) -> ApiResponse {
         at_ms: crate::now_ms(),
         backend_id: "".into(),
         pool: "".into(),
-        model: model.chars().take(256).collect::<String>().into(),
+        model: usage_model(shared, model),
         attempt: None,
         answered: Some(false),
         usage: None,
@@ -217,6 +225,23 @@ fn reject(shared: &Shared, e: ProxyError, model: &str) -> ApiResponse {
     });
     e.into_response()
 }
+
+/// The model a request the proxy answered itself is accounted under: the canonical
+/// name if some backend serves it, else one fixed key. A client's raw `model` string
+/// never becomes a usage key, so random names cannot grow the store.
+fn usage_model(shared: &Shared, model: &str) -> Arc<str> {
+    if model.is_empty() {
+        return "".into();
+    }
+    let bundle = shared.bundle.load();
+    match bundle.models.binary_search_by(|m| m.as_str().cmp(model)) {
+        Ok(i) => bundle.models[i].as_str().into(),
+        Err(_) => UNROUTED.into(),
+    }
+}
+
+/// The usage key of requests for a model no backend serves.
+pub const UNROUTED: &str = "(unrouted)";
 
 fn model_object(id: &str, created: i64) -> Value {
     serde_json::json!({ "id": id, "object": "model", "created": created, "owned_by": "sidecar" })
