@@ -484,6 +484,7 @@ async fn sidecarctl_shows_stats_and_cooldowns() -> anyhow::Result<()> {
             },
         ],
         sent_at_ms: now,
+        ..Default::default()
     };
     let channel = tonic::transport::Channel::from_shared(ctl.server.clone())?.connect().await?;
     let mut request = tonic::Request::new(batch);

@@ -103,6 +103,11 @@ impl Metrics {
             d("sidecar_report_outbox_dropped_total", None, "Usage batches dropped because the outbox was full."),
             d("sidecar_usage_events_dropped_total", None, "Usage events dropped because the reporter fell behind."),
             d(
+                "sidecar_report_batches_rejected_total",
+                None,
+                "Usage batches the control plane refused as invalid (dropped; see the proxy's error log).",
+            ),
+            d(
                 "sidecar_connections_rejected_total",
                 None,
                 "Client connections closed at once because SIDECAR_MAX_CONNECTIONS were open.",
@@ -209,6 +214,11 @@ impl Metrics {
     /// A client connection was closed at the connection cap.
     pub fn connection_rejected(&self) {
         self.counter("sidecar_connections_rejected_total", &[]).increment(1);
+    }
+
+    /// The control plane refused a usage batch as invalid.
+    pub fn report_rejected(&self) {
+        self.counter("sidecar_report_batches_rejected_total", &[]).increment(1);
     }
 
     /// A usage event was dropped.

@@ -87,6 +87,12 @@ impl Proxy {
             .keep_alive_while_idle(true)
             .connect_lazy();
         let client = NodeServiceClient::with_interceptor(channel, Bearer::new(config.node_token.as_deref()));
+        let outbox_dir = config.data_dir.join("outbox");
+        let (outbox, recovered) = Outbox::open(&outbox_dir, config.outbox_capacity)
+            .map_err(|e| InitError::DataDir(outbox_dir.display().to_string(), e))?;
+        if recovered.batches > 0 {
+            info!(batches = recovered.batches, "usage outbox: delivering batches a previous run left undelivered");
+        }
         let metrics = Metrics::new();
         let (usage, usage_rx) = report::channel(metrics.clone());
         let (events_tx, events_rx) = tokio::sync::mpsc::channel(1024);
@@ -104,7 +110,7 @@ impl Proxy {
             started: Instant::now(),
             node_id: node_id.clone(),
             in_flight: Default::default(),
-            outbox: Arc::new(Outbox::default()),
+            outbox: Arc::new(outbox),
         });
         let boot_id = crate::random_hex(8);
         let cache = match &config.cache_key {
@@ -167,7 +173,7 @@ impl Proxy {
             outbox.clone(),
             report::Batching {
                 node_id: shared.node_id.clone(),
-                boot_id: self.boot_id,
+                boot_id: self.boot_id.clone(),
                 capacity: self.outbox_capacity,
                 interval: Duration::from_secs(1),
             },
@@ -175,7 +181,14 @@ impl Proxy {
             stop_tasks.clone(),
             last_batch_tx,
         ));
-        reporting.spawn(report::deliver(outbox, self.client, shared.metrics.clone(), last_batch, REPORT_DRAIN));
+        reporting.spawn(report::deliver(
+            outbox,
+            self.client,
+            self.boot_id,
+            shared.metrics.clone(),
+            last_batch,
+            REPORT_DRAIN,
+        ));
 
         info!(
             addr = %api.local_addr()?,

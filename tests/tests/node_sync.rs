@@ -229,7 +229,7 @@ async fn a_repeated_report_seq_is_not_double_counted() {
         boot_id: "boot-1".into(),
         seq,
         records: vec![record(120_000, requests)],
-        sent_at_ms: 0,
+        ..Default::default()
     };
     let ack = node.report(batch(1, 5)).await.unwrap().into_inner();
     assert_eq!((ack.seq, ack.applied), (1, true));

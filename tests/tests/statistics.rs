@@ -261,6 +261,7 @@ async fn a_retried_report_is_counted_once_in_every_granularity() {
             ..Default::default()
         }],
         sent_at_ms: now,
+        ..Default::default()
     };
     assert!(node.report(batch.clone()).await.unwrap().into_inner().applied);
     assert!(!node.report(batch).await.unwrap().into_inner().applied);

@@ -184,7 +184,7 @@ async fn ingest(control: &str, node: AsciiMetadataValue, nodes: usize, seconds: 
                     boot_id: "bench".into(),
                     seq,
                     records,
-                    sent_at_ms: 0,
+                    ..Default::default()
                 };
                 let sent = Instant::now();
                 match client.report(with_token(batch, &node)).await {

@@ -3,16 +3,14 @@
 //! a bounded outbox holds batches until the control plane acknowledges them, so an outage
 //! loses nothing that fits (beyond that the oldest batches are dropped and counted).
 
-use std::{
-    collections::{HashMap, VecDeque},
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+mod outbox;
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use sidecar_proto::v1::{self as pb, node_service_client::NodeServiceClient};
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{mpsc, watch};
 use tonic::{service::interceptor::InterceptedService, transport::Channel};
-use tracing::{debug, warn};
+use tracing::{debug, error, warn};
 
 use crate::{auth::Bearer, metrics::Metrics, upstream::Usage};
 
@@ -89,24 +87,7 @@ pub fn channel(metrics: Metrics) -> (UsageSink, mpsc::Receiver<UsageEvent>) {
     (UsageSink { tx, metrics }, rx)
 }
 
-/// Batches waiting for an ack, oldest first.
-#[derive(Default)]
-pub struct Outbox {
-    batches: Mutex<VecDeque<pb::ReportBatch>>,
-    ready: Notify,
-}
-
-impl Outbox {
-    /// Batches waiting.
-    pub fn len(&self) -> usize {
-        self.batches.lock().expect("outbox lock").len()
-    }
-
-    /// Whether nothing waits.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
+pub use outbox::{Outbox, Recovered};
 
 fn bucket_index(ms: u64) -> usize {
     LATENCY_BUCKETS_MS.iter().position(|&b| ms <= b).unwrap_or(LATENCY_BUCKETS_MS.len())
@@ -188,21 +169,15 @@ pub async fn aggregate(
             seq,
             records: pending.drain().map(|(_, r)| r).collect(),
             sent_at_ms: crate::now_ms(),
+            // Set when sent: the batch may outlive this process.
+            sender_boot_id: String::new(),
         };
-        let mut batches = outbox.batches.lock().expect("outbox lock");
-        batches.push_back(batch);
-        let mut dropped = 0;
-        while batches.len() > capacity {
-            batches.pop_front();
-            dropped += 1;
-        }
-        metrics.gauge("sidecar_report_outbox_depth", &[], batches.len() as f64);
-        drop(batches);
+        let dropped = outbox.push(batch, capacity);
+        metrics.gauge("sidecar_report_outbox_depth", &[], outbox.len() as f64);
         if dropped > 0 {
             warn!(dropped, "usage outbox full: dropped the oldest batches");
             metrics.outbox_dropped(dropped);
         }
-        outbox.ready.notify_one();
     };
     let put = |pending: &mut HashMap<(i64, Arc<str>, Arc<str>), pb::UsageRecord>, e: UsageEvent| {
         let minute = e.at_ms - e.at_ms.rem_euclid(60_000);
@@ -256,11 +231,14 @@ pub async fn aggregate(
 pub type NodeClient = NodeServiceClient<InterceptedService<Channel, Bearer>>;
 
 /// Sends outbox batches in order, one at a time, retrying with backoff until each is
-/// acknowledged. Once the aggregator is `done` (it cut the last batch) it keeps trying
-/// for `drain_for`, then gives up.
+/// acknowledged; `boot_id` (this process) is sent as the sender, whichever run cut the
+/// batch. A batch the control plane refuses as invalid is dropped and counted: retrying
+/// it would block every batch behind it. Once the aggregator is `done` (it cut the last
+/// batch) it keeps trying for `drain_for`, then gives up (what is left stays on disk).
 pub async fn deliver(
     outbox: Arc<Outbox>,
     mut client: NodeClient,
+    boot_id: String,
     metrics: Metrics,
     mut shutdown: watch::Receiver<bool>,
     drain_for: Duration,
@@ -268,8 +246,7 @@ pub async fn deliver(
     let mut backoff = Duration::from_millis(200);
     let mut deadline: Option<tokio::time::Instant> = None;
     loop {
-        let head = outbox.batches.lock().expect("outbox lock").front().cloned();
-        let Some(batch) = head else {
+        let Some(batch) = outbox.front() else {
             if deadline.is_some() {
                 return;
             }
@@ -285,17 +262,25 @@ pub async fn deliver(
             warn!(pending = outbox.len(), "shutting down with usage batches the control plane has not acknowledged");
             return;
         }
-        let mut request = tonic::Request::new(batch.clone());
+        let mut request = tonic::Request::new(pb::ReportBatch { sender_boot_id: boot_id.clone(), ..batch.clone() });
         request.set_timeout(Duration::from_secs(5));
         match client.report(request).await {
             Ok(ack) => {
                 debug!(seq = ack.get_ref().seq, applied = ack.get_ref().applied, "report acknowledged");
-                let mut batches = outbox.batches.lock().expect("outbox lock");
-                if batches.front().is_some_and(|b| b.seq == batch.seq) {
-                    batches.pop_front();
-                }
-                metrics.gauge("sidecar_report_outbox_depth", &[], batches.len() as f64);
+                outbox.remove(&batch);
+                metrics.gauge("sidecar_report_outbox_depth", &[], outbox.len() as f64);
                 backoff = Duration::from_millis(200);
+            }
+            Err(status) if status.code() == tonic::Code::InvalidArgument => {
+                error!(
+                    boot = %batch.boot_id,
+                    seq = batch.seq,
+                    error = %status.message(),
+                    "the control plane refused a usage batch as invalid; dropping it"
+                );
+                outbox.remove(&batch);
+                metrics.report_rejected();
+                metrics.gauge("sidecar_report_outbox_depth", &[], outbox.len() as f64);
             }
             Err(status) => {
                 debug!(%status, "report failed; will retry");
@@ -351,7 +336,7 @@ mod tests {
         stop_tx.send(true).unwrap();
         done.wait_for(|d| *d).await.unwrap();
         task.await.unwrap();
-        let batches = outbox.batches.lock().unwrap().clone();
+        let batches = outbox.batches();
         assert_eq!(batches.iter().map(|b| b.seq).collect::<Vec<_>>(), [1, 2]);
         let mut first = batches[0].records.clone();
         first.sort_by_key(|r| r.minute_ms);
@@ -384,7 +369,7 @@ mod tests {
         }
         stop_tx.send(true).unwrap();
         done.wait_for(|d| *d).await.unwrap();
-        let seqs: Vec<u64> = outbox.batches.lock().unwrap().iter().map(|b| b.seq).collect();
+        let seqs: Vec<u64> = outbox.batches().iter().map(|b| b.seq).collect();
         assert_eq!(seqs, [2, 3], "the oldest batch was dropped");
         assert!(metrics.render().contains("sidecar_report_outbox_dropped_total 1"), "{}", metrics.render());
     }
