@@ -254,6 +254,72 @@ async fn a_repeated_report_seq_is_not_double_counted() {
 }
 
 #[tokio::test]
+async fn impossible_counts_are_refused_by_name_and_totals_never_wrap() {
+    let mut cp = ControlPlaneHarness::start().await;
+    let mut node = cp.node().await;
+    let batch = |seq: u64, record: pb::UsageRecord| pb::ReportBatch {
+        node_id: "node-w".into(),
+        boot_id: "boot-1".into(),
+        seq,
+        records: vec![record],
+        ..Default::default()
+    };
+    assert!(node.report(batch(1, record(120_000, 25))).await.unwrap().into_inner().applied);
+    // The attack from the review: succeeded = 2^64 - 1 wrapped the fleet total to 23.
+    let wrap = pb::UsageRecord { succeeded: u64::MAX, ..record(120_000, 1) };
+    let err = node.report(batch(2, wrap)).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().starts_with("records[0].succeeded"), "{}", err.message());
+    for (field, bad) in [
+        ("attempts", pb::UsageRecord { attempts: u64::MAX, ..record(120_000, 1) }),
+        ("answered_errors", pb::UsageRecord { answered: 1, answered_errors: 2, ..record(120_000, 1) }),
+        ("latency_histogram", pb::UsageRecord { latency_histogram: vec![u64::MAX, 2], ..record(120_000, 1) }),
+        ("prompt_tokens", pb::UsageRecord { prompt_tokens: u64::MAX, ..record(120_000, 1) }),
+        ("ttft_count", pb::UsageRecord { ttft_count: 5, ..record(120_000, 1) }),
+    ] {
+        let err = node.report(batch(3, bad)).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{field}");
+        assert!(err.message().starts_with(&format!("records[0].{field}")), "{field}: {}", err.message());
+    }
+    cp.stop().await;
+    let store = sidecar_control_plane::store::Store::open(&cp.data_dir).unwrap();
+    let rows = store.usage_minutes(0, i64::MAX).unwrap();
+    assert_eq!((rows.len(), rows[0].3.succeeded), (1, 25), "nothing of the refused batches applied");
+}
+
+#[tokio::test]
+async fn a_node_may_not_report_as_another_node_that_is_connected() {
+    let cp = ControlPlaneHarness::start().await;
+    let mut client = cp.node().await;
+    // node-v is connected, its Sync stream said hello with boot-1.
+    let mut victim = FakeNode::connect(&mut client, "node-v", "").await.unwrap();
+    victim.next_snapshot().await;
+    let batch = |seq: u64, boot: &str, sender: &str| pb::ReportBatch {
+        node_id: "node-v".into(),
+        boot_id: boot.into(),
+        sender_boot_id: sender.into(),
+        seq,
+        records: vec![record(120_000, 1)],
+        ..Default::default()
+    };
+    let err = client.report(batch(1, "boot-evil", "")).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(err.message().contains("node_id node-v") && !err.message().contains("boot-1"), "{}", err.message());
+    let err = client.report(batch(1, "boot-1", "boot-evil")).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "the sender is checked, not only the batch's origin");
+    // The node itself reports, including batches an earlier run of it left behind.
+    assert!(client.report(batch(1, "boot-1", "")).await.unwrap().into_inner().applied);
+    assert!(client.report(batch(1, "boot-0", "boot-1")).await.unwrap().into_inner().applied);
+    // Once it has gone, its next run may deliver what this one left.
+    drop(victim);
+    eventually("node-v disconnected", Duration::from_secs(5), || async {
+        let mut c = cp.node().await;
+        c.report(batch(2, "boot-1", "boot-2")).await.ok().map(|_| ())
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn shutdown_ends_open_sync_streams() {
     let mut cp = ControlPlaneHarness::start().await;
     let mut node = FakeNode::connect(&mut cp.node().await, "node-s", "").await.unwrap();

@@ -20,6 +20,7 @@ use crate::{
     metrics,
     state::Shared,
     store::{LATENCY_BUCKETS_MS, ReportRecord, UsageCounters},
+    util::clip,
 };
 
 /// How long a node has to say hello after opening the stream.
@@ -81,18 +82,39 @@ impl NodeService for NodeApi {
     async fn report(&self, request: Request<pb::ReportBatch>) -> Result<Response<pb::ReportAck>, Status> {
         self.shared.auth.check(request.metadata(), Access::Node)?;
         let batch = request.into_inner();
+        let refuse = |status: Status, outcome: &'static str| {
+            metrics::report(outcome);
+            warn!(node = %clip(&batch.node_id), error = %status.message(), "report refused");
+            Err(status)
+        };
         let records = match check_batch(&batch) {
             Ok(r) => r,
-            Err(status) => {
-                metrics::report("invalid");
-                return Err(status);
+            Err(status) => return refuse(status, "invalid"),
+        };
+        // Until credentials are bound to node ids, a node may at least not report as
+        // another node that is connected now: the sender must be the boot that node's
+        // live Sync stream said hello with.
+        let sender = if batch.sender_boot_id.is_empty() { &batch.boot_id } else { &batch.sender_boot_id };
+        if self.shared.nodes.live_boot(&batch.node_id).is_some_and(|live| live != *sender) {
+            return refuse(
+                Status::failed_precondition(format!(
+                    "node_id {}: that node is connected from another process (a different boot); a node may only report as itself",
+                    clip(&batch.node_id)
+                )),
+                "refused",
+            );
+        }
+        let store = &self.shared.store;
+        let applied = match store.apply_report(&batch.node_id, &batch.boot_id, batch.seq, &records) {
+            Ok(applied) => applied,
+            Err(e @ crate::store::StoreError::Overflow { .. }) => {
+                return refuse(Status::invalid_argument(format!("records: {e}; the batch is refused")), "invalid");
+            }
+            Err(error) => {
+                warn!(%error, "report could not be stored");
+                return Err(Status::internal("storage error"));
             }
         };
-        let store = &self.shared.store;
-        let applied = store.apply_report(&batch.node_id, &batch.boot_id, batch.seq, &records).map_err(|error| {
-            warn!(%error, "report could not be stored");
-            Status::internal("storage error")
-        })?;
         // Acknowledge only what is on disk: a node drops a batch from its outbox once
         // acked, so an ack before the flush could lose it in a crash.
         store.flush().await.map_err(|_| Status::internal("storage error"))?;
@@ -100,6 +122,63 @@ impl NodeService for NodeApi {
         self.shared.nodes.reported(store, &batch.node_id);
         Ok(Response::new(pb::ReportAck { seq: batch.seq, applied }))
     }
+}
+
+/// Most records one batch may carry: a batch is cut every second, one record per
+/// (minute, backend, model) seen in it.
+const MAX_RECORDS: usize = 100_000;
+/// Most requests one record may count: far above what one node serves in a batch.
+const MAX_COUNT: u64 = 100_000_000;
+/// Most tokens one attempt may report.
+const MAX_TOKENS_PER_ATTEMPT: u64 = 100_000_000;
+/// Most milliseconds one attempt may last.
+const MAX_MS_PER_ATTEMPT: u64 = 24 * 3600 * 1000;
+/// Most USD one attempt may cost.
+const MAX_USD_PER_ATTEMPT: f64 = 100_000.0;
+
+/// The record's counts are possible: bounded, no more results than attempts, no more
+/// errors than answers, sums that do not overflow. Names the first field that is not.
+fn check_counts(r: &pb::UsageRecord) -> Result<(), (&'static str, String)> {
+    let too_many =
+        |field, value: u64| (value > MAX_COUNT).then(|| (field, format!("{value} exceeds {MAX_COUNT} per record")));
+    for (field, value) in [("attempts", r.attempts), ("answered", r.answered)] {
+        if let Some(e) = too_many(field, value) {
+            return Err(e);
+        }
+    }
+    let results = [r.succeeded, r.errors_429, r.errors_5xx, r.errors_timeout, r.errors_connect, r.errors_4xx]
+        .iter()
+        .try_fold(0u64, |sum, v| sum.checked_add(*v));
+    if results.is_none_or(|n| n > r.attempts) {
+        return Err(("succeeded", "results (succeeded + errors_*) exceed attempts".into()));
+    }
+    if r.answered_errors > r.answered {
+        return Err(("answered_errors", "exceeds answered".into()));
+    }
+    if r.ttft_count > r.attempts {
+        return Err(("ttft_count", "exceeds attempts".into()));
+    }
+    if r.latency_histogram.iter().try_fold(0u64, |sum, v| sum.checked_add(*v)).is_none_or(|n| n > r.attempts) {
+        return Err(("latency_histogram", "counts more attempts than attempts".into()));
+    }
+    let per_attempt = |field, value: u64, count: u64, max: u64| {
+        (value > count.saturating_mul(max)).then(|| (field, format!("exceeds {max} per attempt")))
+    };
+    for (field, value, count, max) in [
+        ("prompt_tokens", r.prompt_tokens, r.attempts, MAX_TOKENS_PER_ATTEMPT),
+        ("completion_tokens", r.completion_tokens, r.attempts, MAX_TOKENS_PER_ATTEMPT),
+        ("total_tokens", r.total_tokens, r.attempts, MAX_TOKENS_PER_ATTEMPT.saturating_mul(2)),
+        ("latency_ms_sum", r.latency_ms_sum, r.attempts, MAX_MS_PER_ATTEMPT),
+        ("ttft_ms_sum", r.ttft_ms_sum, r.ttft_count, MAX_MS_PER_ATTEMPT),
+    ] {
+        if let Some(e) = per_attempt(field, value, count, max) {
+            return Err(e);
+        }
+    }
+    if r.cost_usd > r.attempts as f64 * MAX_USD_PER_ATTEMPT {
+        return Err(("cost_usd", format!("exceeds {MAX_USD_PER_ATTEMPT} USD per attempt")));
+    }
+    Ok(())
 }
 
 /// Validates a batch and converts its records.
@@ -112,6 +191,12 @@ fn check_batch(batch: &pb::ReportBatch) -> Result<Vec<ReportRecord>, Status> {
     }
     if batch.seq == 0 {
         return Err(Status::invalid_argument("seq: must start at 1"));
+    }
+    if batch.sender_boot_id.len() > 128 {
+        return Err(Status::invalid_argument("sender_boot_id: must be at most 128 characters"));
+    }
+    if batch.records.len() > MAX_RECORDS {
+        return Err(Status::invalid_argument(format!("records: at most {MAX_RECORDS} per batch")));
     }
     batch
         .records
@@ -136,6 +221,9 @@ fn check_batch(batch: &pb::ReportBatch) -> Result<Vec<ReportRecord>, Status> {
             }
             if !r.cost_usd.is_finite() || r.cost_usd < 0.0 {
                 return Err(bad("cost_usd", "must be a non-negative number"));
+            }
+            if let Err((field, why)) = check_counts(r) {
+                return Err(bad(field, &why));
             }
             Ok(ReportRecord {
                 minute_ms: r.minute_ms,

@@ -21,7 +21,8 @@ use crate::{
 /// Connected nodes by id; a node id has at most one live session (the newest).
 #[derive(Default)]
 pub struct NodeRegistry {
-    live: Mutex<HashMap<String, u64>>,
+    /// Live session and boot id per node.
+    live: Mutex<HashMap<String, (u64, String)>>,
     next_session: AtomicU64,
     /// Serialises read-modify-write of node records (a report and an ACK for the same
     /// node can arrive at once), and holds when each node's record was last written, so
@@ -70,7 +71,7 @@ impl NodeRegistry {
         let session = self.next_session.fetch_add(1, Ordering::Relaxed) + 1;
         let connected = {
             let mut live = self.live.lock().expect("registry lock");
-            live.insert(hello.node_id.clone(), session);
+            live.insert(hello.node_id.clone(), (session, hello.boot_id.clone()));
             live.len()
         };
         metrics::nodes_connected(connected);
@@ -87,7 +88,7 @@ impl NodeRegistry {
     pub fn disconnect(&self, store: &Store, node_id: &str, session: u64) {
         let (was_current, connected) = {
             let mut live = self.live.lock().expect("registry lock");
-            let current = live.get(node_id) == Some(&session);
+            let current = live.get(node_id).is_some_and(|(s, _)| *s == session);
             if current {
                 live.remove(node_id);
             }
@@ -121,6 +122,11 @@ impl NodeRegistry {
     /// The node delivered a report.
     pub fn reported(&self, store: &Store, node_id: &str) {
         self.update(store, node_id, |n| n.last_report_ms = now_ms());
+    }
+
+    /// The boot id the node's live session said hello with, if it has one.
+    pub fn live_boot(&self, node_id: &str) -> Option<String> {
+        self.live.lock().expect("registry lock").get(node_id).map(|(_, boot)| boot.clone())
     }
 
     /// Whether the node has a live session.

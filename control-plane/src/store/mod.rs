@@ -41,6 +41,14 @@ pub enum StoreError {
         /// What was wrong.
         reason: String,
     },
+    /// Adding a report to a stored total would overflow the named counter.
+    #[error("counter `{field}` would overflow in tree `{tree}`")]
+    Overflow {
+        /// Tree name.
+        tree: &'static str,
+        /// The counter.
+        field: &'static str,
+    },
     /// A value was written by a newer Sidecar.
     #[error(
         "tree `{tree}` holds schema version {found}; this build reads up to {SCHEMA_VERSION}: upgrade sidecar-control"

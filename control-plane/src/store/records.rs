@@ -352,31 +352,70 @@ pub struct UsageCounters {
     pub ttft_count: u64,
 }
 
+/// Applies `op` to each pair of integer counters of two [`UsageCounters`], naming the
+/// field; the histogram is handled by the callers.
+macro_rules! each_count {
+    ($a:expr, $b:expr, $op:expr) => {{
+        let (a, b) = ($a, $b);
+        let op = $op;
+        (|| {
+            op("attempts", &mut a.attempts, b.attempts)?;
+            op("answered", &mut a.answered, b.answered)?;
+            op("answered_errors", &mut a.answered_errors, b.answered_errors)?;
+            op("succeeded", &mut a.succeeded, b.succeeded)?;
+            op("errors_429", &mut a.errors_429, b.errors_429)?;
+            op("errors_5xx", &mut a.errors_5xx, b.errors_5xx)?;
+            op("errors_timeout", &mut a.errors_timeout, b.errors_timeout)?;
+            op("errors_connect", &mut a.errors_connect, b.errors_connect)?;
+            op("errors_4xx", &mut a.errors_4xx, b.errors_4xx)?;
+            op("prompt_tokens", &mut a.prompt_tokens, b.prompt_tokens)?;
+            op("completion_tokens", &mut a.completion_tokens, b.completion_tokens)?;
+            op("total_tokens", &mut a.total_tokens, b.total_tokens)?;
+            op("latency_ms_sum", &mut a.latency_ms_sum, b.latency_ms_sum)?;
+            op("ttft_ms_sum", &mut a.ttft_ms_sum, b.ttft_ms_sum)?;
+            op("ttft_count", &mut a.ttft_count, b.ttft_count)?;
+            Ok::<(), &'static str>(())
+        })()
+    }};
+}
+
 impl UsageCounters {
-    /// Adds `other` into `self`.
+    /// Adds `other` into `self`, saturating: totals read for statistics never wrap.
     pub fn merge(&mut self, other: &UsageCounters) {
-        self.attempts += other.attempts;
-        self.answered += other.answered;
-        self.answered_errors += other.answered_errors;
-        self.succeeded += other.succeeded;
-        self.errors_429 += other.errors_429;
-        self.errors_5xx += other.errors_5xx;
-        self.errors_timeout += other.errors_timeout;
-        self.errors_connect += other.errors_connect;
-        self.errors_4xx += other.errors_4xx;
-        self.prompt_tokens += other.prompt_tokens;
-        self.completion_tokens += other.completion_tokens;
-        self.total_tokens += other.total_tokens;
+        let saturating = |_: &'static str, a: &mut u64, b: u64| -> Result<(), &'static str> {
+            *a = a.saturating_add(b);
+            Ok(())
+        };
+        let _ = each_count!(&mut *self, other, saturating);
         self.cost_usd += other.cost_usd;
-        self.latency_ms_sum += other.latency_ms_sum;
         if self.latency_histogram.len() < other.latency_histogram.len() {
             self.latency_histogram.resize(other.latency_histogram.len(), 0);
         }
         for (mine, theirs) in self.latency_histogram.iter_mut().zip(&other.latency_histogram) {
-            *mine += theirs;
+            *mine = mine.saturating_add(*theirs);
         }
-        self.ttft_ms_sum += other.ttft_ms_sum;
-        self.ttft_count += other.ttft_count;
+    }
+
+    /// Adds `other` into `self` for storing, or names the first counter that would
+    /// overflow (and leaves `self` unchanged).
+    pub fn checked_merge(&mut self, other: &UsageCounters) -> Result<(), &'static str> {
+        let mut sum = self.clone();
+        each_count!(&mut sum, other, |name: &'static str, a: &mut u64, b: u64| -> Result<(), &'static str> {
+            *a = a.checked_add(b).ok_or(name)?;
+            Ok(())
+        })?;
+        sum.cost_usd += other.cost_usd;
+        if !sum.cost_usd.is_finite() {
+            return Err("cost_usd");
+        }
+        if sum.latency_histogram.len() < other.latency_histogram.len() {
+            sum.latency_histogram.resize(other.latency_histogram.len(), 0);
+        }
+        for (mine, theirs) in sum.latency_histogram.iter_mut().zip(&other.latency_histogram) {
+            *mine = mine.checked_add(*theirs).ok_or("latency_histogram")?;
+        }
+        *self = sum;
+        Ok(())
     }
 }
 

@@ -170,6 +170,33 @@ fn report_batches_apply_once_per_node_boot_and_seq() {
     assert_eq!(total.latency_histogram, vec![4, 8]);
 }
 
+#[test]
+fn a_report_that_would_overflow_a_stored_total_is_refused_and_changes_nothing() {
+    let (_dir, store) = open();
+    let mut big = record(60_000, "bkd_1", "m", 1);
+    big.counters.attempts = u64::MAX - 10;
+    assert!(store.apply_report("n1", "b", 1, std::slice::from_ref(&big)).unwrap());
+    let err = store.apply_report("n1", "b", 2, &[record(60_000, "bkd_1", "m", 11)]).unwrap_err();
+    assert!(matches!(err, StoreError::Overflow { field: "attempts", .. }), "{err}");
+    // Two records of one batch that overflow only together.
+    let err = store.apply_report("n2", "b", 1, &[big.clone(), big]).unwrap_err();
+    assert!(matches!(err, StoreError::Overflow { .. }), "{err}");
+    let rows = store.usage_minutes(0, i64::MAX).unwrap();
+    assert_eq!(rows.iter().map(|r| r.3.attempts).collect::<Vec<_>>(), [u64::MAX - 10], "no wrap, no partial write");
+    // The refused seq did not count as applied: the node can still deliver seq 2.
+    assert!(store.apply_report("n1", "b", 2, &[record(60_000, "bkd_1", "m", 1)]).unwrap());
+}
+
+#[test]
+fn merged_totals_saturate_instead_of_wrapping() {
+    let mut a = UsageCounters { succeeded: u64::MAX - 1, latency_histogram: vec![u64::MAX], ..Default::default() };
+    a.merge(&UsageCounters { succeeded: 5, latency_histogram: vec![1], ..Default::default() });
+    assert_eq!((a.succeeded, a.latency_histogram[0]), (u64::MAX, u64::MAX));
+    let mut b = UsageCounters { errors_5xx: u64::MAX, ..Default::default() };
+    assert_eq!(b.checked_merge(&UsageCounters { errors_5xx: 1, ..Default::default() }), Err("errors_5xx"));
+    assert_eq!(b.errors_5xx, u64::MAX, "unchanged on overflow");
+}
+
 const MINUTE: i64 = 60_000;
 const HOUR: i64 = 3_600_000;
 const DAY: i64 = 86_400_000;

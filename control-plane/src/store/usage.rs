@@ -114,11 +114,12 @@ struct UsageValue {
 }
 
 impl UsageValue {
-    fn merge(&mut self, other: &UsageValue) {
-        self.counters.merge(&other.counters);
+    fn checked_merge(&mut self, other: &UsageValue, tree: &'static str) -> Result<(), StoreError> {
+        self.counters.checked_merge(&other.counters).map_err(|field| StoreError::Overflow { tree, field })?;
         if !other.pool.is_empty() {
             self.pool.clone_from(&other.pool);
         }
+        Ok(())
     }
 }
 
@@ -163,7 +164,7 @@ fn merge_into(
             Some(v) => decode::<UsageValue>(name, &v).map_err(tx_abort)?,
             None => UsageValue::default(),
         };
-        value.merge(add);
+        value.checked_merge(add, name).map_err(tx_abort)?;
         tree.insert(key.as_slice(), encode(&value))?;
     }
     Ok(())
@@ -210,7 +211,8 @@ impl Store {
         for r in records {
             for (g, adds) in Granularity::ALL.iter().zip(adds.iter_mut()) {
                 let key = usage_key(g.floor(r.minute_ms), &r.backend_id, &r.model, node_id);
-                adds.entry(key).or_default().merge(&UsageValue { pool: r.pool.clone(), counters: r.counters.clone() });
+                let add = UsageValue { pool: r.pool.clone(), counters: r.counters.clone() };
+                adds.entry(key).or_default().checked_merge(&add, g.tree_name())?;
             }
         }
         (&self.usage_m, &self.usage_h, &self.usage_d, &self.report_seq)
