@@ -35,8 +35,10 @@ pub struct ControlConfig {
     pub admin_token: Option<String>,
     /// Seeds a node token.
     pub node_token: Option<String>,
-    /// Where sled and backups live.
+    /// Where sled lives.
     pub data_dir: PathBuf,
+    /// Where backups go; belongs on other storage than `data_dir`.
+    pub backup_dir: PathBuf,
     /// gRPC, gRPC-web (and later the console).
     pub listen: SocketAddr,
     /// `/health` and `/metrics`.
@@ -123,6 +125,7 @@ const SETTINGS: &[Setting] = &[
     Setting { env: "SIDECAR_ADMIN_TOKEN", flag: None, file: "admin_token" },
     Setting { env: "SIDECAR_NODE_TOKEN", flag: None, file: "node_token" },
     Setting { env: "SIDECAR_DATA_DIR", flag: Some("--data-dir"), file: "data_dir" },
+    Setting { env: "SIDECAR_BACKUP_DIR", flag: None, file: "backup_dir" },
     Setting { env: "SIDECAR_CONTROL_LISTEN", flag: Some("--listen"), file: "listen" },
     Setting { env: "SIDECAR_CONTROL_OPS_LISTEN", flag: Some("--ops-listen"), file: "ops_listen" },
     Setting { env: "SIDECAR_LOG_LEVEL", flag: Some("--log-level"), file: "log_level" },
@@ -278,6 +281,7 @@ impl ControlConfig {
         let listen = addr("SIDECAR_CONTROL_LISTEN", "127.0.0.1:9290")?;
         let ops_listen = addr("SIDECAR_CONTROL_OPS_LISTEN", "127.0.0.1:9291")?;
         let data_dir = PathBuf::from(src.get("SIDECAR_DATA_DIR").unwrap_or_else(|| "./data".into()));
+        let backup_dir = src.get("SIDECAR_BACKUP_DIR").map_or_else(|| data_dir.join("backups"), PathBuf::from);
         let log_level = src.get("SIDECAR_LOG_LEVEL").unwrap_or_else(|| "info".into());
         if tracing_subscriber::EnvFilter::try_new(&log_level).is_err() {
             return Err(invalid(
@@ -384,6 +388,7 @@ impl ControlConfig {
             admin_token,
             node_token,
             data_dir,
+            backup_dir,
             listen,
             ops_listen,
             log_level,

@@ -169,7 +169,7 @@ pub async fn sweeps(shared: Arc<Shared>) {
     }
 }
 
-/// Where backups go: `DATA_DIR/backups`.
+/// Where backups go unless `SIDECAR_BACKUP_DIR` says otherwise: `DATA_DIR/backups`.
 pub fn backup_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("backups")
 }
@@ -298,11 +298,11 @@ pub fn prune_backups(dir: &Path, retention_days: u32, now_ms: i64) -> io::Result
     Ok(deleted)
 }
 
-/// Takes a backup into `DATA_DIR/backups` if one is due at `now_ms` under the stored
-/// settings, then prunes old ones. Returns the new backup's path, if one was written.
-pub fn backup_if_due(store: &Store, data_dir: &Path, now_ms: i64) -> Result<Option<PathBuf>, MaintenanceError> {
+/// Takes a backup into `dir` if one is due at `now_ms` under the stored settings, then
+/// prunes old ones. Returns the new backup's path, if one was written.
+pub fn backup_if_due(store: &Store, dir: &Path, now_ms: i64) -> Result<Option<PathBuf>, MaintenanceError> {
     let settings = store.settings()?;
-    let dir = backup_dir(data_dir);
+    let dir = dir.to_path_buf();
     let io_error = |source| MaintenanceError::Io { path: dir.display().to_string(), source };
     let newest = list_backups(&dir).map_err(io_error)?.last().map(|(at, _)| *at);
     if !backup_due(settings.backup_interval_hours, newest, now_ms) {
@@ -325,7 +325,7 @@ pub async fn backups(shared: Arc<Shared>) {
             _ = tokio::time::sleep(BACKUP_CHECK_INTERVAL) => {}
             _ = shutdown.wait_for(|stop| *stop) => return,
         }
-        match backup_if_due(&shared.store, &shared.data_dir, now_ms()) {
+        match backup_if_due(&shared.store, &shared.backup_dir, now_ms()) {
             Ok(Some(path)) => info!(path = %path.display(), "backup written"),
             Ok(None) => {}
             Err(error) => warn!(%error, "periodic backup failed"),
@@ -501,15 +501,15 @@ mod tests {
     #[test]
     fn a_due_backup_is_the_export_document_and_respects_the_settings() {
         let (dir, store) = open();
-        let written = backup_if_due(&store, dir.path(), NOW).unwrap().unwrap();
+        let written = backup_if_due(&store, &backup_dir(dir.path()), NOW).unwrap().unwrap();
         let doc: ExportDocument = serde_json::from_slice(&std::fs::read(&written).unwrap()).unwrap();
         assert_eq!(doc.format, "sidecar-export");
         assert_eq!(doc.config_version, store.config_version());
         assert_eq!(doc.pools.len(), 2);
         // Not due again within the interval; due after it, and old ones are pruned.
-        assert!(backup_if_due(&store, dir.path(), NOW + HOUR_MS).unwrap().is_none());
+        assert!(backup_if_due(&store, &backup_dir(dir.path()), NOW + HOUR_MS).unwrap().is_none());
         let later = NOW + 8 * DAY_MS;
-        backup_if_due(&store, dir.path(), later).unwrap().unwrap();
+        backup_if_due(&store, &backup_dir(dir.path()), later).unwrap().unwrap();
         let left: Vec<i64> = list_backups(&backup_dir(dir.path())).unwrap().iter().map(|(at, _)| *at).collect();
         assert_eq!(left, vec![later], "the 8-day-old backup was pruned");
 
@@ -523,6 +523,6 @@ mod tests {
                 "settings",
             )
             .unwrap();
-        assert!(backup_if_due(&store, dir.path(), later + 30 * DAY_MS).unwrap().is_none());
+        assert!(backup_if_due(&store, &backup_dir(dir.path()), later + 30 * DAY_MS).unwrap().is_none());
     }
 }

@@ -32,7 +32,10 @@ fn describe() {
     describe_counter!("sidecar_control_snapshot_acks_total", "Snapshots nodes acknowledged (applied).");
     describe_counter!("sidecar_control_snapshot_nacks_total", "Snapshots nodes rejected.");
     describe_counter!("sidecar_control_admin_requests_total", "AdminService requests by method and gRPC code.");
-    describe_counter!("sidecar_control_reports_total", "Report batches by result (applied, duplicate, invalid).");
+    describe_counter!(
+        "sidecar_control_reports_total",
+        "Report batches by result (applied, duplicate, invalid, refused)."
+    );
     describe_counter!("sidecar_control_rate_limit_events_total", "429 events nodes sent on the Sync stream.");
 }
 

@@ -97,7 +97,7 @@ impl ControlPlane {
         let shared = Arc::new(Shared::new(
             store,
             config.encryption_key.clone(),
-            config.data_dir.clone(),
+            config.backup_dir.clone(),
             config.fleet,
             shutdown_rx,
         )?);

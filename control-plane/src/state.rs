@@ -116,8 +116,8 @@ pub struct Shared {
     /// Serialises config writes, so a write's reads are current when it commits and
     /// configs are published in version order.
     pub writer: Mutex<()>,
-    /// The data directory (backups go to `data_dir/backups`).
-    pub data_dir: std::path::PathBuf,
+    /// Where backups go (`SIDECAR_BACKUP_DIR`, default `DATA_DIR/backups`).
+    pub backup_dir: std::path::PathBuf,
     /// Fleet coordination: grants and fleet-wide cooldowns.
     pub fleet: crate::fleet::Fleet,
     /// The latest dashboard, computed once a second and shared by every watcher.
@@ -135,7 +135,7 @@ impl Shared {
     pub fn new(
         store: Store,
         key: MasterKey,
-        data_dir: std::path::PathBuf,
+        backup_dir: std::path::PathBuf,
         timing: crate::fleet::FleetTiming,
         shutdown: watch::Receiver<bool>,
     ) -> Result<Self, StateError> {
@@ -150,7 +150,7 @@ impl Shared {
             auth,
             nodes: NodeRegistry::default(),
             writer: Mutex::new(()),
-            data_dir,
+            backup_dir,
             fleet: crate::fleet::Fleet::new(timing),
             dashboard: watch::channel(Arc::new(pb::Dashboard::default())).0,
             health: Default::default(),

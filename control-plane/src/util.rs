@@ -17,12 +17,20 @@ pub fn new_id(prefix: &str) -> String {
 /// Client input as it may be echoed in an error message: at most 64 characters, then `…`,
 /// so an error never repeats a huge input back.
 pub fn clip(input: &str) -> std::borrow::Cow<'_, str> {
-    const MAX: usize = 64;
-    match input.char_indices().nth(MAX) {
+    clip_to(input, 64)
+}
+
+/// `input` cut to at most `max` characters, then `…`.
+pub fn clip_to(input: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    match input.char_indices().nth(max) {
         None => input.into(),
         Some((at, _)) => format!("{}…", &input[..at]).into(),
     }
 }
+
+/// Longest error message the API sends: a field path and a reason with the input they
+/// echo, clipped, fit well within it; anything longer repeats too much input.
+pub const MAX_ERROR_MESSAGE: usize = 512;
 
 #[cfg(test)]
 mod tests {

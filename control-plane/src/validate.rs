@@ -270,7 +270,7 @@ pub fn settings_patch(current: &Settings, patch: &pb::SettingsPatch) -> Result<S
     }
     set!(cooldown_base_seconds, 1, 3600);
     set!(cooldown_max_seconds, 1, 86_400);
-    set!(queue_capacity, 0, 100_000);
+    set!(queue_capacity, 1, 100_000);
     set!(queue_timeout_seconds, 1, 600);
     set!(low_priority_timeout_seconds, 0, 600);
     set!(near_recovery_wait_seconds, 0, 300);

@@ -36,6 +36,9 @@ impl BackendMetrics {
     }
 }
 
+/// The `kind` label values of `sidecar_upstream_errors_total`.
+const UPSTREAM_ERROR_KINDS: [&str; 6] = ["429", "5xx", "timeout", "connect", "io", "auth"];
+
 const CLASSES: [&str; 4] = ["2xx", "4xx", "5xx", "other"];
 
 fn class_index(status: u16) -> usize {
@@ -74,7 +77,34 @@ impl Metrics {
         let handle = recorder.handle();
         let m = Self { recorder: Arc::new(recorder), handle };
         m.describe();
+        m.register_at_zero();
         m
+    }
+
+    /// Every counter that is not per backend exists from the start at 0, so an alert on
+    /// its `rate()` has a series to read before the first increment.
+    fn register_at_zero(&self) {
+        for name in [
+            "sidecar_report_outbox_dropped_total",
+            "sidecar_usage_events_dropped_total",
+            "sidecar_connections_rejected_total",
+            "sidecar_report_batches_rejected_total",
+        ] {
+            self.counter(name, &[]).increment(0);
+        }
+        for priority in crate::routing::Priority::ALL {
+            for reason in ["full", "timeout"] {
+                self.counter("sidecar_queue_rejected_total", &[("priority", priority.as_str()), ("reason", reason)])
+                    .increment(0);
+            }
+        }
+        for reason in ["429", "failure"] {
+            self.counter("sidecar_retries_total", &[("reason", reason)]).increment(0);
+        }
+        for priority in crate::routing::Priority::ALL {
+            self.histogram("sidecar_queue_latency_seconds", &[("priority", priority.as_str())]);
+        }
+        self.gauge("sidecar_report_outbox_depth", &[], 0.0);
     }
 
     fn describe(&self) {
@@ -178,6 +208,15 @@ impl Metrics {
             }),
             latency: self.histogram("sidecar_upstream_latency_seconds", &[("backend", backend)]),
             ttft: self.histogram("sidecar_ttft_seconds", &[("backend", backend)]),
+        }
+    }
+
+    /// A backend's counters exist at 0 before its first event (called at scrape time for
+    /// every backend in the config; adding 0 changes nothing).
+    pub fn backend_counters_at_zero(&self, backend: &str) {
+        self.counter("sidecar_emergency_requests_total", &[("backend", backend)]).increment(0);
+        for kind in UPSTREAM_ERROR_KINDS {
+            self.counter("sidecar_upstream_errors_total", &[("backend", backend), ("kind", kind)]).increment(0);
         }
     }
 

@@ -150,6 +150,7 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
     m.gauge("sidecar_connections_max", &[], shared.connections.max() as f64);
     for b in &bundle.backends {
         let id = b.config.id.as_str();
+        m.backend_counters_at_zero(id);
         let s = &b.state;
         let (tokens, limit, in_window) = {
             let mut l = s.limiter.lock().expect("limiter lock");

@@ -375,3 +375,66 @@ async fn every_write_is_audited_with_who_and_what() {
     assert_eq!(last.target, b.backend.unwrap().id);
     assert_eq!(last.config_version, b.config_version);
 }
+
+#[tokio::test]
+async fn errors_never_echo_a_huge_input_back() {
+    let cp = ControlPlaneHarness::start().await;
+    let mut admin = cp.admin().await;
+    let huge = "x".repeat(1 << 20);
+    let err = admin.get_backend(pb::GetBackendRequest { id: huge.clone() }).await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    assert!(err.message().len() < 200, "{} bytes", err.message().len());
+    assert!(err.message().contains('…'), "{}", err.message());
+    // A field path that quotes a map key is bounded too.
+    let mut mappings = HashMap::new();
+    mappings.insert(huge, pb::ModelMapping { native_id: "n".into(), ..Default::default() });
+    let spec = pb::BackendSpec {
+        name: "b".into(),
+        base_url: "http://127.0.0.1:1".into(),
+        api_key: "sk-0123456789abcdef".into(),
+        model_mappings: mappings,
+        ..Default::default()
+    };
+    let err =
+        admin.create_backend(pb::CreateBackendRequest { backend: Some(spec), validate: false }).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().len() <= 2048, "{} bytes", err.message().len());
+}
+
+#[tokio::test]
+async fn a_backend_that_serves_no_model_is_refused_unless_disabled_and_queue_capacity_0_is_refused() {
+    let cp = ControlPlaneHarness::start().await;
+    let mut admin = cp.admin().await;
+    let spec = |enabled: bool| pb::BackendSpec {
+        name: format!("empty-{enabled}"),
+        base_url: "http://127.0.0.1:1".into(),
+        api_key: "sk-0123456789abcdef".into(),
+        enabled: Some(enabled),
+        ..Default::default()
+    };
+    let err = admin
+        .create_backend(pb::CreateBackendRequest { backend: Some(spec(true)), validate: false })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().starts_with("backend.model_mappings"), "{}", err.message());
+    let parked = admin
+        .create_backend(pb::CreateBackendRequest { backend: Some(spec(false)), validate: false })
+        .await
+        .expect("a disabled backend may wait for its mappings");
+    let id = parked.into_inner().backend.unwrap().id;
+    let enable = pb::BackendPatch { enabled: Some(true), ..Default::default() };
+    let err = admin
+        .update_backend(pb::UpdateBackendRequest { id, patch: Some(enable), ..Default::default() })
+        .await
+        .unwrap_err();
+    assert!(err.message().starts_with("backend.model_mappings"), "enabling it without mappings: {}", err.message());
+
+    let patch = pb::SettingsPatch { queue_capacity: Some(0), ..Default::default() };
+    let err = admin
+        .update_settings(pb::UpdateSettingsRequest { patch: Some(patch), expected_resource_version: None })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("queue_capacity"), "{}", err.message());
+}

@@ -136,3 +136,42 @@ async fn model_names_no_backend_serves_are_accounted_under_one_key() {
         store.usage_minutes(0, i64::MAX).unwrap().iter().filter(|r| r.2 == "(unrouted)").map(|r| r.3.answered).sum();
     assert_eq!(unrouted, 20, "each refused request is still counted");
 }
+
+#[tokio::test]
+async fn every_documented_metric_is_exported_from_the_start_and_every_exported_one_is_documented() {
+    let docs = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/proxy.md")).unwrap();
+    let mut documented: Vec<&str> = docs
+        .match_indices("`sidecar_")
+        .map(|(at, _)| &docs[at + 1..])
+        .map(|rest| &rest[..rest.find('`').unwrap()])
+        .collect();
+    documented.sort();
+    documented.dedup();
+    assert!(documented.len() > 20, "{documented:?}");
+
+    let mock = MockUpstream::start(&[]).await;
+    let mut gw = Gateway::start().await;
+    gw.add_backend(&mock, BackendDef::default()).await;
+    // One request, so per-backend histograms have a series; nothing is dropped, rejected
+    // or retried, and those counters must be there anyway.
+    assert_eq!(gw.proxy.chat("gpt-test").await.status(), 200);
+    let text = reqwest::get(format!("http://{}/metrics", gw.proxy.ops_addr)).await.unwrap().text().await.unwrap();
+    let exported: Vec<&str> =
+        text.lines().filter_map(|l| l.strip_prefix("# TYPE ")).map(|l| l.split(' ').next().unwrap()).collect();
+    for name in &documented {
+        assert!(exported.contains(name), "{name} is documented but not exported:\n{text}");
+    }
+    for name in &exported {
+        assert!(documented.contains(name), "{name} is exported but not in docs/proxy.md");
+    }
+    for zero in [
+        "sidecar_report_outbox_dropped_total 0",
+        "sidecar_usage_events_dropped_total 0",
+        "sidecar_connections_rejected_total 0",
+        "sidecar_report_batches_rejected_total 0",
+        "sidecar_queue_rejected_total{priority=\"low\",reason=\"timeout\"} 0",
+        "sidecar_retries_total{reason=\"429\"} 0",
+    ] {
+        assert!(text.lines().any(|l| l == zero), "missing `{zero}`:\n{text}");
+    }
+}

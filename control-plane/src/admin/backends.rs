@@ -22,7 +22,7 @@ pub(super) fn find(store: &Store, id_or_name: &str) -> Result<BackendRecord, Sta
         .backends()?
         .into_iter()
         .find(|b| b.name.eq_ignore_ascii_case(id_or_name))
-        .ok_or_else(|| Status::not_found(format!("backend {id_or_name:?} not found")))
+        .ok_or_else(|| Status::not_found(format!("backend {:?} not found", crate::util::clip(id_or_name))))
 }
 
 /// Refuses a write whose expected resource version is not the current one.
@@ -51,7 +51,7 @@ pub(super) fn new_backend(
             .ok_or_else(|| field_error(f("source"), format!("expected console, api, env or import, got {s:?}")))?,
     };
     let now = now_ms();
-    Ok(BackendRecord {
+    serves_something(BackendRecord {
         id: new_id("bkd"),
         name,
         label: validate::text(&f("label"), &spec.label, 64)?,
@@ -72,6 +72,18 @@ pub(super) fn new_backend(
         updated_at_ms: now,
         resource_version: 1,
     })
+}
+
+/// An enabled backend must serve at least one model: without a mapping it could never
+/// be chosen. A disabled one may wait for its mappings.
+fn serves_something(b: BackendRecord) -> Result<BackendRecord, FieldError> {
+    if b.enabled && b.model_mappings.is_empty() {
+        return Err(field_error(
+            "backend.model_mappings",
+            "an enabled backend needs at least one model mapping (canonical name -> native id, or \"*\" to pass any model through); create it disabled to add them later",
+        ));
+    }
+    Ok(b)
 }
 
 /// Applies a partial update; only fields present in `patch` change.
@@ -126,5 +138,5 @@ pub(super) fn patched(
     }
     b.updated_at_ms = now_ms();
     b.resource_version += 1;
-    Ok(b)
+    serves_something(b)
 }

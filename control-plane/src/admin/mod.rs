@@ -29,8 +29,13 @@ const VALIDATE_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl From<FieldError> for Status {
     fn from(e: FieldError) -> Self {
-        let mut status = Status::invalid_argument(e.to_string());
-        if let Ok(field) = e.field.parse() {
+        // Field paths and reasons may quote input (a map key, a rejected value): never
+        // more than a bounded message goes back.
+        let message = e.to_string();
+        let mut status = Status::invalid_argument(crate::util::clip_to(&message, crate::util::MAX_ERROR_MESSAGE));
+        if e.field.len() <= 256
+            && let Ok(field) = e.field.parse()
+        {
             // Lets the console put the message next to the field without parsing text.
             status.metadata_mut().insert("sidecar-field", field);
         }
@@ -261,7 +266,7 @@ impl AdminApi {
                 let token = tokens
                     .iter()
                     .find(|t| t.id == id)
-                    .ok_or_else(|| Status::not_found(format!("token {id:?} not found")))?;
+                    .ok_or_else(|| Status::not_found(format!("token {:?} not found", crate::util::clip(&id))))?;
                 if token.role == Role::Admin && tokens.iter().filter(|t| t.role == Role::Admin).count() == 1 {
                     return Err(Status::failed_precondition(
                         "cannot revoke the last admin token; create another admin token first",

@@ -19,6 +19,7 @@ fn defaults_apply_with_only_the_key() {
     assert_eq!(c.listen.to_string(), "127.0.0.1:9290");
     assert_eq!(c.ops_listen.to_string(), "127.0.0.1:9291");
     assert_eq!(c.data_dir, PathBuf::from("./data"));
+    assert_eq!(c.backup_dir, PathBuf::from("./data/backups"));
     assert_eq!(c.log_format, LogFormat::Text);
     assert!(c.cors_origins.is_empty());
     assert_eq!(c.initial_settings, Settings::default());
@@ -135,4 +136,18 @@ fn spec_settings_come_from_v1_env_names() {
         ),
         (10, 100, 50, 5, 1)
     );
+}
+
+#[test]
+fn backups_can_go_to_other_storage() {
+    let c = resolve(
+        &Flags::default(),
+        &[
+            ("SIDECAR_ENCRYPTION_KEY", &key()),
+            ("SIDECAR_DATA_DIR", "/var/lib/sidecar"),
+            ("SIDECAR_BACKUP_DIR", "/mnt/backup"),
+        ],
+    )
+    .unwrap();
+    assert_eq!((c.data_dir, c.backup_dir), (PathBuf::from("/var/lib/sidecar"), PathBuf::from("/mnt/backup")));
 }
