@@ -102,7 +102,7 @@ impl Metrics {
             self.counter("sidecar_retries_total", &[("reason", reason)]).increment(0);
         }
         for priority in crate::routing::Priority::ALL {
-            self.histogram("sidecar_queue_latency_seconds", &[("priority", priority.as_str())]);
+            let _registered = self.histogram("sidecar_queue_latency_seconds", &[("priority", priority.as_str())]);
         }
         self.gauge("sidecar_report_outbox_depth", &[], 0.0);
     }
