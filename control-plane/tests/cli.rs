@@ -305,6 +305,8 @@ async fn sidecarctl_drives_the_admin_api_end_to_end() -> anyhow::Result<()> {
             &provider,
             "--api-key",
             "bad-key-000000000",
+            "--model",
+            "m1",
             "--validate",
         ])
         .await

@@ -122,7 +122,7 @@ async fn proxy_traffic_in_two_regions_is_counted_grouped_and_filtered() {
         async move { admin.get_stats(request).await.unwrap().into_inner() }
     };
     let by_model = stats(group(&["model"])).await;
-    assert_eq!(requests_by(&by_model, |r| r.model.clone()), vec![("gpt-test".into(), 5), ("unknown-model".into(), 1)]);
+    assert_eq!(requests_by(&by_model, |r| r.model.clone()), vec![("(unrouted)".into(), 1), ("gpt-test".into(), 5)]);
     let by_node = stats(group(&["node"])).await;
     assert_eq!(requests_by(&by_node, |r| r.node_id.clone()), vec![("proxy-eu".into(), 5), ("proxy-us".into(), 1)]);
     let by_region = stats(group(&["region"])).await;
@@ -144,7 +144,7 @@ async fn proxy_traffic_in_two_regions_is_counted_grouped_and_filtered() {
         (pb::StatsFilter { backends: vec!["a".into()], ..Default::default() }, 4),
         (pb::StatsFilter { backends: vec![spare_backend.id.clone()], ..Default::default() }, 1),
         (pb::StatsFilter { backends: vec!["a".into(), "spare".into()], ..Default::default() }, 5),
-        (pb::StatsFilter { models: vec!["unknown-model".into()], ..Default::default() }, 1),
+        (pb::StatsFilter { models: vec!["(unrouted)".into()], ..Default::default() }, 1),
         (pb::StatsFilter { pools: vec!["fallback".into()], ..Default::default() }, 1),
         (pb::StatsFilter { regions: vec!["us".into()], ..Default::default() }, 1),
         (pb::StatsFilter { nodes: vec!["proxy-eu".into()], ..Default::default() }, 5),
@@ -290,6 +290,8 @@ async fn cooldown_history_is_listed_newest_first_with_names_and_filters() {
                 name: "alpha".into(),
                 base_url: "https://api.example.com/v1".into(),
                 api_key: "sk-backend-key-0123456789".into(),
+                model_mappings: [("m".to_string(), pb::ModelMapping { native_id: "m".into(), ..Default::default() })]
+                    .into(),
                 ..Default::default()
             }),
             validate: false,
