@@ -20,6 +20,9 @@ pub mod state;
 pub mod upstream;
 mod workers;
 
+#[cfg(test)]
+mod proptests;
+
 use std::time::Duration;
 
 use rand::{Rng, RngCore};

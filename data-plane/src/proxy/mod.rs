@@ -156,6 +156,12 @@ impl ParsedRequest {
     }
 }
 
+/// [`ParsedRequest::parse`], for the property tests.
+#[cfg(test)]
+pub(crate) fn parse_for_tests(bytes: Bytes) -> Result<ParsedRequest, ProxyError> {
+    ParsedRequest::parse(bytes)
+}
+
 async fn read_body<B>(body: B, limit: usize) -> Result<ParsedRequest, ProxyError>
 where
     B: http_body::Body<Data = Bytes>,
