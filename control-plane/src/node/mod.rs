@@ -359,3 +359,109 @@ impl Session {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Counts from everywhere in u64: small, near the bounds, near overflow.
+    fn count() -> impl Strategy<Value = u64> {
+        prop_oneof![0u64..1000, MAX_COUNT - 2..MAX_COUNT + 2, u64::MAX - 2..=u64::MAX, any::<u64>()]
+    }
+
+    fn record() -> impl Strategy<Value = pb::UsageRecord> {
+        (
+            prop::array::uniform8(count()),
+            prop::array::uniform6(count()),
+            prop::collection::vec(count(), 0..13),
+            any::<f64>(),
+            any::<i64>(),
+        )
+            .prop_map(|(a, b, histogram, cost, minute)| pb::UsageRecord {
+                minute_ms: minute,
+                backend_id: "bkd_1".into(),
+                model: "m".into(),
+                attempts: a[0],
+                answered: a[1],
+                answered_errors: a[2],
+                succeeded: a[3],
+                errors_429: a[4],
+                errors_5xx: a[5],
+                errors_timeout: a[6],
+                errors_connect: a[7],
+                errors_4xx: b[0],
+                prompt_tokens: b[1],
+                completion_tokens: b[2],
+                total_tokens: b[3],
+                latency_ms_sum: b[4],
+                ttft_ms_sum: b[5],
+                ttft_count: b[0] / 2,
+                latency_histogram: histogram,
+                cost_usd: cost,
+                ..Default::default()
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Any record: refused by name or accepted, never a panic; what is accepted is
+        /// possible, and a thousand of them add up without overflowing.
+        #[test]
+        fn batch_validation_accepts_only_possible_counts(records in prop::collection::vec(record(), 1..4)) {
+            let batch = pb::ReportBatch { node_id: "n".into(), boot_id: "b".into(), seq: 1, records, ..Default::default() };
+            match check_batch(&batch) {
+                Err(status) => {
+                    prop_assert_eq!(status.code(), tonic::Code::InvalidArgument);
+                    prop_assert!(status.message().starts_with("records["), "{}", status.message());
+                }
+                Ok(records) => {
+                    for r in &records {
+                        let c = &r.counters;
+                        let results = c.succeeded + c.errors_429 + c.errors_5xx + c.errors_timeout + c.errors_connect + c.errors_4xx;
+                        prop_assert!(results <= c.attempts && c.answered_errors <= c.answered);
+                        prop_assert!(c.latency_histogram.iter().sum::<u64>() <= c.attempts);
+                        let mut total = c.clone();
+                        for _ in 0..1000 {
+                            prop_assert!(total.checked_merge(c).is_ok());
+                        }
+                    }
+                }
+            }
+        }
+
+        /// What a proxy really sends (one result, one histogram count, at most one ttft
+        /// per attempt; realistic tokens, latency and cost) is always accepted.
+        #[test]
+        fn batches_a_proxy_sends_are_accepted(
+            attempts in prop::collection::vec((0usize..6, 0u64..200_000, 0u64..8_000, 0u64..600_000, any::<bool>()), 1..200),
+            proxy_answered in 0u64..50,
+        ) {
+            let mut r = pb::UsageRecord { minute_ms: 60_000, latency_histogram: vec![0; 11], ..Default::default() };
+            for (outcome, prompt, completion, ms, streamed) in attempts {
+                r.attempts += 1;
+                r.answered += 1;
+                *[&mut r.succeeded, &mut r.errors_429, &mut r.errors_5xx, &mut r.errors_timeout, &mut r.errors_connect, &mut r.errors_4xx][outcome] += 1;
+                if outcome != 0 {
+                    r.answered_errors += 1;
+                }
+                r.prompt_tokens += prompt;
+                r.completion_tokens += completion;
+                r.total_tokens += prompt + completion;
+                r.latency_ms_sum += ms;
+                r.latency_histogram[outcome] += 1;
+                r.cost_usd += (prompt + completion) as f64 * 1e-5;
+                if streamed {
+                    r.ttft_count += 1;
+                    r.ttft_ms_sum += ms / 2;
+                }
+            }
+            r.answered += proxy_answered;
+            r.answered_errors += proxy_answered;
+            let batch = pb::ReportBatch { node_id: "n".into(), boot_id: "b".into(), seq: 1, records: vec![r], ..Default::default() };
+            prop_assert!(check_batch(&batch).is_ok(), "{:?}", check_batch(&batch).err());
+        }
+    }
+}
