@@ -7,8 +7,12 @@ use http::{HeaderMap, HeaderValue, header::RETRY_AFTER};
 use proptest::prelude::*;
 use serde_json::{Map, Value, json};
 
+use sidecar_proto::v1 as pb;
+
 use crate::{
+    config::{Flags, ProxyConfig},
     proxy::parse_for_tests as parse,
+    snapshot::Snapshot,
     upstream::{Usage, UsageScanner, retry_after},
 };
 
@@ -27,6 +31,52 @@ fn json_value() -> impl Strategy<Value = Value> {
                 .prop_map(|m| Value::Object(m.into_iter().collect())),
         ]
     })
+}
+
+/// Strings a snapshot field might hold: sane ones, URLs, junk.
+fn text() -> impl Strategy<Value = String> {
+    prop_oneof!["[a-z0-9_-]{0,12}", "https?://[a-z.]{1,12}(:[0-9]{1,6})?(/[a-z0-9]{0,6}){0,2}", "\\PC{0,24}"]
+}
+
+fn snapshot_backend() -> impl Strategy<Value = pb::SnapshotBackend> {
+    (
+        (text(), text(), text(), text(), text()),
+        (any::<u32>(), any::<u32>(), any::<u32>(), any::<u32>(), any::<u32>(), any::<bool>()),
+        prop::collection::btree_map(text(), (text(), any::<f64>(), any::<u32>()), 0..4),
+        (prop_oneof![Just("healthy".to_string()), Just("error".to_string()), text()], any::<u64>()),
+    )
+        .prop_map(
+            |(
+                (id, name, base_url, api_key, pool),
+                (timeout, rpm, tpm, weight, share, enabled),
+                models,
+                (health, cooldown),
+            )| {
+                pb::SnapshotBackend {
+                    id,
+                    name,
+                    base_url,
+                    api_key,
+                    pool,
+                    timeout_seconds: timeout % 1000,
+                    rpm_limit: rpm,
+                    tpm_limit: tpm,
+                    weight,
+                    initial_rpm_share: share,
+                    enabled,
+                    model_mappings: models
+                        .into_iter()
+                        .map(|(k, (native_id, price, context_window))| {
+                            let cost = pb::ModelCost { input: price, output: price, ..Default::default() };
+                            (k, pb::ModelMapping { native_id, cost: Some(cost), context_window, ..Default::default() })
+                        })
+                        .collect(),
+                    health,
+                    cooldown_remaining_ms: cooldown,
+                    ..Default::default()
+                }
+            },
+        )
 }
 
 fn feed_split(stream: bool, body: &[u8], cuts: &[usize]) -> Option<Usage> {
@@ -133,6 +183,51 @@ proptest! {
         stream in any::<bool>(),
     ) {
         let _ = feed_split(stream, &bytes, &cuts);
+    }
+
+    /// Any snapshot a control plane (or an impostor) could send: applied or refused with
+    /// an error, never a panic.
+    #[test]
+    fn the_snapshot_check_never_panics(
+        backends in prop::collection::vec(snapshot_backend(), 0..4),
+        pools in prop::collection::vec((text(), any::<i32>(), any::<i32>()), 0..3),
+        settings in any::<bool>(),
+        version in any::<u64>(),
+    ) {
+        let snapshot = pb::Snapshot {
+            version,
+            backends,
+            pools: pools.into_iter().map(|(name, order, spill)| pb::Pool { name, order, spill, ..Default::default() }).collect(),
+            settings: settings.then(pb::Settings::default),
+            ..Default::default()
+        };
+        let _ = Snapshot::try_from(&snapshot);
+    }
+
+    /// Any config file: resolved, or refused in one line naming what is wrong.
+    #[test]
+    fn config_files_are_resolved_or_refused_in_one_line(
+        lines in prop::collection::vec(
+            (prop_oneof![
+                Just("control_url"), Just("port"), Just("max_body_bytes"), Just("body_timeout"),
+                Just("max_connections"), Just("outbox_batches"), Just("cache_key"), Just("workers"), Just("unknown"),
+            ], prop_oneof![text().prop_map(|t| format!("{t:?}")), any::<i64>().prop_map(|n| n.to_string()), "\\PC{0,12}"]),
+            0..6,
+        ),
+        junk in prop::option::of("\\PC{0,40}"),
+    ) {
+        let mut text: String = lines.iter().map(|(k, v)| format!("{k} = {v}\n")).collect();
+        if let Some(junk) = junk {
+            text.push_str(&junk);
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("proxy.toml");
+        std::fs::write(&path, &text).unwrap();
+        let flags = Flags { config: Some(path), ..Default::default() };
+        if let Err(e) = ProxyConfig::resolve(&flags, &|_| None) {
+            prop_assert!(!e.setting.is_empty());
+            prop_assert!(!e.to_string().contains('\n'), "{}", e);
+        }
     }
 
     /// Any Retry-After value: at most a day, never a panic; whole seconds are read as such.
