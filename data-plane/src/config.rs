@@ -311,13 +311,19 @@ pub fn default_max_connections(open_files: u64) -> usize {
     (open_files.saturating_sub(FD_RESERVE) / 2).max(16) as usize
 }
 
-/// The process's open-file limit (soft), after raising it to the hard limit as most
-/// servers do: the distribution default of 1024 is far below what a proxy needs.
+/// The process's open-file limit (soft); a conventional 1024 where it cannot be read.
 pub fn open_file_limit() -> u64 {
-    match rlimit::getrlimit(rlimit::Resource::NOFILE) {
-        Ok((soft, hard)) if soft < hard => rlimit::increase_nofile_limit(hard).unwrap_or(soft),
-        Ok((soft, _)) => soft,
-        Err(_) => 1024,
+    rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(1024, |(soft, _)| soft)
+}
+
+/// Raises the open-file limit (soft) to the hard limit, as most servers do at start: the
+/// distribution default of 1024 is far below what a proxy needs. Called by the binary
+/// before its configuration is resolved, so the default connection cap follows it.
+pub fn raise_open_file_limit() {
+    if let Ok((soft, hard)) = rlimit::getrlimit(rlimit::Resource::NOFILE)
+        && soft < hard
+    {
+        let _ = rlimit::increase_nofile_limit(hard);
     }
 }
 

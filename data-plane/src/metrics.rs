@@ -104,7 +104,6 @@ impl Metrics {
         for priority in crate::routing::Priority::ALL {
             let _registered = self.histogram("sidecar_queue_latency_seconds", &[("priority", priority.as_str())]);
         }
-        self.gauge("sidecar_report_outbox_depth", &[], 0.0);
     }
 
     fn describe(&self) {

@@ -15,7 +15,7 @@ fn options(env: &[(&str, &str)]) -> ProxyOptions {
 }
 
 /// Reads until the proxy closes the connection (or 10 s pass, which fails the test).
-async fn read_until_closed(conn: &mut TcpStream) -> String {
+async fn read_until_closed(conn: &mut (impl tokio::io::AsyncRead + Unpin)) -> String {
     let mut answer = Vec::new();
     tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut answer))
         .await
@@ -31,24 +31,19 @@ async fn a_body_that_trickles_in_is_cut_off_with_408_and_the_connection_closed()
     slow.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nHost: sidecar\r\nContent-Length: 1000\r\n\r\n{")
         .await
         .unwrap();
-    let mut reader = {
-        let (mut read, mut write) = slow.into_split();
-        // One byte every 200 ms: never done within the body timeout.
-        let trickle = tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_millis(200));
-            for _ in 0..100 {
-                tick.tick().await;
-                if write.write_all(b" ").await.is_err() {
-                    return;
-                }
+    let (mut read, mut write) = slow.into_split();
+    // One byte every 200 ms: never done within the body timeout.
+    let trickle = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        for _ in 0..100 {
+            tick.tick().await;
+            if write.write_all(b" ").await.is_err() {
+                return;
             }
-        });
-        let mut answer = Vec::new();
-        let read = tokio::time::timeout(Duration::from_secs(10), read.read_to_end(&mut answer)).await;
-        trickle.abort();
-        read.expect("the proxy closes the connection").unwrap_or_default();
-        String::from_utf8_lossy(&answer).into_owned()
-    };
+        }
+    });
+    let mut reader = read_until_closed(&mut read).await;
+    trickle.abort();
     assert!(reader.starts_with("HTTP/1.1 408"), "{reader}");
     assert!(reader.to_ascii_lowercase().contains("connection: close"), "{reader}");
     let body = reader.split_off(reader.find("\r\n\r\n").unwrap() + 4);

@@ -22,6 +22,7 @@ struct Cli {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    sidecar_data_plane::config::raise_open_file_limit();
     let config = match ProxyConfig::resolve(&cli.flags, &|name| std::env::var(name).ok()) {
         Ok(c) => c,
         Err(e) => {

@@ -173,7 +173,6 @@ pub async fn aggregate(
             sender_boot_id: String::new(),
         };
         let dropped = outbox.push(batch, capacity);
-        metrics.gauge("sidecar_report_outbox_depth", &[], outbox.len() as f64);
         if dropped > 0 {
             warn!(dropped, "usage outbox full: dropped the oldest batches");
             metrics.outbox_dropped(dropped);
@@ -268,7 +267,6 @@ pub async fn deliver(
             Ok(ack) => {
                 debug!(seq = ack.get_ref().seq, applied = ack.get_ref().applied, "report acknowledged");
                 outbox.remove(&batch);
-                metrics.gauge("sidecar_report_outbox_depth", &[], outbox.len() as f64);
                 backoff = Duration::from_millis(200);
             }
             Err(status) if status.code() == tonic::Code::InvalidArgument => {
@@ -280,7 +278,6 @@ pub async fn deliver(
                 );
                 outbox.remove(&batch);
                 metrics.report_rejected();
-                metrics.gauge("sidecar_report_outbox_depth", &[], outbox.len() as f64);
             }
             Err(status) => {
                 debug!(%status, "report failed; will retry");
