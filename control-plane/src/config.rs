@@ -143,6 +143,7 @@ const SETTINGS: &[Setting] = &[
     Setting { env: "SIDECAR_RATE_WINDOW_MS", flag: None, file: "rate_window_ms" },
     Setting { env: "SIDECAR_GRANT_LEASE_MS", flag: None, file: "grant_lease_ms" },
     Setting { env: "SIDECAR_GRANT_INTERVAL_MS", flag: None, file: "grant_interval_ms" },
+    Setting { env: "SIDECAR_GRANT_PROPAGATION_MS", flag: None, file: "grant_propagation_ms" },
 ];
 
 impl Setting {
@@ -358,6 +359,7 @@ impl ControlConfig {
             window: std::time::Duration::from_millis(millis("SIDECAR_RATE_WINDOW_MS", 60_000, 100, 3_600_000)?),
             lease: std::time::Duration::from_millis(millis("SIDECAR_GRANT_LEASE_MS", 5_000, 100, 600_000)?),
             interval: std::time::Duration::from_millis(millis("SIDECAR_GRANT_INTERVAL_MS", 1_000, 50, 60_000)?),
+            propagation: std::time::Duration::from_millis(millis("SIDECAR_GRANT_PROPAGATION_MS", 1_000, 10, 60_000)?),
         };
         if fleet.lease <= fleet.interval {
             return Err(invalid("SIDECAR_GRANT_LEASE_MS", "must be longer than SIDECAR_GRANT_INTERVAL_MS"));

@@ -319,6 +319,7 @@ fn migrate_v1(store: &Store, config: &ControlConfig) -> Result<(), StoreError> {
             timeout_seconds: crate::validate::DEFAULT_TIMEOUT_SECONDS,
             rpm_limit: v1.rpm_limit,
             tpm_limit: None,
+            window_seconds: crate::validate::DEFAULT_WINDOW_SECONDS,
             pool: "primary".into(),
             enabled: true,
             weight: 1,

@@ -82,6 +82,7 @@ impl ConfigState {
                     timeout_seconds: b.timeout_seconds,
                     rpm_limit: b.rpm_limit,
                     tpm_limit: b.tpm_limit.unwrap_or(0),
+                    window_seconds: b.window_seconds,
                     pool: b.pool.clone(),
                     enabled: b.enabled,
                     weight: b.weight,

@@ -30,6 +30,8 @@ const NAME_MAX: usize = 64;
 pub const DEFAULT_TIMEOUT_SECONDS: u32 = 120;
 /// Default requests per minute.
 pub const DEFAULT_RPM: u32 = 40;
+/// The provider's window when none is given: a minute.
+pub const DEFAULT_WINDOW_SECONDS: u32 = 60;
 const DEFAULT_CONTEXT_WINDOW: u32 = 128_000;
 const DEFAULT_MAX_TOKENS: u32 = 65_536;
 
@@ -140,6 +142,27 @@ pub fn tpm_limit(field: &str, value: i64) -> Result<Option<u32>> {
         return Err(field_error(field, format!("must be 0 (no limit) or positive (got {value})")));
     }
     in_range(field, value, 1, 1_000_000_000).map(Some)
+}
+
+/// The provider's window in seconds; 0 means the default (60).
+pub fn window_seconds(field: &str, value: i64) -> Result<u32> {
+    if value == 0 {
+        return Ok(DEFAULT_WINDOW_SECONDS);
+    }
+    in_range(field, value, 1, 60)
+}
+
+/// A backend's limits must allow at least one request in each of its windows.
+pub fn window_allows_a_request(field: &str, rpm_limit: u32, window_seconds: u32) -> Result<()> {
+    if crate::store::per_window(rpm_limit, window_seconds) == 0 {
+        return Err(field_error(
+            field,
+            format!(
+                "rpm_limit {rpm_limit} with window_seconds {window_seconds} allows less than one request per window (rpm_limit × window_seconds / 60 must be at least 1); raise rpm_limit or lengthen the window"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Relative weight within a pool.

@@ -225,6 +225,16 @@ async fn sidecarctl_drives_the_admin_api_end_to_end() -> anyhow::Result<()> {
     assert_eq!(alpha["label"], "example");
     assert_eq!(alpha["model_mappings"]["gpt-4o"]["native_id"], "openai/gpt-4o");
 
+    // A provider that enforces per 10 s: shown, and refused where a window would allow
+    // less than one request.
+    ctl.run(&["backend", "update", "alpha", "--window-seconds", "10"]).await.ok();
+    let got = ctl.run(&["backend", "get", "alpha"]).await.ok();
+    assert!(got.lines().any(|l| l.starts_with("window_seconds:") && l.ends_with(" 10")), "{got}");
+    let err = ctl.run(&["backend", "update", "alpha", "--rpm", "5"]).await.failed();
+    assert!(err.contains("backend.window_seconds") && err.contains("rpm_limit 5 with window_seconds 10"), "{err}");
+    let err = ctl.run(&["backend", "update", "alpha", "--window-seconds", "90"]).await.failed();
+    assert!(err.contains("patch.window_seconds"), "{err}");
+
     // Prices: shown per 1M tokens; a price-only update keeps the models.
     let got = ctl.run(&["backend", "get", "beta"]).await.ok();
     assert!(got.lines().any(|l| l.starts_with("prices_usd_per_1m:") && l.ends_with("m2=0.15/0.6")), "{got}");

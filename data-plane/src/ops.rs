@@ -72,6 +72,7 @@ fn backends_json(shared: &Shared, now: Instant) -> Vec<Value> {
                 "pool": b.config.pool,
                 "status": status,
                 "rpm_limit": b.config.rpm_limit,
+                "window_seconds": b.config.window_seconds,
                 "bucket": { "tokens": (tokens * 100.0).round() / 100.0, "capacity": burst, "limit_per_window": limit, "in_window": in_window },
                 "cooldown": { "remaining_seconds": remaining, "consecutive_429": cooldown.consecutive },
                 "health": { "consecutive_failures": health.failures, "error_remaining_seconds": error_remaining, "reason": health.reason },
@@ -156,7 +157,7 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
             let mut l = s.limiter.lock().expect("limiter lock");
             (l.tokens(now), l.limit(), l.in_window(now))
         };
-        let window_minutes = bundle.window.as_secs_f64() / 60.0;
+        let window_minutes = b.config.window(bundle.window).as_secs_f64() / 60.0;
         let cooldown = s.cooldown.lock().expect("cooldown lock").clone();
         let remaining = cooldown.cooling_until(now).map_or(0.0, |u| u.duration_since(now).as_secs_f64());
         let error = s.health.lock().expect("health lock").error_until(now).is_some();

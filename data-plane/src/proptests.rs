@@ -41,14 +41,14 @@ fn text() -> impl Strategy<Value = String> {
 fn snapshot_backend() -> impl Strategy<Value = pb::SnapshotBackend> {
     (
         (text(), text(), text(), text(), text()),
-        (any::<u32>(), any::<u32>(), any::<u32>(), any::<u32>(), any::<u32>(), any::<bool>()),
+        (any::<u32>(), any::<u32>(), any::<u32>(), any::<u32>(), any::<Option<u32>>(), any::<bool>(), 0..100u32),
         prop::collection::btree_map(text(), (text(), any::<f64>(), any::<u32>()), 0..4),
         (prop_oneof![Just("healthy".to_string()), Just("error".to_string()), text()], any::<u64>()),
     )
         .prop_map(
             |(
                 (id, name, base_url, api_key, pool),
-                (timeout, rpm, tpm, weight, share, enabled),
+                (timeout, rpm, tpm, weight, share, enabled, window_seconds),
                 models,
                 (health, cooldown),
             )| {
@@ -63,6 +63,7 @@ fn snapshot_backend() -> impl Strategy<Value = pb::SnapshotBackend> {
                     tpm_limit: tpm,
                     weight,
                     initial_rpm_share: share,
+                    window_seconds,
                     enabled,
                     model_mappings: models
                         .into_iter()
@@ -201,7 +202,15 @@ proptest! {
             settings: settings.then(pb::Settings::default),
             ..Default::default()
         };
-        let _ = Snapshot::try_from(&snapshot);
+        if let Ok(applied) = Snapshot::try_from(&snapshot) {
+            // What is accepted can be enforced: a window of 1-60 s allowing at least one
+            // request, and a starting share within it.
+            for b in &applied.backends {
+                prop_assert!((1..=60).contains(&b.window_seconds), "{}", b.window_seconds);
+                prop_assert!(b.window_limit() >= 1 && b.window_limit() <= b.rpm_limit);
+                prop_assert!(b.initial_share.is_none_or(|s| s <= b.window_limit()));
+            }
+        }
     }
 
     /// Any config file: resolved, or refused in one line naming what is wrong.

@@ -59,6 +59,9 @@ pub struct BackendConfig {
     pub rpm_limit: u32,
     /// Tokens per minute, if limited.
     pub tpm_limit: Option<u32>,
+    /// The provider enforces `rpm_limit × window_seconds / 60` (and the same share of
+    /// `tpm_limit`) in every window of this many seconds (1..=60).
+    pub window_seconds: u32,
     /// Pool name.
     pub pool: String,
     /// Takes traffic.
@@ -69,7 +72,8 @@ pub struct BackendConfig {
     pub models: HashMap<String, ModelRoute>,
     /// Bumped on every change to the backend.
     pub resource_version: u64,
-    /// Starting share of `rpm_limit` until the first grant; `None` = the whole limit.
+    /// Starting share, in requests per window, until the first grant; `None` = the
+    /// whole limit (no fleet coordination); 0 = nothing until a grant arrives.
     pub initial_share: Option<u32>,
     /// False when the control plane's health checks found it failing.
     pub healthy: bool,
@@ -89,6 +93,26 @@ pub struct BackendConfig {
 pub const ENDPOINTS: [&str; 3] = ["/v1/chat/completions", "/v1/completions", "/v1/embeddings"];
 
 impl BackendConfig {
+    /// The provider's window: `window_seconds` of a `minute` (60 s; shorter in tests).
+    pub fn window(&self, minute: Duration) -> Duration {
+        minute * self.window_seconds / 60
+    }
+
+    /// `per_minute × window_seconds / 60`, rounded down: what one window allows.
+    pub fn per_window(&self, per_minute: u32) -> u32 {
+        (u64::from(per_minute) * u64::from(self.window_seconds) / 60) as u32
+    }
+
+    /// Requests the provider allows per window (at least 1).
+    pub fn window_limit(&self) -> u32 {
+        self.per_window(self.rpm_limit).max(1)
+    }
+
+    /// Tokens the provider allows per window, if it limits tokens (at least 1).
+    pub fn window_tpm(&self) -> Option<u32> {
+        self.tpm_limit.map(|t| self.per_window(t).max(1))
+    }
+
     /// The upstream URI for a client path in [`ENDPOINTS`].
     pub fn target(&self, path: &str) -> Option<&Uri> {
         ENDPOINTS.iter().position(|p| *p == path).and_then(|i| self.targets.get(i))
@@ -226,6 +250,12 @@ fn backend(i: usize, b: &pb::SnapshotBackend, pools: &[PoolConfig]) -> Result<Ba
     if b.rpm_limit == 0 {
         return Err(bad(f("rpm_limit"), "must be at least 1"));
     }
+    // 0: a control plane from before the field, whose providers count per minute.
+    let window_seconds = if b.window_seconds == 0 { 60 } else { b.window_seconds };
+    if window_seconds > 60 {
+        return Err(bad(f("window_seconds"), format!("must be 1..=60 (got {window_seconds})")));
+    }
+    let window_limit = (u64::from(b.rpm_limit) * u64::from(window_seconds) / 60).max(1) as u32;
     if !pools.iter().any(|p| p.name == b.pool) {
         return Err(bad(f("pool"), format!("unknown pool {:?}", b.pool)));
     }
@@ -265,12 +295,13 @@ fn backend(i: usize, b: &pb::SnapshotBackend, pools: &[PoolConfig]) -> Result<Ba
         timeout: secs(b.timeout_seconds.max(1)),
         rpm_limit: b.rpm_limit,
         tpm_limit: (b.tpm_limit > 0).then_some(b.tpm_limit),
+        window_seconds,
         pool: b.pool.clone(),
         enabled: b.enabled,
         weight: b.weight.max(1),
         models,
         resource_version: b.resource_version,
-        initial_share: (b.initial_rpm_share > 0).then_some(b.initial_rpm_share.min(b.rpm_limit)),
+        initial_share: b.initial_rpm_share.map(|share| share.min(window_limit)),
         healthy: b.health != "error",
         cooldown_remaining: (b.cooldown_remaining_ms > 0).then(|| Duration::from_millis(b.cooldown_remaining_ms)),
         consecutive_429: b.consecutive_429,

@@ -35,6 +35,8 @@ pub struct BackendDef<'a> {
     pub cost: (f64, f64),
     /// The backend's key.
     pub key: &'a str,
+    /// The provider's window in seconds (0 = the default, 60).
+    pub window_seconds: i64,
 }
 
 impl Default for BackendDef<'_> {
@@ -46,6 +48,7 @@ impl Default for BackendDef<'_> {
             models: &[("gpt-test", "native-gpt")],
             cost: (0.0, 0.0),
             key: "sk-backend-key-0123456789",
+            window_seconds: 0,
         }
     }
 }
@@ -103,6 +106,7 @@ impl Gateway {
                     base_url: mock.base_url(),
                     api_key: def.key.into(),
                     rpm_limit: Some(def.rpm),
+                    window_seconds: def.window_seconds,
                     pool: def.pool.into(),
                     model_mappings: mappings,
                     timeout_seconds: 5,

@@ -139,6 +139,10 @@ async fn every_invalid_input_is_invalid_argument_naming_the_field() {
         ("backend.pool", pb::BackendSpec { pool: "nope".into(), ..base() }),
         ("backend.tpm_limit", pb::BackendSpec { tpm_limit: -1, ..base() }),
         ("backend.timeout_seconds", pb::BackendSpec { timeout_seconds: -1, ..base() }),
+        ("backend.window_seconds", pb::BackendSpec { window_seconds: 61, ..base() }),
+        ("backend.window_seconds", pb::BackendSpec { window_seconds: -10, ..base() }),
+        // 5 RPM enforced per 10 s would allow 0.83 requests per window.
+        ("backend.window_seconds", pb::BackendSpec { rpm_limit: Some(5), window_seconds: 10, ..base() }),
         ("backend.weight", pb::BackendSpec { weight: Some(0), ..base() }),
         ("backend.regions[0]", pb::BackendSpec { regions: vec!["".into()], ..base() }),
         ("backend.source", pb::BackendSpec { source: "martian".into(), ..base() }),

@@ -35,6 +35,13 @@ async fn a_429_at_one_proxy_cools_the_backend_on_every_proxy_and_escalates_fleet
     let spare = gw.add_backend(&y, BackendDef { name: "y", pool: "fallback", ..Default::default() }).await;
     let b = gw.add_proxy(ProxyOptions { node_id: "proxy-b".into(), ..Default::default() }).await;
     b.wait_version(gw.proxy.version()).await;
+    // A proxy that joins while another may be using a whole window starts with no share
+    // and waits for its first grant.
+    eventually("proxy B has a share of y", Duration::from_secs(5), || async {
+        let bundle = b.shared.bundle.load();
+        (bundle.backend(&spare.id)?.state.limiter.lock().unwrap().limit() > 0).then_some(())
+    })
+    .await;
 
     x.push(Reply::status(429));
     let resp = gw.proxy.chat("gpt-test").await;
@@ -92,7 +99,6 @@ async fn a_429_at_one_proxy_cools_the_backend_on_every_proxy_and_escalates_fleet
         (bundle.backend(&xb.id)?.state.cooldown.lock().unwrap().consecutive == 0).then_some(())
     })
     .await;
-    let _ = spare;
 }
 
 /// Sends `rate` requests per second to `proxy` until `until`; returns the statuses.
@@ -164,4 +170,65 @@ async fn four_proxies_share_one_limit_without_overshoot_and_absorb_a_departed_sh
     assert!(after >= 0.75 * per_sec, "the others absorbed only {after:.1}/s of {per_sec}/s");
     assert_eq!(mock.violations(), 0, "the upstream saw more than its limit in some window");
     while load.join_next().await.is_some() {}
+}
+
+/// A 60 RPM key that the provider enforces as 10 per 10 s (fault 5 of the hardening
+/// issue: two proxies let 13 through in the first 10 s, and the 429s that followed cooled
+/// the backend). Time runs 5× fast: a "minute" is 12 s, so the provider's window is 2 s,
+/// and the 12 s run stands for a minute.
+#[tokio::test]
+async fn three_proxies_hold_a_providers_ten_second_window_at_three_times_demand() {
+    const MINUTE: Duration = Duration::from_secs(12);
+    const WINDOW: Duration = Duration::from_secs(2);
+    const PER_WINDOW: u32 = 10;
+    let per_sec = f64::from(PER_WINDOW) / WINDOW.as_secs_f64();
+    let mock = MockUpstream::start(&[]).await;
+    mock.set_rpm_limit(PER_WINDOW, WINDOW);
+    let cp_env = vec![
+        ("SIDECAR_RATE_WINDOW_MS".to_string(), MINUTE.as_millis().to_string()),
+        ("SIDECAR_GRANT_LEASE_MS".to_string(), "1500".to_string()),
+        ("SIDECAR_GRANT_INTERVAL_MS".to_string(), "250".to_string()),
+        ("SIDECAR_GRANT_PROPAGATION_MS".to_string(), "200".to_string()),
+    ];
+    let proxy_options = |id: &str| ProxyOptions { node_id: id.into(), rate_window: MINUTE, ..Default::default() };
+    let mut gw = Gateway::start_fleet(Options { env: cp_env, ..Options::default() }, proxy_options("p1")).await;
+    gw.settings(pb::SettingsPatch { low_priority_timeout_seconds: Some(1), ..Default::default() }).await;
+    let mut proxies = vec![gw.proxy.clone_handle()];
+    let mut others = vec![];
+    for id in ["p2", "p3"] {
+        let p = gw.add_proxy(proxy_options(id)).await;
+        proxies.push(p.clone_handle());
+        others.push(p);
+    }
+    gw.add_backend(&mock, BackendDef { rpm: 60, window_seconds: 10, ..Default::default() }).await;
+    for p in &others {
+        p.wait_version(gw.proxy.version()).await;
+    }
+
+    // Three times the limit, from the moment the backend exists, evenly over the proxies.
+    let start = Instant::now();
+    let end = start + MINUTE;
+    let mut load = tokio::task::JoinSet::new();
+    for p in proxies {
+        load.spawn(offer(p, 3.0 * per_sec / 3.0, end));
+    }
+    while load.join_next().await.is_some() {}
+
+    let per_window: Vec<usize> = (0..6)
+        .map(|i| {
+            let from = start + WINDOW * i;
+            (served_rate(&mock, from, from + WINDOW) * WINDOW.as_secs_f64()).round() as usize
+        })
+        .collect();
+    eprintln!("served per provider window: {per_window:?}");
+    let served = served_rate(&mock, start, end);
+    let steady = served_rate(&mock, start + WINDOW, end);
+    eprintln!(
+        "served {served:.2}/s over the run ({:.0}%), {steady:.2}/s after the first window ({:.0}%), of {per_sec}/s; the provider refused {}",
+        100.0 * served / per_sec,
+        100.0 * steady / per_sec,
+        mock.violations()
+    );
+    assert_eq!(mock.violations(), 0, "the provider saw more than {PER_WINDOW} in some {WINDOW:?} window");
+    assert!(steady >= 0.9 * per_sec, "the fleet used only {steady:.2}/s of {per_sec}/s");
 }

@@ -199,8 +199,10 @@ describe("browser console", { concurrency: false }, () => {
     assert.equal(await dialog.locator("input[name=api_key]").inputValue(), "", "the key is write-only");
     assert.match((await dialog.locator("input[name=api_key]").getAttribute("placeholder")) ?? "", /sk-moc\*\*\*\*cdef/);
     assert.equal(await dialog.locator("input[name=rpm_limit]").inputValue(), "60");
+    assert.equal(await dialog.locator("input[name=window_seconds]").inputValue(), "60", "a minute unless set");
     assert.equal(await dialog.getByTestId("mapping-cost-input").first().inputValue(), "2.5");
     await dialog.locator("input[name=rpm_limit]").fill("120");
+    await dialog.locator("input[name=window_seconds]").fill("10");
     await dialog.getByTestId("add-mapping").click();
     const second = dialog.getByTestId("mapping-row").nth(1);
     await second.getByTestId("mapping-canonical").fill("gpt-alt");
@@ -215,6 +217,7 @@ describe("browser console", { concurrency: false }, () => {
     assert.equal(backend.api_key_masked, MASKED, "key unchanged");
     assert.equal(backend.model_mappings["gpt-test"].cost.input, 2.5e-6, "prices are stored per token");
     assert.equal(backend.model_mappings["gpt-alt"].native_id, "mock-small");
+    assert.equal(backend.window_seconds, 10, "the provider's window is saved");
   });
 
   test("traffic through the proxy moves the dashboard counters", async () => {

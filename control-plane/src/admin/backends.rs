@@ -61,6 +61,7 @@ pub(super) fn new_backend(
         timeout_seconds: validate::timeout_seconds(&f("timeout_seconds"), spec.timeout_seconds)?,
         rpm_limit: validate::rpm_limit(&f("rpm_limit"), spec.rpm_limit.unwrap_or(validate::DEFAULT_RPM as i64))?,
         tpm_limit: validate::tpm_limit(&f("tpm_limit"), spec.tpm_limit)?,
+        window_seconds: validate::window_seconds(&f("window_seconds"), spec.window_seconds)?,
         pool: validate::pool(&f("pool"), &spec.pool, pools)?,
         enabled: spec.enabled.unwrap_or(true),
         weight: validate::weight(&f("weight"), spec.weight.unwrap_or(1))?,
@@ -75,8 +76,10 @@ pub(super) fn new_backend(
 }
 
 /// An enabled backend must serve at least one model: without a mapping it could never
-/// be chosen. A disabled one may wait for its mappings.
+/// be chosen. A disabled one may wait for its mappings. Every backend must allow at
+/// least one request per provider window.
 fn serves_something(b: BackendRecord) -> Result<BackendRecord, FieldError> {
+    validate::window_allows_a_request("backend.window_seconds", b.rpm_limit, b.window_seconds)?;
     if b.enabled && b.model_mappings.is_empty() {
         return Err(field_error(
             "backend.model_mappings",
@@ -117,6 +120,9 @@ pub(super) fn patched(
     }
     if let Some(v) = patch.tpm_limit {
         b.tpm_limit = validate::tpm_limit(&f("tpm_limit"), v)?;
+    }
+    if let Some(v) = patch.window_seconds {
+        b.window_seconds = validate::window_seconds(&f("window_seconds"), v)?;
     }
     if let Some(v) = &patch.pool {
         b.pool = validate::pool(&f("pool"), v, pools)?;

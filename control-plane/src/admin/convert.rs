@@ -46,6 +46,7 @@ pub fn backend_to_pb(b: &BackendRecord) -> pb::Backend {
         status: if b.enabled { "healthy" } else { "disabled" }.to_owned(),
         cooldown_until_ms: 0,
         consecutive_429_count: 0,
+        window_seconds: b.window_seconds,
     }
 }
 

@@ -355,6 +355,7 @@ mod tests {
             timeout_seconds: 120,
             rpm_limit: 40,
             tpm_limit: None,
+            window_seconds: 60,
             pool: pool.into(),
             enabled: true,
             weight: 1,

@@ -46,11 +46,16 @@ pub fn allocate(limit: u32, reserved: u32, active: &[NodeShare]) -> Vec<u32> {
             floor + part.floor() as u32
         })
         .collect();
-    // Rounding leftovers go to the nodes that want the most.
+    // Rounding leftovers go first to the nodes that already hold more than their rounded
+    // share, then to the nodes that want the most. Keeping a leftover where it is matters:
+    // demand estimates wobble, and a unit that moves is idle for a window (the increase
+    // waits until the previous holder cannot still be using it).
     let leftover = available.saturating_sub(targets.iter().sum());
     let mut order: Vec<usize> = (0..active.len()).collect();
     order.sort_by(|&a, &b| active[b].demand.total_cmp(&active[a].demand));
-    for &i in order.iter().cycle().take(leftover as usize) {
+    let mut holders: Vec<usize> = order.clone();
+    holders.sort_by_key(|&i| active[i].current <= targets[i]);
+    for &i in holders.iter().cycle().take(leftover as usize) {
         targets[i] += 1;
     }
 

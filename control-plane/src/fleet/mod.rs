@@ -19,29 +19,36 @@ pub use allocate::{NodeShare, allocate};
 
 use crate::{
     state::ConfigState,
-    store::{CooldownRecord, Settings, Store},
+    store::{CooldownRecord, Settings, Store, per_window},
     util::now_ms,
 };
 
 /// How fleet coordination is timed.
 #[derive(Debug, Clone, Copy)]
 pub struct FleetTiming {
-    /// The providers' window (60 s; shorter only in tests).
+    /// The providers' minute (60 s; shorter only in tests). A backend's window is its
+    /// `window_seconds` of it.
     pub window: Duration,
     /// How long a grant stays valid without renewal.
     pub lease: Duration,
     /// How often grants are recomputed and sent.
     pub interval: Duration,
+    /// Upper bound on the time for a grant to reach a node and take effect there, and
+    /// for a report to come back (1 s; shorter only in tests that compress time).
+    pub propagation: Duration,
 }
 
 impl Default for FleetTiming {
     fn default() -> Self {
-        Self { window: Duration::from_secs(60), lease: Duration::from_secs(5), interval: Duration::from_secs(1) }
+        Self {
+            window: Duration::from_secs(60),
+            lease: Duration::from_secs(5),
+            interval: Duration::from_secs(1),
+            propagation: Duration::from_secs(1),
+        }
     }
 }
 
-/// Grace for a grant to reach a node and for a decrease to take effect there.
-const PROPAGATION: Duration = Duration::from_secs(1);
 /// Requests a node may admit at once beyond its pace (its bucket's burst).
 const BURST_ALLOWANCE: u32 = 10;
 
@@ -66,28 +73,52 @@ struct Share {
     in_window: u32,
     /// When the node last reported its demand and window use.
     reported_at: Option<Instant>,
+    /// The grant of the newest entry that aged out of `history`.
+    aged: Option<u32>,
+    /// The fallback share last sent, used if the lease runs out.
+    fallback: u32,
+    /// When the node's current session began: a new process does not remember what the
+    /// previous one admitted, so its window use says nothing until a window has passed.
+    attached_at: Option<Instant>,
 }
 
 impl Share {
     /// What the node may have used of the current window: the largest recent grant, or,
     /// if it reported lately, its reported use plus what it could admit at its current
     /// grant's pace (and a burst) before the next grant reaches it.
-    fn used_bound(&mut self, now: Instant, keep: Duration, window: Duration) -> u32 {
-        let recent = self.recent_max(now, keep);
-        match self.reported_at {
-            Some(at) if now.saturating_duration_since(at) < 2 * PROPAGATION => {
-                let blind = now.saturating_duration_since(at) + 2 * PROPAGATION;
-                let pace = f64::from(self.grant) * blind.as_secs_f64() / window.as_secs_f64();
-                let bound = self.in_window.saturating_add(pace.ceil() as u32).saturating_add(BURST_ALLOWANCE);
-                recent.min(bound)
-            }
-            _ => recent,
+    ///
+    /// Reports count only from a window into the node's session (a new process does not
+    /// remember what its predecessor admitted). A report made two propagation delays
+    /// after a grant was issued shows the node running that grant (or a later one): its
+    /// limiter then holds every window at or below the largest of those grants and what
+    /// the window already held. That is a bound too, and frees a decrease for others long
+    /// before the old grant ages out of the history.
+    fn used_bound(&mut self, now: Instant, keep: Duration, window: Duration, propagation: Duration) -> u32 {
+        let mut bound = self.recent_max(now, keep);
+        let Some(at) = self.reported_at else { return bound };
+        if self.attached_at.is_some_and(|a| at < a + keep) {
+            return bound;
         }
+        if now.saturating_duration_since(at) < 2 * propagation {
+            let blind = now.saturating_duration_since(at) + 2 * propagation;
+            let pace = f64::from(self.grant) * blind.as_secs_f64() / window.as_secs_f64();
+            bound = bound.min(self.in_window.saturating_add(pace.ceil() as u32).saturating_add(BURST_ALLOWANCE));
+        }
+        if let Some(since) = at.checked_sub(2 * propagation) {
+            // The grant the node surely ran when it reported (the last one issued by
+            // `since`), and any issued after it, which it may be running now.
+            let then = self.history.iter().rev().find(|(t, _)| *t <= since).map(|(_, g)| *g).or(self.aged);
+            if let Some(then) = then {
+                let later = self.history.iter().filter(|(t, _)| *t > since).map(|(_, g)| *g).max().unwrap_or(0);
+                bound = bound.min(self.in_window.max(then).max(later).max(self.fallback));
+            }
+        }
+        bound
     }
 
     fn recent_max(&mut self, now: Instant, keep: Duration) -> u32 {
         while self.history.front().is_some_and(|(t, _)| now.saturating_duration_since(*t) > keep) {
-            self.history.pop_front();
+            self.aged = self.history.pop_front().map(|(_, g)| g);
         }
         self.history.iter().map(|(_, g)| *g).max().unwrap_or(0).max(self.grant)
     }
@@ -140,6 +171,13 @@ impl Fleet {
 
     /// A node's Sync session started; broadcasts reach it through `tx`.
     pub fn attach(&self, node_id: &str, session: u64, region: &str, tx: Sender) {
+        let now = Instant::now();
+        for fleet in self.backends.lock().expect("fleet lock").values_mut() {
+            if let Some(share) = fleet.shares.get_mut(node_id) {
+                share.attached_at = Some(now);
+                share.reported_at = None;
+            }
+        }
         self.sessions
             .lock()
             .expect("sessions lock")
@@ -155,12 +193,20 @@ impl Fleet {
         }
     }
 
-    /// The node's starting share of each backend in a fresh snapshot: its live grant if
-    /// it has one, otherwise a share of what is free now (recorded as a grant, so it is
-    /// counted until it ages out). Also stamps the fleet-wide cooldown.
+    /// A backend's window: the provider's `window_seconds` of a (possibly compressed)
+    /// minute.
+    fn window_of(&self, window_seconds: u32) -> Duration {
+        self.timing.window * window_seconds.clamp(1, 60) / 60
+    }
+
+    /// The node's starting share of each backend in a fresh snapshot, in requests per
+    /// backend window: its live grant if it has one, otherwise a share of what is free
+    /// now (recorded as a grant, so it is counted until it ages out). That may be 0 when
+    /// other nodes may still be using the whole limit in this window: the node then
+    /// waits for its first grant rather than overshoot. Also stamps the fleet-wide
+    /// cooldown.
     pub fn decorate(&self, node_id: &str, snapshot: &mut pb::Snapshot) {
         let now = Instant::now();
-        let keep = self.timing.window + PROPAGATION;
         let mut backends = self.backends.lock().expect("fleet lock");
         let wall = now_ms();
         for b in &mut snapshot.backends {
@@ -169,22 +215,24 @@ impl Fleet {
                 b.cooldown_remaining_ms = (fleet.cooling_until_ms - wall) as u64;
             }
             b.consecutive_429 = fleet.consecutive;
-            let window = self.timing.window;
+            let window = self.window_of(b.window_seconds);
+            let keep = window + self.timing.propagation;
+            let limit = per_window(b.rpm_limit, b.window_seconds);
             let others: Vec<u32> = fleet
                 .shares
                 .iter_mut()
                 .filter(|(id, _)| id.as_str() != node_id)
-                .map(|(_, s)| s.used_bound(now, keep, window))
+                .map(|(_, s)| s.used_bound(now, keep, window, self.timing.propagation))
                 .collect();
             let used: u32 = others.iter().sum();
             let share = fleet.shares.entry(node_id.to_owned()).or_default();
             if share.grant == 0 {
                 // An equal share of the nodes known, within what nobody else may use.
-                let free = b.rpm_limit.saturating_sub(used);
-                let start = (b.rpm_limit / (others.len() as u32 + 1)).max(1).min(free);
+                let free = limit.saturating_sub(used);
+                let start = (limit / (others.len() as u32 + 1)).max(1).min(free);
                 share.set(now, start, self.timing.lease);
             }
-            b.initial_rpm_share = share.grant.max(1).min(b.rpm_limit);
+            b.initial_rpm_share = Some(share.grant.min(limit));
         }
     }
 
@@ -309,7 +357,6 @@ impl Fleet {
     /// node its grants.
     pub fn regrant(&self, config: &ConfigState) {
         let now = Instant::now();
-        let keep = self.timing.window + PROPAGATION;
         let sessions: Vec<(String, String, Sender)> = self
             .sessions
             .lock()
@@ -323,6 +370,9 @@ impl Fleet {
             backends.retain(|id, _| config.backends.iter().any(|(b, _)| &b.id == id));
             for (b, _) in &config.backends {
                 let fleet = backends.entry(b.id.clone()).or_default();
+                let window = self.window_of(b.window_seconds);
+                let keep = window + self.timing.propagation;
+                let limit = b.window_limit();
                 let active: Vec<&str> = sessions
                     .iter()
                     .filter(|(_, region, _)| b.allowed_in(region))
@@ -352,22 +402,25 @@ impl Fleet {
                         NodeShare {
                             demand: share.demand,
                             current: share.grant,
-                            recent_max: share.used_bound(now, keep, self.timing.window),
+                            recent_max: share.used_bound(now, keep, window, self.timing.propagation),
                         }
                     })
                     .collect();
-                let grants = allocate(b.rpm_limit, reserved, &inputs);
+                let grants = allocate(limit, reserved, &inputs);
                 let known = (fleet.shares.len() as u32).max(1);
+                let tpm_limit = b.window_tpm();
                 for (node, grant) in active.iter().zip(grants) {
-                    fleet.shares.get_mut(*node).expect("share exists").set(now, grant, self.timing.lease);
+                    let share = fleet.shares.get_mut(*node).expect("share exists");
+                    share.set(now, grant, self.timing.lease);
+                    share.fallback = (limit / known).max(1);
                     let tpm =
-                        b.tpm_limit.map_or(0, |t| ((u64::from(t) * u64::from(grant)) / u64::from(b.rpm_limit)) as u32);
+                        tpm_limit.map_or(0, |t| ((u64::from(t) * u64::from(grant)) / u64::from(limit.max(1))) as u32);
                     per_node.entry((*node).to_owned()).or_default().push(pb::QuotaGrant {
                         backend_id: b.id.clone(),
                         rpm: grant,
                         tpm,
-                        fallback_rpm: (b.rpm_limit / known).max(1),
-                        fallback_tpm: b.tpm_limit.map_or(0, |t| (t / known).max(1)),
+                        fallback_rpm: (limit / known).max(1),
+                        fallback_tpm: tpm_limit.map_or(0, |t| (t / known).max(1)),
                     });
                 }
             }
@@ -403,3 +456,6 @@ pub async fn run_grants(shared: std::sync::Arc<crate::state::Shared>) {
         shared.fleet.regrant(&state);
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -372,4 +372,4 @@ fn audit_key(at_ms: i64, id: u64) -> [u8; 16] {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

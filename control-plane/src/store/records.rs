@@ -95,6 +95,10 @@ pub struct BackendRecord {
     pub rpm_limit: u32,
     /// Tokens per minute the provider allows, if it limits tokens.
     pub tpm_limit: Option<u32>,
+    /// The provider enforces `rpm_limit × window_seconds / 60` in every window of this
+    /// many seconds (records written before this field: 60).
+    #[serde(default = "defaults::window_seconds")]
+    pub window_seconds: u32,
     /// Pool name.
     pub pool: String,
     /// Whether the backend takes traffic.
@@ -122,6 +126,22 @@ impl BackendRecord {
     pub fn allowed_in(&self, region: &str) -> bool {
         self.regions.is_empty() || self.regions.iter().any(|r| r == region)
     }
+
+    /// Requests the provider allows in one of its windows.
+    pub fn window_limit(&self) -> u32 {
+        per_window(self.rpm_limit, self.window_seconds)
+    }
+
+    /// Tokens the provider allows in one of its windows, if it limits tokens.
+    pub fn window_tpm(&self) -> Option<u32> {
+        self.tpm_limit.map(|t| per_window(t, self.window_seconds).max(1))
+    }
+}
+
+/// `per_minute × window_seconds / 60`, rounded down: what a provider that enforces a
+/// per-minute figure at a finer grain allows in one of its windows.
+pub fn per_window(per_minute: u32, window_seconds: u32) -> u32 {
+    (u64::from(per_minute) * u64::from(window_seconds) / 60).min(u64::from(u32::MAX)) as u32
 }
 
 /// A routing pool.
@@ -206,6 +226,9 @@ mod defaults {
     }
     pub(super) fn probe_timeout_seconds() -> u32 {
         10
+    }
+    pub(super) fn window_seconds() -> u32 {
+        60
     }
 }
 

@@ -10,7 +10,8 @@ fn open() -> (tempfile::TempDir, Store) {
     (dir, store)
 }
 
-fn backend(id: &str, name: &str) -> BackendRecord {
+/// A complete backend record for tests.
+pub(crate) fn backend(id: &str, name: &str) -> BackendRecord {
     let key = MasterKey::from_hex(&MasterKey::generate_hex()).unwrap();
     BackendRecord {
         id: id.into(),
@@ -22,6 +23,7 @@ fn backend(id: &str, name: &str) -> BackendRecord {
         timeout_seconds: 120,
         rpm_limit: 40,
         tpm_limit: Some(1000),
+        window_seconds: 60,
         pool: "primary".into(),
         enabled: true,
         weight: 1,

@@ -65,6 +65,20 @@ fn tpm_zero_means_none_and_negative_is_refused() {
 }
 
 #[test]
+fn window_seconds_zero_means_a_minute_and_a_window_must_allow_a_request() {
+    assert_eq!(window_seconds("w", 0).unwrap(), 60);
+    assert_eq!(window_seconds("w", 10).unwrap(), 10);
+    assert_eq!(field_of(window_seconds("backend.window_seconds", 61)), "backend.window_seconds");
+    assert_eq!(field_of(window_seconds("backend.window_seconds", -1)), "backend.window_seconds");
+    assert!(window_allows_a_request("w", 6, 10).is_ok(), "6 RPM per 10 s is one request");
+    let e = window_allows_a_request("backend.window_seconds", 5, 10).unwrap_err();
+    assert!(e.reason.contains("rpm_limit 5 with window_seconds 10"), "{e}");
+    assert_eq!(crate::store::per_window(60, 10), 10);
+    assert_eq!(crate::store::per_window(100, 1), 1, "100 RPM per second rounds down to 1");
+    assert_eq!(crate::store::per_window(u32::MAX, 60), u32::MAX);
+}
+
+#[test]
 fn timeout_zero_means_default_and_bounds_hold() {
     assert_eq!(timeout_seconds("t", 0).unwrap(), DEFAULT_TIMEOUT_SECONDS);
     assert!(timeout_seconds("t", -5).is_err());
@@ -99,6 +113,7 @@ fn duplicate_names_are_refused_case_insensitively_except_for_self() {
         timeout_seconds: 1,
         rpm_limit: 1,
         tpm_limit: None,
+        window_seconds: 60,
         pool: "primary".into(),
         enabled: true,
         weight: 1,

@@ -128,13 +128,12 @@ impl Syncer {
     }
 
     /// What this node wants of each backend: admitted + turned away since the last
-    /// report + waiting now, as requests per window.
+    /// report + waiting now, as requests per window of the backend.
     fn demand(&self, every: Duration) -> pb::Demand {
         use std::sync::atomic::Ordering::Relaxed;
         let bundle = self.shared.bundle.load();
         let now = Instant::now();
         let waiting = self.shared.queue.waiting_by_model();
-        let scale = bundle.window.as_secs_f64() / every.as_secs_f64();
         let backends = bundle
             .backends
             .iter()
@@ -152,6 +151,8 @@ impl Syncer {
                     let mut l = b.state.limiter.lock().expect("limiter lock");
                     (l.tokens(now), l.burst(), l.in_window(now))
                 };
+                // Per the backend's window, the unit its grants come in.
+                let scale = b.config.window(bundle.window).as_secs_f64() / every.as_secs_f64();
                 pb::BackendDemand {
                     backend_id: b.config.id.clone(),
                     demand: (admitted + rejected + waiting) as f64 * scale,

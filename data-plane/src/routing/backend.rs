@@ -171,16 +171,18 @@ fn reserve_limit(config: &BackendConfig, settings: &Settings) -> u32 {
     if settings.emergency_fraction <= 0.0 {
         return 0;
     }
-    ((f64::from(config.rpm_limit) * settings.emergency_fraction).floor() as u32).max(1)
+    ((f64::from(config.window_limit()) * settings.emergency_fraction).floor() as u32).max(1)
 }
 
 impl BackendState {
-    /// Fresh state for a backend.
-    pub fn new(config: &BackendConfig, settings: &Settings, window: Duration, now: Instant) -> Self {
+    /// Fresh state for a backend. `minute` is the limiters' minute (60 s; shorter only
+    /// in tests); each backend's window is its `window_seconds` of it.
+    pub fn new(config: &BackendConfig, settings: &Settings, minute: Duration, now: Instant) -> Self {
+        let window = config.window(minute);
         let state = Self {
-            limiter: Mutex::new(RequestLimiter::new(config.rpm_limit, settings.bucket_burst, window, now)),
+            limiter: Mutex::new(RequestLimiter::new(config.window_limit(), settings.bucket_burst, window, now)),
             reserve: Mutex::new(RequestLimiter::new(reserve_limit(config, settings), 1, window, now)),
-            tpm: Mutex::new(config.tpm_limit.map(|t| TokenWindow::new(u64::from(t), window))),
+            tpm: Mutex::new(config.window_tpm().map(|t| TokenWindow::new(u64::from(t), window))),
             cooldown: Mutex::new(Cooldown::default()),
             health: Mutex::new(Health::default()),
             retreat: Mutex::new(Retreat::new(config.rpm_limit)),
@@ -189,18 +191,18 @@ impl BackendState {
             admitted: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
         };
-        state.reconfigure(config, settings, window, now);
+        state.reconfigure(config, settings, minute, now);
         state
     }
 
     /// Applies a (changed) config in place, keeping admissions, cooldown and health, and
     /// takes over the snapshot's starting share and fleet-wide cooldown.
-    pub fn reconfigure(&self, config: &BackendConfig, settings: &Settings, window: Duration, now: Instant) {
+    pub fn reconfigure(&self, config: &BackendConfig, settings: &Settings, minute: Duration, now: Instant) {
         {
             let mut quota = self.quota.lock().expect("quota lock");
             quota.initial = config.initial_share;
             if quota.fallback.0 == 0 {
-                quota.fallback = (config.initial_share.unwrap_or(config.rpm_limit), None);
+                quota.fallback = (config.initial_share.unwrap_or(config.window_limit()), None);
             }
         }
         if let Some(remaining) = config.cooldown_remaining {
@@ -209,24 +211,27 @@ impl BackendState {
             cooldown.until = Some(cooldown.until.map_or(until, |u| u.max(until)));
             cooldown.consecutive = cooldown.consecutive.max(config.consecutive_429);
         }
+        let window = config.window(minute);
         self.reserve.lock().expect("reserve lock").reconfigure(reserve_limit(config, settings), 1, window, now);
-        self.apply_limits(config, settings, window, now);
+        self.apply_limits(config, settings, minute, now);
     }
 
-    /// Sets the limiters to the share in force: the configured limit, lowered by this
-    /// node's grant (or fallback, or starting share) and by retreat when enabled.
-    pub fn apply_limits(&self, config: &BackendConfig, settings: &Settings, window: Duration, now: Instant) {
+    /// Sets the limiters to the share in force, per provider window: the configured
+    /// limit, lowered by this node's grant (or fallback, or starting share) and by
+    /// retreat when enabled.
+    pub fn apply_limits(&self, config: &BackendConfig, settings: &Settings, minute: Duration, now: Instant) {
+        let window = config.window(minute);
         let share = self.quota.lock().expect("quota lock").share(now);
-        let mut rpm = config.rpm_limit;
+        let mut limit = config.window_limit();
         if settings.adaptive_retreat {
             let retreat = self.retreat.lock().expect("retreat lock").effective().round() as u32;
-            rpm = rpm.min(retreat.max(1));
+            limit = limit.min(config.per_window(retreat).max(1));
         }
         if let Some((granted, _)) = share {
-            rpm = rpm.min(granted);
+            limit = limit.min(granted);
         }
-        self.limiter.lock().expect("limiter lock").reconfigure(rpm, settings.bucket_burst, window, now);
-        let tpm_limit = match (config.tpm_limit, share) {
+        self.limiter.lock().expect("limiter lock").reconfigure(limit, settings.bucket_burst, window, now);
+        let tpm_limit = match (config.window_tpm(), share) {
             (Some(limit), Some((_, Some(granted)))) => Some(limit.min(granted)),
             (limit, _) => limit,
         };

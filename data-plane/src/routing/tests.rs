@@ -167,3 +167,63 @@ fn the_queue_never_evicts_a_higher_priority_waiter() {
     assert!(high.try_recv().is_err(), "the high waiter is still waiting");
     assert_eq!(q.depths(), [1, 1, 0, 0]);
 }
+
+/// Greedy demand for a minute against `backend`, offered every 10 ms: the admission times.
+fn greedy_minute(bundle: &Bundle, start: Instant) -> Vec<Instant> {
+    let state = &bundle.backends[0].state;
+    let mut admitted = vec![];
+    let mut t = start;
+    while t < start + MIN {
+        if state.limiter.lock().unwrap().try_acquire(t) {
+            admitted.push(t);
+        }
+        t += Duration::from_millis(10);
+    }
+    admitted
+}
+
+/// The most admissions in any window of `len` starting at an admission.
+fn most_in_any(admitted: &[Instant], len: Duration) -> usize {
+    (0..admitted.len()).map(|i| admitted[i..].iter().take_while(|&&a| a < admitted[i] + len).count()).max().unwrap_or(0)
+}
+
+#[test]
+fn a_finer_provider_window_holds_in_every_window_of_its_length_from_the_start() {
+    // 60 RPM enforced per 10 s: at most 10 in any 10 s, even with a bucket of 100 at
+    // start-up, and still the whole minute's 60 over greedy demand.
+    let now = Instant::now();
+    let mut b = backend("a", "primary", 60);
+    b.window_seconds = 10;
+    let admitted = greedy_minute(&bundle(vec![b], now), now);
+    assert_eq!(most_in_any(&admitted, Duration::from_secs(10)), 10, "{admitted:?}");
+    assert!(admitted.len() >= 54, "only {} of 60 used", admitted.len());
+
+    // Per second as well.
+    let mut b = backend("a", "primary", 600);
+    b.window_seconds = 1;
+    let admitted = greedy_minute(&bundle(vec![b], now), now);
+    assert_eq!(most_in_any(&admitted, Duration::from_secs(1)), 10);
+    assert!(admitted.len() >= 540, "only {} of 600 used", admitted.len());
+}
+
+#[test]
+fn grants_and_starting_shares_are_per_provider_window() {
+    let now = Instant::now();
+    let mut b = backend("a", "primary", 60);
+    b.window_seconds = 10;
+    // A starting share of 0: another node may still use the whole window.
+    b.initial_rpm_share = Some(0);
+    let bundled = bundle(vec![b], now);
+    let backend = &bundled.backends[0];
+    assert!(!backend.state.limiter.lock().unwrap().try_acquire(now), "a share of 0 admits nothing");
+    // A grant of 4 per 10 s window.
+    {
+        let mut quota = backend.state.quota.lock().unwrap();
+        quota.grant = Some((4, None));
+        quota.lease_until = Some(now + MIN * 2);
+    }
+    backend.state.apply_limits(&backend.config, &bundled.settings, MIN, now);
+    let admitted = greedy_minute(&bundled, now);
+    assert_eq!(most_in_any(&admitted, Duration::from_secs(10)), 4);
+    assert!(admitted.len() >= 22, "{}", admitted.len());
+}

@@ -296,6 +296,7 @@ function render(ctx: PageContext) {
     const rpm = input({ name: "rpm_limit", inputmode: "numeric", placeholder: "40" });
     const tpm = input({ name: "tpm_limit", inputmode: "numeric", placeholder: "no limit" });
     const timeout = input({ name: "timeout_seconds", inputmode: "numeric", placeholder: "120" });
+    const windowSeconds = input({ name: "window_seconds", inputmode: "numeric", placeholder: "60" });
     const weight = input({ name: "weight", inputmode: "numeric", placeholder: "1" });
     const pool = h("select", { attrs: { name: "pool" } }, pools.map((p) => h("option", { attrs: { value: p.name } }, p.name)));
     const enabled = h("input", { attrs: { type: "checkbox", name: "enabled", checked: existing ? existing.enabled : true } });
@@ -310,6 +311,7 @@ function render(ctx: PageContext) {
       rpm.value = String(existing.rpmLimit);
       tpm.value = existing.tpmLimit ? String(existing.tpmLimit) : "";
       timeout.value = String(existing.timeoutSeconds);
+      windowSeconds.value = String(existing.windowSeconds || 60);
       weight.value = String(existing.weight);
       pool.value = existing.pool;
       regions.value = existing.regions.join(", ");
@@ -492,6 +494,7 @@ function render(ctx: PageContext) {
         h("legend", null, "Limits and routing"),
         reg("rpm_limit", field("Requests per minute", rpm)),
         reg("tpm_limit", field("Tokens per minute", tpm, { hint: "empty or 0 = no limit" })),
+        reg("window_seconds", field("Provider window (s)", windowSeconds, { hint: "the provider allows RPM × s / 60 per window; 60 unless it counts per 10 s or per second" })),
         reg("timeout_seconds", field("Timeout (s)", timeout)),
         reg("pool", field("Pool", pool)),
         reg("weight", field("Weight", weight, { hint: "within the pool" })),
@@ -641,6 +644,8 @@ function render(ctx: PageContext) {
             if (t !== BigInt(existing.tpmLimit)) patch.tpmLimit = t;
             const to = intValue(timeout, "timeout_seconds") ?? 0n;
             if (to !== BigInt(existing.timeoutSeconds)) patch.timeoutSeconds = to;
+            const ws = intValue(windowSeconds, "window_seconds") ?? 0n;
+            if ((ws === 0n ? 60n : ws) !== BigInt(existing.windowSeconds || 60)) patch.windowSeconds = ws;
             const w = intValue(weight, "weight");
             if (w !== undefined && w !== BigInt(existing.weight)) patch.weight = w;
             else if (w === undefined) throw new LocalError("weight", "must not be empty");
@@ -673,6 +678,7 @@ function render(ctx: PageContext) {
               timeoutSeconds: intValue(timeout, "timeout_seconds") ?? 0n,
               rpmLimit: intValue(rpm, "rpm_limit"),
               tpmLimit: intValue(tpm, "tpm_limit") ?? 0n,
+              windowSeconds: intValue(windowSeconds, "window_seconds") ?? 0n,
               pool: pool.value,
               enabled: enabled.checked,
               weight: intValue(weight, "weight"),

@@ -57,6 +57,7 @@ async fn add(ctx: &mut Ctx, args: BackendAddArgs) -> anyhow::Result<()> {
         timeout_seconds: f.timeout.unwrap_or(0),
         rpm_limit: f.rpm,
         tpm_limit: f.tpm.unwrap_or(0),
+        window_seconds: f.window_seconds.unwrap_or(0),
         pool: f.pool.unwrap_or_default(),
         enabled: Some(!args.disabled),
         weight: f.weight,
@@ -94,6 +95,7 @@ async fn update(ctx: &mut Ctx, args: BackendUpdateArgs) -> anyhow::Result<()> {
         timeout_seconds: f.timeout,
         rpm_limit: f.rpm,
         tpm_limit: f.tpm,
+        window_seconds: f.window_seconds,
         pool: f.pool,
         enabled: match (args.enable, args.disable) {
             (true, _) => Some(true),
@@ -268,6 +270,7 @@ fn fields(b: &pb::Backend) -> Vec<(&'static str, String)> {
         ("api_key_key_id", b.api_key_key_id.clone()),
         ("rpm_limit", b.rpm_limit.to_string()),
         ("tpm_limit", or_dash(b.tpm_limit)),
+        ("window_seconds", b.window_seconds.to_string()),
         ("timeout_seconds", b.timeout_seconds.to_string()),
         ("weight", b.weight.to_string()),
         ("models", list(&models, "-")),

@@ -225,6 +225,10 @@ pub(crate) struct BackendFields {
     /// Tokens per minute; 0 = no token limit.
     #[arg(long, allow_negative_numbers = true)]
     pub(crate) tpm: Option<i64>,
+    /// The provider's window in seconds (1-60; default 60): it allows rpm × SECONDS / 60
+    /// requests (and tpm × SECONDS / 60 tokens) in every window of that length; 0 = 60.
+    #[arg(long = "window-seconds", allow_negative_numbers = true, value_name = "SECONDS")]
+    pub(crate) window_seconds: Option<i64>,
     /// Upstream timeout in seconds; 0 = the default (120).
     #[arg(long, allow_negative_numbers = true, value_name = "SECONDS")]
     pub(crate) timeout: Option<i64>,

@@ -1,0 +1,151 @@
+//! Fleet grants under a driven clock, for providers that enforce at a finer grain than
+//! a minute.
+
+use std::collections::HashMap;
+
+use super::*;
+use crate::store::BackendRecord;
+
+fn backend(rpm_limit: u32, window_seconds: u32) -> BackendRecord {
+    BackendRecord {
+        rpm_limit,
+        window_seconds,
+        tpm_limit: Some(6000),
+        regions: vec![],
+        ..crate::store::tests::backend("bkd_a", "a")
+    }
+}
+
+fn config(b: BackendRecord) -> ConfigState {
+    ConfigState {
+        version: 1,
+        backends: vec![(b, "sk-test".into())],
+        pools: vec![],
+        settings: Settings::default(),
+        health: HashMap::new(),
+    }
+}
+
+fn snapshot(b: &BackendRecord) -> pb::Snapshot {
+    pb::Snapshot {
+        backends: vec![pb::SnapshotBackend {
+            id: b.id.clone(),
+            rpm_limit: b.rpm_limit,
+            window_seconds: b.window_seconds,
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+/// Attaches `node` and returns the receiving end of its session.
+fn attach(fleet: &Fleet, node: &str, session: u64) -> mpsc::Receiver<Result<pb::ControlMessage, Status>> {
+    let (tx, rx) = mpsc::channel(16);
+    fleet.attach(node, session, "", tx);
+    rx
+}
+
+/// The last grant `rx` received for the backend: (requests, tokens) per window.
+fn grant(rx: &mut mpsc::Receiver<Result<pb::ControlMessage, Status>>) -> (u32, u32) {
+    let mut last = None;
+    while let Ok(Ok(msg)) = rx.try_recv() {
+        if let Some(Kind::Grants(g)) = msg.kind {
+            last = g.grants.first().map(|g| (g.rpm, g.tpm));
+        }
+    }
+    last.expect("a grant")
+}
+
+fn demand(fleet: &Fleet, node: &str, demand: f64) {
+    let d = pb::BackendDemand { backend_id: "bkd_a".into(), demand, in_window: 0, ..Default::default() };
+    fleet.demand(node, &pb::Demand { backends: vec![d], at_ms: 0 });
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_second_node_starts_with_nothing_while_the_first_may_use_the_whole_window() {
+    let fleet = Fleet::new(FleetTiming::default());
+    let b = backend(60, 10);
+    let mut first = snapshot(&b);
+    fleet.decorate("n1", &mut first);
+    assert_eq!(first.backends[0].initial_rpm_share, Some(10), "the whole 10 per 10 s window");
+    let mut second = snapshot(&b);
+    fleet.decorate("n2", &mut second);
+    assert_eq!(second.backends[0].initial_rpm_share, Some(0), "n1 may already have sent 10 in this window");
+}
+
+#[tokio::test(start_paused = true)]
+async fn grants_split_the_window_limit_and_move_after_the_providers_window() {
+    let fleet = Fleet::new(FleetTiming::default());
+    let b = backend(60, 10);
+    let state = config(b.clone());
+    let mut rx1 = attach(&fleet, "n1", 1);
+    let mut rx2 = attach(&fleet, "n2", 2);
+    let mut snap = snapshot(&b);
+    fleet.decorate("n1", &mut snap);
+    // n1 held the whole window; n2 wants everything, n1 nothing.
+    demand(&fleet, "n1", 0.0);
+    demand(&fleet, "n2", 30.0);
+    tokio::time::advance(Duration::from_secs(3)).await;
+    fleet.regrant(&state);
+    let (g1, g2) = (grant(&mut rx1), grant(&mut rx2));
+    assert!(g1.0 + g2.0 <= 10, "{g1:?} + {g2:?} exceeds 10 per window");
+    assert!(g2.0 <= 1, "n2 cannot grow while n1 may still be using its 10: {g2:?}");
+    // Tokens per window follow the requests: 6000 TPM per 10 s is 1000.
+    assert_eq!(g1.1, 1000 * g1.0 / 10);
+
+    // One provider window (10 s) and the propagation allowance later, n1's old grant no
+    // longer counts: n2 gets nearly all of it, long before a minute has passed.
+    tokio::time::advance(Duration::from_millis(11_500)).await;
+    demand(&fleet, "n2", 30.0);
+    fleet.regrant(&state);
+    let (g1, g2) = (grant(&mut rx1), grant(&mut rx2));
+    assert!(g1.0 + g2.0 <= 10, "{g1:?} + {g2:?}");
+    assert!(g2.0 >= 8, "n2 should hold most of the window by now: {g2:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_report_under_the_new_grant_frees_a_decrease_before_the_old_grant_ages_out() {
+    // 10 per 10 s: waiting for n1's old 10 to age out would take 11 s.
+    let fleet = Fleet::new(FleetTiming::default());
+    let b = backend(60, 10);
+    let state = config(b.clone());
+    let mut rx1 = attach(&fleet, "n1", 1);
+    let mut rx2 = attach(&fleet, "n2", 2);
+    fleet.decorate("n1", &mut snapshot(&b));
+    demand(&fleet, "n1", 1.0);
+    demand(&fleet, "n2", 100.0);
+    fleet.regrant(&state);
+    let (g1, g2) = (grant(&mut rx1).0, grant(&mut rx2).0);
+    assert!(g1 < 10 && g2 <= 1, "the decrease applies at once, the increase waits: {g1} {g2}");
+
+    // Two propagation delays later n1 reports: 2 admitted in the window, under its new grant.
+    tokio::time::advance(2 * FleetTiming::default().propagation + Duration::from_millis(100)).await;
+    let d = pb::BackendDemand { backend_id: "bkd_a".into(), demand: 1.0, in_window: 2, ..Default::default() };
+    fleet.demand("n1", &pb::Demand { backends: vec![d], at_ms: 0 });
+    demand(&fleet, "n2", 100.0);
+    fleet.regrant(&state);
+    let (h1, h2) = (grant(&mut rx1).0, grant(&mut rx2).0);
+    assert!(h2 >= 5, "n2 gets what n1 can no longer use, 2 s in, not 11: {h1} {h2}");
+    assert!(h1.max(g1).max(2) + h2 <= 10, "{g1} {h1} {h2}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_restarted_node_is_not_trusted_to_remember_the_window_its_predecessor_used() {
+    let fleet = Fleet::new(FleetTiming::default());
+    let b = backend(60, 60);
+    let state = config(b.clone());
+    let _rx1 = attach(&fleet, "n1", 1);
+    let mut rx2 = attach(&fleet, "n2", 2);
+    fleet.decorate("n1", &mut snapshot(&b));
+    tokio::time::advance(Duration::from_secs(3)).await;
+    // n1 restarts: a new session whose limiter starts empty.
+    let _rx1 = attach(&fleet, "n1", 3);
+    demand(&fleet, "n1", 1.0);
+    demand(&fleet, "n2", 100.0);
+    fleet.regrant(&state);
+    tokio::time::advance(2 * FleetTiming::default().propagation + Duration::from_millis(100)).await;
+    demand(&fleet, "n1", 1.0);
+    demand(&fleet, "n2", 100.0);
+    fleet.regrant(&state);
+    assert!(grant(&mut rx2).0 <= 1, "the old process may have sent 60 in this minute");
+}
