@@ -279,6 +279,12 @@ http {{ access_log off; upstream up {{ server 127.0.0.1:{UP}; keepalive 256; }}
             print(f"open streams {name} {results['open_streams'][name]}", flush=True)
             time.sleep(2)  # let the held streams close
 
+        # What the slow-client defences cost per request (baseline and feature in one run).
+        out = subprocess.run([os.path.join(REL, "bench-hardening"), *(["--rounds", "5"] if args.quick else [])],
+                             capture_output=True, text=True, check=True)
+        results["hardening"] = json.loads(out.stdout)
+        print(f"hardening {results['hardening']}", flush=True)
+
         fleet = [os.path.join(REL, "bench-fleet"), "--control", f"http://127.0.0.1:{CTRL}", "--admin-token", ADMIN, "--node-token", NODE]
         out = subprocess.run([*fleet, "propagation", "--nodes", "50", "--writes", "20"], capture_output=True, text=True, check=True)
         results["propagation"] = json.loads(out.stdout)
@@ -342,6 +348,12 @@ def render(r, args):
     for name, v in r["stream"].items():
         lines.append(f"| {name} | {v['ttfb_p50_us']:.0f} | {v['ttfb_p99_us']:.0f} | {v['frames_median']} |")
     p, i = r["propagation"], r["ingest"]
+    h = r.get("hardening")
+    if h:
+        lines += ["", f"Slow-client defences per request (bench-hardening, {h['rounds']} alternating rounds of {h['ops']}, medians): "
+                  f"reading a {len(BODY)}-byte body takes {h['body_read_ns']:.0f} ns bare and {h['body_read_with_timeout_ns']:.0f} ns under the "
+                  f"body timeout (+{h['body_timeout_ns']:.0f} ns); the declared Content-Length check {h['content_length_check_ns']:.0f} ns; "
+                  f"a connection slot {h['connection_slot_ns']:.0f} ns per connection."]
     lines.append("")
     for name, o in r["open_streams"].items():
         per = (o["rss_peak_mb"] - o["rss_before_mb"]) * 1024 / max(1, o["ok"])

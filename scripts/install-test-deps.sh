@@ -5,6 +5,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
 rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
+# cargo-fuzz for the fuzz targets' smoke run (scripts/fuzz.sh): built from crates.io at
+# the pinned version; it runs on the stable toolchain with RUSTC_BOOTSTRAP=1.
+if ! cargo fuzz --version 2>/dev/null | grep -q '0.13.2'; then
+  cargo install cargo-fuzz --version 0.13.2 --locked --quiet
+fi
 # Python packages for the tests (the official `openai` client, the v1alpha reflection
 # client) go into a virtualenv under target/, never into the machine's own Python. Tests
 # find it at target/test-venv (or $SIDECAR_TEST_PYTHON).

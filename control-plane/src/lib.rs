@@ -12,6 +12,8 @@ pub mod console;
 pub mod crypto;
 pub mod dashboard;
 pub mod fleet;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod health;
 pub mod maintenance;
 pub mod metrics;

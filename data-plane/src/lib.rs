@@ -8,6 +8,8 @@
 pub mod auth;
 pub mod config;
 pub mod config_sync;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod metrics;
 pub mod ops;
 pub mod proxy;

@@ -11,7 +11,7 @@ use sidecar_proto::v1 as pb;
 
 use crate::{
     config::{Flags, ProxyConfig},
-    proxy::parse_for_tests as parse,
+    proxy::{ParsedRequest, ProxyError},
     snapshot::Snapshot,
     upstream::{Usage, UsageScanner, retry_after},
 };
@@ -78,6 +78,10 @@ fn snapshot_backend() -> impl Strategy<Value = pb::SnapshotBackend> {
                 }
             },
         )
+}
+
+fn parse(bytes: Bytes) -> Result<ParsedRequest, ProxyError> {
+    ParsedRequest::parse(bytes)
 }
 
 fn feed_split(stream: bool, body: &[u8], cuts: &[usize]) -> Option<Usage> {

@@ -182,7 +182,7 @@ fn check_counts(r: &pb::UsageRecord) -> Result<(), (&'static str, String)> {
 }
 
 /// Validates a batch and converts its records.
-fn check_batch(batch: &pb::ReportBatch) -> Result<Vec<ReportRecord>, Status> {
+pub(crate) fn check_batch(batch: &pb::ReportBatch) -> Result<Vec<ReportRecord>, Status> {
     if !node_id_ok(&batch.node_id) {
         return Err(Status::invalid_argument("node_id: must be 1-128 characters of letters, digits, '-', '_' or '.'"));
     }

@@ -87,7 +87,7 @@ fn span(text: &str, raw: &RawValue) -> Range<usize> {
 }
 
 impl ParsedRequest {
-    fn parse(bytes: Bytes) -> Result<Self, ProxyError> {
+    pub(crate) fn parse(bytes: Bytes) -> Result<Self, ProxyError> {
         let text = std::str::from_utf8(&bytes)
             .map_err(|_| ProxyError::BadRequest("request body is not valid JSON: it is not UTF-8".into()))?;
         if !text.trim_start().starts_with('{') {
@@ -132,9 +132,14 @@ impl ParsedRequest {
                     edits.push((self.close_at..self.close_at, br#","stream_options":{"include_usage":true}"#.to_vec()))
                 }
                 Some(at) => {
-                    let mut options: serde_json::Map<String, Value> =
-                        serde_json::from_slice(&self.bytes[at.clone()])
-                            .map_err(|_| ProxyError::BadRequest("`stream_options` must be an object".into()))?;
+                    let mut options: serde_json::Map<String, Value> = serde_json::from_slice(&self.bytes[at.clone()])
+                        .map_err(|e| {
+                        // The body check accepts what JSON allows in a string (a lone
+                        // surrogate escape, found by the fuzzer); reading it needs more.
+                        let why =
+                            if e.is_data() { "must be an object".to_owned() } else { format!("cannot be read: {e}") };
+                        ProxyError::BadRequest(format!("`stream_options` {why}"))
+                    })?;
                     options.insert("include_usage".into(), Value::Bool(true));
                     edits.push((at.clone(), serde_json::to_vec(&options).expect("an object serializes")));
                 }
@@ -154,12 +159,6 @@ impl ParsedRequest {
         out.extend_from_slice(&self.bytes[from..]);
         Ok(Bytes::from(out))
     }
-}
-
-/// [`ParsedRequest::parse`], for the property tests.
-#[cfg(test)]
-pub(crate) fn parse_for_tests(bytes: Bytes) -> Result<ParsedRequest, ProxyError> {
-    ParsedRequest::parse(bytes)
 }
 
 async fn read_body<B>(body: B, limit: usize) -> Result<ParsedRequest, ProxyError>
@@ -300,6 +299,25 @@ mod tests {
         let out: Value = serde_json::from_slice(&r.upstream_body("m", true).unwrap()).unwrap();
         assert_eq!(out["stream_options"]["include_usage"], false);
         assert_eq!(out["stream_options"]["x"], 1);
+    }
+
+    #[tokio::test]
+    async fn stream_options_that_cannot_be_read_are_refused_by_what_is_wrong() {
+        let refusal = |body: &'static str| async move {
+            match parse(body).await.unwrap().upstream_body("m", true) {
+                Err(ProxyError::BadRequest(m)) => m,
+                other => panic!("{other:?}"),
+            }
+        };
+        assert_eq!(
+            refusal(r#"{"model":"m","stream":true,"stream_options":5}"#).await,
+            "`stream_options` must be an object"
+        );
+        // Found by the fuzzer: a lone surrogate in a key passes the body check, which
+        // skips over strings, but cannot be read; the message used to say "must be an
+        // object" of what is one.
+        let m = refusal(r#"{"model":"m","stream":true,"stream_options":{"\udeee":1}}"#).await;
+        assert!(m.starts_with("`stream_options` cannot be read:") && m.contains("surrogate"), "{m}");
     }
 
     #[tokio::test]
