@@ -1,8 +1,12 @@
 //! Bearer-token authentication and role checks. Tokens are stored as SHA-256 hashes and
 //! compared in constant time; the set of tokens is cached in memory and replaced whole
-//! after every token write.
+//! after every token write. A node token may be bound to one node id (and region): it
+//! then authenticates only that node.
 
-use std::sync::{Arc, RwLock};
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, RwLock},
+};
 
 use rand::RngCore;
 use sha2::{Digest, Sha256};
@@ -18,12 +22,38 @@ pub struct Principal {
     pub token_id: String,
     /// The token's role.
     pub role: Role,
+    /// Node credentials bound to a node: its id (`None` = a shared node token).
+    pub node_id: Option<String>,
+    /// Node credentials bound to a node and region.
+    pub region: Option<String>,
 }
 
 impl Principal {
     /// The audit actor for this caller.
     pub fn actor(&self) -> Actor {
         Actor { id: self.token_id.clone(), role: self.role.as_str().to_owned() }
+    }
+
+    /// Whether this node credential may act as `node_id` (in `region`, for Sync).
+    /// Names what does not match.
+    pub fn may_be_node(&self, node_id: &str, region: Option<&str>) -> Result<(), Status> {
+        if let Some(bound) = &self.node_id
+            && bound != node_id
+        {
+            return Err(Status::permission_denied(format!(
+                "this credential belongs to node {bound:?}, not {:?}",
+                crate::util::clip(node_id)
+            )));
+        }
+        if let (Some(bound), Some(region)) = (&self.region, region)
+            && bound != region
+        {
+            return Err(Status::permission_denied(format!(
+                "this credential belongs to region {bound:?}, not {:?}",
+                crate::util::clip(region)
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -50,16 +80,52 @@ pub fn generate_token() -> String {
     format!("sct_{}", hex::encode(bytes))
 }
 
+/// How often a token's last use is written to the store, at most.
+const LAST_USED_EVERY_MS: i64 = 60_000;
+
 /// Checks bearer tokens against the stored hashes.
-#[derive(Default)]
 pub struct Authenticator {
     tokens: RwLock<Arc<Vec<TokenRecord>>>,
+    /// Bumped by every reload, so live node streams can see a revocation at once.
+    changes: tokio::sync::watch::Sender<u64>,
+    /// Token id → when its use was last written to the store.
+    used: Mutex<HashMap<String, i64>>,
+}
+
+impl Default for Authenticator {
+    fn default() -> Self {
+        Self { tokens: RwLock::default(), changes: tokio::sync::watch::channel(0).0, used: Mutex::default() }
+    }
 }
 
 impl Authenticator {
     /// Replaces the cached token set (after any token write).
     pub fn reload(&self, tokens: Vec<TokenRecord>) {
         *self.tokens.write().expect("token cache lock") = Arc::new(tokens);
+        self.changes.send_modify(|n| *n += 1);
+    }
+
+    /// Changes whenever the token set does.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    /// Whether the token `id` still exists (it was not revoked).
+    pub fn holds(&self, id: &str) -> bool {
+        self.tokens.read().expect("token cache lock").iter().any(|t| t.id == id)
+    }
+
+    /// Notes that token `id` was used at `now_ms`; true when that should be written to
+    /// the store (the first use, then at most once a minute).
+    pub fn used(&self, id: &str, now_ms: i64) -> bool {
+        let mut used = self.used.lock().expect("token use lock");
+        match used.get(id) {
+            Some(&at) if now_ms - at < LAST_USED_EVERY_MS => false,
+            _ => {
+                used.insert(id.to_owned(), now_ms);
+                true
+            }
+        }
     }
 
     /// Authenticates the caller and checks that its role allows `access`.
@@ -97,7 +163,12 @@ impl Authenticator {
         let mut found = None;
         for t in tokens.iter() {
             if bool::from(t.hash.ct_eq(hash)) {
-                found = Some(Principal { token_id: t.id.clone(), role: t.role });
+                found = Some(Principal {
+                    token_id: t.id.clone(),
+                    role: t.role,
+                    node_id: t.node_id.clone(),
+                    region: t.region.clone(),
+                });
             }
         }
         found
@@ -117,6 +188,8 @@ mod tests {
             hash: hash_token(token),
             created_at_ms: 0,
             created_by: "test".into(),
+            node_id: None,
+            region: None,
         }]);
         a
     }

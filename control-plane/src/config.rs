@@ -246,6 +246,20 @@ fn parse_origin(origin: &str) -> Option<String> {
 }
 
 impl ControlConfig {
+    /// What is unsafe about this configuration, for a warning at every start.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = vec![];
+        if self.node_token.is_some() && !self.listen.ip().is_loopback() {
+            out.push(format!(
+                "SIDECAR_NODE_TOKEN is one credential shared by every proxy, and the API listens on {} beyond this host: \
+                 whoever holds it can pull every provider key and report as any node. Issue per-node tokens \
+                 (`sidecarctl node-token create NODE_ID`) and unset SIDECAR_NODE_TOKEN",
+                self.listen
+            ));
+        }
+        out
+    }
+
     /// Resolves the configuration from flags, an environment lookup and the file the
     /// flags (or nothing) name.
     pub fn resolve(flags: &Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {

@@ -269,6 +269,8 @@ fn seed_tokens(store: &Store, config: &ControlConfig) -> Result<Option<String>, 
                 hash,
                 created_at_ms: now_ms(),
                 created_by: "env".into(),
+                node_id: None,
+                region: None,
             });
         }
     }
@@ -282,6 +284,8 @@ fn seed_tokens(store: &Store, config: &ControlConfig) -> Result<Option<String>, 
             hash: hash_token(&secret),
             created_at_ms: now_ms(),
             created_by: "system".into(),
+            node_id: None,
+            region: None,
         });
         generated = Some(secret);
     }

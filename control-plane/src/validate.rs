@@ -265,6 +265,23 @@ pub fn regions(field: &str, value: &[String]) -> Result<Vec<String>> {
     Ok(out)
 }
 
+/// A node id, as nodes say hello with: 1–128 letters, digits, `-`, `_` or `.`.
+pub fn node_id(field: &str, value: &str) -> Result<String> {
+    let ok = !value.is_empty()
+        && value.len() <= 128
+        && value.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if !ok {
+        return Err(field_error(
+            field,
+            format!(
+                "must be 1-128 characters of letters, digits, '-', '_' or '.' (got {:?})",
+                crate::util::clip(value)
+            ),
+        ));
+    }
+    Ok(value.to_owned())
+}
+
 /// Free key/value metadata: at most 64 entries, keys 1–64 and values up to 1024 characters.
 pub fn metadata(field: &str, value: &HashMap<String, String>) -> Result<BTreeMap<String, String>> {
     if value.len() > 64 {

@@ -299,6 +299,26 @@ async fn sidecarctl_drives_the_admin_api_end_to_end() -> anyhow::Result<()> {
     let tokens = ctl.run(&["-o", "json", "token", "list"]).await.json();
     assert!(tokens["tokens"].as_array().unwrap().iter().any(|t| t["name"] == "dash" && t["role"] == "viewer"));
 
+    // Per-node tokens: issued per node id (twice, to rotate), listed without secrets,
+    // revoked by node id.
+    let first = ctl.run(&["node-token", "create", "edge-1", "--region", "eu"]).await;
+    assert!(first.stderr.contains("node edge-1") && first.stderr.contains("shown only this once"), "{first:?}");
+    let first = first.ok().trim().to_owned();
+    let second = ctl.run(&["node-token", "create", "edge-1"]).await.ok().trim().to_owned();
+    assert_ne!(first, second);
+    let listed = ctl.run(&["node-token", "list"]).await.ok();
+    let rows: Vec<&str> = listed.lines().filter(|l| l.contains("edge-1")).collect();
+    assert_eq!(rows.len(), 2, "{listed}");
+    assert!(rows.iter().any(|r| r.contains(" eu ")), "{listed}");
+    assert!(!listed.contains(&first) && !listed.contains(&second), "secrets never listed");
+    let err = ctl.run(&["node-token", "create", "not a node id"]).await.failed();
+    assert!(err.contains("node_id"), "{err}");
+    let out = ctl.run(&["node-token", "revoke", "edge-1"]).await.ok();
+    assert!(out.starts_with("revoked tok_") && out.matches("tok_").count() == 2, "{out}");
+    assert!(!ctl.run(&["node-token", "list"]).await.ok().contains("edge-1"));
+    let err = ctl.run(&["node-token", "revoke", "edge-1"]).await.failed();
+    assert!(err.contains("no node token"), "{err}");
+
     // Key validation against the mock provider.
     let out = ctl.run(&["backend", "validate", "--base-url", &provider, "--api-key", GOOD_KEY]).await.ok();
     assert!(out.contains("m1") && out.contains("200"), "{out}");

@@ -182,7 +182,7 @@ async fn every_invalid_input_is_invalid_argument_naming_the_field() {
         .unwrap_err();
     assert!(err.message().starts_with("patch.cooldown_base_seconds"), "{}", err.message());
     let err =
-        admin.create_token(pb::CreateTokenRequest { role: "root".into(), name: String::new() }).await.unwrap_err();
+        admin.create_token(pb::CreateTokenRequest { role: "root".into(), ..Default::default() }).await.unwrap_err();
     assert!(err.message().starts_with("role"), "{}", err.message());
 
     // Nothing invalid was stored.
@@ -203,7 +203,7 @@ async fn tokens_and_roles_gate_the_api() {
 
     let mut admin = cp.admin().await;
     let viewer = admin
-        .create_token(pb::CreateTokenRequest { role: "viewer".into(), name: "ops".into() })
+        .create_token(pb::CreateTokenRequest { role: "viewer".into(), name: "ops".into(), ..Default::default() })
         .await
         .unwrap()
         .into_inner();

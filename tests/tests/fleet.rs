@@ -232,3 +232,41 @@ async fn three_proxies_hold_a_providers_ten_second_window_at_three_times_demand(
     assert_eq!(mock.violations(), 0, "the provider saw more than {PER_WINDOW} in some {WINDOW:?} window");
     assert!(steady >= 0.9 * per_sec, "the fleet used only {steady:.2}/s of {per_sec}/s");
 }
+
+/// A proxy running on its own node token: revoking the token cuts its stream at once,
+/// and the proxy keeps answering from the config it has.
+#[tokio::test]
+async fn a_proxy_whose_node_token_is_revoked_keeps_serving_its_last_config() {
+    let mock = MockUpstream::start(&[]).await;
+    let mut gw = Gateway::start().await;
+    gw.add_backend(&mock, BackendDef::default()).await;
+    let created = gw
+        .admin
+        .create_token(pb::CreateTokenRequest {
+            role: "node".into(),
+            name: "own".into(),
+            node_id: "proxy-own".into(),
+            region: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let own = ProxyHarness::start(
+        &gw.cp.url(),
+        &created.secret,
+        ProxyOptions { node_id: "proxy-own".into(), ..Default::default() },
+    )
+    .await;
+    own.wait_version(gw.proxy.version()).await;
+    assert_eq!(own.chat("gpt-test").await.status(), 200);
+
+    gw.admin.revoke_token(pb::RevokeTokenRequest { id: created.token.unwrap().id }).await.unwrap();
+    let status = eventually("the proxy loses its stream", Duration::from_secs(2), || async {
+        let s = own.status().await;
+        (s["control_plane"]["connected"] == false).then_some(s)
+    })
+    .await;
+    let error = status["control_plane"]["last_error"].as_str().unwrap_or_default().to_owned();
+    assert!(error.contains("revoked") || error.contains("invalid or revoked"), "{status}");
+    assert_eq!(own.chat("gpt-test").await.status(), 200, "static stability: the last config still serves");
+}

@@ -370,3 +370,105 @@ async fn last_seen_advances_while_a_node_stays_connected() {
     assert!(later.connected);
     heartbeat.abort();
 }
+
+/// Issues a node token bound to `node_id` (and `region`); returns (token id, secret).
+async fn node_token(cp: &ControlPlaneHarness, node_id: &str, region: &str) -> (String, String) {
+    let request = pb::CreateTokenRequest {
+        role: "node".into(),
+        name: node_id.into(),
+        node_id: node_id.into(),
+        region: region.into(),
+    };
+    let resp = cp.admin().await.create_token(request).await.unwrap().into_inner();
+    (resp.token.unwrap().id, resp.secret)
+}
+
+#[tokio::test]
+async fn a_node_token_is_bound_to_its_node_id_and_region() {
+    let cp = ControlPlaneHarness::start().await;
+    let (a_id, a_secret) = node_token(&cp, "node-a", "eu").await;
+    let mut as_a = cp.node_as(Some(&a_secret)).await;
+
+    // Node A's token cannot sync as node B, nor as A from another region.
+    let err = FakeNode::connect(&mut as_a, "node-b", "eu").await.err().unwrap();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    assert!(err.message().contains("node-a") && err.message().contains("node-b"), "{}", err.message());
+    let err = FakeNode::connect(&mut as_a, "node-a", "us").await.err().unwrap();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    assert!(err.message().contains("region"), "{}", err.message());
+
+    // Nor report as node B, even when B is not connected.
+    let batch = |node: &str| pb::ReportBatch {
+        node_id: node.into(),
+        boot_id: "boot-1".into(),
+        seq: 1,
+        records: vec![record(120_000, 1)],
+        ..Default::default()
+    };
+    let err = as_a.report(batch("node-b")).await.unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    // As itself it syncs and reports.
+    let mut a = FakeNode::connect(&mut as_a, "node-a", "eu").await.unwrap();
+    a.next_snapshot().await;
+    assert!(as_a.report(batch("node-a")).await.unwrap().into_inner().applied);
+
+    // Both refusals are audited, naming the token and what it tried.
+    let mut admin = cp.admin().await;
+    let audit = admin.list_audit(pb::ListAuditRequest::default()).await.unwrap().into_inner().entries;
+    let refused: Vec<_> = audit.iter().filter(|e| e.action == "NodeCredentialRefused").collect();
+    assert_eq!(refused.len(), 3, "{audit:?}");
+    assert!(refused.iter().all(|e| e.actor == a_id), "{refused:?}");
+    assert!(refused.iter().any(|e| e.target.starts_with("Report as node node-b")), "{refused:?}");
+
+    // The token list shows the binding and the last use, never the secret.
+    let tokens = admin.list_tokens(pb::ListTokensRequest {}).await.unwrap().into_inner().tokens;
+    let t = tokens.iter().find(|t| t.id == a_id).unwrap();
+    assert_eq!((t.node_id.as_str(), t.region.as_str()), ("node-a", "eu"));
+    assert!(t.last_used_ms > 0);
+    assert!(!format!("{tokens:?}").contains(&a_secret));
+
+    // Binding is for node tokens only, and a node id must be one.
+    for (request, field) in [
+        (pb::CreateTokenRequest { role: "admin".into(), node_id: "n".into(), ..Default::default() }, "node_id"),
+        (pb::CreateTokenRequest { role: "node".into(), node_id: "bad id!".into(), ..Default::default() }, "node_id"),
+        (pb::CreateTokenRequest { role: "node".into(), region: "eu".into(), ..Default::default() }, "region"),
+    ] {
+        let err = admin.create_token(request).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument);
+        assert!(err.message().starts_with(field), "{}", err.message());
+    }
+}
+
+#[tokio::test]
+async fn revoking_a_node_token_ends_its_stream_within_a_second_and_a_second_token_rotates_it() {
+    let cp = ControlPlaneHarness::start().await;
+    let (old_id, old_secret) = node_token(&cp, "node-r", "").await;
+    let mut node = FakeNode::connect(&mut cp.node_as(Some(&old_secret)).await, "node-r", "").await.unwrap();
+    node.next_snapshot().await;
+
+    // Rotation: a second token for the same node works alongside the first.
+    let (_, new_secret) = node_token(&cp, "node-r", "").await;
+    let mut rotated = FakeNode::connect(&mut cp.node_as(Some(&new_secret)).await, "node-r", "").await.unwrap();
+    rotated.next_snapshot().await;
+
+    // Revoking the old one ends the stream opened with it, within a second.
+    let revoked = Instant::now();
+    cp.admin().await.revoke_token(pb::RevokeTokenRequest { id: old_id }).await.unwrap();
+    let end = loop {
+        match tokio::time::timeout(Duration::from_secs(1), node.rx.message()).await.expect("the stream ends within 1 s")
+        {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("the stream ended without saying why"),
+            Err(status) => break status,
+        }
+    };
+    assert!(revoked.elapsed() < Duration::from_secs(1));
+    assert_eq!(end.code(), Code::Unauthenticated);
+    assert!(end.message().contains("revoked"), "{}", end.message());
+    let err = FakeNode::connect(&mut cp.node_as(Some(&old_secret)).await, "node-r", "").await.err().unwrap();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    // The stream of the new token is untouched.
+    cp.admin().await.create_backend(backend("after-revoke", "sk-after-revoke-0123456789", &[])).await.unwrap();
+    // (Token writes are config writes too: skip the snapshot of the revocation.)
+    while !rotated.next_snapshot().await.backends.iter().any(|b| b.name == "after-revoke") {}
+}

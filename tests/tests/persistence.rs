@@ -70,7 +70,7 @@ async fn restart_keeps_everything_and_the_config_version_keeps_rising() {
         .await
         .unwrap();
     let viewer = admin
-        .create_token(pb::CreateTokenRequest { role: "viewer".into(), name: String::new() })
+        .create_token(pb::CreateTokenRequest { role: "viewer".into(), ..Default::default() })
         .await
         .unwrap()
         .into_inner();

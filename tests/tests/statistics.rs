@@ -227,7 +227,7 @@ async fn proxy_traffic_in_two_regions_is_counted_grouped_and_filtered() {
 
     // A viewer may read statistics; a node token may not.
     let viewer = admin
-        .create_token(pb::CreateTokenRequest { role: "viewer".into(), name: "dashboards".into() })
+        .create_token(pb::CreateTokenRequest { role: "viewer".into(), name: "dashboards".into(), ..Default::default() })
         .await
         .unwrap()
         .into_inner()

@@ -323,6 +323,25 @@ describe("browser console", { concurrency: false }, () => {
     assert.ok(!(await page.content()).includes(viewerToken), "the secret is gone from the page");
   });
 
+  test("settings: a node token is bound to a node id and region, and listed with them", async () => {
+    assert.equal(await page.getByTestId("token-node").isVisible(), false, "node fields only for node tokens");
+    await page.getByTestId("token-role").selectOption("node");
+    await page.getByTestId("token-node").fill("edge-eu-1");
+    await page.getByTestId("token-region").fill("eu");
+    await page.getByTestId("create-token").click();
+    const dialog = await visible(page.getByTestId("token-dialog"));
+    const secret = await dialog.getByTestId("token-secret").inputValue();
+    await dialog.getByTestId("token-done").click();
+    await dialog.waitFor({ state: "detached" });
+    const r = await visible(page.locator('[data-testid=tokens-table] tr[data-token="edge-eu-1"]'));
+    assert.equal(await text(r.getByTestId("token-node-id")), "edge-eu-1 (eu)");
+    const listed = await cp.ctl("token", "list");
+    const t = listed.tokens.find((x) => x.name === "edge-eu-1");
+    assert.equal(t.node_id, "edge-eu-1");
+    assert.equal(t.region, "eu");
+    assert.ok(!(await page.content()).includes(secret), "the secret is gone from the page");
+  });
+
   test("settings: the pools in order with their spill policy; an admin switches primary to on_failure", async () => {
     const pools = await visible(page.getByTestId("pools-table"));
     const primary = await visible(pools.locator('tr[data-pool="primary"]'));

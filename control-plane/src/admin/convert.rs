@@ -132,6 +132,9 @@ pub fn token_to_pb(t: &TokenRecord) -> pb::Token {
         name: t.name.clone(),
         created_at_ms: t.created_at_ms,
         created_by: t.created_by.clone(),
+        node_id: t.node_id.clone().unwrap_or_default(),
+        region: t.region.clone().unwrap_or_default(),
+        last_used_ms: 0,
     }
 }
 

@@ -240,6 +240,20 @@ impl AdminApi {
         let role = Role::parse(&req.role)
             .ok_or_else(|| field_error("role", format!("expected admin, viewer or node, got {:?}", req.role)))?;
         let name = validate::text("name", &req.name, 64)?;
+        let node_id = match req.node_id.as_str() {
+            "" => None,
+            _ if role != Role::Node => {
+                return Err(field_error("node_id", "only node tokens are bound to a node id").into());
+            }
+            id => Some(validate::node_id("node_id", id)?),
+        };
+        let region = match req.region.as_str() {
+            "" => None,
+            _ if node_id.is_none() => {
+                return Err(field_error("region", "a region binds a node token with a node_id").into());
+            }
+            r => Some(validate::identifier("region", r)?),
+        };
         let secret = generate_token();
         let record = TokenRecord {
             id: new_id("tok"),
@@ -248,6 +262,8 @@ impl AdminApi {
             hash: hash_token(&secret),
             created_at_ms: now_ms(),
             created_by: who.token_id.clone(),
+            node_id,
+            region,
         };
         let (_, record) = self
             .write(&who, "CreateToken", |_| {
@@ -457,7 +473,12 @@ impl AdminService for AdminApi {
             self.who(&request, Access::AdminRead)?;
             let mut tokens = self.store().tokens()?;
             tokens.sort_by_key(|t| t.created_at_ms);
-            Ok(pb::ListTokensResponse { tokens: tokens.iter().map(convert::token_to_pb).collect() })
+            let used = self.store().tokens_last_used()?;
+            let tokens = tokens
+                .iter()
+                .map(|t| pb::Token { last_used_ms: used.get(&t.id).copied().unwrap_or(0), ..convert::token_to_pb(t) })
+                .collect();
+            Ok(pb::ListTokensResponse { tokens })
         })();
         observe("ListTokens", result)
     }

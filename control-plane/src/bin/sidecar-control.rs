@@ -54,6 +54,9 @@ fn main() -> ExitCode {
 
 async fn run(config: ControlConfig) -> anyhow::Result<()> {
     let cp = ControlPlane::open(&config)?;
+    for warning in config.warnings() {
+        tracing::warn!("{warning}");
+    }
     if let Some(token) = cp.generated_admin_token() {
         eprintln!(
             "\nNo admin token was configured, so one was generated. It is shown only this once:\n\n    {token}\n\n\

@@ -151,3 +151,26 @@ fn backups_can_go_to_other_storage() {
     .unwrap();
     assert_eq!((c.data_dir, c.backup_dir), (PathBuf::from("/var/lib/sidecar"), PathBuf::from("/mnt/backup")));
 }
+
+#[test]
+fn a_shared_node_token_beyond_loopback_is_warned_about() {
+    let key = key();
+    let config = |listen: &str| {
+        resolve(
+            &Flags::default(),
+            &[
+                ("SIDECAR_ENCRYPTION_KEY", &key),
+                ("SIDECAR_NODE_TOKEN", "shared-secret-0123456789"),
+                ("SIDECAR_CONTROL_LISTEN", listen),
+            ],
+        )
+        .unwrap()
+    };
+    assert!(config("127.0.0.1:9290").warnings().is_empty());
+    let warnings = config("0.0.0.0:9290").warnings();
+    assert!(
+        warnings.iter().any(|w| w.contains("SIDECAR_NODE_TOKEN") && w.contains("node-token create")),
+        "{warnings:?}"
+    );
+    assert!(!warnings.iter().any(|w| w.contains("shared-secret")), "never the secret");
+}

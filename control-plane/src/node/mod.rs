@@ -16,7 +16,7 @@ use tracing::{debug, info, warn};
 pub use registry::NodeRegistry;
 
 use crate::{
-    auth::Access,
+    auth::{Access, Principal},
     metrics,
     state::Shared,
     store::{LATENCY_BUCKETS_MS, ReportRecord, UsageCounters},
@@ -38,6 +38,26 @@ impl NodeApi {
     pub fn new(shared: Arc<Shared>) -> Self {
         Self { shared }
     }
+
+    /// A node credential used for another node: refused, logged and audited.
+    fn impostor(&self, who: &Principal, call: &str, node_id: &str, status: Status) -> Status {
+        warn!(token = %who.token_id, node = %clip(node_id), call, error = %status.message(), "node credential refused");
+        let target = format!("{call} as node {}: {}", clip(node_id), status.message());
+        if let Err(error) = self.shared.store.audit_event(&who.actor(), "NodeCredentialRefused", &target) {
+            warn!(%error, "could not audit a refused node credential");
+        }
+        status
+    }
+
+    /// Records when a credential was last used (at most once a minute per token).
+    fn note_use(&self, who: &Principal) {
+        let now = crate::util::now_ms();
+        if self.shared.auth.used(&who.token_id, now)
+            && let Err(error) = self.shared.store.touch_token(&who.token_id, now)
+        {
+            debug!(%error, "could not record a token's last use");
+        }
+    }
 }
 
 fn nonce() -> String {
@@ -47,7 +67,7 @@ fn nonce() -> String {
 }
 
 fn node_id_ok(id: &str) -> bool {
-    !id.is_empty() && id.len() <= 128 && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    crate::validate::node_id("node_id", id).is_ok()
 }
 
 type SyncStream = Pin<Box<dyn Stream<Item = Result<pb::ControlMessage, Status>> + Send>>;
@@ -57,7 +77,7 @@ impl NodeService for NodeApi {
     type SyncStream = SyncStream;
 
     async fn sync(&self, request: Request<Streaming<pb::NodeMessage>>) -> Result<Response<SyncStream>, Status> {
-        self.shared.auth.check(request.metadata(), Access::Node)?;
+        let who = self.shared.auth.check(request.metadata(), Access::Node)?;
         let mut inbound = request.into_inner();
         let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
             Ok(Ok(Some(pb::NodeMessage { kind: Some(Kind::Hello(hello)) }))) => hello,
@@ -74,13 +94,19 @@ impl NodeService for NodeApi {
                 "hello.node_id: must be 1-128 characters of letters, digits, '-', '_' or '.'",
             ));
         }
+        if let Err(status) = who.may_be_node(&hello.node_id, Some(&hello.region)) {
+            return Err(self.impostor(&who, "Sync", &hello.node_id, status));
+        }
+        self.note_use(&who);
         let (tx, rx) = mpsc::channel(16);
-        tokio::spawn(Session { shared: self.shared.clone(), hello, tx, pending: VecDeque::new() }.run(inbound));
+        let session =
+            Session { shared: self.shared.clone(), hello, tx, pending: VecDeque::new(), token_id: who.token_id };
+        tokio::spawn(session.run(inbound));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
     async fn report(&self, request: Request<pb::ReportBatch>) -> Result<Response<pb::ReportAck>, Status> {
-        self.shared.auth.check(request.metadata(), Access::Node)?;
+        let who = self.shared.auth.check(request.metadata(), Access::Node)?;
         let batch = request.into_inner();
         let refuse = |status: Status, outcome: &'static str| {
             metrics::report(outcome);
@@ -91,9 +117,14 @@ impl NodeService for NodeApi {
             Ok(r) => r,
             Err(status) => return refuse(status, "invalid"),
         };
-        // Until credentials are bound to node ids, a node may at least not report as
-        // another node that is connected now: the sender must be the boot that node's
-        // live Sync stream said hello with.
+        if let Err(status) = who.may_be_node(&batch.node_id, None) {
+            let status = self.impostor(&who, "Report", &batch.node_id, status);
+            return refuse(status, "refused");
+        }
+        self.note_use(&who);
+        // A shared node token is not bound to a node id; a node using one may at least
+        // not report as another node that is connected now: the sender must be the boot
+        // that node's live Sync stream said hello with.
         let sender = if batch.sender_boot_id.is_empty() { &batch.boot_id } else { &batch.sender_boot_id };
         if self.shared.nodes.live_boot(&batch.node_id).is_some_and(|live| live != *sender) {
             return refuse(
@@ -262,6 +293,8 @@ struct Session {
     tx: mpsc::Sender<Result<pb::ControlMessage, Status>>,
     /// (version, nonce) of snapshots sent and not yet answered.
     pending: VecDeque<(u64, String)>,
+    /// The credential the stream was opened with: revoking it ends the stream.
+    token_id: String,
 }
 
 impl Session {
@@ -274,9 +307,17 @@ impl Session {
         info!(node = %node_id, region = %self.hello.region, has_version = self.hello.config_version, "node connected");
         let mut config = self.shared.config();
         let mut shutdown = self.shared.shutdown();
+        let mut tokens = self.shared.auth.subscribe();
         config.mark_changed();
         loop {
             tokio::select! {
+                _ = tokens.changed() => {
+                    if !shared.auth.holds(&self.token_id) {
+                        warn!(node = %node_id, token = %self.token_id, "the node's credential was revoked: closing its stream");
+                        let _ = self.tx.send(Err(Status::unauthenticated("this node's credential was revoked"))).await;
+                        break;
+                    }
+                }
                 _ = shutdown.changed() => {
                     let _ = self.tx.send(Err(Status::unavailable("control plane shutting down"))).await;
                     break;

@@ -126,6 +126,7 @@ pub struct Store {
     settings: Tree,
     nodes: Tree,
     tokens: Tree,
+    token_used: Tree,
     usage_m: Tree,
     usage_h: Tree,
     usage_d: Tree,
@@ -176,6 +177,7 @@ impl Store {
             settings: tree("settings")?,
             nodes: tree("nodes")?,
             tokens: tree("tokens")?,
+            token_used: tree("token_used")?,
             usage_m: tree("usage_m")?,
             usage_h: tree("usage_h")?,
             usage_d: tree("usage_d")?,
@@ -281,6 +283,9 @@ impl Store {
             })
             .map_err(tx_error)?;
         self.config_version.store(version, Ordering::SeqCst);
+        for id in &change.delete_tokens {
+            self.token_used.remove(id.as_bytes())?;
+        }
         Ok(version)
     }
 
@@ -353,6 +358,39 @@ impl Store {
     /// Saves a node's record (not a config write: no version bump, no audit).
     pub fn put_node(&self, node: &NodeRecord) -> Result<(), StoreError> {
         self.nodes.insert(node.id.as_bytes(), encode(node))?;
+        Ok(())
+    }
+
+    /// Records when a token last authenticated (not a config write).
+    pub fn touch_token(&self, id: &str, at_ms: i64) -> Result<(), StoreError> {
+        self.token_used.insert(id.as_bytes(), encode(&at_ms))?;
+        Ok(())
+    }
+
+    /// When each token last authenticated, by token id.
+    pub fn tokens_last_used(&self) -> Result<std::collections::HashMap<String, i64>, StoreError> {
+        self.token_used
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv?;
+                Ok((String::from_utf8_lossy(&k).into_owned(), decode::<i64>("token_used", &v)?))
+            })
+            .collect()
+    }
+
+    /// Appends an audit entry for something that is not a config write (a refused node
+    /// credential, say): the config version is the current one, unchanged.
+    pub fn audit_event(&self, actor: &Actor, action: &str, target: &str) -> Result<(), StoreError> {
+        let at_ms = now_ms();
+        let entry = AuditRecord {
+            at_ms,
+            actor: actor.id.clone(),
+            role: actor.role.clone(),
+            action: action.to_owned(),
+            target: target.to_owned(),
+            config_version: self.config_version(),
+        };
+        self.audit.insert(audit_key(at_ms, self.db.generate_id()?), encode(&entry))?;
         Ok(())
     }
 

@@ -308,6 +308,12 @@ pub struct TokenRecord {
     pub created_at_ms: i64,
     /// Token id of the creator, or `system`/`env`.
     pub created_by: String,
+    /// Node tokens: the node id it is bound to; `None` = shared (any node id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_id: Option<String>,
+    /// Node tokens bound to a node: the region it must say hello with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
 }
 
 /// What the control plane remembers of a data-plane node.

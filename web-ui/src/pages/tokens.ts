@@ -20,15 +20,36 @@ export function tokensSection(ctx: PageContext): { el: HTMLElement; dispose: () 
   const name = h("input", {
     attrs: { type: "text", id: "token-name", placeholder: "who or what uses it", autocomplete: "off", "data-testid": "token-name", disabled: !ctx.canWrite },
   });
+  // Node tokens: bound to one node id (and region), as `sidecarctl node-token create` does.
+  const nodeId = h("input", {
+    attrs: { type: "text", id: "token-node", placeholder: "the proxy's SIDECAR_NODE_ID", autocomplete: "off", "data-testid": "token-node", disabled: !ctx.canWrite },
+  });
+  const region = h("input", {
+    attrs: { type: "text", id: "token-region", placeholder: "any", autocomplete: "off", "data-testid": "token-region", disabled: !ctx.canWrite },
+  });
+  const nodeFields = [
+    h("div", "filter", h("label", { attrs: { for: "token-node" } }, "Node id"), nodeId),
+    h("div", "filter", h("label", { attrs: { for: "token-region" } }, "Region"), region),
+  ];
+  const showNodeFields = () => {
+    for (const f of nodeFields) f.hidden = role.value !== "node";
+  };
+  role.addEventListener("change", showNodeFields);
+  showNodeFields();
   const create = writeButton(ctx, "Create token", () => void createToken(), "btn primary", { "data-testid": "create-token" });
   const el = section(
     "API tokens",
-    h("p", "muted", "Admin tokens read and write, viewer tokens only read, node tokens are for proxies. A token's secret is shown once, when it is created."),
+    h(
+      "p",
+      "muted",
+      "Admin tokens read and write, viewer tokens only read, node tokens are for proxies: give each proxy its own, bound to its node id, so one leaked credential cannot act as another node. A second token for the same node id rotates it: revoke the old one once the proxy uses the new one. A token's secret is shown once, when it is created.",
+    ),
     h(
       "div",
       "filters token-create",
       h("div", "filter", h("label", { attrs: { for: "token-role" } }, "Role"), role),
       h("div", "filter grow", h("label", { attrs: { for: "token-name" } }, "Name"), name),
+      ...nodeFields,
       h("div", "filter end", create),
     ),
     box,
@@ -44,6 +65,16 @@ export function tokensSection(ctx: PageContext): { el: HTMLElement; dispose: () 
           [
             { label: "Name", cell: (t) => t.name || h("span", "muted", "(unnamed)") },
             { label: "Role", cell: (t) => t.role },
+            {
+              label: "Node",
+              cell: (t) =>
+                t.role !== "node"
+                  ? h("span", "muted", "—")
+                  : t.nodeId
+                    ? h("code", { attrs: { "data-testid": "token-node-id" } }, t.region ? `${t.nodeId} (${t.region})` : t.nodeId)
+                    : h("span", { class: "muted", attrs: { "data-testid": "token-node-id" } }, "shared"),
+            },
+            { label: "Last used", cell: (t) => (t.lastUsedMs ? fmtTime(t.lastUsedMs) : h("span", "muted", "never")) },
             { label: "Id", cell: (t) => h("code", null, t.id) },
             { label: "Created", cell: (t) => fmtTime(t.createdAtMs) },
             { label: "By", cell: (t) => h("code", null, t.createdBy || "—") },
@@ -65,8 +96,16 @@ export function tokensSection(ctx: PageContext): { el: HTMLElement; dispose: () 
   async function createToken(): Promise<void> {
     create.disabled = true;
     try {
-      const r = await admin.createToken({ role: role.value, name: name.value.trim() });
+      const node = role.value === "node" ? nodeId.value.trim() : "";
+      const r = await admin.createToken({
+        role: role.value,
+        name: name.value.trim() || node,
+        nodeId: node,
+        region: node ? region.value.trim() : "",
+      });
       name.value = "";
+      nodeId.value = "";
+      region.value = "";
       const secret = h("input", { attrs: { type: "text", readonly: true, "data-testid": "token-secret", "aria-label": "Token secret" } });
       secret.value = r.secret;
       const copy = h("button", { class: "btn", attrs: { type: "button" } }, "Copy");

@@ -55,6 +55,9 @@ pub(crate) enum Command {
     /// API tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Per-node credentials: a node token bound to one node id (and region).
+    #[command(subcommand, name = "node-token")]
+    NodeToken(NodeTokenCommand),
     /// Write a backup (backends with keys still encrypted, pools, settings) to FILE.
     Export {
         /// Destination file, created with mode 0600; `-` writes to stdout.
@@ -430,6 +433,34 @@ pub(crate) enum TokenCommand {
     /// Revoke a token.
     Revoke {
         /// The token's id.
+        id: String,
+    },
+}
+
+/// `sidecarctl node-token ...`
+#[derive(Debug, Subcommand)]
+pub(crate) enum NodeTokenCommand {
+    /// Issue a token for NODE_ID; its secret is printed only this once. For a node that
+    /// already has one, this issues a second, equally valid token (rotation: give the
+    /// node the new one, then revoke the old one by its token id).
+    Create {
+        /// The node id the token is bound to (the proxy's SIDECAR_NODE_ID).
+        node_id: String,
+        /// Only valid for a node saying hello with this region.
+        #[arg(long)]
+        region: Option<String>,
+        /// A name to recognise it by (default: the node id).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// List node tokens (never their secrets): id, node id, region, created, last used.
+    #[command(alias = "ls")]
+    List,
+    /// Revoke every token of a node id, or one token by its id (`tok_…`). A node whose
+    /// tokens are all revoked is disconnected within a second and keeps serving its last
+    /// config.
+    Revoke {
+        /// A node id, or a token id.
         id: String,
     },
 }

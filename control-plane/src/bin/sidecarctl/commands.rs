@@ -11,7 +11,7 @@ use sidecar_proto::v1 as pb;
 
 use crate::{
     backend,
-    cli::{self, Cli, Command, Format, PoolCommand, RotateKeyArgs, SettingsCommand, TokenCommand},
+    cli::{self, Cli, Command, Format, NodeTokenCommand, PoolCommand, RotateKeyArgs, SettingsCommand, TokenCommand},
     client::{self, Admin, Usage},
     output::{Table, line, or_dash, print_fields, print_json, time},
     settings, stats,
@@ -35,6 +35,7 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Settings(c) => settings(&mut ctx, c).await,
         Command::Nodes => nodes(&mut ctx).await,
         Command::Token(c) => token(&mut ctx, c).await,
+        Command::NodeToken(c) => node_token(&mut ctx, c).await,
         Command::Export { file } => export(&mut ctx, &file).await,
         Command::Import { file } => import(&mut ctx, &file).await,
         Command::RotateKey(args) => rotate_key(&mut ctx, args).await,
@@ -209,7 +210,11 @@ async fn nodes(ctx: &mut Ctx) -> anyhow::Result<()> {
 async fn token(ctx: &mut Ctx, command: TokenCommand) -> anyhow::Result<()> {
     match command {
         TokenCommand::Create { role, name } => {
-            let request = pb::CreateTokenRequest { role: role.as_str().into(), name: name.unwrap_or_default() };
+            let request = pb::CreateTokenRequest {
+                role: role.as_str().into(),
+                name: name.unwrap_or_default(),
+                ..Default::default()
+            };
             let resp = ctx.admin.create_token(request).await?.into_inner();
             if ctx.format == Format::Json {
                 return print_json(&resp);
@@ -242,6 +247,68 @@ async fn token(ctx: &mut Ctx, command: TokenCommand) -> anyhow::Result<()> {
             match ctx.format {
                 Format::Json => print_json(&resp),
                 Format::Table => line(format_args!("revoked token {id} (config version {})", resp.config_version)),
+            }
+        }
+    }
+}
+
+async fn node_token(ctx: &mut Ctx, command: NodeTokenCommand) -> anyhow::Result<()> {
+    match command {
+        NodeTokenCommand::Create { node_id, region, name } => {
+            let request = pb::CreateTokenRequest {
+                role: "node".into(),
+                name: name.unwrap_or_else(|| node_id.clone()),
+                node_id: node_id.clone(),
+                region: region.unwrap_or_default(),
+            };
+            let resp = ctx.admin.create_token(request).await?.into_inner();
+            if ctx.format == Format::Json {
+                return print_json(&resp);
+            }
+            let t = resp.token.unwrap_or_default();
+            eprintln!("created node token {} for node {node_id}; its secret is shown only this once:", t.id);
+            line(&resp.secret)
+        }
+        NodeTokenCommand::List => {
+            let mut resp = ctx.admin.list_tokens(pb::ListTokensRequest {}).await?.into_inner();
+            resp.tokens.retain(|t| t.role == "node");
+            if ctx.format == Format::Json {
+                return print_json(&resp);
+            }
+            let mut t = Table::new(&["ID", "NODE", "REGION", "NAME", "CREATED", "LAST_USED"]);
+            for tok in &resp.tokens {
+                t.row(vec![
+                    tok.id.clone(),
+                    if tok.node_id.is_empty() { "(shared)".into() } else { tok.node_id.clone() },
+                    if tok.region.is_empty() { "-".into() } else { tok.region.clone() },
+                    tok.name.clone(),
+                    time(tok.created_at_ms),
+                    time(tok.last_used_ms),
+                ]);
+            }
+            Ok(t.print()?)
+        }
+        NodeTokenCommand::Revoke { id } => {
+            let tokens = ctx.admin.list_tokens(pb::ListTokensRequest {}).await?.into_inner().tokens;
+            let chosen: Vec<&pb::Token> =
+                tokens.iter().filter(|t| t.role == "node" && (t.id == id || t.node_id == id)).collect();
+            if chosen.is_empty() {
+                bail!("no node token with id or node id {id:?}");
+            }
+            let mut revoked = vec![];
+            let mut version = 0;
+            for t in chosen {
+                version = ctx
+                    .admin
+                    .revoke_token(pb::RevokeTokenRequest { id: t.id.clone() })
+                    .await?
+                    .into_inner()
+                    .config_version;
+                revoked.push(t.id.clone());
+            }
+            match ctx.format {
+                Format::Json => print_json(&serde_json::json!({ "revoked": revoked, "config_version": version })),
+                Format::Table => line(format_args!("revoked {} (config version {version})", revoked.join(", "))),
             }
         }
     }
