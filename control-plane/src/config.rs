@@ -57,6 +57,8 @@ pub struct ControlConfig {
     pub fleet: crate::fleet::FleetTiming,
     /// Built browser console (`web-ui/dist`) served at `/`; `None` = not available.
     pub console_dir: Option<PathBuf>,
+    /// TLS on the API port; `None` = plaintext (h2c and HTTP/1.1).
+    pub tls: Option<crate::tls::TlsFiles>,
 }
 
 /// An invalid setting.
@@ -144,6 +146,10 @@ const SETTINGS: &[Setting] = &[
     Setting { env: "SIDECAR_GRANT_LEASE_MS", flag: None, file: "grant_lease_ms" },
     Setting { env: "SIDECAR_GRANT_INTERVAL_MS", flag: None, file: "grant_interval_ms" },
     Setting { env: "SIDECAR_GRANT_PROPAGATION_MS", flag: None, file: "grant_propagation_ms" },
+    Setting { env: "SIDECAR_TLS_CERT", flag: None, file: "tls_cert" },
+    Setting { env: "SIDECAR_TLS_KEY", flag: None, file: "tls_key" },
+    Setting { env: "SIDECAR_TLS_CLIENT_CA", flag: None, file: "tls_client_ca" },
+    Setting { env: "SIDECAR_REQUIRE_TLS", flag: None, file: "require_tls" },
 ];
 
 impl Setting {
@@ -249,6 +255,14 @@ impl ControlConfig {
     /// What is unsafe about this configuration, for a warning at every start.
     pub fn warnings(&self) -> Vec<String> {
         let mut out = vec![];
+        if self.tls.is_none() && !self.listen.ip().is_loopback() {
+            out.push(format!(
+                "the API listens on {} beyond this host without TLS: admin tokens, node tokens and the provider keys in \
+                 every snapshot cross the network in plaintext. Set SIDECAR_TLS_CERT and SIDECAR_TLS_KEY \
+                 (SIDECAR_REQUIRE_TLS=true refuses to start like this); see docs/security.md",
+                self.listen
+            ));
+        }
         if self.node_token.is_some() && !self.listen.ip().is_loopback() {
             out.push(format!(
                 "SIDECAR_NODE_TOKEN is one credential shared by every proxy, and the API listens on {} beyond this host: \
@@ -397,7 +411,37 @@ impl ControlConfig {
             None => Some(PathBuf::from("web-ui/dist")).filter(|d| d.join("index.html").is_file()),
         };
 
+        // TLS: certificate and key together; a client CA only with them. The files are
+        // read (and checked) when the control plane opens.
+        let file = |env: &str| src.get(env).map(PathBuf::from);
+        let tls = match (file("SIDECAR_TLS_CERT"), file("SIDECAR_TLS_KEY")) {
+            (Some(cert), Some(key)) => {
+                Some(crate::tls::TlsFiles { cert, key, client_ca: file("SIDECAR_TLS_CLIENT_CA") })
+            }
+            (None, None) => None,
+            (Some(_), None) => return Err(invalid("SIDECAR_TLS_KEY", "missing: SIDECAR_TLS_CERT needs its key")),
+            (None, Some(_)) => {
+                return Err(invalid("SIDECAR_TLS_CERT", "missing: SIDECAR_TLS_KEY needs its certificate"));
+            }
+        };
+        if tls.is_none() && src.get("SIDECAR_TLS_CLIENT_CA").is_some() {
+            return Err(invalid(
+                "SIDECAR_TLS_CLIENT_CA",
+                "needs TLS on the API port: set SIDECAR_TLS_CERT and SIDECAR_TLS_KEY",
+            ));
+        }
+        let require_tls = src.parse("SIDECAR_REQUIRE_TLS", false, "true or false", |s| s.parse::<bool>().ok())?;
+        if require_tls && tls.is_none() && !listen.ip().is_loopback() {
+            return Err(invalid(
+                "SIDECAR_REQUIRE_TLS",
+                format!(
+                    "the API listens on {listen}, beyond this host, without TLS: set SIDECAR_TLS_CERT and SIDECAR_TLS_KEY, or listen on a loopback address"
+                ),
+            ));
+        }
+
         Ok(Self {
+            tls,
             console_dir,
             fleet,
             encryption_key,

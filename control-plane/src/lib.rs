@@ -23,6 +23,7 @@ pub mod reflection;
 pub mod server;
 pub mod state;
 pub mod store;
+pub mod tls;
 pub mod util;
 pub mod validate;
 

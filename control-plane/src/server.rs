@@ -54,6 +54,9 @@ pub enum InitError {
     /// The config could not be built.
     #[error(transparent)]
     State(#[from] StateError),
+    /// A TLS certificate, key or CA cannot be used.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// Serving failures.
@@ -80,6 +83,7 @@ pub struct ControlPlane {
     console_dir: Option<std::path::PathBuf>,
     shutdown_tx: watch::Sender<bool>,
     generated_admin_token: Option<String>,
+    tls: Option<Arc<crate::tls::ServerTls>>,
 }
 
 impl ControlPlane {
@@ -91,22 +95,22 @@ impl ControlPlane {
         let store = Store::open(&config.data_dir)?;
         store.initialize(&config.initial_settings)?;
         check_key(&store, &config.encryption_key)?;
+        // Certificates are checked before anything is written.
+        let tls = config.tls.clone().map(crate::tls::ServerTls::new).transpose()?.map(Arc::new);
         let generated_admin_token = seed_tokens(&store, config)?;
         migrate_v1(&store, config)?;
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
-        let shared = Arc::new(Shared::new(
-            store,
-            config.encryption_key.clone(),
-            config.backup_dir.clone(),
-            config.fleet,
-            shutdown_rx,
-        )?);
+        let mut shared =
+            Shared::new(store, config.encryption_key.clone(), config.backup_dir.clone(), config.fleet, shutdown_rx)?;
+        shared.node_client_certs = tls.as_ref().is_some_and(|t| t.client_auth);
+        let shared = Arc::new(shared);
         Ok(Self {
             shared,
             cors_origins: config.cors_origins.clone(),
             console_dir: config.console_dir.clone(),
             shutdown_tx,
             generated_admin_token,
+            tls,
         })
     }
 
@@ -159,9 +163,16 @@ impl ControlPlane {
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
         let node = NodeServiceServer::new(NodeApi::new(self.shared.clone()));
 
-        info!(addr = %api.local_addr().map_err(ServeError::Ops)?, "serving gRPC and gRPC-web");
+        let api_addr = api.local_addr().map_err(ServeError::Ops)?;
+        match &self.tls {
+            Some(tls) => {
+                info!(addr = %api_addr, mtls = tls.client_auth, "serving gRPC, gRPC-web and the console over TLS");
+                background.spawn(tls.clone().watch(self.shutdown_tx.subscribe()));
+            }
+            None => info!(addr = %api_addr, "serving gRPC, gRPC-web and the console (plaintext)"),
+        }
         info!(addr = %ops.local_addr().map_err(ServeError::Ops)?, "serving /health and /metrics");
-        let grpc = tonic::transport::Server::builder()
+        let router = tonic::transport::Server::builder()
             .accept_http1(true)
             .http2_keepalive_interval(Some(Duration::from_secs(20)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
@@ -173,8 +184,17 @@ impl ControlPlane {
                     .add_service(reflection_v1alpha)
                     .add_service(health),
                 self.console_dir.as_deref(),
-            ))
-            .serve_with_incoming_shutdown(TcpListenerStream::new(api), stopped(self.shutdown_tx.subscribe()));
+            ));
+        let grpc = async {
+            let done = stopped(self.shutdown_tx.subscribe());
+            match &self.tls {
+                Some(tls) => {
+                    let incoming = tls.clone().incoming(api, self.shutdown_tx.subscribe());
+                    router.serve_with_incoming_shutdown(incoming, done).await
+                }
+                None => router.serve_with_incoming_shutdown(TcpListenerStream::new(api), done).await,
+            }
+        };
 
         let ops_app = Router::new()
             .route("/health", get(health_handler))

@@ -127,6 +127,8 @@ pub struct Shared {
     pub health: std::sync::Mutex<std::collections::HashMap<String, &'static str>>,
     /// When the control plane started.
     pub started: std::time::Instant,
+    /// NodeService requires a client certificate (mTLS) and takes the node id from it.
+    pub node_client_certs: bool,
     config_tx: watch::Sender<Arc<ConfigState>>,
     shutdown: watch::Receiver<bool>,
 }
@@ -156,6 +158,7 @@ impl Shared {
             dashboard: watch::channel(Arc::new(pb::Dashboard::default())).0,
             health: Default::default(),
             started: std::time::Instant::now(),
+            node_client_certs: false,
             config_tx,
             shutdown,
         })

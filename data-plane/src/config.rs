@@ -53,6 +53,11 @@ pub struct ProxyConfig {
     pub body_timeout: Duration,
     /// Open client connections on the API port; past it new ones are closed at once.
     pub max_connections: usize,
+    /// A private CA (PEM) trusted for an `https://` control URL, besides the bundled
+    /// public roots.
+    pub control_ca: Option<PathBuf>,
+    /// Client certificate and key (PEM) presented to the control plane (mTLS).
+    pub control_client_cert: Option<(PathBuf, PathBuf)>,
 }
 
 /// An invalid setting.
@@ -136,6 +141,9 @@ const SETTINGS: &[Setting] = &[
     Setting { env: "SIDECAR_HEADER_TIMEOUT", flag: None, file: "header_timeout" },
     Setting { env: "SIDECAR_BODY_TIMEOUT", flag: None, file: "body_timeout" },
     Setting { env: "SIDECAR_MAX_CONNECTIONS", flag: Some("--max-connections"), file: "max_connections" },
+    Setting { env: "SIDECAR_CONTROL_CA", flag: None, file: "control_ca" },
+    Setting { env: "SIDECAR_TLS_CLIENT_CERT", flag: None, file: "tls_client_cert" },
+    Setting { env: "SIDECAR_TLS_CLIENT_KEY", flag: None, file: "tls_client_key" },
 ];
 
 fn setting(env: &str) -> &'static Setting {
@@ -276,7 +284,33 @@ impl ProxyConfig {
         let max_connections =
             parse_num("SIDECAR_MAX_CONNECTIONS", default_max_connections(open_file_limit()) as u64, 1, 10_000_000)?
                 as usize;
+        let path = |env: &str| get(env).map(PathBuf::from);
+        let control_ca = path("SIDECAR_CONTROL_CA");
+        let control_client_cert = match (path("SIDECAR_TLS_CLIENT_CERT"), path("SIDECAR_TLS_CLIENT_KEY")) {
+            (Some(cert), Some(key)) => Some((cert, key)),
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(invalid("SIDECAR_TLS_CLIENT_KEY", "missing: SIDECAR_TLS_CLIENT_CERT needs its key"));
+            }
+            (None, Some(_)) => {
+                return Err(invalid(
+                    "SIDECAR_TLS_CLIENT_CERT",
+                    "missing: SIDECAR_TLS_CLIENT_KEY needs its certificate",
+                ));
+            }
+        };
+        if (control_ca.is_some() || control_client_cert.is_some()) && !control_url.starts_with("https://") {
+            let env = if control_ca.is_some() { "SIDECAR_CONTROL_CA" } else { "SIDECAR_TLS_CLIENT_CERT" };
+            return Err(invalid(
+                env,
+                format!(
+                    "is TLS, but SIDECAR_CONTROL_URL {control_url:?} is not https://; use the https:// URL of the control plane"
+                ),
+            ));
+        }
         Ok(Self {
+            control_ca,
+            control_client_cert,
             control_url,
             node_token,
             node_id,
@@ -356,6 +390,20 @@ mod tests {
         assert_eq!(default_max_connections(1024), 384);
         assert_eq!(default_max_connections(1 << 20), 524_160);
         assert_eq!(default_max_connections(100), 16, "never below a usable floor");
+    }
+
+    #[test]
+    fn control_link_tls_needs_an_https_url_and_a_key_with_its_certificate() {
+        let https = ("SIDECAR_CONTROL_URL", "https://control.internal:9290");
+        let c = resolve(&[https, ("SIDECAR_CONTROL_CA", "ca.pem")]).unwrap();
+        assert_eq!(c.control_ca.as_deref(), Some(std::path::Path::new("ca.pem")));
+        let e = resolve(&[("SIDECAR_CONTROL_CA", "ca.pem")]).unwrap_err();
+        assert_eq!(e.setting, "SIDECAR_CONTROL_CA");
+        assert!(e.message.contains("https://"), "{e}");
+        let e = resolve(&[https, ("SIDECAR_TLS_CLIENT_CERT", "c.pem")]).unwrap_err();
+        assert_eq!(e.setting, "SIDECAR_TLS_CLIENT_KEY");
+        let c = resolve(&[https, ("SIDECAR_TLS_CLIENT_CERT", "c.pem"), ("SIDECAR_TLS_CLIENT_KEY", "k.pem")]).unwrap();
+        assert!(c.control_client_cert.is_some());
     }
 
     #[test]

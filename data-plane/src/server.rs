@@ -8,7 +8,7 @@ use std::{future::Future, path::Path, sync::Arc, time::Duration};
 use arc_swap::ArcSwap;
 use sidecar_proto::v1::{self as pb, node_service_client::NodeServiceClient};
 use tokio::{net::TcpListener, sync::watch, task::JoinSet, time::Instant};
-use tonic::transport::Channel;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 use tracing::{info, warn};
 
 use crate::{
@@ -32,6 +32,51 @@ pub enum InitError {
     /// The control plane URL is unusable.
     #[error("SIDECAR_CONTROL_URL: {0}")]
     ControlUrl(String),
+    /// A CA, certificate or key for the control-plane link cannot be used.
+    #[error("{setting} ({path}): {reason}")]
+    Tls {
+        /// The setting naming the file.
+        setting: &'static str,
+        /// The file.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// Reads a PEM file for the control-plane link, checking it holds what it should.
+fn pem_file(setting: &'static str, path: &std::path::Path, certificates: bool) -> Result<Vec<u8>, InitError> {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+    let fail = |reason: String| InitError::Tls { setting, path: path.display().to_string(), reason };
+    let bytes = std::fs::read(path).map_err(|e| fail(format!("cannot read it: {e}")))?;
+    let usable = if certificates {
+        let certs: Result<Vec<_>, _> = CertificateDer::pem_slice_iter(&bytes).collect();
+        !certs.map_err(|e| fail(format!("not a PEM certificate file: {e}")))?.is_empty()
+    } else {
+        PrivateKeyDer::from_pem_slice(&bytes).is_ok()
+    };
+    if !usable {
+        return Err(fail(if certificates { "holds no PEM certificate" } else { "holds no PEM private key" }.into()));
+    }
+    Ok(bytes)
+}
+
+/// TLS for an `https://` control URL: the bundled public roots plus `SIDECAR_CONTROL_CA`,
+/// and the client certificate if one is configured.
+fn control_tls(config: &ProxyConfig) -> Result<Option<ClientTlsConfig>, InitError> {
+    if !config.control_url.starts_with("https://") {
+        return Ok(None);
+    }
+    let mut tls = ClientTlsConfig::new().with_webpki_roots();
+    if let Some(ca) = &config.control_ca {
+        tls = tls.ca_certificate(Certificate::from_pem(pem_file("SIDECAR_CONTROL_CA", ca, true)?));
+    }
+    if let Some((cert, key)) = &config.control_client_cert {
+        let cert = pem_file("SIDECAR_TLS_CLIENT_CERT", cert, true)?;
+        let key = pem_file("SIDECAR_TLS_CLIENT_KEY", key, false)?;
+        tls = tls.identity(Identity::from_pem(cert, key));
+    }
+    Ok(Some(tls))
 }
 
 /// Histogram samples are folded into buckets every this many one-second ticks.
@@ -79,8 +124,12 @@ impl Proxy {
             .map_err(|e| InitError::DataDir(config.data_dir.display().to_string(), e))?;
         restrict(&config.data_dir);
         let node_id = node_id(config)?;
-        let channel = Channel::from_shared(config.control_url.clone())
-            .map_err(|e| InitError::ControlUrl(e.to_string()))?
+        let mut endpoint =
+            Channel::from_shared(config.control_url.clone()).map_err(|e| InitError::ControlUrl(e.to_string()))?;
+        if let Some(tls) = control_tls(config)? {
+            endpoint = endpoint.tls_config(tls).map_err(|e| InitError::ControlUrl(e.to_string()))?;
+        }
+        let channel = endpoint
             .connect_timeout(Duration::from_secs(5))
             .http2_keep_alive_interval(Duration::from_secs(20))
             .keep_alive_timeout(Duration::from_secs(10))

@@ -8,7 +8,7 @@ use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 use tonic::{
     metadata::MetadataValue,
     service::{Interceptor, interceptor::InterceptedService},
-    transport::Channel,
+    transport::{Certificate, Channel, ClientTlsConfig, Identity},
 };
 
 /// Adds `authorization: Bearer <token>` to every call.
@@ -43,6 +43,22 @@ pub struct Options {
     /// API address; port 0 when `None`. A restart passes the old address so that
     /// proxies find the control plane again.
     pub listen: Option<SocketAddr>,
+    /// Serve the API over TLS with this certificate; the harness's own clients trust
+    /// `ca_pem` (and present `client`, if given).
+    pub tls: Option<HarnessTls>,
+}
+
+/// TLS for a harness control plane.
+#[derive(Clone)]
+pub struct HarnessTls {
+    /// Server certificate and key.
+    pub server: crate::pki::Issued,
+    /// The CA that signed it, PEM.
+    pub ca_pem: String,
+    /// Require client certificates from this CA for NodeService (mTLS).
+    pub client_ca: Option<PathBuf>,
+    /// The certificate the harness's clients present.
+    pub client: Option<crate::pki::Issued>,
 }
 
 impl Default for Options {
@@ -53,6 +69,7 @@ impl Default for Options {
             admin_token: Some("admin-token-0123456789abcdef".into()),
             env: Vec::new(),
             listen: None,
+            tls: None,
         }
     }
 }
@@ -73,6 +90,8 @@ pub struct ControlPlaneHarness {
     pub data_dir: PathBuf,
     /// Keeps a temporary data directory alive.
     pub temp: Option<Arc<tempfile::TempDir>>,
+    /// TLS in use, if any.
+    pub tls: Option<HarnessTls>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), ServeError>>>,
 }
@@ -107,6 +126,13 @@ impl ControlPlaneHarness {
         if let Some(t) = &options.admin_token {
             env.push(("SIDECAR_ADMIN_TOKEN".into(), t.clone()));
         }
+        if let Some(tls) = &options.tls {
+            env.push(("SIDECAR_TLS_CERT".into(), tls.server.cert.display().to_string()));
+            env.push(("SIDECAR_TLS_KEY".into(), tls.server.key.display().to_string()));
+            if let Some(ca) = &tls.client_ca {
+                env.push(("SIDECAR_TLS_CLIENT_CA".into(), ca.display().to_string()));
+            }
+        }
         env.extend(options.env);
         let lookup = move |name: &str| env.iter().rev().find(|(k, _)| k == name).map(|(_, v)| v.clone());
         let config = ControlConfig::resolve(&Flags::default(), &lookup)?;
@@ -131,14 +157,18 @@ impl ControlPlaneHarness {
             key_hex,
             data_dir,
             temp,
+            tls: options.tls,
             stop: Some(stop),
             task: Some(task),
         })
     }
 
-    /// `http://addr`.
+    /// `http://addr`, or `https://localhost:port` with TLS.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        match &self.tls {
+            Some(_) => format!("https://localhost:{}", self.addr.port()),
+            None => format!("http://{}", self.addr),
+        }
     }
 
     /// Options that restart on the same data directory with the same key and tokens.
@@ -149,6 +179,7 @@ impl ControlPlaneHarness {
             admin_token: Some(self.admin_token.clone()),
             env: Vec::new(),
             listen: Some(self.addr),
+            tls: self.tls.clone(),
         }
     }
 
@@ -162,9 +193,22 @@ impl ControlPlaneHarness {
         }
     }
 
-    /// A channel to the API.
+    /// A channel to the API (trusting the harness CA, with its client certificate).
     pub async fn channel(&self) -> Channel {
-        Channel::from_shared(self.url()).unwrap().connect().await.expect("connect to control plane")
+        self.try_channel(self.tls.as_ref().and_then(|t| t.client.as_ref())).await.expect("connect to control plane")
+    }
+
+    /// A channel presenting `client` (with TLS), or the error connecting gave.
+    pub async fn try_channel(&self, client: Option<&crate::pki::Issued>) -> Result<Channel, tonic::transport::Error> {
+        let mut endpoint = Channel::from_shared(self.url()).unwrap();
+        if let Some(tls) = &self.tls {
+            let mut config = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&tls.ca_pem));
+            if let Some(c) = client {
+                config = config.identity(Identity::from_pem(c.cert_pem(), c.key_pem()));
+            }
+            endpoint = endpoint.tls_config(config)?;
+        }
+        endpoint.connect().await
     }
 
     /// An AdminService client with `token` (`None`: no token at all).

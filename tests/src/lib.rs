@@ -6,6 +6,7 @@
 pub mod control;
 pub mod gateway;
 pub mod mock;
+pub mod pki;
 pub mod proxy;
 
 use std::{future::Future, time::Duration};

@@ -174,3 +174,38 @@ fn a_shared_node_token_beyond_loopback_is_warned_about() {
     );
     assert!(!warnings.iter().any(|w| w.contains("shared-secret")), "never the secret");
 }
+
+#[test]
+fn tls_settings_come_in_pairs_and_require_tls_refuses_a_plaintext_listener_beyond_loopback() {
+    let key = key();
+    let with = |extra: &[(&str, &str)]| {
+        let mut env = vec![("SIDECAR_ENCRYPTION_KEY", key.as_str())];
+        env.extend_from_slice(extra);
+        resolve(&Flags::default(), &env)
+    };
+    assert_eq!(with(&[("SIDECAR_TLS_CERT", "c.pem")]).unwrap_err().setting, "SIDECAR_TLS_KEY");
+    assert_eq!(with(&[("SIDECAR_TLS_KEY", "k.pem")]).unwrap_err().setting, "SIDECAR_TLS_CERT");
+    assert_eq!(with(&[("SIDECAR_TLS_CLIENT_CA", "ca.pem")]).unwrap_err().setting, "SIDECAR_TLS_CLIENT_CA");
+    let tls = with(&[("SIDECAR_TLS_CERT", "c.pem"), ("SIDECAR_TLS_KEY", "k.pem"), ("SIDECAR_TLS_CLIENT_CA", "ca.pem")])
+        .unwrap()
+        .tls
+        .unwrap();
+    assert_eq!(tls.client_ca.as_deref(), Some(std::path::Path::new("ca.pem")));
+
+    // Beyond loopback without TLS: a warning, or with SIDECAR_REQUIRE_TLS a refusal.
+    let exposed = with(&[("SIDECAR_CONTROL_LISTEN", "0.0.0.0:9290")]).unwrap();
+    assert!(exposed.warnings().iter().any(|w| w.contains("without TLS") && w.contains("SIDECAR_TLS_CERT")));
+    let refused = with(&[("SIDECAR_CONTROL_LISTEN", "0.0.0.0:9290"), ("SIDECAR_REQUIRE_TLS", "true")]).unwrap_err();
+    assert_eq!(refused.setting, "SIDECAR_REQUIRE_TLS");
+    assert!(refused.message.contains("0.0.0.0:9290"), "{refused}");
+    // Loopback is fine either way; with TLS nothing is warned about.
+    assert!(with(&[("SIDECAR_REQUIRE_TLS", "true")]).unwrap().warnings().is_empty());
+    let secured = with(&[
+        ("SIDECAR_CONTROL_LISTEN", "0.0.0.0:9290"),
+        ("SIDECAR_REQUIRE_TLS", "true"),
+        ("SIDECAR_TLS_CERT", "c.pem"),
+        ("SIDECAR_TLS_KEY", "k.pem"),
+    ])
+    .unwrap();
+    assert!(secured.warnings().is_empty(), "{:?}", secured.warnings());
+}

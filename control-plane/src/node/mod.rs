@@ -39,6 +39,29 @@ impl NodeApi {
         Self { shared }
     }
 
+    /// Who the calling node is. With mTLS (`SIDECAR_TLS_CLIENT_CA`) that is the node its
+    /// client certificate names (required; any bearer token is then not needed);
+    /// otherwise a node token.
+    fn node_principal<T>(&self, request: &Request<T>) -> Result<Principal, Status> {
+        if !self.shared.node_client_certs {
+            return self.shared.auth.check(request.metadata(), Access::Node);
+        }
+        let certs = request.peer_certs().ok_or_else(|| {
+            Status::unauthenticated(
+                "NodeService needs a client certificate signed by the control plane's SIDECAR_TLS_CLIENT_CA",
+            )
+        })?;
+        let node_id = certs.first().and_then(crate::tls::node_id_of).ok_or_else(|| {
+            Status::permission_denied("the client certificate names no node id (a SAN DNS name or the subject CN)")
+        })?;
+        Ok(Principal {
+            token_id: format!("cert:{node_id}"),
+            role: crate::store::Role::Node,
+            node_id: Some(node_id),
+            region: None,
+        })
+    }
+
     /// A node credential used for another node: refused, logged and audited.
     fn impostor(&self, who: &Principal, call: &str, node_id: &str, status: Status) -> Status {
         warn!(token = %who.token_id, node = %clip(node_id), call, error = %status.message(), "node credential refused");
@@ -77,7 +100,7 @@ impl NodeService for NodeApi {
     type SyncStream = SyncStream;
 
     async fn sync(&self, request: Request<Streaming<pb::NodeMessage>>) -> Result<Response<SyncStream>, Status> {
-        let who = self.shared.auth.check(request.metadata(), Access::Node)?;
+        let who = self.node_principal(&request)?;
         let mut inbound = request.into_inner();
         let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
             Ok(Ok(Some(pb::NodeMessage { kind: Some(Kind::Hello(hello)) }))) => hello,
@@ -99,14 +122,15 @@ impl NodeService for NodeApi {
         }
         self.note_use(&who);
         let (tx, rx) = mpsc::channel(16);
-        let session =
-            Session { shared: self.shared.clone(), hello, tx, pending: VecDeque::new(), token_id: who.token_id };
+        // A certificate is not revoked through the token list: only tokens are watched.
+        let token_id = (!self.shared.node_client_certs).then_some(who.token_id);
+        let session = Session { shared: self.shared.clone(), hello, tx, pending: VecDeque::new(), token_id };
         tokio::spawn(session.run(inbound));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
     async fn report(&self, request: Request<pb::ReportBatch>) -> Result<Response<pb::ReportAck>, Status> {
-        let who = self.shared.auth.check(request.metadata(), Access::Node)?;
+        let who = self.node_principal(&request)?;
         let batch = request.into_inner();
         let refuse = |status: Status, outcome: &'static str| {
             metrics::report(outcome);
@@ -293,8 +317,8 @@ struct Session {
     tx: mpsc::Sender<Result<pb::ControlMessage, Status>>,
     /// (version, nonce) of snapshots sent and not yet answered.
     pending: VecDeque<(u64, String)>,
-    /// The credential the stream was opened with: revoking it ends the stream.
-    token_id: String,
+    /// The token the stream was opened with: revoking it ends the stream.
+    token_id: Option<String>,
 }
 
 impl Session {
@@ -312,8 +336,8 @@ impl Session {
         loop {
             tokio::select! {
                 _ = tokens.changed() => {
-                    if !shared.auth.holds(&self.token_id) {
-                        warn!(node = %node_id, token = %self.token_id, "the node's credential was revoked: closing its stream");
+                    if let Some(token) = self.token_id.as_deref().filter(|t| !shared.auth.holds(t)) {
+                        warn!(node = %node_id, token, "the node's credential was revoked: closing its stream");
                         let _ = self.tx.send(Err(Status::unauthenticated("this node's credential was revoked"))).await;
                         break;
                     }

@@ -22,6 +22,15 @@ pub(crate) struct Cli {
     /// Output format.
     #[arg(short, long, global = true, help_heading = "Global options", value_enum, default_value_t = Format::Table)]
     pub(crate) output: Format,
+    /// A private CA (PEM) to trust for an https:// server, besides the bundled public roots.
+    #[arg(long, global = true, help_heading = "Global options", env = "SIDECAR_CA", value_name = "FILE")]
+    pub(crate) ca: Option<std::path::PathBuf>,
+    /// Client certificate (PEM) to present, for a control plane that asks for one.
+    #[arg(long, global = true, help_heading = "Global options", env = "SIDECAR_TLS_CLIENT_CERT", value_name = "FILE")]
+    pub(crate) cert: Option<std::path::PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, global = true, help_heading = "Global options", env = "SIDECAR_TLS_CLIENT_KEY", value_name = "FILE")]
+    pub(crate) key: Option<std::path::PathBuf>,
     /// What to do.
     #[command(subcommand)]
     pub(crate) command: Command,

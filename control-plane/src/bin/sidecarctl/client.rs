@@ -8,7 +8,7 @@ use tonic::{
     Code, Request, Status,
     metadata::{Ascii, MetadataValue},
     service::{Interceptor, interceptor::InterceptedService},
-    transport::{Channel, Endpoint},
+    transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity},
 };
 
 /// Largest message either way; export documents hold every backend.
@@ -61,8 +61,46 @@ pub(crate) fn server_url(server: &str) -> String {
     if server.contains("://") { server.to_owned() } else { format!("http://{server}") }
 }
 
+/// TLS files for an https:// server.
+#[derive(Debug, Default)]
+pub(crate) struct TlsFiles {
+    /// Private CA to trust.
+    pub(crate) ca: Option<std::path::PathBuf>,
+    /// Client certificate.
+    pub(crate) cert: Option<std::path::PathBuf>,
+    /// Its key.
+    pub(crate) key: Option<std::path::PathBuf>,
+}
+
+impl TlsFiles {
+    /// The client TLS config for `url`: none for http://.
+    fn config(&self, url: &str) -> anyhow::Result<Option<ClientTlsConfig>> {
+        let read = |flag: &str, path: &std::path::Path| {
+            std::fs::read(path).map_err(|e| Usage(format!("--{flag} {}: cannot read it: {e}", path.display())))
+        };
+        if !url.starts_with("https://") {
+            if self.ca.is_some() || self.cert.is_some() {
+                return Err(
+                    Usage(format!("--ca and --cert are for TLS, but the server URL {url} is not https://")).into()
+                );
+            }
+            return Ok(None);
+        }
+        let mut tls = ClientTlsConfig::new().with_webpki_roots();
+        if let Some(ca) = &self.ca {
+            tls = tls.ca_certificate(Certificate::from_pem(read("ca", ca)?));
+        }
+        match (&self.cert, &self.key) {
+            (Some(cert), Some(key)) => tls = tls.identity(Identity::from_pem(read("cert", cert)?, read("key", key)?)),
+            (None, None) => {}
+            _ => return Err(Usage("--cert and --key go together".into()).into()),
+        }
+        Ok(Some(tls))
+    }
+}
+
 /// Connects to the control plane at `server` with `token`.
-pub(crate) async fn connect(server: &str, token: Option<&str>) -> anyhow::Result<Admin> {
+pub(crate) async fn connect(server: &str, token: Option<&str>, tls: &TlsFiles) -> anyhow::Result<Admin> {
     let token = token
         .map(str::trim)
         .filter(|t| !t.is_empty())
@@ -72,10 +110,13 @@ pub(crate) async fn connect(server: &str, token: Option<&str>) -> anyhow::Result
         .map_err(|_| anyhow::anyhow!("the token contains characters a token cannot have"))?;
     auth.set_sensitive(true);
     let url = server_url(server);
-    let endpoint = Endpoint::from_shared(url.clone())
+    let mut endpoint = Endpoint::from_shared(url.clone())
         .map_err(|e| anyhow::anyhow!("invalid --server URL {url:?}: {}", chain(&e)))?
         .connect_timeout(Duration::from_secs(5))
         .timeout(Duration::from_secs(60));
+    if let Some(config) = tls.config(&url)? {
+        endpoint = endpoint.tls_config(config).map_err(|e| anyhow::anyhow!("TLS for {url}: {}", chain(&e)))?;
+    }
     let channel = endpoint.connect().await.map_err(|e| Unreachable { url: url.clone(), detail: chain(&e) })?;
     Ok(AdminServiceClient::with_interceptor(channel, BearerAuth(auth))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
@@ -170,7 +211,7 @@ mod tests {
 
     #[tokio::test]
     async fn missing_token_says_how_to_give_one() {
-        let e = connect("http://127.0.0.1:9", None).await.err().unwrap();
+        let e = connect("http://127.0.0.1:9", None, &TlsFiles::default()).await.err().unwrap();
         assert!(e.to_string().contains("--token or set SIDECAR_TOKEN"), "{e}");
     }
 }

@@ -27,7 +27,8 @@ pub(crate) struct Ctx {
 
 /// Connects and runs the command.
 pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
-    let admin = client::connect(&cli.server, cli.token.as_deref()).await?;
+    let tls = client::TlsFiles { ca: cli.ca.clone(), cert: cli.cert.clone(), key: cli.key.clone() };
+    let admin = client::connect(&cli.server, cli.token.as_deref(), &tls).await?;
     let mut ctx = Ctx { admin, format: cli.output };
     match cli.command {
         Command::Backend(c) => backend::run(&mut ctx, c).await,
