@@ -58,6 +58,8 @@ pub struct ProxyConfig {
     pub control_ca: Option<PathBuf>,
     /// Client certificate and key (PEM) presented to the control plane (mTLS).
     pub control_client_cert: Option<(PathBuf, PathBuf)>,
+    /// Certificate and key (PEM) to serve the OpenAI API over HTTPS; `None` = plaintext.
+    pub api_tls: Option<(PathBuf, PathBuf)>,
 }
 
 /// An invalid setting.
@@ -144,6 +146,8 @@ const SETTINGS: &[Setting] = &[
     Setting { env: "SIDECAR_CONTROL_CA", flag: None, file: "control_ca" },
     Setting { env: "SIDECAR_TLS_CLIENT_CERT", flag: None, file: "tls_client_cert" },
     Setting { env: "SIDECAR_TLS_CLIENT_KEY", flag: None, file: "tls_client_key" },
+    Setting { env: "SIDECAR_TLS_CERT", flag: None, file: "tls_cert" },
+    Setting { env: "SIDECAR_TLS_KEY", flag: None, file: "tls_key" },
 ];
 
 fn setting(env: &str) -> &'static Setting {
@@ -308,7 +312,16 @@ impl ProxyConfig {
                 ),
             ));
         }
+        let api_tls = match (path("SIDECAR_TLS_CERT"), path("SIDECAR_TLS_KEY")) {
+            (Some(cert), Some(key)) => Some((cert, key)),
+            (None, None) => None,
+            (Some(_), None) => return Err(invalid("SIDECAR_TLS_KEY", "missing: SIDECAR_TLS_CERT needs its key")),
+            (None, Some(_)) => {
+                return Err(invalid("SIDECAR_TLS_CERT", "missing: SIDECAR_TLS_KEY needs its certificate"));
+            }
+        };
         Ok(Self {
+            api_tls,
             control_ca,
             control_client_cert,
             control_url,

@@ -19,6 +19,7 @@ pub mod routing;
 pub mod server;
 pub mod snapshot;
 pub mod state;
+mod tls;
 pub mod upstream;
 mod workers;
 

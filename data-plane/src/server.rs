@@ -8,7 +8,7 @@ use std::{future::Future, path::Path, sync::Arc, time::Duration};
 use arc_swap::ArcSwap;
 use sidecar_proto::v1::{self as pb, node_service_client::NodeServiceClient};
 use tokio::{net::TcpListener, sync::watch, task::JoinSet, time::Instant};
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+use tonic::transport::Channel;
 use tracing::{info, warn};
 
 use crate::{
@@ -44,41 +44,6 @@ pub enum InitError {
     },
 }
 
-/// Reads a PEM file for the control-plane link, checking it holds what it should.
-fn pem_file(setting: &'static str, path: &std::path::Path, certificates: bool) -> Result<Vec<u8>, InitError> {
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
-    let fail = |reason: String| InitError::Tls { setting, path: path.display().to_string(), reason };
-    let bytes = std::fs::read(path).map_err(|e| fail(format!("cannot read it: {e}")))?;
-    let usable = if certificates {
-        let certs: Result<Vec<_>, _> = CertificateDer::pem_slice_iter(&bytes).collect();
-        !certs.map_err(|e| fail(format!("not a PEM certificate file: {e}")))?.is_empty()
-    } else {
-        PrivateKeyDer::from_pem_slice(&bytes).is_ok()
-    };
-    if !usable {
-        return Err(fail(if certificates { "holds no PEM certificate" } else { "holds no PEM private key" }.into()));
-    }
-    Ok(bytes)
-}
-
-/// TLS for an `https://` control URL: the bundled public roots plus `SIDECAR_CONTROL_CA`,
-/// and the client certificate if one is configured.
-fn control_tls(config: &ProxyConfig) -> Result<Option<ClientTlsConfig>, InitError> {
-    if !config.control_url.starts_with("https://") {
-        return Ok(None);
-    }
-    let mut tls = ClientTlsConfig::new().with_webpki_roots();
-    if let Some(ca) = &config.control_ca {
-        tls = tls.ca_certificate(Certificate::from_pem(pem_file("SIDECAR_CONTROL_CA", ca, true)?));
-    }
-    if let Some((cert, key)) = &config.control_client_cert {
-        let cert = pem_file("SIDECAR_TLS_CLIENT_CERT", cert, true)?;
-        let key = pem_file("SIDECAR_TLS_CLIENT_KEY", key, false)?;
-        tls = tls.identity(Identity::from_pem(cert, key));
-    }
-    Ok(Some(tls))
-}
-
 /// Histogram samples are folded into buckets every this many one-second ticks.
 const UPKEEP_EVERY: u64 = 5;
 /// Adaptive retreat is evaluated every this many one-second ticks.
@@ -98,6 +63,7 @@ pub struct Proxy {
     window: Duration,
     workers: usize,
     header_timeout: Duration,
+    api_tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 fn node_id(config: &ProxyConfig) -> Result<String, InitError> {
@@ -126,7 +92,7 @@ impl Proxy {
         let node_id = node_id(config)?;
         let mut endpoint =
             Channel::from_shared(config.control_url.clone()).map_err(|e| InitError::ControlUrl(e.to_string()))?;
-        if let Some(tls) = control_tls(config)? {
+        if let Some(tls) = crate::tls::control(config)? {
             endpoint = endpoint.tls_config(tls).map_err(|e| InitError::ControlUrl(e.to_string()))?;
         }
         let channel = endpoint
@@ -191,6 +157,7 @@ impl Proxy {
             window: config.rate_window,
             workers: config.workers,
             header_timeout: config.header_timeout,
+            api_tls: config.api_tls.as_ref().map(|(cert, key)| crate::tls::api_acceptor(cert, key)).transpose()?,
         })
     }
 
@@ -244,10 +211,11 @@ impl Proxy {
             node = %shared.node_id,
             workers = self.workers,
             max_connections = shared.connections.max(),
+            https = self.api_tls.is_some(),
             "serving the OpenAI-compatible API"
         );
         info!(addr = %ops.local_addr()?, "serving /health, /health/ready, /status, /metrics");
-        let workers = Workers::start(api, self.workers, self.header_timeout, shared.clone())?;
+        let workers = Workers::start(api, self.workers, self.header_timeout, self.api_tls.clone(), shared.clone())?;
         let stopped = |mut rx: watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|s| *s).await;
         };

@@ -17,6 +17,7 @@ use tokio::{
     net::TcpListener,
     sync::{oneshot, watch},
 };
+use tokio_rustls::TlsAcceptor;
 use tracing::{debug, warn};
 
 use crate::{proxy, state::Shared, upstream};
@@ -49,6 +50,7 @@ impl Workers {
         listener: TcpListener,
         count: usize,
         header_timeout: Duration,
+        tls: Option<TlsAcceptor>,
         shared: Arc<Shared>,
     ) -> std::io::Result<Self> {
         let listener = listener.into_std()?;
@@ -58,11 +60,12 @@ impl Workers {
             let listener = listener.try_clone()?;
             let (done_tx, done_rx) = oneshot::channel();
             let shared = shared.clone();
+            let tls = tls.clone();
             let phase = phase.subscribe();
             std::thread::Builder::new().name(format!("sidecar-api-{i}")).spawn(move || {
                 let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
                 match runtime {
-                    Ok(runtime) => runtime.block_on(worker(listener, header_timeout, shared, phase)),
+                    Ok(runtime) => runtime.block_on(worker(listener, header_timeout, tls, shared, phase)),
                     Err(e) => warn!(error = %e, "API worker could not start its runtime"),
                 }
                 // Dropping the runtime cancels connections still open after an abort;
@@ -93,6 +96,7 @@ impl Workers {
 async fn worker(
     listener: std::net::TcpListener,
     header_timeout: Duration,
+    tls: Option<TlsAcceptor>,
     shared: Arc<Shared>,
     mut phase: watch::Receiver<Phase>,
 ) {
@@ -152,11 +156,29 @@ async fn worker(
             let context = context.clone();
             async move { Ok::<_, Infallible>(proxy::handle(&context.0, &context.1, request).await) }
         });
-        let connection = builder.serve_connection(TokioIo::new(tcp), service).into_owned();
-        let connection = graceful.watch(connection);
+        let Some(acceptor) = &tls else {
+            let connection = builder.serve_connection(TokioIo::new(tcp), service).into_owned();
+            let connection = graceful.watch(connection);
+            tokio::spawn(async move {
+                if let Err(e) = connection.await {
+                    debug!(error = %e, "API connection ended with an error");
+                }
+                drop(slot);
+            });
+            continue;
+        };
+        // HTTPS: the handshake runs in the connection's task, within the header timeout.
+        let (acceptor, builder, watcher) = (acceptor.clone(), builder.clone(), graceful.watcher());
         tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                debug!(error = %e, "API connection ended with an error");
+            match tokio::time::timeout(header_timeout, acceptor.accept(tcp)).await {
+                Ok(Ok(stream)) => {
+                    let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+                    if let Err(e) = watcher.watch(connection).await {
+                        debug!(error = %e, "API connection ended with an error");
+                    }
+                }
+                Ok(Err(e)) => debug!(error = %e, "TLS handshake with a client failed"),
+                Err(_) => debug!("TLS handshake with a client timed out"),
             }
             drop(slot);
         });
