@@ -60,6 +60,8 @@ pub struct ProxyConfig {
     pub control_client_cert: Option<(PathBuf, PathBuf)>,
     /// Certificate and key (PEM) to serve the OpenAI API over HTTPS; `None` = plaintext.
     pub api_tls: Option<(PathBuf, PathBuf)>,
+    /// CA certificates (PEM) trusted for providers, besides the bundled and system roots.
+    pub upstream_ca: Option<PathBuf>,
 }
 
 /// An invalid setting.
@@ -148,6 +150,7 @@ const SETTINGS: &[Setting] = &[
     Setting { env: "SIDECAR_TLS_CLIENT_KEY", flag: None, file: "tls_client_key" },
     Setting { env: "SIDECAR_TLS_CERT", flag: None, file: "tls_cert" },
     Setting { env: "SIDECAR_TLS_KEY", flag: None, file: "tls_key" },
+    Setting { env: "SIDECAR_UPSTREAM_CA", flag: None, file: "upstream_ca" },
 ];
 
 fn setting(env: &str) -> &'static Setting {
@@ -321,6 +324,7 @@ impl ProxyConfig {
             }
         };
         Ok(Self {
+            upstream_ca: path("SIDECAR_UPSTREAM_CA"),
             api_tls,
             control_ca,
             control_client_cert,

@@ -111,7 +111,12 @@ impl Proxy {
         let metrics = Metrics::new();
         let (usage, usage_rx) = report::channel(metrics.clone());
         let (events_tx, events_rx) = tokio::sync::mpsc::channel(1024);
+        let upstream_ca = match &config.upstream_ca {
+            Some(path) => crate::tls::certificates("SIDECAR_UPSTREAM_CA", path)?,
+            None => Vec::new(),
+        };
         let shared = Arc::new(Shared {
+            upstream_tls: crate::upstream::tls_config(&upstream_ca),
             bundle: Arc::new(ArcSwap::from_pointee(Bundle::empty(config.rate_window))),
             queue: Arc::new(Queue::default()),
             usage,

@@ -150,6 +150,8 @@ impl Connections {
 pub struct Shared {
     /// The config in force; one load per request.
     pub bundle: Arc<ArcSwap<Bundle>>,
+    /// TLS for provider connections: bundled, system and SIDECAR_UPSTREAM_CA roots.
+    pub upstream_tls: Arc<rustls::ClientConfig>,
     /// Requests waiting for capacity.
     pub queue: Arc<Queue>,
     /// Usage events to the reporter.

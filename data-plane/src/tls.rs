@@ -51,6 +51,13 @@ pub(crate) fn control(config: &ProxyConfig) -> Result<Option<ClientTlsConfig>, I
     Ok(Some(tls))
 }
 
+/// The certificates of a PEM file.
+pub(crate) fn certificates(setting: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, InitError> {
+    CertificateDer::pem_slice_iter(&pem_file(setting, path, true)?).collect::<Result<Vec<_>, _>>().map_err(|e| {
+        InitError::Tls { setting, path: path.display().to_string(), reason: format!("not a PEM certificate file: {e}") }
+    })
+}
+
 /// The API port's TLS acceptor, from `SIDECAR_TLS_CERT` and `SIDECAR_TLS_KEY`.
 pub(crate) fn api_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, InitError> {
     let fail = |setting: &'static str, path: &Path, reason: String| InitError::Tls {
@@ -58,9 +65,7 @@ pub(crate) fn api_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, InitE
         path: path.display().to_string(),
         reason,
     };
-    let certs = CertificateDer::pem_slice_iter(&pem_file("SIDECAR_TLS_CERT", cert, true)?)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| fail("SIDECAR_TLS_CERT", cert, format!("not a PEM certificate file: {e}")))?;
+    let certs = certificates("SIDECAR_TLS_CERT", cert)?;
     let key_der = PrivateKeyDer::from_pem_slice(&pem_file("SIDECAR_TLS_KEY", key, false)?)
         .map_err(|e| fail("SIDECAR_TLS_KEY", key, format!("no usable PEM private key: {e}")))?;
     let mut config = ServerConfig::builder_with_provider(Arc::new(default_provider()))

@@ -105,7 +105,7 @@ async fn worker(
         Err(e) => return warn!(error = %e, "API worker could not register the listener"),
     };
     // This worker's upstream connections: used only by requests on this thread.
-    let context = Arc::new((shared.clone(), upstream::client(CONNECT_TIMEOUT)));
+    let context = Arc::new((shared.clone(), upstream::client(CONNECT_TIMEOUT, &shared.upstream_tls)));
     // Every request arms a timer for its upstream timeout. tokio wakes its own driver
     // (an eventfd write, then an extra trip through epoll) whenever a new timer is due
     // before every other one, which is every request when none is in flight. A timer

@@ -265,3 +265,47 @@ async fn unusable_certificate_files_are_refused_at_start_naming_the_setting() {
     let err = sidecar_data_plane::Proxy::new(&config).err().unwrap().to_string();
     assert!(err.starts_with("SIDECAR_CONTROL_CA") && err.contains("junk.pem"), "{err}");
 }
+
+/// A provider behind a private CA (or a corporate TLS proxy) is reachable only when
+/// SIDECAR_UPSTREAM_CA names that CA; without it the certificate is refused, counted as
+/// a connect failure, and the client gets an OpenAI-shaped error.
+#[tokio::test]
+async fn a_provider_behind_a_private_ca_is_reached_only_with_sidecar_upstream_ca() {
+    let pki = TestPki::new("provider");
+    let mock = MockUpstream::start(&[]).await;
+    let front = sidecar_tests::pki::tls_front(mock.addr, &pki.server("provider")).await;
+    let trusting = ProxyOptions {
+        node_id: "trusting".into(),
+        env: vec![("SIDECAR_UPSTREAM_CA".into(), pki.ca_path().display().to_string())],
+        ..Default::default()
+    };
+    let mut gw = sidecar_tests::Gateway::start_with(trusting).await;
+    let untrusting = gw.add_proxy(ProxyOptions { node_id: "untrusting".into(), ..Default::default() }).await;
+    let mut mappings = std::collections::HashMap::new();
+    mappings.insert("gpt-test".to_string(), pb::ModelMapping { native_id: "native-gpt".into(), ..Default::default() });
+    let created = gw
+        .admin
+        .create_backend(pb::CreateBackendRequest {
+            backend: Some(pb::BackendSpec {
+                name: "private".into(),
+                base_url: format!("https://localhost:{}/v1", front.port()),
+                api_key: "sk-private-provider-0123456789".into(),
+                model_mappings: mappings,
+                timeout_seconds: 5,
+                ..Default::default()
+            }),
+            validate: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    gw.proxy.wait_version(created.config_version).await;
+    untrusting.wait_version(created.config_version).await;
+
+    let refused = untrusting.chat("gpt-test").await;
+    assert!(refused.status().is_server_error(), "{}", refused.status());
+    assert!(mock.calls_to("/v1/chat/completions").is_empty(), "nothing got through an untrusted certificate");
+    let resp = gw.proxy.chat("gpt-test").await;
+    assert_eq!(resp.status(), 200, "{:?}", resp.text().await);
+    assert_eq!(mock.calls_to("/v1/chat/completions").len(), 1);
+}

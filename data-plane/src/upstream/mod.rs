@@ -24,14 +24,44 @@ pub use usage::{Usage, UsageScanner};
 /// The process-wide upstream client.
 pub type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
 
-/// Builds the shared client: connect timeout, keep-alive pool, HTTP/1.1 and HTTP/2 by ALPN.
-pub fn client(connect_timeout: Duration) -> HttpClient {
+/// An error and its sources, `: `-joined.
+fn causes(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+/// The roots provider certificates are checked against: Mozilla's (bundled), the
+/// system's (where it has any), and `extra` PEM certificates (SIDECAR_UPSTREAM_CA), for
+/// providers behind a private CA or a corporate TLS proxy.
+pub fn tls_config(extra: &[rustls::pki_types::CertificateDer<'static>]) -> std::sync::Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
+    let native = rustls_native_certs::load_native_certs();
+    roots.add_parsable_certificates(native.certs);
+    roots.add_parsable_certificates(extra.iter().cloned());
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default protocol versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    std::sync::Arc::new(config)
+}
+
+/// Builds the shared client: connect timeout, keep-alive pool, HTTP/1.1 and HTTP/2 by ALPN,
+/// certificates checked against `tls`'s roots.
+pub fn client(connect_timeout: Duration, tls: &rustls::ClientConfig) -> HttpClient {
     let mut http = HttpConnector::new();
     http.set_connect_timeout(Some(connect_timeout));
     http.set_nodelay(true);
     http.enforce_http(false);
     let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_webpki_roots()
+        .with_tls_config(tls.clone())
         .https_or_http()
         .enable_http1()
         .enable_http2()
@@ -175,11 +205,17 @@ pub fn send(
     request: Request<Full<Bytes>>,
     timeout: Duration,
 ) -> impl Future<Output = Result<Response<Incoming>, AttemptError>> + Send + 'static {
+    let host = request.uri().authority().map(|a| a.to_string()).unwrap_or_default();
     let response = client.request(request);
     async move {
         match tokio::time::timeout(timeout, response).await {
             Err(_) => Err(AttemptError::Timeout),
-            Ok(Err(e)) if e.is_connect() => Err(AttemptError::Connect),
+            Ok(Err(e)) if e.is_connect() => {
+                // The cause (refused, DNS, a certificate the roots do not trust…) names
+                // the host only: the request and its key are not in the error.
+                tracing::warn!(upstream = %host, cause = %causes(&e), "connecting to the provider failed");
+                Err(AttemptError::Connect)
+            }
             Ok(Err(_)) => Err(AttemptError::Io),
             Ok(Ok(r)) => Ok(r),
         }
