@@ -169,7 +169,23 @@ impl ControlPlane {
                 info!(addr = %api_addr, mtls = tls.client_auth, "serving gRPC, gRPC-web and the console over TLS");
                 background.spawn(tls.clone().watch(self.shutdown_tx.subscribe()));
             }
-            None => info!(addr = %api_addr, "serving gRPC, gRPC-web and the console (plaintext)"),
+            None => {
+                info!(addr = %api_addr, "serving gRPC, gRPC-web and the console (plaintext)");
+                // `systemctl reload` sends SIGHUP: without TLS there is nothing to
+                // reload, and the signal must not end the process.
+                #[cfg(unix)]
+                if let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+                    let mut shutdown = self.shutdown_tx.subscribe();
+                    background.spawn(async move {
+                        loop {
+                            tokio::select! {
+                                _ = hup.recv() => info!("SIGHUP: nothing to reload (no TLS configured)"),
+                                _ = shutdown.wait_for(|s| *s) => return,
+                            }
+                        }
+                    });
+                }
+            }
         }
         info!(addr = %ops.local_addr().map_err(ServeError::Ops)?, "serving /health and /metrics");
         let router = tonic::transport::Server::builder()
