@@ -28,6 +28,7 @@ NODE = "bench-node-token-0123456789"
 KEY = "ab" * 32
 UP, UP_SLOW, UP_STREAM, NGINX, NGINX_STREAM, PROXY, PROXY_OPS, CTRL, CTRL_OPS = 18000, 18001, 18002, 18100, 18101, 18200, 18201, 18290, 18291
 FLOOR, FLOOR_SLOW = 18300, 18301
+PROXY_TLS, PROXY_TLS_OPS = 18210, 18211
 BODY = '{"model":"bench","messages":[{"role":"user","content":"hello"}]}'
 
 procs = []
@@ -124,7 +125,8 @@ def oha(url, conns, rate, duration):
     from when each request was due (corrected for coordinated omission)."""
     out = subprocess.run(
         [oha_path(), "--no-tui", "--output-format", "json", "-z", f"{duration}s", "-c", str(conns), "-q", str(rate),
-         "--latency-correction", "-m", "POST", "-T", "application/json", "-d", BODY, url],
+         "--latency-correction", "-m", "POST", "-T", "application/json", "-d", BODY,
+         *(["--insecure"] if url.startswith("https") else []), url],
         capture_output=True, text=True, check=True,
     ).stdout
     d = json.loads(out)
@@ -205,7 +207,22 @@ http {{ access_log off; upstream up {{ server 127.0.0.1:{UP}; keepalive 256; }}
             {"SIDECAR_CONTROL_URL": f"http://127.0.0.1:{CTRL}", "SIDECAR_NODE_TOKEN": NODE, "SIDECAR_PORT": str(PROXY),
              "SIDECAR_OPS_LISTEN": f"127.0.0.1:{PROXY_OPS}", "SIDECAR_DATA_DIR": os.path.join(work, "proxy"), "SIDECAR_LOG_LEVEL": "warn"},
         )
+        # A second proxy serving its API over HTTPS (a self-signed certificate made here),
+        # so what TLS costs per request is measured against the plaintext proxy in the
+        # same run. wrk keeps connections alive, as SDK clients do: the handshake is paid
+        # once per connection.
+        cert, key = os.path.join(work, "proxy-cert.pem"), os.path.join(work, "proxy-key.pem")
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                        "-keyout", key, "-out", cert, "-days", "2", "-subj", "/CN=localhost",
+                        "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"], check=True, capture_output=True)
+        proxy_tls = start(
+            [os.path.join(REL, "sidecar-proxy")],
+            {"SIDECAR_CONTROL_URL": f"http://127.0.0.1:{CTRL}", "SIDECAR_NODE_TOKEN": NODE, "SIDECAR_PORT": str(PROXY_TLS),
+             "SIDECAR_OPS_LISTEN": f"127.0.0.1:{PROXY_TLS_OPS}", "SIDECAR_DATA_DIR": os.path.join(work, "proxy-tls"),
+             "SIDECAR_LOG_LEVEL": "warn", "SIDECAR_TLS_CERT": cert, "SIDECAR_TLS_KEY": key},
+        )
         wait_port(PROXY)
+        wait_port(PROXY_TLS)
         time.sleep(1.5)  # first snapshot and grants
         lua = os.path.join(work, "post.lua")
         with open(lua, "w") as f:
@@ -215,10 +232,12 @@ http {{ access_log off; upstream up {{ server 127.0.0.1:{UP}; keepalive 256; }}
             "nginx": f"http://127.0.0.1:{NGINX}/v1/chat/completions",
             "hyper floor": f"http://127.0.0.1:{FLOOR}/v1/chat/completions",
             "sidecar-proxy": f"http://127.0.0.1:{PROXY}/v1/chat/completions",
+            "sidecar-proxy https": f"https://127.0.0.1:{PROXY_TLS}/v1/chat/completions",
         }
         nginx_workers = [int(p) for p in subprocess.run(["pgrep", "-P", str(nginx.pid)], capture_output=True, text=True).stdout.split()]
         # Whose CPU time is the system's: the processes that serve its requests.
-        serving = {"mock (direct)": [procs[0].pid], "nginx": nginx_workers, "hyper floor": [floor.pid], "sidecar-proxy": [proxy.pid]}
+        serving = {"mock (direct)": [procs[0].pid], "nginx": nginx_workers, "hyper floor": [floor.pid], "sidecar-proxy": [proxy.pid],
+                   "sidecar-proxy https": [proxy_tls.pid]}
         # Warm up every path.
         for url in systems.values():
             wrk(url, 16, 2, lua)
@@ -229,7 +248,7 @@ http {{ access_log off; upstream up {{ server 127.0.0.1:{UP}; keepalive 256; }}
             for name, url in systems.items():
                 runs = []
                 for _ in range(args.runs):
-                    sampler = RssSampler(proxy.pid) if name == "sidecar-proxy" else None
+                    sampler = RssSampler(serving[name][0]) if name.startswith("sidecar-proxy") else None
                     cpu0 = sum(cpu_seconds(pid) for pid in serving[name])
                     r = wrk(url, conns, args.duration, lua)
                     cpu = sum(cpu_seconds(pid) for pid in serving[name]) - cpu0

@@ -29,6 +29,9 @@ use tokio_rustls::{TlsAcceptor, server::TlsStream};
 use tokio_stream::wrappers::ReceiverStream;
 use tracing::{debug, info, warn};
 
+/// TLS handshakes the API port runs at once.
+const MAX_HANDSHAKES: usize = 1024;
+
 /// Where the API port's certificate, key and (for mTLS) client CA live.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsFiles {
@@ -150,6 +153,9 @@ impl ServerTls {
         mut shutdown: watch::Receiver<bool>,
     ) -> ReceiverStream<std::io::Result<TlsStream<TcpStream>>> {
         let (tx, rx) = mpsc::channel(64);
+        // Handshakes in progress at once: a flood of connections that never finish one
+        // is closed at once past this, instead of holding a task each for 10 s.
+        let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
         tokio::spawn(async move {
             loop {
                 let (tcp, peer) = tokio::select! {
@@ -163,9 +169,14 @@ impl ServerTls {
                     },
                     _ = stopped(&mut shutdown) => return,
                 };
+                let Ok(permit) = handshakes.clone().try_acquire_owned() else {
+                    debug!(%peer, "too many TLS handshakes in progress; closing the connection");
+                    continue;
+                };
                 let acceptor = self.acceptor.clone();
                 let tx = tx.clone();
                 tokio::spawn(async move {
+                    let _permit = permit;
                     match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
                         Ok(Ok(stream)) => {
                             let _ = tx.send(Ok(stream)).await;

@@ -72,8 +72,12 @@ impl NodeApi {
         status
     }
 
-    /// Records when a credential was last used (at most once a minute per token).
+    /// Records when a token was last used (at most once a minute per token). Client
+    /// certificates are not tokens: nothing is recorded for them.
     fn note_use(&self, who: &Principal) {
+        if self.shared.node_client_certs {
+            return;
+        }
         let now = crate::util::now_ms();
         if self.shared.auth.used(&who.token_id, now)
             && let Err(error) = self.shared.store.touch_token(&who.token_id, now)
