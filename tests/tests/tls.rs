@@ -309,3 +309,30 @@ async fn a_provider_behind_a_private_ca_is_reached_only_with_sidecar_upstream_ca
     assert_eq!(resp.status(), 200, "{:?}", resp.text().await);
     assert_eq!(mock.calls_to("/v1/chat/completions").len(), 1);
 }
+
+/// SIGHUP reloads the certificate even when the files' times say nothing changed (a
+/// renewal copied with its times preserved, say): `systemctl reload`.
+#[tokio::test]
+async fn sighup_reloads_the_certificate() {
+    let pki = TestPki::new("sidecar");
+    let cp = tls_control_plane(&pki, false).await;
+    let server = cp.tls.as_ref().unwrap().server.clone();
+    let times = |p: &std::path::Path| std::fs::metadata(p).unwrap().modified().unwrap();
+    let (cert_time, key_time) = (times(&server.cert), times(&server.key));
+    let renewed = pki.server("renewed-hup");
+    std::fs::copy(&renewed.key, &server.key).unwrap();
+    std::fs::copy(&renewed.cert, &server.cert).unwrap();
+    for (path, time) in [(&server.cert, cert_time), (&server.key, key_time)] {
+        std::fs::File::options().write(true).open(path).unwrap().set_modified(time).unwrap();
+    }
+    // Past two file checks, the old certificate is still served: nothing looked changed.
+    tokio::time::sleep(Duration::from_millis(4500)).await;
+    let ca = pki.ca_pem.clone();
+    assert_ne!(served_certificate(cp.addr.port(), &ca).await.unwrap(), renewed.cert_der());
+    let status = Command::new("kill").args(["-HUP", &std::process::id().to_string()]).status().await.unwrap();
+    assert!(status.success());
+    eventually("SIGHUP reloads the certificate", Duration::from_secs(5), || async {
+        (served_certificate(cp.addr.port(), &ca).await? == renewed.cert_der()).then_some(())
+    })
+    .await;
+}
