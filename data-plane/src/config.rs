@@ -293,19 +293,14 @@ impl ProxyConfig {
                 as usize;
         let path = |env: &str| get(env).map(PathBuf::from);
         let control_ca = path("SIDECAR_CONTROL_CA");
-        let control_client_cert = match (path("SIDECAR_TLS_CLIENT_CERT"), path("SIDECAR_TLS_CLIENT_KEY")) {
-            (Some(cert), Some(key)) => Some((cert, key)),
-            (None, None) => None,
-            (Some(_), None) => {
-                return Err(invalid("SIDECAR_TLS_CLIENT_KEY", "missing: SIDECAR_TLS_CLIENT_CERT needs its key"));
-            }
-            (None, Some(_)) => {
-                return Err(invalid(
-                    "SIDECAR_TLS_CLIENT_CERT",
-                    "missing: SIDECAR_TLS_CLIENT_KEY needs its certificate",
-                ));
-            }
+        // A certificate and its key come together.
+        let pair = |cert: &str, key: &str| match (path(cert), path(key)) {
+            (Some(c), Some(k)) => Ok(Some((c, k))),
+            (None, None) => Ok(None),
+            (Some(_), None) => Err(invalid(key, format!("missing: {cert} needs its key"))),
+            (None, Some(_)) => Err(invalid(cert, format!("missing: {key} needs its certificate"))),
         };
+        let control_client_cert = pair("SIDECAR_TLS_CLIENT_CERT", "SIDECAR_TLS_CLIENT_KEY")?;
         if (control_ca.is_some() || control_client_cert.is_some()) && !control_url.starts_with("https://") {
             let env = if control_ca.is_some() { "SIDECAR_CONTROL_CA" } else { "SIDECAR_TLS_CLIENT_CERT" };
             return Err(invalid(
@@ -315,14 +310,7 @@ impl ProxyConfig {
                 ),
             ));
         }
-        let api_tls = match (path("SIDECAR_TLS_CERT"), path("SIDECAR_TLS_KEY")) {
-            (Some(cert), Some(key)) => Some((cert, key)),
-            (None, None) => None,
-            (Some(_), None) => return Err(invalid("SIDECAR_TLS_KEY", "missing: SIDECAR_TLS_CERT needs its key")),
-            (None, Some(_)) => {
-                return Err(invalid("SIDECAR_TLS_CERT", "missing: SIDECAR_TLS_KEY needs its certificate"));
-            }
-        };
+        let api_tls = pair("SIDECAR_TLS_CERT", "SIDECAR_TLS_KEY")?;
         Ok(Self {
             upstream_ca: path("SIDECAR_UPSTREAM_CA"),
             api_tls,

@@ -276,14 +276,7 @@ impl Store {
                     meta.insert(META_V1_MIGRATED, encode(&true))?;
                 }
                 meta.insert(META_CONFIG_VERSION, encode(&version))?;
-                let entry = AuditRecord {
-                    at_ms,
-                    actor: actor.id.clone(),
-                    role: actor.role.clone(),
-                    action: action.to_owned(),
-                    target: target.to_owned(),
-                    config_version: version,
-                };
+                let entry = AuditRecord::new(at_ms, actor, action, target, version);
                 audit.insert(audit_key(at_ms, audit_id).to_vec(), encode(&entry))?;
                 Ok(version)
             })
@@ -401,14 +394,7 @@ impl Store {
     /// credential, say): the config version is the current one, unchanged.
     pub fn audit_event(&self, actor: &Actor, action: &str, target: &str) -> Result<(), StoreError> {
         let at_ms = now_ms();
-        let entry = AuditRecord {
-            at_ms,
-            actor: actor.id.clone(),
-            role: actor.role.clone(),
-            action: action.to_owned(),
-            target: target.to_owned(),
-            config_version: self.config_version(),
-        };
+        let entry = AuditRecord::new(at_ms, actor, action, target, self.config_version());
         self.audit.insert(audit_key(at_ms, self.db.generate_id()?), encode(&entry))?;
         Ok(())
     }
@@ -418,6 +404,19 @@ impl Store {
         let lo = audit_key(since_ms, 0);
         let hi = audit_key(until_ms, 0);
         self.audit.range(lo..hi).values().map(|v| decode("audit", &v?)).collect()
+    }
+}
+
+impl AuditRecord {
+    fn new(at_ms: i64, actor: &Actor, action: &str, target: &str, config_version: u64) -> Self {
+        Self {
+            at_ms,
+            actor: actor.id.clone(),
+            role: actor.role.clone(),
+            action: action.to_owned(),
+            target: target.to_owned(),
+            config_version,
+        }
     }
 }
 

@@ -205,7 +205,8 @@ pub fn send(
     request: Request<Full<Bytes>>,
     timeout: Duration,
 ) -> impl Future<Output = Result<Response<Incoming>, AttemptError>> + Send + 'static {
-    let host = request.uri().authority().map(|a| a.to_string()).unwrap_or_default();
+    // A refcount, not a copy: only a failed connect formats it.
+    let host = request.uri().authority().cloned();
     let response = client.request(request);
     async move {
         match tokio::time::timeout(timeout, response).await {
@@ -213,7 +214,7 @@ pub fn send(
             Ok(Err(e)) if e.is_connect() => {
                 // The cause (refused, DNS, a certificate the roots do not trust…) names
                 // the host only: the request and its key are not in the error.
-                tracing::warn!(upstream = %host, cause = %causes(&e), "connecting to the provider failed");
+                tracing::warn!(upstream = ?host.map(|h| h.to_string()), cause = %causes(&e), "connecting to the provider failed");
                 Err(AttemptError::Connect)
             }
             Ok(Err(_)) => Err(AttemptError::Io),
