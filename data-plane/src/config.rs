@@ -2,7 +2,10 @@
 //! TOML file (`--config`), then defaults. An invalid value is reported in one line that
 //! names the setting.
 
-use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+pub use sidecar_settings::ConfigError;
+use sidecar_settings::Layered;
 
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,246 +67,129 @@ pub struct ProxyConfig {
     pub upstream_ca: Option<PathBuf>,
 }
 
-/// An invalid setting.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid {setting}: {message}")]
-pub struct ConfigError {
-    /// The setting's names.
-    pub setting: String,
-    /// What is wrong and what is expected.
-    pub message: String,
-}
-
-/// Flags of `sidecar-proxy` (everything but secrets).
-#[derive(Debug, Default, Clone, clap::Args)]
-pub struct Flags {
-    /// TOML file with any of the settings (keys in snake_case, e.g. control_url).
-    #[arg(long, value_name = "FILE")]
-    pub config: Option<PathBuf>,
-    /// Control plane URL [env: SIDECAR_CONTROL_URL] [default: http://127.0.0.1:9290]
-    #[arg(long, value_name = "URL")]
-    pub control_url: Option<String>,
-    /// Node id [env: SIDECAR_NODE_ID] [default: generated once, kept in the data dir]
-    #[arg(long, value_name = "ID")]
-    pub node_id: Option<String>,
-    /// Region [env: SIDECAR_REGION]
-    #[arg(long, value_name = "REGION")]
-    pub region: Option<String>,
-    /// API host [env: SIDECAR_HOST] [default: 127.0.0.1]
-    #[arg(long, value_name = "HOST")]
-    pub host: Option<String>,
-    /// API port [env: SIDECAR_PORT] [default: 9190]
-    #[arg(long, value_name = "PORT")]
-    pub port: Option<String>,
-    /// Ops listen address [env: SIDECAR_OPS_LISTEN] [default: 127.0.0.1:9191]
-    #[arg(long, value_name = "ADDR")]
-    pub ops_listen: Option<String>,
-    /// Data directory [env: SIDECAR_DATA_DIR] [default: ./data/proxy]
-    #[arg(long, value_name = "DIR")]
-    pub data_dir: Option<String>,
-    /// Request body limit in bytes [env: SIDECAR_MAX_BODY_BYTES] [default: 10485760]
-    #[arg(long, value_name = "BYTES")]
-    pub max_body_bytes: Option<String>,
-    /// Log filter [env: SIDECAR_LOG_LEVEL] [default: info]
-    #[arg(long, value_name = "LEVEL")]
-    pub log_level: Option<String>,
-    /// text or json [env: SIDECAR_LOG_FORMAT]
-    #[arg(long, value_name = "FORMAT")]
-    pub log_format: Option<String>,
-    /// API worker threads [env: SIDECAR_WORKERS] [default: one per CPU]
-    #[arg(long, value_name = "N")]
-    pub workers: Option<String>,
-    /// Open client connections allowed on the API port [env: SIDECAR_MAX_CONNECTIONS]
-    /// [default: from the open-file limit]
-    #[arg(long, value_name = "N")]
-    pub max_connections: Option<String>,
-}
-
-struct Setting {
-    env: &'static str,
-    flag: Option<&'static str>,
-    file: &'static str,
-}
-
-const SETTINGS: &[Setting] = &[
-    Setting { env: "SIDECAR_CONTROL_URL", flag: Some("--control-url"), file: "control_url" },
-    Setting { env: "SIDECAR_NODE_TOKEN", flag: None, file: "node_token" },
-    Setting { env: "SIDECAR_NODE_ID", flag: Some("--node-id"), file: "node_id" },
-    Setting { env: "SIDECAR_REGION", flag: Some("--region"), file: "region" },
-    Setting { env: "SIDECAR_HOST", flag: Some("--host"), file: "host" },
-    Setting { env: "SIDECAR_PORT", flag: Some("--port"), file: "port" },
-    Setting { env: "SIDECAR_OPS_LISTEN", flag: Some("--ops-listen"), file: "ops_listen" },
-    Setting { env: "SIDECAR_DATA_DIR", flag: Some("--data-dir"), file: "data_dir" },
-    Setting { env: "SIDECAR_CACHE_KEY", flag: None, file: "cache_key" },
-    Setting { env: "SIDECAR_MAX_BODY_BYTES", flag: Some("--max-body-bytes"), file: "max_body_bytes" },
-    Setting { env: "SIDECAR_LOG_LEVEL", flag: Some("--log-level"), file: "log_level" },
-    Setting { env: "SIDECAR_LOG_FORMAT", flag: Some("--log-format"), file: "log_format" },
-    Setting { env: "SIDECAR_RATE_WINDOW_MS", flag: None, file: "rate_window_ms" },
-    Setting { env: "SIDECAR_SHUTDOWN_GRACE", flag: None, file: "shutdown_grace" },
-    Setting { env: "SIDECAR_OUTBOX_BATCHES", flag: None, file: "outbox_batches" },
-    Setting { env: "SIDECAR_WORKERS", flag: Some("--workers"), file: "workers" },
-    Setting { env: "SIDECAR_HEADER_TIMEOUT", flag: None, file: "header_timeout" },
-    Setting { env: "SIDECAR_BODY_TIMEOUT", flag: None, file: "body_timeout" },
-    Setting { env: "SIDECAR_MAX_CONNECTIONS", flag: Some("--max-connections"), file: "max_connections" },
-    Setting { env: "SIDECAR_CONTROL_CA", flag: None, file: "control_ca" },
-    Setting { env: "SIDECAR_TLS_CLIENT_CERT", flag: None, file: "tls_client_cert" },
-    Setting { env: "SIDECAR_TLS_CLIENT_KEY", flag: None, file: "tls_client_key" },
-    Setting { env: "SIDECAR_TLS_CERT", flag: None, file: "tls_cert" },
-    Setting { env: "SIDECAR_TLS_KEY", flag: None, file: "tls_key" },
-    Setting { env: "SIDECAR_UPSTREAM_CA", flag: None, file: "upstream_ca" },
-];
-
-fn setting(env: &str) -> &'static Setting {
-    SETTINGS.iter().find(|s| s.env == env).expect("known setting")
-}
-
-fn invalid(env: &str, message: impl Into<String>) -> ConfigError {
-    let s = setting(env);
-    let setting = match s.flag {
-        Some(flag) => format!("{} ({flag})", s.env),
-        None => s.env.to_owned(),
-    };
-    ConfigError { setting, message: message.into() }
-}
-
-fn flag_value<'a>(flags: &'a Flags, env: &str) -> Option<&'a String> {
-    match env {
-        "SIDECAR_CONTROL_URL" => flags.control_url.as_ref(),
-        "SIDECAR_NODE_ID" => flags.node_id.as_ref(),
-        "SIDECAR_REGION" => flags.region.as_ref(),
-        "SIDECAR_HOST" => flags.host.as_ref(),
-        "SIDECAR_PORT" => flags.port.as_ref(),
-        "SIDECAR_OPS_LISTEN" => flags.ops_listen.as_ref(),
-        "SIDECAR_DATA_DIR" => flags.data_dir.as_ref(),
-        "SIDECAR_MAX_BODY_BYTES" => flags.max_body_bytes.as_ref(),
-        "SIDECAR_LOG_LEVEL" => flags.log_level.as_ref(),
-        "SIDECAR_LOG_FORMAT" => flags.log_format.as_ref(),
-        "SIDECAR_WORKERS" => flags.workers.as_ref(),
-        "SIDECAR_MAX_CONNECTIONS" => flags.max_connections.as_ref(),
-        _ => None,
+sidecar_settings::settings! {
+    /// Flags of `sidecar-proxy` (everything but secrets).
+    pub struct Flags {
+        /// TOML file with any of the settings (keys in snake_case, e.g. control_url).
+        config
     }
-}
-
-fn read_file(path: &std::path::Path) -> Result<BTreeMap<String, String>, ConfigError> {
-    let err = |message: String| ConfigError { setting: format!("config file {}", path.display()), message };
-    let text = std::fs::read_to_string(path).map_err(|e| err(format!("cannot read it: {e}")))?;
-    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| err(e.message().to_owned()))?;
-    let mut out = BTreeMap::new();
-    for (key, value) in table {
-        if !SETTINGS.iter().any(|s| s.file == key) {
-            let known: Vec<_> = SETTINGS.iter().map(|s| s.file).collect();
-            return Err(err(format!("unknown key `{key}` (known: {})", known.join(", "))));
-        }
-        out.insert(key, value.as_str().map(str::to_owned).unwrap_or_else(|| value.to_string()));
-    }
-    Ok(out)
+    control_url = "SIDECAR_CONTROL_URL", flag "URL": "Control plane URL", default "http://127.0.0.1:9290";
+    node_token = "SIDECAR_NODE_TOKEN": "Node token";
+    node_id = "SIDECAR_NODE_ID", flag "ID": "Node id", computed "generated once, kept in the data dir";
+    region = "SIDECAR_REGION", flag "REGION": "Region";
+    host = "SIDECAR_HOST", flag "HOST": "API host", default "127.0.0.1";
+    port = "SIDECAR_PORT", flag "PORT": "API port", default "9190";
+    ops_listen = "SIDECAR_OPS_LISTEN", flag "ADDR": "Ops listen address", default "127.0.0.1:9191";
+    data_dir = "SIDECAR_DATA_DIR", flag "DIR": "Data directory", default "./data/proxy";
+    cache_key = "SIDECAR_CACHE_KEY": "64 hex characters sealing the on-disk snapshot cache";
+    max_body_bytes = "SIDECAR_MAX_BODY_BYTES", flag "BYTES": "Request body limit in bytes", default "10485760";
+    log_level = "SIDECAR_LOG_LEVEL", flag "LEVEL": "Log filter", default "info";
+    log_format = "SIDECAR_LOG_FORMAT", flag "FORMAT": "text or json", default "text";
+    rate_window_ms = "SIDECAR_RATE_WINDOW_MS": "Rate-limit window, milliseconds", default "60000";
+    shutdown_grace = "SIDECAR_SHUTDOWN_GRACE": "How long shutdown waits for requests, seconds", default "30";
+    outbox_batches = "SIDECAR_OUTBOX_BATCHES": "Usage batches kept while the control plane is away", default "3600";
+    workers = "SIDECAR_WORKERS", flag "N": "API worker threads", computed "one per CPU";
+    header_timeout = "SIDECAR_HEADER_TIMEOUT": "Longest wait for a request's headers, seconds", default "60";
+    body_timeout = "SIDECAR_BODY_TIMEOUT": "Longest wait for a request body, seconds", default "30";
+    max_connections = "SIDECAR_MAX_CONNECTIONS", flag "N": "Open client connections allowed on the API port",
+        computed "from the open-file limit";
+    control_ca = "SIDECAR_CONTROL_CA": "Private CA (PEM) trusted for an https:// control URL";
+    tls_client_cert = "SIDECAR_TLS_CLIENT_CERT": "Client certificate (PEM) for the control plane (mTLS)";
+    tls_client_key = "SIDECAR_TLS_CLIENT_KEY": "Its private key (PEM)";
+    tls_cert = "SIDECAR_TLS_CERT": "Certificate (PEM) to serve the API over HTTPS";
+    tls_key = "SIDECAR_TLS_KEY": "Its private key (PEM)";
+    upstream_ca = "SIDECAR_UPSTREAM_CA": "CA certificates (PEM) trusted for providers";
 }
 
 impl ProxyConfig {
     /// Resolves the configuration from flags, an environment lookup and the file.
     pub fn resolve(flags: &Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        let file = match &flags.config {
-            Some(path) => read_file(path)?,
-            None => BTreeMap::new(),
-        };
-        let get = |name: &str| -> Option<String> {
-            flag_value(flags, name)
-                .cloned()
-                .or_else(|| env(name).filter(|v| !v.is_empty()))
-                .or_else(|| file.get(setting(name).file).cloned())
-        };
-        let parse_num =
-            |name: &str, default: u64, min: u64, max: u64| -> Result<u64, ConfigError> {
-                match get(name) {
-                    None => Ok(default),
-                    Some(raw) => raw.trim().parse::<u64>().ok().filter(|v| (min..=max).contains(v)).ok_or_else(|| {
-                        invalid(name, format!("expected a whole number from {min} to {max}, got {raw:?}"))
-                    }),
-                }
-            };
+        let src = Layered::new(flags, env)?;
+        let whole = |min: u64, max: u64| move |s: &str| s.parse::<u64>().ok().filter(|v| (min..=max).contains(v));
+        let num =
+            |name: &str, min, max| src.parse(name, &format!("a whole number from {min} to {max}"), whole(min, max));
+        let opt_num =
+            |name: &str, min, max| src.parse_opt(name, &format!("a whole number from {min} to {max}"), whole(min, max));
 
-        let control_url = get("SIDECAR_CONTROL_URL").unwrap_or_else(|| "http://127.0.0.1:9290".into());
+        let control_url = src.text("SIDECAR_CONTROL_URL")?;
         match control_url.parse::<http::Uri>() {
             Ok(u) if matches!(u.scheme_str(), Some("http" | "https")) && u.authority().is_some() => {}
             _ => {
-                return Err(invalid(
+                return Err(src.invalid(
                     "SIDECAR_CONTROL_URL",
                     format!("expected an http(s) URL such as http://127.0.0.1:9290, got {control_url:?}"),
                 ));
             }
         }
-        let node_token = get("SIDECAR_NODE_TOKEN");
-        let node_id = get("SIDECAR_NODE_ID");
+        let node_token = src.value("SIDECAR_NODE_TOKEN");
+        let node_id = src.value("SIDECAR_NODE_ID");
         if let Some(id) = &node_id
             && (id.len() > 128 || !id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
         {
-            return Err(invalid("SIDECAR_NODE_ID", "expected 1-128 letters, digits, '-', '_' or '.'"));
+            return Err(src.invalid("SIDECAR_NODE_ID", "expected 1-128 letters, digits, '-', '_' or '.'"));
         }
-        let region = get("SIDECAR_REGION").unwrap_or_default();
+        let region = src.value("SIDECAR_REGION").unwrap_or_default();
         if region.len() > 64 || !region.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')) {
-            return Err(invalid("SIDECAR_REGION", "expected up to 64 letters, digits, '-', '_' or '.'"));
+            return Err(src.invalid("SIDECAR_REGION", "expected up to 64 letters, digits, '-', '_' or '.'"));
         }
-        let host = get("SIDECAR_HOST").unwrap_or_else(|| "127.0.0.1".into());
-        let port = parse_num("SIDECAR_PORT", 9190, 0, 65535)?;
+        let host = src.text("SIDECAR_HOST")?;
+        let port = num("SIDECAR_PORT", 0, 65535)?;
         let listen: SocketAddr =
             format!("{host}:{port}").parse().or_else(|_| format!("[{host}]:{port}").parse()).map_err(|_| {
-                invalid("SIDECAR_HOST", format!("expected an IP address such as 127.0.0.1 or 0.0.0.0, got {host:?}"))
+                src.invalid(
+                    "SIDECAR_HOST",
+                    format!("expected an IP address such as 127.0.0.1 or 0.0.0.0, got {host:?}"),
+                )
             })?;
-        let ops_raw = get("SIDECAR_OPS_LISTEN").unwrap_or_else(|| "127.0.0.1:9191".into());
-        let ops_listen: SocketAddr = ops_raw.parse().map_err(|_| {
-            invalid("SIDECAR_OPS_LISTEN", format!("expected host:port such as 127.0.0.1:9191, got {ops_raw:?}"))
-        })?;
-        let data_dir = PathBuf::from(get("SIDECAR_DATA_DIR").unwrap_or_else(|| "./data/proxy".into()));
-        let cache_key = match get("SIDECAR_CACHE_KEY") {
+        let ops_listen = src.parse("SIDECAR_OPS_LISTEN", "host:port such as 127.0.0.1:9191", |s| s.parse().ok())?;
+        let data_dir = PathBuf::from(src.text("SIDECAR_DATA_DIR")?);
+        let cache_key = match src.value("SIDECAR_CACHE_KEY") {
             None => None,
             Some(raw) => {
                 let bytes = hex::decode(raw.trim()).ok().and_then(|b| <[u8; 32]>::try_from(b).ok());
                 Some(bytes.ok_or_else(|| {
-                    invalid(
+                    src.invalid(
                         "SIDECAR_CACHE_KEY",
                         "expected 64 hex characters (32 bytes), e.g. from `sidecar-control gen-key`",
                     )
                 })?)
             }
         };
-        let max_body_bytes = parse_num("SIDECAR_MAX_BODY_BYTES", 10 * 1024 * 1024, 1024, 1024 * 1024 * 1024)? as usize;
-        let log_level = get("SIDECAR_LOG_LEVEL").unwrap_or_else(|| "info".into());
+        let max_body_bytes = num("SIDECAR_MAX_BODY_BYTES", 1024, 1024 * 1024 * 1024)? as usize;
+        let log_level = src.text("SIDECAR_LOG_LEVEL")?;
         if tracing_subscriber::EnvFilter::try_new(&log_level).is_err() {
-            return Err(invalid(
+            return Err(src.invalid(
                 "SIDECAR_LOG_LEVEL",
                 format!("expected a level (error, warn, info, debug, trace) or a filter directive, got {log_level:?}"),
             ));
         }
-        let log_format = match get("SIDECAR_LOG_FORMAT").as_deref() {
-            None | Some("text") => LogFormat::Text,
-            Some("json") => LogFormat::Json,
-            Some(other) => {
-                return Err(invalid("SIDECAR_LOG_FORMAT", format!("expected text or json, got {other:?}")));
-            }
-        };
-        let rate_window = Duration::from_millis(parse_num("SIDECAR_RATE_WINDOW_MS", 60_000, 100, 3_600_000)?);
-        let shutdown_grace = Duration::from_secs(parse_num("SIDECAR_SHUTDOWN_GRACE", 30, 0, 3600)?);
-        let outbox_capacity = parse_num("SIDECAR_OUTBOX_BATCHES", 3600, 1, 1_000_000)? as usize;
+        let log_format = src.parse("SIDECAR_LOG_FORMAT", "text or json", |s| match s {
+            "text" => Some(LogFormat::Text),
+            "json" => Some(LogFormat::Json),
+            _ => None,
+        })?;
+        let rate_window = Duration::from_millis(num("SIDECAR_RATE_WINDOW_MS", 100, 3_600_000)?);
+        let shutdown_grace = Duration::from_secs(num("SIDECAR_SHUTDOWN_GRACE", 0, 3600)?);
+        let outbox_capacity = num("SIDECAR_OUTBOX_BATCHES", 1, 1_000_000)? as usize;
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let workers = parse_num("SIDECAR_WORKERS", cpus as u64, 1, 1024)? as usize;
-        let header_timeout = Duration::from_secs(parse_num("SIDECAR_HEADER_TIMEOUT", 60, 1, 3600)?);
-        let body_timeout = Duration::from_secs(parse_num("SIDECAR_BODY_TIMEOUT", 30, 1, 3600)?);
-        let max_connections =
-            parse_num("SIDECAR_MAX_CONNECTIONS", default_max_connections(open_file_limit()) as u64, 1, 10_000_000)?
-                as usize;
-        let path = |env: &str| get(env).map(PathBuf::from);
+        let workers = opt_num("SIDECAR_WORKERS", 1, 1024)?.map_or(cpus, |n| n as usize);
+        let header_timeout = Duration::from_secs(num("SIDECAR_HEADER_TIMEOUT", 1, 3600)?);
+        let body_timeout = Duration::from_secs(num("SIDECAR_BODY_TIMEOUT", 1, 3600)?);
+        let max_connections = opt_num("SIDECAR_MAX_CONNECTIONS", 1, 10_000_000)?
+            .map_or_else(|| default_max_connections(open_file_limit()), |n| n as usize);
+        let path = |env: &str| src.value(env).map(PathBuf::from);
         let control_ca = path("SIDECAR_CONTROL_CA");
         // A certificate and its key come together.
         let pair = |cert: &str, key: &str| match (path(cert), path(key)) {
             (Some(c), Some(k)) => Ok(Some((c, k))),
             (None, None) => Ok(None),
-            (Some(_), None) => Err(invalid(key, format!("missing: {cert} needs its key"))),
-            (None, Some(_)) => Err(invalid(cert, format!("missing: {key} needs its certificate"))),
+            (Some(_), None) => Err(src.invalid(key, format!("missing: {cert} needs its key"))),
+            (None, Some(_)) => Err(src.invalid(cert, format!("missing: {key} needs its certificate"))),
         };
         let control_client_cert = pair("SIDECAR_TLS_CLIENT_CERT", "SIDECAR_TLS_CLIENT_KEY")?;
         if (control_ca.is_some() || control_client_cert.is_some()) && !control_url.starts_with("https://") {
             let env = if control_ca.is_some() { "SIDECAR_CONTROL_CA" } else { "SIDECAR_TLS_CLIENT_CERT" };
-            return Err(invalid(
+            return Err(src.invalid(
                 env,
                 format!(
                     "is TLS, but SIDECAR_CONTROL_URL {control_url:?} is not https://; use the https:// URL of the control plane"
