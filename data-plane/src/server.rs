@@ -6,15 +6,12 @@
 use std::{future::Future, path::Path, sync::Arc, time::Duration};
 
 use arc_swap::ArcSwap;
-use sidecar_proto::v1::{self as pb, node_service_client::NodeServiceClient};
 use tokio::{net::TcpListener, sync::watch, task::JoinSet, time::Instant};
-use tonic::transport::Channel;
 use tracing::{info, warn};
 
 use crate::{
-    auth::Bearer,
     config::ProxyConfig,
-    config_sync::{Cache, Syncer},
+    config_sync::{self, Cache, NodeIdentity, Syncer},
     metrics::Metrics,
     ops,
     report::{self, Outbox},
@@ -56,7 +53,7 @@ pub struct Proxy {
     shared: Arc<Shared>,
     syncer: Syncer,
     usage_rx: tokio::sync::mpsc::Receiver<report::UsageEvent>,
-    client: report::NodeClient,
+    client: config_sync::NodeClient,
     boot_id: String,
     outbox_capacity: usize,
     grace: Duration,
@@ -90,18 +87,7 @@ impl Proxy {
             .map_err(|e| InitError::DataDir(config.data_dir.display().to_string(), e))?;
         restrict(&config.data_dir);
         let node_id = node_id(config)?;
-        let mut endpoint =
-            Channel::from_shared(config.control_url.clone()).map_err(|e| InitError::ControlUrl(e.to_string()))?;
-        if let Some(tls) = crate::tls::control(config)? {
-            endpoint = endpoint.tls_config(tls).map_err(|e| InitError::ControlUrl(e.to_string()))?;
-        }
-        let channel = endpoint
-            .connect_timeout(Duration::from_secs(5))
-            .http2_keep_alive_interval(Duration::from_secs(20))
-            .keep_alive_timeout(Duration::from_secs(10))
-            .keep_alive_while_idle(true)
-            .connect_lazy();
-        let client = NodeServiceClient::with_interceptor(channel, Bearer::new(config.node_token.as_deref()));
+        let client = config_sync::connect(config)?;
         let outbox_dir = config.data_dir.join("outbox");
         let (outbox, recovered) = Outbox::open(&outbox_dir, config.outbox_capacity)
             .map_err(|e| InitError::DataDir(outbox_dir.display().to_string(), e))?;
@@ -142,14 +128,8 @@ impl Proxy {
                 None
             }
         };
-        let hello = pb::Hello {
-            node_id,
-            region: config.region.clone(),
-            software_version: env!("CARGO_PKG_VERSION").into(),
-            config_version: 0,
-            boot_id: boot_id.clone(),
-        };
-        let syncer = Syncer::new(shared.clone(), client.clone(), hello, cache, config.rate_window, events_rx);
+        let identity = NodeIdentity { node_id, region: config.region.clone(), boot_id: boot_id.clone() };
+        let syncer = Syncer::new(shared.clone(), client.clone(), identity, cache, config.rate_window, events_rx);
         syncer.load_cache();
         Ok(Self {
             shared,

@@ -6,7 +6,6 @@ use std::sync::{
 };
 
 use arc_swap::ArcSwap;
-use sidecar_proto::v1 as pb;
 use tokio::{
     sync::{Notify, mpsc},
     time::Instant,
@@ -14,7 +13,7 @@ use tokio::{
 
 use crate::{
     metrics::Metrics,
-    report::UsageSink,
+    report::{NodeEvent, UsageSink},
     routing::{Bundle, Queue},
 };
 
@@ -159,7 +158,7 @@ pub struct Shared {
     /// Metrics.
     pub metrics: Metrics,
     /// 429 and recovery events to the Sync stream (sent at once, not batched).
-    pub events: mpsc::Sender<pb::node_message::Kind>,
+    pub events: mpsc::Sender<NodeEvent>,
     /// Sync stream state.
     pub sync: SyncStatus,
     /// /status counters.

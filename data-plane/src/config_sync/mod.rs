@@ -2,9 +2,13 @@
 //! each snapshot into a prepared bundle (all fallible work first), applies it with one
 //! `ArcSwap` store, and only then ACKs; an invalid snapshot is NACKed with the reason and
 //! the last good config keeps serving. It reconnects with exponential backoff and jitter,
-//! and carries the node's 429 events to the control plane as they happen.
+//! and carries the node's 429 and recovery events to the control plane as they happen.
+//! Protobuf stays inside this module (and `report`'s delivery): snapshots are decoded
+//! here (`snapshot`), and the node client is built here (`client`).
 
 mod cache;
+mod client;
+mod snapshot;
 
 use std::{sync::Arc, time::Duration};
 
@@ -18,9 +22,10 @@ use tonic::Code;
 use tracing::{error, info, warn};
 
 pub use cache::Cache;
+pub use client::{NodeClient, connect};
 
 use crate::{
-    report::NodeClient,
+    report::NodeEvent,
     routing::Bundle,
     snapshot::{Snapshot, SnapshotError},
     state::Shared,
@@ -29,6 +34,17 @@ use crate::{
 /// How often the node tells the control plane its demand.
 const DEMAND_EVERY: Duration = Duration::from_secs(1);
 
+/// Who this node is, as it introduces itself on every Sync stream.
+#[derive(Debug, Clone)]
+pub struct NodeIdentity {
+    /// Node id.
+    pub node_id: String,
+    /// Region label.
+    pub region: String,
+    /// Random per process start.
+    pub boot_id: String,
+}
+
 /// The sync task.
 pub struct Syncer {
     shared: Arc<Shared>,
@@ -36,7 +52,7 @@ pub struct Syncer {
     hello: pb::Hello,
     cache: Option<Cache>,
     window: Duration,
-    events: mpsc::Receiver<pb::node_message::Kind>,
+    events: mpsc::Receiver<NodeEvent>,
 }
 
 impl Syncer {
@@ -44,11 +60,19 @@ impl Syncer {
     pub fn new(
         shared: Arc<Shared>,
         client: NodeClient,
-        hello: pb::Hello,
+        identity: NodeIdentity,
         cache: Option<Cache>,
         window: Duration,
-        events: mpsc::Receiver<pb::node_message::Kind>,
+        events: mpsc::Receiver<NodeEvent>,
     ) -> Self {
+        let NodeIdentity { node_id, region, boot_id } = identity;
+        let hello = pb::Hello {
+            node_id,
+            region,
+            software_version: env!("CARGO_PKG_VERSION").into(),
+            config_version: 0,
+            boot_id,
+        };
         Self { shared, client, hello, cache, window, events }
     }
 
@@ -248,7 +272,7 @@ impl Syncer {
                     }
                 }
                 Some(event) = self.events.recv() => {
-                    let _ = tx.send(pb::NodeMessage { kind: Some(event) }).await;
+                    let _ = tx.send(pb::NodeMessage { kind: Some(event.into()) }).await;
                 }
                 _ = demand_tick.tick() => {
                     let demand = self.demand(DEMAND_EVERY);

@@ -18,7 +18,7 @@ use tracing::{debug, warn};
 
 use super::body::{ApiResponse, ProxyBody};
 use crate::{
-    report::{Outcome, UsageEvent},
+    report::{BackendRecovered, NodeEvent, Outcome, RateLimitEvent, UsageEvent},
     routing::Grant,
     snapshot::{Cost, Settings},
     state::{Counters, Shared},
@@ -135,11 +135,8 @@ impl Attempt {
             };
             if had_429s {
                 // The fleet-wide count starts over too.
-                let recovered = sidecar_proto::v1::BackendRecovered {
-                    backend_id: backend.config.id.clone(),
-                    at_ms: crate::now_ms(),
-                };
-                let _ = shared.events.try_send(sidecar_proto::v1::node_message::Kind::Recovered(recovered));
+                let recovered = BackendRecovered { backend_id: backend.config.id.clone(), at_ms: crate::now_ms() };
+                let _ = shared.events.try_send(NodeEvent::Recovered(recovered));
             }
             backend.state.health.lock().expect("health lock").on_success();
             backend.state.retreat.lock().expect("retreat lock").record(Instant::now(), false);
@@ -361,12 +358,12 @@ fn on_rate_limited(
     };
     backend.state.retreat.lock().expect("retreat lock").record(now, true);
     warn!(backend = %backend.config.id, count, cooldown_ms = applied.as_millis() as u64, "upstream 429: cooling down");
-    let event = sidecar_proto::v1::RateLimitEvent {
+    let event = RateLimitEvent {
         backend_id: backend.config.id.clone(),
-        retry_after_ms: retry_after.map_or(0, |d| d.as_millis() as u64),
-        cooldown_ms: applied.as_millis() as u64,
+        retry_after,
+        cooldown: applied,
         consecutive_count: count,
         at_ms: crate::now_ms(),
     };
-    let _ = shared.events.try_send(sidecar_proto::v1::node_message::Kind::RateLimited(event));
+    let _ = shared.events.try_send(NodeEvent::RateLimited(event));
 }

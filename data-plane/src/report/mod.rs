@@ -1,67 +1,31 @@
-//! Usage reports: every finished upstream attempt becomes an event on a bounded channel;
-//! one task aggregates events per (minute, backend, model) and cuts a batch every second;
-//! a bounded outbox holds batches until the control plane acknowledges them, so an outage
-//! loses nothing that fits (beyond that the oldest batches are dropped and counted).
+//! Usage reports: every finished upstream attempt becomes a [`UsageEvent`] on a bounded
+//! channel; one task sums events per (minute, backend, model) in its own totals and cuts a
+//! batch every second; a bounded outbox holds batches until the control plane
+//! acknowledges them, so an outage loses nothing that fits (beyond that the oldest
+//! batches are dropped and counted). The request path's events are domain types
+//! (`event`); `wire` turns them into protobuf, at delivery only.
 
+mod aggregate;
+mod event;
 mod outbox;
+mod wire;
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
-use sidecar_proto::v1::{self as pb, node_service_client::NodeServiceClient};
+use sidecar_proto::v1 as pb;
 use tokio::sync::{mpsc, watch};
-use tonic::{service::interceptor::InterceptedService, transport::Channel};
 use tracing::{debug, error, warn};
 
-use crate::{auth::Bearer, metrics::Metrics, upstream::Usage};
+pub use crate::config_sync::NodeClient;
+use crate::metrics::Metrics;
+use aggregate::{UsageKey, UsageTotals};
+pub use event::{BackendRecovered, NodeEvent, Outcome, RateLimitEvent, UsageEvent};
 
 /// How often the aggregator sweeps the event channel.
 const DRAIN_EVERY: Duration = Duration::from_millis(50);
 
 /// Upper bounds (ms) of the latency histogram buckets, as the control plane reads them.
 pub const LATENCY_BUCKETS_MS: [u64; 10] = [50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000];
-
-/// How an attempt ended, for usage counters.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    /// Upstream 2xx.
-    Success,
-    /// Upstream 429.
-    RateLimited,
-    /// Upstream 5xx.
-    ServerError,
-    /// No answer in time.
-    Timeout,
-    /// No connection (or it broke).
-    Connect,
-    /// Upstream 4xx other than 429.
-    ClientError,
-}
-
-/// One finished upstream attempt.
-#[derive(Debug, Clone)]
-pub struct UsageEvent {
-    /// Unix ms when it finished.
-    pub at_ms: i64,
-    /// Backend id.
-    pub backend_id: Arc<str>,
-    /// Backend pool.
-    pub pool: Arc<str>,
-    /// Canonical model the client asked for.
-    pub model: Arc<str>,
-    /// How the upstream attempt ended; `None` when the event only records an answer
-    /// (the proxy answered itself, or passed on an earlier attempt's error).
-    pub attempt: Option<Outcome>,
-    /// The client got its answer from this event: `Some(true)` for 2xx.
-    pub answered: Option<bool>,
-    /// Tokens, when the response carried usage.
-    pub usage: Option<Usage>,
-    /// Cost in USD.
-    pub cost_usd: f64,
-    /// Request to end of response.
-    pub latency: Duration,
-    /// Request to first byte, for streams.
-    pub ttft: Option<Duration>,
-}
 
 /// Where request handlers send usage events.
 #[derive(Clone)]
@@ -89,47 +53,6 @@ pub fn channel(metrics: Metrics) -> (UsageSink, mpsc::Receiver<UsageEvent>) {
 
 pub use outbox::{Outbox, Recovered};
 
-fn bucket_index(ms: u64) -> usize {
-    LATENCY_BUCKETS_MS.iter().position(|&b| ms <= b).unwrap_or(LATENCY_BUCKETS_MS.len())
-}
-
-fn add(record: &mut pb::UsageRecord, e: &UsageEvent) {
-    match e.answered {
-        Some(true) => record.answered += 1,
-        Some(false) => {
-            record.answered += 1;
-            record.answered_errors += 1;
-        }
-        None => {}
-    }
-    let Some(outcome) = e.attempt else { return };
-    record.attempts += 1;
-    match outcome {
-        Outcome::Success => record.succeeded += 1,
-        Outcome::RateLimited => record.errors_429 += 1,
-        Outcome::ServerError => record.errors_5xx += 1,
-        Outcome::Timeout => record.errors_timeout += 1,
-        Outcome::Connect => record.errors_connect += 1,
-        Outcome::ClientError => record.errors_4xx += 1,
-    }
-    if let Some(u) = e.usage {
-        record.prompt_tokens += u.prompt;
-        record.completion_tokens += u.completion;
-        record.total_tokens += u.total;
-    }
-    record.cost_usd += e.cost_usd;
-    let ms = e.latency.as_millis() as u64;
-    record.latency_ms_sum += ms;
-    if record.latency_histogram.is_empty() {
-        record.latency_histogram = vec![0; LATENCY_BUCKETS_MS.len() + 1];
-    }
-    record.latency_histogram[bucket_index(ms)] += 1;
-    if let Some(t) = e.ttft {
-        record.ttft_ms_sum += t.as_millis() as u64;
-        record.ttft_count += 1;
-    }
-}
-
 /// Who the batches are from and how they are cut.
 pub struct Batching {
     /// This node.
@@ -154,41 +77,24 @@ pub async fn aggregate(
     done: watch::Sender<bool>,
 ) {
     let Batching { node_id, boot_id, capacity, interval } = batching;
-    let mut pending: HashMap<(i64, Arc<str>, Arc<str>), pb::UsageRecord> = HashMap::new();
+    let mut pending: HashMap<UsageKey, UsageTotals> = HashMap::new();
     let mut seq = 0u64;
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut cut = |pending: &mut HashMap<_, pb::UsageRecord>| {
+    let mut cut = |pending: &mut HashMap<UsageKey, UsageTotals>| {
         if pending.is_empty() {
             return;
         }
         seq += 1;
-        let batch = pb::ReportBatch {
-            node_id: node_id.clone(),
-            boot_id: boot_id.clone(),
-            seq,
-            records: pending.drain().map(|(_, r)| r).collect(),
-            sent_at_ms: crate::now_ms(),
-            // Set when sent: the batch may outlive this process.
-            sender_boot_id: String::new(),
-        };
-        let dropped = outbox.push(batch, capacity);
+        let header = wire::BatchHeader { node_id: &node_id, boot_id: &boot_id, seq };
+        let dropped = outbox.push(wire::report_batch(header, pending.drain()), capacity);
         if dropped > 0 {
             warn!(dropped, "usage outbox full: dropped the oldest batches");
             metrics.outbox_dropped(dropped);
         }
     };
-    let put = |pending: &mut HashMap<(i64, Arc<str>, Arc<str>), pb::UsageRecord>, e: UsageEvent| {
-        let minute = e.at_ms - e.at_ms.rem_euclid(60_000);
-        let record =
-            pending.entry((minute, e.backend_id.clone(), e.model.clone())).or_insert_with(|| pb::UsageRecord {
-                minute_ms: minute,
-                backend_id: e.backend_id.to_string(),
-                model: e.model.to_string(),
-                pool: e.pool.to_string(),
-                ..Default::default()
-            });
-        add(record, &e);
+    let put = |pending: &mut HashMap<UsageKey, UsageTotals>, e: UsageEvent| {
+        pending.entry(UsageKey::of(&e)).or_insert_with(|| UsageTotals::new(e.pool.clone())).add(&e);
     };
     // Events are drained in small periodic sweeps rather than one wake-up per event: at
     // tens of thousands of requests a second, waking this task per event costs more than
@@ -225,9 +131,6 @@ pub async fn aggregate(
     cut(&mut pending);
     let _ = done.send(true);
 }
-
-/// The node client used for reports.
-pub type NodeClient = NodeServiceClient<InterceptedService<Channel, Bearer>>;
 
 /// Sends outbox batches in order, one at a time, retrying with backoff until each is
 /// acknowledged; `boot_id` (this process) is sent as the sender, whichever run cut the
@@ -299,6 +202,7 @@ pub async fn deliver(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::upstream::Usage;
 
     fn event(outcome: Outcome, at_ms: i64, ms: u64) -> UsageEvent {
         UsageEvent {

@@ -1,6 +1,7 @@
-//! Talking to providers: the pooled HTTPS client (rustls with
-//! webpki roots, HTTP/2 where the provider negotiates it, keep-alive), request building
-//! (model rewrite, key, header hygiene), and classification of what came back.
+//! Talking to providers: the HTTPS client (rustls with the bundled, system and
+//! `SIDECAR_UPSTREAM_CA` roots, HTTP/2 where the provider negotiates it, keep-alive), of
+//! which each API worker thread builds its own, with its own connection pool; request
+//! building (model rewrite, key, header hygiene); and classification of what came back.
 
 mod body;
 mod sse;
@@ -21,7 +22,8 @@ pub use body::{Finished, TappedBody};
 pub use sse::UsageChunkFilter;
 pub use usage::{Usage, UsageScanner};
 
-/// The process-wide upstream client.
+/// An upstream client: one per API worker thread, each with its own connection pool (see
+/// `workers`); the TLS config behind them is shared.
 pub type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 /// An error and its sources, `: `-joined.
@@ -53,8 +55,8 @@ pub fn tls_config(extra: &[rustls::pki_types::CertificateDer<'static>]) -> std::
     std::sync::Arc::new(config)
 }
 
-/// Builds the shared client: connect timeout, keep-alive pool, HTTP/1.1 and HTTP/2 by ALPN,
-/// certificates checked against `tls`'s roots.
+/// Builds one worker's client: connect timeout, keep-alive pool, HTTP/1.1 and HTTP/2 by
+/// ALPN, certificates checked against `tls`'s roots.
 pub fn client(connect_timeout: Duration, tls: &rustls::ClientConfig) -> HttpClient {
     let mut http = HttpConnector::new();
     http.set_connect_timeout(Some(connect_timeout));
