@@ -14,6 +14,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         // Lets the CLI print any response as JSON without a hand-written view per type.
         .type_attribute(".", "#[derive(serde::Serialize)]")
+        // Enum fields print as their lower-case names ("viewer", "healthy"), not numbers.
+        .field_attribute("sidecar.v1.Token.role", r#"#[serde(serialize_with = "crate::json::role")]"#)
+        .field_attribute("sidecar.v1.Backend.status", r#"#[serde(serialize_with = "crate::json::backend_status")]"#)
+        .field_attribute("sidecar.v1.BackendLive.status", r#"#[serde(serialize_with = "crate::json::backend_status")]"#)
+        .field_attribute(
+            "sidecar.v1.GetStatsResponse.granularity",
+            r#"#[serde(serialize_with = "crate::json::granularity")]"#,
+        )
         .compile_fds(fds)?;
     Ok(())
 }

@@ -16,14 +16,15 @@ use crate::{
 /// and then all its records add up without overflow.
 pub fn report_batch(data: &[u8]) {
     let Ok(batch) = pb::ReportBatch::decode(data) else { return };
-    match crate::node::check_batch(&batch) {
+    match crate::api::convert::report::check_batch(&batch) {
         Ok(records) => {
             let mut total = UsageCounters::default();
             for r in &records {
                 total.checked_merge(&r.counters).expect("an accepted batch adds up");
             }
         }
-        Err(status) => {
+        Err(e) => {
+            let status = tonic::Status::from(crate::api::ApiError::from(e));
             assert_eq!(status.code(), tonic::Code::InvalidArgument);
             assert!(status.message().contains(':'), "names the field: {}", status.message());
         }

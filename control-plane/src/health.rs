@@ -11,6 +11,7 @@ use tracing::{info, warn};
 use crate::{
     probe,
     state::Shared,
+    status::Health,
     store::{Actor, ConfigChange, UsageCounters},
     util::now_ms,
 };
@@ -62,7 +63,7 @@ pub async fn run(shared: Arc<Shared>, client: reqwest::Client) {
         }
         failures.retain(|id, _| config.backends.iter().any(|(b, _)| &b.id == id));
         let passive = passive_failures(&shared);
-        let next: HashMap<String, &'static str> = config
+        let next: HashMap<String, Health> = config
             .backends
             .iter()
             .filter(|(b, _)| {
@@ -70,7 +71,7 @@ pub async fn run(shared: Arc<Shared>, client: reqwest::Client) {
                     || bad_key.get(&b.id).copied().unwrap_or(false)
                     || passive.get(&b.id).copied().unwrap_or(false)
             })
-            .map(|(b, _)| (b.id.clone(), "error"))
+            .map(|(b, _)| (b.id.clone(), Health::Error))
             .collect();
         apply(&shared, next).await;
     }
@@ -94,7 +95,7 @@ fn passive_failures(shared: &Shared) -> HashMap<String, bool> {
 
 /// Swaps in the new health map; a change is committed (audited, version bumped) and
 /// published so every node routes by it.
-pub async fn apply(shared: &Shared, next: HashMap<String, &'static str>) {
+pub async fn apply(shared: &Shared, next: HashMap<String, Health>) {
     let _guard = shared.writer.lock().await;
     let changed: Vec<String> = {
         let mut health = shared.health.lock().expect("health lock");

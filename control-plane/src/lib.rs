@@ -5,27 +5,34 @@
 
 #![forbid(unsafe_code)]
 
-pub mod admin;
+// The wire edge: where requests come in.
+pub mod api;
+
+// The domain: what the control plane knows and decides.
 pub mod auth;
-pub mod config;
-pub mod console;
 pub mod crypto;
 pub mod dashboard;
 pub mod fleet;
-#[doc(hidden)]
-pub mod fuzzing;
 pub mod health;
 pub mod maintenance;
-pub mod metrics;
-pub mod node;
+pub mod nodes;
 pub mod probe;
-pub mod reflection;
-pub mod server;
+pub mod snapshot;
 pub mod state;
+pub mod stats;
+pub mod status;
 pub mod store;
+pub mod transfer;
+pub mod validate;
+
+// The process: configuration, start-up, listeners, metrics.
+pub mod config;
+#[doc(hidden)]
+pub mod fuzzing;
+pub mod metrics;
+pub mod server;
 pub mod tls;
 pub mod util;
-pub mod validate;
 
 pub use config::{ConfigError, ControlConfig, Flags, LogFormat};
 pub use server::{ControlPlane, InitError, ServeError};

@@ -16,9 +16,9 @@ use tokio::time::{Instant, sleep_until};
 use tracing::{debug, info, warn};
 
 use crate::{
-    admin::ExportDocument,
     state::Shared,
     store::{Granularity, Settings, Store, StoreError},
+    transfer::ExportDocument,
     util::now_ms,
 };
 

@@ -9,7 +9,6 @@ use std::{
     },
 };
 
-use sidecar_proto::v1 as pb;
 use tracing::warn;
 
 use crate::{
@@ -17,6 +16,21 @@ use crate::{
     store::{NodeRecord, Store},
     util::now_ms,
 };
+
+/// What a node says when it opens its Sync stream.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Hello {
+    /// Its id (validated).
+    pub node_id: String,
+    /// Its region; empty = none.
+    pub region: String,
+    /// Its software version.
+    pub software_version: String,
+    /// Config version it already runs (from its cache); 0 = none.
+    pub config_version: u64,
+    /// Its process's boot id.
+    pub boot_id: String,
+}
 
 /// Connected nodes by id; a node id has at most one live session (the newest).
 #[derive(Default)]
@@ -67,7 +81,7 @@ impl NodeRegistry {
     }
 
     /// A node said hello; returns its session id.
-    pub fn connect(&self, store: &Store, hello: &pb::Hello) -> u64 {
+    pub fn connect(&self, store: &Store, hello: &Hello) -> u64 {
         let session = self.next_session.fetch_add(1, Ordering::Relaxed) + 1;
         let connected = {
             let mut live = self.live.lock().expect("registry lock");

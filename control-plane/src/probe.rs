@@ -3,7 +3,20 @@
 
 use std::time::{Duration, Instant};
 
-use sidecar_proto::v1 as pb;
+/// What a probe found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProbeResult {
+    /// The upstream answered 2xx.
+    pub ok: bool,
+    /// Its HTTP status; 0 when no HTTP answer came (connect error, timeout).
+    pub http_status: u32,
+    /// What happened, for people; never contains the key.
+    pub message: String,
+    /// How long it took.
+    pub latency_ms: u32,
+    /// Model ids the upstream listed.
+    pub models: Vec<String>,
+}
 
 /// The HTTP client for key validation and health probes.
 pub fn client() -> reqwest::Client {
@@ -15,12 +28,7 @@ pub fn client() -> reqwest::Client {
 }
 
 /// Calls `GET {base_url}/models` with `api_key` as a bearer token.
-pub async fn probe(
-    client: &reqwest::Client,
-    base_url: &str,
-    api_key: &str,
-    timeout: Duration,
-) -> pb::ValidateBackendResponse {
+pub async fn probe(client: &reqwest::Client, base_url: &str, api_key: &str, timeout: Duration) -> ProbeResult {
     let started = Instant::now();
     let url = format!("{}/models", base_url.trim_end_matches('/'));
     let result = client.get(&url).bearer_auth(api_key).timeout(timeout).send().await;
@@ -36,13 +44,7 @@ pub async fn probe(
             } else {
                 format!("request failed: {}", scrub(&e.to_string()))
             };
-            return pb::ValidateBackendResponse {
-                ok: false,
-                http_status: 0,
-                message: what,
-                latency_ms,
-                models: vec![],
-            };
+            return ProbeResult { ok: false, http_status: 0, message: what, latency_ms, models: vec![] };
         }
     };
     let status = response.status();
@@ -65,11 +67,5 @@ pub async fn probe(
         let reason = status.canonical_reason().unwrap_or("");
         format!("{} {reason}: {}", status.as_u16(), scrub(upstream.trim()))
     };
-    pb::ValidateBackendResponse {
-        ok: status.is_success(),
-        http_status: status.as_u16() as u32,
-        message,
-        latency_ms,
-        models,
-    }
+    ProbeResult { ok: status.is_success(), http_status: status.as_u16() as u32, message, latency_ms, models }
 }

@@ -5,26 +5,20 @@ use std::{future::Future, sync::Arc, time::Duration};
 
 use axum::{Json, Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
 use http::{HeaderName, HeaderValue, Method};
-use sidecar_proto::v1::{admin_service_server::AdminServiceServer, node_service_server::NodeServiceServer};
 use tokio::{net::TcpListener, sync::watch};
 use tokio_stream::wrappers::TcpListenerStream;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tracing::{info, warn};
 
 use crate::{
-    admin::AdminApi,
     auth::{generate_token, hash_token},
     config::ControlConfig,
     crypto::{MasterKey, mask},
     metrics,
-    node::NodeApi,
     state::{Shared, StateError},
     store::{Actor, BackendRecord, ConfigChange, ModelMapping, Role, Source, Store, StoreError, TokenRecord},
     util::{new_id, now_ms},
 };
-
-/// Largest gRPC message accepted (imports carry every backend).
-const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
 /// Start-up failures.
 #[derive(Debug, thiserror::Error)]
@@ -144,24 +138,11 @@ impl ControlPlane {
         background.spawn(crate::maintenance::sweeps(self.shared.clone()));
         background.spawn(crate::maintenance::backups(self.shared.clone()));
 
-        background.spawn(crate::fleet::run_grants(self.shared.clone()));
+        background.spawn(crate::state::run_grants(self.shared.clone()));
         background.spawn(crate::dashboard::run(self.shared.clone()));
         background.spawn(crate::health::run(self.shared.clone(), crate::probe::client()));
 
-        let (health_reporter, health) = tonic_health::server::health_reporter();
-        health_reporter.set_serving::<AdminServiceServer<AdminApi>>().await;
-        health_reporter.set_serving::<NodeServiceServer<NodeApi>>().await;
-        let reflection = crate::reflection::index()?;
-        let reflection_v1 = tonic_reflection::pb::v1::server_reflection_server::ServerReflectionServer::new(
-            crate::reflection::ReflectionV1(reflection.clone()),
-        );
-        let reflection_v1alpha = tonic_reflection::pb::v1alpha::server_reflection_server::ServerReflectionServer::new(
-            crate::reflection::ReflectionV1Alpha(reflection),
-        );
-        let admin = AdminServiceServer::new(AdminApi::new(self.shared.clone()))
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES);
-        let node = NodeServiceServer::new(NodeApi::new(self.shared.clone()));
+        let routes = crate::api::routes(self.shared.clone(), self.console_dir.as_deref()).await?;
 
         let api_addr = api.local_addr().map_err(ServeError::Ops)?;
         match &self.tls {
@@ -193,14 +174,7 @@ impl ControlPlane {
             .http2_keepalive_interval(Some(Duration::from_secs(20)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
             .layer(cors(&self.cors_origins))
-            .add_routes(crate::console::with_console(
-                tonic::service::Routes::new(admin)
-                    .add_service(node)
-                    .add_service(reflection_v1)
-                    .add_service(reflection_v1alpha)
-                    .add_service(health),
-                self.console_dir.as_deref(),
-            ));
+            .add_routes(routes);
         let grpc = async {
             let done = stopped(self.shutdown_tx.subscribe());
             match &self.tls {

@@ -1,108 +1,26 @@
 //! State shared by every service: the store, the current key, the token cache, the
-//! connected-node registry and the published config (a `watch` of the latest
-//! [`ConfigState`], which every node session turns into snapshots).
+//! connected-node registry, the fleet coordinator and the published config (a `watch` of
+//! the latest [`ConfigState`], which every node session turns into snapshots); and the
+//! one path every config write takes ([`Shared::write`]).
 
-use std::sync::{Arc, RwLock};
-
-use sidecar_proto::v1 as pb;
-use tokio::sync::{Mutex, watch};
-
-use crate::{
-    auth::Authenticator,
-    crypto::{CryptoError, MasterKey},
-    node::NodeRegistry,
-    store::{BackendRecord, PoolRecord, Settings, Store, StoreError},
-    util,
+use std::{
+    collections::HashMap,
+    sync::{Arc, RwLock},
 };
 
-/// Failure to build the published config.
-#[derive(Debug, thiserror::Error)]
-pub enum StateError {
-    /// The store failed.
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    /// A stored key could not be opened.
-    #[error("backend {backend}: API key {source}")]
-    Key {
-        /// Backend id.
-        backend: String,
-        /// Why.
-        source: CryptoError,
-    },
-}
+use tokio::sync::{Mutex, watch};
+use tracing::info;
 
-/// Everything a snapshot is made from, at one config version, with API keys decrypted
-/// once per version (never per request or per node).
-pub struct ConfigState {
-    /// Config version.
-    pub version: u64,
-    /// Backends with their plaintext keys.
-    pub backends: Vec<(BackendRecord, String)>,
-    /// Pools in routing order.
-    pub pools: Vec<PoolRecord>,
-    /// System settings.
-    pub settings: Settings,
-    /// Backend id → "error" for backends active probes or passive health found failing.
-    pub health: std::collections::HashMap<String, &'static str>,
-}
-
-impl ConfigState {
-    /// Reads the current config from the store.
-    pub fn load(
-        store: &Store,
-        key: &MasterKey,
-        health: std::collections::HashMap<String, &'static str>,
-    ) -> Result<Self, StateError> {
-        let version = store.config_version();
-        let backends = store
-            .backends()?
-            .into_iter()
-            .map(|b| {
-                let plain = key.open(&b.api_key).map_err(|source| StateError::Key { backend: b.id.clone(), source })?;
-                Ok((b, plain))
-            })
-            .collect::<Result<_, StateError>>()?;
-        Ok(Self { version, backends, pools: store.pools()?, settings: store.settings()?, health })
-    }
-
-    /// The snapshot for a node of `region`: only backends allowed there.
-    pub fn snapshot_for(&self, region: &str, nonce: String) -> pb::Snapshot {
-        pb::Snapshot {
-            version: self.version,
-            nonce,
-            backends: self
-                .backends
-                .iter()
-                .filter(|(b, _)| b.allowed_in(region))
-                .map(|(b, key)| pb::SnapshotBackend {
-                    id: b.id.clone(),
-                    name: b.name.clone(),
-                    base_url: b.base_url.clone(),
-                    api_key: key.clone(),
-                    timeout_seconds: b.timeout_seconds,
-                    rpm_limit: b.rpm_limit,
-                    tpm_limit: b.tpm_limit.unwrap_or(0),
-                    window_seconds: b.window_seconds,
-                    pool: b.pool.clone(),
-                    enabled: b.enabled,
-                    weight: b.weight,
-                    model_mappings: b
-                        .model_mappings
-                        .iter()
-                        .map(|(k, m)| (k.clone(), crate::admin::convert::mapping_to_pb(m)))
-                        .collect(),
-                    resource_version: b.resource_version,
-                    label: b.label.clone(),
-                    health: self.health.get(&b.id).copied().unwrap_or("healthy").to_owned(),
-                    ..Default::default()
-                })
-                .collect(),
-            pools: self.pools.iter().map(|p| crate::admin::convert::pool_to_pb(p, 0)).collect(),
-            settings: Some(crate::admin::convert::settings_to_pb(&self.settings)),
-            generated_at_ms: util::now_ms(),
-        }
-    }
-}
+pub use crate::snapshot::{ConfigState, StateError};
+use crate::{
+    auth::{Authenticator, Principal},
+    crypto::MasterKey,
+    dashboard::Dashboard,
+    fleet::{Fleet, FleetTiming},
+    nodes::NodeRegistry,
+    status::Health,
+    store::{ConfigChange, Store, StoreError},
+};
 
 /// Shared by the admin and node services.
 pub struct Shared {
@@ -120,11 +38,11 @@ pub struct Shared {
     /// Where backups go (`SIDECAR_BACKUP_DIR`, default `DATA_DIR/backups`).
     pub backup_dir: std::path::PathBuf,
     /// Fleet coordination: grants and fleet-wide cooldowns.
-    pub fleet: crate::fleet::Fleet,
+    pub fleet: Fleet,
     /// The latest dashboard, computed once a second and shared by every watcher.
-    pub dashboard: watch::Sender<Arc<pb::Dashboard>>,
-    /// Active-probe and passive health per backend id ("healthy" or "error").
-    pub health: std::sync::Mutex<std::collections::HashMap<String, &'static str>>,
+    pub dashboard: watch::Sender<Arc<Dashboard>>,
+    /// Active-probe and passive health per backend id (only backends found failing).
+    pub health: std::sync::Mutex<HashMap<String, Health>>,
     /// When the control plane started.
     pub started: std::time::Instant,
     /// NodeService requires a client certificate (mTLS) and takes the node id from it.
@@ -139,7 +57,7 @@ impl Shared {
         store: Store,
         key: MasterKey,
         backup_dir: std::path::PathBuf,
-        timing: crate::fleet::FleetTiming,
+        timing: FleetTiming,
         shutdown: watch::Receiver<bool>,
     ) -> Result<Self, StateError> {
         let state = ConfigState::load(&store, &key, Default::default())?;
@@ -154,8 +72,8 @@ impl Shared {
             nodes: NodeRegistry::default(),
             writer: Mutex::new(()),
             backup_dir,
-            fleet: crate::fleet::Fleet::new(timing),
-            dashboard: watch::channel(Arc::new(pb::Dashboard::default())).0,
+            fleet: Fleet::new(timing),
+            dashboard: watch::channel(Arc::new(Dashboard::default())).0,
             health: Default::default(),
             started: std::time::Instant::now(),
             node_client_certs: false,
@@ -186,5 +104,47 @@ impl Shared {
     /// Becomes true when the control plane shuts down; long-lived streams end on it.
     pub fn shutdown(&self) -> watch::Receiver<bool> {
         self.shutdown.clone()
+    }
+
+    /// Runs one config write: serialised with every other write, committed in one
+    /// transaction with its audit entry, published to nodes, and flushed to disk before
+    /// the caller hears it succeeded. `build` reads the store under the writer lock and
+    /// returns the change, the audit target and its result.
+    pub async fn write<T, E>(
+        &self,
+        who: &Principal,
+        action: &'static str,
+        build: impl FnOnce(&Store) -> Result<(ConfigChange, String, T), E>,
+    ) -> Result<(u64, T), E>
+    where
+        E: From<StoreError> + From<StateError>,
+    {
+        let _guard = self.writer.lock().await;
+        let (change, target, out) = build(&self.store)?;
+        let tokens_changed = !change.put_tokens.is_empty() || !change.delete_tokens.is_empty();
+        let version = self.store.commit(change, &who.actor(), action, &target)?;
+        if tokens_changed {
+            self.auth.reload(self.store.tokens()?);
+        }
+        self.publish()?;
+        self.store.flush().await?;
+        info!(action, target = %target, actor = %who.token_id, version, "config write");
+        Ok((version, out))
+    }
+}
+
+/// Re-grants every fleet interval until shutdown.
+pub async fn run_grants(shared: Arc<Shared>) {
+    let mut shutdown = shared.shutdown();
+    let mut tick = tokio::time::interval(shared.fleet.timing().interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut config = shared.config();
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+        let state = config.borrow_and_update().clone();
+        shared.fleet.regrant(&state);
     }
 }

@@ -3,18 +3,52 @@
 use std::collections::HashSet;
 
 use serde::{Deserialize, Serialize};
-use sidecar_proto::v1 as pb;
-use tonic::Status;
 use tracing::info;
 
 use crate::{
     auth::Principal,
     crypto::MasterKey,
+    snapshot::StateError,
     state::Shared,
     store::{BackendRecord, ConfigChange, PoolRecord, Settings, Store, StoreError},
     util::now_ms,
     validate::{self, FieldError, field_error},
 };
+
+/// An import or key rotation refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TransferError {
+    /// Bad input, by field.
+    #[error(transparent)]
+    Field(#[from] FieldError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The new config could not be published.
+    #[error(transparent)]
+    Publish(#[from] StateError),
+    /// A stored key could not be opened.
+    #[error("backend {backend}: {reason}")]
+    Key {
+        /// Backend id.
+        backend: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// What a key rotation did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rotation {
+    /// The key replaced.
+    pub old_key_id: String,
+    /// The key now in use.
+    pub new_key_id: String,
+    /// API keys re-sealed.
+    pub keys_reencrypted: u32,
+    /// The config version of the rotation.
+    pub config_version: u64,
+}
 
 const FORMAT: &str = "sidecar-export";
 const FORMAT_VERSION: u32 = 1;
@@ -66,19 +100,13 @@ impl ExportDocument {
     }
 }
 
-/// Builds the export document.
-pub(super) fn export(store: &Store) -> Result<pb::ExportResponse, Status> {
-    let doc = ExportDocument::from_store(store)?;
-    Ok(pb::ExportResponse { document: doc.to_json(), config_version: doc.config_version })
-}
-
 /// Checks a document and turns it into one change that replaces backends, pools and
 /// settings. Nothing is written unless every part of the document is valid.
-pub(super) fn import(
+pub fn import(
     store: &Store,
     document: &[u8],
     key: &MasterKey,
-) -> Result<(ConfigChange, String, (u32, u32)), Status> {
+) -> Result<(ConfigChange, String, (u32, u32)), TransferError> {
     let doc: ExportDocument = serde_json::from_slice(document)
         .map_err(|e| field_error("document", format!("not a Sidecar export document: {e}")))?;
     check_document(&doc, key)?;
@@ -153,11 +181,7 @@ fn check_document(doc: &ExportDocument, key: &MasterKey) -> Result<(), FieldErro
 /// Re-encrypts every stored key under `new_key_hex` in one transaction, then makes it the
 /// current key. The operator must set `SIDECAR_ENCRYPTION_KEY` to the new key before the
 /// next restart; the control plane refuses to start with a key that opens nothing.
-pub(super) async fn rotate(
-    shared: &Shared,
-    who: &Principal,
-    new_key_hex: &str,
-) -> Result<pb::RotateEncryptionKeyResponse, Status> {
+pub async fn rotate(shared: &Shared, who: &Principal, new_key_hex: &str) -> Result<Rotation, TransferError> {
     let new_key = MasterKey::from_hex(new_key_hex).map_err(|e| field_error("new_key_hex", e.to_string()))?;
     let _guard = shared.writer.lock().await;
     let old_key = shared.key();
@@ -166,7 +190,9 @@ pub(super) async fn rotate(
     }
     let mut change = ConfigChange { active_key_id: Some(new_key.id().to_owned()), ..Default::default() };
     for mut b in shared.store.backends()? {
-        let plain = old_key.open(&b.api_key).map_err(|e| Status::internal(format!("backend {}: {e}", b.id)))?;
+        let plain = old_key
+            .open(&b.api_key)
+            .map_err(|e| TransferError::Key { backend: b.id.clone(), reason: e.to_string() })?;
         b.api_key = new_key.seal(&plain);
         change.put_backends.push(b);
     }
@@ -181,7 +207,7 @@ pub(super) async fn rotate(
         keys = count,
         "encryption key rotated; set SIDECAR_ENCRYPTION_KEY to the new key before restarting"
     );
-    Ok(pb::RotateEncryptionKeyResponse {
+    Ok(Rotation {
         old_key_id: old_key.id().to_owned(),
         new_key_id: new_key.id().to_owned(),
         keys_reencrypted: count,

@@ -3,9 +3,13 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use sidecar_proto::v1 as pb;
+mod backend;
+pub mod input;
 
-use crate::store::{BackendRecord, Cost, ModelMapping, PoolRecord, Settings};
+pub use backend::{new_backend, patched};
+use input::{MappingInput, SettingsPatch};
+
+use crate::store::{BackendRecord, ModelMapping, PoolRecord, Settings};
 
 /// An invalid input value: which field, and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -182,10 +186,7 @@ pub fn pool(field: &str, value: &str, pools: &[PoolRecord]) -> Result<String> {
 }
 
 /// Model mappings keyed by canonical name.
-pub fn model_mappings(
-    field: &str,
-    value: &HashMap<String, pb::ModelMapping>,
-) -> Result<BTreeMap<String, ModelMapping>> {
+pub fn model_mappings(field: &str, value: &HashMap<String, MappingInput>) -> Result<BTreeMap<String, ModelMapping>> {
     let mut out = BTreeMap::new();
     for (canonical, m) in value {
         let at = format!("{field}[{canonical:?}]");
@@ -204,7 +205,7 @@ pub fn model_mappings(
                 "must be at most 256 characters without control characters",
             ));
         }
-        let cost = m.cost.unwrap_or_default();
+        let cost = m.cost;
         for (name, v) in [
             ("input", cost.input),
             ("output", cost.output),
@@ -237,12 +238,7 @@ pub fn model_mappings(
             canonical.clone(),
             ModelMapping {
                 native_id: m.native_id.trim().to_owned(),
-                cost: Cost {
-                    input: cost.input,
-                    output: cost.output,
-                    cache_read: cost.cache_read,
-                    cache_write: cost.cache_write,
-                },
+                cost,
                 context_window: if m.context_window == 0 { DEFAULT_CONTEXT_WINDOW } else { m.context_window },
                 max_tokens: if m.max_tokens == 0 { DEFAULT_MAX_TOKENS } else { m.max_tokens },
                 reasoning: m.reasoning,
@@ -298,7 +294,7 @@ pub fn metadata(field: &str, value: &HashMap<String, String>) -> Result<BTreeMap
 }
 
 /// Applies a settings patch onto `current`, checking every range.
-pub fn settings_patch(current: &Settings, patch: &pb::SettingsPatch) -> Result<Settings> {
+pub fn settings_patch(current: &Settings, patch: &SettingsPatch) -> Result<Settings> {
     let mut s = current.clone();
     let f = |name: &str| format!("patch.{name}");
     macro_rules! set {

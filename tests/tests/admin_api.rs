@@ -44,7 +44,10 @@ async fn backend_crud_round_trip_masks_the_key() {
     assert!(b.id.starts_with("bkd_"));
     assert_eq!(b.base_url, "https://api.example.com/v1", "trailing slash dropped");
     assert_eq!(b.api_key_masked, "sk-liv****0123");
-    assert_eq!((b.rpm_limit, b.pool.as_str(), b.source.as_str(), b.status.as_str()), (60, "primary", "api", "healthy"));
+    assert_eq!(
+        (b.rpm_limit, b.pool.as_str(), b.source.as_str(), b.status()),
+        (60, "primary", "api", pb::BackendStatus::Healthy)
+    );
     assert!(created.config_version > v0);
 
     let got = admin.get_backend(pb::GetBackendRequest { id: "nvidia-1".into() }).await.unwrap().into_inner();
@@ -181,8 +184,7 @@ async fn every_invalid_input_is_invalid_argument_naming_the_field() {
         .await
         .unwrap_err();
     assert!(err.message().starts_with("patch.cooldown_base_seconds"), "{}", err.message());
-    let err =
-        admin.create_token(pb::CreateTokenRequest { role: "root".into(), ..Default::default() }).await.unwrap_err();
+    let err = admin.create_token(pb::CreateTokenRequest { role: 7, ..Default::default() }).await.unwrap_err();
     assert!(err.message().starts_with("role"), "{}", err.message());
 
     // Nothing invalid was stored.
@@ -203,7 +205,11 @@ async fn tokens_and_roles_gate_the_api() {
 
     let mut admin = cp.admin().await;
     let viewer = admin
-        .create_token(pb::CreateTokenRequest { role: "viewer".into(), name: "ops".into(), ..Default::default() })
+        .create_token(pb::CreateTokenRequest {
+            role: pb::Role::Viewer as i32,
+            name: "ops".into(),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();
@@ -231,7 +237,7 @@ async fn tokens_and_roles_gate_the_api() {
     assert_eq!(err.code(), Code::PermissionDenied, "admin tokens are not node tokens");
 
     let tokens = admin.list_tokens(pb::ListTokensRequest {}).await.unwrap().into_inner().tokens;
-    assert!(tokens.iter().any(|t| t.id == viewer.token.as_ref().unwrap().id && t.role == "viewer"));
+    assert!(tokens.iter().any(|t| t.id == viewer.token.as_ref().unwrap().id && t.role() == pb::Role::Viewer));
     assert!(!format!("{tokens:?}").contains(&viewer.secret), "secrets are never listed");
     admin.revoke_token(pb::RevokeTokenRequest { id: viewer.token.unwrap().id }).await.unwrap();
     assert_eq!(
@@ -249,7 +255,7 @@ async fn without_a_configured_admin_token_one_is_generated_and_works() {
     assert!(cp.admin_token.starts_with("sct_"));
     let mut admin = cp.admin().await;
     let tokens = admin.list_tokens(pb::ListTokensRequest {}).await.unwrap().into_inner().tokens;
-    assert_eq!(tokens.iter().filter(|t| t.role == "admin").count(), 1);
+    assert_eq!(tokens.iter().filter(|t| t.role() == pb::Role::Admin).count(), 1);
 }
 
 #[tokio::test]

@@ -28,7 +28,7 @@ async fn watchers_get_one_shared_dashboard_per_second_with_live_figures() {
     assert_eq!(d2.nodes_connected, 1);
     assert_eq!(d2.config_version, gw.proxy.version());
     let live = d2.backends.iter().find(|x| x.id == b.id).unwrap();
-    assert_eq!((live.status.as_str(), live.rpm_limit, live.pool.as_str()), ("healthy", 120, "primary"));
+    assert_eq!((live.status(), live.rpm_limit, live.pool.as_str()), (pb::BackendStatus::Healthy, 120, "primary"));
     let primary = d2.pools.iter().find(|p| p.name == "primary").unwrap();
     assert_eq!(primary.healthy, 1);
     // Reports arrive within a second or two; the 24-hour totals refresh every 30 s, so
@@ -71,11 +71,11 @@ async fn a_backend_whose_probe_is_refused_turns_error_and_gets_no_traffic() {
         let id = bad.id.clone();
         async move {
             let b = admin.get_backend(pb::GetBackendRequest { id }).await.ok()?.into_inner();
-            (b.status == "error").then_some(b)
+            (b.status() == pb::BackendStatus::Error).then_some(b)
         }
     })
     .await;
-    assert_eq!(view.status, "error");
+    assert_eq!(view.status(), pb::BackendStatus::Error);
     let audit = gw.admin.list_audit(pb::ListAuditRequest::default()).await.unwrap().into_inner().entries;
     assert!(audit.iter().any(|e| e.action == "HealthChange" && e.target.contains(&bad.id)), "{audit:?}");
     let version = gw.admin.get_config_version(pb::GetConfigVersionRequest {}).await.unwrap().into_inner().version;

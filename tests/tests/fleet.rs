@@ -86,7 +86,7 @@ async fn a_429_at_one_proxy_cools_the_backend_on_every_proxy_and_escalates_fleet
     assert!(mine.iter().any(|e| e.consecutive_count == 1 && e.node_id == "proxy-a" && e.duration_ms == 1000));
     assert!(mine.iter().any(|e| e.consecutive_count == 2 && e.node_id == "proxy-b" && e.duration_ms == 2000));
     let view = gw.admin.get_backend(pb::GetBackendRequest { id: xb.id.clone() }).await.unwrap().into_inner();
-    assert_eq!((view.status.as_str(), view.consecutive_429_count), ("cooling", 2));
+    assert_eq!((view.status(), view.consecutive_429_count), (pb::BackendStatus::Cooling, 2));
 
     // A success resets the count everywhere.
     eventually("x recovers at A", Duration::from_secs(5), || async {
@@ -243,7 +243,7 @@ async fn a_proxy_whose_node_token_is_revoked_keeps_serving_its_last_config() {
     let created = gw
         .admin
         .create_token(pb::CreateTokenRequest {
-            role: "node".into(),
+            role: pb::Role::Node as i32,
             name: "own".into(),
             node_id: "proxy-own".into(),
             region: String::new(),

@@ -374,7 +374,7 @@ async fn last_seen_advances_while_a_node_stays_connected() {
 /// Issues a node token bound to `node_id` (and `region`); returns (token id, secret).
 async fn node_token(cp: &ControlPlaneHarness, node_id: &str, region: &str) -> (String, String) {
     let request = pb::CreateTokenRequest {
-        role: "node".into(),
+        role: pb::Role::Node as i32,
         name: node_id.into(),
         node_id: node_id.into(),
         region: region.into(),
@@ -429,9 +429,12 @@ async fn a_node_token_is_bound_to_its_node_id_and_region() {
 
     // Binding is for node tokens only, and a node id must be one.
     for (request, field) in [
-        (pb::CreateTokenRequest { role: "admin".into(), node_id: "n".into(), ..Default::default() }, "node_id"),
-        (pb::CreateTokenRequest { role: "node".into(), node_id: "bad id!".into(), ..Default::default() }, "node_id"),
-        (pb::CreateTokenRequest { role: "node".into(), region: "eu".into(), ..Default::default() }, "region"),
+        (pb::CreateTokenRequest { role: pb::Role::Admin as i32, node_id: "n".into(), ..Default::default() }, "node_id"),
+        (
+            pb::CreateTokenRequest { role: pb::Role::Node as i32, node_id: "bad id!".into(), ..Default::default() },
+            "node_id",
+        ),
+        (pb::CreateTokenRequest { role: pb::Role::Node as i32, region: "eu".into(), ..Default::default() }, "region"),
     ] {
         let err = admin.create_token(request).await.unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument);

@@ -70,7 +70,7 @@ async fn restart_keeps_everything_and_the_config_version_keeps_rising() {
         .await
         .unwrap();
     let viewer = admin
-        .create_token(pb::CreateTokenRequest { role: "viewer".into(), ..Default::default() })
+        .create_token(pb::CreateTokenRequest { role: pb::Role::Viewer as i32, ..Default::default() })
         .await
         .unwrap()
         .into_inner();

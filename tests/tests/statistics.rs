@@ -28,8 +28,33 @@ fn requests_by<F: Fn(&pb::StatsRow) -> String>(resp: &pb::GetStatsResponse, f: F
     resp.rows.iter().map(|r| (f(r), totals(&r.totals).requests)).collect()
 }
 
+/// A dimension by name; an unknown name is a value no dimension has.
+fn dim(name: &str) -> i32 {
+    match name {
+        "time" => pb::StatsDimension::Time as i32,
+        "backend" => pb::StatsDimension::Backend as i32,
+        "model" => pb::StatsDimension::Model as i32,
+        "pool" => pb::StatsDimension::Pool as i32,
+        "region" => pb::StatsDimension::Region as i32,
+        "node" => pb::StatsDimension::Node as i32,
+        _ => 99,
+    }
+}
+
+/// A granularity by name ("auto" = unspecified); an unknown name is a value no
+/// granularity has.
+fn gran(name: &str) -> i32 {
+    match name {
+        "auto" => pb::Granularity::Unspecified as i32,
+        "minute" => pb::Granularity::Minute as i32,
+        "hour" => pb::Granularity::Hour as i32,
+        "day" => pb::Granularity::Day as i32,
+        _ => 99,
+    }
+}
+
 fn group(by: &[&str]) -> pb::GetStatsRequest {
-    pb::GetStatsRequest { group_by: by.iter().map(|s| s.to_string()).collect(), ..Default::default() }
+    pb::GetStatsRequest { group_by: by.iter().map(|s| dim(s)).collect(), ..Default::default() }
 }
 
 fn filtered(filter: pb::StatsFilter) -> pb::GetStatsRequest {
@@ -90,7 +115,7 @@ async fn proxy_traffic_in_two_regions_is_counted_grouped_and_filtered() {
     assert!((t.cost_usd - (4.0 * 0.02 + 0.15)).abs() < 1e-9, "cost {}", t.cost_usd);
     assert_eq!(t.latency_histogram.len(), 11);
     assert_eq!(t.latency_histogram.iter().sum::<u64>(), 6, "one entry per attempt");
-    assert_eq!(all.granularity, "hour", "24 h by default, per hour");
+    assert_eq!(all.granularity, gran("hour"), "24 h by default, per hour");
     assert!(all.rows.is_empty(), "no group_by: totals and by_backend only");
 
     // By backend, always present; the proxy's own answers have backend id "".
@@ -162,12 +187,12 @@ async fn proxy_traffic_in_two_regions_is_counted_grouped_and_filtered() {
     let mut minutes = Vec::new();
     for (granularity, size) in [("minute", MINUTE_MS), ("hour", HOUR_MS), ("day", DAY_MS)] {
         let resp = stats(pb::GetStatsRequest {
-            granularity: granularity.into(),
-            group_by: vec!["time".into()],
+            granularity: gran(granularity),
+            group_by: vec![dim("time")],
             ..Default::default()
         })
         .await;
-        assert_eq!(resp.granularity, granularity);
+        assert_eq!(resp.granularity, gran(granularity));
         assert!(!resp.rows.is_empty());
         for row in &resp.rows {
             assert_eq!(row.bucket_ms % size, 0, "{granularity} bucket {}", row.bucket_ms);
@@ -187,7 +212,7 @@ async fn proxy_traffic_in_two_regions_is_counted_grouped_and_filtered() {
     let overlapping = stats(pb::GetStatsRequest {
         since_ms,
         until_ms: (last + 1).max(since_ms + 1),
-        granularity: "minute".into(),
+        granularity: gran("minute"),
         ..Default::default()
     })
     .await;
@@ -198,11 +223,11 @@ async fn proxy_traffic_in_two_regions_is_counted_grouped_and_filtered() {
         let resp = stats(pb::GetStatsRequest {
             since_ms: now - since,
             until_ms: now + 1,
-            granularity: "auto".into(),
+            granularity: gran("auto"),
             ..Default::default()
         })
         .await;
-        assert_eq!(resp.granularity, want);
+        assert_eq!(resp.granularity, gran(want));
         assert_eq!(totals(&resp.totals).requests, 6, "{want}");
     }
 
@@ -210,7 +235,7 @@ async fn proxy_traffic_in_two_regions_is_counted_grouped_and_filtered() {
     let mut admin = gw.admin.clone();
     for (request, field) in [
         (group(&["backend", "colour"]), "group_by[1]"),
-        (pb::GetStatsRequest { granularity: "week".into(), ..Default::default() }, "granularity"),
+        (pb::GetStatsRequest { granularity: gran("week"), ..Default::default() }, "granularity"),
         (pb::GetStatsRequest { since_ms: now, until_ms: now - 1, ..Default::default() }, "until_ms"),
     ] {
         let e = admin.get_stats(request).await.unwrap_err();
@@ -227,7 +252,11 @@ async fn proxy_traffic_in_two_regions_is_counted_grouped_and_filtered() {
 
     // A viewer may read statistics; a node token may not.
     let viewer = admin
-        .create_token(pb::CreateTokenRequest { role: "viewer".into(), name: "dashboards".into(), ..Default::default() })
+        .create_token(pb::CreateTokenRequest {
+            role: pb::Role::Viewer as i32,
+            name: "dashboards".into(),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner()
@@ -268,7 +297,7 @@ async fn a_retried_report_is_counted_once_in_every_granularity() {
     let mut admin = cp.admin().await;
     for granularity in ["minute", "hour", "day"] {
         let resp = admin
-            .get_stats(pb::GetStatsRequest { granularity: granularity.into(), ..Default::default() })
+            .get_stats(pb::GetStatsRequest { granularity: gran(granularity), ..Default::default() })
             .await
             .unwrap()
             .into_inner();

@@ -3,22 +3,20 @@
 //! backend everywhere (the control plane owns the consecutive-429 count).
 
 mod allocate;
+mod messages;
+mod share;
 
-use std::{
-    collections::{HashMap, VecDeque},
-    sync::Mutex,
-    time::Duration,
-};
+use std::{collections::HashMap, sync::Mutex, time::Duration};
 
-use sidecar_proto::v1::{self as pb, control_message::Kind};
-use tokio::{sync::mpsc, time::Instant};
-use tonic::Status;
+use tokio::time::Instant;
 use tracing::{info, warn};
 
 pub use allocate::{NodeShare, allocate};
+pub use messages::{BackendDemand, CooldownNotice, FleetMessage, Grant, RateLimited, Sender};
+use share::Share;
 
 use crate::{
-    state::ConfigState,
+    snapshot::{ConfigState, NodeSnapshot},
     store::{CooldownRecord, Settings, Store, per_window},
     util::now_ms,
 };
@@ -49,85 +47,10 @@ impl Default for FleetTiming {
     }
 }
 
-/// Requests a node may admit at once beyond its pace (its bucket's burst).
-const BURST_ALLOWANCE: u32 = 10;
-
-type Sender = mpsc::Sender<Result<pb::ControlMessage, Status>>;
-
 struct Session {
     id: u64,
     region: String,
     tx: Sender,
-}
-
-/// One node's share of one backend.
-#[derive(Debug, Default)]
-struct Share {
-    demand: f64,
-    grant: u32,
-    /// (when, grant) issued within the last window and the propagation allowance.
-    history: VecDeque<(Instant, u32)>,
-    /// The node may use `grant` until then without hearing from us.
-    lease_until: Option<Instant>,
-    bucket_fill: f64,
-    in_window: u32,
-    /// When the node last reported its demand and window use.
-    reported_at: Option<Instant>,
-    /// The grant of the newest entry that aged out of `history`.
-    aged: Option<u32>,
-    /// The fallback share last sent, used if the lease runs out.
-    fallback: u32,
-    /// When the node's current session began: a new process does not remember what the
-    /// previous one admitted, so its window use says nothing until a window has passed.
-    attached_at: Option<Instant>,
-}
-
-impl Share {
-    /// What the node may have used of the current window: the largest recent grant, or,
-    /// if it reported lately, its reported use plus what it could admit at its current
-    /// grant's pace (and a burst) before the next grant reaches it.
-    ///
-    /// Reports count only from a window into the node's session (a new process does not
-    /// remember what its predecessor admitted). A report made two propagation delays
-    /// after a grant was issued shows the node running that grant (or a later one): its
-    /// limiter then holds every window at or below the largest of those grants and what
-    /// the window already held. That is a bound too, and frees a decrease for others long
-    /// before the old grant ages out of the history.
-    fn used_bound(&mut self, now: Instant, keep: Duration, window: Duration, propagation: Duration) -> u32 {
-        let mut bound = self.recent_max(now, keep);
-        let Some(at) = self.reported_at else { return bound };
-        if self.attached_at.is_some_and(|a| at < a + keep) {
-            return bound;
-        }
-        if now.saturating_duration_since(at) < 2 * propagation {
-            let blind = now.saturating_duration_since(at) + 2 * propagation;
-            let pace = f64::from(self.grant) * blind.as_secs_f64() / window.as_secs_f64();
-            bound = bound.min(self.in_window.saturating_add(pace.ceil() as u32).saturating_add(BURST_ALLOWANCE));
-        }
-        if let Some(since) = at.checked_sub(2 * propagation) {
-            // The grant the node surely ran when it reported (the last one issued by
-            // `since`), and any issued after it, which it may be running now.
-            let then = self.history.iter().rev().find(|(t, _)| *t <= since).map(|(_, g)| *g).or(self.aged);
-            if let Some(then) = then {
-                let later = self.history.iter().filter(|(t, _)| *t > since).map(|(_, g)| *g).max().unwrap_or(0);
-                bound = bound.min(self.in_window.max(then).max(later).max(self.fallback));
-            }
-        }
-        bound
-    }
-
-    fn recent_max(&mut self, now: Instant, keep: Duration) -> u32 {
-        while self.history.front().is_some_and(|(t, _)| now.saturating_duration_since(*t) > keep) {
-            self.aged = self.history.pop_front().map(|(_, g)| g);
-        }
-        self.history.iter().map(|(_, g)| *g).max().unwrap_or(0).max(self.grant)
-    }
-
-    fn set(&mut self, now: Instant, grant: u32, lease: Duration) {
-        self.grant = grant;
-        self.history.push_back((now, grant));
-        self.lease_until = Some(now + lease);
-    }
 }
 
 /// Fleet-wide state of one backend.
@@ -205,16 +128,18 @@ impl Fleet {
     /// other nodes may still be using the whole limit in this window: the node then
     /// waits for its first grant rather than overshoot. Also stamps the fleet-wide
     /// cooldown.
-    pub fn decorate(&self, node_id: &str, snapshot: &mut pb::Snapshot) {
+    pub fn decorate(&self, node_id: &str, snapshot: &mut NodeSnapshot) {
         let now = Instant::now();
         let mut backends = self.backends.lock().expect("fleet lock");
         let wall = now_ms();
-        for b in &mut snapshot.backends {
+        let state = snapshot.state.clone();
+        for nb in &mut snapshot.backends {
+            let b = &state.backends[nb.index].0;
             let fleet = backends.entry(b.id.clone()).or_default();
             if fleet.cooling_until_ms > wall {
-                b.cooldown_remaining_ms = (fleet.cooling_until_ms - wall) as u64;
+                nb.cooldown_remaining_ms = (fleet.cooling_until_ms - wall) as u64;
             }
-            b.consecutive_429 = fleet.consecutive;
+            nb.consecutive_429 = fleet.consecutive;
             let window = self.window_of(b.window_seconds);
             let keep = window + self.timing.propagation;
             let limit = per_window(b.rpm_limit, b.window_seconds);
@@ -232,14 +157,14 @@ impl Fleet {
                 let start = (limit / (others.len() as u32 + 1)).max(1).min(free);
                 share.set(now, start, self.timing.lease);
             }
-            b.initial_rpm_share = Some(share.grant.min(limit));
+            nb.initial_share = Some(share.grant.min(limit));
         }
     }
 
     /// A node reported its demand.
-    pub fn demand(&self, node_id: &str, demand: &pb::Demand) {
+    pub fn demand(&self, node_id: &str, demand: &[BackendDemand]) {
         let mut backends = self.backends.lock().expect("fleet lock");
-        for d in &demand.backends {
+        for d in demand {
             let share = backends.entry(d.backend_id.clone()).or_default().shares.entry(node_id.to_owned()).or_default();
             share.demand = if share.demand == 0.0 { d.demand } else { 0.5 * share.demand + 0.5 * d.demand };
             share.bucket_fill = d.bucket_fill;
@@ -251,12 +176,7 @@ impl Fleet {
     /// A node saw a 429. Unless the backend already cools fleet-wide, the count
     /// escalates and the cooldown goes to every node using the backend. Returns the
     /// cooldown record to store, if one started.
-    pub fn rate_limited(
-        &self,
-        node_id: &str,
-        event: &pb::RateLimitEvent,
-        settings: &Settings,
-    ) -> Option<CooldownRecord> {
+    pub fn rate_limited(&self, node_id: &str, event: &RateLimited, settings: &Settings) -> Option<CooldownRecord> {
         let now = now_ms();
         let record = {
             let mut backends = self.backends.lock().expect("fleet lock");
@@ -315,19 +235,17 @@ impl Fleet {
     }
 
     fn broadcast_cooldown(&self, backend_id: &str, count: u32, remaining_ms: u64, duration_ms: u64, source: &str) {
-        let msg = pb::ControlMessage {
-            kind: Some(Kind::Cooldown(pb::CooldownBroadcast {
-                backend_id: backend_id.to_owned(),
-                consecutive_count: count,
-                remaining_ms,
-                duration_ms,
-                node_id: source.to_owned(),
-            })),
-        };
+        let msg = FleetMessage::Cooldown(CooldownNotice {
+            backend_id: backend_id.to_owned(),
+            consecutive_count: count,
+            remaining_ms,
+            duration_ms,
+            node_id: source.to_owned(),
+        });
         for (node, s) in self.sessions.lock().expect("sessions lock").iter() {
             // A full channel means the node is far behind; it gets the cooldown with
             // its next snapshot.
-            if s.tx.try_send(Ok(msg.clone())).is_err() {
+            if s.tx.try_send(msg.clone()).is_err() {
                 warn!(node = %node, "could not queue a cooldown broadcast");
             }
         }
@@ -364,7 +282,7 @@ impl Fleet {
             .iter()
             .map(|(id, s)| (id.clone(), s.region.clone(), s.tx.clone()))
             .collect();
-        let mut per_node: HashMap<String, Vec<pb::QuotaGrant>> = HashMap::new();
+        let mut per_node: HashMap<String, Vec<Grant>> = HashMap::new();
         {
             let mut backends = self.backends.lock().expect("fleet lock");
             backends.retain(|id, _| config.backends.iter().any(|(b, _)| &b.id == id));
@@ -415,7 +333,7 @@ impl Fleet {
                     share.fallback = (limit / known).max(1);
                     let tpm =
                         tpm_limit.map_or(0, |t| ((u64::from(t) * u64::from(grant)) / u64::from(limit.max(1))) as u32);
-                    per_node.entry((*node).to_owned()).or_default().push(pb::QuotaGrant {
+                    per_node.entry((*node).to_owned()).or_default().push(Grant {
                         backend_id: b.id.clone(),
                         rpm: grant,
                         tpm,
@@ -428,8 +346,7 @@ impl Fleet {
         let lease_ms = self.timing.lease.as_millis() as u64;
         for (node, _, tx) in sessions {
             let grants = per_node.remove(&node).unwrap_or_default();
-            let msg = pb::ControlMessage { kind: Some(Kind::Grants(pb::QuotaGrants { grants, lease_ms })) };
-            let _ = tx.try_send(Ok(msg));
+            let _ = tx.try_send(FleetMessage::Grants { grants, lease_ms });
         }
     }
 
@@ -438,22 +355,6 @@ impl Fleet {
         if let Err(error) = store.record_cooldown(record) {
             warn!(%error, "could not store a cooldown event");
         }
-    }
-}
-
-/// Re-grants every `interval` until shutdown.
-pub async fn run_grants(shared: std::sync::Arc<crate::state::Shared>) {
-    let mut shutdown = shared.shutdown();
-    let mut tick = tokio::time::interval(shared.fleet.timing().interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut config = shared.config();
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = shutdown.wait_for(|s| *s) => return,
-        }
-        let state = config.borrow_and_update().clone();
-        shared.fleet.regrant(&state);
     }
 }
 

@@ -3,6 +3,8 @@
 
 use std::collections::HashMap;
 
+use tokio::sync::mpsc;
+
 use super::*;
 use crate::store::BackendRecord;
 
@@ -26,39 +28,31 @@ fn config(b: BackendRecord) -> ConfigState {
     }
 }
 
-fn snapshot(b: &BackendRecord) -> pb::Snapshot {
-    pb::Snapshot {
-        backends: vec![pb::SnapshotBackend {
-            id: b.id.clone(),
-            rpm_limit: b.rpm_limit,
-            window_seconds: b.window_seconds,
-            ..Default::default()
-        }],
-        ..Default::default()
-    }
+fn snapshot(b: &BackendRecord) -> NodeSnapshot {
+    std::sync::Arc::new(config(b.clone())).snapshot_for("", String::new())
 }
 
 /// Attaches `node` and returns the receiving end of its session.
-fn attach(fleet: &Fleet, node: &str, session: u64) -> mpsc::Receiver<Result<pb::ControlMessage, Status>> {
+fn attach(fleet: &Fleet, node: &str, session: u64) -> mpsc::Receiver<FleetMessage> {
     let (tx, rx) = mpsc::channel(16);
     fleet.attach(node, session, "", tx);
     rx
 }
 
 /// The last grant `rx` received for the backend: (requests, tokens) per window.
-fn grant(rx: &mut mpsc::Receiver<Result<pb::ControlMessage, Status>>) -> (u32, u32) {
+fn grant(rx: &mut mpsc::Receiver<FleetMessage>) -> (u32, u32) {
     let mut last = None;
-    while let Ok(Ok(msg)) = rx.try_recv() {
-        if let Some(Kind::Grants(g)) = msg.kind {
-            last = g.grants.first().map(|g| (g.rpm, g.tpm));
+    while let Ok(msg) = rx.try_recv() {
+        if let FleetMessage::Grants { grants, .. } = msg {
+            last = grants.first().map(|g| (g.rpm, g.tpm));
         }
     }
     last.expect("a grant")
 }
 
 fn demand(fleet: &Fleet, node: &str, demand: f64) {
-    let d = pb::BackendDemand { backend_id: "bkd_a".into(), demand, in_window: 0, ..Default::default() };
-    fleet.demand(node, &pb::Demand { backends: vec![d], at_ms: 0 });
+    let d = BackendDemand { backend_id: "bkd_a".into(), demand, in_window: 0, ..Default::default() };
+    fleet.demand(node, &[d]);
 }
 
 #[tokio::test(start_paused = true)]
@@ -67,10 +61,10 @@ async fn a_second_node_starts_with_nothing_while_the_first_may_use_the_whole_win
     let b = backend(60, 10);
     let mut first = snapshot(&b);
     fleet.decorate("n1", &mut first);
-    assert_eq!(first.backends[0].initial_rpm_share, Some(10), "the whole 10 per 10 s window");
+    assert_eq!(first.backends[0].initial_share, Some(10), "the whole 10 per 10 s window");
     let mut second = snapshot(&b);
     fleet.decorate("n2", &mut second);
-    assert_eq!(second.backends[0].initial_rpm_share, Some(0), "n1 may already have sent 10 in this window");
+    assert_eq!(second.backends[0].initial_share, Some(0), "n1 may already have sent 10 in this window");
 }
 
 #[tokio::test(start_paused = true)]
@@ -120,8 +114,8 @@ async fn a_report_under_the_new_grant_frees_a_decrease_before_the_old_grant_ages
 
     // Two propagation delays later n1 reports: 2 admitted in the window, under its new grant.
     tokio::time::advance(2 * FleetTiming::default().propagation + Duration::from_millis(100)).await;
-    let d = pb::BackendDemand { backend_id: "bkd_a".into(), demand: 1.0, in_window: 2, ..Default::default() };
-    fleet.demand("n1", &pb::Demand { backends: vec![d], at_ms: 0 });
+    let d = BackendDemand { backend_id: "bkd_a".into(), demand: 1.0, in_window: 2, ..Default::default() };
+    fleet.demand("n1", &[d]);
     demand(&fleet, "n2", 100.0);
     fleet.regrant(&state);
     let (h1, h2) = (grant(&mut rx1).0, grant(&mut rx2).0);

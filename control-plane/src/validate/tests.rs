@@ -134,28 +134,28 @@ fn duplicate_names_are_refused_case_insensitively_except_for_self() {
 #[test]
 fn model_mappings_need_a_native_id_and_sane_costs() {
     let mut m = HashMap::new();
-    m.insert("gpt-4o".to_string(), pb::ModelMapping { native_id: " ".into(), ..Default::default() });
+    m.insert("gpt-4o".to_string(), MappingInput { native_id: " ".into(), ..Default::default() });
     assert_eq!(field_of(model_mappings("backend.model_mappings", &m)), "backend.model_mappings[\"gpt-4o\"].native_id");
 
     let mut m = HashMap::new();
     m.insert(
         "gpt-4o".to_string(),
-        pb::ModelMapping {
+        MappingInput {
             native_id: "openai/gpt-4o".into(),
-            cost: Some(pb::ModelCost { input: -1.0, ..Default::default() }),
+            cost: crate::store::Cost { input: -1.0, ..Default::default() },
             ..Default::default()
         },
     );
     assert_eq!(field_of(model_mappings("f", &m)), "f[\"gpt-4o\"].cost.input");
 
     let mut m = HashMap::new();
-    m.insert("".to_string(), pb::ModelMapping { native_id: "x".into(), ..Default::default() });
+    m.insert("".to_string(), MappingInput { native_id: "x".into(), ..Default::default() });
     assert_eq!(field_of(model_mappings("f", &m)), "f");
 
     let mut m = HashMap::new();
     m.insert(
         "m".to_string(),
-        pb::ModelMapping { native_id: "x".into(), input_modalities: vec!["smell".into()], ..Default::default() },
+        MappingInput { native_id: "x".into(), input_modalities: vec!["smell".into()], ..Default::default() },
     );
     assert_eq!(field_of(model_mappings("f", &m)), "f[\"m\"].input_modalities[0]");
 }
@@ -163,7 +163,7 @@ fn model_mappings_need_a_native_id_and_sane_costs() {
 #[test]
 fn model_mapping_defaults_are_filled_in() {
     let mut m = HashMap::new();
-    m.insert("gpt-4o".to_string(), pb::ModelMapping { native_id: "openai/gpt-4o".into(), ..Default::default() });
+    m.insert("gpt-4o".to_string(), MappingInput { native_id: "openai/gpt-4o".into(), ..Default::default() });
     let out = model_mappings("f", &m).unwrap();
     let got = &out["gpt-4o"];
     assert_eq!((got.context_window, got.max_tokens), (128_000, 65_536));
@@ -186,13 +186,13 @@ fn metadata_values_are_bounded() {
 #[test]
 fn settings_ranges_and_cross_field_rules_hold() {
     let s = Settings::default();
-    let bad = pb::SettingsPatch { cooldown_base_seconds: Some(0), ..Default::default() };
+    let bad = SettingsPatch { cooldown_base_seconds: Some(0), ..Default::default() };
     assert_eq!(field_of(settings_patch(&s, &bad)), "patch.cooldown_base_seconds");
-    let bad = pb::SettingsPatch { emergency_fraction: Some(1.5), ..Default::default() };
+    let bad = SettingsPatch { emergency_fraction: Some(1.5), ..Default::default() };
     assert_eq!(field_of(settings_patch(&s, &bad)), "patch.emergency_fraction");
-    let bad = pb::SettingsPatch { cooldown_max_seconds: Some(10), ..Default::default() };
+    let bad = SettingsPatch { cooldown_max_seconds: Some(10), ..Default::default() };
     assert_eq!(field_of(settings_patch(&s, &bad)), "patch.cooldown_max_seconds");
-    let good = pb::SettingsPatch { queue_capacity: Some(10), adaptive_retreat: Some(true), ..Default::default() };
+    let good = SettingsPatch { queue_capacity: Some(10), adaptive_retreat: Some(true), ..Default::default() };
     let out = settings_patch(&s, &good).unwrap();
     assert_eq!((out.queue_capacity, out.adaptive_retreat, out.cooldown_base_seconds), (10, true, 30));
 }

@@ -8,8 +8,9 @@
 import { admin, describe } from "../api";
 import { buckets, COST_SERIES, requestSeries, stepOf, TimeChart, TOKEN_SERIES } from "../charts";
 import { h, mount, setText } from "../dom";
+import { backendStatusText } from "../enums";
 import { fmtCount, fmtDuration, fmtInt, fmtPct, fmtRate, fmtTime, fmtUsd, n } from "../format";
-import type { Dashboard, GetStatsResponse } from "../gen/sidecar/v1/admin_pb";
+import { Granularity, StatsDimension, type Dashboard, type GetStatsResponse } from "../gen/sidecar/v1/admin_pb";
 import type { UsageTotals } from "../gen/sidecar/v1/types_pb";
 import { meter, badge, pageHeader, section, table, type Page, type PageContext } from "../ui";
 
@@ -125,7 +126,7 @@ function render(ctx: PageContext) {
         [
           { label: "Backend", cell: (b) => b.name },
           { label: "Pool", cell: (b) => b.pool },
-          { label: "Status", cell: (b) => badge(b.status) },
+          { label: "Status", cell: (b) => badge(backendStatusText(b.status)) },
           { label: "Req/min", num: true, cell: (b) => fmtRate(b.requestsPerMin) },
           { label: "429/min", num: true, cell: (b) => fmtRate(b.rateLimitedPerMin) },
           { label: "Err/min", num: true, cell: (b) => fmtRate(b.errorsPerMin) },
@@ -147,8 +148,8 @@ function render(ctx: PageContext) {
     const now = Date.now();
     try {
       const [day, hour] = await Promise.all([
-        admin.getStats({ sinceMs: BigInt(now - 24 * HOUR), untilMs: BigInt(now), granularity: "hour", groupBy: ["time"] }),
-        admin.getStats({ sinceMs: BigInt(now - HOUR), untilMs: BigInt(now), granularity: "minute", groupBy: ["time"] }),
+        admin.getStats({ sinceMs: BigInt(now - 24 * HOUR), untilMs: BigInt(now), granularity: Granularity.HOUR, groupBy: [StatsDimension.TIME] }),
+        admin.getStats({ sinceMs: BigInt(now - HOUR), untilMs: BigInt(now), granularity: Granularity.MINUTE, groupBy: [StatsDimension.TIME] }),
       ]);
       if (disposed) return;
       haveStats = true;

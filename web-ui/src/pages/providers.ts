@@ -7,6 +7,7 @@
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import { admin, callError, Code, describe } from "../api";
 import { h, mount, setText } from "../dom";
+import { backendStatusText } from "../enums";
 import { fmtDuration, fmtInt, fmtTime, n, perMillion } from "../format";
 import type { BackendPatchSchema, BackendSpecSchema, ModelMappingSchema, Backend, Pool } from "../gen/sidecar/v1/types_pb";
 import type { BackendLive, Dashboard, ValidateBackendResponse } from "../gen/sidecar/v1/admin_pb";
@@ -153,7 +154,7 @@ function render(ctx: PageContext) {
 
   function updateLive(r: RowRefs): void {
     const l = liveById.get(r.backend.id);
-    const status = l?.status ?? r.backend.status;
+    const status = backendStatusText(l?.status ?? r.backend.status);
     if (r.status.dataset.value !== status) {
       r.status.dataset.value = status;
       mount(r.status, badge(status));

@@ -3,8 +3,9 @@
 
 import { admin, describe } from "../api";
 import { h, mount } from "../dom";
+import { roleFromText, roleText } from "../enums";
 import { fmtTime } from "../format";
-import type { Token } from "../gen/sidecar/v1/types_pb";
+import { Role, type Token } from "../gen/sidecar/v1/types_pb";
 import { confirmDialog, modal, section, table, toast, writeButton, type PageContext } from "../ui";
 
 export function tokensSection(ctx: PageContext): { el: HTMLElement; dispose: () => void } {
@@ -64,11 +65,11 @@ export function tokensSection(ctx: PageContext): { el: HTMLElement; dispose: () 
         table<Token>(
           [
             { label: "Name", cell: (t) => t.name || h("span", "muted", "(unnamed)") },
-            { label: "Role", cell: (t) => t.role },
+            { label: "Role", cell: (t) => roleText(t.role) },
             {
               label: "Node",
               cell: (t) =>
-                t.role !== "node"
+                t.role !== Role.NODE
                   ? h("span", "muted", "—")
                   : t.nodeId
                     ? h("code", { attrs: { "data-testid": "token-node-id" } }, t.region ? `${t.nodeId} (${t.region})` : t.nodeId)
@@ -98,7 +99,7 @@ export function tokensSection(ctx: PageContext): { el: HTMLElement; dispose: () 
     try {
       const node = role.value === "node" ? nodeId.value.trim() : "";
       const r = await admin.createToken({
-        role: role.value,
+        role: roleFromText(role.value),
         name: name.value.trim() || node,
         nodeId: node,
         region: node ? region.value.trim() : "",
@@ -117,7 +118,7 @@ export function tokensSection(ctx: PageContext): { el: HTMLElement; dispose: () 
       });
       const done = h("button", { class: "btn primary", attrs: { type: "button", "data-testid": "token-done" } }, "Done");
       const m = modal({
-        title: `New ${r.token?.role ?? ""} token`,
+        title: `New ${r.token ? roleText(r.token.role) : ""} token`,
         body: [
           h("p", null, "Copy the secret now: it is not stored anywhere readable and is never shown again."),
           h("div", "secret-row", secret, copy),
@@ -141,7 +142,7 @@ export function tokensSection(ctx: PageContext): { el: HTMLElement; dispose: () 
   async function revoke(t: Token): Promise<void> {
     const yes = await confirmDialog({
       title: "Revoke token",
-      message: [`Revoke the ${t.role} token “`, h("strong", null, t.name || t.id), "”? Whoever uses it is refused from now on."],
+      message: [`Revoke the ${roleText(t.role)} token “`, h("strong", null, t.name || t.id), "”? Whoever uses it is refused from now on."],
       confirm: "Revoke",
       danger: true,
     });

@@ -4,8 +4,9 @@
 import { admin, describe } from "../api";
 import { buckets, COST_SERIES, requestSeries, stepOf, TimeChart, TOKEN_SERIES } from "../charts";
 import { h, mount, setText } from "../dom";
+import { granularityFromText } from "../enums";
 import { fmtBucket, fmtCount, fmtInt, fmtPct, fmtUsd, n } from "../format";
-import type { GetStatsResponse, StatsRow } from "../gen/sidecar/v1/admin_pb";
+import { StatsDimension, type GetStatsResponse, type StatsRow } from "../gen/sidecar/v1/admin_pb";
 import type { UsageTotals } from "../gen/sidecar/v1/types_pb";
 import { pageHeader, section, table, type Column, type Page, type PageContext, poll } from "../ui";
 
@@ -102,10 +103,12 @@ function render(_ctx: PageContext) {
     };
     const q = new URLSearchParams({ range: r.value, granularity });
     history.replaceState(null, "", `${location.pathname}?${q}`);
+    // The URL and the select keep the word ("hour", "day"); the API takes the enum.
+    const g = granularityFromText(granularity);
     try {
       const [stats, models] = await Promise.all([
-        admin.getStats({ sinceMs: BigInt(since), untilMs: BigInt(until), granularity, filter, groupBy: ["time"] }),
-        admin.getStats({ sinceMs: BigInt(since), untilMs: BigInt(until), granularity, groupBy: ["model"] }),
+        admin.getStats({ sinceMs: BigInt(since), untilMs: BigInt(until), granularity: g, filter, groupBy: [StatsDimension.TIME] }),
+        admin.getStats({ sinceMs: BigInt(since), untilMs: BigInt(until), granularity: g, groupBy: [StatsDimension.MODEL] }),
       ]);
       if (disposed || mine !== seq) return;
       error.hidden = true;

@@ -1,8 +1,24 @@
-//! Domain records → API messages.
+//! Every proto ⇄ domain conversion: wire messages in (validated where the wire allows
+//! what the domain does not, with errors naming the field), domain values out. Config
+//! resources here; statistics and the dashboard in [`stats`]; the node protocol in
+//! [`node`] and [`report`].
+
+pub mod node;
+pub mod report;
+pub mod stats;
 
 use sidecar_proto::v1 as pb;
 
-use crate::store::{AuditRecord, BackendRecord, ModelMapping, NodeRecord, PoolRecord, Settings, Spill, TokenRecord};
+use crate::{
+    status::BackendStatus,
+    store::{
+        AuditRecord, BackendRecord, Cost, ModelMapping, NodeRecord, PoolRecord, Role, Settings, Spill, TokenRecord,
+    },
+    validate::{
+        FieldError, field_error,
+        input::{BackendPatch, BackendSpec, MappingInput, SettingsPatch},
+    },
+};
 
 /// A model mapping as the API shows it.
 pub fn mapping_to_pb(m: &ModelMapping) -> pb::ModelMapping {
@@ -21,8 +37,130 @@ pub fn mapping_to_pb(m: &ModelMapping) -> pb::ModelMapping {
     }
 }
 
-/// A backend as the admin API shows it: key masked, runtime state attached.
-pub fn backend_to_pb(b: &BackendRecord) -> pb::Backend {
+/// A model mapping from the wire.
+pub fn mapping_from_pb(m: pb::ModelMapping) -> MappingInput {
+    let cost = m.cost.unwrap_or_default();
+    MappingInput {
+        native_id: m.native_id,
+        cost: Cost {
+            input: cost.input,
+            output: cost.output,
+            cache_read: cost.cache_read,
+            cache_write: cost.cache_write,
+        },
+        context_window: m.context_window,
+        max_tokens: m.max_tokens,
+        reasoning: m.reasoning,
+        input_modalities: m.input_modalities,
+    }
+}
+
+fn mappings_from_pb(
+    m: std::collections::HashMap<String, pb::ModelMapping>,
+) -> std::collections::HashMap<String, MappingInput> {
+    m.into_iter().map(|(k, v)| (k, mapping_from_pb(v))).collect()
+}
+
+impl From<pb::BackendSpec> for BackendSpec {
+    fn from(s: pb::BackendSpec) -> Self {
+        Self {
+            name: s.name,
+            label: s.label,
+            base_url: s.base_url,
+            api_key: s.api_key,
+            timeout_seconds: s.timeout_seconds,
+            rpm_limit: s.rpm_limit,
+            tpm_limit: s.tpm_limit,
+            window_seconds: s.window_seconds,
+            pool: s.pool,
+            enabled: s.enabled,
+            weight: s.weight,
+            model_mappings: mappings_from_pb(s.model_mappings),
+            regions: s.regions,
+            metadata: s.metadata,
+            source: s.source,
+        }
+    }
+}
+
+impl From<pb::BackendPatch> for BackendPatch {
+    fn from(p: pb::BackendPatch) -> Self {
+        Self {
+            name: p.name,
+            label: p.label,
+            base_url: p.base_url,
+            api_key: p.api_key,
+            timeout_seconds: p.timeout_seconds,
+            rpm_limit: p.rpm_limit,
+            tpm_limit: p.tpm_limit,
+            window_seconds: p.window_seconds,
+            pool: p.pool,
+            enabled: p.enabled,
+            weight: p.weight,
+            model_mappings: p.model_mappings.map(|m| mappings_from_pb(m.entries)),
+            regions: p.regions.map(|r| r.values),
+            metadata: p.metadata.map(|m| m.entries),
+        }
+    }
+}
+
+impl From<pb::SettingsPatch> for SettingsPatch {
+    fn from(p: pb::SettingsPatch) -> Self {
+        Self {
+            cooldown_base_seconds: p.cooldown_base_seconds,
+            cooldown_max_seconds: p.cooldown_max_seconds,
+            queue_capacity: p.queue_capacity,
+            queue_timeout_seconds: p.queue_timeout_seconds,
+            low_priority_timeout_seconds: p.low_priority_timeout_seconds,
+            emergency_fraction: p.emergency_fraction,
+            near_recovery_wait_seconds: p.near_recovery_wait_seconds,
+            failure_threshold: p.failure_threshold,
+            error_cooldown_seconds: p.error_cooldown_seconds,
+            bucket_burst: p.bucket_burst,
+            adaptive_retreat: p.adaptive_retreat,
+            retention_minute_hours: p.retention_minute_hours,
+            retention_hour_days: p.retention_hour_days,
+            retention_day_days: p.retention_day_days,
+            backup_interval_hours: p.backup_interval_hours,
+            backup_retention_days: p.backup_retention_days,
+            probe_interval_seconds: p.probe_interval_seconds,
+            probe_timeout_seconds: p.probe_timeout_seconds,
+        }
+    }
+}
+
+/// A backend's runtime status on the wire.
+pub fn status_to_pb(s: BackendStatus) -> pb::BackendStatus {
+    match s {
+        BackendStatus::Healthy => pb::BackendStatus::Healthy,
+        BackendStatus::Cooling => pb::BackendStatus::Cooling,
+        BackendStatus::Error => pb::BackendStatus::Error,
+        BackendStatus::Disabled => pb::BackendStatus::Disabled,
+    }
+}
+
+/// A token role on the wire.
+pub fn role_to_pb(r: Role) -> pb::Role {
+    match r {
+        Role::Admin => pb::Role::Admin,
+        Role::Viewer => pb::Role::Viewer,
+        Role::Node => pb::Role::Node,
+    }
+}
+
+/// A token role from the wire; `field` names it in the error.
+pub fn role_from_pb(field: &str, value: i32) -> Result<Role, FieldError> {
+    match pb::Role::try_from(value) {
+        Ok(pb::Role::Admin) => Ok(Role::Admin),
+        Ok(pb::Role::Viewer) => Ok(Role::Viewer),
+        Ok(pb::Role::Node) => Ok(Role::Node),
+        Ok(pb::Role::Unspecified) => Err(field_error(field, "is required: ROLE_ADMIN, ROLE_VIEWER or ROLE_NODE")),
+        Err(_) => Err(field_error(field, format!("unknown role {value}: use ROLE_ADMIN, ROLE_VIEWER or ROLE_NODE"))),
+    }
+}
+
+/// A backend as the admin API shows it: key masked, its runtime status attached.
+pub fn backend_to_pb(b: &BackendRecord, status: BackendStatus) -> pb::Backend {
     pb::Backend {
         id: b.id.clone(),
         name: b.name.clone(),
@@ -43,7 +181,7 @@ pub fn backend_to_pb(b: &BackendRecord) -> pb::Backend {
         created_at_ms: b.created_at_ms,
         updated_at_ms: b.updated_at_ms,
         resource_version: b.resource_version,
-        status: if b.enabled { "healthy" } else { "disabled" }.to_owned(),
+        status: status_to_pb(status) as i32,
         cooldown_until_ms: 0,
         consecutive_429_count: 0,
         window_seconds: b.window_seconds,
@@ -71,15 +209,12 @@ pub fn spill_to_pb(spill: Spill) -> pb::PoolSpill {
 }
 
 /// A spill policy from the wire; `None` when unspecified.
-pub fn spill_from_pb(value: i32) -> Result<Option<Spill>, crate::validate::FieldError> {
+pub fn spill_from_pb(value: i32) -> Result<Option<Spill>, FieldError> {
     match pb::PoolSpill::try_from(value) {
         Ok(pb::PoolSpill::Unspecified) => Ok(None),
         Ok(pb::PoolSpill::OnBusy) => Ok(Some(Spill::OnBusy)),
         Ok(pb::PoolSpill::OnFailure) => Ok(Some(Spill::OnFailure)),
-        Err(_) => Err(crate::validate::field_error(
-            "spill",
-            format!("unknown spill policy {value}: use ON_BUSY or ON_FAILURE"),
-        )),
+        Err(_) => Err(field_error("spill", format!("unknown spill policy {value}: use ON_BUSY or ON_FAILURE"))),
     }
 }
 
@@ -128,7 +263,7 @@ pub fn node_to_pb(n: &NodeRecord, connected: bool) -> pb::Node {
 pub fn token_to_pb(t: &TokenRecord) -> pb::Token {
     pb::Token {
         id: t.id.clone(),
-        role: t.role.as_str().to_owned(),
+        role: role_to_pb(t.role) as i32,
         name: t.name.clone(),
         created_at_ms: t.created_at_ms,
         created_by: t.created_by.clone(),
@@ -147,48 +282,5 @@ pub fn audit_to_pb(a: &AuditRecord) -> pb::AuditEntry {
         action: a.action.clone(),
         target: a.target.clone(),
         config_version: a.config_version,
-    }
-}
-
-/// Usage counters as the API's totals (the latency histogram always has every bucket).
-pub fn usage_totals_to_pb(c: &crate::store::UsageCounters) -> pb::UsageTotals {
-    let mut histogram = c.latency_histogram.clone();
-    histogram.resize(histogram.len().max(crate::store::LATENCY_BUCKETS_MS.len() + 1), 0);
-    pb::UsageTotals {
-        requests: c.answered,
-        succeeded: c.succeeded,
-        errors: c.answered_errors,
-        rate_limited: c.errors_429,
-        attempts: c.attempts,
-        errors_5xx: c.errors_5xx,
-        errors_timeout: c.errors_timeout,
-        errors_connect: c.errors_connect,
-        errors_4xx: c.errors_4xx,
-        prompt_tokens: c.prompt_tokens,
-        completion_tokens: c.completion_tokens,
-        total_tokens: c.total_tokens,
-        cost_usd: c.cost_usd,
-        latency_ms_sum: c.latency_ms_sum,
-        latency_histogram: histogram,
-        ttft_ms_sum: c.ttft_ms_sum,
-        ttft_count: c.ttft_count,
-        avg_latency_ms: match c.attempts {
-            0 => 0.0,
-            n => c.latency_ms_sum as f64 / n as f64,
-        },
-    }
-}
-
-/// A backend's runtime status: disabled by config, failing health, cooling fleet-wide,
-/// or healthy.
-pub fn backend_status(enabled: bool, health: Option<&str>, cooling_until_ms: i64, now_ms: i64) -> &'static str {
-    if !enabled {
-        "disabled"
-    } else if health == Some("error") {
-        "error"
-    } else if cooling_until_ms > now_ms {
-        "cooling"
-    } else {
-        "healthy"
     }
 }

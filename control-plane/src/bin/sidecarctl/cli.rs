@@ -486,12 +486,38 @@ pub(crate) enum TokenRole {
 }
 
 impl TokenRole {
-    /// The role's name on the wire.
-    pub(crate) fn as_str(self) -> &'static str {
+    /// The role on the wire.
+    pub(crate) fn to_pb(self) -> pb::Role {
         match self {
-            Self::Admin => "admin",
-            Self::Viewer => "viewer",
-            Self::Node => "node",
+            Self::Admin => pb::Role::Admin,
+            Self::Viewer => pb::Role::Viewer,
+            Self::Node => pb::Role::Node,
+        }
+    }
+}
+
+impl GranularityArg {
+    /// The granularity on the wire (auto = unspecified).
+    pub(crate) fn to_pb(self) -> pb::Granularity {
+        match self {
+            Self::Minute => pb::Granularity::Minute,
+            Self::Hour => pb::Granularity::Hour,
+            Self::Day => pb::Granularity::Day,
+            Self::Auto => pb::Granularity::Unspecified,
+        }
+    }
+}
+
+impl GroupBy {
+    /// The dimension on the wire.
+    pub(crate) fn to_pb(self) -> pb::StatsDimension {
+        match self {
+            Self::Time => pb::StatsDimension::Time,
+            Self::Backend => pb::StatsDimension::Backend,
+            Self::Model => pb::StatsDimension::Model,
+            Self::Pool => pb::StatsDimension::Pool,
+            Self::Region => pb::StatsDimension::Region,
+            Self::Node => pb::StatsDimension::Node,
         }
     }
 }

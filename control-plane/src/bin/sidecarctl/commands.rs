@@ -212,7 +212,7 @@ async fn token(ctx: &mut Ctx, command: TokenCommand) -> anyhow::Result<()> {
     match command {
         TokenCommand::Create { role, name } => {
             let request = pb::CreateTokenRequest {
-                role: role.as_str().into(),
+                role: role.to_pb() as i32,
                 name: name.unwrap_or_default(),
                 ..Default::default()
             };
@@ -234,7 +234,7 @@ async fn token(ctx: &mut Ctx, command: TokenCommand) -> anyhow::Result<()> {
             for tok in &resp.tokens {
                 t.row(vec![
                     tok.id.clone(),
-                    tok.role.clone(),
+                    crate::output::role_name(tok.role).to_owned(),
                     tok.name.clone(),
                     time(tok.created_at_ms),
                     tok.created_by.clone(),
@@ -257,7 +257,7 @@ async fn node_token(ctx: &mut Ctx, command: NodeTokenCommand) -> anyhow::Result<
     match command {
         NodeTokenCommand::Create { node_id, region, name } => {
             let request = pb::CreateTokenRequest {
-                role: "node".into(),
+                role: pb::Role::Node as i32,
                 name: name.unwrap_or_else(|| node_id.clone()),
                 node_id: node_id.clone(),
                 region: region.unwrap_or_default(),
@@ -272,7 +272,7 @@ async fn node_token(ctx: &mut Ctx, command: NodeTokenCommand) -> anyhow::Result<
         }
         NodeTokenCommand::List => {
             let mut resp = ctx.admin.list_tokens(pb::ListTokensRequest {}).await?.into_inner();
-            resp.tokens.retain(|t| t.role == "node");
+            resp.tokens.retain(|t| t.role == pb::Role::Node as i32);
             if ctx.format == Format::Json {
                 return print_json(&resp);
             }
@@ -292,7 +292,7 @@ async fn node_token(ctx: &mut Ctx, command: NodeTokenCommand) -> anyhow::Result<
         NodeTokenCommand::Revoke { id } => {
             let tokens = ctx.admin.list_tokens(pb::ListTokensRequest {}).await?.into_inner().tokens;
             let chosen: Vec<&pb::Token> =
-                tokens.iter().filter(|t| t.role == "node" && (t.id == id || t.node_id == id)).collect();
+                tokens.iter().filter(|t| t.role == pb::Role::Node as i32 && (t.id == id || t.node_id == id)).collect();
             if chosen.is_empty() {
                 bail!("no node token with id or node id {id:?}");
             }

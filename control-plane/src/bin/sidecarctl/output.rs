@@ -8,6 +8,7 @@ use std::{
 };
 
 use serde::Serialize;
+use sidecar_proto::v1 as pb;
 
 /// Columns of text printed with every column padded to its widest cell.
 pub(crate) struct Table {
@@ -118,6 +119,37 @@ pub(crate) fn list<S: AsRef<str>>(items: &[S], empty: &str) -> String {
 /// Keeps table cells on one line: control characters (newlines in error texts) become spaces.
 fn one_line(s: &str) -> String {
     s.chars().map(|c| if c.is_control() { ' ' } else { c }).collect()
+}
+
+/// A token role as people read it.
+pub(crate) fn role_name(role: i32) -> &'static str {
+    match pb::Role::try_from(role) {
+        Ok(pb::Role::Admin) => "admin",
+        Ok(pb::Role::Viewer) => "viewer",
+        Ok(pb::Role::Node) => "node",
+        _ => "unknown",
+    }
+}
+
+/// A backend's runtime status as people read it.
+pub(crate) fn status_name(status: i32) -> &'static str {
+    match pb::BackendStatus::try_from(status) {
+        Ok(pb::BackendStatus::Healthy) => "healthy",
+        Ok(pb::BackendStatus::Cooling) => "cooling",
+        Ok(pb::BackendStatus::Error) => "error",
+        Ok(pb::BackendStatus::Disabled) => "disabled",
+        _ => "unknown",
+    }
+}
+
+/// A statistics granularity as people read it.
+pub(crate) fn granularity_name(granularity: i32) -> &'static str {
+    match pb::Granularity::try_from(granularity) {
+        Ok(pb::Granularity::Minute) => "minute",
+        Ok(pb::Granularity::Hour) => "hour",
+        Ok(pb::Granularity::Day) => "day",
+        _ => "auto",
+    }
 }
 
 #[cfg(test)]

@@ -3,14 +3,13 @@
 
 use std::time::{Duration, UNIX_EPOCH};
 
-use clap::ValueEnum;
 use serde_json::{Map, Value, json};
 use sidecar_proto::v1 as pb;
 
 use crate::{
     cli::{CooldownsArgs, Format, StatsArgs, TimeArg},
     commands::{Ctx, now_ms},
-    output::{Table, line, print_fields, print_json, time},
+    output::{Table, granularity_name, line, print_fields, print_json, time},
 };
 
 /// Parses `--since`/`--until`: a duration ago (`1h`, `2days`), an RFC 3339 time
@@ -51,17 +50,13 @@ fn resolve(t: TimeArg, now: i64) -> i64 {
     }
 }
 
-fn name_of<T: ValueEnum>(value: &T) -> String {
-    value.to_possible_value().map(|v| v.get_name().to_owned()).unwrap_or_default()
-}
-
 /// Runs `stats`.
 pub(crate) async fn stats(ctx: &mut Ctx, args: StatsArgs) -> anyhow::Result<()> {
     let now = now_ms();
     let request = pb::GetStatsRequest {
         since_ms: resolve(args.since, now),
         until_ms: args.until.map_or(0, |t| resolve(t, now)),
-        granularity: args.granularity.as_ref().map(name_of).unwrap_or_default(),
+        granularity: args.granularity.map_or(pb::Granularity::Unspecified, |g| g.to_pb()) as i32,
         filter: Some(pb::StatsFilter {
             backends: args.backends,
             models: args.models,
@@ -69,7 +64,7 @@ pub(crate) async fn stats(ctx: &mut Ctx, args: StatsArgs) -> anyhow::Result<()> 
             regions: args.regions,
             nodes: args.nodes,
         }),
-        group_by: args.group_by.iter().map(name_of).collect(),
+        group_by: args.group_by.iter().map(|d| d.to_pb() as i32).collect(),
     };
     let resp = ctx.admin.get_stats(request.clone()).await?.into_inner();
     match ctx.format {
@@ -116,7 +111,7 @@ pub(crate) fn stats_view(resp: &pb::GetStatsResponse) -> Value {
     json!({
         "since_ms": resp.since_ms,
         "until_ms": resp.until_ms,
-        "granularity": resp.granularity,
+        "granularity": granularity_name(resp.granularity),
         "totals": Value::Object(totals_object(resp.totals.as_ref())),
         "by_backend": resp.by_backend.iter().map(flat_row).collect::<Vec<_>>(),
         "rows": resp.rows.iter().map(flat_row).collect::<Vec<_>>(),
@@ -135,7 +130,10 @@ fn totals_fields(resp: &pb::GetStatsResponse) -> Vec<(&'static str, String)> {
         n => format!("{:.0} ms avg over {n} streams", t.ttft_ms_sum as f64 / n as f64),
     };
     vec![
-        ("range", format!("{} to {} (per {})", time(resp.since_ms), time(resp.until_ms), resp.granularity)),
+        (
+            "range",
+            format!("{} to {} (per {})", time(resp.since_ms), time(resp.until_ms), granularity_name(resp.granularity)),
+        ),
         ("requests", t.requests.to_string()),
         ("succeeded", t.succeeded.to_string()),
         ("errors", t.errors.to_string()),
@@ -195,18 +193,18 @@ fn backend_table(rows: &[pb::StatsRow]) -> Table {
 type Column = (&'static str, fn(&pb::StatsRow) -> String);
 
 /// Grouped rows: one column per grouping, in the order asked, then the figures.
-fn rows_table(group_by: &[String], rows: &[pb::StatsRow]) -> Table {
+fn rows_table(group_by: &[i32], rows: &[pb::StatsRow]) -> Table {
     let columns: Vec<Column> = group_by
         .iter()
         .filter_map(|dim| -> Option<Column> {
-            Some(match dim.as_str() {
-                "time" => ("TIME", |r| time(r.bucket_ms)),
-                "backend" => ("BACKEND", |r| backend_label(&r.backend_id, &r.backend_name)),
-                "model" => ("MODEL", |r| r.model.clone()),
-                "pool" => ("POOL", |r| r.pool.clone()),
-                "region" => ("REGION", |r| r.region.clone()),
-                "node" => ("NODE", |r| r.node_id.clone()),
-                _ => return None,
+            Some(match pb::StatsDimension::try_from(*dim).ok()? {
+                pb::StatsDimension::Time => ("TIME", |r| time(r.bucket_ms)),
+                pb::StatsDimension::Backend => ("BACKEND", |r| backend_label(&r.backend_id, &r.backend_name)),
+                pb::StatsDimension::Model => ("MODEL", |r| r.model.clone()),
+                pb::StatsDimension::Pool => ("POOL", |r| r.pool.clone()),
+                pb::StatsDimension::Region => ("REGION", |r| r.region.clone()),
+                pb::StatsDimension::Node => ("NODE", |r| r.node_id.clone()),
+                pb::StatsDimension::Unspecified => return None,
             })
         })
         .collect();
@@ -294,7 +292,7 @@ mod tests {
         let resp = pb::GetStatsResponse {
             since_ms: 1,
             until_ms: 2,
-            granularity: "minute".into(),
+            granularity: pb::Granularity::Minute as i32,
             totals: Some(totals),
             rows: vec![row.clone()],
             by_backend: vec![row],
@@ -320,7 +318,7 @@ mod tests {
             totals: Some(pb::UsageTotals { requests: 4, ..Default::default() }),
             ..Default::default()
         };
-        let text = rows_table(&["node".into(), "model".into()], &[row]).render();
+        let text = rows_table(&[pb::StatsDimension::Node as i32, pb::StatsDimension::Model as i32], &[row]).render();
         let mut lines = text.lines();
         assert!(lines.next().unwrap().starts_with("NODE  MODEL  REQUESTS"), "{text}");
         assert!(lines.next().unwrap().starts_with("n1    gpt    4"), "{text}");

@@ -1,0 +1,113 @@
+//! The node protocol (`NodeService.Sync`), to and from the wire: snapshots and fleet
+//! messages out, hello, demand and 429 events in.
+
+use sidecar_proto::v1::{self as pb, control_message::Kind};
+
+use super::{mapping_to_pb, pool_to_pb, settings_to_pb};
+use crate::{
+    fleet::{BackendDemand, FleetMessage, RateLimited},
+    nodes::Hello,
+    snapshot::NodeSnapshot,
+};
+
+/// The snapshot as the node receives it.
+pub fn snapshot_to_pb(s: &NodeSnapshot) -> pb::Snapshot {
+    let state = &s.state;
+    pb::Snapshot {
+        version: state.version,
+        nonce: s.nonce.clone(),
+        backends: s
+            .backends
+            .iter()
+            .map(|nb| {
+                let (b, key) = s.record(nb);
+                pb::SnapshotBackend {
+                    id: b.id.clone(),
+                    name: b.name.clone(),
+                    base_url: b.base_url.clone(),
+                    api_key: key.clone(),
+                    timeout_seconds: b.timeout_seconds,
+                    rpm_limit: b.rpm_limit,
+                    tpm_limit: b.tpm_limit.unwrap_or(0),
+                    window_seconds: b.window_seconds,
+                    pool: b.pool.clone(),
+                    enabled: b.enabled,
+                    weight: b.weight,
+                    model_mappings: b.model_mappings.iter().map(|(k, m)| (k.clone(), mapping_to_pb(m))).collect(),
+                    resource_version: b.resource_version,
+                    label: b.label.clone(),
+                    health: state.health_of(&b.id).as_str().to_owned(),
+                    initial_rpm_share: nb.initial_share,
+                    cooldown_remaining_ms: nb.cooldown_remaining_ms,
+                    consecutive_429: nb.consecutive_429,
+                }
+            })
+            .collect(),
+        pools: state.pools.iter().map(|p| pool_to_pb(p, 0)).collect(),
+        settings: Some(settings_to_pb(&state.settings)),
+        generated_at_ms: s.generated_at_ms,
+    }
+}
+
+/// A snapshot message.
+pub fn snapshot_message(s: &NodeSnapshot) -> pb::ControlMessage {
+    pb::ControlMessage { kind: Some(Kind::Snapshot(snapshot_to_pb(s))) }
+}
+
+/// A fleet message as the node receives it.
+pub fn fleet_message(m: FleetMessage) -> pb::ControlMessage {
+    let kind = match m {
+        FleetMessage::Grants { grants, lease_ms } => Kind::Grants(pb::QuotaGrants {
+            grants: grants
+                .into_iter()
+                .map(|g| pb::QuotaGrant {
+                    backend_id: g.backend_id,
+                    rpm: g.rpm,
+                    tpm: g.tpm,
+                    fallback_rpm: g.fallback_rpm,
+                    fallback_tpm: g.fallback_tpm,
+                })
+                .collect(),
+            lease_ms,
+        }),
+        FleetMessage::Cooldown(c) => Kind::Cooldown(pb::CooldownBroadcast {
+            backend_id: c.backend_id,
+            consecutive_count: c.consecutive_count,
+            remaining_ms: c.remaining_ms,
+            duration_ms: c.duration_ms,
+            node_id: c.node_id,
+        }),
+    };
+    pb::ControlMessage { kind: Some(kind) }
+}
+
+impl From<pb::Hello> for Hello {
+    fn from(h: pb::Hello) -> Self {
+        Self {
+            node_id: h.node_id,
+            region: h.region,
+            software_version: h.software_version,
+            config_version: h.config_version,
+            boot_id: h.boot_id,
+        }
+    }
+}
+
+/// A node's demand report.
+pub fn demand_from_pb(d: pb::Demand) -> Vec<BackendDemand> {
+    d.backends
+        .into_iter()
+        .map(|b| BackendDemand {
+            backend_id: b.backend_id,
+            demand: b.demand,
+            bucket_fill: b.bucket_fill,
+            in_window: b.in_window,
+        })
+        .collect()
+}
+
+impl From<pb::RateLimitEvent> for RateLimited {
+    fn from(e: pb::RateLimitEvent) -> Self {
+        Self { backend_id: e.backend_id, consecutive_count: e.consecutive_count, retry_after_ms: e.retry_after_ms }
+    }
+}

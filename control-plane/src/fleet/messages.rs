@@ -1,0 +1,75 @@
+//! What the fleet coordinator hears from nodes (demand, 429s) and tells them (grants,
+//! cooldowns), as domain values; the node API converts them to and from the wire.
+
+use tokio::sync::mpsc;
+
+/// A node session's inbox for fleet messages.
+pub type Sender = mpsc::Sender<FleetMessage>;
+
+/// What the fleet tells one node.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FleetMessage {
+    /// The node's grants for every backend it may use, valid for `lease_ms`.
+    Grants {
+        /// One per backend.
+        grants: Vec<Grant>,
+        /// How long they hold without renewal.
+        lease_ms: u64,
+    },
+    /// A backend cools (or recovered, with a count of 0) fleet-wide.
+    Cooldown(CooldownNotice),
+}
+
+/// A node's share of one backend's limit, per backend window.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    /// The backend.
+    pub backend_id: String,
+    /// Requests per window.
+    pub rpm: u32,
+    /// Tokens per window; 0 = no token limit.
+    pub tpm: u32,
+    /// Requests per window if the lease runs out.
+    pub fallback_rpm: u32,
+    /// Tokens per window if the lease runs out.
+    pub fallback_tpm: u32,
+}
+
+/// A fleet-wide cooldown (or its end).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CooldownNotice {
+    /// The backend.
+    pub backend_id: String,
+    /// Fleet-wide consecutive 429s; 0 = recovered.
+    pub consecutive_count: u32,
+    /// Cooldown still to run.
+    pub remaining_ms: u64,
+    /// The cooldown's full length.
+    pub duration_ms: u64,
+    /// The node whose 429 (or success) caused it.
+    pub node_id: String,
+}
+
+/// A node's demand on one backend, as it reports every second.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BackendDemand {
+    /// The backend.
+    pub backend_id: String,
+    /// Requests per window it would admit if it could.
+    pub demand: f64,
+    /// Its bucket's fill (0..1).
+    pub bucket_fill: f64,
+    /// Admitted in the current window.
+    pub in_window: u32,
+}
+
+/// A 429 a node saw.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RateLimited {
+    /// The backend.
+    pub backend_id: String,
+    /// The node's consecutive 429 count for it.
+    pub consecutive_count: u32,
+    /// The upstream's Retry-After, ms; 0 = none.
+    pub retry_after_ms: u64,
+}
