@@ -29,6 +29,7 @@ KEY = "ab" * 32
 UP, UP_SLOW, UP_STREAM, NGINX, NGINX_STREAM, PROXY, PROXY_OPS, CTRL, CTRL_OPS = 18000, 18001, 18002, 18100, 18101, 18200, 18201, 18290, 18291
 FLOOR, FLOOR_SLOW = 18300, 18301
 PROXY_TLS, PROXY_TLS_OPS = 18210, 18211
+PROXY_BASE, PROXY_BASE_OPS = 18220, 18221
 BODY = '{"model":"bench","messages":[{"role":"user","content":"hello"}]}'
 
 procs = []
@@ -152,6 +153,10 @@ def main():
     ap.add_argument("--quick", action="store_true", help="1 run of 3 s, fewer streams: a smoke test")
     ap.add_argument("--streams", type=int, default=10000)
     ap.add_argument("--rate", type=int, default=10000, help="requests/s of the fixed-rate latency scenario")
+    ap.add_argument("--conns", default="1,16,64,256", help="comma-separated connection counts of the chat scenario")
+    ap.add_argument("--chat-only", action="store_true", help="only the chat and fixed-rate scenarios")
+    ap.add_argument("--baseline-proxy", metavar="BIN",
+                    help="another sidecar-proxy binary (e.g. built from the previous commit) measured in the same run")
     args = ap.parse_args()
     if args.quick:
         args.runs, args.duration, args.streams = 1, 3, 1000
@@ -221,6 +226,15 @@ http {{ access_log off; upstream up {{ server 127.0.0.1:{UP}; keepalive 256; }}
              "SIDECAR_OPS_LISTEN": f"127.0.0.1:{PROXY_TLS_OPS}", "SIDECAR_DATA_DIR": os.path.join(work, "proxy-tls"),
              "SIDECAR_LOG_LEVEL": "warn", "SIDECAR_TLS_CERT": cert, "SIDECAR_TLS_KEY": key},
         )
+        base = None
+        if args.baseline_proxy:
+            base = start(
+                [args.baseline_proxy],
+                {"SIDECAR_CONTROL_URL": f"http://127.0.0.1:{CTRL}", "SIDECAR_NODE_TOKEN": NODE, "SIDECAR_PORT": str(PROXY_BASE),
+                 "SIDECAR_OPS_LISTEN": f"127.0.0.1:{PROXY_BASE_OPS}", "SIDECAR_DATA_DIR": os.path.join(work, "proxy-base"),
+                 "SIDECAR_LOG_LEVEL": "warn"},
+            )
+            wait_port(PROXY_BASE)
         wait_port(PROXY)
         wait_port(PROXY_TLS)
         time.sleep(1.5)  # first snapshot and grants
@@ -238,16 +252,21 @@ http {{ access_log off; upstream up {{ server 127.0.0.1:{UP}; keepalive 256; }}
         # Whose CPU time is the system's: the processes that serve its requests.
         serving = {"mock (direct)": [procs[0].pid], "nginx": nginx_workers, "hyper floor": [floor.pid], "sidecar-proxy": [proxy.pid],
                    "sidecar-proxy https": [proxy_tls.pid]}
+        if args.baseline_proxy:
+            systems["sidecar-proxy baseline"] = f"http://127.0.0.1:{PROXY_BASE}/v1/chat/completions"
+            serving["sidecar-proxy baseline"] = [base.pid]
         # Warm up every path.
         for url in systems.values():
             wrk(url, 16, 2, lua)
 
         results["chat"] = {}
-        for conns in (1, 16, 64, 256):
+        for conns in [int(c) for c in args.conns.split(",")]:
             row = {}
-            for name, url in systems.items():
-                runs = []
-                for _ in range(args.runs):
+            # Runs alternate between systems, so drift on the machine touches all alike.
+            runs_of = {name: [] for name in systems}
+            for _ in range(args.runs):
+                for name, url in systems.items():
+                    runs = runs_of[name]
                     sampler = RssSampler(serving[name][0]) if name.startswith("sidecar-proxy") else None
                     cpu0 = sum(cpu_seconds(pid) for pid in serving[name])
                     r = wrk(url, conns, args.duration, lua)
@@ -258,6 +277,7 @@ http {{ access_log off; upstream up {{ server 127.0.0.1:{UP}; keepalive 256; }}
                     if sampler:
                         r["rss_mb"] = sampler.stop()
                     runs.append(r)
+            for name, runs in runs_of.items():
                 row[name] = {k: median_of(runs, k) for k in runs[0]}
                 print(f"c={conns:<4} {name:<14} p50 {row[name]['p50_ms']:.3f} ms  p99 {row[name]['p99_ms']:.3f} ms  {row[name]['rps']:.0f} req/s  {row[name]['cpu_us']:.1f} µs CPU/req"
                       + (f"  rss {row[name]['rss_mb']:.1f} MB" if 'rss_mb' in row[name] else ""), flush=True)
@@ -271,6 +291,8 @@ http {{ access_log off; upstream up {{ server 127.0.0.1:{UP}; keepalive 256; }}
             row = results["fixed_rate"]["rows"][name] = {k: median_of(runs, k) for k in runs[0]}
             print(f"fixed {args.rate}/s c=64 {name:<14} p50 {row['p50_ms']:.3f} ms  p99 {row['p99_ms']:.3f} ms  "
                   f"{row['rps']:.0f} req/s  {row['non200']:.0f} non-200", flush=True)
+        if args.chat_only:
+            return finish(results, args)
 
         results["stream"] = {}
         stream_urls = {
@@ -318,7 +340,11 @@ http {{ access_log off; upstream up {{ server 127.0.0.1:{UP}; keepalive 256; }}
     finally:
         stop_all()
         shutil.rmtree(work, ignore_errors=True)
+    finish(results, args)
 
+
+def finish(results, args):
+    """Writes the results (JSON and Markdown) and prints the report."""
     results["machine"] = {"cpus": os.cpu_count(), "kernel": platform.release(), "cpu": cpu_model()}
     report = render(results, args)
     os.makedirs(os.path.join(ROOT, "bench", "results"), exist_ok=True)
@@ -362,6 +388,8 @@ def render(r, args):
         added = f"{v['p50_ms'] - direct['p50_ms']:.3f} | {v['p99_ms'] - direct['p99_ms']:.3f}" if name != "mock (direct)" else "– | –"
         lines.append(f"| {name} | {v['p50_ms']:.3f} | {v['p99_ms']:.3f} | {added} | {v['non200']:.0f} |")
     lines.append("")
+    if "stream" not in r:
+        return "\n".join(lines)
     lines.append("| streaming (50 chunks, 2 ms apart) | TTFB p50 µs | TTFB p99 µs | frames per response (median) |")
     lines.append("|---|---|---|---|")
     for name, v in r["stream"].items():

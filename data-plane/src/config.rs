@@ -324,6 +324,15 @@ mod tests {
         }
     }
 
+    /// The proxy's loader once differed from the control plane's: it did not trim values,
+    /// so a stray space (common in env files and TOML) refused a valid one.
+    #[test]
+    fn values_are_trimmed_as_in_the_control_plane() {
+        let c = resolve(&[("SIDECAR_LOG_FORMAT", " json "), ("SIDECAR_OPS_LISTEN", " 127.0.0.1:9999 ")]).unwrap();
+        assert_eq!(c.log_format, LogFormat::Json);
+        assert_eq!(c.ops_listen.to_string(), "127.0.0.1:9999");
+    }
+
     #[test]
     fn flags_beat_env() {
         let flags = Flags { port: Some("7000".into()), ..Default::default() };

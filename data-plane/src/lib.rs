@@ -5,7 +5,6 @@
 
 #![forbid(unsafe_code)]
 
-pub mod auth;
 pub mod config;
 pub mod config_sync;
 #[doc(hidden)]

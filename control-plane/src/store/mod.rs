@@ -1,6 +1,8 @@
 //! The control plane's sled store: one tree per entity, values prefixed with a schema
 //! version byte, multi-tree writes in one transaction, and the config version.
 
+mod counters;
+mod identity;
 mod records;
 mod usage;
 
@@ -15,6 +17,9 @@ use sled::{
     transaction::{ConflictableTransactionError, TransactionError},
 };
 
+pub use counters::{CooldownRecord, LATENCY_BUCKETS_MS, UsageCounters};
+use identity::audit_key;
+pub use identity::{Actor, AuditRecord, NodeRecord, Role, TokenRecord};
 pub use records::*;
 pub use usage::{Granularity, ReportRecord, UsageRow};
 
@@ -76,22 +81,6 @@ pub fn decode<T: DeserializeOwned>(tree: &'static str, bytes: &[u8]) -> Result<T
         }
         Some((&found, _)) => Err(StoreError::UnsupportedSchema { tree, found }),
         None => Err(StoreError::Corrupt { tree, reason: "empty value".into() }),
-    }
-}
-
-/// Who made a write, for the audit trail.
-#[derive(Debug, Clone)]
-pub struct Actor {
-    /// Token id, or `system`.
-    pub id: String,
-    /// Role name.
-    pub role: String,
-}
-
-impl Actor {
-    /// The control plane itself (first-start setup, migrations).
-    pub fn system() -> Self {
-        Self { id: "system".into(), role: "system".into() }
     }
 }
 
@@ -235,7 +224,7 @@ impl Store {
     /// Applies `change` in one transaction over every config tree, bumps the config
     /// version and appends an audit entry. Returns the new config version.
     ///
-    /// Callers serialise writes (see `admin::Writer`), so reads done before building the
+    /// Callers serialise writes (`Shared::write` holds the writer lock), so reads done before building the
     /// change are still current when it commits.
     pub fn commit(&self, change: ConfigChange, actor: &Actor, action: &str, target: &str) -> Result<u64, StoreError> {
         let audit_id = self.db.generate_id()?;
@@ -356,75 +345,6 @@ impl Store {
     pub fn v1_migrated(&self) -> Result<bool, StoreError> {
         Ok(Self::get(&self.meta, "meta", META_V1_MIGRATED)?.unwrap_or(false))
     }
-
-    /// Every node the control plane has seen.
-    pub fn nodes(&self) -> Result<Vec<NodeRecord>, StoreError> {
-        Self::scan(&self.nodes, "nodes")
-    }
-
-    /// One node by id.
-    pub fn node(&self, id: &str) -> Result<Option<NodeRecord>, StoreError> {
-        Self::get(&self.nodes, "nodes", id.as_bytes())
-    }
-
-    /// Saves a node's record (not a config write: no version bump, no audit).
-    pub fn put_node(&self, node: &NodeRecord) -> Result<(), StoreError> {
-        self.nodes.insert(node.id.as_bytes(), encode(node))?;
-        Ok(())
-    }
-
-    /// Records when a token last authenticated (not a config write).
-    pub fn touch_token(&self, id: &str, at_ms: i64) -> Result<(), StoreError> {
-        self.token_used.insert(id.as_bytes(), encode(&at_ms))?;
-        Ok(())
-    }
-
-    /// When each token last authenticated, by token id.
-    pub fn tokens_last_used(&self) -> Result<std::collections::HashMap<String, i64>, StoreError> {
-        self.token_used
-            .iter()
-            .map(|kv| {
-                let (k, v) = kv?;
-                Ok((String::from_utf8_lossy(&k).into_owned(), decode::<i64>("token_used", &v)?))
-            })
-            .collect()
-    }
-
-    /// Appends an audit entry for something that is not a config write (a refused node
-    /// credential, say): the config version is the current one, unchanged.
-    pub fn audit_event(&self, actor: &Actor, action: &str, target: &str) -> Result<(), StoreError> {
-        let at_ms = now_ms();
-        let entry = AuditRecord::new(at_ms, actor, action, target, self.config_version());
-        self.audit.insert(audit_key(at_ms, self.db.generate_id()?), encode(&entry))?;
-        Ok(())
-    }
-
-    /// Audit entries in `[since_ms, until_ms)`.
-    pub fn audit(&self, since_ms: i64, until_ms: i64) -> Result<Vec<AuditRecord>, StoreError> {
-        let lo = audit_key(since_ms, 0);
-        let hi = audit_key(until_ms, 0);
-        self.audit.range(lo..hi).values().map(|v| decode("audit", &v?)).collect()
-    }
-}
-
-impl AuditRecord {
-    fn new(at_ms: i64, actor: &Actor, action: &str, target: &str, config_version: u64) -> Self {
-        Self {
-            at_ms,
-            actor: actor.id.clone(),
-            role: actor.role.clone(),
-            action: action.to_owned(),
-            target: target.to_owned(),
-            config_version,
-        }
-    }
-}
-
-fn audit_key(at_ms: i64, id: u64) -> [u8; 16] {
-    let mut key = [0u8; 16];
-    key[..8].copy_from_slice(&(at_ms.max(0) as u64).to_be_bytes());
-    key[8..].copy_from_slice(&id.to_be_bytes());
-    key
 }
 
 #[cfg(test)]

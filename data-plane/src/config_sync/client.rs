@@ -7,7 +7,8 @@ use std::time::Duration;
 use sidecar_proto::v1::node_service_client::NodeServiceClient;
 use tonic::{service::interceptor::InterceptedService, transport::Channel};
 
-use crate::{InitError, ProxyConfig, auth::Bearer};
+use super::auth::Bearer;
+use crate::{InitError, ProxyConfig};
 
 /// The node client used for the Sync stream and for reports.
 pub type NodeClient = NodeServiceClient<InterceptedService<Channel, Bearer>>;

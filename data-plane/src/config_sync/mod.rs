@@ -6,6 +6,7 @@
 //! Protobuf stays inside this module (and `report`'s delivery): snapshots are decoded
 //! here (`snapshot`), and the node client is built here (`client`).
 
+mod auth;
 mod cache;
 mod client;
 mod snapshot;

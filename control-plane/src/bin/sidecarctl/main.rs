@@ -10,6 +10,7 @@ mod commands;
 mod output;
 mod settings;
 mod stats;
+mod tokens;
 
 use std::process::ExitCode;
 
