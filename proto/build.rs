@@ -17,6 +17,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // Enum fields print as their lower-case names ("viewer", "healthy"), not numbers.
         .field_attribute("sidecar.v1.Token.role", r#"#[serde(serialize_with = "crate::json::role")]"#)
         .field_attribute("sidecar.v1.Backend.status", r#"#[serde(serialize_with = "crate::json::backend_status")]"#)
+        .field_attribute("sidecar.v1.Backend.source", r#"#[serde(serialize_with = "crate::json::backend_source")]"#)
         .field_attribute("sidecar.v1.BackendLive.status", r#"#[serde(serialize_with = "crate::json::backend_status")]"#)
         .field_attribute(
             "sidecar.v1.GetStatsResponse.granularity",

@@ -39,6 +39,7 @@ pub mod json {
     enum_json! {
         role: Role, "ROLE_";
         backend_status: BackendStatus, "BACKEND_STATUS_";
+        backend_source: BackendSource, "BACKEND_SOURCE_";
         granularity: Granularity, "GRANULARITY_";
     }
 }

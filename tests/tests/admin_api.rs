@@ -45,8 +45,8 @@ async fn backend_crud_round_trip_masks_the_key() {
     assert_eq!(b.base_url, "https://api.example.com/v1", "trailing slash dropped");
     assert_eq!(b.api_key_masked, "sk-liv****0123");
     assert_eq!(
-        (b.rpm_limit, b.pool.as_str(), b.source.as_str(), b.status()),
-        (60, "primary", "api", pb::BackendStatus::Healthy)
+        (b.rpm_limit, b.pool.as_str(), b.source(), b.status()),
+        (60, "primary", pb::BackendSource::Api, pb::BackendStatus::Healthy)
     );
     assert!(created.config_version > v0);
 
@@ -148,7 +148,7 @@ async fn every_invalid_input_is_invalid_argument_naming_the_field() {
         ("backend.window_seconds", pb::BackendSpec { rpm_limit: Some(5), window_seconds: 10, ..base() }),
         ("backend.weight", pb::BackendSpec { weight: Some(0), ..base() }),
         ("backend.regions[0]", pb::BackendSpec { regions: vec!["".into()], ..base() }),
-        ("backend.source", pb::BackendSpec { source: "martian".into(), ..base() }),
+        ("backend.source", pb::BackendSpec { source: 9, ..base() }),
         ("backend.model_mappings[\"gpt-4o\"].native_id", {
             let mut s = base();
             s.model_mappings.get_mut("gpt-4o").unwrap().native_id = "".into();

@@ -234,7 +234,10 @@ async fn v1_environment_becomes_one_env_backend_once() {
     let backends = admin.list_backends(pb::ListBackendsRequest::default()).await.unwrap().into_inner().backends;
     assert_eq!(backends.len(), 1);
     let b = &backends[0];
-    assert_eq!((b.source.as_str(), b.rpm_limit, b.base_url.as_str()), ("env", 25, "https://v1.example.com/v1"));
+    assert_eq!(
+        (b.source(), b.rpm_limit, b.base_url.as_str()),
+        (pb::BackendSource::Env, 25, "https://v1.example.com/v1")
+    );
     assert!(b.model_mappings.contains_key("*"), "a V1 upstream serves any model");
     admin.delete_backend(pb::DeleteBackendRequest { id: b.id.clone(), expected_resource_version: None }).await.unwrap();
     drop(admin);

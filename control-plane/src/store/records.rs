@@ -61,17 +61,6 @@ impl Source {
             Source::Import => "import",
         }
     }
-
-    /// Parses the API's name.
-    pub fn parse(text: &str) -> Option<Self> {
-        Some(match text {
-            "console" => Source::Console,
-            "api" => Source::Api,
-            "env" => Source::Env,
-            "import" => Source::Import,
-            _ => return None,
-        })
-    }
 }
 
 /// One provider endpoint: one base URL and one API key.

@@ -20,11 +20,6 @@ pub fn new_backend(
     let f = |name: &str| format!("backend.{name}");
     let name = validate::backend_name(&f("name"), spec.name.trim(), backends, None)?;
     let api_key = validate::api_key(&f("api_key"), &spec.api_key)?;
-    let source = match spec.source.as_str() {
-        "" => Source::Api,
-        s => Source::parse(s)
-            .ok_or_else(|| field_error(f("source"), format!("expected console, api, env or import, got {s:?}")))?,
-    };
     let now = now_ms();
     serves_something(BackendRecord {
         id: new_id("bkd"),
@@ -42,7 +37,7 @@ pub fn new_backend(
         weight: validate::weight(&f("weight"), spec.weight.unwrap_or(1))?,
         model_mappings: validate::model_mappings(&f("model_mappings"), &spec.model_mappings)?,
         regions: validate::regions(&f("regions"), &spec.regions)?,
-        source,
+        source: spec.source.unwrap_or(Source::Api),
         metadata: validate::metadata(&f("metadata"), &spec.metadata)?,
         created_at_ms: now,
         updated_at_ms: now,

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use crate::store::Cost;
+use crate::store::{Cost, Source};
 
 /// A model mapping as given.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -53,8 +53,8 @@ pub struct BackendSpec {
     pub regions: Vec<String>,
     /// Free metadata.
     pub metadata: HashMap<String, String>,
-    /// Where it came from; empty = api.
-    pub source: String,
+    /// Where it came from; `None` = the API.
+    pub source: Option<Source>,
 }
 
 /// A partial update of a backend: only present fields change.

@@ -10,6 +10,7 @@ import { h, mount, setText } from "../dom";
 import { backendStatusText } from "../enums";
 import { fmtDuration, fmtInt, fmtTime, n, perMillion } from "../format";
 import type { BackendPatchSchema, BackendSpecSchema, ModelMappingSchema, Backend, Pool } from "../gen/sidecar/v1/types_pb";
+import { BackendSource } from "../gen/sidecar/v1/types_pb";
 import type { BackendLive, Dashboard, ValidateBackendResponse } from "../gen/sidecar/v1/admin_pb";
 import {
   badge,
@@ -686,7 +687,7 @@ function render(ctx: PageContext) {
               modelMappings: collectMappings(),
               regions: list(regions.value),
               metadata: collectMetadata(),
-              source: "console",
+              source: BackendSource.CONSOLE,
             };
             const res = await admin.createBackend({ backend: spec, validate: validateOnSave.checked });
             toast(`Added ${res.backend?.name ?? spec.name} (config v${res.configVersion})`, "ok");

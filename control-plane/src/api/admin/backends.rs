@@ -86,7 +86,8 @@ pub(super) async fn create(
     who: Principal,
     req: pb::CreateBackendRequest,
 ) -> ApiResult<pb::BackendResponse> {
-    let spec: validate::input::BackendSpec = req.backend.ok_or_else(|| field_error("backend", "is required"))?.into();
+    let spec =
+        validate::input::BackendSpec::try_from(req.backend.ok_or_else(|| field_error("backend", "is required"))?)?;
     let key = api.shared.key();
     // Validate before probing so bad input fails fast; the write re-validates under the
     // writer lock, where names and pools cannot change underneath it.

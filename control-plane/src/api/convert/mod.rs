@@ -12,7 +12,8 @@ use sidecar_proto::v1 as pb;
 use crate::{
     status::BackendStatus,
     store::{
-        AuditRecord, BackendRecord, Cost, ModelMapping, NodeRecord, PoolRecord, Role, Settings, Spill, TokenRecord,
+        AuditRecord, BackendRecord, Cost, ModelMapping, NodeRecord, PoolRecord, Role, Settings, Source, Spill,
+        TokenRecord,
     },
     validate::{
         FieldError, field_error,
@@ -61,9 +62,35 @@ fn mappings_from_pb(
     m.into_iter().map(|(k, v)| (k, mapping_from_pb(v))).collect()
 }
 
-impl From<pb::BackendSpec> for BackendSpec {
-    fn from(s: pb::BackendSpec) -> Self {
-        Self {
+/// Where a backend was created, on the wire.
+pub fn source_to_pb(s: Source) -> pb::BackendSource {
+    match s {
+        Source::Console => pb::BackendSource::Console,
+        Source::Api => pb::BackendSource::Api,
+        Source::Env => pb::BackendSource::Env,
+        Source::Import => pb::BackendSource::Import,
+    }
+}
+
+fn source_from_pb(field: &str, value: i32) -> Result<Option<Source>, FieldError> {
+    match pb::BackendSource::try_from(value) {
+        Ok(pb::BackendSource::Unspecified) => Ok(None),
+        Ok(pb::BackendSource::Console) => Ok(Some(Source::Console)),
+        Ok(pb::BackendSource::Api) => Ok(Some(Source::Api)),
+        Ok(pb::BackendSource::Env) => Ok(Some(Source::Env)),
+        Ok(pb::BackendSource::Import) => Ok(Some(Source::Import)),
+        Err(_) => Err(field_error(
+            field,
+            format!("unknown source {value}: use BACKEND_SOURCE_CONSOLE, _API, _ENV or _IMPORT"),
+        )),
+    }
+}
+
+impl TryFrom<pb::BackendSpec> for BackendSpec {
+    type Error = FieldError;
+
+    fn try_from(s: pb::BackendSpec) -> Result<Self, FieldError> {
+        Ok(Self {
             name: s.name,
             label: s.label,
             base_url: s.base_url,
@@ -78,8 +105,8 @@ impl From<pb::BackendSpec> for BackendSpec {
             model_mappings: mappings_from_pb(s.model_mappings),
             regions: s.regions,
             metadata: s.metadata,
-            source: s.source,
-        }
+            source: source_from_pb("backend.source", s.source)?,
+        })
     }
 }
 
@@ -176,7 +203,7 @@ pub fn backend_to_pb(b: &BackendRecord, status: BackendStatus) -> pb::Backend {
         weight: b.weight,
         model_mappings: b.model_mappings.iter().map(|(k, m)| (k.clone(), mapping_to_pb(m))).collect(),
         regions: b.regions.clone(),
-        source: b.source.as_str().to_owned(),
+        source: source_to_pb(b.source) as i32,
         metadata: b.metadata.clone().into_iter().collect(),
         created_at_ms: b.created_at_ms,
         updated_at_ms: b.updated_at_ms,

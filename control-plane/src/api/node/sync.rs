@@ -123,8 +123,17 @@ impl Session {
                     self.pending.push_back((state.version, nonce));
                 }
                 Some(message) = fleet_rx.recv() => {
-                    if self.tx.send(Ok(convert::fleet_message(message))).await.is_err() {
-                        break;
+                    // As the fleet itself does: a node too far behind to take a grant or
+                    // a cooldown now gets the next one (or the cooldown with its next
+                    // snapshot); the session never waits on it.
+                    let cooldown = matches!(message, FleetMessage::Cooldown(_));
+                    match self.tx.try_send(Ok(convert::fleet_message(message))) {
+                        Ok(()) => {}
+                        Err(mpsc::error::TrySendError::Full(_)) if cooldown => {
+                            warn!(node = %node_id, "could not queue a cooldown broadcast");
+                        }
+                        Err(mpsc::error::TrySendError::Full(_)) => {}
+                        Err(mpsc::error::TrySendError::Closed(_)) => break,
                     }
                 }
                 message = inbound.message() => match message {

@@ -64,7 +64,7 @@ async fn add(ctx: &mut Ctx, args: BackendAddArgs) -> anyhow::Result<()> {
         model_mappings: mappings(&f.models, &f.prices, HashMap::new())?,
         regions: f.regions,
         metadata: HashMap::new(),
-        source: "api".into(),
+        source: pb::BackendSource::Api as i32,
     };
     let request = pb::CreateBackendRequest { backend: Some(spec), validate: f.validate };
     let resp = ctx.admin.create_backend(request).await?.into_inner();
@@ -277,7 +277,7 @@ fn fields(b: &pb::Backend) -> Vec<(&'static str, String)> {
         ("prices_usd_per_1m", list(&prices(b), "-")),
         ("regions", list(&b.regions, "all")),
         ("metadata", list(&metadata, "-")),
-        ("source", b.source.clone()),
+        ("source", crate::output::source_name(b.source).to_owned()),
         ("created", time(b.created_at_ms)),
         ("updated", time(b.updated_at_ms)),
         ("resource_version", b.resource_version.to_string()),

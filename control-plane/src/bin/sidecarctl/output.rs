@@ -142,6 +142,17 @@ pub(crate) fn status_name(status: i32) -> &'static str {
     }
 }
 
+/// Where a backend was created, as people read it.
+pub(crate) fn source_name(source: i32) -> &'static str {
+    match pb::BackendSource::try_from(source) {
+        Ok(pb::BackendSource::Console) => "console",
+        Ok(pb::BackendSource::Api) => "api",
+        Ok(pb::BackendSource::Env) => "env",
+        Ok(pb::BackendSource::Import) => "import",
+        _ => "unknown",
+    }
+}
+
 /// A statistics granularity as people read it.
 pub(crate) fn granularity_name(granularity: i32) -> &'static str {
     match pb::Granularity::try_from(granularity) {
