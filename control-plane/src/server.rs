@@ -346,6 +346,8 @@ fn migrate_v1(store: &Store, config: &ControlConfig) -> Result<(), StoreError> {
                     max_tokens: 65_536,
                     reasoning: false,
                     input_modalities: vec!["text".into()],
+                    rpm_limit: None,
+                    tpm_limit: None,
                 },
             )]
             .into(),

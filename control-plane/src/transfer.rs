@@ -154,6 +154,8 @@ fn check_document(doc: &ExportDocument, key: &MasterKey) -> Result<(), FieldErro
         validate::rpm_limit(&f("rpm_limit"), i64::from(b.rpm_limit))?;
         validate::window_seconds(&f("window_seconds"), i64::from(b.window_seconds))?;
         validate::window_allows_a_request(&f("window_seconds"), b.rpm_limit, b.window_seconds)?;
+        validate::backend::model_limits_within(b)
+            .map_err(|e| field_error(f(e.field.trim_start_matches("backend.")), e.reason))?;
         if !ids.insert(b.id.as_str()) || !b.id.starts_with("bkd_") {
             return Err(field_error(f("id"), format!("duplicate or malformed id {:?}", b.id)));
         }

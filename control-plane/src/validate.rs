@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-mod backend;
+pub mod backend;
 pub mod input;
 
 pub use backend::{new_backend, patched};
@@ -219,6 +219,14 @@ pub fn model_mappings(field: &str, value: &HashMap<String, MappingInput>) -> Res
                 ));
             }
         }
+        for (name, limit) in [("rpm_limit", m.rpm_limit), ("tpm_limit", m.tpm_limit)] {
+            if limit == Some(0) {
+                return Err(field_error(
+                    format!("{at}.{name}"),
+                    "must be at least 1 (leave it unset for no model limit)",
+                ));
+            }
+        }
         let mut modalities = Vec::new();
         for (i, modality) in m.input_modalities.iter().enumerate() {
             if !matches!(modality.as_str(), "text" | "image" | "audio" | "video" | "file") {
@@ -243,6 +251,8 @@ pub fn model_mappings(field: &str, value: &HashMap<String, MappingInput>) -> Res
                 max_tokens: if m.max_tokens == 0 { DEFAULT_MAX_TOKENS } else { m.max_tokens },
                 reasoning: m.reasoning,
                 input_modalities: modalities,
+                rpm_limit: m.rpm_limit,
+                tpm_limit: m.tpm_limit,
             },
         );
     }

@@ -35,6 +35,13 @@ pub struct ModelMapping {
     pub reasoning: bool,
     /// Input kinds the model accepts.
     pub input_modalities: Vec<String>,
+    /// The provider's requests per minute for this model on this key, if it limits the
+    /// model on its own (within the backend's limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rpm_limit: Option<u32>,
+    /// The provider's tokens per minute for this model on this key, if limited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tpm_limit: Option<u32>,
 }
 
 /// Where a backend came from.

@@ -36,6 +36,8 @@ pub(crate) fn backend(id: &str, name: &str) -> BackendRecord {
                 max_tokens: 65536,
                 reasoning: false,
                 input_modalities: vec!["text".into()],
+                rpm_limit: None,
+                tpm_limit: None,
             },
         )]
         .into(),

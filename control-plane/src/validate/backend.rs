@@ -50,6 +50,7 @@ pub fn new_backend(
 /// least one request per provider window.
 fn serves_something(b: BackendRecord) -> Result<BackendRecord, FieldError> {
     validate::window_allows_a_request("backend.window_seconds", b.rpm_limit, b.window_seconds)?;
+    model_limits_within(&b)?;
     if b.enabled && b.model_mappings.is_empty() {
         return Err(field_error(
             "backend.model_mappings",
@@ -115,4 +116,33 @@ pub fn patched(
     b.updated_at_ms = now_ms();
     b.resource_version += 1;
     serves_something(b)
+}
+
+/// A model's own limits are at most the backend's (the key's limit bounds the sum), and
+/// allow a request per provider window.
+pub fn model_limits_within(b: &BackendRecord) -> Result<(), FieldError> {
+    for (canonical, m) in &b.model_mappings {
+        let at = |name: &str| format!("backend.model_mappings[{canonical:?}].{name}");
+        if let Some(rpm) = m.rpm_limit {
+            if rpm > b.rpm_limit {
+                return Err(field_error(
+                    at("rpm_limit"),
+                    format!(
+                        "{rpm} exceeds the backend's rpm_limit ({}); a model's limit is within the key's",
+                        b.rpm_limit
+                    ),
+                ));
+            }
+            validate::window_allows_a_request(&at("rpm_limit"), rpm, b.window_seconds)?;
+        }
+        if let (Some(tpm), Some(backend_tpm)) = (m.tpm_limit, b.tpm_limit)
+            && tpm > backend_tpm
+        {
+            return Err(field_error(
+                at("tpm_limit"),
+                format!("{tpm} exceeds the backend's tpm_limit ({backend_tpm}); a model's limit is within the key's"),
+            ));
+        }
+    }
+    Ok(())
 }

@@ -20,6 +20,10 @@ pub struct MappingInput {
     pub reasoning: bool,
     /// Input modalities; empty = text.
     pub input_modalities: Vec<String>,
+    /// The provider's per-model requests per minute; `None` = only the backend's.
+    pub rpm_limit: Option<u32>,
+    /// The provider's per-model tokens per minute; `None` = only the backend's.
+    pub tpm_limit: Option<u32>,
 }
 
 /// A new backend as given.

@@ -35,6 +35,8 @@ pub fn mapping_to_pb(m: &ModelMapping) -> pb::ModelMapping {
         max_tokens: m.max_tokens,
         reasoning: m.reasoning,
         input_modalities: m.input_modalities.clone(),
+        rpm_limit: m.rpm_limit,
+        tpm_limit: m.tpm_limit,
     }
 }
 
@@ -53,6 +55,8 @@ pub fn mapping_from_pb(m: pb::ModelMapping) -> MappingInput {
         max_tokens: m.max_tokens,
         reasoning: m.reasoning,
         input_modalities: m.input_modalities,
+        rpm_limit: m.rpm_limit,
+        tpm_limit: m.tpm_limit,
     }
 }
 

@@ -6,7 +6,7 @@ use anyhow::bail;
 use sidecar_proto::v1::{self as pb, validate_backend_request::Target};
 
 use crate::{
-    cli::{BackendAddArgs, BackendCommand, BackendUpdateArgs, BackendValidateArgs, Format, KeyArgs, Price},
+    cli::{BackendAddArgs, BackendCommand, BackendUpdateArgs, BackendValidateArgs, Format, KeyArgs, ModelLimit, Price},
     client::Usage,
     commands::{Ctx, secret},
     output::{Table, line, list, or_dash, print_fields, print_json, time},
@@ -61,7 +61,7 @@ async fn add(ctx: &mut Ctx, args: BackendAddArgs) -> anyhow::Result<()> {
         pool: f.pool.unwrap_or_default(),
         enabled: Some(!args.disabled),
         weight: f.weight,
-        model_mappings: mappings(&f.models, &f.prices, HashMap::new())?,
+        model_mappings: mappings(&f.models, &f.prices, &f.model_limits, HashMap::new())?,
         regions: f.regions,
         metadata: HashMap::new(),
         source: pb::BackendSource::Api as i32,
@@ -78,13 +78,15 @@ async fn update(ctx: &mut Ctx, args: BackendUpdateArgs) -> anyhow::Result<()> {
         (false, false) => Some(pb::StringList { values: f.regions }),
         (false, true) => None,
     };
-    let model_mappings = match (f.models.is_empty(), f.prices.is_empty()) {
+    let model_mappings = match (f.models.is_empty(), f.prices.is_empty() && f.model_limits.is_empty()) {
         (true, true) => None,
-        (false, _) => Some(pb::ModelMappings { entries: mappings(&f.models, &f.prices, HashMap::new())? }),
+        (false, _) => {
+            Some(pb::ModelMappings { entries: mappings(&f.models, &f.prices, &f.model_limits, HashMap::new())? })
+        }
         (true, false) => {
-            // Prices only: the backend's own mappings with those prices changed.
+            // Prices or limits only: the backend's own mappings with those changed.
             let current = ctx.admin.get_backend(pb::GetBackendRequest { id: args.id.clone() }).await?.into_inner();
-            Some(pb::ModelMappings { entries: mappings(&[], &f.prices, current.model_mappings)? })
+            Some(pb::ModelMappings { entries: mappings(&[], &f.prices, &f.model_limits, current.model_mappings)? })
         }
     };
     let patch = pb::BackendPatch {
@@ -181,10 +183,11 @@ fn key(args: &KeyArgs) -> anyhow::Result<Option<String>> {
 }
 
 /// `--model` values as mappings added to `base` (the server fills in the other mapping
-/// defaults), then `--price` values set on them.
+/// defaults), then `--price` and `--model-limit` values set on them.
 fn mappings(
     models: &[(String, String)],
     prices: &[(String, Price)],
+    limits: &[(String, Option<ModelLimit>)],
     mut base: HashMap<String, pb::ModelMapping>,
 ) -> anyhow::Result<HashMap<String, pb::ModelMapping>> {
     for (canonical, native_id) in models {
@@ -206,7 +209,36 @@ fn mappings(
         };
         mapping.cost = Some(price.to_cost());
     }
+    let mut limited = std::collections::HashSet::new();
+    for (canonical, limit) in limits {
+        if !limited.insert(canonical) {
+            return Err(Usage(format!("--model-limit {canonical} is given more than once")).into());
+        }
+        let Some(mapping) = base.get_mut(canonical) else {
+            return Err(Usage(format!(
+                "--model-limit {canonical}: the backend has no model {canonical}; add it with --model"
+            ))
+            .into());
+        };
+        mapping.rpm_limit = limit.map(|l| l.rpm);
+        mapping.tpm_limit = limit.and_then(|l| l.tpm);
+    }
     Ok(base)
+}
+
+/// `CANONICAL=RPM[/TPM]` of the models with their own limits, sorted.
+fn model_limits(b: &pb::Backend) -> Vec<String> {
+    let mut out: Vec<String> = b
+        .model_mappings
+        .iter()
+        .filter_map(|(name, m)| match (m.rpm_limit, m.tpm_limit) {
+            (None, None) => None,
+            (Some(rpm), None) => Some(format!("{name}={rpm}")),
+            (rpm, Some(tpm)) => Some(format!("{name}={}/{tpm}", rpm.map_or("-".to_owned(), |r| r.to_string()))),
+        })
+        .collect();
+    out.sort_unstable();
+    out
 }
 
 /// Canonical model names, sorted.
@@ -275,6 +307,7 @@ fn fields(b: &pb::Backend) -> Vec<(&'static str, String)> {
         ("weight", b.weight.to_string()),
         ("models", list(&models, "-")),
         ("prices_usd_per_1m", list(&prices(b), "-")),
+        ("model_limits_per_min", list(&model_limits(b), "-")),
         ("regions", list(&b.regions, "all")),
         ("metadata", list(&metadata, "-")),
         ("source", crate::output::source_name(b.source).to_owned()),

@@ -78,6 +78,11 @@ pub(crate) struct BackendFields {
     /// dashboard. On update without --model, changes only that model's price.
     #[arg(long = "price", value_name = "CANONICAL=INPUT/OUTPUT[/CACHE_READ[/CACHE_WRITE]]", value_parser = parse_price)]
     pub(crate) prices: Vec<(String, Price)>,
+    /// A model's own provider limit on this key, requests (and tokens) per minute, within
+    /// the backend's (repeatable); `CANONICAL=none` removes it. On update without --model,
+    /// changes only that model's limit.
+    #[arg(long = "model-limit", value_name = "CANONICAL=RPM[/TPM]|none", value_parser = parse_model_limit)]
+    pub(crate) model_limits: Vec<(String, Option<ModelLimit>)>,
     /// Relative share of traffic within the pool (default on add: 1).
     #[arg(long, allow_negative_numbers = true)]
     pub(crate) weight: Option<i64>,
@@ -206,6 +211,39 @@ fn parse_price(s: &str) -> Result<(String, Price), String> {
 }
 
 /// Parses `CANONICAL[=NATIVE_ID]`; without `=` the native id is the canonical name.
+/// A model's own limits: requests per minute and, optionally, tokens per minute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ModelLimit {
+    /// Requests per minute.
+    pub(crate) rpm: u32,
+    /// Tokens per minute.
+    pub(crate) tpm: Option<u32>,
+}
+
+fn parse_model_limit(s: &str) -> Result<(String, Option<ModelLimit>), String> {
+    const EXPECTED: &str = "expected CANONICAL=RPM or CANONICAL=RPM/TPM (per minute), or CANONICAL=none";
+    let (model, limits) = s.split_once('=').ok_or(EXPECTED)?;
+    let model = model.trim();
+    if model.is_empty() {
+        return Err(EXPECTED.into());
+    }
+    if limits.trim().eq_ignore_ascii_case("none") {
+        return Ok((model.to_owned(), None));
+    }
+    let number = |part: &str| -> Result<u32, String> {
+        part.trim()
+            .parse::<u32>()
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or_else(|| format!("{part:?} is not a limit (a whole number, at least 1); {EXPECTED}"))
+    };
+    let (rpm, tpm) = match limits.split_once('/') {
+        Some((rpm, tpm)) => (number(rpm)?, Some(number(tpm)?)),
+        None => (number(limits)?, None),
+    };
+    Ok((model.to_owned(), Some(ModelLimit { rpm, tpm })))
+}
+
 fn parse_model(s: &str) -> Result<(String, String), String> {
     let (canonical, native) = match s.split_once('=') {
         Some((c, n)) => (c.trim(), n.trim()),
@@ -232,6 +270,19 @@ mod tests {
         assert_eq!(price.to_string(), "3/15/0.3/3.75");
         for bad in ["m", "m=1", "=1/2", "m=1/x", "m=1/-2", "m=1/2/3/4/5", "m=NaN/1"] {
             assert!(parse_price(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn model_limit_flag_reads_rpm_and_optional_tpm() {
+        assert_eq!(parse_model_limit("gpt-4o=60").unwrap(), ("gpt-4o".into(), Some(ModelLimit { rpm: 60, tpm: None })));
+        assert_eq!(
+            parse_model_limit("m = 6/4000").unwrap(),
+            ("m".into(), Some(ModelLimit { rpm: 6, tpm: Some(4000) }))
+        );
+        assert_eq!(parse_model_limit("m=none").unwrap(), ("m".into(), None));
+        for bad in ["m", "=5", "m=0", "m=-1", "m=x", "m=5/", "m=5/0"] {
+            assert!(parse_model_limit(bad).is_err(), "{bad}");
         }
     }
 
