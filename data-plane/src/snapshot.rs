@@ -34,6 +34,31 @@ pub struct ModelRoute {
     pub native_id: Option<String>,
     /// Price per token.
     pub cost: Cost,
+    /// The provider's own limits for this model on the backend's key, if any.
+    pub limits: Option<ModelLimits>,
+    /// The live bucket of those limits, attached when the routing bundle is built
+    /// (`None` in a snapshot, and for models without limits).
+    pub bucket: Option<ModelBucketRef>,
+}
+
+/// A model's own provider limits, per minute (scaled to the backend's window like its
+/// limits).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ModelLimits {
+    /// Requests per minute; `None` = only the backend's.
+    pub rpm: Option<u32>,
+    /// Tokens per minute; `None` = only the backend's.
+    pub tpm: Option<u32>,
+}
+
+/// A shared handle on a (backend, model) bucket; equal when it is the same bucket.
+#[derive(Debug, Clone)]
+pub struct ModelBucketRef(pub std::sync::Arc<crate::routing::ModelBucket>);
+
+impl PartialEq for ModelBucketRef {
+    fn eq(&self, other: &Self) -> bool {
+        std::sync::Arc::ptr_eq(&self.0, &other.0)
+    }
 }
 
 /// One backend as the proxy uses it.

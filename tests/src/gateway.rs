@@ -37,6 +37,9 @@ pub struct BackendDef<'a> {
     pub key: &'a str,
     /// The provider's window in seconds (0 = the default, 60).
     pub window_seconds: i64,
+    /// (canonical model, its own requests per minute) for models the provider limits
+    /// separately on the key.
+    pub model_limits: &'a [(&'a str, u32)],
 }
 
 impl Default for BackendDef<'_> {
@@ -49,6 +52,7 @@ impl Default for BackendDef<'_> {
             cost: (0.0, 0.0),
             key: "sk-backend-key-0123456789",
             window_seconds: 0,
+            model_limits: &[],
         }
     }
 }
@@ -94,6 +98,7 @@ impl Gateway {
                 pb::ModelMapping {
                     native_id: native.to_string(),
                     cost: Some(pb::ModelCost { input: def.cost.0, output: def.cost.1, ..Default::default() }),
+                    rpm_limit: def.model_limits.iter().find(|(m, _)| m == canonical).map(|(_, rpm)| *rpm),
                     ..Default::default()
                 },
             );

@@ -153,6 +153,9 @@ struct Inner {
     rpm: Option<(u32, Duration)>,
     admitted: VecDeque<Instant>,
     violations: usize,
+    /// Per-model strict windows (by the model id the mock receives): limit, window and
+    /// admissions, and 429s they caused.
+    model_limits: std::collections::HashMap<String, (u32, Duration, VecDeque<Instant>, usize)>,
 }
 
 struct Shared {
@@ -233,6 +236,7 @@ impl MockUpstream {
                 rpm: None,
                 admitted: VecDeque::new(),
                 violations: 0,
+                model_limits: Default::default(),
             }),
         });
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -298,6 +302,20 @@ impl MockUpstream {
     /// Calls answered `429` because of the mock's own RPM limit.
     pub fn violations(&self) -> usize {
         self.shared.lock().violations
+    }
+
+    /// Enforces a strict sliding window for one model (the `model` the mock receives,
+    /// i.e. the native id), on top of [`MockUpstream::set_rpm_limit`]: as real providers
+    /// limit models separately on one key. A call over it is answered `429` naming the
+    /// model, counted in [`MockUpstream::model_violations`], and not admitted in the
+    /// key's window.
+    pub fn set_model_limit(&self, model: &str, limit: u32, window: Duration) {
+        self.shared.lock().model_limits.insert(model.to_owned(), (limit, window, VecDeque::new(), 0));
+    }
+
+    /// Calls answered `429` because of `model`'s own limit.
+    pub fn model_violations(&self, model: &str) -> usize {
+        self.shared.lock().model_limits.get(model).map_or(0, |m| m.3)
     }
 
     /// Every call received so far (including `/models` and calls still in progress), in
@@ -448,6 +466,31 @@ async fn answer(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
                 resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
                 return respond(resp);
             }
+        }
+        let model_name = model.as_str().unwrap_or_default().to_owned();
+        if let Some((limit, window, admitted, violations)) = inner.model_limits.get_mut(&model_name) {
+            while admitted.front().is_some_and(|t| now.duration_since(*t) >= *window) {
+                admitted.pop_front();
+            }
+            if admitted.len() >= *limit as usize {
+                *violations += 1;
+                let wait = admitted.front().map(|t| (*t + *window).saturating_duration_since(now)).unwrap_or(*window);
+                let secs = (wait.as_secs_f64().ceil() as u64).max(1);
+                let limit = *limit;
+                drop(inner);
+                let mut resp = error_response(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    &format!(
+                        "Rate limit reached for {model_name} on requests per min (RPM): Limit {limit}, Used {limit}, \
+                         Requested 1. Please try again in {secs}s."
+                    ),
+                    "requests",
+                    Some("rate_limit_exceeded"),
+                );
+                resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+                return respond(resp);
+            }
+            admitted.push_back(now);
         }
         inner.admitted.push_back(now);
         let (reply, own) = inner.script.pop_front().unwrap_or_else(|| (inner.default.clone(), Duration::ZERO));

@@ -6,7 +6,9 @@ use std::{collections::HashMap, time::Duration};
 use http::{HeaderValue, Uri};
 use sidecar_proto::v1 as pb;
 
-use crate::snapshot::{BackendConfig, Cost, ENDPOINTS, ModelRoute, PoolConfig, Settings, Snapshot, SnapshotError};
+use crate::snapshot::{
+    BackendConfig, Cost, ENDPOINTS, ModelLimits, ModelRoute, PoolConfig, Settings, Snapshot, SnapshotError,
+};
 
 fn bad(field: impl Into<String>, reason: impl Into<String>) -> SnapshotError {
     SnapshotError { field: field.into(), reason: reason.into() }
@@ -97,6 +99,11 @@ fn backend(i: usize, b: &pb::SnapshotBackend, pools: &[PoolConfig]) -> Result<Ba
             ModelRoute {
                 native_id,
                 cost: Cost { input: cost.input, output: cost.output, cache_read: cost.cache_read },
+                limits: match (m.rpm_limit, m.tpm_limit) {
+                    (None, None) => None,
+                    (rpm, tpm) => Some(ModelLimits { rpm, tpm }),
+                },
+                bucket: None,
             },
         );
     }

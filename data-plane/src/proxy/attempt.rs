@@ -301,9 +301,7 @@ fn kind_outcome(kind: AttemptError) -> Outcome {
 }
 
 fn grant_settle(grant: &Grant, tokens: Option<u64>) {
-    if let (Some(id), Some(w)) = (grant.tpm_reservation, grant.backend.state.tpm.lock().expect("tpm lock").as_mut()) {
-        w.settle(id, tokens.unwrap_or(0));
-    }
+    grant.settle(tokens.unwrap_or(0));
 }
 
 /// Records a failed attempt: passive health (for timeouts and connect errors), the usage

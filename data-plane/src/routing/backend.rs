@@ -2,8 +2,9 @@
 //! has its own small lock; no lock here is shared by requests to different backends.
 
 use std::{
+    collections::HashMap,
     sync::{
-        Mutex,
+        Arc, Mutex,
         atomic::{AtomicU64, Ordering},
     },
     time::Duration,
@@ -13,8 +14,49 @@ use tokio::time::Instant;
 
 use crate::{
     ratelimit::{RequestLimiter, Retreat, TokenWindow},
-    snapshot::{BackendConfig, Settings},
+    snapshot::{BackendConfig, ModelLimits, Settings},
 };
+
+/// The buckets of one model's own provider limits on one backend, beside the backend's:
+/// a request for the model needs a token from both, and an empty model bucket blocks only
+/// that model.
+#[derive(Debug)]
+pub struct ModelBucket {
+    /// Requests per window.
+    pub limiter: Mutex<RequestLimiter>,
+    /// Tokens per window, if limited.
+    pub tpm: Mutex<Option<TokenWindow>>,
+}
+
+impl ModelBucket {
+    /// When a request needing `estimate` tokens can next be admitted.
+    pub fn next_available(&self, now: Instant, estimate: u64) -> Instant {
+        let mut next = self.limiter.lock().expect("model limiter lock").next_available(now);
+        if let Some(w) = self.tpm.lock().expect("model tpm lock").as_mut() {
+            next = next.max(w.next_available(now, estimate));
+        }
+        next
+    }
+
+    fn reconfigure(&self, requests: u32, tokens: Option<u32>, burst: u32, window: Duration, now: Instant) {
+        self.limiter.lock().expect("model limiter lock").reconfigure(requests, burst, window, now);
+        let mut tpm = self.tpm.lock().expect("model tpm lock");
+        match (tokens, tpm.as_mut()) {
+            (Some(limit), Some(w)) => w.reconfigure(u64::from(limit), window),
+            (Some(limit), None) => *tpm = Some(TokenWindow::new(u64::from(limit), window)),
+            (None, _) => *tpm = None,
+        }
+    }
+}
+
+/// A model's limits per backend window at this node's share: the model's own limit
+/// scaled by the fraction of the backend's limit this node may use. Rounding down keeps
+/// the nodes' model shares, summed, within the model's limit.
+fn model_share(config: &BackendConfig, limits: ModelLimits, fraction: f64) -> (u32, Option<u32>) {
+    let scale = |per_minute: u32| (f64::from(config.per_window(per_minute)) * fraction).floor() as u32;
+    let requests = limits.rpm.map_or(u32::MAX, scale);
+    (requests, limits.tpm.map(scale))
+}
 
 /// `min(base · 2^(n−1), max)`: the cooldown after the n-th consecutive 429.
 pub fn backoff(base: Duration, max: Duration, n: u32) -> Duration {
@@ -158,6 +200,9 @@ pub struct BackendState {
     pub retreat: Mutex<Retreat>,
     /// This node's share of the limit.
     pub quota: Mutex<Quota>,
+    /// Buckets of the models with their own limits, by canonical name (`*` for the
+    /// wildcard mapping).
+    pub models: Mutex<HashMap<String, Arc<ModelBucket>>>,
     /// Requests in flight to this backend.
     pub in_flight: AtomicU64,
     /// Admitted since the last demand report.
@@ -187,6 +232,7 @@ impl BackendState {
             health: Mutex::new(Health::default()),
             retreat: Mutex::new(Retreat::new(config.rpm_limit)),
             quota: Mutex::new(Quota::default()),
+            models: Mutex::new(HashMap::new()),
             in_flight: AtomicU64::new(0),
             admitted: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
@@ -235,12 +281,38 @@ impl BackendState {
             (Some(limit), Some((_, Some(granted)))) => Some(limit.min(granted)),
             (limit, _) => limit,
         };
-        let mut tpm = self.tpm.lock().expect("tpm lock");
-        match (tpm_limit, tpm.as_mut()) {
-            (Some(limit), Some(w)) => w.reconfigure(u64::from(limit), window),
-            (Some(limit), None) => *tpm = Some(TokenWindow::new(u64::from(limit), window)),
-            (None, _) => *tpm = None,
+        {
+            let mut tpm = self.tpm.lock().expect("tpm lock");
+            match (tpm_limit, tpm.as_mut()) {
+                (Some(limit), Some(w)) => w.reconfigure(u64::from(limit), window),
+                (Some(limit), None) => *tpm = Some(TokenWindow::new(u64::from(limit), window)),
+                (None, _) => *tpm = None,
+            }
         }
+        // The models' own limits at the same fraction of theirs as the backend's share.
+        let fraction = (f64::from(limit) / f64::from(config.window_limit().max(1))).min(1.0);
+        let mut models = self.models.lock().expect("models lock");
+        models.retain(|name, _| config.models.get(name).is_some_and(|m| m.limits.is_some()));
+        for (name, route) in &config.models {
+            let Some(limits) = route.limits else { continue };
+            let (requests, tokens) = model_share(config, limits, fraction);
+            let requests = requests.min(limit);
+            match models.get(name) {
+                Some(bucket) => bucket.reconfigure(requests, tokens, settings.bucket_burst, window, now),
+                None => {
+                    let bucket = ModelBucket {
+                        limiter: Mutex::new(RequestLimiter::new(requests, settings.bucket_burst, window, now)),
+                        tpm: Mutex::new(tokens.map(|t| TokenWindow::new(u64::from(t), window))),
+                    };
+                    models.insert(name.clone(), Arc::new(bucket));
+                }
+            }
+        }
+    }
+
+    /// The bucket of `model`'s own limits, if it has any.
+    pub fn model_bucket(&self, model: &str) -> Option<Arc<ModelBucket>> {
+        self.models.lock().expect("models lock").get(model).cloned()
     }
 
     /// Disabled, in error or cooling at `now`: what both [`Self::availability`] and
@@ -256,8 +328,15 @@ impl BackendState {
         Some(Availability::Cooling(until))
     }
 
-    /// Where the backend stands at `now` for a request needing `estimate` tokens.
-    pub fn availability(&self, enabled: bool, now: Instant, estimate: u64) -> Availability {
+    /// Where the backend stands at `now` for a request needing `estimate` tokens (of
+    /// `model`'s bucket too, if the model has its own limits).
+    pub fn availability(
+        &self,
+        enabled: bool,
+        now: Instant,
+        estimate: u64,
+        model: Option<&ModelBucket>,
+    ) -> Availability {
         if let Some(blocked) = self.blocked(enabled, now) {
             return blocked;
         }
@@ -265,14 +344,20 @@ impl BackendState {
         if let Some(w) = self.tpm.lock().expect("tpm lock").as_mut() {
             next = next.max(w.next_available(now, estimate));
         }
+        if let Some(m) = model {
+            next = next.max(m.next_available(now, estimate));
+        }
         if next <= now { Availability::Ready } else { Availability::NoToken(next) }
     }
 
     /// For a backend that can take a request now, the request rate in the current window
     /// relative to its limit (0..=1); `None` when it cannot ([`Self::availability`] is
     /// not `Ready`). One pass, one limiter lock.
-    pub fn ready_load(&self, enabled: bool, now: Instant, estimate: u64) -> Option<f64> {
+    pub fn ready_load(&self, enabled: bool, now: Instant, estimate: u64, model: Option<&ModelBucket>) -> Option<f64> {
         if self.blocked(enabled, now).is_some() {
+            return None;
+        }
+        if model.is_some_and(|m| m.next_available(now, estimate) > now) {
             return None;
         }
         if let Some(w) = self.tpm.lock().expect("tpm lock").as_mut()

@@ -6,7 +6,7 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 use tokio::time::Instant;
 
 use super::backend::{Backend, BackendState};
-use crate::snapshot::{ModelRoute, Settings, Snapshot};
+use crate::snapshot::{ModelBucketRef, ModelRoute, Settings, Snapshot};
 
 /// The backends of one pool that serve a model.
 #[derive(Debug)]
@@ -117,8 +117,11 @@ impl Bundle {
                     .filter(|b| b.config.pool == pool.name)
                     .filter_map(|b| {
                         let m = &b.config.models;
-                        let route = model.and_then(|name| m.get(name)).or_else(|| m.get("*"))?;
-                        Some((b.clone(), route.clone()))
+                        let (name, route) =
+                            model.and_then(|name| m.get_key_value(name)).or_else(|| m.get_key_value("*"))?;
+                        let mut route = route.clone();
+                        route.bucket = b.state.model_bucket(name).map(ModelBucketRef);
+                        Some((b.clone(), route))
                     })
                     .collect();
                 if !members.is_empty() {

@@ -25,6 +25,8 @@ pub struct Grant {
     pub at: Instant,
     /// TPM reservation to settle.
     pub tpm_reservation: Option<u64>,
+    /// TPM reservation in the model's own bucket to settle.
+    pub model_tpm_reservation: Option<u64>,
 }
 
 impl Grant {
@@ -33,8 +35,23 @@ impl Grant {
         let state = &self.backend.state;
         let limiter = if self.emergency { &state.reserve } else { &state.limiter };
         limiter.lock().expect("limiter lock").refund(self.at);
-        if let (Some(id), Some(w)) = (self.tpm_reservation, state.tpm.lock().expect("tpm lock").as_mut()) {
-            w.settle(id, 0);
+        if !self.emergency
+            && let Some(bucket) = &self.model.bucket
+        {
+            bucket.0.limiter.lock().expect("model limiter lock").refund(self.at);
+        }
+        self.settle(0);
+    }
+
+    /// Settles the token reservations with the tokens the attempt used.
+    pub fn settle(&self, tokens: u64) {
+        if let (Some(id), Some(w)) = (self.tpm_reservation, self.backend.state.tpm.lock().expect("tpm lock").as_mut()) {
+            w.settle(id, tokens);
+        }
+        if let (Some(id), Some(bucket)) = (self.model_tpm_reservation, &self.model.bucket)
+            && let Some(w) = bucket.0.tpm.lock().expect("model tpm lock").as_mut()
+        {
+            w.settle(id, tokens);
         }
     }
 }
@@ -61,8 +78,9 @@ pub fn assess(route: &Route, exclude: &[String], now: Instant, estimate: u64, se
     let mut next_token: Option<Instant> = None;
     let mut recovery: Option<Instant> = None;
     let members = route.open_tiers(|b| !usable(b, exclude), now).flat_map(|t| t.members.iter());
-    for (b, _) in members.filter(|(b, _)| usable(b, exclude)) {
-        match b.state.availability(b.config.enabled && b.config.healthy, now, estimate) {
+    for (b, model) in members.filter(|(b, _)| usable(b, exclude)) {
+        let bucket = model.bucket.as_ref().map(|m| m.0.as_ref());
+        match b.state.availability(b.config.enabled && b.config.healthy, now, estimate, bucket) {
             Availability::Ready => return Assessment::Ready,
             Availability::NoToken(t) => next_token = Some(next_token.map_or(t, |n| n.min(t))),
             Availability::Cooling(t) | Availability::Error(t) => recovery = Some(recovery.map_or(t, |r| r.min(t))),
@@ -86,7 +104,8 @@ pub fn take(route: &Route, exclude: &[String], now: Instant, estimate: u64) -> O
             .iter()
             .filter(|(b, _)| usable(b, exclude))
             .filter_map(|m| {
-                let load = m.0.state.ready_load(m.0.config.enabled && m.0.config.healthy, now, estimate)?;
+                let bucket = m.1.bucket.as_ref().map(|b| b.0.as_ref());
+                let load = m.0.state.ready_load(m.0.config.enabled && m.0.config.healthy, now, estimate, bucket)?;
                 Some((m, (1.0 - load).max(0.01) * f64::from(m.0.config.weight)))
             })
             .collect();
@@ -122,12 +141,26 @@ pub fn take_emergency(route: &Route, exclude: &[String], now: Instant) -> Option
     acquire(b, model, now, 0, true)
 }
 
+/// Takes a token from the backend's bucket (or its reserve) and, for a model with its own
+/// limits, from the model's bucket too: both or neither. The emergency reserve bypasses
+/// the model's bucket as it does the backend's main one.
 fn acquire(b: &Arc<Backend>, model: &ModelRoute, now: Instant, estimate: u64, emergency: bool) -> Option<Grant> {
     let state = &b.state;
+    let bucket = model.bucket.as_ref().filter(|_| !emergency);
+    if let Some(m) = bucket
+        && !m.0.limiter.lock().expect("model limiter lock").try_acquire(now)
+    {
+        return None;
+    }
     let limiter = if emergency { &state.reserve } else { &state.limiter };
     if !limiter.lock().expect("limiter lock").try_acquire(now) {
+        if let Some(m) = bucket {
+            m.0.limiter.lock().expect("model limiter lock").refund(now);
+        }
         return None;
     }
     let tpm_reservation = state.tpm.lock().expect("tpm lock").as_mut().map(|w| w.reserve(now, estimate));
-    Some(Grant { backend: b.clone(), model: model.clone(), emergency, at: now, tpm_reservation })
+    let model_tpm_reservation =
+        bucket.and_then(|m| m.0.tpm.lock().expect("model tpm lock").as_mut().map(|w| w.reserve(now, estimate)));
+    Some(Grant { backend: b.clone(), model: model.clone(), emergency, at: now, tpm_reservation, model_tpm_reservation })
 }

@@ -1,0 +1,82 @@
+//! Per-model limits on one backend: a provider that limits each model separately on one
+//! key (as OpenAI does per model and organisation) never sees a request over a model's
+//! limit from the fleet, and a busy model does not starve another.
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use sidecar_proto::v1 as pb;
+use sidecar_tests::{Gateway, MockUpstream, Options, ProxyOptions, gateway::BackendDef, proxy::ProxyClient};
+
+/// Offers `rate` requests per second for `model` until `until`; the statuses answered.
+async fn offer(proxy: ProxyClient, model: &'static str, rate: f64, until: Instant) -> Vec<u16> {
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+    let mut tasks = tokio::task::JoinSet::new();
+    while Instant::now() < until {
+        tick.tick().await;
+        let p = proxy.clone();
+        tasks.spawn(async move { p.try_post(&json!({"model": model, "messages": []}), "low").await });
+    }
+    tasks.join_all().await
+}
+
+/// Requests for `native` the mock served in `[from, to)`, per second.
+fn served_rate(mock: &MockUpstream, native: &str, from: Instant, to: Instant) -> f64 {
+    let n = mock
+        .calls_to("/v1/chat/completions")
+        .iter()
+        .filter(|c| c.status == 200 && c.at >= from && c.at < to && c.json()["model"] == native)
+        .count();
+    n as f64 / to.duration_since(from).as_secs_f64()
+}
+
+#[tokio::test]
+async fn two_proxies_keep_each_model_under_its_own_limit_and_a_small_model_does_not_starve_a_big_one() {
+    // The provider's minute compressed to 2 s: model A 60, model B 6 per window, the key
+    // 100; the fleet's demand is three times both models' limits.
+    const WINDOW: Duration = Duration::from_secs(2);
+    let (a_limit, b_limit) = (60u32, 6u32);
+    let per_sec = |n: u32| f64::from(n) / WINDOW.as_secs_f64();
+    let mock = MockUpstream::start(&[]).await;
+    mock.set_rpm_limit(100, WINDOW);
+    mock.set_model_limit("native-a", a_limit, WINDOW);
+    mock.set_model_limit("native-b", b_limit, WINDOW);
+    let cp_env = vec![
+        ("SIDECAR_RATE_WINDOW_MS".to_string(), WINDOW.as_millis().to_string()),
+        ("SIDECAR_GRANT_LEASE_MS".to_string(), "1500".to_string()),
+        ("SIDECAR_GRANT_INTERVAL_MS".to_string(), "250".to_string()),
+    ];
+    let proxy_options = |id: &str| ProxyOptions { node_id: id.into(), rate_window: WINDOW, ..Default::default() };
+    let mut gw = Gateway::start_fleet(Options { env: cp_env, ..Options::default() }, proxy_options("p1")).await;
+    gw.settings(pb::SettingsPatch { low_priority_timeout_seconds: Some(1), ..Default::default() }).await;
+    let second = gw.add_proxy(proxy_options("p2")).await;
+    gw.add_backend(
+        &mock,
+        BackendDef {
+            rpm: 100,
+            models: &[("model-a", "native-a"), ("model-b", "native-b")],
+            model_limits: &[("model-a", a_limit), ("model-b", b_limit)],
+            ..Default::default()
+        },
+    )
+    .await;
+    second.wait_version(gw.proxy.version()).await;
+
+    let start = Instant::now();
+    let end = start + Duration::from_secs(10);
+    let mut load = tokio::task::JoinSet::new();
+    for p in [gw.proxy.clone_handle(), second.clone_handle()] {
+        load.spawn(offer(p.clone(), "model-a", 1.5 * per_sec(a_limit), end));
+        load.spawn(offer(p, "model-b", 1.5 * per_sec(b_limit), end));
+    }
+    while load.join_next().await.is_some() {}
+
+    let measured = served_rate(&mock, "native-a", start + Duration::from_secs(3), end);
+    eprintln!("model A: {measured:.1}/s of {}/s", per_sec(a_limit));
+    assert_eq!(mock.model_violations("native-a"), 0, "model A went over its own limit");
+    assert_eq!(mock.model_violations("native-b"), 0, "model B went over its own limit");
+    assert_eq!(mock.violations(), 0, "the key went over its limit");
+    assert!(measured >= 0.9 * per_sec(a_limit), "model A used only {measured:.1}/s of {}/s", per_sec(a_limit));
+    let b = served_rate(&mock, "native-b", start + Duration::from_secs(3), end);
+    assert!(b > 0.0, "model B was served too");
+}
