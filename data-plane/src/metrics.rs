@@ -164,6 +164,21 @@ impl Metrics {
             d("sidecar_tokens_available", None, "Tokens in each backend's bucket."),
             d("sidecar_effective_rate_rpm", None, "Requests per minute each backend's limiter allows now."),
             d("sidecar_backend_requests_in_window", None, "Requests admitted to each backend in the current window."),
+            d(
+                "sidecar_model_tokens_available",
+                None,
+                "Tokens in the bucket of each model with its own limits, per backend.",
+            ),
+            d(
+                "sidecar_model_effective_rate_rpm",
+                None,
+                "This node's share of each model's own limit, per minute, per backend.",
+            ),
+            d(
+                "sidecar_model_requests_in_window",
+                None,
+                "Requests admitted for each model with its own limits, per backend, in the current window.",
+            ),
             d("sidecar_backend_cooling", None, "1 while a backend cools down after 429s."),
             d("sidecar_cooldown_remaining_seconds", Some(Unit::Seconds), "Seconds until each backend's cooldown ends."),
             d("sidecar_backend_consecutive_429", None, "Consecutive 429s per backend (reset by a success)."),

@@ -66,6 +66,25 @@ fn backends_json(shared: &Shared, now: Instant) -> Vec<Value> {
                 "healthy"
             };
             let retreat = s.retreat.lock().expect("retreat lock").effective();
+            let models: serde_json::Map<String, Value> = s
+                .models
+                .lock()
+                .expect("models lock")
+                .iter()
+                .map(|(name, bucket)| {
+                    let mut l = bucket.limiter.lock().expect("model limiter lock");
+                    let tokens = (l.tokens(now) * 100.0).round() / 100.0;
+                    let tpm = bucket.tpm.lock().expect("model tpm lock").as_mut().map(|w| (w.used(now), w.limit()));
+                    let bucket = json!({
+                        "tokens": tokens,
+                        "limit_per_window": l.limit(),
+                        "in_window": l.in_window(now),
+                        "tokens_used_in_window": tpm.map(|t| t.0),
+                        "token_limit_per_window": tpm.map(|t| t.1),
+                    });
+                    (name.clone(), bucket)
+                })
+                .collect();
             json!({
                 "id": b.config.id,
                 "name": b.config.name,
@@ -78,6 +97,7 @@ fn backends_json(shared: &Shared, now: Instant) -> Vec<Value> {
                 "health": { "consecutive_failures": health.failures, "error_remaining_seconds": error_remaining, "reason": health.reason },
                 "effective_rpm": retreat,
                 "in_flight": s.in_flight.load(Ordering::Relaxed),
+                "models": models,
             })
         })
         .collect()
@@ -168,6 +188,17 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
         m.gauge("sidecar_cooldown_remaining_seconds", &[("backend", id)], remaining);
         m.gauge("sidecar_backend_consecutive_429", &[("backend", id)], f64::from(cooldown.consecutive));
         m.gauge("sidecar_backend_error", &[("backend", id)], if error { 1.0 } else { 0.0 });
+        // Only models with their own limits have a bucket: bounded by the config.
+        for (model, bucket) in s.models.lock().expect("models lock").iter() {
+            let (tokens, limit, in_window) = {
+                let mut l = bucket.limiter.lock().expect("model limiter lock");
+                (l.tokens(now), l.limit(), l.in_window(now))
+            };
+            let labels = [("backend", id), ("model", model.as_str())];
+            m.gauge("sidecar_model_tokens_available", &labels, tokens);
+            m.gauge("sidecar_model_effective_rate_rpm", &labels, f64::from(limit) / window_minutes);
+            m.gauge("sidecar_model_requests_in_window", &labels, f64::from(in_window));
+        }
     }
     (StatusCode::OK, [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], m.render()).into_response()
 }

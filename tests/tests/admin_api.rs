@@ -448,3 +448,46 @@ async fn a_backend_that_serves_no_model_is_refused_unless_disabled_and_queue_cap
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(err.message().contains("queue_capacity"), "{}", err.message());
 }
+
+#[tokio::test]
+async fn a_model_limit_must_fit_in_the_backends_and_is_named_when_it_does_not() {
+    let cp = ControlPlaneHarness::start().await;
+    let mut admin = cp.admin().await;
+    let limited = |rpm: Option<u32>, tpm: Option<u32>| {
+        let mut s = spec("limited", "https://a.example/v1");
+        s.tpm_limit = 10_000;
+        let m = s.model_mappings.get_mut("gpt-4o").unwrap();
+        (m.rpm_limit, m.tpm_limit) = (rpm, tpm);
+        s
+    };
+    let field = "backend.model_mappings[\"gpt-4o\"]";
+    for (spec, which) in [
+        (limited(Some(61), None), "rpm_limit"),
+        (limited(Some(0), None), "rpm_limit"),
+        (limited(None, Some(10_001)), "tpm_limit"),
+    ] {
+        let err = admin.create_backend(create(spec)).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{}", err.message());
+        let want = format!("{field}.{which}");
+        assert_eq!(err.metadata().get("sidecar-field").unwrap().to_str().unwrap(), want, "{}", err.message());
+    }
+
+    // Within the backend's limits: stored and shown.
+    let b = admin.create_backend(create(limited(Some(20), Some(4000)))).await.unwrap().into_inner().backend.unwrap();
+    let m = &b.model_mappings["gpt-4o"];
+    assert_eq!((m.rpm_limit, m.tpm_limit), (Some(20), Some(4000)));
+
+    // Lowering the backend's limit below a model's is refused by the model's field, and
+    // nothing changes.
+    let err = admin
+        .update_backend(pb::UpdateBackendRequest {
+            id: b.id.clone(),
+            patch: Some(pb::BackendPatch { rpm_limit: Some(10), ..Default::default() }),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.metadata().get("sidecar-field").unwrap().to_str().unwrap(), format!("{field}.rpm_limit"));
+    let now = admin.get_backend(pb::GetBackendRequest { id: b.id }).await.unwrap().into_inner();
+    assert_eq!((now.rpm_limit, now.resource_version), (60, b.resource_version));
+}

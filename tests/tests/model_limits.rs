@@ -79,4 +79,13 @@ async fn two_proxies_keep_each_model_under_its_own_limit_and_a_small_model_does_
     assert!(measured >= 0.9 * per_sec(a_limit), "model A used only {measured:.1}/s of {}/s", per_sec(a_limit));
     let b = served_rate(&mock, "native-b", start + Duration::from_secs(3), end);
     assert!(b > 0.0, "model B was served too");
+
+    // /status shows each model's bucket: its share of the model's limit, within it.
+    let status: serde_json::Value =
+        reqwest::get(format!("http://{}/status", gw.proxy.ops_addr)).await.unwrap().json().await.unwrap();
+    let models = &status["buckets"][0]["models"];
+    for (model, limit) in [("model-a", a_limit), ("model-b", b_limit)] {
+        let share = models[model]["limit_per_window"].as_u64().unwrap_or_else(|| panic!("{model} in {status}"));
+        assert!(share <= u64::from(limit), "{model}: {share} of {limit}");
+    }
 }

@@ -146,7 +146,8 @@ async fn every_documented_metric_is_exported_from_the_start_and_every_exported_o
 
     let mock = MockUpstream::start(&[]).await;
     let mut gw = Gateway::start().await;
-    gw.add_backend(&mock, BackendDef::default()).await;
+    // A model with its own limit, so the per-model gauges have a series.
+    gw.add_backend(&mock, BackendDef { model_limits: &[("gpt-test", 600)], ..BackendDef::default() }).await;
     // One request, so per-backend histograms have a series; nothing is dropped, rejected
     // or retried, and those counters must be there anyway.
     assert_eq!(gw.proxy.chat("gpt-test").await.status(), 200);

@@ -220,6 +220,52 @@ describe("browser console", { concurrency: false }, () => {
     assert.equal(backend.window_seconds, 10, "the provider's window is saved");
   });
 
+  test("a model's own RPM limit: above the backend's it is refused next to the field, then saved and shown", async () => {
+    await row("mock-main").getByTestId("edit").click();
+    const dialog = await visible(page.getByTestId("provider-dialog"));
+    const canonicals = await dialog.getByTestId("mapping-canonical").evaluateAll((els) => els.map((e) => e.value));
+    const at = canonicals.indexOf("gpt-alt");
+    assert.ok(at >= 0, `gpt-alt is in the editor: ${canonicals}`);
+    const alt = dialog.getByTestId("mapping-row").nth(at);
+    assert.equal(await alt.getByTestId("mapping-rpm-limit").inputValue(), "", "no model limit yet");
+    await alt.locator("details.mapping-more > summary").click();
+    const rpmLimit = await visible(alt.getByTestId("mapping-rpm-limit"));
+
+    // The backend allows 120 RPM (set in the previous test); 500 for one model is refused,
+    // and the server's message sits under that model's RPM limit field.
+    await rpmLimit.fill("500");
+    await dialog.getByTestId("save").click();
+    const limitField = dialog.locator('[data-field="model_mappings[\\"gpt-alt\\"].rpm_limit"]');
+    await expectText("model RPM limit error", limitField.locator(".field-error"), /500 exceeds the backend's rpm_limit \(120\)/);
+    assert.equal(await limitField.locator("input").getAttribute("aria-invalid"), "true");
+    assert.equal(await dialog.getByTestId("form-error").isVisible(), false, "not a general error");
+    assert.ok(fieldHeaders.includes('backend.model_mappings["gpt-alt"].rpm_limit'), `the server named the field in sidecar-field: ${fieldHeaders}`);
+    await shot("provider-model-limit-error");
+
+    // Within the backend's: saved; the TPM limit left empty stays unset.
+    await rpmLimit.fill("60");
+    await dialog.getByTestId("save").click();
+    await dialog.waitFor({ state: "detached" });
+    const chips = row("mock-main").getByTestId("models");
+    await expectText("the model's limit in its chip", chips.locator('li[data-model="gpt-alt"]'), (t) => t === "gpt-alt 60 RPM");
+    assert.equal(await chips.locator('li[data-model="gpt-test"]').getByTestId("model-limits").count(), 0, "gpt-test has no limit of its own");
+    const b = await cp.ctl("backend", "get", "mock-main");
+    const backend = b.backend ?? b;
+    assert.equal(backend.model_mappings["gpt-alt"].rpm_limit, 60, "rpmLimit stored");
+    assert.equal(backend.model_mappings["gpt-alt"].tpm_limit ?? null, null, "tpmLimit unset");
+    assert.equal(backend.model_mappings["gpt-test"].rpm_limit ?? null, null, "the other model unchanged");
+    assert.equal(backend.model_mappings["gpt-alt"].native_id, "mock-small", "the rest of the mapping kept");
+    assert.equal(backend.rpm_limit, 120);
+
+    // Reopened, the form shows the stored limit.
+    await row("mock-main").getByTestId("edit").click();
+    const again = await visible(page.getByTestId("provider-dialog"));
+    assert.equal(await again.getByTestId("mapping-rpm-limit").nth(at).inputValue(), "60");
+    assert.equal(await again.getByTestId("mapping-tpm-limit").nth(at).inputValue(), "");
+    await again.getByRole("button", { name: "Cancel" }).click();
+    await again.waitFor({ state: "detached" });
+  });
+
   test("traffic through the proxy moves the dashboard counters", async () => {
     await openPage("Dashboard", "dashboard");
     const requests = page.locator("[data-testid=stat-requests] .stat-value");

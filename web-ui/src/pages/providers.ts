@@ -57,10 +57,23 @@ function intValue(el: HTMLInputElement, path: string): bigint | undefined {
 }
 
 function u32Value(el: HTMLInputElement, path: string): number {
+  return optU32Value(el, path) ?? 0;
+}
+
+/** An optional uint32 field: undefined (unset) when empty; 0 is sent for the server to judge. */
+function optU32Value(el: HTMLInputElement, path: string): number | undefined {
   const v = intValue(el, path);
-  if (v === undefined) return 0;
+  if (v === undefined) return undefined;
   if (v < 0n || v > 4294967295n) throw new LocalError(path, "must be between 0 and 4294967295");
   return Number(v);
+}
+
+/** A model's own limits, compactly: "60 RPM", "60 RPM · 90,000 TPM", "90,000 TPM"; "" when none. */
+function modelLimitsText(m: { rpmLimit?: number; tpmLimit?: number }): string {
+  const parts: string[] = [];
+  if (m.rpmLimit !== undefined) parts.push(`${fmtInt(m.rpmLimit)} RPM`);
+  if (m.tpmLimit !== undefined) parts.push(`${fmtInt(m.tpmLimit)} TPM`);
+  return parts.join(" · ");
 }
 
 /** A price in USD per million tokens, sent per token; an unchanged field keeps its exact value. */
@@ -199,8 +212,16 @@ function render(ctx: PageContext) {
               "ul",
               { class: "chips", attrs: { "data-testid": "models" } },
               names.map((m) => {
-                const native = b.modelMappings[m].nativeId;
-                return h("li", { class: "chip", attrs: { title: native !== m ? `→ ${native}` : "" } }, m);
+                const mm = b.modelMappings[m];
+                const native = mm.nativeId;
+                const limits = modelLimitsText(mm);
+                const title = [native !== m ? `→ ${native}` : "", limits ? `this model's own limit: ${limits} (within the backend's)` : ""].filter((t) => t).join("; ");
+                return h(
+                  "li",
+                  { class: "chip", attrs: { title, "data-model": m } },
+                  m,
+                  limits ? [" ", h("span", { class: "chip-note", attrs: { "data-testid": "model-limits" } }, limits)] : null,
+                );
               }),
             );
           },
@@ -331,6 +352,8 @@ function render(ctx: PageContext) {
       contextWindow: Field;
       maxTokens: Field;
       modalities: Field;
+      rpmLimit: Field;
+      tpmLimit: Field;
       reasoning: HTMLInputElement;
       original: MappingInit | null;
     }
@@ -360,6 +383,11 @@ function render(ctx: PageContext) {
       cw.value = m?.contextWindow ? String(m.contextWindow) : "";
       mt.value = m?.maxTokens ? String(m.maxTokens) : "";
       mods.value = (m?.inputModalities ?? []).join(", ");
+      // The model's own limits on this key: empty = unset (only the backend's apply).
+      const rl = input({ inputmode: "numeric", "data-testid": "mapping-rpm-limit", placeholder: "backend's" });
+      const tl = input({ inputmode: "numeric", "data-testid": "mapping-tpm-limit", placeholder: "backend's" });
+      rl.value = m?.rpmLimit !== undefined ? String(m.rpmLimit) : "";
+      tl.value = m?.tpmLimit !== undefined ? String(m.tpmLimit) : "";
       const reasoning = h("input", { attrs: { type: "checkbox", checked: !!m?.reasoning } });
       const row: MappingRow = {
         el: h("div"),
@@ -369,6 +397,8 @@ function render(ctx: PageContext) {
         contextWindow: field("Context window", cw),
         maxTokens: field("Max tokens", mt),
         modalities: field("Input modalities", mods, { hint: "text, image, audio, video, file" }),
+        rpmLimit: field("RPM limit", rl, { hint: "this model's requests/min on the key; at most the backend's; empty = none" }),
+        tpmLimit: field("TPM limit", tl, { hint: "this model's tokens/min on the key; at most the backend's; empty = none" }),
         reasoning,
         original: m,
       };
@@ -402,6 +432,8 @@ function render(ctx: PageContext) {
             row.contextWindow.wrap,
             row.maxTokens.wrap,
             row.modalities.wrap,
+            row.rpmLimit.wrap,
+            row.tpmLimit.wrap,
             h("label", "check", reasoning, " reasoning model"),
           ),
         ),
@@ -539,6 +571,8 @@ function render(ctx: PageContext) {
         errors.register(`${at}.context_window`, r.contextWindow);
         errors.register(`${at}.max_tokens`, r.maxTokens);
         errors.register(`${at}.input_modalities`, r.modalities);
+        errors.register(`${at}.rpm_limit`, r.rpmLimit);
+        errors.register(`${at}.tpm_limit`, r.tpmLimit);
       }
       for (const r of metas) errors.register(`metadata[${quoteKey(r.key.value)}]`, r.value);
     }
@@ -549,7 +583,12 @@ function render(ctx: PageContext) {
         const ci = r.canonical.control as HTMLInputElement;
         const ni = r.native.control as HTMLInputElement;
         const canonical = ci.value.trim();
-        const blank = !canonical && !ni.value.trim() && costKeys.every((k) => !(r.costs[k].control as HTMLInputElement).value.trim());
+        const blank =
+          !canonical &&
+          !ni.value.trim() &&
+          costKeys.every((k) => !(r.costs[k].control as HTMLInputElement).value.trim()) &&
+          !(r.rpmLimit.control as HTMLInputElement).value.trim() &&
+          !(r.tpmLimit.control as HTMLInputElement).value.trim();
         if (blank) continue;
         const at = `model_mappings[${quoteKey(canonical)}]`;
         if (!canonical) throw new LocalError(`model_mappings[""]`, "enter the model name clients send");
@@ -563,6 +602,8 @@ function render(ctx: PageContext) {
           maxTokens: u32Value(r.maxTokens.control as HTMLInputElement, `${at}.max_tokens`),
           reasoning: r.reasoning.checked,
           inputModalities: list((r.modalities.control as HTMLInputElement).value),
+          rpmLimit: optU32Value(r.rpmLimit.control as HTMLInputElement, `${at}.rpm_limit`),
+          tpmLimit: optU32Value(r.tpmLimit.control as HTMLInputElement, `${at}.tpm_limit`),
         };
       }
       return out;
@@ -590,6 +631,8 @@ function render(ctx: PageContext) {
           maxTokens: v.maxTokens,
           reasoning: v.reasoning,
           inputModalities: [...v.inputModalities],
+          rpmLimit: v.rpmLimit,
+          tpmLimit: v.tpmLimit,
         };
       }
       return out;
