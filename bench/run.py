@@ -326,6 +326,13 @@ http {{ access_log off; upstream up {{ server 127.0.0.1:{UP}; keepalive 256; }}
         results["hardening"] = json.loads(out.stdout)
         print(f"hardening {results['hardening']}", flush=True)
 
+        # What a model's own limits (a second bucket) cost per request, baseline and
+        # feature in one run.
+        out = subprocess.run([os.path.join(REL, "bench-model-limits"), *(["--rounds", "5"] if args.quick else [])],
+                             capture_output=True, text=True, check=True)
+        results["model_limits"] = json.loads(out.stdout)
+        print(f"model limits {results['model_limits']}", flush=True)
+
         fleet = [os.path.join(REL, "bench-fleet"), "--control", f"http://127.0.0.1:{CTRL}", "--admin-token", ADMIN, "--node-token", NODE]
         out = subprocess.run([*fleet, "propagation", "--nodes", "50", "--writes", "20"], capture_output=True, text=True, check=True)
         results["propagation"] = json.loads(out.stdout)
@@ -401,6 +408,11 @@ def render(r, args):
                   f"reading a {len(BODY)}-byte body takes {h['body_read_ns']:.0f} ns bare and {h['body_read_with_timeout_ns']:.0f} ns under the "
                   f"body timeout (+{h['body_timeout_ns']:.0f} ns); the declared Content-Length check {h['content_length_check_ns']:.0f} ns; "
                   f"a connection slot {h['connection_slot_ns']:.0f} ns per connection."]
+    ml = r.get("model_limits")
+    if ml:
+        lines += ["", f"A model's own limits per request (bench-model-limits, {ml['rounds']} alternating rounds of {ml['ops']}, medians): "
+                  f"taking and giving back a token takes {ml['take_ns']:.0f} ns from a backend alone and "
+                  f"{ml['take_with_model_bucket_ns']:.0f} ns with the model's bucket beside it (+{ml['model_bucket_ns']:.0f} ns)."]
     lines.append("")
     for name, o in r["open_streams"].items():
         per = (o["rss_peak_mb"] - o["rss_before_mb"]) * 1024 / max(1, o["ok"])
