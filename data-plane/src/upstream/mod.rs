@@ -4,6 +4,7 @@
 //! building (model rewrite, key, header hygiene); and classification of what came back.
 
 mod body;
+pub mod ratelimit;
 mod sse;
 mod usage;
 

@@ -1,0 +1,233 @@
+//! Where the provider says a key stands against its limits, from the headers on every
+//! response: OpenAI's `x-ratelimit-{limit,remaining,reset}-{requests,tokens}` (resets as
+//! Go-style durations: `1s`, `6m0s`, `1.5s`, `20ms`) and Anthropic's
+//! `anthropic-ratelimit-{requests,tokens,input-tokens,output-tokens}-{limit,remaining,reset}`
+//! (resets as RFC 3339 times). Plain seconds are accepted for a reset too. Anything that
+//! does not parse is ignored, never an error: these headers only ever help.
+
+use std::time::{Duration, SystemTime};
+
+use http::HeaderMap;
+
+/// Longest reset taken from a header; beyond it the header is treated as nonsense.
+pub const MAX_RESET: Duration = Duration::from_secs(24 * 3600);
+
+/// One budget the provider reports: its limit, what is left, and when it refills.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Budget {
+    /// The provider's limit.
+    pub limit: Option<u64>,
+    /// What is left of it now.
+    pub remaining: Option<u64>,
+    /// Until it refills (to the limit), from now.
+    pub reset: Option<Duration>,
+}
+
+impl Budget {
+    fn is_empty(&self) -> bool {
+        self.limit.is_none() && self.remaining.is_none() && self.reset.is_none()
+    }
+}
+
+/// Every budget a response reported.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RateLimitHeaders {
+    /// Requests.
+    pub requests: Option<Budget>,
+    /// Tokens (input and output together).
+    pub tokens: Option<Budget>,
+    /// Input tokens (Anthropic).
+    pub input_tokens: Option<Budget>,
+    /// Output tokens (Anthropic).
+    pub output_tokens: Option<Budget>,
+}
+
+impl RateLimitHeaders {
+    /// Whether the response carried any of them.
+    pub fn is_empty(&self) -> bool {
+        self.requests.is_none() && self.tokens.is_none() && self.input_tokens.is_none() && self.output_tokens.is_none()
+    }
+}
+
+/// Reads both header families; `now` turns RFC 3339 resets into durations.
+pub fn parse(headers: &HeaderMap, now: SystemTime) -> RateLimitHeaders {
+    let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
+    let count = |name: &str| get(name).and_then(|v| v.parse::<u64>().ok());
+    let openai = |what: &str| {
+        let b = Budget {
+            limit: count(&format!("x-ratelimit-limit-{what}")),
+            remaining: count(&format!("x-ratelimit-remaining-{what}")),
+            reset: get(&format!("x-ratelimit-reset-{what}")).and_then(|v| reset(v, now)),
+        };
+        (!b.is_empty()).then_some(b)
+    };
+    let anthropic = |what: &str| {
+        let b = Budget {
+            limit: count(&format!("anthropic-ratelimit-{what}-limit")),
+            remaining: count(&format!("anthropic-ratelimit-{what}-remaining")),
+            reset: get(&format!("anthropic-ratelimit-{what}-reset")).and_then(|v| reset(v, now)),
+        };
+        (!b.is_empty()).then_some(b)
+    };
+    RateLimitHeaders {
+        requests: openai("requests").or_else(|| anthropic("requests")),
+        tokens: openai("tokens").or_else(|| anthropic("tokens")),
+        input_tokens: anthropic("input-tokens"),
+        output_tokens: anthropic("output-tokens"),
+    }
+}
+
+/// A reset: a Go-style duration (`6m0s`, `1.5s`, `20ms`), plain seconds (`30`, `0.5`), or
+/// an RFC 3339 time (from `now`; a time already past is 0). `None` for anything else, or
+/// beyond [`MAX_RESET`].
+pub fn reset(text: &str, now: SystemTime) -> Option<Duration> {
+    let text = text.trim();
+    let d = if let Ok(secs) = text.parse::<f64>() {
+        if !secs.is_finite() || secs < 0.0 || secs > MAX_RESET.as_secs_f64() {
+            return None;
+        }
+        Duration::from_secs_f64(secs)
+    } else if let Some(d) = go_duration(text) {
+        d
+    } else {
+        let at = humantime::parse_rfc3339_weak(text).ok()?;
+        at.duration_since(now).unwrap_or_default()
+    };
+    (d <= MAX_RESET).then_some(d)
+}
+
+/// A Go `time.Duration` string: one or more `<number><unit>` with units `h`, `m`, `s`,
+/// `ms`, `us`/`µs`, `ns`; numbers may have a fraction.
+fn go_duration(text: &str) -> Option<Duration> {
+    if text.is_empty() || text.len() > 64 {
+        return None;
+    }
+    let mut total = 0f64;
+    let mut rest = text;
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
+        if digits == 0 {
+            return None;
+        }
+        let value: f64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let unit_len = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
+        let scale = match &rest[..unit_len] {
+            "h" => 3600.0,
+            "m" => 60.0,
+            "s" => 1.0,
+            "ms" => 1e-3,
+            "us" | "µs" => 1e-6,
+            "ns" => 1e-9,
+            _ => return None,
+        };
+        rest = &rest[unit_len..];
+        total += value * scale;
+        if !total.is_finite() || total > MAX_RESET.as_secs_f64() {
+            return None;
+        }
+    }
+    Some(Duration::from_secs_f64(total))
+}
+
+#[cfg(test)]
+mod tests {
+    use http::HeaderValue;
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn openai_headers_with_go_durations() {
+        let now = SystemTime::now();
+        let h = headers(&[
+            ("x-ratelimit-limit-requests", "60"),
+            ("x-ratelimit-remaining-requests", "0"),
+            ("x-ratelimit-reset-requests", "6m0s"),
+            ("x-ratelimit-limit-tokens", "150000"),
+            ("x-ratelimit-remaining-tokens", "149984"),
+            ("x-ratelimit-reset-tokens", "6ms"),
+        ]);
+        let r = parse(&h, now);
+        assert_eq!(
+            r.requests,
+            Some(Budget { limit: Some(60), remaining: Some(0), reset: Some(Duration::from_secs(360)) })
+        );
+        assert_eq!(r.tokens.unwrap().reset, Some(Duration::from_millis(6)));
+        assert_eq!((r.input_tokens, r.output_tokens), (None, None));
+    }
+
+    #[test]
+    fn anthropic_headers_with_rfc3339_resets() {
+        let now = humantime::parse_rfc3339("2026-12-03T12:00:00Z").unwrap();
+        let h = headers(&[
+            ("anthropic-ratelimit-requests-limit", "50"),
+            ("anthropic-ratelimit-requests-remaining", "3"),
+            ("anthropic-ratelimit-requests-reset", "2026-12-03T12:00:05Z"),
+            ("anthropic-ratelimit-input-tokens-limit", "40000"),
+            ("anthropic-ratelimit-input-tokens-remaining", "39000"),
+            ("anthropic-ratelimit-input-tokens-reset", "2026-12-03T11:59:00Z"),
+        ]);
+        let r = parse(&h, now);
+        assert_eq!(
+            r.requests,
+            Some(Budget { limit: Some(50), remaining: Some(3), reset: Some(Duration::from_secs(5)) })
+        );
+        assert_eq!(r.input_tokens.unwrap().reset, Some(Duration::ZERO), "a reset already past is now");
+        assert_eq!(r.tokens, None);
+    }
+
+    #[test]
+    fn durations_in_every_form_and_garbage_refused() {
+        let now = SystemTime::now();
+        for (text, ms) in
+            [("1s", 1000), ("1.5s", 1500), ("20ms", 20), ("1h2m3s", 3_723_000), ("30", 30_000), ("0.5", 500)]
+        {
+            assert_eq!(reset(text, now), Some(Duration::from_millis(ms)), "{text}");
+        }
+        for bad in ["", "s", "1x", "-1", "1s-", "NaN", "inf", "1e400", "99999999h", "tomorrow", "2026-13-45T00:00:00Z"]
+        {
+            assert_eq!(reset(bad, now), None, "{bad}");
+        }
+        assert!(parse(&headers(&[("x-ratelimit-remaining-requests", "lots")]), now).is_empty());
+    }
+
+    proptest! {
+        /// Any text: a reset within bounds or none, never a panic.
+        #[test]
+        fn any_text_is_a_bounded_reset_or_none(text in ".{0,80}") {
+            if let Some(d) = reset(&text, SystemTime::now()) {
+                prop_assert!(d <= MAX_RESET);
+            }
+        }
+
+        /// A duration written the way Go writes it reads back to the millisecond.
+        #[test]
+        fn go_durations_round_trip(ms in 0u64..86_400_000) {
+            let (h, m, s) = (ms / 3_600_000, ms / 60_000 % 60, (ms % 60_000) as f64 / 1000.0);
+            let text = match (h, m) {
+                (0, 0) => format!("{s}s"),
+                (0, _) => format!("{m}m{s}s"),
+                _ => format!("{h}h{m}m{s}s"),
+            };
+            let d = reset(&text, SystemTime::now()).unwrap();
+            prop_assert!((d.as_secs_f64() * 1000.0 - ms as f64).abs() < 0.01, "{} -> {:?}", text, d);
+        }
+
+        /// An RFC 3339 reset N seconds ahead is N seconds.
+        #[test]
+        fn rfc3339_resets_are_time_from_now(secs in 0u64..86_400) {
+            let now = humantime::parse_rfc3339("2026-12-03T00:00:00Z").unwrap();
+            let at = humantime::format_rfc3339(now + Duration::from_secs(secs)).to_string();
+            prop_assert_eq!(reset(&at, now), Some(Duration::from_secs(secs)));
+        }
+    }
+}
