@@ -49,31 +49,47 @@ impl RateLimitHeaders {
     }
 }
 
-/// Reads both header families; `now` turns RFC 3339 resets into durations.
+/// The names of one budget's headers: limit, remaining, reset.
+type Names = [&'static str; 3];
+
+const OPENAI_REQUESTS: Names =
+    ["x-ratelimit-limit-requests", "x-ratelimit-remaining-requests", "x-ratelimit-reset-requests"];
+const OPENAI_TOKENS: Names = ["x-ratelimit-limit-tokens", "x-ratelimit-remaining-tokens", "x-ratelimit-reset-tokens"];
+const ANTHROPIC_REQUESTS: Names = [
+    "anthropic-ratelimit-requests-limit",
+    "anthropic-ratelimit-requests-remaining",
+    "anthropic-ratelimit-requests-reset",
+];
+const ANTHROPIC_TOKENS: Names =
+    ["anthropic-ratelimit-tokens-limit", "anthropic-ratelimit-tokens-remaining", "anthropic-ratelimit-tokens-reset"];
+const ANTHROPIC_INPUT: Names = [
+    "anthropic-ratelimit-input-tokens-limit",
+    "anthropic-ratelimit-input-tokens-remaining",
+    "anthropic-ratelimit-input-tokens-reset",
+];
+const ANTHROPIC_OUTPUT: Names = [
+    "anthropic-ratelimit-output-tokens-limit",
+    "anthropic-ratelimit-output-tokens-remaining",
+    "anthropic-ratelimit-output-tokens-reset",
+];
+
+/// Reads both header families; `now` turns RFC 3339 resets into durations. Static
+/// header names: nothing is allocated, as it runs on every response.
 pub fn parse(headers: &HeaderMap, now: SystemTime) -> RateLimitHeaders {
     let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
-    let count = |name: &str| get(name).and_then(|v| v.parse::<u64>().ok());
-    let openai = |what: &str| {
+    let budget = |[limit, remaining, reset_at]: Names| {
         let b = Budget {
-            limit: count(&format!("x-ratelimit-limit-{what}")),
-            remaining: count(&format!("x-ratelimit-remaining-{what}")),
-            reset: get(&format!("x-ratelimit-reset-{what}")).and_then(|v| reset(v, now)),
-        };
-        (!b.is_empty()).then_some(b)
-    };
-    let anthropic = |what: &str| {
-        let b = Budget {
-            limit: count(&format!("anthropic-ratelimit-{what}-limit")),
-            remaining: count(&format!("anthropic-ratelimit-{what}-remaining")),
-            reset: get(&format!("anthropic-ratelimit-{what}-reset")).and_then(|v| reset(v, now)),
+            limit: get(limit).and_then(|v| v.parse::<u64>().ok()),
+            remaining: get(remaining).and_then(|v| v.parse::<u64>().ok()),
+            reset: get(reset_at).and_then(|v| reset(v, now)),
         };
         (!b.is_empty()).then_some(b)
     };
     RateLimitHeaders {
-        requests: openai("requests").or_else(|| anthropic("requests")),
-        tokens: openai("tokens").or_else(|| anthropic("tokens")),
-        input_tokens: anthropic("input-tokens"),
-        output_tokens: anthropic("output-tokens"),
+        requests: budget(OPENAI_REQUESTS).or_else(|| budget(ANTHROPIC_REQUESTS)),
+        tokens: budget(OPENAI_TOKENS).or_else(|| budget(ANTHROPIC_TOKENS)),
+        input_tokens: budget(ANTHROPIC_INPUT),
+        output_tokens: budget(ANTHROPIC_OUTPUT),
     }
 }
 
