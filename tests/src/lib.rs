@@ -13,7 +13,7 @@ use std::{future::Future, time::Duration};
 
 pub use control::{ControlPlaneHarness, Options};
 pub use gateway::Gateway;
-pub use mock::{MockUpstream, Reply};
+pub use mock::{LimitHeaders, MockUpstream, Reply};
 pub use proxy::{ProxyHarness, ProxyOptions};
 
 /// Polls `check` until it returns `Some`, or panics after `timeout` naming `what`.

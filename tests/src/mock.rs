@@ -156,6 +156,17 @@ struct Inner {
     /// Per-model strict windows (by the model id the mock receives): limit, window and
     /// admissions, and 429s they caused.
     model_limits: std::collections::HashMap<String, (u32, Duration, VecDeque<Instant>, usize)>,
+    /// Whether (and how) admitted calls report where the key stands against the limit.
+    limit_headers: Option<LimitHeaders>,
+}
+
+/// How the mock reports its RPM limit on every admitted call, as real providers do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitHeaders {
+    /// `x-ratelimit-{limit,remaining,reset}-requests`, the reset as a Go duration (`1.5s`).
+    OpenAi,
+    /// `anthropic-ratelimit-requests-{limit,remaining,reset}`, the reset as RFC 3339.
+    Anthropic,
 }
 
 struct Shared {
@@ -237,6 +248,7 @@ impl MockUpstream {
                 admitted: VecDeque::new(),
                 violations: 0,
                 model_limits: Default::default(),
+                limit_headers: None,
             }),
         });
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -311,6 +323,13 @@ impl MockUpstream {
     /// key's window.
     pub fn set_model_limit(&self, model: &str, limit: u32, window: Duration) {
         self.shared.lock().model_limits.insert(model.to_owned(), (limit, window, VecDeque::new(), 0));
+    }
+
+    /// Reports the RPM limit (see [`MockUpstream::set_rpm_limit`]) on every admitted call
+    /// in `style`: the limit, what is left of it after this call, and when the whole
+    /// budget is back (the newest admission leaves the window).
+    pub fn send_limit_headers(&self, style: LimitHeaders) {
+        self.shared.lock().limit_headers = Some(style);
     }
 
     /// Calls answered `429` because of `model`'s own limit.
@@ -441,7 +460,7 @@ async fn answer(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
     let include_usage = request.pointer("/stream_options/include_usage").and_then(Value::as_bool) == Some(true);
 
     // Admission (own RPM limit), then take the scripted reply.
-    let (reply, latency) = {
+    let (reply, latency, limit_headers) = {
         let mut inner = shared.lock();
         let now = Instant::now();
         if let Some((limit, window)) = inner.rpm {
@@ -493,13 +512,50 @@ async fn answer(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
             admitted.push_back(now);
         }
         inner.admitted.push_back(now);
+        let limit_headers = match (inner.limit_headers, inner.rpm) {
+            (Some(style), Some((limit, window))) => {
+                let remaining = limit.saturating_sub(inner.admitted.len() as u32);
+                // As OpenAI documents it: until the budget is back to its initial state,
+                // when the newest admission leaves the window.
+                let reset = inner.admitted.back().map_or(window, |t| (*t + window).saturating_duration_since(now));
+                let mut h = HeaderMap::new();
+                let v = |s: String| HeaderValue::from_str(&s).unwrap();
+                match style {
+                    LimitHeaders::OpenAi => {
+                        h.insert("x-ratelimit-limit-requests", v(limit.to_string()));
+                        h.insert("x-ratelimit-remaining-requests", v(remaining.to_string()));
+                        h.insert("x-ratelimit-reset-requests", v(format!("{:.3}s", reset.as_secs_f64())));
+                    }
+                    LimitHeaders::Anthropic => {
+                        let at = std::time::SystemTime::now() + reset;
+                        h.insert("anthropic-ratelimit-requests-limit", v(limit.to_string()));
+                        h.insert("anthropic-ratelimit-requests-remaining", v(remaining.to_string()));
+                        h.insert(
+                            "anthropic-ratelimit-requests-reset",
+                            v(humantime::format_rfc3339_millis(at).to_string()),
+                        );
+                    }
+                }
+                Some(h)
+            }
+            _ => None,
+        };
         let (reply, own) = inner.script.pop_front().unwrap_or_else(|| (inner.default.clone(), Duration::ZERO));
-        (reply, inner.latency + own)
+        (reply, inner.latency + own, limit_headers)
     };
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }
 
+    let respond = |mut resp: Response<Body>| {
+        if let Some(h) = &limit_headers {
+            // Replaces the default headers' values of the same names.
+            for (name, value) in h {
+                resp.headers_mut().insert(name.clone(), value.clone());
+            }
+        }
+        respond(resp)
+    };
     let stream_kind = if kind == Kind::Completions { Kind::Completions } else { Kind::Chat };
     match reply {
         Reply::Ok if wants_stream && kind != Kind::Embeddings => respond(sse_response(
@@ -681,8 +737,12 @@ fn provider_headers(mut resp: Response<Body>) -> Response<Body> {
     let h = resp.headers_mut();
     h.insert(header::SERVER, HeaderValue::from_static("BaseHTTP/0.6 Python/3.11.7"));
     h.insert("x-powered-by", HeaderValue::from_static("mock-provider"));
-    h.insert("x-ratelimit-limit-requests", HeaderValue::from_static("60"));
-    h.insert("x-ratelimit-remaining-requests", HeaderValue::from_static("59"));
+    // Unless the mock reports its real limit (MockUpstream::send_limit_headers), in
+    // either family.
+    if !h.contains_key("anthropic-ratelimit-requests-remaining") {
+        h.entry("x-ratelimit-limit-requests").or_insert(HeaderValue::from_static("60"));
+        h.entry("x-ratelimit-remaining-requests").or_insert(HeaderValue::from_static("59"));
+    }
     h.insert("x-request-id", HeaderValue::from_static("req_mock"));
     resp
 }

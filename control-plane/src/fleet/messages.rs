@@ -48,6 +48,8 @@ pub struct CooldownNotice {
     pub duration_ms: u64,
     /// The node whose 429 (or success) caused it.
     pub node_id: String,
+    /// A pause because the provider reported the budget spent, not a 429 cooldown.
+    pub exhausted: bool,
 }
 
 /// A node's demand on one backend, as it reports every second.

@@ -58,6 +58,8 @@ struct Session {
 struct BackendFleet {
     consecutive: u32,
     cooling_until_ms: i64,
+    /// Paused fleet-wide until then: the provider reported the budget spent.
+    exhausted_until_ms: i64,
     shares: HashMap<String, Share>,
 }
 
@@ -234,14 +236,49 @@ impl Fleet {
         }
     }
 
+    /// A node heard the provider say the backend's budget is spent for `reset`: every
+    /// node pauses it until then. No escalation: the count stays as it is.
+    pub fn exhausted(&self, node_id: &str, backend_id: &str, reset: Duration) {
+        let until = now_ms() + reset.as_millis() as i64;
+        let count = {
+            let mut backends = self.backends.lock().expect("fleet lock");
+            let fleet = backends.entry(backend_id.to_owned()).or_default();
+            if fleet.exhausted_until_ms >= until {
+                return;
+            }
+            fleet.exhausted_until_ms = until;
+            fleet.consecutive
+        };
+        info!(
+            backend = backend_id,
+            node = node_id,
+            reset_ms = reset.as_millis() as u64,
+            "provider budget spent: paused fleet-wide"
+        );
+        let ms = reset.as_millis() as u64;
+        self.broadcast(CooldownNotice {
+            backend_id: backend_id.to_owned(),
+            consecutive_count: count,
+            remaining_ms: ms,
+            duration_ms: ms,
+            node_id: node_id.to_owned(),
+            exhausted: true,
+        });
+    }
+
     fn broadcast_cooldown(&self, backend_id: &str, count: u32, remaining_ms: u64, duration_ms: u64, source: &str) {
-        let msg = FleetMessage::Cooldown(CooldownNotice {
+        self.broadcast(CooldownNotice {
             backend_id: backend_id.to_owned(),
             consecutive_count: count,
             remaining_ms,
             duration_ms,
             node_id: source.to_owned(),
+            exhausted: false,
         });
+    }
+
+    fn broadcast(&self, notice: CooldownNotice) {
+        let msg = FleetMessage::Cooldown(notice);
         for (node, s) in self.sessions.lock().expect("sessions lock").iter() {
             // A full channel means the node is far behind; it gets the cooldown with
             // its next snapshot.

@@ -138,6 +138,12 @@ impl Syncer {
         let Some(b) = bundle.backend(&c.backend_id) else { return };
         let now = Instant::now();
         let mut cooldown = b.state.cooldown.lock().expect("cooldown lock");
+        if c.exhausted {
+            // Another node heard the provider say the budget is spent: pause, no escalation.
+            cooldown.exhausted_for(now, Duration::from_millis(c.remaining_ms));
+            info!(backend = %c.backend_id, remaining_ms = c.remaining_ms, from = %c.node_id, "provider budget spent fleet-wide: paused");
+            return;
+        }
         if c.remaining_ms == 0 {
             cooldown.consecutive = 0;
             cooldown.until = None;

@@ -18,7 +18,7 @@ use tracing::{debug, warn};
 
 use super::body::{ApiResponse, ProxyBody};
 use crate::{
-    report::{BackendRecovered, NodeEvent, Outcome, RateLimitEvent, UsageEvent},
+    report::{BackendExhausted, BackendRecovered, NodeEvent, Outcome, RateLimitEvent, UsageEvent},
     routing::Grant,
     snapshot::{Cost, Settings},
     state::{Counters, Shared},
@@ -78,7 +78,10 @@ impl Attempt {
         let grant = &self.grant;
         let backend = &grant.backend;
         let response = match outcome {
-            Ok(response) => response,
+            Ok(response) => {
+                learn_limits(&self.shared, grant, response.headers());
+                response
+            }
             Err(kind) => {
                 grant_settle(grant, None);
                 attempt_failed(
@@ -337,6 +340,35 @@ fn attempt_failed(
         latency: sent.elapsed(),
         ttft: None,
     });
+}
+
+/// The provider's own rate-limit headers, on every response: when they say the key's
+/// request budget is spent (what is left is already claimed by this node's other requests
+/// in flight), the backend pauses until the reported reset — here at once, and on every
+/// node through the control plane — so the 429 never comes. A pause is not a 429: it does
+/// not escalate.
+fn learn_limits(shared: &Shared, grant: &Grant, headers: &HeaderMap) {
+    let limits = upstream::ratelimit::parse(headers, std::time::SystemTime::now());
+    let Some(upstream::ratelimit::Budget { remaining: Some(remaining), reset: Some(reset), .. }) = limits.requests
+    else {
+        return;
+    };
+    let backend = &grant.backend;
+    let others_in_flight = backend.state.in_flight.load(std::sync::atomic::Ordering::Relaxed).saturating_sub(1);
+    if remaining > others_in_flight || reset.is_zero() {
+        return;
+    }
+    let now = Instant::now();
+    {
+        let mut cooldown = backend.state.cooldown.lock().expect("cooldown lock");
+        if cooldown.exhausted_until.is_some_and(|u| u >= now + reset) {
+            return;
+        }
+        cooldown.exhausted_for(now, reset);
+    }
+    warn!(backend = %backend.config.id, remaining, reset_ms = reset.as_millis() as u64, "the provider reports the request budget spent: pausing until its reset");
+    let event = BackendExhausted { backend_id: backend.config.id.clone(), reset, at_ms: crate::now_ms() };
+    let _ = shared.events.try_send(NodeEvent::Exhausted(event));
 }
 
 /// A 429: escalate the backend's cooldown (floored by Retry-After) and tell the control

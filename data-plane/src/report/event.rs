@@ -74,6 +74,17 @@ pub struct BackendRecovered {
     pub at_ms: i64,
 }
 
+/// The provider's rate-limit headers said the key's budget is spent until a reset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendExhausted {
+    /// Backend id.
+    pub backend_id: String,
+    /// Until the budget refills, from `at_ms`.
+    pub reset: Duration,
+    /// Unix ms.
+    pub at_ms: i64,
+}
+
 /// An event the control plane hears about at once, not batched.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NodeEvent {
@@ -81,4 +92,6 @@ pub enum NodeEvent {
     RateLimited(RateLimitEvent),
     /// A success after 429s.
     Recovered(BackendRecovered),
+    /// The provider reported the budget spent: the fleet pauses the backend.
+    Exhausted(BackendExhausted),
 }

@@ -74,6 +74,9 @@ pub struct Cooldown {
     pub until: Option<Instant>,
     /// Retry-After the upstream sent last.
     pub last_retry_after: Option<Duration>,
+    /// The provider reported the key's budget spent until then (its rate-limit headers):
+    /// a pause, not a 429 cooldown, so it neither escalates nor takes emergency probes.
+    pub exhausted_until: Option<Instant>,
 }
 
 impl Cooldown {
@@ -94,9 +97,22 @@ impl Cooldown {
         self.until = None;
     }
 
-    /// Until when it cools, if it does at `now`.
+    /// The provider says the budget is spent for `d`: pause, without escalating.
+    pub fn exhausted_for(&mut self, now: Instant, d: Duration) {
+        let until = now + d;
+        self.exhausted_until = Some(self.exhausted_until.map_or(until, |u| u.max(until)));
+    }
+
+    /// Until when it takes no requests (cooling or paused), if it does at `now`.
     pub fn cooling_until(&self, now: Instant) -> Option<Instant> {
-        self.until.filter(|&u| u > now)
+        let cooling = self.until.filter(|&u| u > now);
+        let paused = self.exhausted_until.filter(|&u| u > now);
+        cooling.max(paused)
+    }
+
+    /// Whether the provider reported the budget spent at `now` (no probe can succeed).
+    pub fn is_exhausted(&self, now: Instant) -> bool {
+        self.exhausted_until.is_some_and(|u| u > now)
     }
 }
 

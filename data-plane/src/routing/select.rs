@@ -135,7 +135,14 @@ pub fn take_emergency(route: &Route, exclude: &[String], now: Instant) -> Option
         .members()
         .filter(|(b, _)| usable(b, exclude) && b.config.enabled && b.config.healthy)
         .filter(|(b, _)| b.state.health.lock().expect("health lock").error_until(now).is_none())
-        .filter_map(|m| Some((m, m.0.state.cooldown.lock().expect("cooldown lock").cooling_until(now)?)))
+        .filter_map(|m| {
+            let cooldown = m.0.state.cooldown.lock().expect("cooldown lock");
+            // A budget the provider reported spent has nothing to probe.
+            if cooldown.is_exhausted(now) {
+                return None;
+            }
+            Some((m, cooldown.cooling_until(now)?))
+        })
         .min_by_key(|(_, until)| *until)?
         .0;
     acquire(b, model, now, 0, true)

@@ -76,6 +76,7 @@ pub fn fleet_message(m: FleetMessage) -> pb::ControlMessage {
             remaining_ms: c.remaining_ms,
             duration_ms: c.duration_ms,
             node_id: c.node_id,
+            exhausted: c.exhausted,
         }),
     };
     pb::ControlMessage { kind: Some(kind) }

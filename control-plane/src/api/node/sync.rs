@@ -190,6 +190,11 @@ impl Session {
             }
             Some(Kind::Demand(demand)) => shared.fleet.demand(&node_id, &convert::demand_from_pb(demand)),
             Some(Kind::Recovered(r)) => shared.fleet.recovered(&node_id, &r.backend_id),
+            Some(Kind::Exhausted(e)) => {
+                // At most a day: a node's report cannot pause a backend for longer.
+                let reset = Duration::from_millis(e.reset_ms.min(86_400_000));
+                shared.fleet.exhausted(&node_id, &e.backend_id, reset);
+            }
             Some(Kind::Hello(_)) => warn!(node = %node_id, "ignoring a second Hello on one stream"),
             None => {}
         }

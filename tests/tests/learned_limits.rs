@@ -1,0 +1,75 @@
+//! Limits learned from the provider: when its rate-limit headers count the key's request
+//! budget down to nothing, the fleet stops before the 429, pauses the backend until the
+//! reported reset without escalating, and resumes after it.
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use sidecar_tests::{
+    Gateway, LimitHeaders, MockUpstream, Options, ProxyHarness, ProxyOptions, gateway::BackendDef, proxy::ProxyClient,
+};
+
+/// `rate` requests per second until `until`; the statuses answered.
+async fn offer(proxy: ProxyClient, rate: f64, until: Instant) -> Vec<u16> {
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+    let mut tasks = tokio::task::JoinSet::new();
+    while Instant::now() < until {
+        tick.tick().await;
+        let p = proxy.clone();
+        tasks.spawn(async move { p.try_post(&json!({"model": "gpt-test", "messages": []}), "normal").await });
+    }
+    tasks.join_all().await
+}
+
+/// The backend's local 429 count and whether the provider's budget pauses it now.
+fn state(proxy: &ProxyHarness) -> (u32, bool) {
+    let bundle = proxy.shared.bundle.load();
+    let b = &bundle.backends[0];
+    let c = b.state.cooldown.lock().unwrap();
+    (c.consecutive, c.is_exhausted(tokio::time::Instant::now()))
+}
+
+async fn the_fleet_stops_before_the_429(style: LimitHeaders) {
+    // The provider allows 10 requests per 5 s and says so in its headers; the backend is
+    // configured far above that (60 per 6 s… per minute: 600 RPM), so only the headers
+    // can keep the fleet under the provider's limit.
+    const WINDOW: Duration = Duration::from_secs(5);
+    let mock = MockUpstream::start(&[]).await;
+    mock.set_rpm_limit(10, WINDOW);
+    mock.send_limit_headers(style);
+    let options = |id: &str| ProxyOptions { node_id: id.into(), ..Default::default() };
+    let mut gw = Gateway::start_fleet(Options::default(), options("p1")).await;
+    let second = gw.add_proxy(options("p2")).await;
+    gw.add_backend(&mock, BackendDef { rpm: 600, ..Default::default() }).await;
+    second.wait_version(gw.proxy.version()).await;
+
+    // Two proxies, 2 requests per second each, for 12 s: 48 offered against 10 per 5 s.
+    let start = Instant::now();
+    let end = start + Duration::from_secs(12);
+    let (a, b) = tokio::join!(offer(gw.proxy.clone_handle(), 2.0, end), offer(second.clone_handle(), 2.0, end));
+    let answered: Vec<u16> = a.into_iter().chain(b).collect();
+    // Requests still queued at `end` are answered after it.
+    let elapsed = start.elapsed();
+
+    assert_eq!(mock.violations(), 0, "the provider answered 429 ({style:?})");
+    for proxy in [&gw.proxy, &second] {
+        assert_eq!(state(proxy).0, 0, "a pause is not a 429: nothing escalated");
+    }
+    // The budget refilled and traffic resumed: more than one window's worth was served,
+    // but never more than the provider allows per window.
+    let served = mock.served();
+    let windows = elapsed.as_secs_f64() / WINDOW.as_secs_f64();
+    assert!(served > 10, "traffic resumed after the reset: {served} served");
+    assert!(served as f64 <= 10.0 * windows.ceil(), "{served} served in {windows:.1} windows");
+    eprintln!("{style:?}: {served} served of {} offered; client statuses {answered:?}", answered.len());
+}
+
+#[tokio::test]
+async fn openai_headers_stop_the_fleet_before_the_429_and_it_resumes_after_the_reset() {
+    the_fleet_stops_before_the_429(LimitHeaders::OpenAi).await;
+}
+
+#[tokio::test]
+async fn anthropic_headers_stop_the_fleet_before_the_429_too() {
+    the_fleet_stops_before_the_429(LimitHeaders::Anthropic).await;
+}
