@@ -334,6 +334,7 @@ fn migrate_v1(store: &Store, config: &ControlConfig) -> Result<(), StoreError> {
             rpm_limit: v1.rpm_limit,
             tpm_limit: None,
             window_seconds: crate::validate::DEFAULT_WINDOW_SECONDS,
+            learn_limits: true,
             pool: "primary".into(),
             enabled: true,
             weight: 1,

@@ -83,6 +83,8 @@ pub struct BackendConfig {
     /// The provider enforces `rpm_limit × window_seconds / 60` (and the same share of
     /// `tpm_limit`) in every window of this many seconds (1..=60).
     pub window_seconds: u32,
+    /// Read the provider's rate-limit headers and pause when they report the budget spent.
+    pub learn_limits: bool,
     /// Pool name.
     pub pool: String,
     /// Takes traffic.

@@ -40,6 +40,8 @@ pub struct BackendDef<'a> {
     /// (canonical model, its own requests per minute) for models the provider limits
     /// separately on the key.
     pub model_limits: &'a [(&'a str, u32)],
+    /// Whether proxies learn from the provider's rate-limit headers (`None` = default).
+    pub learn_limits: Option<bool>,
 }
 
 impl Default for BackendDef<'_> {
@@ -53,6 +55,7 @@ impl Default for BackendDef<'_> {
             key: "sk-backend-key-0123456789",
             window_seconds: 0,
             model_limits: &[],
+            learn_limits: None,
         }
     }
 }
@@ -112,6 +115,7 @@ impl Gateway {
                     api_key: def.key.into(),
                     rpm_limit: Some(def.rpm),
                     window_seconds: def.window_seconds,
+                    learn_limits: def.learn_limits,
                     pool: def.pool.into(),
                     model_mappings: mappings,
                     timeout_seconds: 5,

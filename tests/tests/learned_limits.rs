@@ -29,7 +29,8 @@ fn state(proxy: &ProxyHarness) -> (u32, bool) {
     (c.consecutive, c.is_exhausted(tokio::time::Instant::now()))
 }
 
-async fn the_fleet_stops_before_the_429(style: LimitHeaders) {
+/// Runs the scenario; the provider's 429 count.
+async fn the_fleet_stops_before_the_429(style: LimitHeaders, learn_limits: Option<bool>) -> usize {
     // The provider allows 10 requests per 5 s and says so in its headers; the backend is
     // configured far above that (60 per 6 s… per minute: 600 RPM), so only the headers
     // can keep the fleet under the provider's limit.
@@ -40,7 +41,7 @@ async fn the_fleet_stops_before_the_429(style: LimitHeaders) {
     let options = |id: &str| ProxyOptions { node_id: id.into(), ..Default::default() };
     let mut gw = Gateway::start_fleet(Options::default(), options("p1")).await;
     let second = gw.add_proxy(options("p2")).await;
-    gw.add_backend(&mock, BackendDef { rpm: 600, ..Default::default() }).await;
+    gw.add_backend(&mock, BackendDef { rpm: 600, learn_limits, ..Default::default() }).await;
     second.wait_version(gw.proxy.version()).await;
 
     // Two proxies, 2 requests per second each, for 12 s: 48 offered against 10 per 5 s.
@@ -51,6 +52,15 @@ async fn the_fleet_stops_before_the_429(style: LimitHeaders) {
     // Requests still queued at `end` are answered after it.
     let elapsed = start.elapsed();
 
+    eprintln!(
+        "{style:?}, learn_limits {learn_limits:?}: {} served of {} offered, {} provider 429s",
+        mock.served(),
+        answered.len(),
+        mock.violations()
+    );
+    if learn_limits == Some(false) {
+        return mock.violations();
+    }
     assert_eq!(mock.violations(), 0, "the provider answered 429 ({style:?})");
     for proxy in [&gw.proxy, &second] {
         assert_eq!(state(proxy).0, 0, "a pause is not a 429: nothing escalated");
@@ -61,15 +71,22 @@ async fn the_fleet_stops_before_the_429(style: LimitHeaders) {
     let windows = elapsed.as_secs_f64() / WINDOW.as_secs_f64();
     assert!(served > 10, "traffic resumed after the reset: {served} served");
     assert!(served as f64 <= 10.0 * windows.ceil(), "{served} served in {windows:.1} windows");
-    eprintln!("{style:?}: {served} served of {} offered; client statuses {answered:?}", answered.len());
+    mock.violations()
 }
 
 #[tokio::test]
 async fn openai_headers_stop_the_fleet_before_the_429_and_it_resumes_after_the_reset() {
-    the_fleet_stops_before_the_429(LimitHeaders::OpenAi).await;
+    the_fleet_stops_before_the_429(LimitHeaders::OpenAi, None).await;
 }
 
 #[tokio::test]
 async fn anthropic_headers_stop_the_fleet_before_the_429_too() {
-    the_fleet_stops_before_the_429(LimitHeaders::Anthropic).await;
+    the_fleet_stops_before_the_429(LimitHeaders::Anthropic, None).await;
+}
+
+#[tokio::test]
+async fn with_learning_off_the_same_fleet_runs_into_the_providers_429s() {
+    // The same scenario with `--learn-limits false`: what the learning saves.
+    let refused = the_fleet_stops_before_the_429(LimitHeaders::OpenAi, Some(false)).await;
+    assert!(refused > 0, "without the headers the fleet cannot know the provider's limit");
 }

@@ -51,6 +51,7 @@ fn store_with_backends() -> (tempfile::TempDir, Store) {
         rpm_limit: 40,
         tpm_limit: None,
         window_seconds: 60,
+        learn_limits: true,
         pool: pool.into(),
         enabled: true,
         weight: 1,

@@ -95,6 +95,10 @@ pub struct BackendRecord {
     /// many seconds (records written before this field: 60).
     #[serde(default = "defaults::window_seconds")]
     pub window_seconds: u32,
+    /// Whether proxies read the provider's rate-limit headers and pause the backend when
+    /// they report the budget spent (records written before this field: yes).
+    #[serde(default = "defaults::yes")]
+    pub learn_limits: bool,
     /// Pool name.
     pub pool: String,
     /// Whether the backend takes traffic.
@@ -225,6 +229,9 @@ mod defaults {
     }
     pub(super) fn window_seconds() -> u32 {
         60
+    }
+    pub(super) fn yes() -> bool {
+        true
     }
 }
 

@@ -24,6 +24,7 @@ pub(crate) fn backend(id: &str, name: &str) -> BackendRecord {
         rpm_limit: 40,
         tpm_limit: Some(1000),
         window_seconds: 60,
+        learn_limits: true,
         pool: "primary".into(),
         enabled: true,
         weight: 1,

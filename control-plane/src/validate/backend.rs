@@ -32,6 +32,7 @@ pub fn new_backend(
         rpm_limit: validate::rpm_limit(&f("rpm_limit"), spec.rpm_limit.unwrap_or(validate::DEFAULT_RPM as i64))?,
         tpm_limit: validate::tpm_limit(&f("tpm_limit"), spec.tpm_limit)?,
         window_seconds: validate::window_seconds(&f("window_seconds"), spec.window_seconds)?,
+        learn_limits: spec.learn_limits.unwrap_or(true),
         pool: validate::pool(&f("pool"), &spec.pool, pools)?,
         enabled: spec.enabled.unwrap_or(true),
         weight: validate::weight(&f("weight"), spec.weight.unwrap_or(1))?,
@@ -97,6 +98,9 @@ pub fn patched(
     }
     if let Some(v) = &patch.pool {
         b.pool = validate::pool(&f("pool"), v, pools)?;
+    }
+    if let Some(v) = patch.learn_limits {
+        b.learn_limits = v;
     }
     if let Some(v) = patch.enabled {
         b.enabled = v;

@@ -59,6 +59,8 @@ pub struct BackendSpec {
     pub metadata: HashMap<String, String>,
     /// Where it came from; `None` = the API.
     pub source: Option<Source>,
+    /// Read the provider's rate-limit headers; `None` = yes.
+    pub learn_limits: Option<bool>,
 }
 
 /// A partial update of a backend: only present fields change.
@@ -92,6 +94,8 @@ pub struct BackendPatch {
     pub regions: Option<Vec<String>>,
     /// Replaces the metadata.
     pub metadata: Option<HashMap<String, String>>,
+    /// Read the provider's rate-limit headers or not.
+    pub learn_limits: Option<bool>,
 }
 
 /// A partial update of the settings: only present fields change. Fields mean what they

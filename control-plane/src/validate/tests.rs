@@ -114,6 +114,7 @@ fn duplicate_names_are_refused_case_insensitively_except_for_self() {
         rpm_limit: 1,
         tpm_limit: None,
         window_seconds: 60,
+        learn_limits: true,
         pool: "primary".into(),
         enabled: true,
         weight: 1,

@@ -126,6 +126,7 @@ fn backend(i: usize, b: &pb::SnapshotBackend, pools: &[PoolConfig]) -> Result<Ba
         rpm_limit: b.rpm_limit,
         tpm_limit: (b.tpm_limit > 0).then_some(b.tpm_limit),
         window_seconds,
+        learn_limits: b.learn_limits.unwrap_or(true),
         pool: b.pool.clone(),
         enabled: b.enabled,
         weight: b.weight.max(1),

@@ -348,6 +348,9 @@ fn attempt_failed(
 /// node through the control plane — so the 429 never comes. A pause is not a 429: it does
 /// not escalate.
 fn learn_limits(shared: &Shared, grant: &Grant, headers: &HeaderMap) {
+    if !grant.backend.config.learn_limits {
+        return;
+    }
     let limits = upstream::ratelimit::parse(headers, std::time::SystemTime::now());
     let Some(upstream::ratelimit::Budget { remaining: Some(remaining), reset: Some(reset), .. }) = limits.requests
     else {

@@ -110,6 +110,7 @@ impl TryFrom<pb::BackendSpec> for BackendSpec {
             regions: s.regions,
             metadata: s.metadata,
             source: source_from_pb("backend.source", s.source)?,
+            learn_limits: s.learn_limits,
         })
     }
 }
@@ -131,6 +132,7 @@ impl From<pb::BackendPatch> for BackendPatch {
             model_mappings: p.model_mappings.map(|m| mappings_from_pb(m.entries)),
             regions: p.regions.map(|r| r.values),
             metadata: p.metadata.map(|m| m.entries),
+            learn_limits: p.learn_limits,
         }
     }
 }
@@ -216,6 +218,7 @@ pub fn backend_to_pb(b: &BackendRecord, status: BackendStatus) -> pb::Backend {
         cooldown_until_ms: 0,
         consecutive_429_count: 0,
         window_seconds: b.window_seconds,
+        learn_limits: b.learn_limits,
     }
 }
 

@@ -40,6 +40,7 @@ pub fn snapshot_to_pb(s: &NodeSnapshot) -> pb::Snapshot {
                     initial_rpm_share: nb.initial_share,
                     cooldown_remaining_ms: nb.cooldown_remaining_ms,
                     consecutive_429: nb.consecutive_429,
+                    learn_limits: Some(b.learn_limits),
                 }
             })
             .collect(),

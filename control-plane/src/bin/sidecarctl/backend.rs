@@ -65,6 +65,7 @@ async fn add(ctx: &mut Ctx, args: BackendAddArgs) -> anyhow::Result<()> {
         regions: f.regions,
         metadata: HashMap::new(),
         source: pb::BackendSource::Api as i32,
+        learn_limits: f.learn_limits,
     };
     let request = pb::CreateBackendRequest { backend: Some(spec), validate: f.validate };
     let resp = ctx.admin.create_backend(request).await?.into_inner();
@@ -98,6 +99,7 @@ async fn update(ctx: &mut Ctx, args: BackendUpdateArgs) -> anyhow::Result<()> {
         rpm_limit: f.rpm,
         tpm_limit: f.tpm,
         window_seconds: f.window_seconds,
+        learn_limits: f.learn_limits,
         pool: f.pool,
         enabled: match (args.enable, args.disable) {
             (true, _) => Some(true),
@@ -303,6 +305,7 @@ fn fields(b: &pb::Backend) -> Vec<(&'static str, String)> {
         ("rpm_limit", b.rpm_limit.to_string()),
         ("tpm_limit", or_dash(b.tpm_limit)),
         ("window_seconds", b.window_seconds.to_string()),
+        ("learn_limits", b.learn_limits.to_string()),
         ("timeout_seconds", b.timeout_seconds.to_string()),
         ("weight", b.weight.to_string()),
         ("models", list(&models, "-")),

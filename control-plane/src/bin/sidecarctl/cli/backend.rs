@@ -62,6 +62,10 @@ pub(crate) struct BackendFields {
     /// requests (and tpm × SECONDS / 60 tokens) in every window of that length; 0 = 60.
     #[arg(long = "window-seconds", allow_negative_numbers = true, value_name = "SECONDS")]
     pub(crate) window_seconds: Option<i64>,
+    /// Read the provider's rate-limit headers and pause the backend when they report the
+    /// budget spent (default on add: true).
+    #[arg(long, value_name = "BOOL")]
+    pub(crate) learn_limits: Option<bool>,
     /// Upstream timeout in seconds; 0 = the default (120).
     #[arg(long, allow_negative_numbers = true, value_name = "SECONDS")]
     pub(crate) timeout: Option<i64>,
