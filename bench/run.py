@@ -412,7 +412,9 @@ def render(r, args):
     if ml:
         lines += ["", f"A model's own limits per request (bench-model-limits, {ml['rounds']} alternating rounds of {ml['ops']}, medians): "
                   f"taking and giving back a token takes {ml['take_ns']:.0f} ns from a backend alone and "
-                  f"{ml['take_with_model_bucket_ns']:.0f} ns with the model's bucket beside it (+{ml['model_bucket_ns']:.0f} ns)."]
+                  f"{ml['take_with_model_bucket_ns']:.0f} ns with the model's bucket beside it (+{ml['model_bucket_ns']:.0f} ns); "
+                  f"reading the provider's rate-limit headers takes {ml['limit_headers_absent_ns']:.0f} ns on a response without them "
+                  f"and {ml['limit_headers_present_ns']:.0f} ns on one with OpenAI's six."]
     lines.append("")
     for name, o in r["open_streams"].items():
         per = (o["rss_peak_mb"] - o["rss_before_mb"]) * 1024 / max(1, o["ok"])

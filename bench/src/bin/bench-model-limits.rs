@@ -1,15 +1,22 @@
-//! What a model's own limits cost on the request path, measured in one process so the
-//! baseline and the feature share one run: taking a token for a request (the routing
-//! fast path, `routing::take`, then giving it back) from a backend whose model has no
-//! limits of its own, and from one whose model has (a second bucket beside the
-//! backend's). Rounds alternate baseline and feature; medians of ns/op. Prints JSON.
+//! What per-model and learned limits cost on the request path, measured in one process so
+//! the baseline and the feature share one run:
+//! - taking a token for a request (the routing fast path, `routing::take`, then giving it
+//!   back) from a backend whose model has no limits of its own, and from one whose model
+//!   has (a second bucket beside the backend's);
+//! - reading the provider's rate-limit headers from a response's headers (done on every
+//!   response), for a response that carries OpenAI's six `x-ratelimit-*` headers and for
+//!   one that carries none.
+//!
+//! Rounds alternate baseline and feature; medians of ns/op. Prints JSON.
 
 use std::{collections::HashMap, hint::black_box, time::Duration};
 
 use clap::Parser;
+use http::{HeaderMap, HeaderValue};
 use sidecar_data_plane::{
     routing::{Bundle, take},
     snapshot::Snapshot,
+    upstream::ratelimit,
 };
 use sidecar_proto::v1 as pb;
 use tokio::time::Instant;
@@ -75,6 +82,36 @@ fn per_op(bundle: &Bundle, ops: u32) -> f64 {
     started.elapsed().as_nanos() as f64 / f64::from(ops)
 }
 
+/// A response's headers as an OpenAI-compatible provider sends them.
+fn response_headers(with_limits: bool) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    for (k, v) in [("content-type", "application/json"), ("x-request-id", "req_123"), ("openai-processing-ms", "412")] {
+        h.insert(k, HeaderValue::from_static(v));
+    }
+    if with_limits {
+        for (k, v) in [
+            ("x-ratelimit-limit-requests", "10000"),
+            ("x-ratelimit-remaining-requests", "9999"),
+            ("x-ratelimit-reset-requests", "6ms"),
+            ("x-ratelimit-limit-tokens", "2000000"),
+            ("x-ratelimit-remaining-tokens", "1999985"),
+            ("x-ratelimit-reset-tokens", "0s"),
+        ] {
+            h.insert(k, HeaderValue::from_static(v));
+        }
+    }
+    h
+}
+
+/// Nanoseconds per reading of `headers`.
+fn parse_per_op(headers: &HeaderMap, ops: u32) -> f64 {
+    let started = std::time::Instant::now();
+    for _ in 0..ops {
+        black_box(ratelimit::parse(black_box(headers), std::time::SystemTime::now()));
+    }
+    started.elapsed().as_nanos() as f64 / f64::from(ops)
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -90,6 +127,12 @@ fn main() {
         feature.push(per_op(&limited, args.ops));
     }
     let (base, feature) = (median(base), median(feature));
+    let (bare, limited) = (response_headers(false), response_headers(true));
+    let (mut none, mut six) = (Vec::new(), Vec::new());
+    for _ in 0..args.rounds {
+        none.push(parse_per_op(&bare, args.ops));
+        six.push(parse_per_op(&limited, args.ops));
+    }
     println!(
         "{}",
         serde_json::json!({
@@ -98,6 +141,8 @@ fn main() {
             "take_ns": base,
             "take_with_model_bucket_ns": feature,
             "model_bucket_ns": feature - base,
+            "limit_headers_absent_ns": median(none),
+            "limit_headers_present_ns": median(six),
         })
     );
 }

@@ -49,47 +49,74 @@ impl RateLimitHeaders {
     }
 }
 
-/// The names of one budget's headers: limit, remaining, reset.
-type Names = [&'static str; 3];
+/// One budget's header values as found, not yet parsed.
+#[derive(Default, Clone, Copy)]
+struct Raw<'a> {
+    limit: Option<&'a str>,
+    remaining: Option<&'a str>,
+    reset: Option<&'a str>,
+}
 
-const OPENAI_REQUESTS: Names =
-    ["x-ratelimit-limit-requests", "x-ratelimit-remaining-requests", "x-ratelimit-reset-requests"];
-const OPENAI_TOKENS: Names = ["x-ratelimit-limit-tokens", "x-ratelimit-remaining-tokens", "x-ratelimit-reset-tokens"];
-const ANTHROPIC_REQUESTS: Names = [
-    "anthropic-ratelimit-requests-limit",
-    "anthropic-ratelimit-requests-remaining",
-    "anthropic-ratelimit-requests-reset",
-];
-const ANTHROPIC_TOKENS: Names =
-    ["anthropic-ratelimit-tokens-limit", "anthropic-ratelimit-tokens-remaining", "anthropic-ratelimit-tokens-reset"];
-const ANTHROPIC_INPUT: Names = [
-    "anthropic-ratelimit-input-tokens-limit",
-    "anthropic-ratelimit-input-tokens-remaining",
-    "anthropic-ratelimit-input-tokens-reset",
-];
-const ANTHROPIC_OUTPUT: Names = [
-    "anthropic-ratelimit-output-tokens-limit",
-    "anthropic-ratelimit-output-tokens-remaining",
-    "anthropic-ratelimit-output-tokens-reset",
-];
-
-/// Reads both header families; `now` turns RFC 3339 resets into durations. Static
-/// header names: nothing is allocated, as it runs on every response.
-pub fn parse(headers: &HeaderMap, now: SystemTime) -> RateLimitHeaders {
-    let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
-    let budget = |[limit, remaining, reset_at]: Names| {
+impl Raw<'_> {
+    fn budget(self, now: SystemTime) -> Option<Budget> {
+        let count = |v: Option<&str>| v.and_then(|v| v.trim().parse::<u64>().ok());
         let b = Budget {
-            limit: get(limit).and_then(|v| v.parse::<u64>().ok()),
-            remaining: get(remaining).and_then(|v| v.parse::<u64>().ok()),
-            reset: get(reset_at).and_then(|v| reset(v, now)),
+            limit: count(self.limit),
+            remaining: count(self.remaining),
+            reset: self.reset.and_then(|v| reset(v, now)),
         };
         (!b.is_empty()).then_some(b)
-    };
+    }
+}
+
+/// Reads both header families; `now` turns RFC 3339 resets into durations. It runs on
+/// every response, so it makes one pass over the headers, allocates nothing, and parses
+/// only the values it found.
+pub fn parse(headers: &HeaderMap, now: SystemTime) -> RateLimitHeaders {
+    // [OpenAI requests, OpenAI tokens, Anthropic requests, tokens, input, output]
+    let mut raw = [Raw::default(); 6];
+    let mut found = false;
+    for (name, value) in headers {
+        let name = name.as_str();
+        let (slot, field) = if let Some(rest) = name.strip_prefix("x-ratelimit-") {
+            // x-ratelimit-{limit,remaining,reset}-{requests,tokens}
+            let Some((field, what)) = rest.split_once('-') else { continue };
+            match what {
+                "requests" => (0, field),
+                "tokens" => (1, field),
+                _ => continue,
+            }
+        } else if let Some(rest) = name.strip_prefix("anthropic-ratelimit-") {
+            // anthropic-ratelimit-{requests,tokens,input-tokens,output-tokens}-{limit,remaining,reset}
+            let Some((what, field)) = rest.rsplit_once('-') else { continue };
+            match what {
+                "requests" => (2, field),
+                "tokens" => (3, field),
+                "input-tokens" => (4, field),
+                "output-tokens" => (5, field),
+                _ => continue,
+            }
+        } else {
+            continue;
+        };
+        let Ok(value) = value.to_str() else { continue };
+        let r = &mut raw[slot];
+        match field {
+            "limit" => r.limit = Some(value),
+            "remaining" => r.remaining = Some(value),
+            "reset" => r.reset = Some(value),
+            _ => continue,
+        }
+        found = true;
+    }
+    if !found {
+        return RateLimitHeaders::default();
+    }
     RateLimitHeaders {
-        requests: budget(OPENAI_REQUESTS).or_else(|| budget(ANTHROPIC_REQUESTS)),
-        tokens: budget(OPENAI_TOKENS).or_else(|| budget(ANTHROPIC_TOKENS)),
-        input_tokens: budget(ANTHROPIC_INPUT),
-        output_tokens: budget(ANTHROPIC_OUTPUT),
+        requests: raw[0].budget(now).or_else(|| raw[2].budget(now)),
+        tokens: raw[1].budget(now).or_else(|| raw[3].budget(now)),
+        input_tokens: raw[4].budget(now),
+        output_tokens: raw[5].budget(now),
     }
 }
 
