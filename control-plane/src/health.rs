@@ -117,3 +117,34 @@ pub async fn apply(shared: &Shared, next: HashMap<String, Health>) {
         warn!(%error, "could not publish a health change");
     }
 }
+
+/// A node heard the provider report a request limit (per minute) lower than the backend's
+/// configured one: the fleet uses the lower one from now on (published to every node,
+/// recorded in the audit as `LimitLearned`, logged), until a write to the backend. A
+/// reported limit is never used to raise one.
+pub async fn learned_limit(shared: Arc<Shared>, node_id: String, backend_id: String, rpm: u32) {
+    let _guard = shared.writer.lock().await;
+    let Ok(Some(b)) = shared.store.backend(&backend_id) else { return };
+    // Too small to allow a request per provider window would stop the backend outright:
+    // that is not a limit anyone can use, so it is not learned.
+    if rpm >= b.rpm_limit || crate::store::per_window(rpm, b.window_seconds) == 0 || !b.learn_limits {
+        return;
+    }
+    {
+        let mut learned = shared.learned.lock().expect("learned lock");
+        if learned.get(&backend_id) == Some(&rpm) {
+            return;
+        }
+        learned.insert(backend_id.clone(), rpm);
+    }
+    warn!(backend = %backend_id, name = %b.name, configured = b.rpm_limit, reported = rpm, node = %node_id,
+        "the provider reports a lower request limit than configured: the fleet uses it; set rpm_limit to match");
+    let target = format!("{backend_id}: the provider reports {rpm} RPM, configured {}", b.rpm_limit);
+    if let Err(error) = shared.store.commit(ConfigChange::default(), &Actor::system(), "LimitLearned", &target) {
+        warn!(%error, "could not record a learned limit");
+        return;
+    }
+    if let Err(error) = shared.publish() {
+        warn!(%error, "could not publish a learned limit");
+    }
+}

@@ -40,6 +40,8 @@ pub struct ConfigState {
     pub settings: Settings,
     /// Backend id → health, for backends active probes or passive health found failing.
     pub health: HashMap<String, Health>,
+    /// Backend id → a lower request limit (per minute) the provider reported.
+    pub learned: HashMap<String, u32>,
 }
 
 impl ConfigState {
@@ -54,7 +56,20 @@ impl ConfigState {
                 Ok((b, plain))
             })
             .collect::<Result<_, StateError>>()?;
-        Ok(Self { version, backends, pools: store.pools()?, settings: store.settings()?, health })
+        Ok(Self {
+            version,
+            backends,
+            pools: store.pools()?,
+            settings: store.settings()?,
+            health,
+            learned: HashMap::new(),
+        })
+    }
+
+    /// The request limit (per minute) the fleet holds a backend to: the configured one, or
+    /// a lower one the provider reported.
+    pub fn rpm_limit(&self, b: &BackendRecord) -> u32 {
+        self.learned.get(&b.id).map_or(b.rpm_limit, |&l| l.min(b.rpm_limit))
     }
 
     /// The snapshot for a node of `region`: only backends allowed there.

@@ -43,6 +43,9 @@ pub struct Shared {
     pub dashboard: watch::Sender<Arc<Dashboard>>,
     /// Active-probe and passive health per backend id (only backends found failing).
     pub health: std::sync::Mutex<HashMap<String, Health>>,
+    /// Backend id → a lower request limit (per minute) the provider reported; cleared by
+    /// any write to the backend.
+    pub learned: std::sync::Mutex<HashMap<String, u32>>,
     /// When the control plane started.
     pub started: std::time::Instant,
     /// NodeService requires a client certificate (mTLS) and takes the node id from it.
@@ -75,6 +78,7 @@ impl Shared {
             fleet: Fleet::new(timing),
             dashboard: watch::channel(Arc::new(Dashboard::default())).0,
             health: Default::default(),
+            learned: Default::default(),
             started: std::time::Instant::now(),
             node_client_certs: false,
             config_tx,
@@ -90,7 +94,8 @@ impl Shared {
     /// Re-reads the config from the store and pushes it to every node session.
     pub fn publish(&self) -> Result<(), StateError> {
         let health = self.health.lock().expect("health lock").clone();
-        let state = ConfigState::load(&self.store, &self.key(), health)?;
+        let mut state = ConfigState::load(&self.store, &self.key(), health)?;
+        state.learned = self.learned.lock().expect("learned lock").clone();
         crate::metrics::config_version(state.version);
         self.config_tx.send_replace(Arc::new(state));
         Ok(())
@@ -122,6 +127,14 @@ impl Shared {
         let _guard = self.writer.lock().await;
         let (change, target, out) = build(&self.store)?;
         let tokens_changed = !change.put_tokens.is_empty() || !change.delete_tokens.is_empty();
+        // A write to a backend is the operator's word on its limits: what was learned
+        // from the provider before it no longer applies (it is learned again if still true).
+        {
+            let mut learned = self.learned.lock().expect("learned lock");
+            for id in change.put_backends.iter().map(|b| &b.id).chain(&change.delete_backends) {
+                learned.remove(id);
+            }
+        }
         let version = self.store.commit(change, &who.actor(), action, &target)?;
         if tokens_changed {
             self.auth.reload(self.store.tokens()?);

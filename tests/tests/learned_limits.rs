@@ -5,6 +5,7 @@
 use std::time::{Duration, Instant};
 
 use serde_json::json;
+use sidecar_proto::v1 as pb;
 use sidecar_tests::{
     Gateway, LimitHeaders, MockUpstream, Options, ProxyHarness, ProxyOptions, gateway::BackendDef, proxy::ProxyClient,
 };
@@ -89,4 +90,51 @@ async fn with_learning_off_the_same_fleet_runs_into_the_providers_429s() {
     // The same scenario with `--learn-limits false`: what the learning saves.
     let refused = the_fleet_stops_before_the_429(LimitHeaders::OpenAi, Some(false)).await;
     assert!(refused > 0, "without the headers the fleet cannot know the provider's limit");
+}
+
+#[tokio::test]
+async fn a_lower_limit_the_provider_reports_is_used_fleet_wide_audited_and_cleared_by_a_write() {
+    // The provider's minute compressed to 5 s: it allows 10 per "minute" and says so; the
+    // backend is configured at 600.
+    const MINUTE: Duration = Duration::from_secs(5);
+    let mock = MockUpstream::start(&[]).await;
+    mock.set_rpm_limit(10, MINUTE);
+    mock.send_limit_headers(LimitHeaders::OpenAi);
+    let cp_env = vec![("SIDECAR_RATE_WINDOW_MS".to_string(), MINUTE.as_millis().to_string())];
+    let options = ProxyOptions { node_id: "p1".into(), rate_window: MINUTE, ..Default::default() };
+    let mut gw = Gateway::start_fleet(Options { env: cp_env, ..Options::default() }, options).await;
+    let b = gw.add_backend(&mock, BackendDef { rpm: 600, ..Default::default() }).await;
+    assert_eq!(b.learned_rpm_limit, 0);
+
+    assert_eq!(gw.proxy.chat("gpt-test").await.status(), 200);
+    let mut admin = gw.admin.clone();
+    let id = b.id.clone();
+    sidecar_tests::eventually("the learned limit", Duration::from_secs(5), || {
+        let (mut admin, id) = (admin.clone(), id.clone());
+        async move {
+            let b = admin.get_backend(pb::GetBackendRequest { id }).await.ok()?.into_inner();
+            (b.learned_rpm_limit == 10).then_some(())
+        }
+    })
+    .await;
+    // Published: the proxy holds the backend to 10 (configured 600 stays as it is).
+    let proxy = &gw.proxy;
+    sidecar_tests::eventually("the proxy runs the learned limit", Duration::from_secs(5), || async {
+        (proxy.shared.bundle.load().backends[0].config.rpm_limit == 10).then_some(())
+    })
+    .await;
+    let b = admin.get_backend(pb::GetBackendRequest { id: b.id.clone() }).await.unwrap().into_inner();
+    assert_eq!(b.rpm_limit, 600, "a learned limit never changes the configured one");
+    let audit = admin.list_audit(pb::ListAuditRequest::default()).await.unwrap().into_inner().entries;
+    let entry = audit.iter().find(|e| e.action == "LimitLearned").expect("audited");
+    assert!(entry.target.contains("10 RPM") && entry.target.contains("600"), "{}", entry.target);
+
+    // A write to the backend is the operator's word: the learned limit is dropped.
+    let patch = pb::BackendPatch { weight: Some(2), ..Default::default() };
+    admin
+        .update_backend(pb::UpdateBackendRequest { id: b.id.clone(), patch: Some(patch), ..Default::default() })
+        .await
+        .unwrap();
+    let b = admin.get_backend(pb::GetBackendRequest { id: b.id }).await.unwrap().into_inner();
+    assert_eq!(b.learned_rpm_limit, 0);
 }

@@ -144,7 +144,7 @@ impl Fleet {
             nb.consecutive_429 = fleet.consecutive;
             let window = self.window_of(b.window_seconds);
             let keep = window + self.timing.propagation;
-            let limit = per_window(b.rpm_limit, b.window_seconds);
+            let limit = per_window(state.rpm_limit(b), b.window_seconds);
             let others: Vec<u32> = fleet
                 .shares
                 .iter_mut()
@@ -327,7 +327,7 @@ impl Fleet {
                 let fleet = backends.entry(b.id.clone()).or_default();
                 let window = self.window_of(b.window_seconds);
                 let keep = window + self.timing.propagation;
-                let limit = b.window_limit();
+                let limit = per_window(config.rpm_limit(b), b.window_seconds);
                 let active: Vec<&str> = sessions
                     .iter()
                     .filter(|(_, region, _)| b.allowed_in(region))

@@ -25,6 +25,7 @@ fn config(b: BackendRecord) -> ConfigState {
         pools: vec![],
         settings: Settings::default(),
         health: HashMap::new(),
+        learned: HashMap::new(),
     }
 }
 

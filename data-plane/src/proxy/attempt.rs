@@ -18,7 +18,7 @@ use tracing::{debug, warn};
 
 use super::body::{ApiResponse, ProxyBody};
 use crate::{
-    report::{BackendExhausted, BackendRecovered, NodeEvent, Outcome, RateLimitEvent, UsageEvent},
+    report::{BackendExhausted, BackendRecovered, LimitLearned, NodeEvent, Outcome, RateLimitEvent, UsageEvent},
     routing::Grant,
     snapshot::{Cost, Settings},
     state::{Counters, Shared},
@@ -352,11 +352,21 @@ fn learn_limits(shared: &Shared, grant: &Grant, headers: &HeaderMap) {
         return;
     }
     let limits = upstream::ratelimit::parse(headers, std::time::SystemTime::now());
+    let backend = &grant.backend;
+    // A lower limit than configured: the control plane holds the fleet to it (once per
+    // config; never used to raise a limit).
+    if let Some(reported) = limits.requests.and_then(|b| b.limit).map(|l| u32::try_from(l).unwrap_or(u32::MAX))
+        && reported < backend.config.rpm_limit
+        && backend.state.learned_rpm.swap(reported, std::sync::atomic::Ordering::Relaxed) != reported
+    {
+        warn!(backend = %backend.config.id, configured = backend.config.rpm_limit, reported, "the provider reports a lower request limit than configured");
+        let event = LimitLearned { backend_id: backend.config.id.clone(), rpm_limit: reported, at_ms: crate::now_ms() };
+        let _ = shared.events.try_send(NodeEvent::LimitLearned(event));
+    }
     let Some(upstream::ratelimit::Budget { remaining: Some(remaining), reset: Some(reset), .. }) = limits.requests
     else {
         return;
     };
-    let backend = &grant.backend;
     let others_in_flight = backend.state.in_flight.load(std::sync::atomic::Ordering::Relaxed).saturating_sub(1);
     if remaining > others_in_flight || reset.is_zero() {
         return;

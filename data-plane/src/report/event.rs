@@ -85,6 +85,17 @@ pub struct BackendExhausted {
     pub at_ms: i64,
 }
 
+/// The provider's headers report a lower request limit than the backend's configured one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LimitLearned {
+    /// Backend id.
+    pub backend_id: String,
+    /// The provider's request limit, per minute.
+    pub rpm_limit: u32,
+    /// Unix ms.
+    pub at_ms: i64,
+}
+
 /// An event the control plane hears about at once, not batched.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NodeEvent {
@@ -94,4 +105,6 @@ pub enum NodeEvent {
     Recovered(BackendRecovered),
     /// The provider reported the budget spent: the fleet pauses the backend.
     Exhausted(BackendExhausted),
+    /// The provider reported a lower limit than configured.
+    LimitLearned(LimitLearned),
 }

@@ -19,7 +19,7 @@ use tracing::{debug, error, warn};
 pub use crate::config_sync::NodeClient;
 use crate::metrics::Metrics;
 use aggregate::{UsageKey, UsageTotals};
-pub use event::{BackendExhausted, BackendRecovered, NodeEvent, Outcome, RateLimitEvent, UsageEvent};
+pub use event::{BackendExhausted, BackendRecovered, LimitLearned, NodeEvent, Outcome, RateLimitEvent, UsageEvent};
 
 /// How often the aggregator sweeps the event channel.
 const DRAIN_EVERY: Duration = Duration::from_millis(50);

@@ -72,6 +72,11 @@ impl From<NodeEvent> for pb::node_message::Kind {
             NodeEvent::Recovered(e) => {
                 Self::Recovered(pb::BackendRecovered { backend_id: e.backend_id, at_ms: e.at_ms })
             }
+            NodeEvent::LimitLearned(e) => Self::LimitLearned(pb::LimitLearned {
+                backend_id: e.backend_id,
+                rpm_limit: e.rpm_limit,
+                at_ms: e.at_ms,
+            }),
             NodeEvent::Exhausted(e) => Self::Exhausted(pb::BackendExhausted {
                 backend_id: e.backend_id,
                 reset_ms: e.reset.as_millis() as u64,

@@ -221,6 +221,9 @@ pub struct BackendState {
     pub models: Mutex<HashMap<String, Arc<ModelBucket>>>,
     /// Requests in flight to this backend.
     pub in_flight: AtomicU64,
+    /// The lower request limit last reported to the control plane (0 = none), so each is
+    /// reported once per config.
+    pub learned_rpm: std::sync::atomic::AtomicU32,
     /// Admitted since the last demand report.
     pub admitted: AtomicU64,
     /// Turned away (queue full or timed out) since the last demand report.
@@ -250,6 +253,7 @@ impl BackendState {
             quota: Mutex::new(Quota::default()),
             models: Mutex::new(HashMap::new()),
             in_flight: AtomicU64::new(0),
+            learned_rpm: std::sync::atomic::AtomicU32::new(0),
             admitted: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
         };
@@ -260,6 +264,7 @@ impl BackendState {
     /// Applies a (changed) config in place, keeping admissions, cooldown and health, and
     /// takes over the snapshot's starting share and fleet-wide cooldown.
     pub fn reconfigure(&self, config: &BackendConfig, settings: &Settings, minute: Duration, now: Instant) {
+        self.learned_rpm.store(0, Ordering::Relaxed);
         {
             let mut quota = self.quota.lock().expect("quota lock");
             quota.initial = config.initial_share;

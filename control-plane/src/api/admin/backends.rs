@@ -48,6 +48,7 @@ impl AdminApi {
     fn views(&self, backends: &[BackendRecord]) -> Vec<pb::Backend> {
         let live = self.shared.fleet.live();
         let health = self.shared.health.lock().expect("health lock").clone();
+        let learned = self.shared.learned.lock().expect("learned lock").clone();
         let now = now_ms();
         backends
             .iter()
@@ -57,6 +58,7 @@ impl AdminApi {
                 let mut out = backend_to_pb(b, BackendStatus::of(b.enabled, h, l.cooling_until_ms, now));
                 out.cooldown_until_ms = if l.cooling_until_ms > now { l.cooling_until_ms } else { 0 };
                 out.consecutive_429_count = l.consecutive;
+                out.learned_rpm_limit = learned.get(&b.id).copied().unwrap_or(0);
                 out
             })
             .collect()

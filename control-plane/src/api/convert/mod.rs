@@ -219,6 +219,7 @@ pub fn backend_to_pb(b: &BackendRecord, status: BackendStatus) -> pb::Backend {
         consecutive_429_count: 0,
         window_seconds: b.window_seconds,
         learn_limits: b.learn_limits,
+        learned_rpm_limit: 0,
     }
 }
 

@@ -27,7 +27,7 @@ pub fn snapshot_to_pb(s: &NodeSnapshot) -> pb::Snapshot {
                     base_url: b.base_url.clone(),
                     api_key: key.clone(),
                     timeout_seconds: b.timeout_seconds,
-                    rpm_limit: b.rpm_limit,
+                    rpm_limit: state.rpm_limit(b),
                     tpm_limit: b.tpm_limit.unwrap_or(0),
                     window_seconds: b.window_seconds,
                     pool: b.pool.clone(),
