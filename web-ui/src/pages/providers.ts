@@ -201,7 +201,21 @@ function render(ctx: PageContext) {
         {
           label: "RPM",
           num: true,
-          cell: (b) => h("span", { attrs: { "data-testid": "rpm" } }, fmtInt(b.rpmLimit), b.tpmLimit ? h("div", "sub", `${fmtInt(b.tpmLimit)} TPM`) : null),
+          cell: (b) =>
+            h(
+              "span",
+              { attrs: { "data-testid": "rpm" } },
+              fmtInt(b.rpmLimit),
+              b.tpmLimit ? h("div", "sub", `${fmtInt(b.tpmLimit)} TPM`) : null,
+              // The provider reports a lower limit than configured: the fleet uses it.
+              b.learnedRpmLimit
+                ? h(
+                    "div",
+                    { class: "sub limit-learned", attrs: { "data-testid": "limit-learned", title: "The provider's headers report a lower request limit than configured; the fleet uses it. Set the RPM to match." } },
+                    `limit learned: ${fmtInt(b.learnedRpmLimit)} RPM`,
+                  )
+                : null,
+            ),
         },
         {
           label: "Models",
