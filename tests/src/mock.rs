@@ -740,8 +740,10 @@ fn provider_headers(mut resp: Response<Body>) -> Response<Body> {
     // Unless the mock reports its real limit (MockUpstream::send_limit_headers), in
     // either family.
     if !h.contains_key("anthropic-ratelimit-requests-remaining") {
-        h.entry("x-ratelimit-limit-requests").or_insert(HeaderValue::from_static("60"));
-        h.entry("x-ratelimit-remaining-requests").or_insert(HeaderValue::from_static("59"));
+        // A limit above any test backend's, so that proxies learning limits from these
+        // headers learn nothing from the defaults.
+        h.entry("x-ratelimit-limit-requests").or_insert(HeaderValue::from_static("1000000"));
+        h.entry("x-ratelimit-remaining-requests").or_insert(HeaderValue::from_static("999999"));
     }
     h.insert("x-request-id", HeaderValue::from_static("req_mock"));
     resp

@@ -33,14 +33,17 @@ fn state(proxy: &ProxyHarness) -> (u32, bool) {
 /// Runs the scenario; the provider's 429 count.
 async fn the_fleet_stops_before_the_429(style: LimitHeaders, learn_limits: Option<bool>) -> usize {
     // The provider allows 10 requests per 5 s and says so in its headers; the backend is
-    // configured far above that (60 per 6 s… per minute: 600 RPM), so only the headers
-    // can keep the fleet under the provider's limit.
+    // configured far above that (600 per 5 s), so only the headers can keep the fleet
+    // under the provider's limit.
     const WINDOW: Duration = Duration::from_secs(5);
     let mock = MockUpstream::start(&[]).await;
     mock.set_rpm_limit(10, WINDOW);
     mock.send_limit_headers(style);
-    let options = |id: &str| ProxyOptions { node_id: id.into(), ..Default::default() };
-    let mut gw = Gateway::start_fleet(Options::default(), options("p1")).await;
+    // The provider's minute is compressed to its 5 s window, so the limit its headers
+    // report (10) is per the same "minute" as the backend's configured 600.
+    let options = |id: &str| ProxyOptions { node_id: id.into(), rate_window: WINDOW, ..Default::default() };
+    let cp_env = vec![("SIDECAR_RATE_WINDOW_MS".to_string(), WINDOW.as_millis().to_string())];
+    let mut gw = Gateway::start_fleet(Options { env: cp_env, ..Options::default() }, options("p1")).await;
     let second = gw.add_proxy(options("p2")).await;
     gw.add_backend(&mock, BackendDef { rpm: 600, learn_limits, ..Default::default() }).await;
     second.wait_version(gw.proxy.version()).await;
