@@ -63,3 +63,23 @@ pub async fn run_python_client(script: &str, env: &[(&str, String)]) -> serde_js
     );
     serde_json::from_slice(&output.stdout).unwrap_or_else(|e| panic!("{script} printed no JSON ({e})"))
 }
+
+/// Offers `rate` requests per second of `body` at `priority` through `proxy` until
+/// `until`, each on its own task (an open loop: a slow answer does not slow the offer);
+/// the statuses answered, once every request is answered.
+pub async fn offer(
+    proxy: proxy::ProxyClient,
+    body: serde_json::Value,
+    priority: &'static str,
+    rate: f64,
+    until: std::time::Instant,
+) -> Vec<u16> {
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+    let mut tasks = tokio::task::JoinSet::new();
+    while std::time::Instant::now() < until {
+        tick.tick().await;
+        let (p, body) = (proxy.clone(), body.clone());
+        tasks.spawn(async move { p.try_post(&body, priority).await });
+    }
+    tasks.join_all().await
+}

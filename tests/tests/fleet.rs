@@ -7,9 +7,13 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use sidecar_proto::v1 as pb;
 use sidecar_tests::{
-    Gateway, MockUpstream, Options, ProxyHarness, ProxyOptions, Reply, eventually, gateway::BackendDef,
-    proxy::ProxyClient,
+    Gateway, MockUpstream, Options, ProxyHarness, ProxyOptions, Reply, eventually, gateway::BackendDef, offer,
 };
+
+/// A chat request for the test model.
+fn chat() -> serde_json::Value {
+    json!({"model": "gpt-test", "messages": []})
+}
 
 fn cooling(proxy: &ProxyHarness, backend: &str) -> Option<u32> {
     let bundle = proxy.shared.bundle.load();
@@ -101,18 +105,6 @@ async fn a_429_at_one_proxy_cools_the_backend_on_every_proxy_and_escalates_fleet
     .await;
 }
 
-/// Sends `rate` requests per second to `proxy` until `until`; returns the statuses.
-async fn offer(proxy: ProxyClient, rate: f64, until: Instant) -> Vec<u16> {
-    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
-    let mut tasks = tokio::task::JoinSet::new();
-    while Instant::now() < until {
-        tick.tick().await;
-        let p = proxy.clone();
-        tasks.spawn(async move { p.try_post(&json!({"model": "gpt-test", "messages": []}), "low").await });
-    }
-    tasks.join_all().await
-}
-
 /// Requests the mock served in `[from, to)`, per second.
 fn served_rate(mock: &MockUpstream, from: Instant, to: Instant) -> f64 {
     let n =
@@ -149,10 +141,10 @@ async fn four_proxies_share_one_limit_without_overshoot_and_absorb_a_departed_sh
     let phase1 = start + Duration::from_secs(10);
     let end = phase1 + Duration::from_secs(9);
     let total = 3.0 * per_sec;
-    let busiest = tokio::spawn(offer(gw.proxy.clone_handle(), total * 0.7, phase1));
+    let busiest = tokio::spawn(offer(gw.proxy.clone_handle(), chat(), "low", total * 0.7, phase1));
     let mut load = tokio::task::JoinSet::new();
     for p in &proxies {
-        load.spawn(offer(p.clone_handle(), total * 0.1, end));
+        load.spawn(offer(p.clone_handle(), chat(), "low", total * 0.1, end));
     }
     tokio::time::sleep_until(phase1.into()).await;
     let measured = served_rate(&mock, start + Duration::from_secs(4), phase1);
@@ -210,7 +202,7 @@ async fn three_proxies_hold_a_providers_ten_second_window_at_three_times_demand(
     let end = start + MINUTE;
     let mut load = tokio::task::JoinSet::new();
     for p in proxies {
-        load.spawn(offer(p, 3.0 * per_sec / 3.0, end));
+        load.spawn(offer(p, chat(), "low", 3.0 * per_sec / 3.0, end));
     }
     while load.join_next().await.is_some() {}
 

@@ -7,19 +7,12 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use sidecar_proto::v1 as pb;
 use sidecar_tests::{
-    Gateway, LimitHeaders, MockUpstream, Options, ProxyHarness, ProxyOptions, gateway::BackendDef, proxy::ProxyClient,
+    Gateway, LimitHeaders, MockUpstream, Options, ProxyHarness, ProxyOptions, gateway::BackendDef, offer,
 };
 
-/// `rate` requests per second until `until`; the statuses answered.
-async fn offer(proxy: ProxyClient, rate: f64, until: Instant) -> Vec<u16> {
-    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
-    let mut tasks = tokio::task::JoinSet::new();
-    while Instant::now() < until {
-        tick.tick().await;
-        let p = proxy.clone();
-        tasks.spawn(async move { p.try_post(&json!({"model": "gpt-test", "messages": []}), "normal").await });
-    }
-    tasks.join_all().await
+/// A chat request for the test model.
+fn chat() -> serde_json::Value {
+    json!({"model": "gpt-test", "messages": []})
 }
 
 /// The backend's local 429 count and whether the provider's budget pauses it now.
@@ -51,7 +44,10 @@ async fn the_fleet_stops_before_the_429(style: LimitHeaders, learn_limits: Optio
     // Two proxies, 2 requests per second each, for 12 s: 48 offered against 10 per 5 s.
     let start = Instant::now();
     let end = start + Duration::from_secs(12);
-    let (a, b) = tokio::join!(offer(gw.proxy.clone_handle(), 2.0, end), offer(second.clone_handle(), 2.0, end));
+    let (a, b) = tokio::join!(
+        offer(gw.proxy.clone_handle(), chat(), "normal", 2.0, end),
+        offer(second.clone_handle(), chat(), "normal", 2.0, end)
+    );
     let answered: Vec<u16> = a.into_iter().chain(b).collect();
     // Requests still queued at `end` are answered after it.
     let elapsed = start.elapsed();

@@ -6,19 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use sidecar_proto::v1 as pb;
-use sidecar_tests::{Gateway, MockUpstream, Options, ProxyOptions, gateway::BackendDef, proxy::ProxyClient};
-
-/// Offers `rate` requests per second for `model` until `until`; the statuses answered.
-async fn offer(proxy: ProxyClient, model: &'static str, rate: f64, until: Instant) -> Vec<u16> {
-    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
-    let mut tasks = tokio::task::JoinSet::new();
-    while Instant::now() < until {
-        tick.tick().await;
-        let p = proxy.clone();
-        tasks.spawn(async move { p.try_post(&json!({"model": model, "messages": []}), "low").await });
-    }
-    tasks.join_all().await
-}
+use sidecar_tests::{Gateway, MockUpstream, Options, ProxyOptions, gateway::BackendDef, offer};
 
 /// Requests for `native` the mock served in `[from, to)`, per second.
 fn served_rate(mock: &MockUpstream, native: &str, from: Instant, to: Instant) -> f64 {
@@ -66,8 +54,8 @@ async fn two_proxies_keep_each_model_under_its_own_limit_and_a_small_model_does_
     let end = start + Duration::from_secs(10);
     let mut load = tokio::task::JoinSet::new();
     for p in [gw.proxy.clone_handle(), second.clone_handle()] {
-        load.spawn(offer(p.clone(), "model-a", 1.5 * per_sec(a_limit), end));
-        load.spawn(offer(p, "model-b", 1.5 * per_sec(b_limit), end));
+        load.spawn(offer(p.clone(), json!({"model": "model-a", "messages": []}), "low", 1.5 * per_sec(a_limit), end));
+        load.spawn(offer(p, json!({"model": "model-b", "messages": []}), "low", 1.5 * per_sec(b_limit), end));
     }
     while load.join_next().await.is_some() {}
 
