@@ -132,7 +132,9 @@ pub async fn learned_limit(shared: Arc<Shared>, node_id: String, backend_id: Str
     }
     {
         let mut learned = shared.learned.lock().expect("learned lock");
-        if learned.get(&backend_id) == Some(&rpm) {
+        // Only ever lower: a node cannot raise what was learned (nor make the control
+        // plane write more than one audit entry per value on the way down).
+        if learned.get(&backend_id).is_some_and(|&l| l <= rpm) {
             return;
         }
         learned.insert(backend_id.clone(), rpm);
