@@ -348,7 +348,9 @@ fn attempt_failed(
 /// node through the control plane — so the 429 never comes. A pause is not a 429: it does
 /// not escalate.
 fn learn_limits(shared: &Shared, grant: &Grant, headers: &HeaderMap) {
-    if !grant.backend.config.learn_limits {
+    // A model with its own limits: a provider that limits per model (as OpenAI does)
+    // reports that model's budget, not the key's, so it says nothing about the backend.
+    if !grant.backend.config.learn_limits || grant.model.limits.is_some() {
         return;
     }
     let limits = upstream::ratelimit::parse(headers, std::time::SystemTime::now());
