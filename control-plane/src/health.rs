@@ -3,6 +3,9 @@
 //! is `error` after two failed probes in a row, a probe answered 401/403, or when most of
 //! its recent attempts failed; it recovers by itself when probes and traffic do. A change
 //! is published to every node as a new snapshot, so health drives routing.
+//!
+//! Also what nodes learn of a backend from its provider: a request limit lower than the
+//! configured one ([`learned_limit`]), published the same way.
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 

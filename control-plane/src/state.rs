@@ -127,15 +127,18 @@ impl Shared {
         let _guard = self.writer.lock().await;
         let (change, target, out) = build(&self.store)?;
         let tokens_changed = !change.put_tokens.is_empty() || !change.delete_tokens.is_empty();
+        let backends: Vec<String> =
+            change.put_backends.iter().map(|b| b.id.clone()).chain(change.delete_backends.iter().cloned()).collect();
+        let version = self.store.commit(change, &who.actor(), action, &target)?;
         // A write to a backend is the operator's word on its limits: what was learned
-        // from the provider before it no longer applies (it is learned again if still true).
+        // from the provider before it no longer applies (it is learned again if still
+        // true). Dropped once the write is committed, before it is published.
         {
             let mut learned = self.learned.lock().expect("learned lock");
-            for id in change.put_backends.iter().map(|b| &b.id).chain(&change.delete_backends) {
+            for id in &backends {
                 learned.remove(id);
             }
         }
-        let version = self.store.commit(change, &who.actor(), action, &target)?;
         if tokens_changed {
             self.auth.reload(self.store.tokens()?);
         }

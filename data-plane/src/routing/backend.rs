@@ -38,14 +38,25 @@ impl ModelBucket {
         next
     }
 
+    fn new(requests: u32, tokens: Option<u32>, burst: u32, window: Duration, now: Instant) -> Self {
+        Self {
+            limiter: Mutex::new(RequestLimiter::new(requests, burst, window, now)),
+            tpm: Mutex::new(tokens.map(|t| TokenWindow::new(u64::from(t), window))),
+        }
+    }
+
     fn reconfigure(&self, requests: u32, tokens: Option<u32>, burst: u32, window: Duration, now: Instant) {
         self.limiter.lock().expect("model limiter lock").reconfigure(requests, burst, window, now);
-        let mut tpm = self.tpm.lock().expect("model tpm lock");
-        match (tokens, tpm.as_mut()) {
-            (Some(limit), Some(w)) => w.reconfigure(u64::from(limit), window),
-            (Some(limit), None) => *tpm = Some(TokenWindow::new(u64::from(limit), window)),
-            (None, _) => *tpm = None,
-        }
+        set_token_window(&mut self.tpm.lock().expect("model tpm lock"), tokens, window);
+    }
+}
+
+/// Sets a token window to `limit` per `window`, keeping its reservations; `None` removes it.
+fn set_token_window(slot: &mut Option<TokenWindow>, limit: Option<u32>, window: Duration) {
+    match (limit, slot.as_mut()) {
+        (Some(limit), Some(w)) => w.reconfigure(u64::from(limit), window),
+        (Some(limit), None) => *slot = Some(TokenWindow::new(u64::from(limit), window)),
+        (None, _) => *slot = None,
     }
 }
 
@@ -302,14 +313,7 @@ impl BackendState {
             (Some(limit), Some((_, Some(granted)))) => Some(limit.min(granted)),
             (limit, _) => limit,
         };
-        {
-            let mut tpm = self.tpm.lock().expect("tpm lock");
-            match (tpm_limit, tpm.as_mut()) {
-                (Some(limit), Some(w)) => w.reconfigure(u64::from(limit), window),
-                (Some(limit), None) => *tpm = Some(TokenWindow::new(u64::from(limit), window)),
-                (None, _) => *tpm = None,
-            }
-        }
+        set_token_window(&mut self.tpm.lock().expect("tpm lock"), tpm_limit, window);
         // The models' own limits at the same fraction of theirs as the backend's share.
         let fraction = (f64::from(limit) / f64::from(config.window_limit().max(1))).min(1.0);
         let mut models = self.models.lock().expect("models lock");
@@ -318,13 +322,11 @@ impl BackendState {
             let Some(limits) = route.limits else { continue };
             let (requests, tokens) = model_share(config, limits, fraction);
             let requests = requests.min(limit);
+            let burst = settings.bucket_burst;
             match models.get(name) {
-                Some(bucket) => bucket.reconfigure(requests, tokens, settings.bucket_burst, window, now),
+                Some(bucket) => bucket.reconfigure(requests, tokens, burst, window, now),
                 None => {
-                    let bucket = ModelBucket {
-                        limiter: Mutex::new(RequestLimiter::new(requests, settings.bucket_burst, window, now)),
-                        tpm: Mutex::new(tokens.map(|t| TokenWindow::new(u64::from(t), window))),
-                    };
+                    let bucket = ModelBucket::new(requests, tokens, burst, window, now);
                     models.insert(name.clone(), Arc::new(bucket));
                 }
             }
