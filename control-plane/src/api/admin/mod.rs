@@ -1,5 +1,5 @@
 //! AdminService: one table maps every RPC to the access it needs and its handler; one
-//! wrapper ([`AdminApi::call`]) authenticates, checks the role, runs the handler and
+//! wrapper (`AdminApi::call`) authenticates, checks the role, runs the handler and
 //! records the per-RPC metric. Handlers live by resource and are thin: convert in, call
 //! the domain, convert out.
 

@@ -1,5 +1,5 @@
-//! NodeService: config distribution to data-plane proxies (`Sync`, in [`sync`]) and
-//! usage reports (`Report`, in [`report`]), for node credentials only: a node token, or
+//! NodeService: config distribution to data-plane proxies (`Sync`, in `sync`) and
+//! usage reports (`Report`, in `report`), for node credentials only: a node token, or
 //! with mTLS the node id its client certificate names.
 
 mod report;
