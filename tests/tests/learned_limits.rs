@@ -137,3 +137,33 @@ async fn a_lower_limit_the_provider_reports_is_used_fleet_wide_audited_and_clear
     let b = admin.get_backend(pb::GetBackendRequest { id: b.id }).await.unwrap().into_inner();
     assert_eq!(b.learned_rpm_limit, 0);
 }
+
+#[tokio::test]
+async fn answers_for_a_model_with_its_own_limits_are_not_taken_as_the_keys_budget() {
+    // A provider that limits per model reports the model's budget on its answers: a model
+    // with its own limits configured says nothing about the backend's limit.
+    let mock = MockUpstream::start(&[]).await;
+    mock.set_rpm_limit(10, Duration::from_secs(60));
+    mock.send_limit_headers(LimitHeaders::OpenAi);
+    let mut gw = Gateway::start().await;
+    gw.add_backend(
+        &mock,
+        BackendDef {
+            rpm: 600,
+            models: &[("gpt-test", "native-gpt"), ("other", "native-other")],
+            model_limits: &[("gpt-test", 100)],
+            ..Default::default()
+        },
+    )
+    .await;
+    // What the proxy learned is noted before the answer goes back to the client.
+    let learned = || {
+        let bundle = gw.proxy.shared.bundle.load();
+        bundle.backends[0].state.learned_rpm.load(std::sync::atomic::Ordering::Relaxed)
+    };
+    assert_eq!(gw.proxy.chat("gpt-test").await.status(), 200);
+    assert_eq!(learned(), 0, "an answer for a model with its own limits is not the key's budget");
+    // The same headers on an answer for a model without its own limits are learned.
+    assert_eq!(gw.proxy.chat("other").await.status(), 200);
+    assert_eq!(learned(), 10);
+}
