@@ -81,6 +81,21 @@ pub struct LiveBackend {
     pub errors_per_min: f64,
     /// Admitted in the current window, summed over nodes.
     pub in_window: u32,
+    /// Its models that have their own limits.
+    pub models: Vec<LiveModel>,
+}
+
+/// One model's own limits on a backend, live.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LiveModel {
+    /// Canonical name.
+    pub model: String,
+    /// Its requests per minute (the backend's when it limits only tokens).
+    pub rpm_limit: u32,
+    /// Tokens left in its buckets on the nodes using it, as a fraction (0..1).
+    pub bucket_fill: f64,
+    /// Admitted in the current window, summed over nodes.
+    pub in_window: u32,
 }
 
 /// Recomputes the dashboard every second until shutdown.
@@ -155,6 +170,20 @@ pub fn compute(shared: &Shared, totals: UsageCounters) -> Result<Dashboard, crat
             rate_limited_per_min: c.errors_429 as f64,
             errors_per_min: (c.errors_5xx + c.errors_timeout + c.errors_connect + c.errors_4xx) as f64,
             in_window: l.in_window,
+            models: b
+                .model_mappings
+                .iter()
+                .filter(|(_, m)| m.rpm_limit.is_some() || m.tpm_limit.is_some())
+                .map(|(name, m)| {
+                    let live = l.models.get(name).cloned().unwrap_or_default();
+                    LiveModel {
+                        model: name.clone(),
+                        rpm_limit: m.rpm_limit.unwrap_or(b.rpm_limit),
+                        bucket_fill: live.bucket_fill,
+                        in_window: live.in_window,
+                    }
+                })
+                .collect(),
         });
     }
     let fleet: UsageCounters = last_minute.values().fold(UsageCounters::default(), |mut acc, c| {

@@ -118,6 +118,11 @@ pub struct NodeBackend {
     pub cooldown_remaining_ms: u64,
     /// Fleet-wide consecutive 429s.
     pub consecutive_429: u32,
+    /// Fleet-wide pause still to run: the provider reported the budget spent.
+    pub exhausted_remaining_ms: u64,
+    /// Starting share of each model with its own limits, by canonical name, in requests
+    /// per backend window; like `initial_share`.
+    pub model_shares: Vec<(String, u32)>,
 }
 
 impl NodeSnapshot {

@@ -104,6 +104,13 @@ pub struct BackendConfig {
     pub cooldown_remaining: Option<Duration>,
     /// Fleet-wide consecutive 429s.
     pub consecutive_429: u32,
+    /// Fleet-wide pause in force when the snapshot was made (the provider reported the
+    /// budget spent).
+    pub exhausted_remaining: Option<Duration>,
+    /// Starting share of each model with its own limits, by canonical name, in requests
+    /// per window, until the first grant; a model missing here starts at the backend
+    /// share's fraction of its limit.
+    pub initial_model_shares: HashMap<String, u32>,
     /// The upstream URI of each forwarded endpoint, in [`ENDPOINTS`] order, built once.
     pub targets: Vec<Uri>,
     /// `X-Sidecar-Backend` and `X-Sidecar-Pool` values (none if the name cannot be one).

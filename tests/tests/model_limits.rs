@@ -77,3 +77,54 @@ async fn two_proxies_keep_each_model_under_its_own_limit_and_a_small_model_does_
         assert!(share <= u64::from(limit), "{model}: {share} of {limit}");
     }
 }
+
+#[tokio::test]
+async fn a_models_limit_goes_to_the_proxy_that_wants_the_model_not_the_one_that_wants_the_backend() {
+    // One proxy wants only the small model, the other only the big one: the small
+    // model's limit goes to the first, even though the second wants three times more of
+    // the backend. (Shared in proportion to the backend's split, the first would get a
+    // quarter of it.)
+    const WINDOW: Duration = Duration::from_secs(2);
+    let (a_limit, b_limit) = (60u32, 20u32);
+    let per_sec = |n: u32| f64::from(n) / WINDOW.as_secs_f64();
+    let mock = MockUpstream::start(&[]).await;
+    mock.set_rpm_limit(100, WINDOW);
+    mock.set_model_limit("native-a", a_limit, WINDOW);
+    mock.set_model_limit("native-b", b_limit, WINDOW);
+    let cp_env = vec![
+        ("SIDECAR_RATE_WINDOW_MS".to_string(), WINDOW.as_millis().to_string()),
+        ("SIDECAR_GRANT_LEASE_MS".to_string(), "1500".to_string()),
+        ("SIDECAR_GRANT_INTERVAL_MS".to_string(), "250".to_string()),
+    ];
+    let proxy_options = |id: &str| ProxyOptions { node_id: id.into(), rate_window: WINDOW, ..Default::default() };
+    let mut gw = Gateway::start_fleet(Options { env: cp_env, ..Options::default() }, proxy_options("p1")).await;
+    gw.settings(pb::SettingsPatch { low_priority_timeout_seconds: Some(1), ..Default::default() }).await;
+    let second = gw.add_proxy(proxy_options("p2")).await;
+    gw.add_backend(
+        &mock,
+        BackendDef {
+            rpm: 100,
+            models: &[("model-a", "native-a"), ("model-b", "native-b")],
+            model_limits: &[("model-a", a_limit), ("model-b", b_limit)],
+            ..Default::default()
+        },
+    )
+    .await;
+    second.wait_version(gw.proxy.version()).await;
+
+    let start = Instant::now();
+    let end = start + Duration::from_secs(10);
+    let small = json!({"model": "model-b", "messages": []});
+    let big = json!({"model": "model-a", "messages": []});
+    let mut load = tokio::task::JoinSet::new();
+    load.spawn(offer(gw.proxy.clone_handle(), small, "low", 3.0 * per_sec(b_limit), end));
+    load.spawn(offer(second.clone_handle(), big, "low", 3.0 * per_sec(a_limit), end));
+    while load.join_next().await.is_some() {}
+
+    assert_eq!(mock.model_violations("native-a"), 0, "model A went over its own limit");
+    assert_eq!(mock.model_violations("native-b"), 0, "model B went over its own limit");
+    assert_eq!(mock.violations(), 0, "the key went over its limit");
+    let measured = served_rate(&mock, "native-b", start + Duration::from_secs(4), end);
+    eprintln!("model B: {measured:.1}/s of {}/s", per_sec(b_limit));
+    assert!(measured >= 0.85 * per_sec(b_limit), "model B used only {measured:.1}/s of {}/s", per_sec(b_limit));
+}

@@ -33,6 +33,23 @@ pub struct Grant {
     pub fallback_rpm: u32,
     /// Tokens per window if the lease runs out.
     pub fallback_tpm: u32,
+    /// The node's shares of the models' own limits on the backend, under the same lease.
+    pub models: Vec<ModelGrant>,
+}
+
+/// A node's share of one model's own limits on a backend, per backend window.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelGrant {
+    /// The canonical model name.
+    pub model: String,
+    /// Requests per window.
+    pub rpm: u32,
+    /// Tokens per window; 0 = the model has no token limit.
+    pub tpm: u32,
+    /// Requests per window if the lease runs out.
+    pub fallback_rpm: u32,
+    /// Tokens per window if the lease runs out.
+    pub fallback_tpm: u32,
 }
 
 /// A fleet-wide cooldown (or its end).
@@ -60,6 +77,21 @@ pub struct BackendDemand {
     /// Requests per window it would admit if it could.
     pub demand: f64,
     /// Its bucket's fill (0..1).
+    pub bucket_fill: f64,
+    /// Admitted in the current window.
+    pub in_window: u32,
+    /// The same for each model with its own limits on the backend.
+    pub models: Vec<ModelDemand>,
+}
+
+/// A node's demand on one model's own limits on a backend.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ModelDemand {
+    /// The canonical model name.
+    pub model: String,
+    /// Requests per backend window it would admit if it could.
+    pub demand: f64,
+    /// The model bucket's fill (0..1).
     pub bucket_fill: f64,
     /// Admitted in the current window.
     pub in_window: u32,

@@ -12,12 +12,12 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 pub use allocate::{NodeShare, allocate};
-pub use messages::{BackendDemand, CooldownNotice, FleetMessage, Grant, RateLimited, Sender};
-use share::Share;
+pub use messages::{BackendDemand, CooldownNotice, FleetMessage, Grant, ModelDemand, ModelGrant, RateLimited, Sender};
+use share::{Clock, Shares};
 
 use crate::{
     snapshot::{ConfigState, NodeSnapshot},
-    store::{CooldownRecord, Settings, Store, per_window},
+    store::{BackendRecord, CooldownRecord, Settings, Store, per_window},
     util::now_ms,
 };
 
@@ -60,7 +60,28 @@ struct BackendFleet {
     cooling_until_ms: i64,
     /// Paused fleet-wide until then: the provider reported the budget spent.
     exhausted_until_ms: i64,
-    shares: HashMap<String, Share>,
+    shares: Shares,
+    /// The shares of each model's own limits on the backend, by canonical name.
+    models: HashMap<String, Shares>,
+}
+
+/// A model's own limits on a backend, per backend window: requests (the backend's when
+/// the model limits only tokens) and tokens.
+fn model_limits(config: &ConfigState, b: &BackendRecord) -> Vec<(String, u32, Option<u32>)> {
+    let backend = config.rpm_limit(b);
+    b.model_mappings
+        .iter()
+        .filter(|(_, m)| m.rpm_limit.is_some() || m.tpm_limit.is_some())
+        .map(|(name, m)| {
+            let requests = per_window(m.rpm_limit.unwrap_or(backend).min(backend), b.window_seconds);
+            (name.clone(), requests, m.tpm_limit.map(|t| per_window(t, b.window_seconds)))
+        })
+        .collect()
+}
+
+/// Tokens per window that go with `grant` of `limit` requests: the same fraction.
+fn tokens_for(tokens: Option<u32>, grant: u32, limit: u32) -> u32 {
+    tokens.map_or(0, |t| ((u64::from(t) * u64::from(grant)) / u64::from(limit.max(1))) as u32)
 }
 
 /// Live figures of a backend across the fleet, for the dashboard.
@@ -70,6 +91,17 @@ pub struct BackendLive {
     pub consecutive: u32,
     /// Cooling until (unix ms), 0 = not cooling.
     pub cooling_until_ms: i64,
+    /// Mean bucket fill over the nodes using it.
+    pub bucket_fill: f64,
+    /// Admitted in the current window, summed over nodes.
+    pub in_window: u32,
+    /// The same for each model with its own limits, by canonical name.
+    pub models: std::collections::BTreeMap<String, ModelLive>,
+}
+
+/// Live figures of one model's own limits on a backend across the fleet.
+#[derive(Debug, Clone, Default)]
+pub struct ModelLive {
     /// Mean bucket fill over the nodes using it.
     pub bucket_fill: f64,
     /// Admitted in the current window, summed over nodes.
@@ -98,9 +130,9 @@ impl Fleet {
     pub fn attach(&self, node_id: &str, session: u64, region: &str, tx: Sender) {
         let now = Instant::now();
         for fleet in self.backends.lock().expect("fleet lock").values_mut() {
-            if let Some(share) = fleet.shares.get_mut(node_id) {
-                share.attached_at = Some(now);
-                share.reported_at = None;
+            fleet.shares.attached(node_id, now);
+            for shares in fleet.models.values_mut() {
+                shares.attached(node_id, now);
             }
         }
         self.sessions
@@ -124,12 +156,22 @@ impl Fleet {
         self.timing.window * window_seconds.clamp(1, 60) / 60
     }
 
+    /// The clock for a backend's limits at `now`.
+    fn clock(&self, window_seconds: u32, now: Instant) -> Clock {
+        Clock {
+            now,
+            window: self.window_of(window_seconds),
+            lease: self.timing.lease,
+            propagation: self.timing.propagation,
+        }
+    }
+
     /// The node's starting share of each backend in a fresh snapshot, in requests per
     /// backend window: its live grant if it has one, otherwise a share of what is free
     /// now (recorded as a grant, so it is counted until it ages out). That may be 0 when
     /// other nodes may still be using the whole limit in this window: the node then
     /// waits for its first grant rather than overshoot. Also stamps the fleet-wide
-    /// cooldown.
+    /// cooldown. The same for each model with its own limits.
     pub fn decorate(&self, node_id: &str, snapshot: &mut NodeSnapshot) {
         let now = Instant::now();
         let mut backends = self.backends.lock().expect("fleet lock");
@@ -142,36 +184,37 @@ impl Fleet {
                 nb.cooldown_remaining_ms = (fleet.cooling_until_ms - wall) as u64;
             }
             nb.consecutive_429 = fleet.consecutive;
-            let window = self.window_of(b.window_seconds);
-            let keep = window + self.timing.propagation;
-            let limit = per_window(state.rpm_limit(b), b.window_seconds);
-            let others: Vec<u32> = fleet
-                .shares
-                .iter_mut()
-                .filter(|(id, _)| id.as_str() != node_id)
-                .map(|(_, s)| s.used_bound(now, keep, window, self.timing.propagation))
-                .collect();
-            let used: u32 = others.iter().sum();
-            let share = fleet.shares.entry(node_id.to_owned()).or_default();
-            if share.grant == 0 {
-                // An equal share of the nodes known, within what nobody else may use.
-                let free = limit.saturating_sub(used);
-                let start = (limit / (others.len() as u32 + 1)).max(1).min(free);
-                share.set(now, start, self.timing.lease);
+            if fleet.exhausted_until_ms > wall {
+                nb.exhausted_remaining_ms = (fleet.exhausted_until_ms - wall) as u64;
             }
-            nb.initial_share = Some(share.grant.min(limit));
+            let clock = self.clock(b.window_seconds, now);
+            let limit = per_window(state.rpm_limit(b), b.window_seconds);
+            nb.initial_share = Some(fleet.shares.starting(node_id, limit, clock));
+            let models = model_limits(&state, b);
+            fleet.models.retain(|name, _| models.iter().any(|(m, ..)| m == name));
+            nb.model_shares = models
+                .into_iter()
+                .map(|(name, limit, _)| {
+                    let start = fleet.models.entry(name.clone()).or_default().starting(node_id, limit, clock);
+                    (name, start)
+                })
+                .collect();
         }
     }
 
     /// A node reported its demand.
     pub fn demand(&self, node_id: &str, demand: &[BackendDemand]) {
         let mut backends = self.backends.lock().expect("fleet lock");
+        let now = Instant::now();
         for d in demand {
-            let share = backends.entry(d.backend_id.clone()).or_default().shares.entry(node_id.to_owned()).or_default();
-            share.demand = if share.demand == 0.0 { d.demand } else { 0.5 * share.demand + 0.5 * d.demand };
-            share.bucket_fill = d.bucket_fill;
-            share.in_window = d.in_window;
-            share.reported_at = Some(Instant::now());
+            let fleet = backends.entry(d.backend_id.clone()).or_default();
+            fleet.shares.report(node_id, d.demand, d.bucket_fill, d.in_window, now);
+            for m in &d.models {
+                // Only models the config limits: a node's report cannot grow the map.
+                if let Some(shares) = fleet.models.get_mut(&m.model) {
+                    shares.report(node_id, m.demand, m.bucket_fill, m.in_window, now);
+                }
+            }
         }
     }
 
@@ -294,14 +337,23 @@ impl Fleet {
         backends
             .iter()
             .map(|(id, f)| {
-                let n = f.shares.len().max(1) as f64;
+                let (bucket_fill, in_window) = f.shares.live();
+                let models = f
+                    .models
+                    .iter()
+                    .map(|(name, shares)| {
+                        let (bucket_fill, in_window) = shares.live();
+                        (name.clone(), ModelLive { bucket_fill, in_window })
+                    })
+                    .collect();
                 (
                     id.clone(),
                     BackendLive {
                         consecutive: f.consecutive,
                         cooling_until_ms: f.cooling_until_ms,
-                        bucket_fill: f.shares.values().map(|s| s.bucket_fill).sum::<f64>() / n,
-                        in_window: f.shares.values().map(|s| s.in_window).sum(),
+                        bucket_fill,
+                        in_window,
+                        models,
                     },
                 )
             })
@@ -325,58 +377,44 @@ impl Fleet {
             backends.retain(|id, _| config.backends.iter().any(|(b, _)| &b.id == id));
             for (b, _) in &config.backends {
                 let fleet = backends.entry(b.id.clone()).or_default();
-                let window = self.window_of(b.window_seconds);
-                let keep = window + self.timing.propagation;
+                let clock = self.clock(b.window_seconds, now);
                 let limit = per_window(config.rpm_limit(b), b.window_seconds);
                 let active: Vec<&str> = sessions
                     .iter()
                     .filter(|(_, region, _)| b.allowed_in(region))
                     .map(|(id, _, _)| id.as_str())
                     .collect();
-                // Departed nodes: their grant counts while the lease lasts, and whatever
-                // they held counts for a window after that.
-                let mut reserved = 0u32;
-                fleet.shares.retain(|node, share| {
-                    if active.contains(&node.as_str()) {
-                        return true;
-                    }
-                    let leased = share.lease_until.is_some_and(|l| l > now);
-                    if leased {
-                        reserved += share.recent_max(now, keep);
-                        return true;
-                    }
-                    share.grant = 0;
-                    let recent = share.recent_max(now, keep);
-                    reserved += recent;
-                    recent > 0
-                });
-                let inputs: Vec<NodeShare> = active
+                let tokens = b.window_tpm();
+                let mut grants: Vec<Grant> = active
                     .iter()
-                    .map(|node| {
-                        let share = fleet.shares.entry((*node).to_owned()).or_default();
-                        NodeShare {
-                            demand: share.demand,
-                            current: share.grant,
-                            recent_max: share.used_bound(now, keep, window, self.timing.propagation),
-                        }
-                    })
-                    .collect();
-                let grants = allocate(limit, reserved, &inputs);
-                let known = (fleet.shares.len() as u32).max(1);
-                let tpm_limit = b.window_tpm();
-                for (node, grant) in active.iter().zip(grants) {
-                    let share = fleet.shares.get_mut(*node).expect("share exists");
-                    share.set(now, grant, self.timing.lease);
-                    share.fallback = (limit / known).max(1);
-                    let tpm =
-                        tpm_limit.map_or(0, |t| ((u64::from(t) * u64::from(grant)) / u64::from(limit.max(1))) as u32);
-                    per_node.entry((*node).to_owned()).or_default().push(Grant {
+                    .zip(fleet.shares.split(&active, limit, clock))
+                    .map(|(_, (grant, fallback))| Grant {
                         backend_id: b.id.clone(),
                         rpm: grant,
-                        tpm,
-                        fallback_rpm: (limit / known).max(1),
-                        fallback_tpm: tpm_limit.map_or(0, |t| (t / known).max(1)),
-                    });
+                        tpm: tokens_for(tokens, grant, limit),
+                        fallback_rpm: fallback,
+                        fallback_tpm: tokens.map_or(0, |t| tokens_for(Some(t), fallback, limit).max(1)),
+                        models: Vec::new(),
+                    })
+                    .collect();
+                // Each model's own limits split the same way; the grants travel with the
+                // backend's.
+                let models = model_limits(config, b);
+                fleet.models.retain(|name, _| models.iter().any(|(m, ..)| m == name));
+                for (name, limit, tokens) in models {
+                    let split = fleet.models.entry(name.clone()).or_default().split(&active, limit, clock);
+                    for (g, (grant, fallback)) in grants.iter_mut().zip(split) {
+                        g.models.push(ModelGrant {
+                            model: name.clone(),
+                            rpm: grant,
+                            tpm: tokens_for(tokens, grant, limit),
+                            fallback_rpm: fallback,
+                            fallback_tpm: tokens.map_or(0, |t| tokens_for(Some(t), fallback, limit).max(1)),
+                        });
+                    }
+                }
+                for (node, grant) in active.iter().zip(grants) {
+                    per_node.entry((*node).to_owned()).or_default().push(grant);
                 }
             }
         }

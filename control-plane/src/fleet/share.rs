@@ -1,9 +1,15 @@
 //! One node's share of one backend, and the bound on what the node may have used of the
-//! current window, which every allocation round counts against the limit.
+//! current window, which every allocation round counts against the limit; and the set of
+//! every node's share of one limit, which the allocation rounds split.
 
-use std::{collections::VecDeque, time::Duration};
+use std::{
+    collections::{HashMap, VecDeque},
+    time::Duration,
+};
 
 use tokio::time::Instant;
+
+use super::allocate::{NodeShare, allocate};
 
 /// Requests a node may admit at once beyond its pace (its bucket's burst).
 const BURST_ALLOWANCE: u32 = 10;
@@ -75,5 +81,115 @@ impl Share {
         self.grant = grant;
         self.history.push_back((now, grant));
         self.lease_until = Some(now + lease);
+    }
+}
+
+/// How the shares of one limit are timed: the limit's window and the fleet's timing.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Clock {
+    pub(super) now: Instant,
+    pub(super) window: Duration,
+    pub(super) lease: Duration,
+    pub(super) propagation: Duration,
+}
+
+impl Clock {
+    /// How long a grant counts after it was issued: a window and the propagation allowance.
+    fn keep(&self) -> Duration {
+        self.window + self.propagation
+    }
+}
+
+/// Every node's share of one limit: a backend's, or one model's own limit on a backend.
+#[derive(Debug, Default)]
+pub(super) struct Shares(pub(super) HashMap<String, Share>);
+
+impl Shares {
+    /// The node's starting share in a fresh snapshot: its live grant if it has one,
+    /// otherwise an equal share of the nodes known within what nobody else may still be
+    /// using now (recorded as a grant, so it is counted until it ages out). That may be 0.
+    pub(super) fn starting(&mut self, node_id: &str, limit: u32, clock: Clock) -> u32 {
+        let others: Vec<u32> = self
+            .0
+            .iter_mut()
+            .filter(|(id, _)| id.as_str() != node_id)
+            .map(|(_, s)| s.used_bound(clock.now, clock.keep(), clock.window, clock.propagation))
+            .collect();
+        let used: u32 = others.iter().sum();
+        let share = self.0.entry(node_id.to_owned()).or_default();
+        if share.grant == 0 {
+            let free = limit.saturating_sub(used);
+            let start = (limit / (others.len() as u32 + 1)).max(1).min(free);
+            share.set(clock.now, start, clock.lease);
+        }
+        share.grant.min(limit)
+    }
+
+    /// A node's report: its demand (smoothed), bucket fill and use of the window.
+    pub(super) fn report(&mut self, node_id: &str, demand: f64, bucket_fill: f64, in_window: u32, now: Instant) {
+        let share = self.0.entry(node_id.to_owned()).or_default();
+        share.demand = if share.demand == 0.0 { demand } else { 0.5 * share.demand + 0.5 * demand };
+        share.bucket_fill = bucket_fill;
+        share.in_window = in_window;
+        share.reported_at = Some(now);
+    }
+
+    /// A node's session (re)started: what it reported before says nothing about the new
+    /// process's window.
+    pub(super) fn attached(&mut self, node_id: &str, now: Instant) {
+        if let Some(share) = self.0.get_mut(node_id) {
+            share.attached_at = Some(now);
+            share.reported_at = None;
+        }
+    }
+
+    /// One allocation round of `limit` per window among the `active` nodes: returns each
+    /// one's (grant, fallback share), in order. Departed nodes' grants count while their
+    /// lease lasts, and whatever they held counts for a window after that.
+    pub(super) fn split(&mut self, active: &[&str], limit: u32, clock: Clock) -> Vec<(u32, u32)> {
+        let (now, keep) = (clock.now, clock.keep());
+        let mut reserved = 0u32;
+        self.0.retain(|node, share| {
+            if active.contains(&node.as_str()) {
+                return true;
+            }
+            if share.lease_until.is_some_and(|l| l > now) {
+                reserved += share.recent_max(now, keep);
+                return true;
+            }
+            share.grant = 0;
+            let recent = share.recent_max(now, keep);
+            reserved += recent;
+            recent > 0
+        });
+        let inputs: Vec<NodeShare> = active
+            .iter()
+            .map(|node| {
+                let share = self.0.entry((*node).to_owned()).or_default();
+                NodeShare {
+                    demand: share.demand,
+                    current: share.grant,
+                    recent_max: share.used_bound(now, keep, clock.window, clock.propagation),
+                }
+            })
+            .collect();
+        let grants = allocate(limit, reserved, &inputs);
+        let fallback = (limit / (self.0.len() as u32).max(1)).max(1);
+        active
+            .iter()
+            .zip(grants)
+            .map(|(node, grant)| {
+                let share = self.0.get_mut(*node).expect("share exists");
+                share.set(now, grant, clock.lease);
+                share.fallback = fallback;
+                (grant, fallback)
+            })
+            .collect()
+    }
+
+    /// Mean bucket fill over the nodes, and their summed use of the window.
+    pub(super) fn live(&self) -> (f64, u32) {
+        let n = self.0.len().max(1) as f64;
+        (self.0.values().map(|s| s.bucket_fill).sum::<f64>() / n, self.0.values().map(|s| s.in_window).sum())
     }
 }

@@ -144,3 +144,74 @@ async fn a_restarted_node_is_not_trusted_to_remember_the_window_its_predecessor_
     fleet.regrant(&state);
     assert!(grant(&mut rx2).0 <= 1, "the old process may have sent 60 in this minute");
 }
+
+/// A backend of 600 RPM (per minute windows) whose model "small" has its own 60 RPM.
+fn backend_with_model_limit() -> BackendRecord {
+    let mut b = backend(600, 60);
+    b.tpm_limit = None;
+    let mapping = crate::store::ModelMapping { rpm_limit: Some(60), tpm_limit: Some(6000), ..Default::default() };
+    b.model_mappings = [("small".to_string(), mapping)].into_iter().collect();
+    b
+}
+
+/// The last model grants `rx` received: model → (requests, tokens).
+fn model_grants(rx: &mut mpsc::Receiver<FleetMessage>) -> HashMap<String, (u32, u32)> {
+    let mut last = None;
+    while let Ok(msg) = rx.try_recv() {
+        if let FleetMessage::Grants { grants, .. } = msg {
+            last = grants.first().map(|g| g.models.iter().map(|m| (m.model.clone(), (m.rpm, m.tpm))).collect());
+        }
+    }
+    last.expect("a grant")
+}
+
+fn model_demand(fleet: &Fleet, node: &str, backend: f64, small: f64) {
+    let small = ModelDemand { model: "small".into(), demand: small, ..Default::default() };
+    let d = BackendDemand { backend_id: "bkd_a".into(), demand: backend, models: vec![small], ..Default::default() };
+    fleet.demand(node, &[d]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_models_own_limit_is_split_by_the_models_demand_and_travels_with_the_backends_grant() {
+    let fleet = Fleet::new(FleetTiming::default());
+    let b = backend_with_model_limit();
+    let state = config(b.clone());
+    let mut rx1 = attach(&fleet, "n1", 1);
+    let mut rx2 = attach(&fleet, "n2", 2);
+    // Starting shares: the first node may use the whole model limit, the second nothing
+    // while the first may still be using it.
+    let mut first = snapshot(&b);
+    fleet.decorate("n1", &mut first);
+    assert_eq!(first.backends[0].model_shares, vec![("small".to_string(), 60)]);
+    let mut second = snapshot(&b);
+    fleet.decorate("n2", &mut second);
+    assert_eq!(second.backends[0].model_shares, vec![("small".to_string(), 0)]);
+
+    // Both nodes want the backend alike, but only n2 wants the small model: a window
+    // later n2 holds nearly all of the model's limit, whatever the backend's split.
+    for _ in 0..3 {
+        model_demand(&fleet, "n1", 300.0, 0.0);
+        model_demand(&fleet, "n2", 300.0, 120.0);
+        fleet.regrant(&state);
+        tokio::time::advance(Duration::from_secs(31)).await;
+    }
+    model_demand(&fleet, "n1", 300.0, 0.0);
+    model_demand(&fleet, "n2", 300.0, 120.0);
+    fleet.regrant(&state);
+    let (m1, m2) = (model_grants(&mut rx1)["small"], model_grants(&mut rx2)["small"]);
+    assert!(m1.0 + m2.0 <= 60, "{m1:?} + {m2:?} exceeds the model's 60");
+    assert!(m2.0 >= 54, "the node that wants the model holds most of it: {m2:?}");
+    // Tokens follow the requests: 6000 TPM for 60 RPM is 100 a request.
+    assert_eq!(m2.1, 100 * m2.0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_node_that_connects_during_a_providers_pause_pauses_too() {
+    let fleet = Fleet::new(FleetTiming::default());
+    let b = backend(60, 60);
+    fleet.exhausted("n1", "bkd_a", Duration::from_secs(20));
+    let mut snap = snapshot(&b);
+    fleet.decorate("n2", &mut snap);
+    let remaining = snap.backends[0].exhausted_remaining_ms;
+    assert!(remaining > 19_000 && remaining <= 20_000, "{remaining}");
+}

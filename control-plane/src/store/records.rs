@@ -21,7 +21,7 @@ pub struct Cost {
 }
 
 /// How one backend serves one canonical model name.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ModelMapping {
     /// The provider's model id the proxy rewrites `model` to.
     pub native_id: String,

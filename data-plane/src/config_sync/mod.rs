@@ -26,8 +26,9 @@ pub use cache::Cache;
 pub use client::{NodeClient, connect};
 
 use crate::{
+    ratelimit::RequestLimiter,
     report::NodeEvent,
-    routing::Bundle,
+    routing::{Bundle, ModelQuota},
     snapshot::{Snapshot, SnapshotError},
     state::Shared,
 };
@@ -126,6 +127,17 @@ impl Syncer {
                 quota.grant = Some((g.rpm, (g.tpm > 0).then_some(g.tpm)));
                 quota.lease_until = Some(now + lease);
                 quota.fallback = (g.fallback_rpm, (g.fallback_tpm > 0).then_some(g.fallback_tpm));
+                let limited = |name: &str| b.config.models.get(name).is_some_and(|m| m.limits.is_some());
+                quota.models = g
+                    .models
+                    .iter()
+                    .filter(|m| limited(&m.model))
+                    .map(|m| {
+                        let tokens = |t: u32| (t > 0).then_some(t);
+                        let grant = (m.rpm, tokens(m.tpm));
+                        (m.model.clone(), ModelQuota { grant, fallback: (m.fallback_rpm, tokens(m.fallback_tpm)) })
+                    })
+                    .collect();
             }
             b.state.apply_limits(&b.config, &bundle.settings, bundle.window, now);
         }
@@ -164,12 +176,12 @@ impl Syncer {
         use std::sync::atomic::Ordering::Relaxed;
         let bundle = self.shared.bundle.load();
         let now = Instant::now();
-        let waiting = self.shared.queue.waiting_by_model();
+        let waiting_by_model = self.shared.queue.waiting_by_model();
         let backends = bundle
             .backends
             .iter()
             .map(|b| {
-                let waiting: u64 = waiting
+                let waiting: u64 = waiting_by_model
                     .iter()
                     .filter(|(model, _)| {
                         bundle.route(model).is_some_and(|r| r.members().any(|(m, _)| m.config.id == b.config.id))
@@ -178,12 +190,29 @@ impl Syncer {
                     .sum();
                 let admitted = b.state.admitted.swap(0, Relaxed);
                 let rejected = b.state.rejected.swap(0, Relaxed);
-                let (tokens, burst, in_window) = {
-                    let mut l = b.state.limiter.lock().expect("limiter lock");
-                    (l.tokens(now), l.burst(), l.in_window(now))
-                };
+                let (tokens, burst, in_window) = fill(&mut b.state.limiter.lock().expect("limiter lock"), now);
                 // Per the backend's window, the unit its grants come in.
                 let scale = b.config.window(bundle.window).as_secs_f64() / every.as_secs_f64();
+                let models = b
+                    .state
+                    .models
+                    .lock()
+                    .expect("models lock")
+                    .iter()
+                    .map(|(name, bucket)| {
+                        let waiting = waiting_by_model.get(name).copied().unwrap_or(0);
+                        let admitted = bucket.admitted.swap(0, Relaxed);
+                        let rejected = bucket.rejected.swap(0, Relaxed);
+                        let (tokens, burst, in_window) =
+                            fill(&mut bucket.limiter.lock().expect("model limiter lock"), now);
+                        pb::ModelDemand {
+                            model: name.clone(),
+                            demand: (admitted + rejected + waiting) as f64 * scale,
+                            in_window,
+                            bucket_fill: (tokens / f64::from(burst.max(1))).clamp(0.0, 1.0),
+                        }
+                    })
+                    .collect();
                 pb::BackendDemand {
                     backend_id: b.config.id.clone(),
                     demand: (admitted + rejected + waiting) as f64 * scale,
@@ -192,6 +221,7 @@ impl Syncer {
                     rejected,
                     bucket_fill: (tokens / f64::from(burst.max(1))).clamp(0.0, 1.0),
                     in_window,
+                    models,
                 }
             })
             .collect();
@@ -288,4 +318,9 @@ impl Syncer {
             }
         }
     }
+}
+
+/// A limiter's tokens now, burst and requests in the current window.
+fn fill(limiter: &mut RequestLimiter, now: Instant) -> (f64, u32, u32) {
+    (limiter.tokens(now), limiter.burst(), limiter.in_window(now))
 }

@@ -113,6 +113,13 @@ fn backend(i: usize, b: &pb::SnapshotBackend, pools: &[PoolConfig]) -> Result<Ba
         .map(|p| crate::upstream::target_uri(&origin, &path_prefix, p))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| bad(f("base_url"), format!("cannot build the upstream URL: {e}")))?;
+    // Shares only for models that have their own limits: nothing else has a bucket.
+    let initial_model_shares = b
+        .initial_model_shares
+        .iter()
+        .filter(|(name, _)| models.get(name.as_str()).is_some_and(|m| m.limits.is_some()))
+        .map(|(name, &share)| (name.clone(), share))
+        .collect();
     Ok(BackendConfig {
         targets,
         name_header: HeaderValue::from_str(&b.name).ok(),
@@ -136,6 +143,8 @@ fn backend(i: usize, b: &pb::SnapshotBackend, pools: &[PoolConfig]) -> Result<Ba
         healthy: b.health != "error",
         cooldown_remaining: (b.cooldown_remaining_ms > 0).then(|| Duration::from_millis(b.cooldown_remaining_ms)),
         consecutive_429: b.consecutive_429,
+        exhausted_remaining: (b.exhausted_remaining_ms > 0).then(|| Duration::from_millis(b.exhausted_remaining_ms)),
+        initial_model_shares,
     })
 }
 

@@ -33,8 +33,11 @@ fn until(t: Option<Instant>, now: Instant, default: Duration) -> Duration {
 
 /// Counts a request turned away against every candidate, as demand the fleet should know.
 fn turned_away(route: &Route) {
-    for (b, _) in route.members() {
+    for (b, model) in route.members() {
         b.state.rejected.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if let Some(bucket) = &model.bucket {
+            bucket.0.rejected.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 }
 

@@ -26,6 +26,10 @@ pub struct ModelBucket {
     pub limiter: Mutex<RequestLimiter>,
     /// Tokens per window, if limited.
     pub tpm: Mutex<Option<TokenWindow>>,
+    /// Admitted since the last demand report.
+    pub admitted: AtomicU64,
+    /// Turned away (queue full or timed out) since the last demand report.
+    pub rejected: AtomicU64,
 }
 
 impl ModelBucket {
@@ -42,6 +46,8 @@ impl ModelBucket {
         Self {
             limiter: Mutex::new(RequestLimiter::new(requests, burst, window, now)),
             tpm: Mutex::new(tokens.map(|t| TokenWindow::new(u64::from(t), window))),
+            admitted: AtomicU64::new(0),
+            rejected: AtomicU64::new(0),
         }
     }
 
@@ -196,6 +202,18 @@ pub struct Quota {
     pub fallback: (u32, Option<u32>),
     /// Starting share from the snapshot, until the first grant.
     pub initial: Option<u32>,
+    /// The shares of the models' own limits, by canonical name, granted with the
+    /// backend's (under the same lease).
+    pub models: HashMap<String, ModelQuota>,
+}
+
+/// This node's share of one model's own limits on a backend.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ModelQuota {
+    /// Requests per window granted, with the tokens-per-window share.
+    pub grant: (u32, Option<u32>),
+    /// Share to use once the lease has run out.
+    pub fallback: (u32, Option<u32>),
 }
 
 impl Quota {
@@ -206,6 +224,16 @@ impl Quota {
             (Some(g), Some(until)) if until > now => Some(g),
             (Some(_), _) => Some(self.fallback),
             (None, _) => self.initial.map(|i| (i, None)),
+        }
+    }
+
+    /// The share of `model`'s own limits in force at `now`, if the control plane granted
+    /// one (else the snapshot's starting share decides, or the backend's fraction).
+    pub fn model_share(&self, model: &str, now: Instant) -> Option<(u32, Option<u32>)> {
+        let q = self.models.get(model)?;
+        match self.lease_until {
+            Some(until) if until > now => Some(q.grant),
+            _ => Some(q.fallback),
         }
     }
 }
@@ -279,6 +307,7 @@ impl BackendState {
         {
             let mut quota = self.quota.lock().expect("quota lock");
             quota.initial = config.initial_share;
+            quota.models.retain(|name, _| config.models.get(name).is_some_and(|m| m.limits.is_some()));
             if quota.fallback.0 == 0 {
                 quota.fallback = (config.initial_share.unwrap_or(config.window_limit()), None);
             }
@@ -288,6 +317,9 @@ impl BackendState {
             let until = now + remaining;
             cooldown.until = Some(cooldown.until.map_or(until, |u| u.max(until)));
             cooldown.consecutive = cooldown.consecutive.max(config.consecutive_429);
+        }
+        if let Some(remaining) = config.exhausted_remaining {
+            self.cooldown.lock().expect("cooldown lock").exhausted_for(now, remaining);
         }
         let window = config.window(minute);
         self.reserve.lock().expect("reserve lock").reconfigure(reserve_limit(config, settings), 1, window, now);
@@ -299,7 +331,8 @@ impl BackendState {
     /// retreat when enabled.
     pub fn apply_limits(&self, config: &BackendConfig, settings: &Settings, minute: Duration, now: Instant) {
         let window = config.window(minute);
-        let share = self.quota.lock().expect("quota lock").share(now);
+        let quota = self.quota.lock().expect("quota lock").clone();
+        let share = quota.share(now);
         let mut limit = config.window_limit();
         if settings.adaptive_retreat {
             let retreat = self.retreat.lock().expect("retreat lock").effective().round() as u32;
@@ -314,13 +347,19 @@ impl BackendState {
             (limit, _) => limit,
         };
         set_token_window(&mut self.tpm.lock().expect("tpm lock"), tpm_limit, window);
-        // The models' own limits at the same fraction of theirs as the backend's share.
+        // The models' own limits: this node's grant of each (or its starting share),
+        // else the same fraction of theirs as the backend's share.
         let fraction = (f64::from(limit) / f64::from(config.window_limit().max(1))).min(1.0);
         let mut models = self.models.lock().expect("models lock");
         models.retain(|name, _| config.models.get(name).is_some_and(|m| m.limits.is_some()));
         for (name, route) in &config.models {
             let Some(limits) = route.limits else { continue };
-            let (requests, tokens) = model_share(config, limits, fraction);
+            let proportional = model_share(config, limits, fraction);
+            let (requests, tokens) = match (quota.model_share(name, now), config.initial_model_shares.get(name)) {
+                (Some((requests, tokens)), _) => (requests, tokens.or(proportional.1)),
+                (None, Some(&initial)) => (initial, proportional.1),
+                (None, None) => proportional,
+            };
             let requests = requests.min(limit);
             let burst = settings.bucket_burst;
             match models.get(name) {

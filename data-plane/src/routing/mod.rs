@@ -6,7 +6,7 @@ mod bundle;
 mod queue;
 mod select;
 
-pub use backend::{Availability, Backend, BackendState, Cooldown, Health, ModelBucket, Quota, backoff};
+pub use backend::{Availability, Backend, BackendState, Cooldown, Health, ModelBucket, ModelQuota, Quota, backoff};
 pub use bundle::{Bundle, Route, Tier};
 pub use queue::{Decision, Priority, Queue, QueueFull};
 pub use select::{Assessment, Grant, assess, take, take_emergency};

@@ -166,6 +166,13 @@ fn acquire(b: &Arc<Backend>, model: &ModelRoute, now: Instant, estimate: u64, em
         }
         return None;
     }
+    // Demand the fleet should know (the emergency reserve is not the fleet's to grant).
+    if !emergency {
+        state.admitted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if let Some(m) = bucket {
+            m.0.admitted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
     let tpm_reservation = state.tpm.lock().expect("tpm lock").as_mut().map(|w| w.reserve(now, estimate));
     let model_tpm_reservation =
         bucket.and_then(|m| m.0.tpm.lock().expect("model tpm lock").as_mut().map(|w| w.reserve(now, estimate)));

@@ -227,3 +227,62 @@ fn grants_and_starting_shares_are_per_provider_window() {
     assert_eq!(most_in_any(&admitted, Duration::from_secs(10)), 4);
     assert!(admitted.len() >= 22, "{}", admitted.len());
 }
+
+#[test]
+fn admissions_are_counted_as_demand_for_the_backend_and_the_models_own_limits() {
+    // A node that runs at its grant without queueing still wants what it admits: the
+    // fleet must hear it, or it shrinks the grant of a node that is using it all.
+    use std::sync::atomic::Ordering::Relaxed;
+    let now = Instant::now();
+    let mut b = backend("a", "primary", 600);
+    b.model_mappings.get_mut("m").unwrap().rpm_limit = Some(60);
+    let bundled = bundle(vec![b], now);
+    let route = bundled.route("m").unwrap();
+    for _ in 0..3 {
+        take(&route, &[], now, 0).expect("a token");
+    }
+    let state = &bundled.backends[0].state;
+    assert_eq!(state.admitted.load(Relaxed), 3);
+    assert_eq!(state.model_bucket("m").unwrap().admitted.load(Relaxed), 3);
+    // Not the emergency reserve's probes: those are not the fleet's to grant.
+    state.cooldown.lock().unwrap().on_429(now, &bundled.settings, None);
+    take_emergency(&route, &[], now).expect("a probe");
+    assert_eq!(state.admitted.load(Relaxed), 3);
+}
+
+#[test]
+fn a_models_grant_sets_its_bucket_and_the_starting_share_holds_until_then() {
+    let now = Instant::now();
+    let mut b = backend("a", "primary", 600);
+    b.model_mappings.get_mut("m").unwrap().rpm_limit = Some(60);
+    b.initial_rpm_share = Some(300);
+    b.initial_model_shares = [("m".to_string(), 5)].into_iter().collect();
+    let bundled = bundle(vec![b], now);
+    let backend = &bundled.backends[0];
+    let limit = || backend.state.model_bucket("m").unwrap().limiter.lock().unwrap().limit();
+    assert_eq!(limit(), 5, "the snapshot's starting share, not half the model's limit");
+    {
+        let mut quota = backend.state.quota.lock().unwrap();
+        quota.grant = Some((300, None));
+        quota.lease_until = Some(now + Duration::from_secs(5));
+        let grant = ModelQuota { grant: (40, None), fallback: (30, None) };
+        quota.models.insert("m".into(), grant);
+    }
+    backend.state.apply_limits(&backend.config, &bundled.settings, MIN, now);
+    assert_eq!(limit(), 40, "the grant");
+    let later = now + Duration::from_secs(6);
+    backend.state.apply_limits(&backend.config, &bundled.settings, MIN, later);
+    assert_eq!(limit(), 30, "the fallback once the lease has run out");
+}
+
+#[test]
+fn a_snapshot_made_during_a_providers_pause_pauses_the_backend() {
+    let now = Instant::now();
+    let mut b = backend("a", "primary", 600);
+    b.exhausted_remaining_ms = 20_000;
+    let bundled = bundle(vec![b], now);
+    let cooldown = bundled.backends[0].state.cooldown.lock().unwrap().clone();
+    assert!(cooldown.is_exhausted(now + Duration::from_secs(19)), "{cooldown:?}");
+    assert!(!cooldown.is_exhausted(now + Duration::from_secs(21)));
+    assert_eq!(cooldown.consecutive, 0, "a pause is not a 429");
+}

@@ -5,7 +5,7 @@ use sidecar_proto::v1::{self as pb, control_message::Kind};
 
 use super::{mapping_to_pb, pool_to_pb, settings_to_pb};
 use crate::{
-    fleet::{BackendDemand, FleetMessage, RateLimited},
+    fleet::{BackendDemand, FleetMessage, ModelDemand, RateLimited},
     nodes::Hello,
     snapshot::NodeSnapshot,
 };
@@ -41,6 +41,8 @@ pub fn snapshot_to_pb(s: &NodeSnapshot) -> pb::Snapshot {
                     cooldown_remaining_ms: nb.cooldown_remaining_ms,
                     consecutive_429: nb.consecutive_429,
                     learn_limits: Some(b.learn_limits),
+                    initial_model_shares: nb.model_shares.iter().cloned().collect(),
+                    exhausted_remaining_ms: nb.exhausted_remaining_ms,
                 }
             })
             .collect(),
@@ -67,6 +69,17 @@ pub fn fleet_message(m: FleetMessage) -> pb::ControlMessage {
                     tpm: g.tpm,
                     fallback_rpm: g.fallback_rpm,
                     fallback_tpm: g.fallback_tpm,
+                    models: g
+                        .models
+                        .into_iter()
+                        .map(|m| pb::ModelGrant {
+                            model: m.model,
+                            rpm: m.rpm,
+                            tpm: m.tpm,
+                            fallback_rpm: m.fallback_rpm,
+                            fallback_tpm: m.fallback_tpm,
+                        })
+                        .collect(),
                 })
                 .collect(),
             lease_ms,
@@ -104,6 +117,16 @@ pub fn demand_from_pb(d: pb::Demand) -> Vec<BackendDemand> {
             demand: b.demand,
             bucket_fill: b.bucket_fill,
             in_window: b.in_window,
+            models: b
+                .models
+                .into_iter()
+                .map(|m| ModelDemand {
+                    model: m.model,
+                    demand: m.demand,
+                    bucket_fill: m.bucket_fill,
+                    in_window: m.in_window,
+                })
+                .collect(),
         })
         .collect()
 }

@@ -182,6 +182,16 @@ impl From<&Dashboard> for pb::Dashboard {
                     rate_limited_per_min: b.rate_limited_per_min,
                     errors_per_min: b.errors_per_min,
                     in_window: b.in_window,
+                    models: b
+                        .models
+                        .iter()
+                        .map(|m| pb::ModelLive {
+                            model: m.model.clone(),
+                            rpm_limit: m.rpm_limit,
+                            bucket_fill: m.bucket_fill,
+                            in_window: m.in_window,
+                        })
+                        .collect(),
                 })
                 .collect(),
             requests_per_min: d.requests_per_min,
