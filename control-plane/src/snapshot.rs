@@ -123,6 +123,21 @@ pub struct NodeBackend {
     /// Starting share of each model with its own limits, by canonical name, in requests
     /// per backend window; like `initial_share`.
     pub model_shares: Vec<(String, u32)>,
+    /// Fleet-wide cooldowns and pauses of models with their own limits, in force now.
+    pub model_cooldowns: Vec<ModelCooldown>,
+}
+
+/// A model's own fleet-wide cooldown (or pause) on a backend, for a snapshot.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ModelCooldown {
+    /// Canonical name.
+    pub model: String,
+    /// 429 cooldown still to run.
+    pub cooldown_remaining_ms: u64,
+    /// Fleet-wide consecutive 429s of the model.
+    pub consecutive_429: u32,
+    /// Provider pause still to run.
+    pub exhausted_remaining_ms: u64,
 }
 
 impl NodeSnapshot {

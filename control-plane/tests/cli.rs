@@ -538,6 +538,7 @@ async fn sidecarctl_shows_stats_and_cooldowns() -> anyhow::Result<()> {
             retry_after_ms: 5_000,
             start_ms: now - 600_000,
             end_ms: now - 540_000,
+            model: String::new(),
         })?;
         store.flush().await?;
     }

@@ -75,7 +75,10 @@ fn backends_json(shared: &Shared, now: Instant) -> Vec<Value> {
                     let mut l = bucket.limiter.lock().expect("model limiter lock");
                     let tokens = (l.tokens(now) * 100.0).round() / 100.0;
                     let tpm = bucket.tpm.lock().expect("model tpm lock").as_mut().map(|w| (w.used(now), w.limit()));
+                    let cooldown = bucket.cooldown.lock().expect("model cooldown lock").clone();
+                    let remaining = cooldown.cooling_until(now).map(|u| u.duration_since(now).as_secs_f64());
                     let bucket = json!({
+                        "cooldown": { "remaining_seconds": remaining, "consecutive_429": cooldown.consecutive, "paused": cooldown.is_exhausted(now) },
                         "tokens": tokens,
                         "limit_per_window": l.limit(),
                         "in_window": l.in_window(now),

@@ -41,6 +41,19 @@ pub struct ModelRoute {
     pub bucket: Option<ModelBucketRef>,
 }
 
+/// A model's own fleet-wide cooldown (or pause) on a backend, from a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelCooldown {
+    /// Canonical name.
+    pub model: String,
+    /// 429 cooldown still to run.
+    pub cooldown_remaining: Option<Duration>,
+    /// Fleet-wide consecutive 429s of the model.
+    pub consecutive_429: u32,
+    /// Provider pause still to run.
+    pub exhausted_remaining: Option<Duration>,
+}
+
 /// A model's own provider limits, per minute (scaled to the backend's window like its
 /// limits).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,6 +124,9 @@ pub struct BackendConfig {
     /// per window, until the first grant; a model missing here starts at the backend
     /// share's fraction of its limit.
     pub initial_model_shares: HashMap<String, u32>,
+    /// Fleet-wide cooldowns and pauses of models with their own limits when the snapshot
+    /// was made.
+    pub model_cooldowns: Vec<ModelCooldown>,
     /// The upstream URI of each forwarded endpoint, in [`ENDPOINTS`] order, built once.
     pub targets: Vec<Uri>,
     /// `X-Sidecar-Backend` and `X-Sidecar-Pool` values (none if the name cannot be one).

@@ -325,9 +325,10 @@ impl MockUpstream {
         self.shared.lock().model_limits.insert(model.to_owned(), (limit, window, VecDeque::new(), 0));
     }
 
-    /// Reports the RPM limit (see [`MockUpstream::set_rpm_limit`]) on every admitted call
-    /// in `style`: the limit, what is left of it after this call, and when the whole
-    /// budget is back (the newest admission leaves the window).
+    /// Reports the RPM limit (see [`MockUpstream::set_rpm_limit`]; for a model with its
+    /// own limit, [`MockUpstream::set_model_limit`], that model's, as OpenAI does) on every
+    /// admitted call in `style`: the limit, what is left of it after this call, and when
+    /// the whole budget is back (the newest admission leaves the window).
     pub fn send_limit_headers(&self, style: LimitHeaders) {
         self.shared.lock().limit_headers = Some(style);
     }
@@ -512,12 +513,20 @@ async fn answer(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
             admitted.push_back(now);
         }
         inner.admitted.push_back(now);
-        let limit_headers = match (inner.limit_headers, inner.rpm) {
-            (Some(style), Some((limit, window))) => {
-                let remaining = limit.saturating_sub(inner.admitted.len() as u32);
+        // A model with its own limit reports its own budget, as OpenAI does per model;
+        // otherwise the key's.
+        let budget = match inner.model_limits.get(&model_name) {
+            Some((limit, window, admitted, _)) => Some((*limit, *window, admitted.len(), admitted.back().copied())),
+            None => {
+                inner.rpm.map(|(limit, window)| (limit, window, inner.admitted.len(), inner.admitted.back().copied()))
+            }
+        };
+        let limit_headers = match (inner.limit_headers, budget) {
+            (Some(style), Some((limit, window, used, newest))) => {
+                let remaining = limit.saturating_sub(used as u32);
                 // As OpenAI documents it: until the budget is back to its initial state,
                 // when the newest admission leaves the window.
-                let reset = inner.admitted.back().map_or(window, |t| (*t + window).saturating_duration_since(now));
+                let reset = newest.map_or(window, |t| (t + window).saturating_duration_since(now));
                 let mut h = HeaderMap::new();
                 let v = |s: String| HeaderValue::from_str(&s).unwrap();
                 match style {

@@ -180,3 +180,53 @@ async fn answers_for_a_model_with_its_own_limits_are_not_taken_as_the_keys_budge
     )
     .await;
 }
+
+#[tokio::test]
+async fn a_model_with_its_own_limits_pauses_alone_on_every_proxy_when_its_budget_is_spent() {
+    // The provider limits "small" to 5 requests per 3 s on its own and says so in its
+    // headers (as OpenAI reports per model); "big" has only the key's generous limit.
+    const WINDOW: Duration = Duration::from_secs(3);
+    let mock = MockUpstream::start(&[]).await;
+    mock.set_rpm_limit(1000, Duration::from_secs(60));
+    mock.set_model_limit("native-small", 5, WINDOW);
+    mock.send_limit_headers(LimitHeaders::OpenAi);
+    let mut gw = Gateway::start_with(ProxyOptions { node_id: "p1".into(), ..Default::default() }).await;
+    gw.settings(pb::SettingsPatch { emergency_fraction: Some(0.0), ..Default::default() }).await;
+    let backend = gw
+        .add_backend(
+            &mock,
+            BackendDef {
+                rpm: 600,
+                models: &[("big", "native-big"), ("small", "native-small")],
+                model_limits: &[("small", 300)],
+                ..Default::default()
+            },
+        )
+        .await;
+    let second = gw.add_proxy(ProxyOptions { node_id: "p2".into(), ..Default::default() }).await;
+    second.wait_version(gw.proxy.version()).await;
+
+    for _ in 0..5 {
+        assert_eq!(gw.proxy.chat("small").await.status(), 200);
+    }
+    // The fifth answer said nothing is left: the sixth waits for the reset instead of
+    // running into the provider's 429, and the other model flows meanwhile.
+    let paused = gw.proxy.backend_status(&backend.id).await;
+    assert_eq!(paused["models"]["small"]["cooldown"]["paused"], true, "{paused}");
+    assert_eq!(paused["status"], "healthy", "the backend itself is not paused: {paused}");
+    let sixth = {
+        let p = gw.proxy.clone_handle();
+        tokio::spawn(async move { p.try_post(&json!({"model": "small", "messages": []}), "normal").await })
+    };
+    assert_eq!(gw.proxy.chat("big").await.status(), 200);
+    sidecar_tests::eventually("the other proxy pauses the model too", Duration::from_secs(5), || async {
+        let s = second.backend_status(&backend.id).await;
+        (s["models"]["small"]["cooldown"]["paused"] == true).then_some(())
+    })
+    .await;
+    assert_eq!(second.chat("big").await.status(), 200);
+    assert_eq!(sixth.await.unwrap(), 200, "served once the provider's budget is back");
+    assert_eq!(mock.model_violations("native-small"), 0, "the provider never had to refuse the model");
+    let after = gw.proxy.backend_status(&backend.id).await;
+    assert_eq!(after["models"]["small"]["cooldown"]["consecutive_429"], 0, "a pause is not a 429: {after}");
+}

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use sidecar_proto::v1 as pb;
-use sidecar_tests::{Gateway, MockUpstream, Options, ProxyOptions, gateway::BackendDef, offer};
+use sidecar_tests::{Gateway, MockUpstream, Options, ProxyOptions, Reply, eventually, gateway::BackendDef, offer};
 
 /// Requests for `native` the mock served in `[from, to)`, per second.
 fn served_rate(mock: &MockUpstream, native: &str, from: Instant, to: Instant) -> f64 {
@@ -127,4 +127,82 @@ async fn a_models_limit_goes_to_the_proxy_that_wants_the_model_not_the_one_that_
     let measured = served_rate(&mock, "native-b", start + Duration::from_secs(4), end);
     eprintln!("model B: {measured:.1}/s of {}/s", per_sec(b_limit));
     assert!(measured >= 0.85 * per_sec(b_limit), "model B used only {measured:.1}/s of {}/s", per_sec(b_limit));
+}
+
+/// A 429 whose error names `native` as OpenAI's does ("Rate limit reached for gpt-4o in
+/// organization …"), or names no model.
+fn rate_limited(native: Option<&str>) -> Reply {
+    let message = match native {
+        Some(m) => format!("Rate limit reached for {m} in organization org-test on requests per min (RPM): Limit 6."),
+        None => "Rate limit reached for requests.".to_string(),
+    };
+    let body = json!({"error": {"message": message, "type": "requests", "code": "rate_limit_exceeded"}});
+    Reply::Status { status: 429, retry_after: Some("20".into()), body: Some(body.to_string()) }
+}
+
+/// Gateway with two proxies and one backend serving "big" (no limits of its own) and
+/// "small" (its own 60 RPM), no emergency probes.
+async fn two_proxies_one_backend(mock: &MockUpstream) -> (Gateway, sidecar_tests::ProxyHarness, pb::Backend) {
+    let mut gw = Gateway::start_with(ProxyOptions { node_id: "p1".into(), ..Default::default() }).await;
+    gw.settings(pb::SettingsPatch {
+        emergency_fraction: Some(0.0),
+        near_recovery_wait_seconds: Some(0),
+        ..Default::default()
+    })
+    .await;
+    let backend = gw
+        .add_backend(
+            mock,
+            BackendDef {
+                rpm: 600,
+                models: &[("big", "native-big"), ("small", "native-small")],
+                model_limits: &[("small", 60)],
+                ..Default::default()
+            },
+        )
+        .await;
+    let second = gw.add_proxy(ProxyOptions { node_id: "p2".into(), ..Default::default() }).await;
+    second.wait_version(gw.proxy.version()).await;
+    (gw, second, backend)
+}
+
+#[tokio::test]
+async fn a_429_that_names_a_model_with_its_own_limits_cools_only_that_model_on_every_proxy() {
+    let mock = MockUpstream::start(&[]).await;
+    let (gw, second, backend) = two_proxies_one_backend(&mock).await;
+    mock.push(rate_limited(Some("native-small")));
+    let first = gw.proxy.chat("small").await;
+    assert_ne!(first.status(), 200, "the only backend for the model cools");
+
+    // The other model keeps flowing on both proxies; the small one waits on both.
+    assert_eq!(gw.proxy.chat("big").await.status(), 200);
+    let status = gw.proxy.backend_status(&backend.id).await;
+    assert_eq!(status["status"], "healthy", "the backend itself does not cool: {status}");
+    assert_eq!(status["models"]["small"]["cooldown"]["consecutive_429"], 1, "{status}");
+    eventually("the model cools on the other proxy too", Duration::from_secs(5), || async {
+        let s = second.backend_status(&backend.id).await;
+        s["models"]["small"]["cooldown"]["remaining_seconds"].is_number().then_some(())
+    })
+    .await;
+    let calls = mock.calls_to("/v1/chat/completions").len();
+    assert_ne!(second.chat("small").await.status(), 200);
+    assert_eq!(mock.calls_to("/v1/chat/completions").len(), calls, "no request for the cooling model went out");
+    assert_eq!(second.chat("big").await.status(), 200);
+
+    // The control plane recorded the model's own cooldown.
+    let mut admin = gw.admin.clone();
+    let events = admin.list_cooldowns(pb::ListCooldownsRequest::default()).await.unwrap().into_inner().events;
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].model, "small");
+}
+
+#[tokio::test]
+async fn a_429_that_names_no_model_cools_the_whole_backend() {
+    let mock = MockUpstream::start(&[]).await;
+    let (gw, _second, backend) = two_proxies_one_backend(&mock).await;
+    mock.push(rate_limited(None));
+    assert_ne!(gw.proxy.chat("small").await.status(), 200);
+    let status = gw.proxy.backend_status(&backend.id).await;
+    assert_eq!(status["status"], "cooling", "{status}");
+    assert_ne!(gw.proxy.chat("big").await.status(), 200, "the key's limit stops every model");
 }

@@ -347,6 +347,7 @@ async fn cooldown_history_is_listed_newest_first_with_names_and_filters() {
                     retry_after_ms: 7_000,
                     start_ms,
                     end_ms: start_ms + 30_000 * i64::from(count),
+                    model: String::new(),
                 })
                 .unwrap();
         }

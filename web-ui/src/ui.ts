@@ -46,6 +46,17 @@ export interface Column<T> {
   class?: string;
 }
 
+/**
+ * A line under a table row that belongs to it (a backend's model, say): its cells by
+ * column label, under the row's own; the other columns stay empty.
+ */
+export interface SubRow {
+  cells: Partial<Record<string, Child>>;
+  /** Where a cell's label on narrow screens differs from its column's, by column label. */
+  labels?: Partial<Record<string, string>>;
+  attrs?: Record<string, string>;
+}
+
 /** A table in a horizontally scrolling wrapper (narrow screens). */
 export function table<T>(
   columns: Column<T>[],
@@ -56,6 +67,8 @@ export function table<T>(
     testid?: string;
     /** On narrow screens, show each row as a card of label/value lines. */
     stack?: boolean;
+    /** Sub-rows right under each row (none leaves the row as it is). */
+    subRows?: (row: T) => SubRow[];
   } = {},
 ): HTMLElement {
   const thead = h(
@@ -71,13 +84,23 @@ export function table<T>(
   if (rows.length === 0) {
     tbody.append(h("tr", "empty", h("td", { attrs: { colspan: columns.length } }, opts.empty ?? "Nothing here yet.")));
   }
+  const cellClass = (c: Column<T>) => [c.num ? "num" : "", c.class ?? ""].join(" ").trim();
   for (const row of rows) {
     const tr = h(
       "tr",
       { attrs: opts.rowAttrs?.(row) },
-      columns.map((c) => h("td", { class: [c.num ? "num" : "", c.class ?? ""].join(" ").trim(), attrs: { "data-label": c.label } }, c.cell(row))),
+      columns.map((c) => h("td", { class: cellClass(c), attrs: { "data-label": c.label } }, c.cell(row))),
     );
     tbody.append(tr);
+    for (const sub of opts.subRows?.(row) ?? []) {
+      tbody.append(
+        h(
+          "tr",
+          { class: "sub-row", attrs: sub.attrs },
+          columns.map((c) => h("td", { class: cellClass(c), attrs: { "data-label": sub.labels?.[c.label] ?? c.label } }, sub.cells[c.label] ?? null)),
+        ),
+      );
+    }
   }
   return h("div", { class: opts.stack ? "table-wrap stack" : "table-wrap", attrs: { "data-testid": opts.testid } }, h("table", null, thead, tbody));
 }

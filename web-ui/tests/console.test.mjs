@@ -22,6 +22,7 @@ const logDir = path.join(resultsDir, "logs");
 const docsImage = path.join(repoRoot, "docs", "images", "dashboard.png");
 
 let mock;
+let learnMock;
 let cp;
 let proxy;
 let browser;
@@ -120,6 +121,7 @@ describe("browser console", { concurrency: false }, () => {
     await proxy?.stop();
     await cp?.stop();
     await mock?.stop();
+    await learnMock?.stop();
     proxy?.cleanup();
     cp?.cleanup();
   });
@@ -284,6 +286,24 @@ describe("browser console", { concurrency: false }, () => {
       fs.mkdirSync(path.dirname(docsImage), { recursive: true });
       await page.screenshot({ path: docsImage, fullPage: false });
     }
+  });
+
+  test("the live backends table shows a model's own limits under its backend", async () => {
+    await openPage("Dashboard", "dashboard");
+    const live = page.getByTestId("live-backends");
+    // gpt-alt has its own 60 RPM on mock-main (120 RPM); gpt-test has none of its own.
+    const alt = live.locator('tr[data-testid=model-live][data-model="gpt-alt"]');
+    await expectText("gpt-alt's live line", alt.locator('td[data-label="In window"]'), /^\d+ \/ 60$/);
+    assert.equal(await text(alt.locator(".model-live-name")), "gpt-alt");
+    assert.equal(await alt.getAttribute("data-parent"), "mock-main");
+    await visible(alt.locator('td[data-label="Bucket"] [role=meter]'));
+    assert.equal(await live.locator('tr[data-testid=model-live][data-model="gpt-test"]').count(), 0, "gpt-test has no line of its own");
+    assert.equal(await live.getByTestId("model-live").count(), 1, "one line per model with its own limits");
+    // Right under its backend's row, which keeps its own figures.
+    assert.equal(await alt.evaluate((tr) => tr.previousElementSibling?.getAttribute("data-backend")), "mock-main");
+    const backend = live.locator('tr[data-backend="mock-main"]');
+    assert.match(await text(backend.locator('td[data-label="In window"]')), /^\d+ \/ 120$/);
+    await shot("dashboard-model-live");
   });
 
   test("a 429 from the upstream shows the cooldown countdown and history", async () => {
@@ -478,6 +498,34 @@ describe("browser console", { concurrency: false }, () => {
     const list = await cp.ctl("backend", "list");
     const names = (list.backends ?? list).map((b) => b.name);
     assert.deepEqual(names, ["mock-main"]);
+  });
+
+  test("a lower limit the provider reports shows as “limit learned” on the providers page", async () => {
+    // A second provider whose answers say, in OpenAI's headers, that the key allows 10
+    // requests per minute; the backend is configured with 600.
+    learnMock = await new MockUpstream(KEY).start();
+    learnMock.answerHeaders({ "x-ratelimit-limit-requests": "10", "x-ratelimit-remaining-requests": "9", "x-ratelimit-reset-requests": "6s" });
+    await cp.ctl("backend", "add", "--name", "mock-learn", "--base-url", learnMock.baseUrl, "--api-key", KEY, "--rpm", "600", "--model", "gpt-learn=mock-small");
+    await openPage("Providers", "providers");
+    const r = await visible(row("mock-learn"));
+    assert.equal(await r.getByTestId("limit-learned").count(), 0, "nothing learned before an answer");
+    assert.equal(await text(r.getByTestId("rpm")), "600");
+
+    // One answer through the proxy (once it has the backend) carries the headers.
+    await waitFor("a 200 from mock-learn through the proxy", async () => (await proxy.chat("gpt-learn")) === 200, { timeout: 10_000 });
+    assert.equal(learnMock.chatCalls().at(-1)?.status, 200, "the new provider answered");
+    await expectText("learned limit", r.getByTestId("limit-learned"), (t) => t === "limit learned: 10 RPM");
+    assert.match(await text(r.getByTestId("rpm")), /^600/, "the configured limit is still shown");
+    const b = await cp.ctl("backend", "get", "mock-learn");
+    const backend = b.backend ?? b;
+    assert.equal(backend.learned_rpm_limit, 10, "the control plane recorded it");
+    assert.equal(backend.rpm_limit, 600, "a learned limit never changes the configured one");
+    assert.equal(await row("mock-main").getByTestId("limit-learned").count(), 0, "only the backend whose provider said so");
+    await shot("providers-limit-learned");
+
+    // Gone again, so the rest of the session sees only mock-main.
+    await cp.ctl("backend", "rm", "mock-learn");
+    await r.waitFor({ state: "detached" });
   });
 
   test("a viewer sees everything but every write control is disabled (and the server refuses)", async () => {

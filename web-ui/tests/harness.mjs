@@ -101,12 +101,14 @@ async function stopProcess(child, signal = "SIGTERM", timeout = 10_000) {
  * A mock OpenAI-compatible upstream: POST /v1/chat/completions answers an OpenAI-shaped
  * completion with usage (10 prompt + 5 completion tokens); GET /v1/models answers 200 for
  * the valid key and 401 otherwise. `rateLimit(seconds)` makes chat calls answer 429 with
- * Retry-After until `rateLimit(0)`.
+ * Retry-After until `rateLimit(0)`; `answerHeaders(headers)` adds headers (such as the
+ * provider's `x-ratelimit-*`) to every completion from then on.
  */
 export class MockUpstream {
   constructor(validKey) {
     this.validKey = validKey;
     this.retryAfter = 0;
+    this.extraHeaders = {};
     this.calls = [];
     this.server = http.createServer((req, res) => this.handle(req, res));
   }
@@ -120,6 +122,10 @@ export class MockUpstream {
 
   rateLimit(retryAfterSeconds) {
     this.retryAfter = retryAfterSeconds;
+  }
+
+  answerHeaders(headers) {
+    this.extraHeaders = { ...headers };
   }
 
   chatCalls() {
@@ -167,14 +173,18 @@ export class MockUpstream {
         } catch {
           /* not JSON */
         }
-        return send(200, {
-          id: `chatcmpl-${hex(6)}`,
-          object: "chat.completion",
-          created: Math.floor(Date.now() / 1000),
-          model,
-          choices: [{ index: 0, message: { role: "assistant", content: "Hello from the mock." }, finish_reason: "stop" }],
-          usage: { prompt_tokens: 10, completion_tokens: 5, total_tokens: 15 },
-        });
+        return send(
+          200,
+          {
+            id: `chatcmpl-${hex(6)}`,
+            object: "chat.completion",
+            created: Math.floor(Date.now() / 1000),
+            model,
+            choices: [{ index: 0, message: { role: "assistant", content: "Hello from the mock." }, finish_reason: "stop" }],
+            usage: { prompt_tokens: 10, completion_tokens: 5, total_tokens: 15 },
+          },
+          this.extraHeaders,
+        );
       }
       send(404, { error: { message: `no route ${req.method} ${url.pathname}`, type: "invalid_request_error" } });
     });

@@ -53,10 +53,12 @@ pub struct ModelGrant {
 }
 
 /// A fleet-wide cooldown (or its end).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CooldownNotice {
     /// The backend.
     pub backend_id: String,
+    /// Only this canonical model cools (or pauses) on the backend; empty = the backend.
+    pub model: String,
     /// Fleet-wide consecutive 429s; 0 = recovered.
     pub consecutive_count: u32,
     /// Cooldown still to run.
@@ -106,4 +108,7 @@ pub struct RateLimited {
     pub consecutive_count: u32,
     /// The upstream's Retry-After, ms; 0 = none.
     pub retry_after_ms: u64,
+    /// The canonical model, when the provider's 429 named a model with its own limits;
+    /// empty = the backend.
+    pub model: String,
 }

@@ -16,7 +16,7 @@ pub use messages::{BackendDemand, CooldownNotice, FleetMessage, Grant, ModelDema
 use share::{Clock, Shares};
 
 use crate::{
-    snapshot::{ConfigState, NodeSnapshot},
+    snapshot::{ConfigState, ModelCooldown, NodeSnapshot},
     store::{BackendRecord, CooldownRecord, Settings, Store, per_window},
     util::now_ms,
 };
@@ -53,16 +53,36 @@ struct Session {
     tx: Sender,
 }
 
-/// Fleet-wide state of one backend.
+/// Fleet-wide 429 cooldown and provider pause of a backend, or of one model's own
+/// limits on it.
 #[derive(Debug, Default)]
-struct BackendFleet {
+struct Cool {
     consecutive: u32,
     cooling_until_ms: i64,
     /// Paused fleet-wide until then: the provider reported the budget spent.
     exhausted_until_ms: i64,
+}
+
+/// Fleet-wide state of one backend.
+#[derive(Debug, Default)]
+struct BackendFleet {
+    cool: Cool,
     shares: Shares,
     /// The shares of each model's own limits on the backend, by canonical name.
     models: HashMap<String, Shares>,
+    /// Cooldowns of models with their own limits (a 429 that named the model).
+    model_cool: HashMap<String, Cool>,
+}
+
+impl BackendFleet {
+    /// The cooldown of the backend (`model` empty) or of one of its models with their
+    /// own limits; `None` for a model without (a node cannot grow the map).
+    fn cool(&mut self, model: &str) -> Option<&mut Cool> {
+        if model.is_empty() {
+            return Some(&mut self.cool);
+        }
+        self.models.contains_key(model).then(|| self.model_cool.entry(model.to_owned()).or_default())
+    }
 }
 
 /// A model's own limits on a backend, per backend window: requests (the backend's when
@@ -180,18 +200,30 @@ impl Fleet {
         for nb in &mut snapshot.backends {
             let b = &state.backends[nb.index].0;
             let fleet = backends.entry(b.id.clone()).or_default();
-            if fleet.cooling_until_ms > wall {
-                nb.cooldown_remaining_ms = (fleet.cooling_until_ms - wall) as u64;
+            if fleet.cool.cooling_until_ms > wall {
+                nb.cooldown_remaining_ms = (fleet.cool.cooling_until_ms - wall) as u64;
             }
-            nb.consecutive_429 = fleet.consecutive;
-            if fleet.exhausted_until_ms > wall {
-                nb.exhausted_remaining_ms = (fleet.exhausted_until_ms - wall) as u64;
+            nb.consecutive_429 = fleet.cool.consecutive;
+            if fleet.cool.exhausted_until_ms > wall {
+                nb.exhausted_remaining_ms = (fleet.cool.exhausted_until_ms - wall) as u64;
             }
             let clock = self.clock(b.window_seconds, now);
             let limit = per_window(state.rpm_limit(b), b.window_seconds);
             nb.initial_share = Some(fleet.shares.starting(node_id, limit, clock));
             let models = model_limits(&state, b);
             fleet.models.retain(|name, _| models.iter().any(|(m, ..)| m == name));
+            fleet.model_cool.retain(|name, _| models.iter().any(|(m, ..)| m == name));
+            nb.model_cooldowns = fleet
+                .model_cool
+                .iter()
+                .map(|(name, c)| ModelCooldown {
+                    model: name.clone(),
+                    cooldown_remaining_ms: (c.cooling_until_ms - wall).max(0) as u64,
+                    consecutive_429: c.consecutive,
+                    exhausted_remaining_ms: (c.exhausted_until_ms - wall).max(0) as u64,
+                })
+                .filter(|c| c.cooldown_remaining_ms > 0 || c.consecutive_429 > 0 || c.exhausted_remaining_ms > 0)
+                .collect();
             nb.model_shares = models
                 .into_iter()
                 .map(|(name, limit, _)| {
@@ -218,7 +250,8 @@ impl Fleet {
         }
     }
 
-    /// A node saw a 429. Unless the backend already cools fleet-wide, the count
+    /// A node saw a 429 (for one model with its own limits, when the provider's answer
+    /// named it). Unless the backend (or model) already cools fleet-wide, the count
     /// escalates and the cooldown goes to every node using the backend. Returns the
     /// cooldown record to store, if one started.
     pub fn rate_limited(&self, node_id: &str, event: &RateLimited, settings: &Settings) -> Option<CooldownRecord> {
@@ -226,74 +259,88 @@ impl Fleet {
         let record = {
             let mut backends = self.backends.lock().expect("fleet lock");
             let fleet = backends.entry(event.backend_id.clone()).or_default();
-            if fleet.cooling_until_ms > now {
+            let cool = fleet.cool(&event.model)?;
+            if cool.cooling_until_ms > now {
                 // During a cooldown only a node that already knew the fleet-wide count
                 // and still got a 429 (an emergency probe) escalates it; other 429s come
                 // from requests in flight when the cooldown began.
-                if event.consecutive_count <= fleet.consecutive {
+                if event.consecutive_count <= cool.consecutive {
                     return None;
                 }
-                fleet.consecutive = event.consecutive_count;
+                cool.consecutive = event.consecutive_count;
             } else {
-                fleet.consecutive += 1;
+                cool.consecutive += 1;
             }
             let base = u64::from(settings.cooldown_base_seconds) * 1000;
             let max = u64::from(settings.cooldown_max_seconds) * 1000;
-            let backoff = base.saturating_mul(1u64 << fleet.consecutive.saturating_sub(1).min(32)).min(max);
+            let backoff = base.saturating_mul(1u64 << cool.consecutive.saturating_sub(1).min(32)).min(max);
             let duration = backoff.max(event.retry_after_ms);
-            fleet.cooling_until_ms = now + duration as i64;
+            cool.cooling_until_ms = now + duration as i64;
             CooldownRecord {
                 backend_id: event.backend_id.clone(),
                 node_id: node_id.to_owned(),
-                consecutive_count: fleet.consecutive,
+                consecutive_count: cool.consecutive,
                 duration_ms: duration,
                 retry_after_ms: event.retry_after_ms,
                 start_ms: now,
                 end_ms: now + duration as i64,
+                model: event.model.clone(),
             }
         };
-        info!(backend = %record.backend_id, node = node_id, count = record.consecutive_count, duration_ms = record.duration_ms, "fleet-wide cooldown");
-        self.broadcast_cooldown(
-            &record.backend_id,
-            record.consecutive_count,
-            record.duration_ms,
-            record.duration_ms,
-            node_id,
-        );
+        info!(backend = %record.backend_id, model = %record.model, node = node_id, count = record.consecutive_count, duration_ms = record.duration_ms, "fleet-wide cooldown");
+        self.broadcast(CooldownNotice {
+            backend_id: record.backend_id.clone(),
+            model: record.model.clone(),
+            consecutive_count: record.consecutive_count,
+            remaining_ms: record.duration_ms,
+            duration_ms: record.duration_ms,
+            node_id: node_id.to_owned(),
+            exhausted: false,
+        });
         Some(record)
     }
 
-    /// A node succeeded after 429s: the fleet-wide count starts over and any cooldown ends.
-    pub fn recovered(&self, node_id: &str, backend_id: &str) {
+    /// A node succeeded after 429s (for one model, or the backend): the fleet-wide count
+    /// starts over and any cooldown ends.
+    pub fn recovered(&self, node_id: &str, backend_id: &str, model: &str) {
         let was = {
             let mut backends = self.backends.lock().expect("fleet lock");
             let fleet = backends.entry(backend_id.to_owned()).or_default();
-            let was = fleet.consecutive > 0 || fleet.cooling_until_ms > now_ms();
-            fleet.consecutive = 0;
-            fleet.cooling_until_ms = 0;
+            let Some(cool) = fleet.cool(model) else { return };
+            let was = cool.consecutive > 0 || cool.cooling_until_ms > now_ms();
+            cool.consecutive = 0;
+            cool.cooling_until_ms = 0;
             was
         };
         if was {
-            info!(backend = backend_id, node = node_id, "backend recovered fleet-wide");
-            self.broadcast_cooldown(backend_id, 0, 0, 0, node_id);
+            info!(backend = backend_id, model, node = node_id, "recovered fleet-wide");
+            self.broadcast(CooldownNotice {
+                backend_id: backend_id.to_owned(),
+                model: model.to_owned(),
+                node_id: node_id.to_owned(),
+                ..CooldownNotice::default()
+            });
         }
     }
 
-    /// A node heard the provider say the backend's budget is spent for `reset`: every
-    /// node pauses it until then. No escalation: the count stays as it is.
-    pub fn exhausted(&self, node_id: &str, backend_id: &str, reset: Duration) {
+    /// A node heard the provider say the budget of the backend (or of one of its models
+    /// with their own limits) is spent for `reset`: every node pauses it until then. No
+    /// escalation: the count stays as it is.
+    pub fn exhausted(&self, node_id: &str, backend_id: &str, model: &str, reset: Duration) {
         let until = now_ms() + reset.as_millis() as i64;
         let count = {
             let mut backends = self.backends.lock().expect("fleet lock");
             let fleet = backends.entry(backend_id.to_owned()).or_default();
-            if fleet.exhausted_until_ms >= until {
+            let Some(cool) = fleet.cool(model) else { return };
+            if cool.exhausted_until_ms >= until {
                 return;
             }
-            fleet.exhausted_until_ms = until;
-            fleet.consecutive
+            cool.exhausted_until_ms = until;
+            cool.consecutive
         };
         info!(
             backend = backend_id,
+            model,
             node = node_id,
             reset_ms = reset.as_millis() as u64,
             "provider budget spent: paused fleet-wide"
@@ -301,22 +348,12 @@ impl Fleet {
         let ms = reset.as_millis() as u64;
         self.broadcast(CooldownNotice {
             backend_id: backend_id.to_owned(),
+            model: model.to_owned(),
             consecutive_count: count,
             remaining_ms: ms,
             duration_ms: ms,
             node_id: node_id.to_owned(),
             exhausted: true,
-        });
-    }
-
-    fn broadcast_cooldown(&self, backend_id: &str, count: u32, remaining_ms: u64, duration_ms: u64, source: &str) {
-        self.broadcast(CooldownNotice {
-            backend_id: backend_id.to_owned(),
-            consecutive_count: count,
-            remaining_ms,
-            duration_ms,
-            node_id: source.to_owned(),
-            exhausted: false,
         });
     }
 
@@ -349,8 +386,8 @@ impl Fleet {
                 (
                     id.clone(),
                     BackendLive {
-                        consecutive: f.consecutive,
-                        cooling_until_ms: f.cooling_until_ms,
+                        consecutive: f.cool.consecutive,
+                        cooling_until_ms: f.cool.cooling_until_ms,
                         bucket_fill,
                         in_window,
                         models,

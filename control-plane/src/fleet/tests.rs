@@ -209,7 +209,7 @@ async fn a_models_own_limit_is_split_by_the_models_demand_and_travels_with_the_b
 async fn a_node_that_connects_during_a_providers_pause_pauses_too() {
     let fleet = Fleet::new(FleetTiming::default());
     let b = backend(60, 60);
-    fleet.exhausted("n1", "bkd_a", Duration::from_secs(20));
+    fleet.exhausted("n1", "bkd_a", "", Duration::from_secs(20));
     let mut snap = snapshot(&b);
     fleet.decorate("n2", &mut snap);
     let remaining = snap.backends[0].exhausted_remaining_ms;

@@ -55,6 +55,7 @@ fn sweep_deletes_each_granularity_past_its_own_retention() {
             retry_after_ms: 0,
             start_ms: start,
             end_ms: start + 30_000,
+            model: String::new(),
         };
         store.record_cooldown(&c).unwrap();
     }

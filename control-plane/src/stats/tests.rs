@@ -170,6 +170,7 @@ fn list_cooldowns_returns_recorded_events_newest_first_with_filters() {
         retry_after_ms: 0,
         start_ms,
         end_ms: start_ms + 30_000 * i64::from(count),
+        model: String::new(),
     };
     store.record_cooldown(&cooldown("bkd_a", "n-eu", NOW - 2 * HOUR_MS, 1)).unwrap();
     store.record_cooldown(&cooldown("bkd_a", "n-us", NOW - HOUR_MS, 2)).unwrap();

@@ -118,4 +118,7 @@ pub struct CooldownRecord {
     pub start_ms: i64,
     /// End, unix ms.
     pub end_ms: i64,
+    /// The canonical model that cooled on its own; empty = the whole backend.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub model: String,
 }

@@ -217,6 +217,7 @@ fn cooldown(backend: &str, node: &str, start_ms: i64) -> CooldownRecord {
         retry_after_ms: 5_000,
         start_ms,
         end_ms: start_ms + 60_000,
+        model: String::new(),
     }
 }
 

@@ -149,11 +149,18 @@ impl Syncer {
         let bundle = self.shared.bundle.load();
         let Some(b) = bundle.backend(&c.backend_id) else { return };
         let now = Instant::now();
-        let mut cooldown = b.state.cooldown.lock().expect("cooldown lock");
+        // One model's own cooldown (or pause), or the backend's.
+        let bucket = if c.model.is_empty() {
+            None
+        } else {
+            let Some(bucket) = b.state.model_bucket(&c.model) else { return };
+            Some(bucket)
+        };
+        let mut cooldown = bucket.as_ref().map_or(&b.state.cooldown, |m| &m.cooldown).lock().expect("cooldown lock");
         if c.exhausted {
             // Another node heard the provider say the budget is spent: pause, no escalation.
             cooldown.exhausted_for(now, Duration::from_millis(c.remaining_ms));
-            info!(backend = %c.backend_id, remaining_ms = c.remaining_ms, from = %c.node_id, "provider budget spent fleet-wide: paused");
+            info!(backend = %c.backend_id, model = %c.model, remaining_ms = c.remaining_ms, from = %c.node_id, "provider budget spent fleet-wide: paused");
             return;
         }
         if c.remaining_ms == 0 {
@@ -166,7 +173,7 @@ impl Syncer {
             cooldown.consecutive = cooldown.consecutive.max(c.consecutive_count);
             let until = now + Duration::from_millis(c.remaining_ms);
             cooldown.until = Some(cooldown.until.map_or(until, |u| u.max(until)));
-            info!(backend = %c.backend_id, count = c.consecutive_count, remaining_ms = c.remaining_ms, from = %c.node_id, "fleet-wide cooldown");
+            info!(backend = %c.backend_id, model = %c.model, count = c.consecutive_count, remaining_ms = c.remaining_ms, from = %c.node_id, "fleet-wide cooldown");
         }
     }
 

@@ -7,7 +7,8 @@ use http::{HeaderValue, Uri};
 use sidecar_proto::v1 as pb;
 
 use crate::snapshot::{
-    BackendConfig, Cost, ENDPOINTS, ModelLimits, ModelRoute, PoolConfig, Settings, Snapshot, SnapshotError,
+    BackendConfig, Cost, ENDPOINTS, ModelCooldown, ModelLimits, ModelRoute, PoolConfig, Settings, Snapshot,
+    SnapshotError,
 };
 
 fn bad(field: impl Into<String>, reason: impl Into<String>) -> SnapshotError {
@@ -120,6 +121,17 @@ fn backend(i: usize, b: &pb::SnapshotBackend, pools: &[PoolConfig]) -> Result<Ba
         .filter(|(name, _)| models.get(name.as_str()).is_some_and(|m| m.limits.is_some()))
         .map(|(name, &share)| (name.clone(), share))
         .collect();
+    let ms = |ms: u64| (ms > 0).then(|| Duration::from_millis(ms));
+    let model_cooldowns = b
+        .model_cooldowns
+        .iter()
+        .map(|c| ModelCooldown {
+            model: c.model.clone(),
+            cooldown_remaining: ms(c.cooldown_remaining_ms),
+            consecutive_429: c.consecutive_429,
+            exhausted_remaining: ms(c.exhausted_remaining_ms),
+        })
+        .collect();
     Ok(BackendConfig {
         targets,
         name_header: HeaderValue::from_str(&b.name).ok(),
@@ -145,6 +157,7 @@ fn backend(i: usize, b: &pb::SnapshotBackend, pools: &[PoolConfig]) -> Result<Ba
         consecutive_429: b.consecutive_429,
         exhausted_remaining: (b.exhausted_remaining_ms > 0).then(|| Duration::from_millis(b.exhausted_remaining_ms)),
         initial_model_shares,
+        model_cooldowns,
     })
 }
 

@@ -16,8 +16,9 @@ use crate::{
 fn earliest_recovery(route: &Route, now: Instant) -> Option<Instant> {
     route
         .members()
-        .filter_map(|(b, _)| {
+        .filter_map(|(b, m)| {
             let cool = b.state.cooldown.lock().expect("cooldown lock").cooling_until(now);
+            let cool = cool.max(m.bucket.as_ref().and_then(|m| m.0.cooling_until(now)));
             let err = b.state.health.lock().expect("health lock").error_until(now);
             match (cool, err) {
                 (Some(a), Some(b)) => Some(a.max(b)),

@@ -56,6 +56,10 @@ pub(super) enum Answer {
     /// Failed (and already accounted): try the next candidate. The upstream's error
     /// answer, if there was one.
     Failed { response: Option<Upstream>, rate_limited: bool },
+    /// A 429 for a model with its own limits, accounted but not yet cooled: whether the
+    /// model or the whole backend cools depends on the error body, which the caller reads
+    /// and hands to [`Attempt::cool`]. Then as `Failed` with `rate_limited`.
+    RateLimited { response: Upstream, retry_after: Option<std::time::Duration> },
 }
 
 impl Attempt {
@@ -68,6 +72,9 @@ impl Attempt {
         attempts: u32,
     ) -> Self {
         grant.backend.state.started();
+        if let Some(bucket) = &grant.model.bucket {
+            bucket.0.in_flight.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         shared.in_flight.start();
         Self { shared: shared.clone(), grant, model, stream, strip_usage, attempts, sent: Instant::now() }
     }
@@ -101,8 +108,16 @@ impl Attempt {
         let now = Instant::now();
         let (outcome, kind) = match class {
             StatusClass::Success | StatusClass::ClientError => return Answer::Pass(response),
+            StatusClass::RateLimited if grant.model.bucket.is_some() => {
+                let retry_after = upstream::retry_after(response.headers());
+                grant_settle(grant, None);
+                let (outcome, kind) = (Outcome::RateLimited, "429");
+                attempt_failed(&self.shared, settings, grant, &self.model, outcome, kind, self.sent);
+                release(&self.shared, grant);
+                return Answer::RateLimited { response, retry_after };
+            }
             StatusClass::RateLimited => {
-                on_rate_limited(&self.shared, settings, grant, upstream::retry_after(response.headers()), now);
+                on_rate_limited(&self.shared, settings, grant, upstream::retry_after(response.headers()), now, None);
                 (Outcome::RateLimited, "429")
             }
             StatusClass::Auth => {
@@ -122,6 +137,16 @@ impl Attempt {
         Answer::Failed { response: Some(response), rate_limited: class == StatusClass::RateLimited }
     }
 
+    /// Cools what a 429 for a model with its own limits was about: the model alone when
+    /// the provider's error names it (OpenAI: "Rate limit reached for gpt-4o in
+    /// organization …"; others likewise), else the whole backend.
+    pub(super) fn cool(&self, settings: &Settings, retry_after: Option<std::time::Duration>, body: &[u8]) {
+        let grant = &self.grant;
+        let native = grant.model.native_id.as_deref().unwrap_or(&self.model);
+        let model = grant.model.bucket.as_ref().filter(|_| upstream::ratelimit::names_model(body, native));
+        on_rate_limited(&self.shared, settings, grant, retry_after, Instant::now(), model.map(|m| &*m.0));
+    }
+
     /// Passes an upstream response through: status, headers minus hop-by-hop ones, the
     /// `X-Sidecar-*` headers, and the body frame by frame with accounting on the side.
     pub(super) fn respond(self, response: Upstream) -> ApiResponse {
@@ -136,10 +161,23 @@ impl Attempt {
                 cooldown.on_success();
                 was
             };
-            if had_429s {
-                // The fleet-wide count starts over too.
-                let recovered = BackendRecovered { backend_id: backend.config.id.clone(), at_ms: crate::now_ms() };
+            let model_had_429s = grant.model.bucket.as_ref().is_some_and(|m| {
+                let mut cooldown = m.0.cooldown.lock().expect("model cooldown lock");
+                let had = cooldown.consecutive > 0;
+                cooldown.on_success();
+                had
+            });
+            // The fleet-wide count starts over too.
+            let recovered = |model: String| {
+                let recovered =
+                    BackendRecovered { backend_id: backend.config.id.clone(), at_ms: crate::now_ms(), model };
                 let _ = shared.events.try_send(NodeEvent::Recovered(recovered));
+            };
+            if had_429s {
+                recovered(String::new());
+            }
+            if model_had_429s && let Some(m) = &grant.model.bucket {
+                recovered(m.0.name.clone());
             }
             backend.state.health.lock().expect("health lock").on_success();
             backend.state.retreat.lock().expect("retreat lock").record(Instant::now(), false);
@@ -240,10 +278,17 @@ impl Drop for Abandonable {
         runtime.spawn(async move {
             let outcome = send.await;
             let attempt = orphan.0.take().expect("an orphan is settled once");
-            let bundle = attempt.shared.bundle.load();
-            if let Answer::Pass(response) = attempt.settle(&bundle.settings, outcome) {
+            let settings = attempt.shared.bundle.load().settings.clone();
+            match attempt.settle(&settings, outcome) {
                 // Dropped at once: the body drains in the background and is accounted.
-                drop(attempt.respond(response));
+                Answer::Pass(response) => drop(attempt.respond(response)),
+                Answer::RateLimited { response, retry_after } => {
+                    let timeout = attempt.grant.backend.config.timeout;
+                    let body =
+                        upstream::read_small(response.into_body(), super::forward::ERROR_BODY_LIMIT, timeout).await;
+                    attempt.cool(&settings, retry_after, &body);
+                }
+                Answer::Failed { .. } => {}
             }
         });
     }
@@ -293,6 +338,9 @@ fn sidecar_headers(headers: &mut HeaderMap, grant: &Grant, attempts: u32) {
 /// event: shutdown waits for in-flight attempts before it cuts the final usage batch.
 fn release(shared: &Shared, grant: &Grant) {
     grant.backend.state.finished();
+    if let Some(bucket) = &grant.model.bucket {
+        bucket.0.in_flight.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
     shared.in_flight.finish();
 }
 
@@ -342,24 +390,27 @@ fn attempt_failed(
     });
 }
 
-/// The provider's own rate-limit headers, on every response: when they say the key's
-/// request budget is spent (what is left is already claimed by this node's other requests
-/// in flight), the backend pauses until the reported reset — here at once, and on every
-/// node through the control plane — so the 429 never comes. A pause is not a 429: it does
-/// not escalate.
+/// The provider's own rate-limit headers, on every response: when they say the request
+/// budget is spent (what is left is already claimed by this node's other requests in
+/// flight), the backend pauses until the reported reset — here at once, and on every node
+/// through the control plane — so the 429 never comes. For a model with its own limits the
+/// headers are that model's budget (a provider that limits per model, as OpenAI does,
+/// reports per model), so only the model pauses, and they say nothing about the key's
+/// limit. A pause is not a 429: it does not escalate.
 fn learn_limits(shared: &Shared, grant: &Grant, headers: &HeaderMap) {
-    // A model with its own limits: a provider that limits per model (as OpenAI does)
-    // reports that model's budget, not the key's, so it says nothing about the backend.
-    if !grant.backend.config.learn_limits || grant.model.limits.is_some() {
+    use std::sync::atomic::Ordering::Relaxed;
+    if !grant.backend.config.learn_limits {
         return;
     }
     let limits = upstream::ratelimit::parse(headers, std::time::SystemTime::now());
     let backend = &grant.backend;
+    let model = grant.model.bucket.as_ref().map(|b| &*b.0);
     // A lower limit than configured: the control plane holds the fleet to it (once per
     // config; never used to raise a limit).
-    if let Some(reported) = limits.requests.and_then(|b| b.limit).map(|l| u32::try_from(l).unwrap_or(u32::MAX))
+    if model.is_none()
+        && let Some(reported) = limits.requests.and_then(|b| b.limit).map(|l| u32::try_from(l).unwrap_or(u32::MAX))
         && reported < backend.config.rpm_limit
-        && backend.state.learned_rpm.swap(reported, std::sync::atomic::Ordering::Relaxed) != reported
+        && backend.state.learned_rpm.swap(reported, Relaxed) != reported
     {
         warn!(backend = %backend.config.id, configured = backend.config.rpm_limit, reported, "the provider reports a lower request limit than configured");
         let event = LimitLearned { backend_id: backend.config.id.clone(), rpm_limit: reported, at_ms: crate::now_ms() };
@@ -369,46 +420,55 @@ fn learn_limits(shared: &Shared, grant: &Grant, headers: &HeaderMap) {
     else {
         return;
     };
-    let others_in_flight = backend.state.in_flight.load(std::sync::atomic::Ordering::Relaxed).saturating_sub(1);
+    let in_flight = model.map_or(&backend.state.in_flight, |m| &m.in_flight);
+    let others_in_flight = in_flight.load(Relaxed).saturating_sub(1);
     if remaining > others_in_flight || reset.is_zero() {
         return;
     }
     let now = Instant::now();
     {
-        let mut cooldown = backend.state.cooldown.lock().expect("cooldown lock");
+        let mut cooldown = model.map_or(&backend.state.cooldown, |m| &m.cooldown).lock().expect("cooldown lock");
         if cooldown.exhausted_until.is_some_and(|u| u >= now + reset) {
             return;
         }
         cooldown.exhausted_for(now, reset);
     }
-    warn!(backend = %backend.config.id, remaining, reset_ms = reset.as_millis() as u64, "the provider reports the request budget spent: pausing until its reset");
-    let event = BackendExhausted { backend_id: backend.config.id.clone(), reset, at_ms: crate::now_ms() };
+    let name = model.map(|m| m.name.clone()).unwrap_or_default();
+    warn!(backend = %backend.config.id, model = %name, remaining, reset_ms = reset.as_millis() as u64, "the provider reports the request budget spent: pausing until its reset");
+    let event = BackendExhausted { backend_id: backend.config.id.clone(), reset, at_ms: crate::now_ms(), model: name };
     let _ = shared.events.try_send(NodeEvent::Exhausted(event));
 }
 
-/// A 429: escalate the backend's cooldown (floored by Retry-After) and tell the control
-/// plane at once.
+/// A 429: escalate the cooldown of the backend (or of `model` alone, when the provider
+/// said the limit was the model's), floored by Retry-After, and tell the control plane
+/// at once.
 fn on_rate_limited(
     shared: &Shared,
     settings: &Settings,
     grant: &Grant,
     retry_after: Option<std::time::Duration>,
     now: Instant,
+    model: Option<&crate::routing::ModelBucket>,
 ) {
     let backend = &grant.backend;
     let (applied, count) = {
-        let mut cooldown = backend.state.cooldown.lock().expect("cooldown lock");
+        let mut cooldown = model.map_or(&backend.state.cooldown, |m| &m.cooldown).lock().expect("cooldown lock");
         let d = cooldown.on_429(now, settings, retry_after);
         (d, cooldown.consecutive)
     };
-    backend.state.retreat.lock().expect("retreat lock").record(now, true);
-    warn!(backend = %backend.config.id, count, cooldown_ms = applied.as_millis() as u64, "upstream 429: cooling down");
+    if model.is_none() {
+        // Adaptive retreat is about the key's limit, not one model's.
+        backend.state.retreat.lock().expect("retreat lock").record(now, true);
+    }
+    let name = model.map(|m| m.name.clone()).unwrap_or_default();
+    warn!(backend = %backend.config.id, model = %name, count, cooldown_ms = applied.as_millis() as u64, "upstream 429: cooling down");
     let event = RateLimitEvent {
         backend_id: backend.config.id.clone(),
         retry_after,
         cooldown: applied,
         consecutive_count: count,
         at_ms: crate::now_ms(),
+        model: name,
     };
     let _ = shared.events.try_send(NodeEvent::RateLimited(event));
 }

@@ -26,7 +26,7 @@ use crate::{
 /// At most this many upstream attempts per client request.
 const MAX_ATTEMPTS: u32 = 5;
 /// Error bodies are read up to this size (to pass on the last one).
-const ERROR_BODY_LIMIT: usize = 64 * 1024;
+pub(super) const ERROR_BODY_LIMIT: usize = 64 * 1024;
 
 /// An attempt that failed, kept in case it is the last.
 struct Failure {
@@ -98,6 +98,13 @@ pub(crate) async fn serve(
                     None => None,
                 };
                 Failure { backend: backend.clone(), response, rate_limited }
+            }
+            Answer::RateLimited { response, retry_after } => {
+                let (parts, body) = response.into_parts();
+                let bytes = Box::pin(upstream::read_small(body, ERROR_BODY_LIMIT, config.timeout)).await;
+                attempt.cool(&settings, retry_after, &bytes);
+                let response = Some((parts.status, upstream::response_headers(parts.headers), bytes));
+                Failure { backend: backend.clone(), response, rate_limited: true }
             }
         };
         // A backend that answered 429 is cooling now, so routing skips it by itself; it

@@ -63,6 +63,9 @@ pub struct RateLimitEvent {
     pub consecutive_count: u32,
     /// Unix ms.
     pub at_ms: i64,
+    /// The canonical model that cooled on its own (the provider's 429 named a model with
+    /// its own limits); empty = the backend.
+    pub model: String,
 }
 
 /// A backend that had 429s answered 2xx again: the fleet-wide count starts over.
@@ -72,6 +75,8 @@ pub struct BackendRecovered {
     pub backend_id: String,
     /// Unix ms.
     pub at_ms: i64,
+    /// The canonical model whose own cooldown ended; empty = the backend's.
+    pub model: String,
 }
 
 /// The provider's rate-limit headers said the key's budget is spent until a reset.
@@ -83,6 +88,8 @@ pub struct BackendExhausted {
     pub reset: Duration,
     /// Unix ms.
     pub at_ms: i64,
+    /// The canonical model with its own limits whose budget is spent; empty = the key's.
+    pub model: String,
 }
 
 /// The provider's headers report a lower request limit than the backend's configured one.

@@ -68,9 +68,10 @@ impl From<NodeEvent> for pb::node_message::Kind {
                 cooldown_ms: e.cooldown.as_millis() as u64,
                 consecutive_count: e.consecutive_count,
                 at_ms: e.at_ms,
+                model: e.model,
             }),
             NodeEvent::Recovered(e) => {
-                Self::Recovered(pb::BackendRecovered { backend_id: e.backend_id, at_ms: e.at_ms })
+                Self::Recovered(pb::BackendRecovered { backend_id: e.backend_id, at_ms: e.at_ms, model: e.model })
             }
             NodeEvent::LimitLearned(e) => Self::LimitLearned(pb::LimitLearned {
                 backend_id: e.backend_id,
@@ -81,6 +82,7 @@ impl From<NodeEvent> for pb::node_message::Kind {
                 backend_id: e.backend_id,
                 reset_ms: e.reset.as_millis() as u64,
                 at_ms: e.at_ms,
+                model: e.model,
             }),
         }
     }
@@ -101,6 +103,7 @@ mod tests {
             cooldown: Duration::from_secs(30),
             consecutive_count: 2,
             at_ms: 7,
+            model: "gpt-alt".into(),
         }));
         let want = pb::RateLimitEvent {
             backend_id: "bkd_1".into(),
@@ -108,6 +111,7 @@ mod tests {
             cooldown_ms: 30_000,
             consecutive_count: 2,
             at_ms: 7,
+            model: "gpt-alt".into(),
         };
         assert_eq!(kind, pb::node_message::Kind::RateLimited(want));
         let none = RateLimitEvent {
@@ -116,16 +120,22 @@ mod tests {
             cooldown: Duration::ZERO,
             consecutive_count: 1,
             at_ms: 0,
+            model: String::new(),
         };
         let pb::node_message::Kind::RateLimited(e) = NodeEvent::RateLimited(none).into() else { panic!() };
         assert_eq!(e.retry_after_ms, 0, "no Retry-After is 0 on the wire");
         let kind = pb::node_message::Kind::from(NodeEvent::Recovered(BackendRecovered {
             backend_id: "bkd_2".into(),
             at_ms: 9,
+            model: "gpt-alt".into(),
         }));
         assert_eq!(
             kind,
-            pb::node_message::Kind::Recovered(pb::BackendRecovered { backend_id: "bkd_2".into(), at_ms: 9 })
+            pb::node_message::Kind::Recovered(pb::BackendRecovered {
+                backend_id: "bkd_2".into(),
+                at_ms: 9,
+                model: "gpt-alt".into()
+            })
         );
     }
 

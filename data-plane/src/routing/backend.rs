@@ -22,6 +22,13 @@ use crate::{
 /// that model.
 #[derive(Debug)]
 pub struct ModelBucket {
+    /// The canonical model name (`*` for the wildcard mapping).
+    pub name: String,
+    /// The model's own 429 cooldown (when the provider's 429 named the model) and the
+    /// pause its rate-limit headers asked for: only this model stops on the backend.
+    pub cooldown: Mutex<Cooldown>,
+    /// Requests for the model in flight to this backend.
+    pub in_flight: AtomicU64,
     /// Requests per window.
     pub limiter: Mutex<RequestLimiter>,
     /// Tokens per window, if limited.
@@ -35,6 +42,9 @@ pub struct ModelBucket {
 impl ModelBucket {
     /// When a request needing `estimate` tokens can next be admitted.
     pub fn next_available(&self, now: Instant, estimate: u64) -> Instant {
+        if let Some(until) = self.cooling_until(now) {
+            return until;
+        }
         let mut next = self.limiter.lock().expect("model limiter lock").next_available(now);
         if let Some(w) = self.tpm.lock().expect("model tpm lock").as_mut() {
             next = next.max(w.next_available(now, estimate));
@@ -42,8 +52,16 @@ impl ModelBucket {
         next
     }
 
-    fn new(requests: u32, tokens: Option<u32>, burst: u32, window: Duration, now: Instant) -> Self {
+    /// Until when the model takes no requests here (cooling or paused), if it does at `now`.
+    pub fn cooling_until(&self, now: Instant) -> Option<Instant> {
+        self.cooldown.lock().expect("model cooldown lock").cooling_until(now)
+    }
+
+    fn new(name: &str, requests: u32, tokens: Option<u32>, burst: u32, window: Duration, now: Instant) -> Self {
         Self {
+            name: name.to_owned(),
+            cooldown: Mutex::new(Cooldown::default()),
+            in_flight: AtomicU64::new(0),
             limiter: Mutex::new(RequestLimiter::new(requests, burst, window, now)),
             tpm: Mutex::new(tokens.map(|t| TokenWindow::new(u64::from(t), window))),
             admitted: AtomicU64::new(0),
@@ -324,6 +342,19 @@ impl BackendState {
         let window = config.window(minute);
         self.reserve.lock().expect("reserve lock").reconfigure(reserve_limit(config, settings), 1, window, now);
         self.apply_limits(config, settings, minute, now);
+        // The models' own fleet-wide cooldowns and pauses, once their buckets exist.
+        for c in &config.model_cooldowns {
+            let Some(bucket) = self.model_bucket(&c.model) else { continue };
+            let mut cooldown = bucket.cooldown.lock().expect("model cooldown lock");
+            if let Some(remaining) = c.cooldown_remaining {
+                let until = now + remaining;
+                cooldown.until = Some(cooldown.until.map_or(until, |u| u.max(until)));
+            }
+            cooldown.consecutive = cooldown.consecutive.max(c.consecutive_429);
+            if let Some(remaining) = c.exhausted_remaining {
+                cooldown.exhausted_for(now, remaining);
+            }
+        }
     }
 
     /// Sets the limiters to the share in force, per provider window: the configured
@@ -365,7 +396,7 @@ impl BackendState {
             match models.get(name) {
                 Some(bucket) => bucket.reconfigure(requests, tokens, burst, window, now),
                 None => {
-                    let bucket = ModelBucket::new(requests, tokens, burst, window, now);
+                    let bucket = ModelBucket::new(name, requests, tokens, burst, window, now);
                     models.insert(name.clone(), Arc::new(bucket));
                 }
             }
@@ -402,6 +433,9 @@ impl BackendState {
         if let Some(blocked) = self.blocked(enabled, now) {
             return blocked;
         }
+        if let Some(until) = model.and_then(|m| m.cooling_until(now)) {
+            return Availability::Cooling(until);
+        }
         let mut next = self.limiter.lock().expect("limiter lock").next_available(now);
         if let Some(w) = self.tpm.lock().expect("tpm lock").as_mut() {
             next = next.max(w.next_available(now, estimate));
@@ -419,6 +453,7 @@ impl BackendState {
         if self.blocked(enabled, now).is_some() {
             return None;
         }
+        // (A cooling model's next_available is the end of its cooldown.)
         if model.is_some_and(|m| m.next_available(now, estimate) > now) {
             return None;
         }

@@ -8,6 +8,14 @@ use tokio::time::Instant;
 use super::backend::{Backend, BackendState};
 use crate::snapshot::{ModelBucketRef, ModelRoute, Settings, Snapshot};
 
+impl ModelRoute {
+    /// Whether `b` can serve this model at all now, tokens aside: the backend is live
+    /// and the model is not cooling on it on its own.
+    pub fn is_live(&self, b: &Backend, now: Instant) -> bool {
+        b.is_live(now) && self.bucket.as_ref().is_none_or(|m| m.0.cooling_until(now).is_none())
+    }
+}
+
 /// The backends of one pool that serve a model.
 #[derive(Debug)]
 pub struct Tier {
@@ -49,7 +57,7 @@ impl Route {
             if closed {
                 return false;
             }
-            closed = tier.spill_on_failure && tier.members.iter().any(|(b, _)| !excluded(b) && b.is_live(now));
+            closed = tier.spill_on_failure && tier.members.iter().any(|(b, m)| !excluded(b) && m.is_live(b, now));
             true
         })
     }

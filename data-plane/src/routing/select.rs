@@ -136,12 +136,14 @@ pub fn take_emergency(route: &Route, exclude: &[String], now: Instant) -> Option
         .filter(|(b, _)| usable(b, exclude) && b.config.enabled && b.config.healthy)
         .filter(|(b, _)| b.state.health.lock().expect("health lock").error_until(now).is_none())
         .filter_map(|m| {
-            let cooldown = m.0.state.cooldown.lock().expect("cooldown lock");
+            let cooldown = m.0.state.cooldown.lock().expect("cooldown lock").clone();
+            let model = m.1.bucket.as_ref().map(|b| b.0.cooldown.lock().expect("model cooldown lock").clone());
             // A budget the provider reported spent has nothing to probe.
-            if cooldown.is_exhausted(now) {
+            if cooldown.is_exhausted(now) || model.as_ref().is_some_and(|c| c.is_exhausted(now)) {
                 return None;
             }
-            Some((m, cooldown.cooling_until(now)?))
+            let model_until = model.and_then(|c| c.cooling_until(now));
+            Some((m, cooldown.cooling_until(now).max(model_until)?))
         })
         .min_by_key(|(_, until)| *until)?
         .0;

@@ -120,6 +120,34 @@ pub fn parse(headers: &HeaderMap, now: SystemTime) -> RateLimitHeaders {
     }
 }
 
+/// Whether a 429's error body says the limit hit was `model`'s own: its message names
+/// the model (OpenAI: "Rate limit reached for gpt-4o in organization org-… on requests
+/// per min"; Anthropic and NVIDIA NIM name the model likewise). Looks at `error.message`
+/// and a top-level `message`; anything else (no JSON, no message, another model) is the
+/// key's limit.
+pub fn names_model(body: &[u8], model: &str) -> bool {
+    if model.is_empty() {
+        return false;
+    }
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(body) else { return false };
+    let message = value.pointer("/error/message").or_else(|| value.get("message")).and_then(|m| m.as_str());
+    let Some(message) = message else { return false };
+    let (message, model) = (message.to_ascii_lowercase(), model.to_ascii_lowercase());
+    // The name as a whole token: "gpt-4o" is not named by "gpt-4o-mini".
+    let part_of_name = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/' | ':');
+    message.match_indices(&model).any(|(at, _)| {
+        let before = message[..at].chars().next_back();
+        let rest = &message[at + model.len()..];
+        let ends = match rest.chars().next() {
+            None => true,
+            // "… for gpt-4o." ends a sentence; "gpt-4o.5" would be another name.
+            Some('.') => !rest[1..].starts_with(|c: char| c.is_ascii_alphanumeric()),
+            Some(c) => !part_of_name(c),
+        };
+        before.is_none_or(|c| !part_of_name(c)) && ends
+    })
+}
+
 /// A reset: a Go-style duration (`6m0s`, `1.5s`, `20ms`), plain seconds (`30`, `0.5`), or
 /// an RFC 3339 time (from `now`; a time already past is 0). `None` for anything else, or
 /// beyond [`MAX_RESET`].
@@ -243,7 +271,40 @@ mod tests {
         assert!(parse(&headers(&[("x-ratelimit-remaining-requests", "lots")]), now).is_empty());
     }
 
+    #[test]
+    fn a_429_names_the_model_when_its_message_does() {
+        let openai = br#"{"error":{"message":"Rate limit reached for gpt-4o in organization org-x on requests per min (RPM): Limit 3, Used 3, Requested 1.","type":"requests","code":"rate_limit_exceeded"}}"#;
+        assert!(names_model(openai, "gpt-4o"));
+        assert!(names_model(openai, "GPT-4o"), "case does not matter");
+        assert!(!names_model(openai, "gpt-4"), "a prefix of the name is another model");
+        assert!(!names_model(openai, "gpt-4o-mini"));
+        let mini = br#"{"error":{"message":"Rate limit reached for gpt-4o-mini on tokens per min."}}"#;
+        assert!(!names_model(mini, "gpt-4o"), "gpt-4o-mini is not gpt-4o");
+        assert!(names_model(mini, "gpt-4o-mini"));
+        let end = br#"{"error":{"message":"Too many requests for meta/llama-3.1-8b."}}"#;
+        assert!(names_model(end, "meta/llama-3.1-8b"), "a full stop ends the name");
+        let anthropic = br#"{"type":"error","error":{"type":"rate_limit_error","message":"This request would exceed the rate limit for claude-sonnet-4 of 50 requests per minute."}}"#;
+        assert!(names_model(anthropic, "claude-sonnet-4"));
+        let top = br#"{"message":"rate limit exceeded for model nv-embed"}"#;
+        assert!(names_model(top, "nv-embed"));
+        // The key's limit, or nothing to read: not the model's.
+        assert!(!names_model(br#"{"error":{"message":"Rate limit reached for requests"}}"#, "gpt-4o"));
+        assert!(!names_model(b"Too Many Requests: gpt-4o", "gpt-4o"), "not JSON");
+        assert!(!names_model(br#"{"error":"gpt-4o"}"#, "gpt-4o"), "no message");
+        assert!(!names_model(openai, ""));
+    }
+
     proptest! {
+        /// Any body and model name: an answer, never a panic (the name is cut anywhere).
+        #[test]
+        fn any_error_body_is_read_without_panicking(message in "\\PC{0,80}", model in "\\PC{0,12}") {
+            let body = serde_json::json!({"error": {"message": message}}).to_string();
+            let _ = names_model(body.as_bytes(), &model);
+            if !model.is_empty() && message.to_ascii_lowercase() == model.to_ascii_lowercase() {
+                prop_assert!(names_model(body.as_bytes(), &model));
+            }
+        }
+
         /// Any text: a reset within bounds or none, never a panic.
         #[test]
         fn any_text_is_a_bounded_reset_or_none(text in ".{0,80}") {

@@ -10,9 +10,9 @@ import { buckets, COST_SERIES, requestSeries, stepOf, TimeChart, TOKEN_SERIES } 
 import { h, mount, setText } from "../dom";
 import { backendStatusText } from "../enums";
 import { fmtCount, fmtDuration, fmtInt, fmtPct, fmtRate, fmtTime, fmtUsd, n } from "../format";
-import { Granularity, StatsDimension, type Dashboard, type GetStatsResponse } from "../gen/sidecar/v1/admin_pb";
+import { Granularity, StatsDimension, type BackendLive, type Dashboard, type GetStatsResponse } from "../gen/sidecar/v1/admin_pb";
 import type { UsageTotals } from "../gen/sidecar/v1/types_pb";
-import { meter, badge, pageHeader, section, table, type Page, type PageContext } from "../ui";
+import { meter, badge, pageHeader, section, table, type Page, type PageContext, type SubRow } from "../ui";
 
 const REFRESH_MS = 5000;
 const HOUR = 3_600_000;
@@ -40,6 +40,27 @@ function series(resp: GetStatsResponse, stepMs: number, pick: ((t: UsageTotals) 
     pick.forEach((f, k) => (ys[k][i] += f(row.totals!)));
   }
   return [xs, ys];
+}
+
+/**
+ * A backend's models that have their own limits, one line each under the backend's row:
+ * the model's figures under the backend's own (in window / its RPM, its bucket).
+ */
+function modelRows(b: BackendLive): SubRow[] {
+  return b.models.map((m) => ({
+    cells: {
+      Backend: h("span", "model-live-name", m.model),
+      "In window": `${m.inWindow} / ${m.rpmLimit}`,
+      Bucket: meter(m.bucketFill),
+    },
+    labels: { Backend: "Model" },
+    attrs: {
+      "data-testid": "model-live",
+      "data-model": m.model,
+      "data-parent": b.name,
+      title: `${m.model} on ${b.name}: its own limits, within the backend's`,
+    },
+  }));
 }
 
 function render(ctx: PageContext) {
@@ -135,7 +156,13 @@ function render(ctx: PageContext) {
           { label: "Cooldown", cell: (b) => (b.cooldownRemainingMs > 0n ? fmtDuration(Math.ceil(n(b.cooldownRemainingMs) / 1000)) : "—") },
         ],
         d.backends,
-        { empty: "No backends yet. Add one on the Providers page.", testid: "live-backends", stack: true, rowAttrs: (b) => ({ "data-backend": b.name }) },
+        {
+          empty: "No backends yet. Add one on the Providers page.",
+          testid: "live-backends",
+          stack: true,
+          rowAttrs: (b) => ({ "data-backend": b.name }),
+          subRows: modelRows,
+        },
       ),
     );
   }

@@ -43,6 +43,16 @@ pub fn snapshot_to_pb(s: &NodeSnapshot) -> pb::Snapshot {
                     learn_limits: Some(b.learn_limits),
                     initial_model_shares: nb.model_shares.iter().cloned().collect(),
                     exhausted_remaining_ms: nb.exhausted_remaining_ms,
+                    model_cooldowns: nb
+                        .model_cooldowns
+                        .iter()
+                        .map(|c| pb::ModelCooldown {
+                            model: c.model.clone(),
+                            cooldown_remaining_ms: c.cooldown_remaining_ms,
+                            consecutive_429: c.consecutive_429,
+                            exhausted_remaining_ms: c.exhausted_remaining_ms,
+                        })
+                        .collect(),
                 }
             })
             .collect(),
@@ -91,6 +101,7 @@ pub fn fleet_message(m: FleetMessage) -> pb::ControlMessage {
             duration_ms: c.duration_ms,
             node_id: c.node_id,
             exhausted: c.exhausted,
+            model: c.model,
         }),
     };
     pb::ControlMessage { kind: Some(kind) }
@@ -133,6 +144,11 @@ pub fn demand_from_pb(d: pb::Demand) -> Vec<BackendDemand> {
 
 impl From<pb::RateLimitEvent> for RateLimited {
     fn from(e: pb::RateLimitEvent) -> Self {
-        Self { backend_id: e.backend_id, consecutive_count: e.consecutive_count, retry_after_ms: e.retry_after_ms }
+        Self {
+            backend_id: e.backend_id,
+            consecutive_count: e.consecutive_count,
+            retry_after_ms: e.retry_after_ms,
+            model: e.model,
+        }
     }
 }

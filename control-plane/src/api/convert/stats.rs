@@ -145,6 +145,7 @@ impl From<CooldownView> for pb::CooldownEvent {
             retry_after_ms: c.retry_after_ms,
             start_ms: c.start_ms,
             end_ms: c.end_ms,
+            model: c.model,
         }
     }
 }

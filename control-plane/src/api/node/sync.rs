@@ -189,14 +189,14 @@ impl Session {
                 }
             }
             Some(Kind::Demand(demand)) => shared.fleet.demand(&node_id, &convert::demand_from_pb(demand)),
-            Some(Kind::Recovered(r)) => shared.fleet.recovered(&node_id, &r.backend_id),
+            Some(Kind::Recovered(r)) => shared.fleet.recovered(&node_id, &r.backend_id, &r.model),
             Some(Kind::LimitLearned(l)) => {
                 tokio::spawn(crate::health::learned_limit(shared.clone(), node_id.clone(), l.backend_id, l.rpm_limit));
             }
             Some(Kind::Exhausted(e)) => {
                 // At most a day: a node's report cannot pause a backend for longer.
                 let reset = Duration::from_millis(e.reset_ms.min(86_400_000));
-                shared.fleet.exhausted(&node_id, &e.backend_id, reset);
+                shared.fleet.exhausted(&node_id, &e.backend_id, &e.model, reset);
             }
             Some(Kind::Hello(_)) => warn!(node = %node_id, "ignoring a second Hello on one stream"),
             None => {}
