@@ -215,3 +215,49 @@ async fn a_node_that_connects_during_a_providers_pause_pauses_too() {
     let remaining = snap.backends[0].exhausted_remaining_ms;
     assert!(remaining > 19_000 && remaining <= 20_000, "{remaining}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_models_own_429s_escalate_on_their_own_count_and_leave_the_backend_alone() {
+    let fleet = Fleet::new(FleetTiming::default());
+    let b = backend_with_model_limit();
+    let mut rx = attach(&fleet, "n1", 1);
+    fleet.decorate("n1", &mut snapshot(&b));
+    let settings = Settings { cooldown_base_seconds: 10, cooldown_max_seconds: 600, ..Settings::default() };
+    let event = |count: u32, model: &str| RateLimited {
+        backend_id: "bkd_a".into(),
+        consecutive_count: count,
+        retry_after_ms: 0,
+        model: model.into(),
+    };
+    let first = fleet.rate_limited("n1", &event(1, "small"), &settings).expect("a cooldown");
+    assert_eq!((first.model.as_str(), first.consecutive_count, first.duration_ms), ("small", 1, 10_000));
+    // A probe that knew the count and still got a 429 escalates the model's count.
+    let second = fleet.rate_limited("n1", &event(2, "small"), &settings).expect("escalated");
+    assert_eq!((second.consecutive_count, second.duration_ms), (2, 20_000));
+    // The backend's own count is untouched: its first 429 is a first.
+    let backend = fleet.rate_limited("n1", &event(1, ""), &settings).expect("a backend cooldown");
+    assert_eq!((backend.model.as_str(), backend.consecutive_count), ("", 1));
+    // A model the config does not limit cannot grow the fleet's state.
+    assert!(fleet.rate_limited("n1", &event(1, "made-up"), &settings).is_none());
+    let notices: Vec<CooldownNotice> = std::iter::from_fn(|| rx.try_recv().ok())
+        .filter_map(|m| match m {
+            FleetMessage::Cooldown(c) => Some(c),
+            FleetMessage::Grants { .. } => None,
+        })
+        .collect();
+    let models: Vec<&str> = notices.iter().map(|c| c.model.as_str()).collect();
+    assert_eq!(models, ["small", "small", ""]);
+    // A snapshot made now carries the model's cooldown.
+    let mut snap = snapshot(&b);
+    fleet.decorate("n2", &mut snap);
+    let cooling = &snap.backends[0].model_cooldowns;
+    assert_eq!(cooling.len(), 1);
+    assert_eq!((cooling[0].model.as_str(), cooling[0].consecutive_429), ("small", 2));
+    assert!(cooling[0].cooldown_remaining_ms > 19_000);
+    // A success for the model ends its cooldown only.
+    fleet.recovered("n1", "bkd_a", "small");
+    let mut snap = snapshot(&b);
+    fleet.decorate("n2", &mut snap);
+    assert!(snap.backends[0].model_cooldowns.is_empty());
+    assert!(snap.backends[0].cooldown_remaining_ms > 0, "the backend still cools");
+}

@@ -300,7 +300,7 @@ mod tests {
         fn any_error_body_is_read_without_panicking(message in "\\PC{0,80}", model in "\\PC{0,12}") {
             let body = serde_json::json!({"error": {"message": message}}).to_string();
             let _ = names_model(body.as_bytes(), &model);
-            if !model.is_empty() && message.to_ascii_lowercase() == model.to_ascii_lowercase() {
+            if !model.is_empty() && message.eq_ignore_ascii_case(&model) {
                 prop_assert!(names_model(body.as_bytes(), &model));
             }
         }
