@@ -349,6 +349,7 @@ fn migrate_v1(store: &Store, config: &ControlConfig) -> Result<(), StoreError> {
                     input_modalities: vec!["text".into()],
                     rpm_limit: None,
                     tpm_limit: None,
+                    window_seconds: None,
                 },
             )]
             .into(),

@@ -227,6 +227,20 @@ pub fn model_mappings(field: &str, value: &HashMap<String, MappingInput>) -> Res
                 ));
             }
         }
+        if let Some(w) = m.window_seconds {
+            if !(1..=60).contains(&w) {
+                return Err(field_error(
+                    format!("{at}.window_seconds"),
+                    format!("must be 1..=60 seconds (got {w}; leave it unset for the backend's window)"),
+                ));
+            }
+            if m.rpm_limit.is_none() && m.tpm_limit.is_none() {
+                return Err(field_error(
+                    format!("{at}.window_seconds"),
+                    "is the window of the model's own limits: set rpm_limit or tpm_limit too",
+                ));
+            }
+        }
         let mut modalities = Vec::new();
         for (i, modality) in m.input_modalities.iter().enumerate() {
             if !matches!(modality.as_str(), "text" | "image" | "audio" | "video" | "file") {
@@ -253,6 +267,7 @@ pub fn model_mappings(field: &str, value: &HashMap<String, MappingInput>) -> Res
                 input_modalities: modalities,
                 rpm_limit: m.rpm_limit,
                 tpm_limit: m.tpm_limit,
+                window_seconds: m.window_seconds,
             },
         );
     }

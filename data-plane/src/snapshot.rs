@@ -62,6 +62,9 @@ pub struct ModelLimits {
     pub rpm: Option<u32>,
     /// Tokens per minute; `None` = only the backend's.
     pub tpm: Option<u32>,
+    /// The provider enforces them in every window of this many seconds (1..=60); `None`
+    /// = the backend's window.
+    pub window_seconds: Option<u32>,
 }
 
 /// A shared handle on a (backend, model) bucket; equal when it is the same bucket.

@@ -491,3 +491,32 @@ async fn a_model_limit_must_fit_in_the_backends_and_is_named_when_it_does_not() 
     let now = admin.get_backend(pb::GetBackendRequest { id: b.id }).await.unwrap().into_inner();
     assert_eq!((now.rpm_limit, now.resource_version), (60, b.resource_version));
 }
+
+#[tokio::test]
+async fn a_models_own_window_is_one_to_sixty_seconds_and_needs_a_limit() {
+    let cp = ControlPlaneHarness::start().await;
+    let mut admin = cp.admin().await;
+    let windowed = |rpm: Option<u32>, window: u32| {
+        let mut s = spec("windowed", "https://a.example/v1");
+        let m = s.model_mappings.get_mut("gpt-4o").unwrap();
+        (m.rpm_limit, m.window_seconds) = (rpm, Some(window));
+        s
+    };
+    let field = "backend.model_mappings[\"gpt-4o\"].window_seconds";
+    for (spec, why) in [
+        (windowed(Some(30), 0), "1..=60"),
+        (windowed(Some(30), 61), "1..=60"),
+        (windowed(None, 10), "rpm_limit or tpm_limit"),
+    ] {
+        let err = admin.create_backend(create(spec)).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{}", err.message());
+        assert_eq!(err.metadata().get("sidecar-field").unwrap().to_str().unwrap(), field, "{}", err.message());
+        assert!(err.message().contains(why), "{}", err.message());
+    }
+    // 1 request per minute cannot be spread over 10 s windows.
+    let err = admin.create_backend(create(windowed(Some(1), 10))).await.unwrap_err();
+    let named = err.metadata().get("sidecar-field").unwrap().to_str().unwrap().to_owned();
+    assert_eq!(named, "backend.model_mappings[\"gpt-4o\"].rpm_limit", "{}", err.message());
+    let b = admin.create_backend(create(windowed(Some(30), 10))).await.unwrap().into_inner().backend.unwrap();
+    assert_eq!(b.model_mappings["gpt-4o"].window_seconds, Some(10));
+}

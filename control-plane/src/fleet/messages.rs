@@ -37,7 +37,7 @@ pub struct Grant {
     pub models: Vec<ModelGrant>,
 }
 
-/// A node's share of one model's own limits on a backend, per backend window.
+/// A node's share of one model's own limits on a backend, per window of the model (its window_seconds, else the backend's).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ModelGrant {
     /// The canonical model name.
@@ -91,7 +91,7 @@ pub struct BackendDemand {
 pub struct ModelDemand {
     /// The canonical model name.
     pub model: String,
-    /// Requests per backend window it would admit if it could.
+    /// Requests per window of the model it would admit if it could.
     pub demand: f64,
     /// The model bucket's fill (0..1).
     pub bucket_fill: f64,

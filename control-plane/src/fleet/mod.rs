@@ -85,16 +85,32 @@ impl BackendFleet {
     }
 }
 
-/// A model's own limits on a backend, per backend window: requests (the backend's when
-/// the model limits only tokens) and tokens.
-fn model_limits(config: &ConfigState, b: &BackendRecord) -> Vec<(String, u32, Option<u32>)> {
+/// A model's own limits on a backend.
+struct ModelLimits {
+    name: String,
+    /// Requests per the model's window (the backend's limit when the model limits only
+    /// tokens).
+    requests: u32,
+    /// Tokens per the model's window.
+    tokens: Option<u32>,
+    /// The model's window, in seconds of a minute.
+    window_seconds: u32,
+}
+
+/// The own limits of a backend's models that have them.
+fn model_limits(config: &ConfigState, b: &BackendRecord) -> Vec<ModelLimits> {
     let backend = config.rpm_limit(b);
     b.model_mappings
         .iter()
         .filter(|(_, m)| m.rpm_limit.is_some() || m.tpm_limit.is_some())
         .map(|(name, m)| {
-            let requests = per_window(m.rpm_limit.unwrap_or(backend).min(backend), b.window_seconds);
-            (name.clone(), requests, m.tpm_limit.map(|t| per_window(t, b.window_seconds)))
+            let window_seconds = m.window_seconds(b.window_seconds);
+            ModelLimits {
+                name: name.clone(),
+                requests: per_window(m.rpm_limit.unwrap_or(backend).min(backend), window_seconds),
+                tokens: m.tpm_limit.map(|t| per_window(t, window_seconds)),
+                window_seconds,
+            }
         })
         .collect()
 }
@@ -211,8 +227,8 @@ impl Fleet {
             let limit = per_window(state.rpm_limit(b), b.window_seconds);
             nb.initial_share = Some(fleet.shares.starting(node_id, limit, clock));
             let models = model_limits(&state, b);
-            fleet.models.retain(|name, _| models.iter().any(|(m, ..)| m == name));
-            fleet.model_cool.retain(|name, _| models.iter().any(|(m, ..)| m == name));
+            fleet.models.retain(|name, _| models.iter().any(|m| &m.name == name));
+            fleet.model_cool.retain(|name, _| models.iter().any(|m| &m.name == name));
             nb.model_cooldowns = fleet
                 .model_cool
                 .iter()
@@ -226,9 +242,10 @@ impl Fleet {
                 .collect();
             nb.model_shares = models
                 .into_iter()
-                .map(|(name, limit, _)| {
-                    let start = fleet.models.entry(name.clone()).or_default().starting(node_id, limit, clock);
-                    (name, start)
+                .map(|m| {
+                    let clock = self.clock(m.window_seconds, now);
+                    let start = fleet.models.entry(m.name.clone()).or_default().starting(node_id, m.requests, clock);
+                    (m.name, start)
                 })
                 .collect();
         }
@@ -437,8 +454,9 @@ impl Fleet {
                 // Each model's own limits split the same way; the grants travel with the
                 // backend's.
                 let models = model_limits(config, b);
-                fleet.models.retain(|name, _| models.iter().any(|(m, ..)| m == name));
-                for (name, limit, tokens) in models {
+                fleet.models.retain(|name, _| models.iter().any(|m| &m.name == name));
+                for ModelLimits { name, requests: limit, tokens, window_seconds } in models {
+                    let clock = self.clock(window_seconds, now);
                     let split = fleet.models.entry(name.clone()).or_default().split(&active, limit, clock);
                     for (g, (grant, fallback)) in grants.iter_mut().zip(split) {
                         g.models.push(ModelGrant {

@@ -261,3 +261,27 @@ async fn a_models_own_429s_escalate_on_their_own_count_and_leave_the_backend_alo
     assert!(snap.backends[0].model_cooldowns.is_empty());
     assert!(snap.backends[0].cooldown_remaining_ms > 0, "the backend still cools");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_models_own_window_is_the_unit_of_its_grants() {
+    // The model's 60 RPM enforced per 10 s: 10 per window to share, whatever the
+    // backend's minute.
+    let fleet = Fleet::new(FleetTiming::default());
+    let mut b = backend_with_model_limit();
+    b.model_mappings.get_mut("small").unwrap().window_seconds = Some(10);
+    let state = config(b.clone());
+    let mut rx1 = attach(&fleet, "n1", 1);
+    let mut rx2 = attach(&fleet, "n2", 2);
+    let mut first = snapshot(&b);
+    fleet.decorate("n1", &mut first);
+    assert_eq!(first.backends[0].model_shares, vec![("small".to_string(), 10)]);
+    for _ in 0..4 {
+        model_demand(&fleet, "n1", 300.0, 0.0);
+        model_demand(&fleet, "n2", 300.0, 30.0);
+        fleet.regrant(&state);
+        tokio::time::advance(Duration::from_secs(6)).await;
+    }
+    let (m1, m2) = (model_grants(&mut rx1)["small"], model_grants(&mut rx2)["small"]);
+    assert!(m1.0 + m2.0 <= 10, "{m1:?} + {m2:?} exceeds 10 per 10 s");
+    assert!(m2.0 >= 8, "two model windows later n2 holds most of it: {m2:?}");
+}

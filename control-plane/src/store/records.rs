@@ -42,6 +42,17 @@ pub struct ModelMapping {
     /// The provider's tokens per minute for this model on this key, if limited.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tpm_limit: Option<u32>,
+    /// The provider enforces the model's limits per window of this many seconds; `None` =
+    /// the backend's window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window_seconds: Option<u32>,
+}
+
+impl ModelMapping {
+    /// The window the provider enforces the model's limits in, given the backend's.
+    pub fn window_seconds(&self, backend: u32) -> u32 {
+        self.window_seconds.unwrap_or(backend)
+    }
 }
 
 /// Where a backend came from.

@@ -39,6 +39,7 @@ pub(crate) fn backend(id: &str, name: &str) -> BackendRecord {
                 input_modalities: vec!["text".into()],
                 rpm_limit: None,
                 tpm_limit: None,
+                window_seconds: None,
             },
         )]
         .into(),

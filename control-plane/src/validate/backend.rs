@@ -137,7 +137,7 @@ pub fn model_limits_within(b: &BackendRecord) -> Result<(), FieldError> {
                     ),
                 ));
             }
-            validate::window_allows_a_request(&at("rpm_limit"), rpm, b.window_seconds)?;
+            validate::window_allows_a_request(&at("rpm_limit"), rpm, m.window_seconds(b.window_seconds))?;
         }
         if let (Some(tpm), Some(backend_tpm)) = (m.tpm_limit, b.tpm_limit)
             && tpm > backend_tpm

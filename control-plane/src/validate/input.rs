@@ -24,6 +24,8 @@ pub struct MappingInput {
     pub rpm_limit: Option<u32>,
     /// The provider's per-model tokens per minute; `None` = only the backend's.
     pub tpm_limit: Option<u32>,
+    /// The window of the model's limits in seconds; `None` = the backend's.
+    pub window_seconds: Option<u32>,
 }
 
 /// A new backend as given.

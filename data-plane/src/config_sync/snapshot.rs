@@ -95,6 +95,12 @@ fn backend(i: usize, b: &pb::SnapshotBackend, pools: &[PoolConfig]) -> Result<Ba
         }
         let cost = m.cost.unwrap_or_default();
         let native_id = (m.native_id != "*").then(|| m.native_id.clone());
+        if let Some(w) = m.window_seconds
+            && !(1..=60).contains(&w)
+        {
+            let field = f(&format!("model_mappings[{canonical:?}].window_seconds"));
+            return Err(bad(field, format!("must be 1..=60 (got {w})")));
+        }
         models.insert(
             canonical.clone(),
             ModelRoute {
@@ -102,7 +108,7 @@ fn backend(i: usize, b: &pb::SnapshotBackend, pools: &[PoolConfig]) -> Result<Ba
                 cost: Cost { input: cost.input, output: cost.output, cache_read: cost.cache_read },
                 limits: match (m.rpm_limit, m.tpm_limit) {
                     (None, None) => None,
-                    (rpm, tpm) => Some(ModelLimits { rpm, tpm }),
+                    (rpm, tpm) => Some(ModelLimits { rpm, tpm, window_seconds: m.window_seconds }),
                 },
                 bucket: None,
             },

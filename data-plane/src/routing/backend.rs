@@ -84,11 +84,12 @@ fn set_token_window(slot: &mut Option<TokenWindow>, limit: Option<u32>, window: 
     }
 }
 
-/// A model's limits per backend window at this node's share: the model's own limit
+/// A model's limits per its window (`window_seconds`) at this node's share: its own limit
 /// scaled by the fraction of the backend's limit this node may use. Rounding down keeps
 /// the nodes' model shares, summed, within the model's limit.
-fn model_share(config: &BackendConfig, limits: ModelLimits, fraction: f64) -> (u32, Option<u32>) {
-    let scale = |per_minute: u32| (f64::from(config.per_window(per_minute)) * fraction).floor() as u32;
+fn model_share(limits: ModelLimits, window_seconds: u32, fraction: f64) -> (u32, Option<u32>) {
+    let per_window = |per_minute: u32| u64::from(per_minute) * u64::from(window_seconds) / 60;
+    let scale = |per_minute: u32| (per_window(per_minute) as f64 * fraction).floor() as u32;
     let requests = limits.rpm.map_or(u32::MAX, scale);
     (requests, limits.tpm.map(scale))
 }
@@ -385,18 +386,22 @@ impl BackendState {
         models.retain(|name, _| config.models.get(name).is_some_and(|m| m.limits.is_some()));
         for (name, route) in &config.models {
             let Some(limits) = route.limits else { continue };
-            let proportional = model_share(config, limits, fraction);
+            // The model's own window, if the provider enforces its limits in another.
+            let window_seconds = limits.window_seconds.unwrap_or(config.window_seconds);
+            let model_window = minute * window_seconds / 60;
+            let proportional = model_share(limits, window_seconds, fraction);
             let (requests, tokens) = match (quota.model_share(name, now), config.initial_model_shares.get(name)) {
                 (Some((requests, tokens)), _) => (requests, tokens.or(proportional.1)),
                 (None, Some(&initial)) => (initial, proportional.1),
                 (None, None) => proportional,
             };
-            let requests = requests.min(limit);
+            // In the same window, never more than the backend's share.
+            let requests = if window_seconds == config.window_seconds { requests.min(limit) } else { requests };
             let burst = settings.bucket_burst;
             match models.get(name) {
-                Some(bucket) => bucket.reconfigure(requests, tokens, burst, window, now),
+                Some(bucket) => bucket.reconfigure(requests, tokens, burst, model_window, now),
                 None => {
-                    let bucket = ModelBucket::new(name, requests, tokens, burst, window, now);
+                    let bucket = ModelBucket::new(name, requests, tokens, burst, model_window, now);
                     models.insert(name.clone(), Arc::new(bucket));
                 }
             }

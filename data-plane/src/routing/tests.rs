@@ -286,3 +286,25 @@ fn a_snapshot_made_during_a_providers_pause_pauses_the_backend() {
     assert!(!cooldown.is_exhausted(now + Duration::from_secs(21)));
     assert_eq!(cooldown.consecutive, 0, "a pause is not a 429");
 }
+
+#[test]
+fn a_model_with_its_own_window_is_limited_per_that_window() {
+    // The key: 600 per minute; the model: 60 per minute, enforced per 10 s.
+    let now = Instant::now();
+    let mut b = backend("a", "primary", 600);
+    let m = b.model_mappings.get_mut("m").unwrap();
+    (m.rpm_limit, m.window_seconds) = (Some(60), Some(10));
+    let bundled = bundle(vec![b], now);
+    assert_eq!(bundled.backends[0].state.model_bucket("m").unwrap().limiter.lock().unwrap().limit(), 10);
+    let route = bundled.route("m").unwrap();
+    let mut admitted = vec![];
+    let mut t = now;
+    while t < now + MIN {
+        if take(&route, &[], t, 0).is_some() {
+            admitted.push(t);
+        }
+        t += Duration::from_millis(10);
+    }
+    assert_eq!(most_in_any(&admitted, Duration::from_secs(10)), 10, "{admitted:?}");
+    assert!(admitted.len() >= 54, "only {} of 60 used", admitted.len());
+}

@@ -37,6 +37,7 @@ pub fn mapping_to_pb(m: &ModelMapping) -> pb::ModelMapping {
         input_modalities: m.input_modalities.clone(),
         rpm_limit: m.rpm_limit,
         tpm_limit: m.tpm_limit,
+        window_seconds: m.window_seconds,
     }
 }
 
@@ -57,6 +58,7 @@ pub fn mapping_from_pb(m: pb::ModelMapping) -> MappingInput {
         input_modalities: m.input_modalities,
         rpm_limit: m.rpm_limit,
         tpm_limit: m.tpm_limit,
+        window_seconds: m.window_seconds,
     }
 }
 

@@ -224,19 +224,26 @@ fn mappings(
         };
         mapping.rpm_limit = limit.map(|l| l.rpm);
         mapping.tpm_limit = limit.and_then(|l| l.tpm);
+        mapping.window_seconds = limit.and_then(|l| l.window_seconds);
     }
     Ok(base)
 }
 
-/// `CANONICAL=RPM[/TPM]` of the models with their own limits, sorted.
+/// `CANONICAL=RPM[/TPM][@SECONDS]` of the models with their own limits, sorted.
 fn model_limits(b: &pb::Backend) -> Vec<String> {
     let mut out: Vec<String> = b
         .model_mappings
         .iter()
-        .filter_map(|(name, m)| match (m.rpm_limit, m.tpm_limit) {
-            (None, None) => None,
-            (Some(rpm), None) => Some(format!("{name}={rpm}")),
-            (rpm, Some(tpm)) => Some(format!("{name}={}/{tpm}", rpm.map_or("-".to_owned(), |r| r.to_string()))),
+        .filter_map(|(name, m)| {
+            let limits = match (m.rpm_limit, m.tpm_limit) {
+                (None, None) => return None,
+                (Some(rpm), None) => format!("{name}={rpm}"),
+                (rpm, Some(tpm)) => format!("{name}={}/{tpm}", rpm.map_or("-".to_owned(), |r| r.to_string())),
+            };
+            Some(match m.window_seconds {
+                Some(w) => format!("{limits}@{w}s"),
+                None => limits,
+            })
         })
         .collect();
     out.sort_unstable();

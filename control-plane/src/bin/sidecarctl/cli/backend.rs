@@ -83,9 +83,10 @@ pub(crate) struct BackendFields {
     #[arg(long = "price", value_name = "CANONICAL=INPUT/OUTPUT[/CACHE_READ[/CACHE_WRITE]]", value_parser = parse_price)]
     pub(crate) prices: Vec<(String, Price)>,
     /// A model's own provider limit on this key, requests (and tokens) per minute, within
-    /// the backend's (repeatable); `CANONICAL=none` removes it. On update without --model,
-    /// changes only that model's limit.
-    #[arg(long = "model-limit", value_name = "CANONICAL=RPM[/TPM]|none", value_parser = parse_model_limit)]
+    /// the backend's (repeatable); `@SECONDS` when the provider enforces it in windows
+    /// other than the backend's (e.g. `gpt-4o=60@10` is 10 per 10 s); `CANONICAL=none`
+    /// removes it. On update without --model, changes only that model's limit.
+    #[arg(long = "model-limit", value_name = "CANONICAL=RPM[/TPM][@SECONDS]|none", value_parser = parse_model_limit)]
     pub(crate) model_limits: Vec<(String, Option<ModelLimit>)>,
     /// Relative share of traffic within the pool (default on add: 1).
     #[arg(long, allow_negative_numbers = true)]
@@ -222,10 +223,13 @@ pub(crate) struct ModelLimit {
     pub(crate) rpm: u32,
     /// Tokens per minute.
     pub(crate) tpm: Option<u32>,
+    /// The provider's window for them, in seconds; `None` = the backend's.
+    pub(crate) window_seconds: Option<u32>,
 }
 
 fn parse_model_limit(s: &str) -> Result<(String, Option<ModelLimit>), String> {
-    const EXPECTED: &str = "expected CANONICAL=RPM or CANONICAL=RPM/TPM (per minute), or CANONICAL=none";
+    const EXPECTED: &str =
+        "expected CANONICAL=RPM or CANONICAL=RPM/TPM (per minute), optionally @SECONDS (the window), or CANONICAL=none";
     let (model, limits) = s.split_once('=').ok_or(EXPECTED)?;
     let model = model.trim();
     if model.is_empty() {
@@ -241,11 +245,19 @@ fn parse_model_limit(s: &str) -> Result<(String, Option<ModelLimit>), String> {
             .filter(|n| *n > 0)
             .ok_or_else(|| format!("{part:?} is not a limit (a whole number, at least 1); {EXPECTED}"))
     };
+    let (limits, window_seconds) = match limits.split_once('@') {
+        Some((limits, window)) => {
+            let w = window.trim().trim_end_matches('s');
+            let w = w.parse::<u32>().ok().filter(|w| (1..=60).contains(w));
+            (limits, Some(w.ok_or_else(|| format!("{window:?} is not a window (1 to 60 seconds); {EXPECTED}"))?))
+        }
+        None => (limits, None),
+    };
     let (rpm, tpm) = match limits.split_once('/') {
         Some((rpm, tpm)) => (number(rpm)?, Some(number(tpm)?)),
         None => (number(limits)?, None),
     };
-    Ok((model.to_owned(), Some(ModelLimit { rpm, tpm })))
+    Ok((model.to_owned(), Some(ModelLimit { rpm, tpm, window_seconds })))
 }
 
 fn parse_model(s: &str) -> Result<(String, String), String> {
@@ -279,13 +291,13 @@ mod tests {
 
     #[test]
     fn model_limit_flag_reads_rpm_and_optional_tpm() {
-        assert_eq!(parse_model_limit("gpt-4o=60").unwrap(), ("gpt-4o".into(), Some(ModelLimit { rpm: 60, tpm: None })));
-        assert_eq!(
-            parse_model_limit("m = 6/4000").unwrap(),
-            ("m".into(), Some(ModelLimit { rpm: 6, tpm: Some(4000) }))
-        );
+        let limit = |rpm, tpm, window_seconds| Some(ModelLimit { rpm, tpm, window_seconds });
+        assert_eq!(parse_model_limit("gpt-4o=60").unwrap(), ("gpt-4o".into(), limit(60, None, None)));
+        assert_eq!(parse_model_limit("m = 6/4000").unwrap(), ("m".into(), limit(6, Some(4000), None)));
+        assert_eq!(parse_model_limit("m=60@10").unwrap(), ("m".into(), limit(60, None, Some(10))));
+        assert_eq!(parse_model_limit("m=60/9000@10s").unwrap(), ("m".into(), limit(60, Some(9000), Some(10))));
         assert_eq!(parse_model_limit("m=none").unwrap(), ("m".into(), None));
-        for bad in ["m", "=5", "m=0", "m=-1", "m=x", "m=5/", "m=5/0"] {
+        for bad in ["m", "=5", "m=0", "m=-1", "m=x", "m=5/", "m=5/0", "m=5@0", "m=5@61", "m=5@x", "m=5@"] {
             assert!(parse_model_limit(bad).is_err(), "{bad}");
         }
     }
