@@ -88,6 +88,14 @@ async fn proxy_traffic_in_two_regions_is_counted_grouped_and_filtered() {
     for _ in 0..3 {
         assert_eq!(gw.proxy.chat("gpt-test").await.status(), 200);
     }
+    // eu's burst is demand the fleet hears: us's share of `a` may shrink for a moment
+    // (never to nothing, its floor stays); wait until it has a token for its request.
+    eventually("us has a token for a", Duration::from_secs(10), || async {
+        let bundle = us.shared.bundle.load();
+        let b = bundle.backend(&a.id)?;
+        (b.state.limiter.lock().unwrap().tokens(tokio::time::Instant::now()) >= 1.0).then_some(())
+    })
+    .await;
     let resp = us.chat("gpt-test").await;
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["x-sidecar-backend"], "a");
