@@ -76,6 +76,20 @@ function row(name) {
   return page.locator(`[data-testid=providers-table] tr[data-backend="${name}"]`);
 }
 
+/**
+ * Opens a provider's editor. The table is rendered again whenever the config version moves
+ * (after a save, and once more from the live stream); a render between the mouse down and
+ * up of a click swallows it, so click again until the dialog is open.
+ */
+async function openEditor(name) {
+  const dialog = page.getByTestId("provider-dialog");
+  await waitFor(`the editor of ${name}`, async () => {
+    if (!(await dialog.isVisible())) await row(name).getByTestId("edit").click({ timeout: 2000 });
+    return dialog.isVisible();
+  });
+  return dialog;
+}
+
 async function signIn(token) {
   await visible(page.locator("#token"));
   await page.fill("#token", token);
@@ -266,6 +280,71 @@ describe("browser console", { concurrency: false }, () => {
     assert.equal(await again.getByTestId("mapping-tpm-limit").nth(at).inputValue(), "");
     await again.getByRole("button", { name: "Cancel" }).click();
     await again.waitFor({ state: "detached" });
+  });
+
+  test("a model's own limit window: out of range is refused next to the field, then saved, shown and cleared", async () => {
+    const stored = async () => {
+      const b = await cp.ctl("backend", "get", "mock-main");
+      return b.backend ?? b;
+    };
+    const before = await stored();
+    assert.equal(before.model_mappings["gpt-alt"].window_seconds ?? null, null, "no model window yet");
+    const chip = row("mock-main").getByTestId("models").locator('li[data-model="gpt-alt"]');
+
+    const dialog = await openEditor("mock-main");
+    const canonicals = await dialog.getByTestId("mapping-canonical").evaluateAll((els) => els.map((e) => e.value));
+    const at = canonicals.indexOf("gpt-alt");
+    assert.ok(at >= 0, `gpt-alt is in the editor: ${canonicals}`);
+    const alt = dialog.getByTestId("mapping-row").nth(at);
+    await alt.locator("details.mapping-more > summary").click();
+    assert.equal(await visible(alt.getByTestId("mapping-rpm-limit")).then((l) => l.inputValue()), "60", "the model's RPM limit from the previous test");
+    const windowInput = await visible(alt.getByTestId("mapping-window-seconds"));
+    assert.equal(await windowInput.inputValue(), "", "unset: the backend's window");
+
+    // Outside 1..=60: the server names the model's window_seconds; the message sits under
+    // that model's window field, and nothing is stored.
+    const windowField = dialog.locator('[data-field="model_mappings[\\"gpt-alt\\"].window_seconds"]');
+    for (const bad of ["0", "61"]) {
+      await windowInput.fill(bad);
+      await dialog.getByTestId("save").click();
+      await expectText(`model window ${bad} error`, windowField.locator(".field-error"), new RegExp(`1\\.\\.=60.*\\(got ${bad}\\b`));
+      assert.equal(await windowField.locator("input").getAttribute("aria-invalid"), "true");
+      assert.equal(await dialog.getByTestId("form-error").isVisible(), false, "not a general error");
+      const b = await stored();
+      assert.equal(b.model_mappings["gpt-alt"].window_seconds ?? null, null, `window ${bad} not stored`);
+      assert.equal(b.model_mappings["gpt-alt"].rpm_limit, 60, "the model's limit unchanged");
+    }
+    // An update names the field in the patch (`patch.`), a create in the backend (`backend.`).
+    assert.ok(
+      fieldHeaders.some((f) => /^(backend|patch)\.model_mappings\["gpt-alt"\]\.window_seconds$/.test(f)),
+      `the server named the field in sidecar-field: ${fieldHeaders}`,
+    );
+    await shot("provider-model-window-error");
+
+    // 10 s: saved, stored, and shown in the chip after the limit.
+    await windowInput.fill("10");
+    await dialog.getByTestId("save").click();
+    await dialog.waitFor({ state: "detached" });
+    await expectText("the model's window in its chip", chip, (t) => t === "gpt-alt 60 RPM / 10 s");
+    let b = await stored();
+    assert.equal(b.model_mappings["gpt-alt"].window_seconds, 10, "windowSeconds stored");
+    assert.equal(b.model_mappings["gpt-alt"].rpm_limit, 60, "rpmLimit kept");
+    assert.equal(b.model_mappings["gpt-alt"].native_id, "mock-small", "the rest of the mapping kept");
+    assert.equal(b.model_mappings["gpt-test"].window_seconds ?? null, null, "the other model unchanged");
+
+    // Reopened, the form shows the stored window; emptied, it is unset again (the backend's
+    // window), so the later tests see gpt-alt as before.
+    const again = await openEditor("mock-main");
+    const againAlt = again.getByTestId("mapping-row").nth(at);
+    assert.equal(await againAlt.getByTestId("mapping-window-seconds").inputValue(), "10");
+    await againAlt.locator("details.mapping-more > summary").click();
+    await (await visible(againAlt.getByTestId("mapping-window-seconds"))).fill("");
+    await again.getByTestId("save").click();
+    await again.waitFor({ state: "detached" });
+    await expectText("the chip without a window", chip, (t) => t === "gpt-alt 60 RPM");
+    b = await stored();
+    assert.equal(b.model_mappings["gpt-alt"].window_seconds ?? null, null, "emptied: unset");
+    assert.equal(b.model_mappings["gpt-alt"].rpm_limit, 60, "rpmLimit kept");
   });
 
   test("traffic through the proxy moves the dashboard counters", async () => {

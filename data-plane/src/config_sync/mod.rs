@@ -117,30 +117,7 @@ impl Syncer {
 
     /// Takes this node's shares of backend limits from the control plane.
     fn apply_grants(&self, grants: &pb::QuotaGrants) {
-        let bundle = self.shared.bundle.load();
-        let now = Instant::now();
-        let lease = Duration::from_millis(grants.lease_ms);
-        for g in &grants.grants {
-            let Some(b) = bundle.backend(&g.backend_id) else { continue };
-            {
-                let mut quota = b.state.quota.lock().expect("quota lock");
-                quota.grant = Some((g.rpm, (g.tpm > 0).then_some(g.tpm)));
-                quota.lease_until = Some(now + lease);
-                quota.fallback = (g.fallback_rpm, (g.fallback_tpm > 0).then_some(g.fallback_tpm));
-                let limited = |name: &str| b.config.models.get(name).is_some_and(|m| m.limits.is_some());
-                quota.models = g
-                    .models
-                    .iter()
-                    .filter(|m| limited(&m.model))
-                    .map(|m| {
-                        let tokens = |t: u32| (t > 0).then_some(t);
-                        let grant = (m.rpm, tokens(m.tpm));
-                        (m.model.clone(), ModelQuota { grant, fallback: (m.fallback_rpm, tokens(m.fallback_tpm)) })
-                    })
-                    .collect();
-            }
-            b.state.apply_limits(&b.config, &bundle.settings, bundle.window, now);
-        }
+        apply_grants(&self.shared.bundle.load(), grants, Instant::now());
         self.shared.queue.wake();
     }
 
@@ -177,62 +154,9 @@ impl Syncer {
         }
     }
 
-    /// What this node wants of each backend: admitted + turned away since the last
-    /// report + waiting now, as requests per window of the backend.
+    /// What this node wants of each backend (see [`demand`]).
     fn demand(&self, every: Duration) -> pb::Demand {
-        use std::sync::atomic::Ordering::Relaxed;
-        let bundle = self.shared.bundle.load();
-        let now = Instant::now();
-        let waiting_by_model = self.shared.queue.waiting_by_model();
-        let backends = bundle
-            .backends
-            .iter()
-            .map(|b| {
-                let waiting: u64 = waiting_by_model
-                    .iter()
-                    .filter(|(model, _)| {
-                        bundle.route(model).is_some_and(|r| r.members().any(|(m, _)| m.config.id == b.config.id))
-                    })
-                    .map(|(_, n)| n)
-                    .sum();
-                let admitted = b.state.admitted.swap(0, Relaxed);
-                let rejected = b.state.rejected.swap(0, Relaxed);
-                let (tokens, burst, in_window) = fill(&mut b.state.limiter.lock().expect("limiter lock"), now);
-                // Per the backend's window, the unit its grants come in.
-                let scale = b.config.window(bundle.window).as_secs_f64() / every.as_secs_f64();
-                let models = b
-                    .state
-                    .models
-                    .lock()
-                    .expect("models lock")
-                    .iter()
-                    .map(|(name, bucket)| {
-                        let waiting = waiting_by_model.get(name).copied().unwrap_or(0);
-                        let admitted = bucket.admitted.swap(0, Relaxed);
-                        let rejected = bucket.rejected.swap(0, Relaxed);
-                        let (tokens, burst, in_window) =
-                            fill(&mut bucket.limiter.lock().expect("model limiter lock"), now);
-                        pb::ModelDemand {
-                            model: name.clone(),
-                            demand: (admitted + rejected + waiting) as f64 * scale,
-                            in_window,
-                            bucket_fill: (tokens / f64::from(burst.max(1))).clamp(0.0, 1.0),
-                        }
-                    })
-                    .collect();
-                pb::BackendDemand {
-                    backend_id: b.config.id.clone(),
-                    demand: (admitted + rejected + waiting) as f64 * scale,
-                    admitted,
-                    waiting,
-                    rejected,
-                    bucket_fill: (tokens / f64::from(burst.max(1))).clamp(0.0, 1.0),
-                    in_window,
-                    models,
-                }
-            })
-            .collect();
-        pb::Demand { backends, at_ms: crate::now_ms() }
+        demand(&self.shared.bundle.load(), &self.shared.queue.waiting_by_model(), every, Instant::now())
     }
 
     fn set_connected(&self, connected: bool) {
@@ -330,4 +254,99 @@ impl Syncer {
 /// A limiter's tokens now, burst and requests in the current window.
 fn fill(limiter: &mut RequestLimiter, now: Instant) -> (f64, u32, u32) {
     (limiter.tokens(now), limiter.burst(), limiter.in_window(now))
+}
+
+/// Takes a node's shares of backend (and model) limits from the control plane into
+/// `bundle`'s live state, at `now`. The caller wakes the queue.
+pub fn apply_grants(bundle: &Bundle, grants: &pb::QuotaGrants, now: Instant) {
+    let lease = Duration::from_millis(grants.lease_ms);
+    for g in &grants.grants {
+        let Some(b) = bundle.backend(&g.backend_id) else { continue };
+        {
+            let mut quota = b.state.quota.lock().expect("quota lock");
+            quota.grant = Some((g.rpm, (g.tpm > 0).then_some(g.tpm)));
+            quota.lease_until = Some(now + lease);
+            quota.fallback = (g.fallback_rpm, (g.fallback_tpm > 0).then_some(g.fallback_tpm));
+            let limited = |name: &str| b.config.models.get(name).is_some_and(|m| m.limits.is_some());
+            quota.models = g
+                .models
+                .iter()
+                .filter(|m| limited(&m.model))
+                .map(|m| {
+                    let tokens = |t: u32| (t > 0).then_some(t);
+                    let grant = (m.rpm, tokens(m.tpm));
+                    (m.model.clone(), ModelQuota { grant, fallback: (m.fallback_rpm, tokens(m.fallback_tpm)) })
+                })
+                .collect();
+        }
+        b.state.apply_limits(&b.config, &bundle.settings, bundle.window, now);
+    }
+}
+
+/// What a node wants of each backend: admitted + turned away since the last report +
+/// waiting now (`waiting_by_model`), as requests per window of the backend (of the model,
+/// for a model's own limits), reported every `every`. Takes the admitted and turned-away
+/// counts (they start over).
+pub fn demand(
+    bundle: &Bundle,
+    waiting_by_model: &std::collections::HashMap<String, u64>,
+    every: Duration,
+    now: Instant,
+) -> pb::Demand {
+    use std::sync::atomic::Ordering::Relaxed;
+    let backends = bundle
+        .backends
+        .iter()
+        .map(|b| {
+            let waiting: u64 = waiting_by_model
+                .iter()
+                .filter(|(model, _)| {
+                    bundle.route(model).is_some_and(|r| r.members().any(|(m, _)| m.config.id == b.config.id))
+                })
+                .map(|(_, n)| n)
+                .sum();
+            let admitted = b.state.admitted.swap(0, Relaxed);
+            let rejected = b.state.rejected.swap(0, Relaxed);
+            let (tokens, burst, in_window) = fill(&mut b.state.limiter.lock().expect("limiter lock"), now);
+            // Per the backend's window (or the model's), the unit its grants come in.
+            let scale = |window_seconds: u32| (bundle.window * window_seconds / 60).as_secs_f64() / every.as_secs_f64();
+            let models = b
+                .state
+                .models
+                .lock()
+                .expect("models lock")
+                .iter()
+                .map(|(name, bucket)| {
+                    let waiting = waiting_by_model.get(name).copied().unwrap_or(0);
+                    let admitted = bucket.admitted.swap(0, Relaxed);
+                    let rejected = bucket.rejected.swap(0, Relaxed);
+                    let (tokens, burst, in_window) = fill(&mut bucket.limiter.lock().expect("model limiter lock"), now);
+                    let window_seconds = b
+                        .config
+                        .models
+                        .get(name)
+                        .and_then(|m| m.limits)
+                        .and_then(|l| l.window_seconds)
+                        .unwrap_or(b.config.window_seconds);
+                    pb::ModelDemand {
+                        model: name.clone(),
+                        demand: (admitted + rejected + waiting) as f64 * scale(window_seconds),
+                        in_window,
+                        bucket_fill: (tokens / f64::from(burst.max(1))).clamp(0.0, 1.0),
+                    }
+                })
+                .collect();
+            pb::BackendDemand {
+                backend_id: b.config.id.clone(),
+                demand: (admitted + rejected + waiting) as f64 * scale(b.config.window_seconds),
+                admitted,
+                waiting,
+                rejected,
+                bucket_fill: (tokens / f64::from(burst.max(1))).clamp(0.0, 1.0),
+                in_window,
+                models,
+            }
+        })
+        .collect();
+    pb::Demand { backends, at_ms: crate::now_ms() }
 }

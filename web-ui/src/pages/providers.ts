@@ -68,12 +68,17 @@ function optU32Value(el: HTMLInputElement, path: string): number | undefined {
   return Number(v);
 }
 
-/** A model's own limits, compactly: "60 RPM", "60 RPM · 90,000 TPM", "90,000 TPM"; "" when none. */
-function modelLimitsText(m: { rpmLimit?: number; tpmLimit?: number }): string {
+/**
+ * A model's own limits, compactly: "60 RPM", "60 RPM · 90,000 TPM", "90,000 TPM"; with the
+ * model's own window when set: "60 RPM / 10 s"; "" when none.
+ */
+function modelLimitsText(m: { rpmLimit?: number; tpmLimit?: number; windowSeconds?: number }): string {
   const parts: string[] = [];
   if (m.rpmLimit !== undefined) parts.push(`${fmtInt(m.rpmLimit)} RPM`);
   if (m.tpmLimit !== undefined) parts.push(`${fmtInt(m.tpmLimit)} TPM`);
-  return parts.join(" · ");
+  if (!parts.length) return "";
+  const text = parts.join(" · ");
+  return m.windowSeconds !== undefined ? `${text} / ${fmtInt(m.windowSeconds)} s` : text;
 }
 
 /** A price in USD per million tokens, sent per token; an unchanged field keeps its exact value. */
@@ -368,6 +373,7 @@ function render(ctx: PageContext) {
       modalities: Field;
       rpmLimit: Field;
       tpmLimit: Field;
+      windowSeconds: Field;
       reasoning: HTMLInputElement;
       original: MappingInit | null;
     }
@@ -400,8 +406,11 @@ function render(ctx: PageContext) {
       // The model's own limits on this key: empty = unset (only the backend's apply).
       const rl = input({ inputmode: "numeric", "data-testid": "mapping-rpm-limit", placeholder: "backend's" });
       const tl = input({ inputmode: "numeric", "data-testid": "mapping-tpm-limit", placeholder: "backend's" });
+      // The window those limits are counted in: empty = unset (the backend's window).
+      const wl = input({ inputmode: "numeric", "data-testid": "mapping-window-seconds", placeholder: "backend's" });
       rl.value = m?.rpmLimit !== undefined ? String(m.rpmLimit) : "";
       tl.value = m?.tpmLimit !== undefined ? String(m.tpmLimit) : "";
+      wl.value = m?.windowSeconds !== undefined ? String(m.windowSeconds) : "";
       const reasoning = h("input", { attrs: { type: "checkbox", checked: !!m?.reasoning } });
       const row: MappingRow = {
         el: h("div"),
@@ -413,6 +422,7 @@ function render(ctx: PageContext) {
         modalities: field("Input modalities", mods, { hint: "text, image, audio, video, file" }),
         rpmLimit: field("RPM limit", rl, { hint: "this model's requests/min on the key; at most the backend's; empty = none" }),
         tpmLimit: field("TPM limit", tl, { hint: "this model's tokens/min on the key; at most the backend's; empty = none" }),
+        windowSeconds: field("Limit window (s)", wl, { hint: "the provider counts this model's limits per this many seconds (1–60); empty = the backend's window" }),
         reasoning,
         original: m,
       };
@@ -448,6 +458,7 @@ function render(ctx: PageContext) {
             row.modalities.wrap,
             row.rpmLimit.wrap,
             row.tpmLimit.wrap,
+            row.windowSeconds.wrap,
             h("label", "check", reasoning, " reasoning model"),
           ),
         ),
@@ -587,6 +598,7 @@ function render(ctx: PageContext) {
         errors.register(`${at}.input_modalities`, r.modalities);
         errors.register(`${at}.rpm_limit`, r.rpmLimit);
         errors.register(`${at}.tpm_limit`, r.tpmLimit);
+        errors.register(`${at}.window_seconds`, r.windowSeconds);
       }
       for (const r of metas) errors.register(`metadata[${quoteKey(r.key.value)}]`, r.value);
     }
@@ -602,7 +614,8 @@ function render(ctx: PageContext) {
           !ni.value.trim() &&
           costKeys.every((k) => !(r.costs[k].control as HTMLInputElement).value.trim()) &&
           !(r.rpmLimit.control as HTMLInputElement).value.trim() &&
-          !(r.tpmLimit.control as HTMLInputElement).value.trim();
+          !(r.tpmLimit.control as HTMLInputElement).value.trim() &&
+          !(r.windowSeconds.control as HTMLInputElement).value.trim();
         if (blank) continue;
         const at = `model_mappings[${quoteKey(canonical)}]`;
         if (!canonical) throw new LocalError(`model_mappings[""]`, "enter the model name clients send");
@@ -618,6 +631,7 @@ function render(ctx: PageContext) {
           inputModalities: list((r.modalities.control as HTMLInputElement).value),
           rpmLimit: optU32Value(r.rpmLimit.control as HTMLInputElement, `${at}.rpm_limit`),
           tpmLimit: optU32Value(r.tpmLimit.control as HTMLInputElement, `${at}.tpm_limit`),
+          windowSeconds: optU32Value(r.windowSeconds.control as HTMLInputElement, `${at}.window_seconds`),
         };
       }
       return out;
@@ -647,6 +661,7 @@ function render(ctx: PageContext) {
           inputModalities: [...v.inputModalities],
           rpmLimit: v.rpmLimit,
           tpmLimit: v.tpmLimit,
+          windowSeconds: v.windowSeconds,
         };
       }
       return out;
