@@ -8,6 +8,7 @@ pub mod gateway;
 pub mod mock;
 pub mod pki;
 pub mod proxy;
+pub mod sim;
 
 use std::{future::Future, time::Duration};
 

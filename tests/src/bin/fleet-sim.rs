@@ -1,0 +1,49 @@
+//! The fleet simulator's results table (see `sidecar_tests::sim`): utilisation and
+//! overshoot for 4, 8, 16 and 50 nodes under several demand patterns, as Markdown.
+//!
+//! `cargo run --release -p sidecar-tests --bin fleet-sim [-- --quick]`
+
+use std::time::Duration;
+
+use sidecar_tests::sim::{Event, Scenario, patterns, run_blocking};
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let sizes: &[usize] = if quick { &[4, 8] } else { &[4, 8, 16, 50] };
+    println!("| scenario | nodes | limit/min | max in any window | min / mean / best use per window | refused (while unused) |");
+    println!("|---|---|---|---|---|---|");
+    for &n in sizes {
+        let limit = 120u32.max(15 * n as u32);
+        let per_sec = f64::from(limit) / 60.0;
+        let skew = [40.0, 20.0, 10.0, 10.0, 5.0, 5.0, 5.0, 5.0];
+        let mut scenarios = vec![
+            Scenario::new("even, 2× the limit", n, limit, patterns::even(2.0 * per_sec, n)),
+            Scenario::new("skewed 40/20/10/10/5/5/5/5, 3×", n, limit, patterns::skewed(3.0 * per_sec, &skew)),
+            Scenario::new("one hot node (2×), others 1% each", n, limit, patterns::hot(2.0 * per_sec, 0.01 * per_sec)),
+            Scenario::new("all demand (2×) moves every 20 s", n, limit, patterns::moving(2.0 * per_sec, n, Duration::from_secs(20))),
+        ];
+        let mut churn = Scenario::new("skewed 3×, a node leaves, one joins, one loses the CP for 10 s", n, limit, patterns::skewed(3.0 * per_sec, &skew));
+        churn.events = vec![
+            (Duration::from_secs(60), Event::Leave(0)),
+            (Duration::from_secs(90), Event::Join(n - 1)),
+            (Duration::from_secs(100), Event::Disconnect(1)),
+            (Duration::from_secs(110), Event::Reconnect(1)),
+        ];
+        scenarios.push(churn);
+        for s in scenarios {
+            let o = run_blocking(&s);
+            println!(
+                "| {} | {n} | {} | {} {} | {:.0}% / {:.0}% / {:.0}% | {} ({}) |",
+                s.name,
+                s.limit,
+                o.max_in_window,
+                if o.max_in_window <= o.limit { "✓" } else { "**over**" },
+                100.0 * o.min_utilisation,
+                100.0 * o.mean_utilisation,
+                100.0 * o.best_utilisation,
+                o.refused,
+                o.refused_while_unused,
+            );
+        }
+    }
+}
