@@ -376,8 +376,7 @@ fn outcome(s: &Scenario, start: Instant, per_node: Vec<Vec<Instant>>, refused: u
         samples.push(in_window_ending(t) as f64 / f64::from(s.limit));
         t += Duration::from_secs(1);
     }
-    let refused_while_unused =
-        refused_at.iter().filter(|t| (in_window_ending(**t) as u32) < s.limit).count() as u64;
+    let refused_while_unused = refused_at.iter().filter(|t| (in_window_ending(**t) as u32) < s.limit).count() as u64;
     let mean = if samples.is_empty() { 0.0 } else { samples.iter().sum::<f64>() / samples.len() as f64 };
     Outcome {
         max_in_window: max_in_window as u32,
@@ -412,10 +411,10 @@ pub mod patterns {
         Arc::new(move |_, _| total / nodes as f64)
     }
 
-    /// Node `i` wants `total × weights[i] / Σ weights` (weights repeat past their end).
-    pub fn skewed(total: f64, weights: &[f64]) -> Pattern {
+    /// `total` split over `nodes` nodes by `weights` (repeating past their end).
+    pub fn skewed(total: f64, weights: &[f64], nodes: usize) -> Pattern {
         let weights = weights.to_vec();
-        let sum: f64 = weights.iter().sum();
+        let sum: f64 = (0..nodes).map(|i| weights[i % weights.len()]).sum();
         Arc::new(move |i, _| total * weights[i % weights.len()] / sum)
     }
 

@@ -25,9 +25,17 @@ pub struct NodeShare {
 /// New grants for `active` nodes, given what `reserved` (departed nodes whose lease or
 /// recent window still counts) may use. The result has one entry per active node.
 pub fn allocate(limit: u32, reserved: u32, active: &[NodeShare]) -> Vec<u32> {
+    allocate_with_targets(limit, reserved, active).0
+}
+
+/// [`allocate`], and each node's target: its share by demand of what departed nodes do
+/// not reserve, before the rule that increases wait for headroom. The targets sum to at
+/// most the limit; a node paces at its target (the fleet's rate split by demand) while
+/// its grant catches up.
+pub(super) fn allocate_with_targets(limit: u32, reserved: u32, active: &[NodeShare]) -> (Vec<u32>, Vec<u32>) {
     let n = active.len() as u32;
     if n == 0 {
-        return Vec::new();
+        return (Vec::new(), Vec::new());
     }
     let available = limit.saturating_sub(reserved);
     // A floor so an idle node can start: a tenth of an equal share, at least 1 when
@@ -107,7 +115,7 @@ pub fn allocate(limit: u32, reserved: u32, active: &[NodeShare]) -> Vec<u32> {
             headroom -= 1;
         }
     }
-    grants
+    (grants, targets)
 }
 
 #[cfg(test)]

@@ -27,6 +27,9 @@ pub struct Grant {
     pub backend_id: String,
     /// Requests per window.
     pub rpm: u32,
+    /// The node's share of the fleet's rate by demand (requests per window): its bucket
+    /// may refill at this pace while `rpm` catches up.
+    pub pace: u32,
     /// Tokens per window; 0 = no token limit.
     pub tpm: u32,
     /// Requests per window if the lease runs out.

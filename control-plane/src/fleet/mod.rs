@@ -425,6 +425,9 @@ impl Fleet {
             .iter()
             .map(|(id, s)| (id.clone(), s.region.clone(), s.tx.clone()))
             .collect();
+        // In node order, so a round's result does not depend on a hash map's order.
+        let mut sessions = sessions;
+        sessions.sort_by(|a, b| a.0.cmp(&b.0));
         let mut per_node: HashMap<String, Vec<Grant>> = HashMap::new();
         {
             let mut backends = self.backends.lock().expect("fleet lock");
@@ -442,9 +445,10 @@ impl Fleet {
                 let mut grants: Vec<Grant> = active
                     .iter()
                     .zip(fleet.shares.split(&active, limit, clock))
-                    .map(|(_, (grant, fallback))| Grant {
+                    .map(|(_, (grant, fallback, pace))| Grant {
                         backend_id: b.id.clone(),
                         rpm: grant,
+                        pace,
                         tpm: tokens_for(tokens, grant, limit),
                         fallback_rpm: fallback,
                         fallback_tpm: tokens.map_or(0, |t| tokens_for(Some(t), fallback, limit).max(1)),
@@ -458,7 +462,7 @@ impl Fleet {
                 for ModelLimits { name, requests: limit, tokens, window_seconds } in models {
                     let clock = self.clock(window_seconds, now);
                     let split = fleet.models.entry(name.clone()).or_default().split(&active, limit, clock);
-                    for (g, (grant, fallback)) in grants.iter_mut().zip(split) {
+                    for (g, (grant, fallback, _)) in grants.iter_mut().zip(split) {
                         g.models.push(ModelGrant {
                             model: name.clone(),
                             rpm: grant,

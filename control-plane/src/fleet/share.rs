@@ -9,7 +9,7 @@ use std::{
 
 use tokio::time::Instant;
 
-use super::allocate::{NodeShare, allocate};
+use super::allocate::{NodeShare, allocate_with_targets};
 
 /// Requests a node may admit at once beyond its pace (its bucket's burst).
 const BURST_ALLOWANCE: u32 = 10;
@@ -19,6 +19,11 @@ const BURST_ALLOWANCE: u32 = 10;
 pub(super) struct Share {
     pub(super) demand: f64,
     pub(super) grant: u32,
+    /// The pace last sent with the grant (requests per window): the node may admit at up
+    /// to the larger of the two until the window check stops it.
+    pub(super) pace: u32,
+    /// The pace sent the round before, which the node may still be running.
+    pub(super) previous_pace: u32,
     /// (when, grant) issued within the last window and the propagation allowance.
     pub(super) history: VecDeque<(Instant, u32)>,
     /// The node may use `grant` until then without hearing from us.
@@ -55,7 +60,8 @@ impl Share {
         }
         if now.saturating_duration_since(at) < 2 * propagation {
             let blind = now.saturating_duration_since(at) + 2 * propagation;
-            let pace = f64::from(self.grant) * blind.as_secs_f64() / window.as_secs_f64();
+            let rate = self.grant.max(self.pace).max(self.previous_pace);
+            let pace = f64::from(rate) * blind.as_secs_f64() / window.as_secs_f64();
             bound = bound.min(self.in_window.saturating_add(pace.ceil() as u32).saturating_add(BURST_ALLOWANCE));
         }
         if let Some(since) = at.checked_sub(2 * propagation) {
@@ -144,9 +150,9 @@ impl Shares {
     }
 
     /// One allocation round of `limit` per window among the `active` nodes: returns each
-    /// one's (grant, fallback share), in order. Departed nodes' grants count while their
+    /// one's (grant, fallback share, pace), in order. Departed nodes' grants count while their
     /// lease lasts, and whatever they held counts for a window after that.
-    pub(super) fn split(&mut self, active: &[&str], limit: u32, clock: Clock) -> Vec<(u32, u32)> {
+    pub(super) fn split(&mut self, active: &[&str], limit: u32, clock: Clock) -> Vec<(u32, u32, u32)> {
         let (now, keep) = (clock.now, clock.keep());
         let mut reserved = 0u32;
         self.0.retain(|node, share| {
@@ -173,16 +179,17 @@ impl Shares {
                 }
             })
             .collect();
-        let grants = allocate(limit, reserved, &inputs);
+        let (grants, targets) = allocate_with_targets(limit, reserved, &inputs);
         let fallback = (limit / (self.0.len() as u32).max(1)).max(1);
         active
             .iter()
-            .zip(grants)
-            .map(|(node, grant)| {
+            .zip(grants.into_iter().zip(targets))
+            .map(|(node, (grant, target))| {
                 let share = self.0.get_mut(*node).expect("share exists");
                 share.set(now, grant, clock.lease);
                 share.fallback = fallback;
-                (grant, fallback)
+                share.previous_pace = std::mem::replace(&mut share.pace, target);
+                (grant, fallback, target)
             })
             .collect()
     }

@@ -267,6 +267,7 @@ pub fn apply_grants(bundle: &Bundle, grants: &pb::QuotaGrants, now: Instant) {
             quota.grant = Some((g.rpm, (g.tpm > 0).then_some(g.tpm)));
             quota.lease_until = Some(now + lease);
             quota.fallback = (g.fallback_rpm, (g.fallback_tpm > 0).then_some(g.fallback_tpm));
+            quota.pace = (g.pace > g.rpm).then_some(g.pace);
             let limited = |name: &str| b.config.models.get(name).is_some_and(|m| m.limits.is_some());
             quota.models = g
                 .models

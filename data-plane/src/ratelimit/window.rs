@@ -1,5 +1,8 @@
 //! The request limiter: never more than `limit` admissions in any window (60 s by
-//! default), spread out by a token bucket of `burst` tokens refilled at `limit / window`.
+//! default), spread out by a token bucket of `burst` tokens refilled at `pace / window`
+//! (`pace` is the limit unless the fleet sets a faster one: a node whose window budget
+//! grows only as others' old admissions leave the window may pace at its share of the
+//! fleet's rate; the window check alone bounds what it admits).
 //!
 //! The window check keeps a small safety margin (1% of the window, at least 50 ms): a
 //! provider counts arrivals, not our admissions, and network jitter can bring two
@@ -18,6 +21,8 @@ use tokio::time::Instant;
 #[derive(Debug)]
 pub struct RequestLimiter {
     limit: u32,
+    /// The bucket refills at `pace.max(limit) / window`.
+    pace: u32,
     burst: u32,
     window: Duration,
     tokens: f64,
@@ -88,7 +93,15 @@ impl AdmissionLog {
 impl RequestLimiter {
     /// A limiter starting with a full bucket.
     pub fn new(limit: u32, burst: u32, window: Duration, now: Instant) -> Self {
-        let mut l = Self { limit, burst: 1, window, tokens: 0.0, refilled_at: now, admitted: AdmissionLog::default() };
+        let mut l = Self {
+            limit,
+            pace: limit,
+            burst: 1,
+            window,
+            tokens: 0.0,
+            refilled_at: now,
+            admitted: AdmissionLog::default(),
+        };
         l.burst = burst.clamp(1, l.limit.max(1));
         l.tokens = f64::from(l.burst);
         l
@@ -99,6 +112,7 @@ impl RequestLimiter {
     pub fn reconfigure(&mut self, limit: u32, burst: u32, window: Duration, now: Instant) {
         self.refill(now);
         self.limit = limit;
+        self.pace = limit;
         self.burst = burst.clamp(1, self.limit.max(1));
         self.window = window;
         self.tokens = self.tokens.min(f64::from(self.burst));
@@ -107,6 +121,14 @@ impl RequestLimiter {
     /// The current limit per window.
     pub fn limit(&self) -> u32 {
         self.limit
+    }
+
+    /// Refills the bucket at `pace` per window when that is faster than the limit (set
+    /// after [`Self::reconfigure`], which resets it to the limit). Never admits more than
+    /// the limit in any window.
+    pub fn set_pace(&mut self, pace: u32, now: Instant) {
+        self.refill(now);
+        self.pace = pace.max(self.limit);
     }
 
     /// The window the log is checked against: the window plus the safety margin.
@@ -120,7 +142,7 @@ impl RequestLimiter {
     }
 
     fn rate_per_sec(&self) -> f64 {
-        f64::from(self.limit) / self.window.as_secs_f64()
+        f64::from(self.pace.max(self.limit)) / self.window.as_secs_f64()
     }
 
     fn refill(&mut self, now: Instant) {

@@ -221,6 +221,9 @@ pub struct Quota {
     pub fallback: (u32, Option<u32>),
     /// Starting share from the snapshot, until the first grant.
     pub initial: Option<u32>,
+    /// The pace the grant allows (requests per window, its share of the fleet's rate by
+    /// demand), when faster than the grant; under the same lease.
+    pub pace: Option<u32>,
     /// The shares of the models' own limits, by canonical name, granted with the
     /// backend's (under the same lease).
     pub models: HashMap<String, ModelQuota>,
@@ -373,7 +376,19 @@ impl BackendState {
         if let Some((granted, _)) = share {
             limit = limit.min(granted);
         }
-        self.limiter.lock().expect("limiter lock").reconfigure(limit, settings.bucket_burst, window, now);
+        {
+            let mut limiter = self.limiter.lock().expect("limiter lock");
+            limiter.reconfigure(limit, settings.bucket_burst, window, now);
+            // Under a live grant the bucket may refill at the node's share of the fleet's
+            // rate (never faster than the backend's own limit); the window check still
+            // holds it to the grant.
+            if let (Some(pace), Some(until)) = (quota.pace, quota.lease_until)
+                && until > now
+                && share.is_some()
+            {
+                limiter.set_pace(pace.min(config.window_limit()), now);
+            }
+        }
         let tpm_limit = match (config.window_tpm(), share) {
             (Some(limit), Some((_, Some(granted)))) => Some(limit.min(granted)),
             (limit, _) => limit,

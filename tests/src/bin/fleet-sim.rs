@@ -9,8 +9,16 @@ use sidecar_tests::sim::{Event, Scenario, patterns, run_blocking};
 
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
+    if std::env::args().any(|a| a == "--trace") {
+        let per_sec = 2.0;
+        let s = Scenario::new("trace", 4, 120, patterns::moving(2.0 * per_sec, 4, Duration::from_secs(20)));
+        trace(&run_blocking(&s), 180);
+        return;
+    }
     let sizes: &[usize] = if quick { &[4, 8] } else { &[4, 8, 16, 50] };
-    println!("| scenario | nodes | limit/min | max in any window | min / mean / best use per window | refused (while unused) |");
+    println!(
+        "| scenario | nodes | limit/min | max in any window | min / mean / best use per window | refused (while unused) |"
+    );
     println!("|---|---|---|---|---|---|");
     for &n in sizes {
         let limit = 120u32.max(15 * n as u32);
@@ -18,11 +26,21 @@ fn main() {
         let skew = [40.0, 20.0, 10.0, 10.0, 5.0, 5.0, 5.0, 5.0];
         let mut scenarios = vec![
             Scenario::new("even, 2× the limit", n, limit, patterns::even(2.0 * per_sec, n)),
-            Scenario::new("skewed 40/20/10/10/5/5/5/5, 3×", n, limit, patterns::skewed(3.0 * per_sec, &skew)),
+            Scenario::new("skewed 40/20/10/10/5/5/5/5, 3×", n, limit, patterns::skewed(3.0 * per_sec, &skew, n)),
             Scenario::new("one hot node (2×), others 1% each", n, limit, patterns::hot(2.0 * per_sec, 0.01 * per_sec)),
-            Scenario::new("all demand (2×) moves every 20 s", n, limit, patterns::moving(2.0 * per_sec, n, Duration::from_secs(20))),
+            Scenario::new(
+                "all demand (2×) moves every 20 s",
+                n,
+                limit,
+                patterns::moving(2.0 * per_sec, n, Duration::from_secs(20)),
+            ),
         ];
-        let mut churn = Scenario::new("skewed 3×, a node leaves, one joins, one loses the CP for 10 s", n, limit, patterns::skewed(3.0 * per_sec, &skew));
+        let mut churn = Scenario::new(
+            "skewed 3×, a node leaves, one joins, one loses the CP for 10 s",
+            n,
+            limit,
+            patterns::skewed(3.0 * per_sec, &skew, n),
+        );
         churn.events = vec![
             (Duration::from_secs(60), Event::Leave(0)),
             (Duration::from_secs(90), Event::Join(n - 1)),
@@ -45,5 +63,16 @@ fn main() {
                 o.refused_while_unused,
             );
         }
+    }
+}
+
+/// Per-second admissions of each node, for looking at one scenario closely.
+#[allow(dead_code)]
+fn trace(o: &sidecar_tests::sim::Outcome, secs: u64) {
+    for s in 0..secs {
+        let counts: Vec<String> = (0..o.per_node.len())
+            .map(|n| format!("{:>3}", (o.rate(n, Duration::from_secs(s), Duration::from_secs(s + 1))) as u32))
+            .collect();
+        eprintln!("{s:>4}s {}", counts.join(" "));
     }
 }

@@ -79,6 +79,7 @@ pub fn fleet_message(m: FleetMessage) -> pb::ControlMessage {
                     tpm: g.tpm,
                     fallback_rpm: g.fallback_rpm,
                     fallback_tpm: g.fallback_tpm,
+                    pace: g.pace,
                     models: g
                         .models
                         .into_iter()
