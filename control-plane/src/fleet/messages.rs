@@ -87,6 +87,8 @@ pub struct BackendDemand {
     pub in_window: u32,
     /// The same for each model with its own limits on the backend.
     pub models: Vec<ModelDemand>,
+    /// How long the node's grant still held when it reported (zero: none in force).
+    pub lease_remaining: std::time::Duration,
 }
 
 /// A node's demand on one model's own limits on a backend.

@@ -257,11 +257,15 @@ impl Fleet {
         let now = Instant::now();
         for d in demand {
             let fleet = backends.entry(d.backend_id.clone()).or_default();
-            fleet.shares.report(node_id, d.demand, d.bucket_fill, d.in_window, now);
+            // The node cannot fall back before its lease ends: the report left it at most a
+            // propagation delay ago.
+            let lease_known = (now + d.lease_remaining).checked_sub(self.timing.propagation);
+            let lease_known = lease_known.filter(|_| !d.lease_remaining.is_zero());
+            fleet.shares.report(node_id, d.demand, d.bucket_fill, d.in_window, now, lease_known);
             for m in &d.models {
                 // Only models the config limits: a node's report cannot grow the map.
                 if let Some(shares) = fleet.models.get_mut(&m.model) {
-                    shares.report(node_id, m.demand, m.bucket_fill, m.in_window, now);
+                    shares.report(node_id, m.demand, m.bucket_fill, m.in_window, now, lease_known);
                 }
             }
         }

@@ -36,6 +36,9 @@ pub(super) struct Share {
     pub(super) aged: Option<u32>,
     /// The fallback share last sent, used if the lease runs out.
     pub(super) fallback: u32,
+    /// Until then the node surely runs a grant, not its fallback share: its last report
+    /// said how long its lease still held.
+    pub(super) lease_known: Option<Instant>,
     /// When the node's current session began: a new process does not remember what the
     /// previous one admitted, so its window use says nothing until a window has passed.
     pub(super) attached_at: Option<Instant>,
@@ -70,7 +73,9 @@ impl Share {
             let then = self.history.iter().rev().find(|(t, _)| *t <= since).map(|(_, g)| *g).or(self.aged);
             if let Some(then) = then {
                 let later = self.history.iter().filter(|(t, _)| *t > since).map(|(_, g)| *g).max().unwrap_or(0);
-                bound = bound.min(self.in_window.max(then).max(later).max(self.fallback));
+                // The fallback share counts only once the node may have lost its lease.
+                let fallback = if self.lease_known.is_some_and(|u| now < u) { 0 } else { self.fallback };
+                bound = bound.min(self.in_window.max(then).max(later).max(fallback));
             }
         }
         bound
@@ -132,8 +137,17 @@ impl Shares {
     }
 
     /// A node's report: its demand (smoothed), bucket fill and use of the window.
-    pub(super) fn report(&mut self, node_id: &str, demand: f64, bucket_fill: f64, in_window: u32, now: Instant) {
+    pub(super) fn report(
+        &mut self,
+        node_id: &str,
+        demand: f64,
+        bucket_fill: f64,
+        in_window: u32,
+        now: Instant,
+        lease_known: Option<Instant>,
+    ) {
         let share = self.0.entry(node_id.to_owned()).or_default();
+        share.lease_known = lease_known;
         share.demand = if share.demand == 0.0 { demand } else { 0.5 * share.demand + 0.5 * demand };
         share.bucket_fill = bucket_fill;
         share.in_window = in_window;

@@ -285,3 +285,38 @@ async fn a_models_own_window_is_the_unit_of_its_grants() {
     assert!(m1.0 + m2.0 <= 10, "{m1:?} + {m2:?} exceeds 10 per 10 s");
     assert!(m2.0 >= 8, "two model windows later n2 holds most of it: {m2:?}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_idle_node_whose_lease_is_known_to_hold_does_not_keep_its_fallback_share_reserved() {
+    // The fallback share (limit ÷ nodes = 30) is what a node runs once its lease has run
+    // out. A node whose last report (here older than two propagation delays, so its
+    // window use alone bounds nothing) said its lease still holds cannot switch to it
+    // before then, so the busy node may have that capacity.
+    let busy_grant = |lease: Duration| async move {
+        let fleet = Fleet::new(FleetTiming::default());
+        let state = config(backend(60, 60));
+        let _rx1 = attach(&fleet, "n1", 1);
+        let mut rx2 = attach(&fleet, "n2", 2);
+        // n1 holds most of the limit for 30 s, then goes idle and n2 wants everything.
+        for round in 0..32 {
+            let (d1, d2) = if round < 12 { (600.0, 0.0) } else { (0.0, 600.0) };
+            for (node, demand) in [("n1", d1), ("n2", d2)] {
+                let d = BackendDemand {
+                    backend_id: "bkd_a".into(),
+                    demand,
+                    in_window: 0,
+                    lease_remaining: lease,
+                    ..Default::default()
+                };
+                fleet.demand(node, &[d]);
+            }
+            tokio::time::advance(Duration::from_millis(2500)).await;
+            fleet.regrant(&state);
+        }
+        grant(&mut rx2).0
+    };
+    let known = busy_grant(Duration::from_secs(5)).await;
+    assert!(known >= 45, "the busy node gets three quarters of the limit within 20 s: {known}");
+    let unknown = busy_grant(Duration::ZERO).await;
+    assert!(unknown <= 30, "without the lease the idle node's fallback stays reserved: {unknown}");
+}

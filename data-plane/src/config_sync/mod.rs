@@ -337,7 +337,15 @@ pub fn demand(
                     }
                 })
                 .collect();
+            let lease_remaining = b
+                .state
+                .quota
+                .lock()
+                .expect("quota lock")
+                .lease_until
+                .map_or(Duration::ZERO, |u| u.saturating_duration_since(now));
             pb::BackendDemand {
+                lease_remaining_ms: lease_remaining.as_millis() as u64,
                 backend_id: b.config.id.clone(),
                 demand: (admitted + rejected + waiting) as f64 * scale(b.config.window_seconds),
                 admitted,

@@ -129,6 +129,7 @@ pub fn demand_from_pb(d: pb::Demand) -> Vec<BackendDemand> {
             demand: b.demand,
             bucket_fill: b.bucket_fill,
             in_window: b.in_window,
+            lease_remaining: std::time::Duration::from_millis(b.lease_remaining_ms.min(86_400_000)),
             models: b
                 .models
                 .into_iter()
