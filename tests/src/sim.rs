@@ -111,6 +111,9 @@ pub struct Outcome {
     pub mean_utilisation: f64,
     /// See `min_utilisation`.
     pub best_utilisation: f64,
+    /// The best window of the whole run, start-up included (what a short end-to-end run
+    /// measures).
+    pub best_from_start: f64,
     /// Requests admitted in all.
     pub admitted: u64,
     /// Requests turned away (queue timeout) in all.
@@ -376,6 +379,12 @@ fn outcome(s: &Scenario, start: Instant, per_node: Vec<Vec<Instant>>, refused: u
         samples.push(in_window_ending(t) as f64 / f64::from(s.limit));
         t += Duration::from_secs(1);
     }
+    let mut best_from_start = 0.0f64;
+    let mut t = start + s.window;
+    while t <= start + s.duration {
+        best_from_start = best_from_start.max(in_window_ending(t) as f64 / f64::from(s.limit));
+        t += Duration::from_secs(1);
+    }
     let refused_while_unused = refused_at.iter().filter(|t| (in_window_ending(**t) as u32) < s.limit).count() as u64;
     let mean = if samples.is_empty() { 0.0 } else { samples.iter().sum::<f64>() / samples.len() as f64 };
     Outcome {
@@ -384,6 +393,7 @@ fn outcome(s: &Scenario, start: Instant, per_node: Vec<Vec<Instant>>, refused: u
         min_utilisation: samples.iter().copied().fold(f64::INFINITY, f64::min),
         mean_utilisation: mean,
         best_utilisation: samples.iter().copied().fold(0.0, f64::max),
+        best_from_start,
         admitted: all.len() as u64,
         refused,
         refused_while_unused,

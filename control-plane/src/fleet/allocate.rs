@@ -8,6 +8,21 @@
 //! for every window, the sum of those bounds (plus what departed nodes may still use)
 //! within the limit: decreases apply at once, increases only into capacity no other node
 //! can still be using.
+//!
+//! Each node also gets a pace: its target, the share by demand of what departed nodes do
+//! not reserve (the targets sum to at most the limit). A node's bucket refills at the
+//! larger of its grant and its pace, but its window check still admits at most its grant
+//! in any window, so the pace changes how fast a node may use its grant, never how much:
+//! the sum above is unaffected. (The bound on what a node can admit before the next grant
+//! reaches it is counted at that faster rate.) It matters when demand moves: the new
+//! node's grant can grow only as the old node's admissions leave the window, and paced at
+//! that small grant it would take the freed capacity a minute too slowly. Fleet-wide the
+//! refill rates sum to at most twice the limit per window, so requests are still spread
+//! over the window rather than spent at once.
+//!
+//! A node's fallback share (limit ÷ nodes, used once its lease runs out) counts in its
+//! bound only when it may have lost its lease: a node reports how long its lease still
+//! holds, and the report left it at most a propagation delay before it arrived.
 
 /// One node's view for the allocation.
 #[derive(Debug, Clone, Copy, PartialEq)]
