@@ -15,6 +15,8 @@ pub enum FleetMessage {
         grants: Vec<Grant>,
         /// How long they hold without renewal.
         lease_ms: u64,
+        /// The allocation round.
+        round: u64,
     },
     /// A backend cools (or recovered, with a count of 0) fleet-wide.
     Cooldown(CooldownNotice),
@@ -89,6 +91,8 @@ pub struct BackendDemand {
     pub models: Vec<ModelDemand>,
     /// How long the node's grant still held when it reported (zero: none in force).
     pub lease_remaining: std::time::Duration,
+    /// The allocation round of the grant in force when it reported (0: none or unknown).
+    pub grant_round: u64,
 }
 
 /// A node's demand on one model's own limits on a backend.

@@ -13,7 +13,7 @@ use tracing::{info, warn};
 
 pub use allocate::{NodeShare, allocate};
 pub use messages::{BackendDemand, CooldownNotice, FleetMessage, Grant, ModelDemand, ModelGrant, RateLimited, Sender};
-use share::{Clock, Shares};
+use share::{Clock, Report, Shares};
 
 use crate::{
     snapshot::{ConfigState, ModelCooldown, NodeSnapshot},
@@ -149,12 +149,17 @@ pub struct Fleet {
     timing: FleetTiming,
     sessions: Mutex<HashMap<String, Session>>,
     backends: Mutex<HashMap<String, BackendFleet>>,
+    /// Allocation rounds so far.
+    round: std::sync::atomic::AtomicU64,
 }
 
 impl Fleet {
     /// A coordinator with `timing`.
     pub fn new(timing: FleetTiming) -> Self {
-        Self { timing, sessions: Mutex::default(), backends: Mutex::default() }
+        // Rounds start from the clock (µs), so a restarted control plane never reuses a
+        // round a node may still report from before the restart.
+        let round = (now_ms().max(1) as u64).saturating_mul(1000);
+        Self { timing, sessions: Mutex::default(), backends: Mutex::default(), round: round.into() }
     }
 
     /// The timing in force.
@@ -199,6 +204,7 @@ impl Fleet {
             window: self.window_of(window_seconds),
             lease: self.timing.lease,
             propagation: self.timing.propagation,
+            round: self.round.load(std::sync::atomic::Ordering::Relaxed),
         }
     }
 
@@ -261,11 +267,14 @@ impl Fleet {
             // propagation delay ago.
             let lease_known = (now + d.lease_remaining).checked_sub(self.timing.propagation);
             let lease_known = lease_known.filter(|_| !d.lease_remaining.is_zero());
-            fleet.shares.report(node_id, d.demand, d.bucket_fill, d.in_window, now, lease_known);
+            let report =
+                Report { bucket_fill: d.bucket_fill, in_window: d.in_window, now, lease_known, round: d.grant_round };
+            fleet.shares.report(node_id, d.demand, report);
             for m in &d.models {
                 // Only models the config limits: a node's report cannot grow the map.
                 if let Some(shares) = fleet.models.get_mut(&m.model) {
-                    shares.report(node_id, m.demand, m.bucket_fill, m.in_window, now, lease_known);
+                    let report = Report { bucket_fill: m.bucket_fill, in_window: m.in_window, ..report };
+                    shares.report(node_id, m.demand, report);
                 }
             }
         }
@@ -422,6 +431,7 @@ impl Fleet {
     /// node its grants.
     pub fn regrant(&self, config: &ConfigState) {
         let now = Instant::now();
+        let round = self.round.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
         let sessions: Vec<(String, String, Sender)> = self
             .sessions
             .lock()
@@ -484,7 +494,7 @@ impl Fleet {
         let lease_ms = self.timing.lease.as_millis() as u64;
         for (node, _, tx) in sessions {
             let grants = per_node.remove(&node).unwrap_or_default();
-            let _ = tx.try_send(FleetMessage::Grants { grants, lease_ms });
+            let _ = tx.try_send(FleetMessage::Grants { grants, lease_ms, round });
         }
     }
 

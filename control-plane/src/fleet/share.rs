@@ -24,8 +24,9 @@ pub(super) struct Share {
     pub(super) pace: u32,
     /// The pace sent the round before, which the node may still be running.
     pub(super) previous_pace: u32,
-    /// (when, grant) issued within the last window and the propagation allowance.
-    pub(super) history: VecDeque<(Instant, u32)>,
+    /// (when, grant, allocation round; 0 for a starting share) issued within the last
+    /// window and the propagation allowance.
+    pub(super) history: VecDeque<(Instant, u32, u64)>,
     /// The node may use `grant` until then without hearing from us.
     pub(super) lease_until: Option<Instant>,
     pub(super) bucket_fill: f64,
@@ -39,6 +40,8 @@ pub(super) struct Share {
     /// Until then the node surely runs a grant, not its fallback share: its last report
     /// said how long its lease still held.
     pub(super) lease_known: Option<Instant>,
+    /// The allocation round of the grant the node ran when it last reported (0: unknown).
+    pub(super) reported_round: u64,
     /// When the node's current session began: a new process does not remember what the
     /// previous one admitted, so its window use says nothing until a window has passed.
     pub(super) attached_at: Option<Instant>,
@@ -50,10 +53,11 @@ impl Share {
     /// grant's pace (and a burst) before the next grant reaches it.
     ///
     /// Reports count only from a window into the node's session (a new process does not
-    /// remember what its predecessor admitted). A report made two propagation delays
-    /// after a grant was issued shows the node running that grant (or a later one): its
-    /// limiter then holds every window at or below the largest of those grants and what
-    /// the window already held. That is a bound too, and frees a decrease for others long
+    /// remember what its predecessor admitted). A report names the allocation round of the
+    /// grant the node ran when it made it; without one, a report made two propagation
+    /// delays after a grant was issued shows the node running that grant (or a later one).
+    /// Its limiter then holds every window at or below the largest of that grant, the ones
+    /// issued after it, and what the window already held. That is a bound too, and frees a decrease for others long
     /// before the old grant ages out of the history.
     pub(super) fn used_bound(&mut self, now: Instant, keep: Duration, window: Duration, propagation: Duration) -> u32 {
         let mut bound = self.recent_max(now, keep);
@@ -67,32 +71,54 @@ impl Share {
             let pace = f64::from(rate) * blind.as_secs_f64() / window.as_secs_f64();
             bound = bound.min(self.in_window.saturating_add(pace.ceil() as u32).saturating_add(BURST_ALLOWANCE));
         }
-        if let Some(since) = at.checked_sub(2 * propagation) {
-            // The grant the node surely ran when it reported (the last one issued by
-            // `since`), and any issued after it, which it may be running now.
-            let then = self.history.iter().rev().find(|(t, _)| *t <= since).map(|(_, g)| *g).or(self.aged);
-            if let Some(then) = then {
-                let later = self.history.iter().filter(|(t, _)| *t > since).map(|(_, g)| *g).max().unwrap_or(0);
-                // The fallback share counts only once the node may have lost its lease.
-                let fallback = if self.lease_known.is_some_and(|u| now < u) { 0 } else { self.fallback };
-                bound = bound.min(self.in_window.max(then).max(later).max(fallback));
-            }
+        // The grant the node ran when it reported, and any issued after it, which it may be
+        // running now: by the round it reported, else the last one issued two propagation
+        // delays before the report (which it surely ran by then).
+        let by_round = (self.reported_round > 0)
+            .then(|| self.history.iter().position(|(_, _, r)| *r == self.reported_round))
+            .flatten();
+        let split = match by_round {
+            Some(i) => Some((Some(self.history[i].1), i + 1)),
+            None => at.checked_sub(2 * propagation).map(|since| {
+                let i = self.history.iter().position(|(t, _, _)| *t > since).unwrap_or(self.history.len());
+                let then = i.checked_sub(1).map(|j| self.history[j].1).or(self.aged);
+                (then, i)
+            }),
+        };
+        if let Some((Some(then), first_later)) = split {
+            let later = self.history.iter().skip(first_later).map(|(_, g, _)| *g).max().unwrap_or(0);
+            // The fallback share counts only once the node may have lost its lease.
+            let fallback = if self.lease_known.is_some_and(|u| now < u) { 0 } else { self.fallback };
+            bound = bound.min(self.in_window.max(then).max(later).max(fallback));
         }
         bound
     }
 
     pub(super) fn recent_max(&mut self, now: Instant, keep: Duration) -> u32 {
-        while self.history.front().is_some_and(|(t, _)| now.saturating_duration_since(*t) > keep) {
-            self.aged = self.history.pop_front().map(|(_, g)| g);
+        while self.history.front().is_some_and(|(t, _, _)| now.saturating_duration_since(*t) > keep) {
+            self.aged = self.history.pop_front().map(|(_, g, _)| g);
         }
-        self.history.iter().map(|(_, g)| *g).max().unwrap_or(0).max(self.grant)
+        self.history.iter().map(|(_, g, _)| *g).max().unwrap_or(0).max(self.grant)
     }
 
-    pub(super) fn set(&mut self, now: Instant, grant: u32, lease: Duration) {
+    pub(super) fn set(&mut self, now: Instant, grant: u32, lease: Duration, round: u64) {
         self.grant = grant;
-        self.history.push_back((now, grant));
+        self.history.push_back((now, grant, round));
         self.lease_until = Some(now + lease);
     }
+}
+
+/// What a node's demand report says besides its demand.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Report {
+    pub(super) bucket_fill: f64,
+    pub(super) in_window: u32,
+    /// When it arrived.
+    pub(super) now: Instant,
+    /// Until when the node surely keeps its lease.
+    pub(super) lease_known: Option<Instant>,
+    /// The allocation round of the grant it ran (0: unknown).
+    pub(super) round: u64,
 }
 
 /// How the shares of one limit are timed: the limit's window and the fleet's timing.
@@ -102,6 +128,8 @@ pub(super) struct Clock {
     pub(super) window: Duration,
     pub(super) lease: Duration,
     pub(super) propagation: Duration,
+    /// The allocation round under way (grants made now carry it).
+    pub(super) round: u64,
 }
 
 impl Clock {
@@ -131,24 +159,18 @@ impl Shares {
         if share.grant == 0 {
             let free = limit.saturating_sub(used);
             let start = (limit / (others.len() as u32 + 1)).max(1).min(free);
-            share.set(clock.now, start, clock.lease);
+            share.set(clock.now, start, clock.lease, 0);
         }
         share.grant.min(limit)
     }
 
     /// A node's report: its demand (smoothed), bucket fill and use of the window.
-    pub(super) fn report(
-        &mut self,
-        node_id: &str,
-        demand: f64,
-        bucket_fill: f64,
-        in_window: u32,
-        now: Instant,
-        lease_known: Option<Instant>,
-    ) {
+    pub(super) fn report(&mut self, node_id: &str, demand: f64, report: Report) {
+        let Report { bucket_fill, in_window, now, lease_known, round } = report;
         let share = self.0.entry(node_id.to_owned()).or_default();
         share.lease_known = lease_known;
-        share.demand = if share.demand == 0.0 { demand } else { 0.5 * share.demand + 0.5 * demand };
+        share.reported_round = round;
+        share.demand = if share.demand == 0.0 { demand } else { 0.2 * share.demand + 0.8 * demand };
         share.bucket_fill = bucket_fill;
         share.in_window = in_window;
         share.reported_at = Some(now);
@@ -200,7 +222,7 @@ impl Shares {
             .zip(grants.into_iter().zip(targets))
             .map(|(node, (grant, target))| {
                 let share = self.0.get_mut(*node).expect("share exists");
-                share.set(now, grant, clock.lease);
+                share.set(now, grant, clock.lease, clock.round);
                 share.fallback = fallback;
                 share.previous_pace = std::mem::replace(&mut share.pace, target);
                 (grant, fallback, target)

@@ -320,3 +320,55 @@ async fn an_idle_node_whose_lease_is_known_to_hold_does_not_keep_its_fallback_sh
     let unknown = busy_grant(Duration::ZERO).await;
     assert!(unknown <= 30, "without the lease the idle node's fallback stays reserved: {unknown}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_report_naming_the_round_it_runs_frees_a_decrease_without_waiting_for_the_propagation_allowance() {
+    // As above, but n1's report names the allocation round of the grant it runs: the
+    // control plane need not wait two propagation delays to know the decrease took effect.
+    let fleet = Fleet::new(FleetTiming::default());
+    let b = backend(60, 10);
+    let state = config(b.clone());
+    let mut rx1 = attach(&fleet, "n1", 1);
+    let mut rx2 = attach(&fleet, "n2", 2);
+    fleet.decorate("n1", &mut snapshot(&b));
+    demand(&fleet, "n1", 1.0);
+    demand(&fleet, "n2", 100.0);
+    fleet.regrant(&state);
+    let round = std::iter::from_fn(|| rx1.try_recv().ok())
+        .find_map(|m| match m {
+            FleetMessage::Grants { round, .. } => Some(round),
+            FleetMessage::Cooldown(_) => None,
+        })
+        .expect("a grant");
+    let g2 = grant(&mut rx2).0;
+    assert!(g2 <= 1, "the increase waits: {g2}");
+
+    tokio::time::advance(Duration::from_millis(300)).await;
+    let report = |round: u64| BackendDemand {
+        backend_id: "bkd_a".into(),
+        demand: 1.0,
+        in_window: 2,
+        lease_remaining: Duration::from_secs(4),
+        grant_round: round,
+        ..Default::default()
+    };
+    fleet.demand("n1", &[report(round)]);
+    demand(&fleet, "n2", 100.0);
+    fleet.regrant(&state);
+    let h2 = grant(&mut rx2).0;
+    assert!(h2 >= 5, "n2 gets what n1 no longer can use, 0.3 s after the decrease: {h2}");
+
+    // The same report without the round proves nothing yet.
+    let fleet = Fleet::new(FleetTiming::default());
+    let _rx1 = attach(&fleet, "n1", 1);
+    let mut rx2 = attach(&fleet, "n2", 2);
+    fleet.decorate("n1", &mut snapshot(&b));
+    demand(&fleet, "n1", 1.0);
+    demand(&fleet, "n2", 100.0);
+    fleet.regrant(&state);
+    tokio::time::advance(Duration::from_millis(300)).await;
+    fleet.demand("n1", &[report(0)]);
+    demand(&fleet, "n2", 100.0);
+    fleet.regrant(&state);
+    assert!(grant(&mut rx2).0 <= 1);
+}

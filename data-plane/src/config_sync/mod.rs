@@ -268,6 +268,7 @@ pub fn apply_grants(bundle: &Bundle, grants: &pb::QuotaGrants, now: Instant) {
             quota.lease_until = Some(now + lease);
             quota.fallback = (g.fallback_rpm, (g.fallback_tpm > 0).then_some(g.fallback_tpm));
             quota.pace = (g.pace > g.rpm).then_some(g.pace);
+            quota.round = grants.round;
             let limited = |name: &str| b.config.models.get(name).is_some_and(|m| m.limits.is_some());
             quota.models = g
                 .models
@@ -337,15 +338,14 @@ pub fn demand(
                     }
                 })
                 .collect();
-            let lease_remaining = b
-                .state
-                .quota
-                .lock()
-                .expect("quota lock")
-                .lease_until
-                .map_or(Duration::ZERO, |u| u.saturating_duration_since(now));
+            let (lease_remaining, grant_round) = {
+                let quota = b.state.quota.lock().expect("quota lock");
+                let remaining = quota.lease_until.map_or(Duration::ZERO, |u| u.saturating_duration_since(now));
+                (remaining, if remaining.is_zero() { 0 } else { quota.round })
+            };
             pb::BackendDemand {
                 lease_remaining_ms: lease_remaining.as_millis() as u64,
+                grant_round,
                 backend_id: b.config.id.clone(),
                 demand: (admitted + rejected + waiting) as f64 * scale(b.config.window_seconds),
                 admitted,

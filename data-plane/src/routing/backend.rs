@@ -221,6 +221,8 @@ pub struct Quota {
     pub fallback: (u32, Option<u32>),
     /// Starting share from the snapshot, until the first grant.
     pub initial: Option<u32>,
+    /// The allocation round the grant came in (0: none).
+    pub round: u64,
     /// The pace the grant allows (requests per window, its share of the fleet's rate by
     /// demand), when faster than the grant; under the same lease.
     pub pace: Option<u32>,

@@ -62,10 +62,23 @@ fn main() {
             (Duration::from_secs(110), Event::Reconnect(1)),
         ];
         scenarios.push(churn);
+        let mut moving_low = Scenario::new(
+            "all demand (2×) moves every 20 s, low priority (2 s in the queue)",
+            n,
+            limit,
+            patterns::moving(2.0 * per_sec, n, Duration::from_secs(20)),
+        );
+        moving_low.queue_timeout = Duration::from_secs(2);
+        scenarios.push(moving_low);
+        let mut late =
+            Scenario::new("skewed 3×, every message 500 ms late", n, limit, patterns::skewed(3.0 * per_sec, &skew, n));
+        late.delay = Duration::from_millis(500);
+        scenarios.push(late);
         for s in scenarios {
             let o = run_blocking(&s);
+            let lag = if s.name.starts_with("all demand") { shift_lag(&o, n, per_sec) } else { String::new() };
             println!(
-                "| {} | {n} | {} | {} {} | {:.0}% / {:.0}% / {:.0}% | {} ({}) |",
+                "| {}{lag} | {n} | {} | {} {} | {:.0}% / {:.0}% / {:.0}% | {} ({}) |",
                 s.name,
                 s.limit,
                 o.max_in_window,
@@ -89,4 +102,23 @@ fn trace(o: &sidecar_tests::sim::Outcome, secs: u64) {
             .collect();
         eprintln!("{s:>4}s {}", counts.join(" "));
     }
+}
+
+/// For demand that moves to the next node every 20 s: after each move (from two windows
+/// in), how long until the new node admits at 90% of the limit's rate over 2 s; the median
+/// and the slowest, as a suffix for the scenario's name.
+fn shift_lag(o: &sidecar_tests::sim::Outcome, nodes: usize, per_sec: f64) -> String {
+    let mut lags = Vec::new();
+    let mut t0 = 120u64;
+    while t0 + 20 <= 180 {
+        let node = (t0 / 20) as usize % nodes;
+        let lag = (0..18u64).find(|d| {
+            let from = Duration::from_secs(t0 + d);
+            o.rate(node, from, from + Duration::from_secs(2)) >= 0.9 * per_sec
+        });
+        lags.push(lag.map_or(20, |d| d));
+        t0 += 20;
+    }
+    lags.sort_unstable();
+    format!(" (new node at 90% after {} s, slowest {} s)", lags[lags.len() / 2], lags[lags.len() - 1])
 }

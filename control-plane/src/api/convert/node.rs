@@ -70,7 +70,8 @@ pub fn snapshot_message(s: &NodeSnapshot) -> pb::ControlMessage {
 /// A fleet message as the node receives it.
 pub fn fleet_message(m: FleetMessage) -> pb::ControlMessage {
     let kind = match m {
-        FleetMessage::Grants { grants, lease_ms } => Kind::Grants(pb::QuotaGrants {
+        FleetMessage::Grants { grants, lease_ms, round } => Kind::Grants(pb::QuotaGrants {
+            round,
             grants: grants
                 .into_iter()
                 .map(|g| pb::QuotaGrant {
@@ -130,6 +131,7 @@ pub fn demand_from_pb(d: pb::Demand) -> Vec<BackendDemand> {
             bucket_fill: b.bucket_fill,
             in_window: b.in_window,
             lease_remaining: std::time::Duration::from_millis(b.lease_remaining_ms.min(86_400_000)),
+            grant_round: b.grant_round,
             models: b
                 .models
                 .into_iter()
