@@ -6,7 +6,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use sidecar_proto::v1 as pb;
-use sidecar_tests::{Gateway, MockUpstream, Options, ProxyOptions, Reply, eventually, gateway::BackendDef, offer};
+use sidecar_tests::{
+    Gateway, MockUpstream, Options, ProxyHarness, ProxyOptions, Reply, eventually, gateway::BackendDef, offer,
+};
 
 /// Requests for `native` the mock served in `[from, to)`, per second.
 fn served_rate(mock: &MockUpstream, native: &str, from: Instant, to: Instant) -> f64 {
@@ -18,13 +20,17 @@ fn served_rate(mock: &MockUpstream, native: &str, from: Instant, to: Instant) ->
     n as f64 / to.duration_since(from).as_secs_f64()
 }
 
-#[tokio::test]
-async fn two_proxies_keep_each_model_under_its_own_limit_and_a_small_model_does_not_starve_a_big_one() {
-    // The provider's minute compressed to 2 s: model A 60, model B 6 per window, the key
-    // 100; the fleet's demand is three times both models' limits.
-    const WINDOW: Duration = Duration::from_secs(2);
-    let (a_limit, b_limit) = (60u32, 6u32);
-    let per_sec = |n: u32| f64::from(n) / WINDOW.as_secs_f64();
+/// The provider's minute compressed to 2 s.
+const WINDOW: Duration = Duration::from_secs(2);
+
+fn per_sec(n: u32) -> f64 {
+    f64::from(n) / WINDOW.as_secs_f64()
+}
+
+/// A fleet of two proxies and a key of 100 per window serving model A (`native-a`) and
+/// model B (`native-b`), each limited on its own by the provider (the mock) and in the
+/// config to `a_limit` and `b_limit` per window.
+async fn two_proxies_and_two_limited_models(a_limit: u32, b_limit: u32) -> (MockUpstream, Gateway, ProxyHarness) {
     let mock = MockUpstream::start(&[]).await;
     mock.set_rpm_limit(100, WINDOW);
     mock.set_model_limit("native-a", a_limit, WINDOW);
@@ -49,6 +55,15 @@ async fn two_proxies_keep_each_model_under_its_own_limit_and_a_small_model_does_
     )
     .await;
     second.wait_version(gw.proxy.version()).await;
+    (mock, gw, second)
+}
+
+#[tokio::test]
+async fn two_proxies_keep_each_model_under_its_own_limit_and_a_small_model_does_not_starve_a_big_one() {
+    // Model A 60, model B 6 per window, the key 100; the fleet's demand is three times
+    // both models' limits.
+    let (a_limit, b_limit) = (60u32, 6u32);
+    let (mock, gw, second) = two_proxies_and_two_limited_models(a_limit, b_limit).await;
 
     let start = Instant::now();
     let end = start + Duration::from_secs(10);
@@ -84,33 +99,8 @@ async fn a_models_limit_goes_to_the_proxy_that_wants_the_model_not_the_one_that_
     // model's limit goes to the first, even though the second wants three times more of
     // the backend. (Shared in proportion to the backend's split, the first would get a
     // quarter of it.)
-    const WINDOW: Duration = Duration::from_secs(2);
     let (a_limit, b_limit) = (60u32, 20u32);
-    let per_sec = |n: u32| f64::from(n) / WINDOW.as_secs_f64();
-    let mock = MockUpstream::start(&[]).await;
-    mock.set_rpm_limit(100, WINDOW);
-    mock.set_model_limit("native-a", a_limit, WINDOW);
-    mock.set_model_limit("native-b", b_limit, WINDOW);
-    let cp_env = vec![
-        ("SIDECAR_RATE_WINDOW_MS".to_string(), WINDOW.as_millis().to_string()),
-        ("SIDECAR_GRANT_LEASE_MS".to_string(), "1500".to_string()),
-        ("SIDECAR_GRANT_INTERVAL_MS".to_string(), "250".to_string()),
-    ];
-    let proxy_options = |id: &str| ProxyOptions { node_id: id.into(), rate_window: WINDOW, ..Default::default() };
-    let mut gw = Gateway::start_fleet(Options { env: cp_env, ..Options::default() }, proxy_options("p1")).await;
-    gw.settings(pb::SettingsPatch { low_priority_timeout_seconds: Some(1), ..Default::default() }).await;
-    let second = gw.add_proxy(proxy_options("p2")).await;
-    gw.add_backend(
-        &mock,
-        BackendDef {
-            rpm: 100,
-            models: &[("model-a", "native-a"), ("model-b", "native-b")],
-            model_limits: &[("model-a", a_limit), ("model-b", b_limit)],
-            ..Default::default()
-        },
-    )
-    .await;
-    second.wait_version(gw.proxy.version()).await;
+    let (mock, gw, second) = two_proxies_and_two_limited_models(a_limit, b_limit).await;
 
     let start = Instant::now();
     let end = start + Duration::from_secs(10);
@@ -142,7 +132,7 @@ fn rate_limited(native: Option<&str>) -> Reply {
 
 /// Gateway with two proxies and one backend serving "big" (no limits of its own) and
 /// "small" (its own 60 RPM), no emergency probes.
-async fn two_proxies_one_backend(mock: &MockUpstream) -> (Gateway, sidecar_tests::ProxyHarness, pb::Backend) {
+async fn two_proxies_one_backend(mock: &MockUpstream) -> (Gateway, ProxyHarness, pb::Backend) {
     let mut gw = Gateway::start_with(ProxyOptions { node_id: "p1".into(), ..Default::default() }).await;
     gw.settings(pb::SettingsPatch {
         emergency_fraction: Some(0.0),
