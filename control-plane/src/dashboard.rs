@@ -173,7 +173,7 @@ pub fn compute(shared: &Shared, totals: UsageCounters) -> Result<Dashboard, crat
             models: b
                 .model_mappings
                 .iter()
-                .filter(|(_, m)| m.rpm_limit.is_some() || m.tpm_limit.is_some())
+                .filter(|(_, m)| m.has_limits())
                 .map(|(name, m)| {
                     let live = l.models.get(name).cloned().unwrap_or_default();
                     LiveModel {

@@ -67,6 +67,13 @@ pub struct ModelLimits {
     pub window_seconds: Option<u32>,
 }
 
+impl ModelLimits {
+    /// The window the limits are enforced in, in seconds: the model's own, else `backend`'s.
+    pub fn window_of(&self, backend: &BackendConfig) -> u32 {
+        self.window_seconds.unwrap_or(backend.window_seconds)
+    }
+}
+
 /// A shared handle on a (backend, model) bucket; equal when it is the same bucket.
 #[derive(Debug, Clone)]
 pub struct ModelBucketRef(pub std::sync::Arc<crate::routing::ModelBucket>);

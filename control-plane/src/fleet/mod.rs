@@ -102,7 +102,7 @@ fn model_limits(config: &ConfigState, b: &BackendRecord) -> Vec<ModelLimits> {
     let backend = config.rpm_limit(b);
     b.model_mappings
         .iter()
-        .filter(|(_, m)| m.rpm_limit.is_some() || m.tpm_limit.is_some())
+        .filter(|(_, m)| m.has_limits())
         .map(|(name, m)| {
             let window_seconds = m.window_seconds(b.window_seconds);
             ModelLimits {
@@ -115,9 +115,11 @@ fn model_limits(config: &ConfigState, b: &BackendRecord) -> Vec<ModelLimits> {
         .collect()
 }
 
-/// Tokens per window that go with `grant` of `limit` requests: the same fraction.
-fn tokens_for(tokens: Option<u32>, grant: u32, limit: u32) -> u32 {
-    tokens.map_or(0, |t| ((u64::from(t) * u64::from(grant)) / u64::from(limit.max(1))) as u32)
+/// Tokens per window that go with a grant and a fallback share of `limit` requests: the
+/// same fractions of `tokens` (0 = no token limit; a fallback share of at least 1).
+fn token_shares(tokens: Option<u32>, grant: u32, fallback: u32, limit: u32) -> (u32, u32) {
+    let share = |n: u32, t: u32| ((u64::from(t) * u64::from(n)) / u64::from(limit.max(1))) as u32;
+    tokens.map_or((0, 0), |t| (share(grant, t), share(fallback, t).max(1)))
 }
 
 /// Live figures of a backend across the fleet, for the dashboard.
@@ -459,14 +461,17 @@ impl Fleet {
                 let mut grants: Vec<Grant> = active
                     .iter()
                     .zip(fleet.shares.split(&active, limit, clock))
-                    .map(|(_, (grant, fallback, pace))| Grant {
-                        backend_id: b.id.clone(),
-                        rpm: grant,
-                        pace,
-                        tpm: tokens_for(tokens, grant, limit),
-                        fallback_rpm: fallback,
-                        fallback_tpm: tokens.map_or(0, |t| tokens_for(Some(t), fallback, limit).max(1)),
-                        models: Vec::new(),
+                    .map(|(_, (grant, fallback, pace))| {
+                        let (tpm, fallback_tpm) = token_shares(tokens, grant, fallback, limit);
+                        Grant {
+                            backend_id: b.id.clone(),
+                            rpm: grant,
+                            pace,
+                            tpm,
+                            fallback_rpm: fallback,
+                            fallback_tpm,
+                            models: Vec::new(),
+                        }
                     })
                     .collect();
                 // Each model's own limits split the same way; the grants travel with the
@@ -477,12 +482,13 @@ impl Fleet {
                     let clock = self.clock(window_seconds, now);
                     let split = fleet.models.entry(name.clone()).or_default().split(&active, limit, clock);
                     for (g, (grant, fallback, _)) in grants.iter_mut().zip(split) {
+                        let (tpm, fallback_tpm) = token_shares(tokens, grant, fallback, limit);
                         g.models.push(ModelGrant {
                             model: name.clone(),
                             rpm: grant,
-                            tpm: tokens_for(tokens, grant, limit),
+                            tpm,
                             fallback_rpm: fallback,
-                            fallback_tpm: tokens.map_or(0, |t| tokens_for(Some(t), fallback, limit).max(1)),
+                            fallback_tpm,
                         });
                     }
                 }

@@ -53,6 +53,11 @@ impl ModelMapping {
     pub fn window_seconds(&self, backend: u32) -> u32 {
         self.window_seconds.unwrap_or(backend)
     }
+
+    /// Whether the provider limits this model on its own (requests or tokens).
+    pub fn has_limits(&self) -> bool {
+        self.rpm_limit.is_some() || self.tpm_limit.is_some()
+    }
 }
 
 /// Where a backend came from.

@@ -251,9 +251,10 @@ impl Syncer {
     }
 }
 
-/// A limiter's tokens now, burst and requests in the current window.
-fn fill(limiter: &mut RequestLimiter, now: Instant) -> (f64, u32, u32) {
-    (limiter.tokens(now), limiter.burst(), limiter.in_window(now))
+/// A limiter's bucket fill now (tokens ÷ burst, 0..=1) and requests in the current window.
+fn fill(limiter: &mut RequestLimiter, now: Instant) -> (f64, u32) {
+    let fill = (limiter.tokens(now) / f64::from(limiter.burst().max(1))).clamp(0.0, 1.0);
+    (fill, limiter.in_window(now))
 }
 
 /// Takes a node's shares of backend (and model) limits from the control plane into
@@ -309,7 +310,7 @@ pub fn demand(
                 .sum();
             let admitted = b.state.admitted.swap(0, Relaxed);
             let rejected = b.state.rejected.swap(0, Relaxed);
-            let (tokens, burst, in_window) = fill(&mut b.state.limiter.lock().expect("limiter lock"), now);
+            let (bucket_fill, in_window) = fill(&mut b.state.limiter.lock().expect("limiter lock"), now);
             // Per the backend's window (or the model's), the unit its grants come in.
             let scale = |window_seconds: u32| (bundle.window * window_seconds / 60).as_secs_f64() / every.as_secs_f64();
             let models = b
@@ -322,19 +323,14 @@ pub fn demand(
                     let waiting = waiting_by_model.get(name).copied().unwrap_or(0);
                     let admitted = bucket.admitted.swap(0, Relaxed);
                     let rejected = bucket.rejected.swap(0, Relaxed);
-                    let (tokens, burst, in_window) = fill(&mut bucket.limiter.lock().expect("model limiter lock"), now);
-                    let window_seconds = b
-                        .config
-                        .models
-                        .get(name)
-                        .and_then(|m| m.limits)
-                        .and_then(|l| l.window_seconds)
-                        .unwrap_or(b.config.window_seconds);
+                    let (bucket_fill, in_window) = fill(&mut bucket.limiter.lock().expect("model limiter lock"), now);
+                    let limits = b.config.models.get(name).and_then(|m| m.limits);
+                    let window_seconds = limits.map_or(b.config.window_seconds, |l| l.window_of(&b.config));
                     pb::ModelDemand {
                         model: name.clone(),
                         demand: (admitted + rejected + waiting) as f64 * scale(window_seconds),
                         in_window,
-                        bucket_fill: (tokens / f64::from(burst.max(1))).clamp(0.0, 1.0),
+                        bucket_fill,
                     }
                 })
                 .collect();
@@ -351,7 +347,7 @@ pub fn demand(
                 admitted,
                 waiting,
                 rejected,
-                bucket_fill: (tokens / f64::from(burst.max(1))).clamp(0.0, 1.0),
+                bucket_fill,
                 in_window,
                 models,
             }

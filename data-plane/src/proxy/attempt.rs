@@ -108,16 +108,19 @@ impl Attempt {
         let now = Instant::now();
         let (outcome, kind) = match class {
             StatusClass::Success | StatusClass::ClientError => return Answer::Pass(response),
-            StatusClass::RateLimited if grant.model.bucket.is_some() => {
-                let retry_after = upstream::retry_after(response.headers());
-                grant_settle(grant, None);
-                let (outcome, kind) = (Outcome::RateLimited, "429");
-                attempt_failed(&self.shared, settings, grant, &self.model, outcome, kind, self.sent);
-                release(&self.shared, grant);
-                return Answer::RateLimited { response, retry_after };
-            }
             StatusClass::RateLimited => {
-                on_rate_limited(&self.shared, settings, grant, upstream::retry_after(response.headers()), now, None);
+                // For a model with its own limits the error body decides what cools
+                // (`Attempt::cool`, once the caller has read it).
+                if grant.model.bucket.is_none() {
+                    on_rate_limited(
+                        &self.shared,
+                        settings,
+                        grant,
+                        upstream::retry_after(response.headers()),
+                        now,
+                        None,
+                    );
+                }
                 (Outcome::RateLimited, "429")
             }
             StatusClass::Auth => {
@@ -134,6 +137,9 @@ impl Attempt {
         grant_settle(grant, None);
         attempt_failed(&self.shared, settings, grant, &self.model, outcome, kind, self.sent);
         release(&self.shared, grant);
+        if class == StatusClass::RateLimited && grant.model.bucket.is_some() {
+            return Answer::RateLimited { retry_after: upstream::retry_after(response.headers()), response };
+        }
         Answer::Failed { response: Some(response), rate_limited: class == StatusClass::RateLimited }
     }
 

@@ -404,7 +404,7 @@ impl BackendState {
         for (name, route) in &config.models {
             let Some(limits) = route.limits else { continue };
             // The model's own window, if the provider enforces its limits in another.
-            let window_seconds = limits.window_seconds.unwrap_or(config.window_seconds);
+            let window_seconds = limits.window_of(config);
             let model_window = minute * window_seconds / 60;
             let proportional = model_share(limits, window_seconds, fraction);
             let (requests, tokens) = match (quota.model_share(name, now), config.initial_model_shares.get(name)) {
