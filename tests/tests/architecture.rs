@@ -2,7 +2,8 @@
 //! statuses (`tonic::Status`) appear only where requests come in or messages go out. In
 //! the control plane that is `api/` (plus the binaries and the fuzzing entry points); in
 //! the proxy it is `config_sync/` and the report's delivery (plus test-only code). The
-//! control plane's domain also never reaches up into `api`.
+//! control plane's domain also never reaches up into `api`, and no control-plane source
+//! file reaches 400 lines.
 //!
 //! Checks this checkout, or the one at `SIDECAR_SOURCE_ROOT` (to check another tree).
 
@@ -99,4 +100,17 @@ fn the_check_sees_what_it_must_refuse() {
     assert!(names_the_wire("fn f() -> Result<(), tonic::Status> {").is_some());
     assert!(names_the_wire("use tonic::transport::Server; // not Status").is_none());
     assert!(names_the_wire("use http::StatusCode;").is_none());
+}
+
+/// A control-plane source file that outgrows 400 lines holds more than one concept: split
+/// it by what it does (as `fleet/cooldown.rs` was split from `fleet/mod.rs`).
+#[test]
+fn no_control_plane_source_file_reaches_400_lines() {
+    let too_long: Vec<String> = sources(&root().join("control-plane/src"))
+        .into_iter()
+        .map(|(path, text)| (path, text.lines().count()))
+        .filter(|(_, lines)| *lines >= 400)
+        .map(|(path, lines)| format!("control-plane/src/{path}: {lines} lines"))
+        .collect();
+    assert!(too_long.is_empty(), "split these by concept:\n{}", too_long.join("\n"));
 }

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use tokio::sync::mpsc;
 
 use super::*;
-use crate::store::BackendRecord;
+use crate::store::{BackendRecord, Settings};
 
 fn backend(rpm_limit: u32, window_seconds: u32) -> BackendRecord {
     BackendRecord {
