@@ -96,6 +96,9 @@ sidecar_settings::settings! {
     grant_lease_ms = "SIDECAR_GRANT_LEASE_MS": "How long a grant stays valid, milliseconds", default "5000";
     grant_interval_ms = "SIDECAR_GRANT_INTERVAL_MS": "How often grants are sent, milliseconds", default "1000";
     grant_propagation_ms = "SIDECAR_GRANT_PROPAGATION_MS": "Bound on grant delivery, milliseconds", default "1000";
+    lost_node_hold_ms = "SIDECAR_LOST_NODE_HOLD_MS":
+        "How long a proxy cut off without a goodbye keeps its fallback share reserved, milliseconds",
+        default "600000";
     tls_cert = "SIDECAR_TLS_CERT": "PEM certificate chain for TLS on the API port";
     tls_key = "SIDECAR_TLS_KEY": "PEM private key of that certificate";
     tls_client_ca = "SIDECAR_TLS_CLIENT_CA": "PEM CA certificates that sign node client certificates (mTLS)";
@@ -230,6 +233,7 @@ impl ControlConfig {
             lease: millis("SIDECAR_GRANT_LEASE_MS", 100, 600_000)?,
             interval: millis("SIDECAR_GRANT_INTERVAL_MS", 50, 60_000)?,
             propagation: millis("SIDECAR_GRANT_PROPAGATION_MS", 10, 60_000)?,
+            lost_hold: millis("SIDECAR_LOST_NODE_HOLD_MS", 0, 86_400_000)?,
         };
         if fleet.lease <= fleet.interval {
             return Err(src.invalid("SIDECAR_GRANT_LEASE_MS", "must be longer than SIDECAR_GRANT_INTERVAL_MS"));

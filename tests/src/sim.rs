@@ -38,13 +38,18 @@ pub type Pattern = Arc<dyn Fn(usize, Duration) -> f64 + Send + Sync>;
 pub enum Event {
     /// The node starts (it is not running before).
     Join(usize),
-    /// The node stops for good.
+    /// The node shuts down for good, saying goodbye.
     Leave(usize),
+    /// The node stops for good without a word (killed, or its host lost).
+    Crash(usize),
     /// The node loses the control plane (it keeps serving on its grants, then its
     /// fallback share) ...
     Disconnect(usize),
     /// ... and gets it back.
     Reconnect(usize),
+    /// The node's process restarts (as in a rolling deploy): it says goodbye, and the new
+    /// process starts from a fresh snapshot, remembering nothing of what it admitted.
+    Restart(usize),
 }
 
 /// One simulated run.
@@ -141,6 +146,8 @@ struct Node {
     running: bool,
     connected: bool,
     session: u64,
+    /// Process restarts so far (the boot id).
+    boot: u32,
     bundle: Option<Bundle>,
     rx: Option<mpsc::Receiver<FleetMessage>>,
     inbox: VecDeque<(Instant, FleetMessage)>,
@@ -222,6 +229,7 @@ pub async fn run(s: &Scenario) -> Outcome {
             running: false,
             connected: false,
             session: 0,
+            boot: 0,
             bundle: None,
             rx: None,
             inbox: VecDeque::new(),
@@ -236,7 +244,8 @@ pub async fn run(s: &Scenario) -> Outcome {
     let connect = |node: &mut Node, sessions: &mut u64, now: Instant| {
         *sessions += 1;
         let (tx, rx) = mpsc::channel(64);
-        fleet.attach(&node.id, *sessions, "", tx);
+        // A node keeps its process across a reconnect.
+        fleet.attach(&node.id, &format!("{}-{}", node.id, node.boot), *sessions, "", tx);
         node.session = *sessions;
         node.rx = Some(rx);
         node.connected = true;
@@ -273,21 +282,30 @@ pub async fn run(s: &Scenario) -> Outcome {
                     nodes[n].running = true;
                     connect(&mut nodes[n], &mut sessions, now);
                 }
-                Event::Leave(n) => {
+                Event::Leave(n) | Event::Crash(n) => {
                     let node = &mut nodes[n];
                     node.running = false;
                     node.connected = false;
-                    fleet.detach(&node.id, node.session);
+                    fleet.detach(&node.id, node.session, matches!(event, Event::Leave(_)));
                     node.rx = None;
                 }
                 Event::Disconnect(n) => {
                     let node = &mut nodes[n];
                     node.connected = false;
-                    fleet.detach(&node.id, node.session);
+                    fleet.detach(&node.id, node.session, false);
                     node.rx = None;
                     node.inbox.clear();
                 }
                 Event::Reconnect(n) => connect(&mut nodes[n], &mut sessions, now),
+                Event::Restart(n) => {
+                    let node = &mut nodes[n];
+                    fleet.detach(&node.id, node.session, true);
+                    node.boot += 1;
+                    node.bundle = None;
+                    node.rx = None;
+                    node.inbox.clear();
+                    connect(node, &mut sessions, now);
+                }
             }
         }
         // The control plane: reports that have arrived, then a grant round when due.

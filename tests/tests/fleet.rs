@@ -161,6 +161,12 @@ async fn four_proxies_share_one_limit_without_overshoot_and_absorb_a_departed_sh
     eprintln!("three proxies after the departure: {after:.1}/s (their demand {:.1}/s)", total * 0.3);
     assert!(after >= 0.75 * per_sec, "the others absorbed only {after:.1}/s of {per_sec}/s");
     assert_eq!(mock.violations(), 0, "the upstream saw more than its limit in some window");
+    // p1 stopped gracefully and said goodbye: the control plane holds no fallback share
+    // for it, so the three left split the whole limit should they lose their leases.
+    for p in &proxies {
+        let fallback = p.shared.bundle.load().backends[0].state.quota.lock().unwrap().fallback.0;
+        assert_eq!(fallback, LIMIT / 3, "the fallback share of the proxies left");
+    }
     while load.join_next().await.is_some() {}
 }
 

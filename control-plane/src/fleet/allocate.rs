@@ -20,9 +20,18 @@
 //! refill rates sum to at most twice the limit per window, so requests are still spread
 //! over the window rather than spent at once.
 //!
-//! A node's fallback share (limit ÷ nodes, used once its lease runs out) counts in its
-//! bound only when it may have lost its lease: a node reports how long its lease still
-//! holds, and the report left it at most a propagation delay before it arrived.
+//! Each node's bound holds for that node alone. When the bounds add up to more than the
+//! limit (bounds that have no usable report, as after a restart), a grant growing even to
+//! its own node's bound is not shown to fit: such a round lowers grants but raises none,
+//! and the grants in force, which fitted, keep holding.
+//!
+//! A node's fallback share (used once its lease runs out: for a window no more than its
+//! last grant, then the share) counts in its bound only when it may have lost its lease:
+//! a node reports how long its lease still holds, and the report left it at most a
+//! propagation delay before it arrived. The fallback shares add up to the limit: those of
+//! nodes cut off from us (gone without a goodbye, held for a while after their lease) and
+//! an equal split of the rest among the connected nodes. So a whole fleet on its fallback
+//! shares stays within the limit, and a node cut off alone runs a share nobody else holds.
 
 /// One node's view for the allocation.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -98,6 +107,14 @@ pub(super) fn allocate_with_targets(limit: u32, reserved: u32, active: &[NodeSha
         }
     }
     let committed: u64 = u64::from(reserved) + cost.iter().sum::<u64>();
+    if committed > u64::from(limit) {
+        // Each bound holds for its own node, but together they exceed the limit (bounds
+        // without a usable report, as just after a reconnect): growing a node even to
+        // what it may already have used is then not shown to fit. Decreases go ahead; no
+        // grant grows, so the grants in force, which fitted, keep holding.
+        let grants = active.iter().zip(&targets).map(|(a, &t)| t.min(a.current)).collect();
+        return (grants, targets);
+    }
     let mut headroom = u64::from(limit).saturating_sub(committed);
     let total_wants: u64 = wants.iter().sum();
     let mut grants: Vec<u32> = active
@@ -177,6 +194,31 @@ mod tests {
         let g2 = allocate(100, 0, &later);
         assert!(g2[1] > 90, "{g2:?}");
         committed(100, 0, &later, &g2);
+    }
+
+    #[test]
+    fn no_grant_grows_while_the_bounds_together_exceed_the_limit() {
+        // The case the fleet simulator found after a whole-fleet reconnect: each node's
+        // bound is its largest recent grant (8, 3, 1, 5 = 17 of 11), true for each node
+        // but not together. Node 3 at 2 wanting 3 is within its own bound, yet node 0
+        // already uses 6 and grows back to 7 within its own: 12 of 11.
+        let nodes = [
+            NodeShare { demand: 61.0, current: 6, recent_max: 8 },
+            NodeShare { demand: 0.0, current: 1, recent_max: 3 },
+            NodeShare { demand: 0.0, current: 1, recent_max: 1 },
+            NodeShare { demand: 28.8, current: 2, recent_max: 5 },
+        ];
+        let g = allocate(11, 0, &nodes);
+        for (node, grant) in nodes.iter().zip(&g) {
+            assert!(*grant <= node.current, "no grant grows: {g:?}");
+        }
+        // Decreases still apply.
+        let shrinking = [
+            NodeShare { demand: 1.0, current: 6, recent_max: 8 },
+            NodeShare { demand: 99.0, current: 5, recent_max: 9 },
+        ];
+        let g = allocate(11, 0, &shrinking);
+        assert!(g[0] < 6 && g[1] <= 5, "{g:?}");
     }
 
     #[test]

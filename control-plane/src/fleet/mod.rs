@@ -35,6 +35,9 @@ pub struct FleetTiming {
     /// Upper bound on the time for a grant to reach a node and take effect there, and
     /// for a report to come back (1 s; shorter only in tests that compress time).
     pub propagation: Duration,
+    /// How long after its lease a node that went away without a goodbye keeps its
+    /// fallback share reserved: cut off from us, it may be serving on that share.
+    pub lost_hold: Duration,
 }
 
 impl Default for FleetTiming {
@@ -44,6 +47,7 @@ impl Default for FleetTiming {
             lease: Duration::from_secs(5),
             interval: Duration::from_secs(1),
             propagation: Duration::from_secs(1),
+            lost_hold: Duration::from_secs(600),
         }
     }
 }
@@ -130,6 +134,9 @@ pub struct ModelLive {
 pub struct Fleet {
     timing: FleetTiming,
     sessions: Mutex<HashMap<String, Session>>,
+    /// The process (boot id) of each node's latest session: a reconnect from the same
+    /// process keeps what the node reported.
+    boots: Mutex<HashMap<String, String>>,
     backends: Mutex<HashMap<String, BackendFleet>>,
     /// Allocation rounds so far.
     round: std::sync::atomic::AtomicU64,
@@ -141,7 +148,13 @@ impl Fleet {
         // Rounds start from the clock (µs), so a restarted control plane never reuses a
         // round a node may still report from before the restart.
         let round = (now_ms().max(1) as u64).saturating_mul(1000);
-        Self { timing, sessions: Mutex::default(), backends: Mutex::default(), round: round.into() }
+        Self {
+            timing,
+            sessions: Mutex::default(),
+            boots: Mutex::default(),
+            backends: Mutex::default(),
+            round: round.into(),
+        }
     }
 
     /// The timing in force.
@@ -149,13 +162,16 @@ impl Fleet {
         self.timing
     }
 
-    /// A node's Sync session started; broadcasts reach it through `tx`.
-    pub fn attach(&self, node_id: &str, session: u64, region: &str, tx: Sender) {
+    /// A node's Sync session started (the process `boot`; broadcasts reach it through
+    /// `tx`).
+    pub fn attach(&self, node_id: &str, boot: &str, session: u64, region: &str, tx: Sender) {
         let now = Instant::now();
+        let previous = self.boots.lock().expect("boots lock").insert(node_id.to_owned(), boot.to_owned());
+        let new_process = boot.is_empty() || previous.as_deref() != Some(boot);
         for fleet in self.backends.lock().expect("fleet lock").values_mut() {
-            fleet.shares.attached(node_id, now);
+            fleet.shares.attached(node_id, new_process, now, self.timing.lost_hold);
             for shares in fleet.models.values_mut() {
-                shares.attached(node_id, now);
+                shares.attached(node_id, new_process, now, self.timing.lost_hold);
             }
         }
         self.sessions
@@ -164,12 +180,23 @@ impl Fleet {
             .insert(node_id.to_owned(), Session { id: session, region: region.to_owned(), tx });
     }
 
-    /// A node's session ended. Its grants stay reserved until their leases (and the
-    /// window they may have been used in) run out.
-    pub fn detach(&self, node_id: &str, session: u64) {
-        let mut sessions = self.sessions.lock().expect("sessions lock");
-        if sessions.get(node_id).is_some_and(|s| s.id == session) {
+    /// A node's session ended; `goodbye` when the node said it stops serving. Its grants
+    /// stay reserved until their leases (and the window they may have been used in) run
+    /// out; without a goodbye, its fallback share stays reserved for `lost_hold` after
+    /// that, since a node cut off from us serves on it.
+    pub fn detach(&self, node_id: &str, session: u64, goodbye: bool) {
+        {
+            let mut sessions = self.sessions.lock().expect("sessions lock");
+            if sessions.get(node_id).is_none_or(|s| s.id != session) {
+                return;
+            }
             sessions.remove(node_id);
+        }
+        for fleet in self.backends.lock().expect("fleet lock").values_mut() {
+            fleet.shares.detached(node_id, goodbye);
+            for shares in fleet.models.values_mut() {
+                shares.detached(node_id, goodbye);
+            }
         }
     }
 
@@ -186,6 +213,7 @@ impl Fleet {
             window: self.window_of(window_seconds),
             lease: self.timing.lease,
             propagation: self.timing.propagation,
+            lost_hold: self.timing.lost_hold,
             round: self.round.load(std::sync::atomic::Ordering::Relaxed),
         }
     }

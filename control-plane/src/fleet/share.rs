@@ -14,6 +14,10 @@ use super::allocate::{NodeShare, allocate_with_targets};
 /// Requests a node may admit at once beyond its pace (its bucket's burst).
 const BURST_ALLOWANCE: u32 = 10;
 
+/// Joins a node id and a number into the key of a predecessor process's share (no node id
+/// holds this character).
+const PREDECESSOR: char = '\u{0}';
+
 /// One node's share of one backend.
 #[derive(Debug, Default)]
 pub(super) struct Share {
@@ -42,9 +46,8 @@ pub(super) struct Share {
     pub(super) lease_known: Option<Instant>,
     /// The allocation round of the grant the node ran when it last reported (0: unknown).
     pub(super) reported_round: u64,
-    /// When the node's current session began: a new process does not remember what the
-    /// previous one admitted, so its window use says nothing until a window has passed.
-    pub(super) attached_at: Option<Instant>,
+    /// The node's last session ended with a goodbye: it serves no more.
+    pub(super) goodbye: bool,
 }
 
 impl Share {
@@ -52,8 +55,7 @@ impl Share {
     /// if it reported lately, its reported use plus what it could admit at its current
     /// grant's pace (and a burst) before the next grant reaches it.
     ///
-    /// Reports count only from a window into the node's session (a new process does not
-    /// remember what its predecessor admitted). A report names the allocation round of the
+    /// A report names the allocation round of the
     /// grant the node ran when it made it; without one, a report made two propagation
     /// delays after a grant was issued shows the node running that grant (or a later one).
     /// Its limiter then holds every window at or below the largest of that grant, the ones
@@ -62,9 +64,6 @@ impl Share {
     pub(super) fn used_bound(&mut self, now: Instant, keep: Duration, window: Duration, propagation: Duration) -> u32 {
         let mut bound = self.recent_max(now, keep);
         let Some(at) = self.reported_at else { return bound };
-        if self.attached_at.is_some_and(|a| at < a + keep) {
-            return bound;
-        }
         if now.saturating_duration_since(at) < 2 * propagation {
             let blind = now.saturating_duration_since(at) + 2 * propagation;
             let rate = self.grant.max(self.pace).max(self.previous_pace);
@@ -106,6 +105,23 @@ impl Share {
         self.history.push_back((now, grant, round));
         self.lease_until = Some(now + lease);
     }
+
+    /// Once the lease of a node we no longer grant to has run out: its last grant was in
+    /// force until then, so it counts for a window from then (entered in the history at
+    /// that time), and the node holds no grant.
+    fn lease_over(&mut self, now: Instant) {
+        let Some(until) = self.lease_until.filter(|u| *u <= now) else { return };
+        if self.grant > 0 {
+            self.history.push_back((until, self.grant, 0));
+            self.grant = 0;
+        }
+    }
+
+    /// Whether the node, gone without a goodbye, may be serving on its fallback share now
+    /// (cut off from us, its lease over), as far as we still hold that share for it.
+    fn may_fall_back(&self, now: Instant, hold: Duration) -> bool {
+        !self.goodbye && self.lease_until.is_some_and(|u| u <= now && now < u + hold)
+    }
 }
 
 /// What a node's demand report says besides its demand.
@@ -128,6 +144,8 @@ pub(super) struct Clock {
     pub(super) window: Duration,
     pub(super) lease: Duration,
     pub(super) propagation: Duration,
+    /// How long a node gone without a goodbye keeps its fallback share reserved.
+    pub(super) lost_hold: Duration,
     /// The allocation round under way (grants made now carry it).
     pub(super) round: u64,
 }
@@ -146,13 +164,17 @@ pub(super) struct Shares(pub(super) HashMap<String, Share>);
 impl Shares {
     /// The node's starting share in a fresh snapshot: its live grant if it has one,
     /// otherwise an equal share of the nodes known within what nobody else may still be
-    /// using now (recorded as a grant, so it is counted until it ages out). That may be 0.
+    /// using now, a cut-off node's fallback share included (recorded as a grant, so it is
+    /// counted until it ages out). That may be 0.
     pub(super) fn starting(&mut self, node_id: &str, limit: u32, clock: Clock) -> u32 {
         let others: Vec<u32> = self
             .0
             .iter_mut()
             .filter(|(id, _)| id.as_str() != node_id)
-            .map(|(_, s)| s.used_bound(clock.now, clock.keep(), clock.window, clock.propagation))
+            .map(|(_, s)| {
+                let fallback = if s.may_fall_back(clock.now, clock.lost_hold) { s.fallback } else { 0 };
+                s.used_bound(clock.now, clock.keep(), clock.window, clock.propagation).max(fallback)
+            })
             .collect();
         let used: u32 = others.iter().sum();
         let share = self.0.entry(node_id.to_owned()).or_default();
@@ -176,33 +198,57 @@ impl Shares {
         share.reported_at = Some(now);
     }
 
-    /// A node's session (re)started: what it reported before says nothing about the new
-    /// process's window.
-    pub(super) fn attached(&mut self, node_id: &str, now: Instant) {
+    /// A node's session (re)started. A node that was cut off past its lease may have
+    /// served on its fallback share until now: that counts for a window from now.
+    ///
+    /// The same process reconnecting remembers its window, and its reports hold. A
+    /// `new_process` remembers nothing its predecessor admitted, so the predecessor's
+    /// share stays on as a departed node of its own (its grants, and what it used, count
+    /// until they age out, as any departed node's do) and the new process starts afresh
+    /// beside it. One process serves a node identity: the new one replaces the old,
+    /// which therefore holds no fallback share.
+    pub(super) fn attached(&mut self, node_id: &str, new_process: bool, now: Instant, lost_hold: Duration) {
+        let Some(share) = self.0.get_mut(node_id) else { return };
+        share.lease_over(now);
+        if share.may_fall_back(now, lost_hold) {
+            share.history.push_back((now, share.fallback, 0));
+        }
+        share.goodbye = false;
+        if new_process {
+            let mut predecessor = self.0.remove(node_id).expect("the share is there");
+            predecessor.goodbye = true;
+            let key = (0..).map(|i| format!("{node_id}{PREDECESSOR}{i}")).find(|k| !self.0.contains_key(k));
+            self.0.insert(key.expect("a free key"), predecessor);
+        }
+    }
+
+    /// A node's session ended (`goodbye`: it said it serves no more).
+    pub(super) fn detached(&mut self, node_id: &str, goodbye: bool) {
         if let Some(share) = self.0.get_mut(node_id) {
-            share.attached_at = Some(now);
-            share.reported_at = None;
+            share.goodbye = goodbye;
         }
     }
 
     /// One allocation round of `limit` per window among the `active` nodes: returns each
-    /// one's (grant, fallback share, pace), in order. Departed nodes' grants count while their
-    /// lease lasts, and whatever they held counts for a window after that.
+    /// one's (grant, fallback share, pace), in order. A departed node's grant counts while
+    /// its lease lasts and for a window after that; one gone without a goodbye also keeps
+    /// its fallback share for `lost_hold` after its lease. The active nodes' fallback
+    /// shares split what those do not hold, so that all fallback shares add up to the limit.
     pub(super) fn split(&mut self, active: &[&str], limit: u32, clock: Clock) -> Vec<(u32, u32, u32)> {
         let (now, keep) = (clock.now, clock.keep());
         let mut reserved = 0u32;
+        let mut held_fallback = 0u32;
         self.0.retain(|node, share| {
             if active.contains(&node.as_str()) {
                 return true;
             }
-            if share.lease_until.is_some_and(|l| l > now) {
-                reserved += share.recent_max(now, keep);
-                return true;
-            }
-            share.grant = 0;
+            share.lease_over(now);
             let recent = share.recent_max(now, keep);
-            reserved += recent;
-            recent > 0
+            let fallback = if share.may_fall_back(now, clock.lost_hold) { share.fallback } else { 0 };
+            held_fallback = held_fallback.saturating_add(fallback);
+            let held = recent.max(fallback);
+            reserved = reserved.saturating_add(held);
+            held > 0 || share.lease_until.is_some_and(|u| u > now)
         });
         let inputs: Vec<NodeShare> = active
             .iter()
@@ -216,7 +262,7 @@ impl Shares {
             })
             .collect();
         let (grants, targets) = allocate_with_targets(limit, reserved, &inputs);
-        let fallback = (limit / (self.0.len() as u32).max(1)).max(1);
+        let fallback = (limit.saturating_sub(held_fallback) / (active.len() as u32).max(1)).max(1);
         active
             .iter()
             .zip(grants.into_iter().zip(targets))

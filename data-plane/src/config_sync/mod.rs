@@ -35,6 +35,8 @@ use crate::{
 
 /// How often the node tells the control plane its demand.
 const DEMAND_EVERY: Duration = Duration::from_secs(1);
+/// How long a node shutting down waits for the control plane to take its goodbye.
+const GOODBYE_WAIT: Duration = Duration::from_secs(1);
 
 /// Who this node is, as it introduces itself on every Sync stream.
 #[derive(Debug, Clone)]
@@ -168,10 +170,10 @@ impl Syncer {
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
         let mut backoff = Duration::from_millis(100);
         loop {
-            let result = tokio::select! {
-                r = self.session() => r,
-                _ = shutdown.wait_for(|s| *s) => return,
-            };
+            let result = self.session(&mut shutdown).await;
+            if *shutdown.borrow() {
+                return;
+            }
             self.set_connected(false);
             match result {
                 Ok(()) => {
@@ -203,12 +205,22 @@ impl Syncer {
         }
     }
 
-    async fn session(&mut self) -> Result<(), tonic::Status> {
+    /// One Sync stream, until it fails or `shutdown` turns true: then the node says
+    /// goodbye (it serves no more, so the control plane need not hold its fallback share)
+    /// and waits briefly for the control plane to close the stream.
+    async fn session(&mut self, shutdown: &mut watch::Receiver<bool>) -> Result<(), tonic::Status> {
         let (tx, rx) = mpsc::channel(64);
         let mut hello = self.hello.clone();
         hello.config_version = self.shared.bundle.load().version;
         tx.send(pb::NodeMessage { kind: Some(node_message::Kind::Hello(hello)) }).await.expect("fresh channel");
-        let mut inbound = self.client.sync(ReceiverStream::new(rx)).await?.into_inner();
+        let stop = async {
+            let _ = shutdown.wait_for(|s| *s).await;
+        };
+        tokio::pin!(stop);
+        let mut inbound = tokio::select! {
+            r = self.client.sync(ReceiverStream::new(rx)) => r?.into_inner(),
+            _ = &mut stop => return Ok(()),
+        };
         self.set_connected(true);
         info!("connected to the control plane");
         let mut demand_tick = tokio::time::interval(DEMAND_EVERY);
@@ -241,6 +253,14 @@ impl Syncer {
                 }
                 Some(event) = self.events.recv() => {
                     let _ = tx.send(pb::NodeMessage { kind: Some(event.into()) }).await;
+                }
+                _ = &mut stop => {
+                    let goodbye = pb::NodeMessage { kind: Some(node_message::Kind::Goodbye(pb::Goodbye {})) };
+                    if tx.send(goodbye).await.is_ok() {
+                        let closed = async { while let Ok(Some(_)) = inbound.message().await {} };
+                        let _ = tokio::time::timeout(GOODBYE_WAIT, closed).await;
+                    }
+                    return Ok(());
                 }
                 _ = demand_tick.tick() => {
                     let demand = self.demand(DEMAND_EVERY);

@@ -240,24 +240,49 @@ pub struct ModelQuota {
     pub fallback: (u32, Option<u32>),
 }
 
+/// The share once a lease has run out: for one `window` after it, no more than the grant
+/// (the other nodes' grants may still be in use in that window, and only they and the
+/// grant add up to the limit); then the fallback share (the fallback shares add up to the
+/// limit).
+fn after_lease(
+    grant: (u32, Option<u32>),
+    fallback: (u32, Option<u32>),
+    until: Instant,
+    window: Duration,
+    now: Instant,
+) -> (u32, Option<u32>) {
+    if now >= until + window {
+        return fallback;
+    }
+    let tokens = match (grant.1, fallback.1) {
+        (Some(g), Some(f)) => Some(g.min(f)),
+        (g, f) => g.or(f),
+    };
+    (grant.0.min(fallback.0), tokens)
+}
+
 impl Quota {
     /// The requests-per-window share in force at `now`, and the tokens share; `None`
     /// when the control plane does not coordinate this backend (use the whole limit).
-    pub fn share(&self, now: Instant) -> Option<(u32, Option<u32>)> {
+    /// `window` is the backend's window.
+    pub fn share(&self, now: Instant, window: Duration) -> Option<(u32, Option<u32>)> {
         match (self.grant, self.lease_until) {
             (Some(g), Some(until)) if until > now => Some(g),
-            (Some(_), _) => Some(self.fallback),
+            (Some(g), Some(until)) => Some(after_lease(g, self.fallback, until, window, now)),
+            (Some(_), None) => Some(self.fallback),
             (None, _) => self.initial.map(|i| (i, None)),
         }
     }
 
     /// The share of `model`'s own limits in force at `now`, if the control plane granted
     /// one (else the snapshot's starting share decides, or the backend's fraction).
-    pub fn model_share(&self, model: &str, now: Instant) -> Option<(u32, Option<u32>)> {
+    /// `window` is the model's window.
+    pub fn model_share(&self, model: &str, now: Instant, window: Duration) -> Option<(u32, Option<u32>)> {
         let q = self.models.get(model)?;
         match self.lease_until {
             Some(until) if until > now => Some(q.grant),
-            _ => Some(q.fallback),
+            Some(until) => Some(after_lease(q.grant, q.fallback, until, window, now)),
+            None => Some(q.fallback),
         }
     }
 }
@@ -369,7 +394,7 @@ impl BackendState {
     pub fn apply_limits(&self, config: &BackendConfig, settings: &Settings, minute: Duration, now: Instant) {
         let window = config.window(minute);
         let quota = self.quota.lock().expect("quota lock").clone();
-        let share = quota.share(now);
+        let share = quota.share(now, window);
         let mut limit = config.window_limit();
         if settings.adaptive_retreat {
             let retreat = self.retreat.lock().expect("retreat lock").effective().round() as u32;
@@ -407,11 +432,12 @@ impl BackendState {
             let window_seconds = limits.window_of(config);
             let model_window = minute * window_seconds / 60;
             let proportional = model_share(limits, window_seconds, fraction);
-            let (requests, tokens) = match (quota.model_share(name, now), config.initial_model_shares.get(name)) {
-                (Some((requests, tokens)), _) => (requests, tokens.or(proportional.1)),
-                (None, Some(&initial)) => (initial, proportional.1),
-                (None, None) => proportional,
-            };
+            let (requests, tokens) =
+                match (quota.model_share(name, now, model_window), config.initial_model_shares.get(name)) {
+                    (Some((requests, tokens)), _) => (requests, tokens.or(proportional.1)),
+                    (None, Some(&initial)) => (initial, proportional.1),
+                    (None, None) => proportional,
+                };
             // In the same window, never more than the backend's share.
             let requests = if window_seconds == config.window_seconds { requests.min(limit) } else { requests };
             let burst = settings.bucket_burst;

@@ -275,6 +275,36 @@ fn a_models_grant_sets_its_bucket_and_the_starting_share_holds_until_then() {
     assert_eq!(limit(), 30, "the fallback once the lease has run out");
 }
 
+/// Once its lease runs out a node keeps to the smaller of its grant and its fallback share
+/// for a window: the others' grants may still be in use in that window, and only they and
+/// this grant add up to the limit. Then the fallback share (the fallback shares add up to
+/// the limit).
+#[test]
+fn after_the_lease_a_node_waits_a_window_before_growing_to_its_fallback_share() {
+    let now = Instant::now();
+    let mut b = backend("a", "primary", 600);
+    b.model_mappings.get_mut("m").unwrap().rpm_limit = Some(60);
+    let bundled = bundle(vec![b], now);
+    let backend = &bundled.backends[0];
+    let backend_limit = || backend.state.limiter.lock().unwrap().limit();
+    let model_limit = || backend.state.model_bucket("m").unwrap().limiter.lock().unwrap().limit();
+    {
+        let mut quota = backend.state.quota.lock().unwrap();
+        quota.grant = Some((100, None));
+        quota.fallback = (300, None);
+        quota.lease_until = Some(now + Duration::from_secs(5));
+        quota.models.insert("m".into(), ModelQuota { grant: (10, None), fallback: (30, None) });
+    }
+    let at = |secs: u64| {
+        backend.state.apply_limits(&backend.config, &bundled.settings, MIN, now + Duration::from_secs(secs));
+        (backend_limit(), model_limit())
+    };
+    assert_eq!(at(1), (100, 10), "the grants");
+    assert_eq!(at(6), (100, 10), "a window after the lease, still the grants");
+    assert_eq!(at(5 + MIN.as_secs() - 1), (100, 10));
+    assert_eq!(at(5 + MIN.as_secs()), (300, 30), "then the fallback shares");
+}
+
 #[test]
 fn a_snapshot_made_during_a_providers_pause_pauses_the_backend() {
     let now = Instant::now();

@@ -85,12 +85,13 @@ impl Session {
         let store = &shared.store;
         let node_id = self.hello.node_id.clone();
         let session = self.shared.nodes.connect(store, &self.hello);
-        shared.fleet.attach(&node_id, session, &self.hello.region, fleet_tx);
+        shared.fleet.attach(&node_id, &self.hello.boot_id, session, &self.hello.region, fleet_tx);
         info!(node = %node_id, region = %self.hello.region, has_version = self.hello.config_version, "node connected");
         let mut config = self.shared.config();
         let mut shutdown = self.shared.shutdown();
         let mut tokens = self.shared.auth.subscribe();
         config.mark_changed();
+        let mut goodbye = false;
         loop {
             tokio::select! {
                 _ = tokens.changed() => {
@@ -137,6 +138,10 @@ impl Session {
                     }
                 }
                 message = inbound.message() => match message {
+                    Ok(Some(pb::NodeMessage { kind: Some(Kind::Goodbye(_)) })) => {
+                        goodbye = true;
+                        break;
+                    }
                     Ok(Some(message)) => self.handle(message),
                     Ok(None) => break,
                     Err(status) => {
@@ -146,9 +151,13 @@ impl Session {
                 },
             }
         }
-        shared.fleet.detach(&node_id, session);
+        shared.fleet.detach(&node_id, session, goodbye);
         self.shared.nodes.disconnect(store, &node_id, session);
-        info!(node = %node_id, "node disconnected");
+        if goodbye {
+            info!(node = %node_id, "node said goodbye");
+        } else {
+            info!(node = %node_id, "node disconnected");
+        }
     }
 
     /// Takes the answer to a snapshot we sent; answers to anything else are ignored.
@@ -199,6 +208,7 @@ impl Session {
                 shared.fleet.exhausted(&node_id, &e.backend_id, &e.model, reset);
             }
             Some(Kind::Hello(_)) => warn!(node = %node_id, "ignoring a second Hello on one stream"),
+            Some(Kind::Goodbye(_)) => {}
             None => {}
         }
     }

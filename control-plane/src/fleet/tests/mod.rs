@@ -33,10 +33,16 @@ fn snapshot(b: &BackendRecord) -> NodeSnapshot {
     std::sync::Arc::new(config(b.clone())).snapshot_for("", String::new())
 }
 
-/// Attaches `node` and returns the receiving end of its session.
+/// Attaches `node` (a new process for each session) and returns the receiving end of its
+/// session.
 fn attach(fleet: &Fleet, node: &str, session: u64) -> mpsc::Receiver<FleetMessage> {
+    attach_process(fleet, node, &format!("boot-{session}"), session)
+}
+
+/// Attaches `node`'s process `boot`.
+fn attach_process(fleet: &Fleet, node: &str, boot: &str, session: u64) -> mpsc::Receiver<FleetMessage> {
     let (tx, rx) = mpsc::channel(16);
-    fleet.attach(node, session, "", tx);
+    fleet.attach(node, boot, session, "", tx);
     rx
 }
 
@@ -136,27 +142,6 @@ async fn a_report_under_the_new_grant_frees_a_decrease_before_the_old_grant_ages
     let (h1, h2) = (grant(&mut rx1).0, grant(&mut rx2).0);
     assert!(h2 >= 5, "n2 gets what n1 can no longer use, 2 s in, not 11: {h1} {h2}");
     assert!(h1.max(g1).max(2) + h2 <= 10, "{g1} {h1} {h2}");
-}
-
-#[tokio::test(start_paused = true)]
-async fn a_restarted_node_is_not_trusted_to_remember_the_window_its_predecessor_used() {
-    let fleet = Fleet::new(FleetTiming::default());
-    let b = backend(60, 60);
-    let state = config(b.clone());
-    let _rx1 = attach(&fleet, "n1", 1);
-    let mut rx2 = attach(&fleet, "n2", 2);
-    fleet.decorate("n1", &mut snapshot(&b));
-    tokio::time::advance(Duration::from_secs(3)).await;
-    // n1 restarts: a new session whose limiter starts empty.
-    let _rx1 = attach(&fleet, "n1", 3);
-    demand(&fleet, "n1", 1.0);
-    demand(&fleet, "n2", 100.0);
-    fleet.regrant(&state);
-    tokio::time::advance(2 * FleetTiming::default().propagation + Duration::from_millis(100)).await;
-    demand(&fleet, "n1", 1.0);
-    demand(&fleet, "n2", 100.0);
-    fleet.regrant(&state);
-    assert!(grant(&mut rx2).0 <= 1, "the old process may have sent 60 in this minute");
 }
 
 /// A backend of 600 RPM (per minute windows) whose model "small" has its own 60 RPM.
@@ -308,41 +293,6 @@ async fn a_models_own_window_is_the_unit_of_its_grants() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn an_idle_node_whose_lease_is_known_to_hold_does_not_keep_its_fallback_share_reserved() {
-    // The fallback share (limit ÷ nodes = 30) is what a node runs once its lease has run
-    // out. A node whose last report (here older than two propagation delays, so its
-    // window use alone bounds nothing) said its lease still holds cannot switch to it
-    // before then, so the busy node may have that capacity.
-    let busy_grant = |lease: Duration| async move {
-        let fleet = Fleet::new(FleetTiming::default());
-        let state = config(backend(60, 60));
-        let _rx1 = attach(&fleet, "n1", 1);
-        let mut rx2 = attach(&fleet, "n2", 2);
-        // n1 holds most of the limit for 30 s, then goes idle and n2 wants everything.
-        for round in 0..32 {
-            let (d1, d2) = if round < 12 { (600.0, 0.0) } else { (0.0, 600.0) };
-            for (node, demand) in [("n1", d1), ("n2", d2)] {
-                let d = BackendDemand {
-                    backend_id: "bkd_a".into(),
-                    demand,
-                    in_window: 0,
-                    lease_remaining: lease,
-                    ..Default::default()
-                };
-                fleet.demand(node, &[d]);
-            }
-            tokio::time::advance(Duration::from_millis(2500)).await;
-            fleet.regrant(&state);
-        }
-        grant(&mut rx2).0
-    };
-    let known = busy_grant(Duration::from_secs(5)).await;
-    assert!(known >= 45, "the busy node gets three quarters of the limit within 20 s: {known}");
-    let unknown = busy_grant(Duration::ZERO).await;
-    assert!(unknown <= 30, "without the lease the idle node's fallback stays reserved: {unknown}");
-}
-
-#[tokio::test(start_paused = true)]
 async fn a_report_naming_the_round_it_runs_frees_a_decrease_without_waiting_for_the_propagation_allowance() {
     // As above, but n1's report names the allocation round of the grant it runs: the
     // control plane need not wait two propagation delays to know the decrease took effect.
@@ -393,3 +343,5 @@ async fn a_report_naming_the_round_it_runs_frees_a_decrease_without_waiting_for_
     fleet.regrant(&state);
     assert!(grant(&mut rx2).0 <= 1);
 }
+
+mod sessions;
