@@ -121,3 +121,27 @@ pub struct RateLimited {
     /// empty = the backend.
     pub model: String,
 }
+
+/// Live figures of a backend across the fleet, for the dashboard.
+#[derive(Debug, Clone, Default)]
+pub struct BackendLive {
+    /// Fleet-wide consecutive 429s.
+    pub consecutive: u32,
+    /// Cooling until (unix ms), 0 = not cooling.
+    pub cooling_until_ms: i64,
+    /// Mean bucket fill over the nodes using it.
+    pub bucket_fill: f64,
+    /// Admitted in the current window, summed over nodes.
+    pub in_window: u32,
+    /// The same for each model with its own limits, by canonical name.
+    pub models: std::collections::BTreeMap<String, ModelLive>,
+}
+
+/// Live figures of one model's own limits on a backend across the fleet.
+#[derive(Debug, Clone, Default)]
+pub struct ModelLive {
+    /// Mean bucket fill over the nodes using it.
+    pub bucket_fill: f64,
+    /// Admitted in the current window, summed over nodes.
+    pub in_window: u32,
+}

@@ -13,7 +13,10 @@ use tokio::time::Instant;
 
 pub use allocate::{NodeShare, allocate};
 use cooldown::Cool;
-pub use messages::{BackendDemand, CooldownNotice, FleetMessage, Grant, ModelDemand, ModelGrant, RateLimited, Sender};
+pub use messages::{
+    BackendDemand, BackendLive, CooldownNotice, FleetMessage, Grant, ModelDemand, ModelGrant, ModelLive, RateLimited,
+    Sender,
+};
 use share::{Clock, Report, Shares};
 
 use crate::{
@@ -104,30 +107,6 @@ fn model_limits(config: &ConfigState, b: &BackendRecord) -> Vec<ModelLimits> {
 fn token_shares(tokens: Option<u32>, grant: u32, fallback: u32, limit: u32) -> (u32, u32) {
     let share = |n: u32, t: u32| ((u64::from(t) * u64::from(n)) / u64::from(limit.max(1))) as u32;
     tokens.map_or((0, 0), |t| (share(grant, t), share(fallback, t).max(1)))
-}
-
-/// Live figures of a backend across the fleet, for the dashboard.
-#[derive(Debug, Clone, Default)]
-pub struct BackendLive {
-    /// Fleet-wide consecutive 429s.
-    pub consecutive: u32,
-    /// Cooling until (unix ms), 0 = not cooling.
-    pub cooling_until_ms: i64,
-    /// Mean bucket fill over the nodes using it.
-    pub bucket_fill: f64,
-    /// Admitted in the current window, summed over nodes.
-    pub in_window: u32,
-    /// The same for each model with its own limits, by canonical name.
-    pub models: std::collections::BTreeMap<String, ModelLive>,
-}
-
-/// Live figures of one model's own limits on a backend across the fleet.
-#[derive(Debug, Clone, Default)]
-pub struct ModelLive {
-    /// Mean bucket fill over the nodes using it.
-    pub bucket_fill: f64,
-    /// Admitted in the current window, summed over nodes.
-    pub in_window: u32,
 }
 
 /// The fleet coordinator.
@@ -386,6 +365,12 @@ impl Fleet {
                     per_node.entry((*node).to_owned()).or_default().push(grant);
                 }
             }
+            // A node's process is remembered while it is connected or holds a share.
+            let held = |node: &str| backends.values().any(|f| f.shares.0.contains_key(node));
+            self.boots
+                .lock()
+                .expect("boots lock")
+                .retain(|node, _| sessions.iter().any(|s| &s.0 == node) || held(node));
         }
         let lease_ms = self.timing.lease.as_millis() as u64;
         for (node, _, tx) in sessions {

@@ -148,3 +148,30 @@ async fn an_idle_node_whose_lease_is_known_to_hold_does_not_keep_its_fallback_sh
     let unknown = busy_grant(Duration::ZERO).await;
     assert!(unknown <= 30, "without the lease the idle node's fallback stays reserved: {unknown}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn nodes_gone_for_good_are_forgotten() {
+    // A hundred node ids come and go (half with a goodbye, half lost, some restarted):
+    // once their leases, windows and holds are over, nothing of them is kept.
+    let timing = FleetTiming { lost_hold: Duration::from_secs(10), ..FleetTiming::default() };
+    let fleet = Fleet::new(timing);
+    let b = backend(60, 10);
+    let state = config(b.clone());
+    for i in 0..100u64 {
+        let node = format!("n{i}");
+        let _rx = attach(&fleet, &node, 2 * i);
+        fleet.regrant(&state);
+        if i % 3 == 0 {
+            let _rx = attach(&fleet, &node, 2 * i + 1);
+            fleet.regrant(&state);
+        }
+        fleet.detach(&node, 2 * i + u64::from(i % 3 == 0), i % 2 == 0);
+    }
+    for _ in 0..40 {
+        tokio::time::advance(Duration::from_secs(1)).await;
+        fleet.regrant(&state);
+    }
+    assert!(fleet.boots.lock().unwrap().is_empty(), "processes remembered: {}", fleet.boots.lock().unwrap().len());
+    let backends = fleet.backends.lock().unwrap();
+    assert!(backends.values().all(|f| f.shares.0.is_empty()), "shares kept for nodes long gone");
+}
