@@ -8,7 +8,7 @@ use std::{
     sync::{Arc, Mutex, RwLock},
 };
 
-use rand::RngCore;
+use rand::{Rng, RngCore};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
@@ -88,6 +88,20 @@ pub fn generate_token() -> String {
     let mut bytes = [0u8; 32];
     rand::rng().fill_bytes(&mut bytes);
     format!("sct_{}", hex::encode(bytes))
+}
+
+/// A fresh client key: `sk-sc-` and 40 random letters and digits (238 bits).
+pub fn generate_client_key() -> String {
+    let random: String = rand::rng().sample_iter(rand::distr::Alphanumeric).take(40).map(char::from).collect();
+    format!("{CLIENT_KEY_PREFIX}{random}")
+}
+
+/// What every client key starts with.
+pub const CLIENT_KEY_PREFIX: &str = "sk-sc-";
+
+/// How a client key is shown after it was created: its start only (`sk-sc-ab12…`).
+pub fn client_key_prefix(secret: &str) -> String {
+    format!("{}…", &secret[..CLIENT_KEY_PREFIX.len() + 4])
 }
 
 /// How often a token's last use is written to the store, at most.

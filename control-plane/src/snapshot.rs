@@ -8,7 +8,7 @@ use std::{collections::HashMap, sync::Arc};
 use crate::{
     crypto::{CryptoError, MasterKey},
     status::Health,
-    store::{BackendRecord, PoolRecord, Settings, Store, StoreError},
+    store::{BackendRecord, ClientKeyRecord, PoolRecord, Settings, Store, StoreError},
     util,
 };
 
@@ -42,6 +42,8 @@ pub struct ConfigState {
     pub health: HashMap<String, Health>,
     /// Backend id → a lower request limit (per minute) the provider reported.
     pub learned: HashMap<String, u32>,
+    /// The client keys proxies accept (not revoked).
+    pub client_keys: Vec<ClientKeyRecord>,
 }
 
 impl ConfigState {
@@ -63,6 +65,7 @@ impl ConfigState {
             settings: store.settings()?,
             health,
             learned: HashMap::new(),
+            client_keys: store.client_keys()?.into_iter().filter(ClientKeyRecord::live).collect(),
         })
     }
 

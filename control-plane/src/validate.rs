@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 
 pub mod backend;
 pub mod input;
+pub mod keys;
 
 pub use backend::{new_backend, patched};
 use input::{MappingInput, SettingsPatch};

@@ -635,3 +635,55 @@ async fn sidecarctl_shows_stats_and_cooldowns() -> anyhow::Result<()> {
     task.await??;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sidecarctl_manages_client_keys() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let data_dir = dir.path().join("data").to_string_lossy().into_owned();
+    let key = MasterKey::generate_hex();
+    let (addr, stop, task) = start_control_plane(&data_dir, &key).await?;
+    let ctl = Ctl { server: format!("http://{addr}"), token: ADMIN.to_owned() };
+
+    // The secret alone on stdout (KEY=$(sidecarctl key create ...)), the note on stderr.
+    let run = ctl
+        .run(&["key", "create", "--name", "ci", "--team", "platform", "--model", "gpt-4o", "--expires", "30days"])
+        .await;
+    assert!(run.stderr.contains("shown only this once"), "{run:?}");
+    let secret = run.ok().trim().to_owned();
+    assert!(secret.starts_with("sk-sc-") && secret.len() >= 38, "{secret}");
+
+    let list = ctl.run(&["key", "list"]).await.ok();
+    assert!(list.starts_with("ID ") && list.contains("ci") && list.contains(&secret[..10]), "{list}");
+    assert!(!list.contains(&secret[10..]), "only a prefix is listed: {list}");
+    let shown = ctl.run(&["-o", "json", "key", "show", "ci"]).await.json();
+    assert_eq!(shown["team"], "platform");
+    assert_eq!(shown["models"], serde_json::json!(["gpt-4o"]));
+    assert!(shown["expires_at_ms"].as_i64().is_some_and(|at| at > 0), "{shown}");
+
+    let updated =
+        ctl.run(&["-o", "json", "key", "update", "ci", "--all-models", "--disable", "--no-expiry"]).await.json();
+    assert_eq!(updated["models"], serde_json::json!([]), "{updated}");
+    assert_eq!(updated["enabled"], false, "{updated}");
+    assert_eq!(updated["expires_at_ms"], 0, "{updated}");
+    let shown = ctl.run(&["key", "show", "ci"]).await.ok();
+    assert!(shown.contains("disabled") && shown.contains("models") && shown.contains("all"), "{shown}");
+
+    let rotated = ctl.run(&["key", "rotate", "ci"]).await.ok().trim().to_owned();
+    assert!(rotated.starts_with("sk-sc-") && rotated != secret);
+    let out = ctl.run(&["key", "revoke", "ci"]).await.ok();
+    assert!(out.contains("revoked key ci"), "{out}");
+    assert!(!ctl.run(&["key", "list"]).await.ok().contains("ci"));
+    assert!(ctl.run(&["key", "list", "--all"]).await.ok().contains("revoked"));
+
+    // Bad input is named; usage errors are clap's.
+    let err = ctl.run(&["key", "create", "--name", "x", "--pool", "nope"]).await.failed();
+    assert!(err.contains("key.pools[0]") && err.contains("unknown pool"), "{err}");
+    let err = ctl.run(&["key", "create", "--name", "x", "--expires", "someday"]).await.usage_error();
+    assert!(err.contains("RFC 3339"), "{err}");
+    let err = ctl.run(&["key", "show", "nobody"]).await.failed();
+    assert!(err.contains("not found"), "{err}");
+
+    stop.send(()).ok();
+    task.await??;
+    Ok(())
+}

@@ -65,6 +65,9 @@ pub struct ProxyConfig {
     pub api_tls: Option<(PathBuf, PathBuf)>,
     /// CA certificates (PEM) trusted for providers, besides the bundled and system roots.
     pub upstream_ca: Option<PathBuf>,
+    /// Serve requests that present no client key (SIDECAR_ALLOW_ANONYMOUS; by default
+    /// only on a loopback-only API listener).
+    pub allow_anonymous: bool,
 }
 
 sidecar_settings::settings! {
@@ -99,6 +102,8 @@ sidecar_settings::settings! {
     tls_cert = "SIDECAR_TLS_CERT": "Certificate (PEM) to serve the API over HTTPS";
     tls_key = "SIDECAR_TLS_KEY": "Its private key (PEM)";
     upstream_ca = "SIDECAR_UPSTREAM_CA": "CA certificates (PEM) trusted for providers";
+    allow_anonymous = "SIDECAR_ALLOW_ANONYMOUS": "Serve requests without a client key (true or false)",
+        computed "true on a loopback-only API listener, else false";
 }
 
 impl ProxyConfig {
@@ -197,7 +202,15 @@ impl ProxyConfig {
             ));
         }
         let api_tls = pair("SIDECAR_TLS_CERT", "SIDECAR_TLS_KEY")?;
+        let allow_anonymous = src
+            .parse_opt("SIDECAR_ALLOW_ANONYMOUS", "true or false", |s| match s.to_ascii_lowercase().as_str() {
+                "true" | "1" | "yes" => Some(true),
+                "false" | "0" | "no" => Some(false),
+                _ => None,
+            })?
+            .unwrap_or(listen.ip().is_loopback());
         Ok(Self {
+            allow_anonymous,
             upstream_ca: path("SIDECAR_UPSTREAM_CA"),
             api_tls,
             control_ca,
@@ -331,6 +344,18 @@ mod tests {
         let c = resolve(&[("SIDECAR_LOG_FORMAT", " json "), ("SIDECAR_OPS_LISTEN", " 127.0.0.1:9999 ")]).unwrap();
         assert_eq!(c.log_format, LogFormat::Json);
         assert_eq!(c.ops_listen.to_string(), "127.0.0.1:9999");
+    }
+
+    #[test]
+    fn anonymous_use_is_allowed_by_default_only_on_a_loopback_listener() {
+        assert!(resolve(&[]).unwrap().allow_anonymous, "127.0.0.1, as scripts/start.sh runs it");
+        assert!(resolve(&[("SIDECAR_HOST", "::1")]).unwrap().allow_anonymous);
+        assert!(!resolve(&[("SIDECAR_HOST", "0.0.0.0")]).unwrap().allow_anonymous);
+        assert!(!resolve(&[("SIDECAR_HOST", "10.1.2.3")]).unwrap().allow_anonymous);
+        assert!(resolve(&[("SIDECAR_HOST", "0.0.0.0"), ("SIDECAR_ALLOW_ANONYMOUS", "true")]).unwrap().allow_anonymous);
+        assert!(!resolve(&[("SIDECAR_ALLOW_ANONYMOUS", "false")]).unwrap().allow_anonymous);
+        let e = resolve(&[("SIDECAR_ALLOW_ANONYMOUS", "maybe")]).unwrap_err();
+        assert!(e.setting.starts_with("SIDECAR_ALLOW_ANONYMOUS"), "{e}");
     }
 
     #[test]

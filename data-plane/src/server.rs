@@ -117,7 +117,14 @@ impl Proxy {
             node_id: node_id.clone(),
             in_flight: Default::default(),
             outbox: Arc::new(outbox),
+            allow_anonymous: config.allow_anonymous,
         });
+        if config.allow_anonymous && !config.listen.ip().is_loopback() {
+            warn!(
+                listen = %config.listen,
+                "SIDECAR_ALLOW_ANONYMOUS is true on a non-loopback listener: anyone who can reach this proxy spends its provider keys without a client key"
+            );
+        }
         let boot_id = crate::random_hex(8);
         let cache = match &config.cache_key {
             Some(key) => Some(Cache::new(&config.data_dir, key)),

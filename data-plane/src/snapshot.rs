@@ -2,7 +2,7 @@
 //! message into these once, with every field checked; the rest of the proxy never sees a
 //! generated type.
 
-use std::{collections::HashMap, time::Duration};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use http::{HeaderValue, Uri};
 
@@ -243,4 +243,43 @@ pub struct Snapshot {
     pub pools: Vec<PoolConfig>,
     /// Settings.
     pub settings: Settings,
+    /// The client keys this proxy accepts.
+    pub client_keys: Vec<ClientKey>,
+}
+
+/// A client key (`sk-sc-…`) as a proxy knows it: its hash, scope and limits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientKey {
+    /// `key_…`.
+    pub id: Arc<str>,
+    /// SHA-256 of the key.
+    pub hash: [u8; 32],
+    /// Team, for accounting.
+    pub team: Arc<str>,
+    /// Canonical models it may use; empty = all.
+    pub models: Vec<String>,
+    /// Pools it may be routed to; empty = all.
+    pub pools: Vec<String>,
+    /// Fleet-wide limits (0 = none).
+    pub rpm_limit: u32,
+    /// See `rpm_limit`.
+    pub tpm_limit: u32,
+    /// See `rpm_limit`.
+    pub max_concurrent: u32,
+    /// Unix ms; `None` = never.
+    pub expires_at_ms: Option<i64>,
+    /// Refused while disabled.
+    pub enabled: bool,
+}
+
+impl ClientKey {
+    /// Whether the key may ask for `model` (canonical).
+    pub fn allows_model(&self, model: &str) -> bool {
+        self.models.is_empty() || self.models.iter().any(|m| m == model)
+    }
+
+    /// Whether the key may be routed to `pool`.
+    pub fn allows_pool(&self, pool: &str) -> bool {
+        self.pools.is_empty() || self.pools.iter().any(|p| p == pool)
+    }
 }

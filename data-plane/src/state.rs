@@ -177,4 +177,6 @@ pub struct Shared {
     pub in_flight: InFlight,
     /// Usage batches waiting for the control plane.
     pub outbox: Arc<crate::report::Outbox>,
+    /// Requests without a client key are served.
+    pub allow_anonymous: bool,
 }

@@ -212,6 +212,7 @@ pub async fn run(s: &Scenario) -> Outcome {
         settings,
         health: HashMap::new(),
         learned: HashMap::new(),
+        client_keys: Vec::new(),
     });
     let fleet = Fleet::new(s.timing);
     let start = Instant::now();

@@ -176,6 +176,7 @@ fn snapshot(version: u64, base_url: &str, rpm: u32) -> pb::Snapshot {
             ..Default::default()
         }),
         generated_at_ms: 0,
+        client_keys: Vec::new(),
     }
 }
 

@@ -3,6 +3,7 @@
 
 mod counters;
 mod identity;
+mod keys;
 mod records;
 mod usage;
 
@@ -20,6 +21,7 @@ use sled::{
 pub use counters::{CooldownRecord, LATENCY_BUCKETS_MS, UsageCounters};
 use identity::audit_key;
 pub use identity::{Actor, AuditRecord, NodeRecord, Role, TokenRecord};
+pub use keys::{BudgetPeriod, ClientKeyRecord};
 pub use records::*;
 pub use usage::{Granularity, ReportRecord, UsageRow};
 
@@ -101,6 +103,8 @@ pub struct ConfigChange {
     pub put_tokens: Vec<TokenRecord>,
     /// Token ids to delete.
     pub delete_tokens: Vec<String>,
+    /// Client keys to insert or replace (a revoked key is kept, marked).
+    pub put_client_keys: Vec<ClientKeyRecord>,
     /// New active encryption key id (rotation).
     pub active_key_id: Option<String>,
     /// Mark the V1 environment migration as done.
@@ -116,6 +120,7 @@ pub struct Store {
     nodes: Tree,
     tokens: Tree,
     token_used: Tree,
+    client_keys: Tree,
     usage_m: Tree,
     usage_h: Tree,
     usage_d: Tree,
@@ -171,6 +176,7 @@ impl Store {
             nodes: tree("nodes")?,
             tokens: tree("tokens")?,
             token_used: tree("token_used")?,
+            client_keys: tree("client_keys")?,
             usage_m: tree("usage_m")?,
             usage_h: tree("usage_h")?,
             usage_d: tree("usage_d")?,
@@ -229,9 +235,10 @@ impl Store {
     pub fn commit(&self, change: ConfigChange, actor: &Actor, action: &str, target: &str) -> Result<u64, StoreError> {
         let audit_id = self.db.generate_id()?;
         let at_ms = now_ms();
-        let trees = (&self.backends, &self.pools, &self.settings, &self.tokens, &self.meta, &self.audit);
+        let trees =
+            (&self.backends, &self.pools, &self.settings, &self.tokens, &self.client_keys, &self.meta, &self.audit);
         let version = trees
-            .transaction(|(backends, pools, settings, tokens, meta, audit)| {
+            .transaction(|(backends, pools, settings, tokens, client_keys, meta, audit)| {
                 let current = match meta.get(META_CONFIG_VERSION)? {
                     Some(v) => decode::<u64>("meta", &v).map_err(tx_abort)?,
                     None => 0,
@@ -257,6 +264,9 @@ impl Store {
                 }
                 for id in &change.delete_tokens {
                     tokens.remove(id.as_bytes())?;
+                }
+                for k in &change.put_client_keys {
+                    client_keys.insert(k.id.as_bytes(), encode(k))?;
                 }
                 if let Some(key_id) = &change.active_key_id {
                     meta.insert(META_ACTIVE_KEY_ID, encode(key_id))?;

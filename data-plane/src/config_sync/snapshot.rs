@@ -7,7 +7,7 @@ use http::{HeaderValue, Uri};
 use sidecar_proto::v1 as pb;
 
 use crate::snapshot::{
-    BackendConfig, Cost, ENDPOINTS, ModelCooldown, ModelLimits, ModelRoute, PoolConfig, Settings, Snapshot,
+    BackendConfig, ClientKey, Cost, ENDPOINTS, ModelCooldown, ModelLimits, ModelRoute, PoolConfig, Settings, Snapshot,
     SnapshotError,
 };
 
@@ -167,6 +167,26 @@ fn backend(i: usize, b: &pb::SnapshotBackend, pools: &[PoolConfig]) -> Result<Ba
     })
 }
 
+fn client_key(i: usize, k: &pb::SnapshotKey) -> Result<ClientKey, SnapshotError> {
+    let hash: [u8; 32] = k
+        .hash
+        .as_slice()
+        .try_into()
+        .map_err(|_| bad(format!("client_keys[{i}].hash"), "must be 32 bytes (SHA-256)"))?;
+    Ok(ClientKey {
+        id: k.id.as_str().into(),
+        hash,
+        team: k.team.as_str().into(),
+        models: k.models.clone(),
+        pools: k.pools.clone(),
+        rpm_limit: k.rpm_limit,
+        tpm_limit: k.tpm_limit,
+        max_concurrent: k.max_concurrent,
+        expires_at_ms: (k.expires_at_ms > 0).then_some(k.expires_at_ms),
+        enabled: k.enabled,
+    })
+}
+
 impl TryFrom<&pb::Snapshot> for Snapshot {
     type Error = SnapshotError;
 
@@ -195,7 +215,8 @@ impl TryFrom<&pb::Snapshot> for Snapshot {
                 return Err(bad(format!("backends[{i}].id"), format!("duplicate id {}", b.id)));
             }
         }
-        Ok(Self { version: s.version, nonce: s.nonce.clone(), backends, pools, settings })
+        let client_keys = s.client_keys.iter().enumerate().map(|(i, k)| client_key(i, k)).collect::<Result<_, _>>()?;
+        Ok(Self { version: s.version, nonce: s.nonce.clone(), backends, pools, settings, client_keys })
     }
 }
 
@@ -241,6 +262,7 @@ mod tests {
                 ..Default::default()
             }),
             generated_at_ms: 0,
+            client_keys: Vec::new(),
         }
     }
 

@@ -33,6 +33,15 @@ pub enum ProxyError {
     Exhausted(Duration),
     /// Every attempt failed without an upstream answer to pass on.
     Upstream(String),
+    /// No client key where one is needed, or an unknown or revoked one: the shown start
+    /// of the key presented, if any.
+    InvalidKey(Option<String>),
+    /// The client key has expired.
+    KeyExpired,
+    /// The client key is disabled.
+    KeyDisabled,
+    /// The client key may not use the model (or no pool serving it).
+    KeyScope(String),
 }
 
 fn seconds(d: Duration) -> u64 {
@@ -103,6 +112,30 @@ impl ProxyError {
                 Some(*retry),
             ),
             Self::Upstream(m) => (StatusCode::BAD_GATEWAY, "upstream_error", m.clone(), None),
+            Self::InvalidKey(None) => (
+                StatusCode::UNAUTHORIZED,
+                "invalid_api_key",
+                "No API key provided. Send your Sidecar client key as `Authorization: Bearer sk-sc-...` (or `x-api-key`)."
+                    .into(),
+                None,
+            ),
+            Self::InvalidKey(Some(shown)) => (
+                StatusCode::UNAUTHORIZED,
+                "invalid_api_key",
+                format!("Incorrect API key provided: {shown}. It is unknown or revoked."),
+                None,
+            ),
+            Self::KeyExpired => (StatusCode::UNAUTHORIZED, "key_expired", "This API key has expired.".into(), None),
+            Self::KeyDisabled => (StatusCode::UNAUTHORIZED, "key_disabled", "This API key is disabled.".into(), None),
+            Self::KeyScope(model) => (
+                StatusCode::FORBIDDEN,
+                "permission_denied",
+                format!(
+                    "This API key may not use the model `{}`",
+                    model.chars().take(200).collect::<String>()
+                ),
+                None,
+            ),
         }
     }
 

@@ -14,6 +14,7 @@ use super::{
     admit::admit,
     attempt::{Abandonable, Answer, Attempt, X_SIDECAR_ATTEMPTS, X_SIDECAR_BACKEND},
     body::{ApiResponse, ProxyBody},
+    caller::Caller,
     error::ProxyError,
 };
 use crate::{
@@ -47,6 +48,23 @@ pub(crate) fn count_error(shared: &Shared, e: &ProxyError) {
     }
 }
 
+/// The backends serving `model` in pools the caller's key may not use (none for most
+/// keys); all of them is a 403.
+fn outside_scope(shared: &Shared, caller: &Caller, model: &str) -> Result<Vec<String>, ProxyError> {
+    let Some(key) = caller.key().filter(|k| !k.pools.is_empty()) else { return Ok(Vec::new()) };
+    let Some(route) = shared.bundle.load().route(model) else { return Ok(Vec::new()) };
+    let mut outside = Vec::new();
+    let mut inside = false;
+    for tier in &route.tiers {
+        if key.allows_pool(&tier.pool) {
+            inside = true;
+        } else {
+            outside.extend(tier.members.iter().map(|(b, _)| b.config.id.clone()));
+        }
+    }
+    if inside { Ok(outside) } else { Err(ProxyError::KeyScope(model.to_owned())) }
+}
+
 /// Serves one parsed request.
 pub(crate) async fn serve(
     shared: &Arc<Shared>,
@@ -55,6 +73,7 @@ pub(crate) async fn serve(
     headers: &HeaderMap,
     request: ParsedRequest,
     priority: Priority,
+    caller: &Caller,
 ) -> Result<ApiResponse, ProxyError> {
     let settings = shared.bundle.load().settings.clone();
     let wait = if priority == Priority::Low { settings.low_priority_timeout } else { settings.queue_timeout };
@@ -65,7 +84,7 @@ pub(crate) async fn serve(
     let want_usage = request.stream && path != "/v1/embeddings";
     let strip_usage = want_usage && !request.usage_asked;
     let model: Arc<str> = request.model.as_str().into();
-    let mut exclude: Vec<String> = Vec::new();
+    let mut exclude: Vec<String> = outside_scope(shared, caller, &request.model)?;
     let mut last: Option<Failure> = None;
     let mut attempts = 0;
     loop {

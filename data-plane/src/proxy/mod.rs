@@ -4,6 +4,7 @@
 mod admit;
 mod attempt;
 pub mod body;
+pub mod caller;
 pub mod error;
 mod forward;
 
@@ -34,8 +35,17 @@ where
         if request.method() != Method::POST {
             return ProxyError::MethodNotAllowed(request.method().to_string(), path.to_owned(), "POST").into_response();
         }
+        let caller = match caller::authenticate(
+            &shared.bundle.load(),
+            request.headers(),
+            shared.allow_anonymous,
+            crate::now_ms(),
+        ) {
+            Ok(caller) => caller,
+            Err(e) => return reject(shared, e, ""),
+        };
         let (parts, body) = request.into_parts();
-        return completion(shared, client, parts.headers, body, endpoint).await;
+        return completion(shared, client, parts.headers, body, endpoint, caller).await;
     }
     let model = match path.strip_prefix("/v1/models") {
         Some("") => None,
@@ -45,9 +55,14 @@ where
     if request.method() != Method::GET && request.method() != Method::HEAD {
         return ProxyError::MethodNotAllowed(request.method().to_string(), path.to_owned(), "GET").into_response();
     }
+    let caller =
+        match caller::authenticate(&shared.bundle.load(), request.headers(), shared.allow_anonymous, crate::now_ms()) {
+            Ok(caller) => caller,
+            Err(e) => return e.into_response(),
+        };
     match model {
-        None => list_models(shared),
-        Some(id) => get_model(shared, &percent_encoding::percent_decode_str(id).decode_utf8_lossy()),
+        None => list_models(shared, &caller),
+        Some(id) => get_model(shared, &caller, &percent_encoding::percent_decode_str(id).decode_utf8_lossy()),
     }
 }
 
@@ -182,6 +197,7 @@ async fn completion<B>(
     headers: HeaderMap,
     body: B,
     path: &'static str,
+    caller: caller::Caller,
 ) -> ApiResponse
 where
     B: http_body::Body<Data = Bytes>,
@@ -203,9 +219,12 @@ where
     if shared.bundle.load().version == 0 {
         return reject(shared, ProxyError::NotReady, &request.model);
     }
+    if !caller.allows_model(&request.model) {
+        return reject(shared, ProxyError::KeyScope(request.model.clone()), &request.model);
+    }
     let model = request.model.clone();
     let priority = Priority::from_header(headers.get("x-priority").and_then(|v| v.to_str().ok()));
-    match forward::serve(shared, client, path, &headers, request, priority).await {
+    match forward::serve(shared, client, path, &headers, request, priority, &caller).await {
         Ok(response) => response,
         Err(e) => reject(shared, e, &model),
     }
@@ -252,15 +271,16 @@ fn model_object(id: &str, created: i64) -> Value {
     serde_json::json!({ "id": id, "object": "model", "created": created, "owned_by": "sidecar" })
 }
 
-fn list_models(shared: &Shared) -> ApiResponse {
+fn list_models(shared: &Shared, caller: &caller::Caller) -> ApiResponse {
     let bundle = shared.bundle.load();
-    let data: Vec<Value> = bundle.models.iter().map(|m| model_object(m, 0)).collect();
+    let data: Vec<Value> =
+        bundle.models.iter().filter(|m| caller.allows_model(m)).map(|m| model_object(m, 0)).collect();
     body::json(StatusCode::OK, &serde_json::json!({ "object": "list", "data": data }))
 }
 
-fn get_model(shared: &Shared, id: &str) -> ApiResponse {
+fn get_model(shared: &Shared, caller: &caller::Caller, id: &str) -> ApiResponse {
     let bundle = shared.bundle.load();
-    if bundle.models.iter().any(|m| m == id) {
+    if bundle.models.iter().any(|m| m == id) && caller.allows_model(id) {
         body::json(StatusCode::OK, &model_object(id, 0))
     } else {
         ProxyError::ModelNotFound(id.to_owned()).into_response()

@@ -6,7 +6,7 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 use tokio::time::Instant;
 
 use super::backend::{Backend, BackendState};
-use crate::snapshot::{ModelBucketRef, ModelRoute, Settings, Snapshot};
+use crate::snapshot::{ClientKey, ModelBucketRef, ModelRoute, Settings, Snapshot};
 
 impl ModelRoute {
     /// Whether `b` can serve this model at all now, tokens aside: the backend is live
@@ -80,6 +80,8 @@ pub struct Bundle {
     pub models: Vec<String>,
     /// The limiters' window (60 s; shorter only in tests).
     pub window: Duration,
+    /// Client keys by the SHA-256 of the key.
+    keys: HashMap<[u8; 32], Arc<ClientKey>>,
 }
 
 impl Bundle {
@@ -93,6 +95,7 @@ impl Bundle {
             settings: Settings::default(),
             models: Vec::new(),
             window,
+            keys: HashMap::new(),
         }
     }
 
@@ -152,12 +155,23 @@ impl Bundle {
         models.dedup();
         let routes = models.iter().map(|m| (m.clone(), Arc::new(route_for(Some(m))))).collect();
         let wildcard = Some(Arc::new(route_for(None))).filter(|r| !r.tiers.is_empty());
-        Self { version: snapshot.version, backends, routes, wildcard, settings: settings.clone(), models, window }
+        let keys = snapshot.client_keys.iter().map(|k| (k.hash, Arc::new(k.clone()))).collect();
+        Self { version: snapshot.version, backends, routes, wildcard, settings: settings.clone(), models, window, keys }
     }
 
     /// The candidates for `model`, if any backend serves it.
     pub fn route(&self, model: &str) -> Option<Arc<Route>> {
         self.routes.get(model).or(self.wildcard.as_ref()).cloned()
+    }
+
+    /// The client key whose SHA-256 is `hash`.
+    pub fn client_key(&self, hash: &[u8; 32]) -> Option<&Arc<ClientKey>> {
+        self.keys.get(hash)
+    }
+
+    /// Whether any client key is configured.
+    pub fn has_client_keys(&self) -> bool {
+        !self.keys.is_empty()
     }
 
     /// A backend by id.

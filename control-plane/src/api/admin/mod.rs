@@ -5,6 +5,7 @@
 
 mod backends;
 mod dashboard;
+mod keys;
 mod nodes;
 mod pools;
 mod settings;
@@ -107,6 +108,12 @@ rpcs! {
     create_token(CreateTokenRequest) -> CreateTokenResponse: "CreateToken", AdminWrite => tokens::create;
     list_tokens(ListTokensRequest) -> ListTokensResponse: "ListTokens", AdminRead => tokens::list;
     revoke_token(RevokeTokenRequest) -> WriteResponse: "RevokeToken", AdminWrite => tokens::revoke;
+    create_key(CreateKeyRequest) -> CreateKeyResponse: "CreateKey", AdminWrite => keys::create;
+    list_keys(ListKeysRequest) -> ListKeysResponse: "ListKeys", AdminRead => keys::list;
+    get_key(GetKeyRequest) -> ClientKey: "GetKey", AdminRead => keys::get;
+    update_key(UpdateKeyRequest) -> ClientKey: "UpdateKey", AdminWrite => keys::update;
+    revoke_key(RevokeKeyRequest) -> ClientKey: "RevokeKey", AdminWrite => keys::revoke;
+    rotate_key(RotateKeyRequest) -> CreateKeyResponse: "RotateKey", AdminWrite => keys::rotate;
     export(ExportRequest) -> ExportResponse: "Export", AdminWrite => transfer::export;
     import(ImportRequest) -> ImportResponse: "Import", AdminWrite => transfer::import;
     rotate_encryption_key(RotateEncryptionKeyRequest) -> RotateEncryptionKeyResponse: "RotateEncryptionKey", AdminWrite => transfer::rotate;

@@ -3,6 +3,7 @@
 //! resources here; statistics and the dashboard in [`stats`]; the node protocol in
 //! [`node`] and [`report`].
 
+pub mod keys;
 pub mod node;
 pub mod report;
 pub mod stats;

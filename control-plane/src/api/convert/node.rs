@@ -59,6 +59,22 @@ pub fn snapshot_to_pb(s: &NodeSnapshot) -> pb::Snapshot {
         pools: state.pools.iter().map(|p| pool_to_pb(p, 0)).collect(),
         settings: Some(settings_to_pb(&state.settings)),
         generated_at_ms: s.generated_at_ms,
+        client_keys: state
+            .client_keys
+            .iter()
+            .map(|k| pb::SnapshotKey {
+                id: k.id.clone(),
+                hash: k.hash.to_vec(),
+                team: k.team.clone(),
+                models: k.models.clone(),
+                pools: k.pools.clone(),
+                rpm_limit: k.rpm_limit,
+                tpm_limit: k.tpm_limit,
+                max_concurrent: k.max_concurrent,
+                expires_at_ms: k.expires_at_ms.unwrap_or(0),
+                enabled: k.enabled,
+            })
+            .collect(),
     }
 }
 

@@ -14,6 +14,7 @@ use crate::{
     backend,
     cli::{self, Cli, Command, Format, PoolCommand, RotateKeyArgs, SettingsCommand},
     client::{self, Admin, Usage},
+    keys,
     output::{Table, line, or_dash, print_fields, print_json, time},
     settings, stats, tokens,
 };
@@ -36,6 +37,7 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Pool(c) => pool(&mut ctx, c).await,
         Command::Settings(c) => settings(&mut ctx, c).await,
         Command::Nodes => tokens::nodes(&mut ctx).await,
+        Command::Key(c) => keys::run(&mut ctx, c).await,
         Command::Token(c) => tokens::token(&mut ctx, c).await,
         Command::NodeToken(c) => tokens::node_token(&mut ctx, c).await,
         Command::Export { file } => export(&mut ctx, &file).await,

@@ -26,6 +26,7 @@ fn config(b: BackendRecord) -> ConfigState {
         settings: Settings::default(),
         health: HashMap::new(),
         learned: HashMap::new(),
+        client_keys: Vec::new(),
     }
 }
 

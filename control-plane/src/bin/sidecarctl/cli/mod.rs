@@ -6,9 +6,11 @@ use sidecar_proto::v1 as pb;
 use crate::settings::SettingArg;
 
 mod backend;
+mod keys;
 mod stats;
 
 pub(crate) use backend::*;
+pub(crate) use keys::*;
 pub(crate) use stats::*;
 
 /// Address used when neither --server nor SIDECAR_CONTROL_URL is given.
@@ -67,6 +69,9 @@ pub(crate) enum Command {
     Settings(SettingsCommand),
     /// Data-plane nodes and the config version each one runs.
     Nodes,
+    /// Client keys (sk-sc-…): who may use the proxies, with scope, limits and budgets.
+    #[command(subcommand)]
+    Key(KeyCommand),
     /// API tokens.
     #[command(subcommand)]
     Token(TokenCommand),

@@ -1,0 +1,211 @@
+//! Client keys end to end: created on the control plane (the secret shown once), checked
+//! by every proxy against the hashes in its snapshot — 401 without a valid key, 403
+//! outside the key's scope — never forwarded upstream, and revoked or rotated on every
+//! proxy within a second.
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use sidecar_proto::v1 as pb;
+use sidecar_tests::{
+    Gateway, MockUpstream, Options, ProxyHarness, ProxyOptions, eventually, gateway::BackendDef, proxy::chat_body,
+    run_python_client,
+};
+
+/// A proxy that requires client keys (its listener is loopback, where anonymous use is
+/// allowed by default).
+fn keyed(id: &str) -> ProxyOptions {
+    ProxyOptions {
+        node_id: id.into(),
+        env: vec![("SIDECAR_ALLOW_ANONYMOUS".into(), "false".into())],
+        ..ProxyOptions::default()
+    }
+}
+
+async fn create(gw: &mut Gateway, request: pb::CreateKeyRequest) -> (pb::ClientKey, String) {
+    let created = gw.admin.create_key(request).await.expect("key created").into_inner();
+    gw.proxy.wait_version(created.config_version).await;
+    (created.key.unwrap(), created.secret)
+}
+
+async fn version(gw: &mut Gateway) -> u64 {
+    gw.admin.get_config_version(pb::GetConfigVersionRequest {}).await.unwrap().into_inner().version
+}
+
+/// (status, error type) of a chat request for `model` with `headers`.
+async fn ask(proxy: &ProxyHarness, model: &str, headers: &[(&str, &str)]) -> (u16, String) {
+    let r = proxy.post("/chat/completions", &chat_body(model, false), headers).await;
+    let status = r.status().as_u16();
+    let body: Value = r.json().await.unwrap_or_default();
+    (status, body["error"]["type"].as_str().unwrap_or("").to_owned())
+}
+
+fn bearer(secret: &str) -> String {
+    format!("Bearer {secret}")
+}
+
+#[tokio::test]
+async fn a_proxy_serves_only_valid_keys_and_never_forwards_them() {
+    let mock = MockUpstream::start(&[]).await;
+    let mut gw = Gateway::start_with(keyed("p1")).await;
+    gw.add_backend(&mock, BackendDef::default()).await;
+
+    // No key, a placeholder, an unknown Sidecar key: 401, and the error shows only the
+    // start of the key presented.
+    assert_eq!(ask(&gw.proxy, "gpt-test", &[]).await, (401, "invalid_api_key".into()));
+    assert_eq!(ask(&gw.proxy, "gpt-test", &[("authorization", "Bearer sk-placeholder")]).await.0, 401);
+    let unknown = format!("sk-sc-{}", "q".repeat(40));
+    let r = gw.proxy.post("/chat/completions", &chat_body("gpt-test", false), &[("x-api-key", &unknown)]).await;
+    assert_eq!(r.status().as_u16(), 401);
+    let text = r.text().await.unwrap();
+    assert!(text.contains("sk-sc-qqqq…") && !text.contains(&unknown), "{text}");
+    let models = reqwest::get(format!("{}/models", gw.proxy.url())).await.unwrap();
+    assert_eq!(models.status().as_u16(), 401, "the model list needs a key too");
+    assert!(mock.calls_to("/v1/chat/completions").is_empty(), "nothing refused reached the provider");
+
+    let (key, secret) = create(&mut gw, pb::CreateKeyRequest { name: "ci".into(), ..Default::default() }).await;
+    assert!(secret.starts_with("sk-sc-") && secret.len() >= 6 + 32, "{secret}");
+    assert!(key.prefix.starts_with(&secret[..10]) && key.prefix.len() < 16, "listed by a short prefix: {}", key.prefix);
+    let listed = gw.admin.list_keys(pb::ListKeysRequest::default()).await.unwrap().into_inner();
+    assert!(!format!("{listed:?}").contains(&secret[6..]), "the secret is never listed");
+
+    // Either header works; the provider sees its own key, never the client's.
+    assert_eq!(ask(&gw.proxy, "gpt-test", &[("authorization", &bearer(&secret))]).await.0, 200);
+    assert_eq!(ask(&gw.proxy, "gpt-test", &[("x-api-key", &secret)]).await.0, 200);
+    for call in mock.calls_to("/v1/chat/completions") {
+        let sent = format!("{:?}", call.headers);
+        assert!(!sent.contains(&secret), "the client's key went upstream: {sent}");
+        assert_eq!(call.headers["authorization"], "Bearer sk-backend-key-0123456789");
+    }
+
+    // Disabled: 401 key_disabled; enabled again: served.
+    let update = |enabled| pb::UpdateKeyRequest { id: key.id.clone(), enabled: Some(enabled), ..Default::default() };
+    gw.admin.update_key(update(false)).await.unwrap();
+    let v = version(&mut gw).await;
+    gw.proxy.wait_version(v).await;
+    assert_eq!(ask(&gw.proxy, "gpt-test", &[("x-api-key", &secret)]).await, (401, "key_disabled".into()));
+    gw.admin.update_key(update(true)).await.unwrap();
+    let v = version(&mut gw).await;
+    gw.proxy.wait_version(v).await;
+    assert_eq!(ask(&gw.proxy, "gpt-test", &[("x-api-key", &secret)]).await.0, 200);
+
+    // Rotated: the old secret stops working, the new one works, same key.
+    let rotated = gw.admin.rotate_key(pb::RotateKeyRequest { id: "ci".into() }).await.unwrap().into_inner();
+    gw.proxy.wait_version(rotated.config_version).await;
+    assert_eq!(rotated.key.as_ref().unwrap().id, key.id);
+    assert_eq!(ask(&gw.proxy, "gpt-test", &[("x-api-key", &secret)]).await.0, 401);
+    assert_eq!(ask(&gw.proxy, "gpt-test", &[("x-api-key", &rotated.secret)]).await.0, 200);
+}
+
+#[tokio::test]
+async fn a_key_outside_its_scope_gets_403_naming_the_model() {
+    let primary = MockUpstream::start(&[]).await;
+    let fallback = MockUpstream::start(&[]).await;
+    let mut gw = Gateway::start_with(keyed("p1")).await;
+    let models = [("gpt-test", "native-gpt"), ("other", "native-other")];
+    gw.add_backend(&primary, BackendDef { name: "a", models: &models, ..Default::default() }).await;
+    gw.add_backend(&fallback, BackendDef { name: "b", pool: "fallback", models: &models, ..Default::default() }).await;
+    let request = |name: &str, models: &[&str], pools: &[&str]| pb::CreateKeyRequest {
+        name: name.into(),
+        models: models.iter().map(|m| m.to_string()).collect(),
+        pools: pools.iter().map(|p| p.to_string()).collect(),
+        ..Default::default()
+    };
+    let (_, only_gpt) = create(&mut gw, request("only-gpt", &["gpt-test"], &[])).await;
+    let (_, only_fallback) = create(&mut gw, request("only-fallback", &[], &["fallback"])).await;
+
+    let r = gw.proxy.post("/chat/completions", &chat_body("other", false), &[("x-api-key", &only_gpt)]).await;
+    assert_eq!(r.status().as_u16(), 403);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["type"], "permission_denied");
+    assert!(body["error"]["message"].as_str().unwrap().contains("`other`"), "{body}");
+    assert_eq!(ask(&gw.proxy, "gpt-test", &[("x-api-key", &only_gpt)]).await.0, 200);
+    // The model list shows what the key may use.
+    let listed: Value = reqwest::Client::new()
+        .get(format!("{}/models", gw.proxy.url()))
+        .bearer_auth(&only_gpt)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let ids: Vec<&str> = listed["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["gpt-test"]);
+
+    // A pool scope: only the fallback backend serves this key, though primary has room.
+    for _ in 0..3 {
+        assert_eq!(ask(&gw.proxy, "gpt-test", &[("x-api-key", &only_fallback)]).await.0, 200);
+    }
+    assert_eq!(fallback.calls_to("/v1/chat/completions").len(), 3);
+    assert_eq!(primary.calls_to("/v1/chat/completions").len(), 1, "only only-gpt's request went to primary");
+
+    // The official client raises the classes users catch.
+    let seen = run_python_client(
+        "openai_keys.py",
+        &[("SIDECAR_PROXY_URL", gw.proxy.url()), ("SIDECAR_KEY", only_gpt.clone())],
+    )
+    .await;
+    assert_eq!(seen["placeholder"]["class"], "AuthenticationError", "{seen}");
+    assert_eq!(seen["unknown"]["class"], "AuthenticationError", "{seen}");
+    assert_eq!(seen["unknown"]["status"], 401, "{seen}");
+    assert_eq!(seen["out_of_scope"]["class"], "PermissionDeniedError", "{seen}");
+    assert_eq!(seen["out_of_scope"]["status"], 403, "{seen}");
+    assert!(seen["served"]["ok"].is_string(), "{seen}");
+}
+
+#[tokio::test]
+async fn a_revoked_key_is_refused_by_every_proxy_within_a_second() {
+    let mock = MockUpstream::start(&[]).await;
+    let mut gw = Gateway::start_fleet(Options::default(), keyed("p1")).await;
+    let others = [gw.add_proxy(keyed("p2")).await, gw.add_proxy(keyed("p3")).await];
+    gw.add_backend(&mock, BackendDef::default()).await;
+    let (key, secret) = create(&mut gw, pb::CreateKeyRequest { name: "soon-gone".into(), ..Default::default() }).await;
+    let v = version(&mut gw).await;
+    let proxies = [&gw.proxy, &others[0], &others[1]];
+    for p in proxies {
+        p.wait_version(v).await;
+        assert_eq!(ask(p, "gpt-test", &[("x-api-key", &secret)]).await.0, 200);
+    }
+
+    let revoked_at = Instant::now();
+    let revoked = gw.admin.revoke_key(pb::RevokeKeyRequest { id: key.id.clone() }).await.unwrap().into_inner();
+    assert!(revoked.revoked_at_ms > 0 && !revoked.enabled);
+    for p in proxies {
+        eventually("the revoked key refused", Duration::from_secs(5), || async {
+            (ask(p, "gpt-test", &[("x-api-key", &secret)]).await.0 == 401).then_some(())
+        })
+        .await;
+    }
+    let took = revoked_at.elapsed();
+    eprintln!("revoked on three proxies in {took:?}");
+    assert!(took < Duration::from_secs(1), "revocation took {took:?}");
+
+    // Listed only on request, and never usable again.
+    let live = gw.admin.list_keys(pb::ListKeysRequest { include_revoked: false }).await.unwrap().into_inner();
+    assert!(live.keys.is_empty());
+    let all = gw.admin.list_keys(pb::ListKeysRequest { include_revoked: true }).await.unwrap().into_inner();
+    assert_eq!(all.keys.len(), 1);
+    let again = gw.admin.update_key(pb::UpdateKeyRequest { id: key.id, enabled: Some(true), ..Default::default() });
+    assert_eq!(again.await.unwrap_err().code(), tonic::Code::FailedPrecondition);
+}
+
+#[tokio::test]
+async fn bad_key_input_is_refused_with_the_field_named() {
+    let mut gw = Gateway::start().await;
+    let (_, _) = create(&mut gw, pb::CreateKeyRequest { name: "taken".into(), ..Default::default() }).await;
+    for (request, field) in [
+        (pb::CreateKeyRequest { name: "".into(), ..Default::default() }, "key.name"),
+        (pb::CreateKeyRequest { name: "Taken".into(), ..Default::default() }, "key.name"),
+        (pb::CreateKeyRequest { name: "p".into(), pools: vec!["nope".into()], ..Default::default() }, "key.pools[0]"),
+        (pb::CreateKeyRequest { name: "m".into(), models: vec!["a b".into()], ..Default::default() }, "key.models[0]"),
+        (pb::CreateKeyRequest { name: "e".into(), expires_at_ms: 1, ..Default::default() }, "key.expires_at_ms"),
+        (pb::CreateKeyRequest { name: "b".into(), budget_usd: f64::NAN, ..Default::default() }, "key.budget_usd"),
+    ] {
+        let status = gw.admin.create_key(request).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+        assert!(status.message().contains(field), "{field}: {}", status.message());
+    }
+    let keys = gw.admin.list_keys(pb::ListKeysRequest { include_revoked: true }).await.unwrap().into_inner();
+    assert_eq!(keys.keys.len(), 1, "nothing refused was stored");
+}
