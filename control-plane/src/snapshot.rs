@@ -88,6 +88,7 @@ impl ConfigState {
                 .map(|(index, _)| NodeBackend { index, ..Default::default() })
                 .collect(),
             generated_at_ms: util::now_ms(),
+            key_shares: Vec::new(),
         }
     }
 
@@ -108,6 +109,9 @@ pub struct NodeSnapshot {
     pub backends: Vec<NodeBackend>,
     /// When it was made, unix ms.
     pub generated_at_ms: i64,
+    /// The node's starting share of each client key's request limit, by key id (keys
+    /// without a limit are not listed).
+    pub key_shares: Vec<(String, u32)>,
 }
 
 /// One backend of a [`NodeSnapshot`].

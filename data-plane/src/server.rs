@@ -264,5 +264,9 @@ async fn limit_ticks(shared: Arc<Shared>, window: Duration, mut shutdown: watch:
             }
             b.state.apply_limits(&b.config, &bundle.settings, window, now);
         }
+        // A key's lease running out moves it to its fallback share too.
+        for (key, state) in bundle.limited_keys() {
+            state.apply_limits(key, window, now);
+        }
     }
 }

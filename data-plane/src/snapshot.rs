@@ -270,6 +270,9 @@ pub struct ClientKey {
     pub expires_at_ms: Option<i64>,
     /// Refused while disabled.
     pub enabled: bool,
+    /// This node's starting share of `rpm_limit` until its first grant (`None`: the
+    /// whole limit; 0: wait for a grant).
+    pub initial_share: Option<u32>,
 }
 
 impl ClientKey {

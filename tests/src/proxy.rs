@@ -167,39 +167,41 @@ pub fn chat_body(model: &str, stream: bool) -> serde_json::Value {
 pub struct ProxyClient {
     url: String,
     client: reqwest::Client,
+    headers: Vec<(String, String)>,
 }
 
 impl ProxyHarness {
     /// A handle that can move into a task.
     pub fn clone_handle(&self) -> ProxyClient {
-        ProxyClient { url: self.url(), client: reqwest::Client::new() }
+        ProxyClient { url: self.url(), client: reqwest::Client::new(), headers: Vec::new() }
     }
 }
 
 impl ProxyClient {
+    /// The same handle, sending `name: value` with every request (a client key).
+    pub fn with_header(mut self, name: &str, value: &str) -> Self {
+        self.headers.push((name.to_owned(), value.to_owned()));
+        self
+    }
+
+    fn request(&self, priority: &str) -> reqwest::RequestBuilder {
+        let mut req = self.client.post(format!("{}/chat/completions", self.url)).header("x-priority", priority);
+        for (name, value) in &self.headers {
+            req = req.header(name, value);
+        }
+        req
+    }
+
     /// POSTs a chat request with `X-Priority`; the status, or 0 if the connection failed
     /// (a proxy going away under load).
     pub async fn try_post(&self, body: &serde_json::Value, priority: &str) -> u16 {
-        let sent = self
-            .client
-            .post(format!("{}/chat/completions", self.url))
-            .header("x-priority", priority)
-            .json(body)
-            .send()
-            .await;
+        let sent = self.request(priority).json(body).send().await;
         sent.map_or(0, |r| r.status().as_u16())
     }
 
     /// POSTs a chat request with `X-Priority`; returns status and JSON body (Null if none).
     pub async fn post_status(&self, body: &serde_json::Value, priority: &str) -> (u16, serde_json::Value) {
-        let resp = self
-            .client
-            .post(format!("{}/chat/completions", self.url))
-            .header("x-priority", priority)
-            .json(body)
-            .send()
-            .await
-            .expect("proxy answers");
+        let resp = self.request(priority).json(body).send().await.expect("proxy answers");
         let status = resp.status().as_u16();
         (status, resp.json().await.unwrap_or_default())
     }

@@ -201,6 +201,7 @@ async fn bad_key_input_is_refused_with_the_field_named() {
         (pb::CreateKeyRequest { name: "m".into(), models: vec!["a b".into()], ..Default::default() }, "key.models[0]"),
         (pb::CreateKeyRequest { name: "e".into(), expires_at_ms: 1, ..Default::default() }, "key.expires_at_ms"),
         (pb::CreateKeyRequest { name: "b".into(), budget_usd: f64::NAN, ..Default::default() }, "key.budget_usd"),
+        (pb::CreateKeyRequest { name: "t".into(), tpm_limit: 1000, ..Default::default() }, "key.tpm_limit"),
     ] {
         let status = gw.admin.create_key(request).await.unwrap_err();
         assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");

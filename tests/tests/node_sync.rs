@@ -357,7 +357,7 @@ async fn last_seen_advances_while_a_node_stays_connected() {
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         loop {
             tick.tick().await;
-            let demand = pb::Demand { backends: vec![], at_ms: 0 };
+            let demand = pb::Demand { backends: vec![], at_ms: 0, keys: vec![] };
             if beat.send(pb::NodeMessage { kind: Some(node_message::Kind::Demand(demand)) }).await.is_err() {
                 return;
             }

@@ -62,6 +62,7 @@ fn main() -> anyhow::Result<()> {
             max_concurrent: 0,
             expires_at_ms: None,
             enabled: true,
+            initial_share: None,
         })
         .collect();
     let snapshot = Snapshot {

@@ -13,6 +13,8 @@ pub enum FleetMessage {
     Grants {
         /// One per backend.
         grants: Vec<Grant>,
+        /// One per client key with a request limit.
+        keys: Vec<KeyGrant>,
         /// How long they hold without renewal.
         lease_ms: u64,
         /// The allocation round.
@@ -144,4 +146,34 @@ pub struct ModelLive {
     pub bucket_fill: f64,
     /// Admitted in the current window, summed over nodes.
     pub in_window: u32,
+}
+
+/// A node's share of one client key's request limit (per minute).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyGrant {
+    /// The key.
+    pub key_id: String,
+    /// Requests per minute.
+    pub rpm: u32,
+    /// As in [`Grant::pace`].
+    pub pace: u32,
+    /// Requests per minute if the lease runs out.
+    pub fallback_rpm: u32,
+}
+
+/// A node's demand on one client key's request limit, as it reports every second.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct KeyDemand {
+    /// The key.
+    pub key_id: String,
+    /// Requests per minute it would admit for the key if it could.
+    pub demand: f64,
+    /// The key bucket's fill (0..1).
+    pub bucket_fill: f64,
+    /// Admitted for the key in the current window.
+    pub in_window: u32,
+    /// How long the node's grant still held when it reported (zero: none in force).
+    pub lease_remaining: std::time::Duration,
+    /// The allocation round of the grant in force when it reported (0: none or unknown).
+    pub grant_round: u64,
 }

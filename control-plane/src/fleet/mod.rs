@@ -4,6 +4,7 @@
 
 mod allocate;
 mod cooldown;
+mod keys;
 mod messages;
 mod share;
 
@@ -14,8 +15,8 @@ use tokio::time::Instant;
 pub use allocate::{NodeShare, allocate};
 use cooldown::Cool;
 pub use messages::{
-    BackendDemand, BackendLive, CooldownNotice, FleetMessage, Grant, ModelDemand, ModelGrant, ModelLive, RateLimited,
-    Sender,
+    BackendDemand, BackendLive, CooldownNotice, FleetMessage, Grant, KeyDemand, KeyGrant, ModelDemand, ModelGrant,
+    ModelLive, RateLimited, Sender,
 };
 use share::{Clock, Report, Shares};
 
@@ -117,6 +118,8 @@ pub struct Fleet {
     /// process keeps what the node reported.
     boots: Mutex<HashMap<String, String>>,
     backends: Mutex<HashMap<String, BackendFleet>>,
+    /// Each limited client key's node shares (locked after `backends` when both are).
+    keys: Mutex<HashMap<String, Shares>>,
     /// Allocation rounds so far.
     round: std::sync::atomic::AtomicU64,
 }
@@ -132,6 +135,7 @@ impl Fleet {
             sessions: Mutex::default(),
             boots: Mutex::default(),
             backends: Mutex::default(),
+            keys: Mutex::default(),
             round: round.into(),
         }
     }
@@ -152,6 +156,9 @@ impl Fleet {
             for shares in fleet.models.values_mut() {
                 shares.attached(node_id, new_process, now, self.timing.lost_hold);
             }
+        }
+        for shares in self.keys.lock().expect("keys lock").values_mut() {
+            shares.attached(node_id, new_process, now, self.timing.lost_hold);
         }
         self.sessions
             .lock()
@@ -176,6 +183,9 @@ impl Fleet {
             for shares in fleet.models.values_mut() {
                 shares.detached(node_id, goodbye);
             }
+        }
+        for shares in self.keys.lock().expect("keys lock").values_mut() {
+            shares.detached(node_id, goodbye);
         }
     }
 
@@ -244,6 +254,8 @@ impl Fleet {
                 })
                 .collect();
         }
+        drop(backends);
+        snapshot.key_shares = self.key_starting(node_id, &state, now);
     }
 
     /// A node reported its demand.
@@ -372,10 +384,13 @@ impl Fleet {
                 .expect("boots lock")
                 .retain(|node, _| sessions.iter().any(|s| &s.0 == node) || held(node));
         }
+        let nodes: Vec<&str> = sessions.iter().map(|(id, _, _)| id.as_str()).collect();
+        let mut key_grants = self.key_grants(config, &nodes, now);
         let lease_ms = self.timing.lease.as_millis() as u64;
-        for (node, _, tx) in sessions {
-            let grants = per_node.remove(&node).unwrap_or_default();
-            let _ = tx.try_send(FleetMessage::Grants { grants, lease_ms, round });
+        for (node, _, tx) in &sessions {
+            let grants = per_node.remove(node).unwrap_or_default();
+            let keys = key_grants.remove(node).unwrap_or_default();
+            let _ = tx.try_send(FleetMessage::Grants { grants, keys, lease_ms, round });
         }
     }
 }

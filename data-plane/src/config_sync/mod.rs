@@ -304,6 +304,18 @@ pub fn apply_grants(bundle: &Bundle, grants: &pb::QuotaGrants, now: Instant) {
         }
         b.state.apply_limits(&b.config, &bundle.settings, bundle.window, now);
     }
+    for g in &grants.keys {
+        let Some((key, state)) = bundle.limited_keys().find(|(k, _)| *k.id == *g.key_id) else { continue };
+        {
+            let mut quota = state.quota.lock().expect("quota lock");
+            quota.grant = Some((g.rpm, None));
+            quota.lease_until = Some(now + lease);
+            quota.fallback = (g.fallback_rpm, None);
+            quota.pace = (g.pace > g.rpm).then_some(g.pace);
+            quota.round = grants.round;
+        }
+        state.apply_limits(key, bundle.window, now);
+    }
 }
 
 /// What a node wants of each backend: admitted + turned away since the last report +
@@ -373,5 +385,24 @@ pub fn demand(
             }
         })
         .collect();
-    pb::Demand { backends, at_ms: crate::now_ms() }
+    let scale = bundle.window.as_secs_f64() / every.as_secs_f64();
+    let keys = bundle
+        .limited_keys()
+        .map(|(key, state)| {
+            let admitted = state.admitted.swap(0, Relaxed);
+            let rejected = state.rejected.swap(0, Relaxed);
+            let (bucket_fill, in_window) = fill(&mut state.limiter.lock().expect("key limiter lock"), now);
+            let quota = state.quota.lock().expect("quota lock");
+            let remaining = quota.lease_until.map_or(Duration::ZERO, |u| u.saturating_duration_since(now));
+            pb::KeyDemand {
+                key_id: key.id.to_string(),
+                demand: (admitted + rejected) as f64 * scale,
+                in_window,
+                bucket_fill,
+                lease_remaining_ms: remaining.as_millis() as u64,
+                grant_round: if remaining.is_zero() { 0 } else { quota.round },
+            }
+        })
+        .collect();
+    pb::Demand { backends, at_ms: crate::now_ms(), keys }
 }

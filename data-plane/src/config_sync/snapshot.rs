@@ -184,6 +184,7 @@ fn client_key(i: usize, k: &pb::SnapshotKey) -> Result<ClientKey, SnapshotError>
         max_concurrent: k.max_concurrent,
         expires_at_ms: (k.expires_at_ms > 0).then_some(k.expires_at_ms),
         enabled: k.enabled,
+        initial_share: k.initial_rpm_share,
     })
 }
 

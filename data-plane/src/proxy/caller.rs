@@ -126,6 +126,7 @@ mod tests {
             max_concurrent: 0,
             expires_at_ms,
             enabled,
+            initial_share: None,
         }
     }
 

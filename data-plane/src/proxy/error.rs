@@ -42,6 +42,9 @@ pub enum ProxyError {
     KeyDisabled,
     /// The client key may not use the model (or no pool serving it).
     KeyScope(String),
+    /// The client key's own request limit is used up (its share on this proxy); come
+    /// back after this long.
+    KeyRateLimited(Duration),
 }
 
 fn seconds(d: Duration) -> u64 {
@@ -127,6 +130,12 @@ impl ProxyError {
             ),
             Self::KeyExpired => (StatusCode::UNAUTHORIZED, "key_expired", "This API key has expired.".into(), None),
             Self::KeyDisabled => (StatusCode::UNAUTHORIZED, "key_disabled", "This API key is disabled.".into(), None),
+            Self::KeyRateLimited(retry) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limit_exceeded",
+                "This API key's request limit (requests per minute) is used up".into(),
+                Some(*retry),
+            ),
             Self::KeyScope(model) => (
                 StatusCode::FORBIDDEN,
                 "permission_denied",

@@ -222,6 +222,13 @@ where
     if !caller.allows_model(&request.model) {
         return reject(shared, ProxyError::KeyScope(request.model.clone()), &request.model);
     }
+    // The key's own limit, before any provider capacity is asked for.
+    if let Some(key) = caller.key()
+        && let Some(state) = shared.bundle.load().key_state(&key.id)
+        && let Err(retry) = state.try_admit(tokio::time::Instant::now())
+    {
+        return reject(shared, ProxyError::KeyRateLimited(retry), &request.model);
+    }
     let model = request.model.clone();
     let priority = Priority::from_header(headers.get("x-priority").and_then(|v| v.to_str().ok()));
     match forward::serve(shared, client, path, &headers, request, priority, &caller).await {

@@ -5,7 +5,10 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use tokio::time::Instant;
 
-use super::backend::{Backend, BackendState};
+use super::{
+    backend::{Backend, BackendState},
+    key::KeyState,
+};
 use crate::snapshot::{ClientKey, ModelBucketRef, ModelRoute, Settings, Snapshot};
 
 impl ModelRoute {
@@ -82,6 +85,8 @@ pub struct Bundle {
     pub window: Duration,
     /// Client keys by the SHA-256 of the key.
     keys: HashMap<[u8; 32], Arc<ClientKey>>,
+    /// The live state of each client key with a request limit, by key id.
+    key_states: HashMap<Arc<str>, (Arc<ClientKey>, Arc<KeyState>)>,
 }
 
 impl Bundle {
@@ -96,6 +101,7 @@ impl Bundle {
             models: Vec::new(),
             window,
             keys: HashMap::new(),
+            key_states: HashMap::new(),
         }
     }
 
@@ -155,8 +161,34 @@ impl Bundle {
         models.dedup();
         let routes = models.iter().map(|m| (m.clone(), Arc::new(route_for(Some(m))))).collect();
         let wildcard = Some(Arc::new(route_for(None))).filter(|r| !r.tiers.is_empty());
-        let keys = snapshot.client_keys.iter().map(|k| (k.hash, Arc::new(k.clone()))).collect();
-        Self { version: snapshot.version, backends, routes, wildcard, settings: settings.clone(), models, window, keys }
+        let keys: HashMap<[u8; 32], Arc<ClientKey>> =
+            snapshot.client_keys.iter().map(|k| (k.hash, Arc::new(k.clone()))).collect();
+        // A limited key keeps its admissions and share across configs (by id).
+        let key_states = keys
+            .values()
+            .filter(|k| k.rpm_limit > 0)
+            .map(|k| {
+                let state = match previous.key_states.get(&k.id) {
+                    Some((_, old)) => {
+                        old.reconfigure(k, window, now);
+                        old.clone()
+                    }
+                    None => Arc::new(KeyState::new(k, window, now)),
+                };
+                (k.id.clone(), (k.clone(), state))
+            })
+            .collect();
+        Self {
+            version: snapshot.version,
+            backends,
+            routes,
+            wildcard,
+            settings: settings.clone(),
+            models,
+            window,
+            keys,
+            key_states,
+        }
     }
 
     /// The candidates for `model`, if any backend serves it.
@@ -167,6 +199,16 @@ impl Bundle {
     /// The client key whose SHA-256 is `hash`.
     pub fn client_key(&self, hash: &[u8; 32]) -> Option<&Arc<ClientKey>> {
         self.keys.get(hash)
+    }
+
+    /// The live state of the client key `id`, if it has a request limit.
+    pub fn key_state(&self, id: &str) -> Option<&Arc<KeyState>> {
+        self.key_states.get(id).map(|(_, state)| state)
+    }
+
+    /// Every client key with a request limit, with its live state.
+    pub fn limited_keys(&self) -> impl Iterator<Item = &(Arc<ClientKey>, Arc<KeyState>)> {
+        self.key_states.values()
     }
 
     /// Whether any client key is configured.

@@ -5,7 +5,7 @@ use sidecar_proto::v1::{self as pb, control_message::Kind};
 
 use super::{mapping_to_pb, pool_to_pb, settings_to_pb};
 use crate::{
-    fleet::{BackendDemand, FleetMessage, ModelDemand, RateLimited},
+    fleet::{BackendDemand, FleetMessage, KeyDemand, ModelDemand, RateLimited},
     nodes::Hello,
     snapshot::NodeSnapshot,
 };
@@ -73,6 +73,7 @@ pub fn snapshot_to_pb(s: &NodeSnapshot) -> pb::Snapshot {
                 max_concurrent: k.max_concurrent,
                 expires_at_ms: k.expires_at_ms.unwrap_or(0),
                 enabled: k.enabled,
+                initial_rpm_share: s.key_shares.iter().find(|(id, _)| id == &k.id).map(|(_, share)| *share),
             })
             .collect(),
     }
@@ -86,8 +87,12 @@ pub fn snapshot_message(s: &NodeSnapshot) -> pb::ControlMessage {
 /// A fleet message as the node receives it.
 pub fn fleet_message(m: FleetMessage) -> pb::ControlMessage {
     let kind = match m {
-        FleetMessage::Grants { grants, lease_ms, round } => Kind::Grants(pb::QuotaGrants {
+        FleetMessage::Grants { grants, keys, lease_ms, round } => Kind::Grants(pb::QuotaGrants {
             round,
+            keys: keys
+                .into_iter()
+                .map(|k| pb::KeyGrant { key_id: k.key_id, rpm: k.rpm, pace: k.pace, fallback_rpm: k.fallback_rpm })
+                .collect(),
             grants: grants
                 .into_iter()
                 .map(|g| pb::QuotaGrant {
@@ -158,6 +163,20 @@ pub fn demand_from_pb(d: pb::Demand) -> Vec<BackendDemand> {
                     in_window: m.in_window,
                 })
                 .collect(),
+        })
+        .collect()
+}
+
+/// A node's demand on client keys, as the fleet takes it.
+pub fn key_demand_from_pb(d: &[pb::KeyDemand]) -> Vec<KeyDemand> {
+    d.iter()
+        .map(|k| KeyDemand {
+            key_id: k.key_id.clone(),
+            demand: k.demand,
+            bucket_fill: k.bucket_fill,
+            in_window: k.in_window,
+            lease_remaining: std::time::Duration::from_millis(k.lease_remaining_ms.min(86_400_000)),
+            grant_round: k.grant_round,
         })
         .collect()
 }

@@ -197,7 +197,10 @@ impl Session {
                     Fleet::store_cooldown(store, &record);
                 }
             }
-            Some(Kind::Demand(demand)) => shared.fleet.demand(&node_id, &convert::demand_from_pb(demand)),
+            Some(Kind::Demand(demand)) => {
+                shared.fleet.key_demand(&node_id, &convert::key_demand_from_pb(&demand.keys));
+                shared.fleet.demand(&node_id, &convert::demand_from_pb(demand));
+            }
             Some(Kind::Recovered(r)) => shared.fleet.recovered(&node_id, &r.backend_id, &r.model),
             Some(Kind::LimitLearned(l)) => {
                 tokio::spawn(crate::health::learned_limit(shared.clone(), node_id.clone(), l.backend_id, l.rpm_limit));

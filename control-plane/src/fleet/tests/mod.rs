@@ -346,3 +346,50 @@ async fn a_report_naming_the_round_it_runs_frees_a_decrease_without_waiting_for_
 }
 
 mod sessions;
+
+#[tokio::test(start_paused = true)]
+async fn a_keys_request_limit_is_split_by_demand_and_never_over_it() {
+    let fleet = Fleet::new(FleetTiming::default());
+    let b = backend(600, 60);
+    let mut state = config(b.clone());
+    state.client_keys =
+        vec![crate::store::ClientKeyRecord { id: "key_a".into(), rpm_limit: 30, enabled: true, ..Default::default() }];
+    let mut rx1 = attach(&fleet, "n1", 1);
+    let mut rx2 = attach(&fleet, "n2", 2);
+    let key_grant = |rx: &mut mpsc::Receiver<FleetMessage>| {
+        let mut last = None;
+        while let Ok(msg) = rx.try_recv() {
+            if let FleetMessage::Grants { keys, .. } = msg {
+                last = keys.first().map(|k| k.rpm);
+            }
+        }
+        last.expect("a key grant")
+    };
+    let key_demand = |node: &str, demand: f64| {
+        let d =
+            KeyDemand { key_id: "key_a".into(), demand, lease_remaining: Duration::from_secs(4), ..Default::default() };
+        fleet.key_demand(node, &[d]);
+    };
+    fleet.regrant(&state);
+    let (g1, g2) = (key_grant(&mut rx1), key_grant(&mut rx2));
+    assert!(g1 + g2 <= 30, "{g1} + {g2}");
+    // n1 wants 9 times what n2 does; over a minute the split follows.
+    for _ in 0..70 {
+        tokio::time::advance(Duration::from_secs(1)).await;
+        key_demand("n1", 90.0);
+        key_demand("n2", 10.0);
+        fleet.regrant(&state);
+        let (g1, g2) = (key_grant(&mut rx1), key_grant(&mut rx2));
+        assert!(g1 + g2 <= 30, "{g1} + {g2}");
+    }
+    key_demand("n1", 90.0);
+    key_demand("n2", 10.0);
+    fleet.regrant(&state);
+    let (g1, g2) = (key_grant(&mut rx1), key_grant(&mut rx2));
+    assert!(g1 >= 24 && g2 >= 1 && g1 + g2 <= 30, "{g1} {g2}");
+    // A key without a limit gets no grants; a report on it cannot grow the map.
+    state.client_keys[0].rpm_limit = 0;
+    fleet.regrant(&state);
+    key_demand("n1", 90.0);
+    assert!(fleet.keys.lock().unwrap().is_empty());
+}

@@ -1,0 +1,88 @@
+//! A client key's request limit across the fleet: three proxies share one key's
+//! requests per minute by the control plane's grants. Alone in its test binary, so that
+//! other tests' load (the Python client's start-up, other fleets) does not delay requests
+//! between a proxy's admission and the mock provider that counts them: the mock's window
+//! is the check, and a stall longer than the limiter's guard (1% of the window) would show
+//! up as an overshoot that the proxies did not make.
+
+use std::time::{Duration, Instant};
+
+use sidecar_proto::v1 as pb;
+use sidecar_tests::{Gateway, MockUpstream, Options, ProxyOptions, gateway::BackendDef, proxy::chat_body};
+
+/// The most requests the provider answered with 200 in any `window`.
+fn most_in_any_window(mock: &MockUpstream, window: Duration) -> usize {
+    let mut at: Vec<Instant> =
+        mock.calls_to("/v1/chat/completions").iter().filter(|c| c.status == 200).map(|c| c.at).collect();
+    at.sort();
+    let mut most = 0;
+    let mut j = 0;
+    for i in 0..at.len() {
+        while j < at.len() && at[j] < at[i] + window {
+            j += 1;
+        }
+        most = most.max(j - i);
+    }
+    most
+}
+
+/// A key's request limit holds across the fleet: three proxies share one key of 30 RPM
+/// under three times that demand, skewed 70/15/15, for 70 s. Time runs 5× fast: a
+/// minute is 12 s. The provider (a strict mock) would refuse anything over 30 in a
+/// minute; the backend's own limit is far above, so only the key limits.
+#[tokio::test]
+async fn three_proxies_hold_a_keys_request_limit_together() {
+    const MINUTE: Duration = Duration::from_secs(12);
+    const LIMIT: u32 = 30;
+    let mock = MockUpstream::start(&[]).await;
+    mock.set_rpm_limit(LIMIT, MINUTE);
+    let cp_env = vec![
+        ("SIDECAR_RATE_WINDOW_MS".to_string(), MINUTE.as_millis().to_string()),
+        ("SIDECAR_GRANT_LEASE_MS".to_string(), "1500".to_string()),
+        ("SIDECAR_GRANT_INTERVAL_MS".to_string(), "250".to_string()),
+        ("SIDECAR_GRANT_PROPAGATION_MS".to_string(), "200".to_string()),
+    ];
+    let options = |id: &str| ProxyOptions {
+        node_id: id.into(),
+        rate_window: MINUTE,
+        env: vec![("SIDECAR_ALLOW_ANONYMOUS".into(), "false".into())],
+        ..ProxyOptions::default()
+    };
+    let mut gw = Gateway::start_fleet(Options { env: cp_env, ..Options::default() }, options("p1")).await;
+    let others = [gw.add_proxy(options("p2")).await, gw.add_proxy(options("p3")).await];
+    gw.add_backend(&mock, BackendDef { rpm: 6000, ..Default::default() }).await;
+    let created = gw
+        .admin
+        .create_key(pb::CreateKeyRequest { name: "shared".into(), rpm_limit: LIMIT, ..Default::default() })
+        .await
+        .expect("a key with a request limit")
+        .into_inner();
+    for p in [&gw.proxy, &others[0], &others[1]] {
+        p.wait_version(created.config_version).await;
+    }
+
+    let per_sec = f64::from(LIMIT) / MINUTE.as_secs_f64();
+    let start = Instant::now();
+    let end = start + MINUTE * 70 / 60;
+    let mut load = tokio::task::JoinSet::new();
+    for (p, share) in [(&gw.proxy, 0.70), (&others[0], 0.15), (&others[1], 0.15)] {
+        let client = p.clone_handle().with_header("x-api-key", &created.secret);
+        load.spawn(sidecar_tests::offer(client, chat_body("gpt-test", false), "normal", 3.0 * per_sec * share, end));
+    }
+    let mut statuses = Vec::new();
+    while let Some(s) = load.join_next().await {
+        statuses.extend(s.unwrap());
+    }
+    let most = most_in_any_window(&mock, MINUTE);
+    let refused_for_the_key = statuses.iter().filter(|s| **s == 429).count();
+    eprintln!(
+        "key of {LIMIT}/min on three proxies: most in any minute {most} ({:.0}%), {} served, {refused_for_the_key} refused with 429, the provider refused {}",
+        100.0 * most as f64 / f64::from(LIMIT),
+        statuses.iter().filter(|s| **s == 200).count(),
+        mock.violations()
+    );
+    assert_eq!(mock.violations(), 0, "more than {LIMIT} of the key's requests in some minute");
+    assert!(most <= LIMIT as usize);
+    assert!(most as f64 >= 0.9 * f64::from(LIMIT), "the fleet used only {most} of the key's {LIMIT}");
+    assert!(refused_for_the_key > 0, "three times the limit was offered");
+}
