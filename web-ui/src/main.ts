@@ -8,6 +8,7 @@ import { live } from "./live";
 import { loginView, signIn, SignInError } from "./pages/login";
 import { dashboardPage } from "./pages/dashboard";
 import { providersPage } from "./pages/providers";
+import { keysPage } from "./pages/keys";
 import { usagePage } from "./pages/usage";
 import { cooldownsPage } from "./pages/cooldowns";
 import { nodesPage } from "./pages/nodes";
@@ -15,7 +16,7 @@ import { settingsPage } from "./pages/settings";
 import { setToastBox, type Page, type PageView } from "./ui";
 import { fmtDuration } from "./format";
 
-const pages: Page[] = [dashboardPage, providersPage, usagePage, cooldownsPage, nodesPage, settingsPage];
+const pages: Page[] = [dashboardPage, providersPage, keysPage, usagePage, cooldownsPage, nodesPage, settingsPage];
 
 const app = document.getElementById("app")!;
 let current: PageView | null = null;

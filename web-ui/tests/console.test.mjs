@@ -20,6 +20,8 @@ const XSS_META = "<script>window.__xss=2</script>";
 const shotsDir = path.join(resultsDir, "screenshots");
 const logDir = path.join(resultsDir, "logs");
 const docsImage = path.join(repoRoot, "docs", "images", "dashboard.png");
+// A client key's expiry as typed into the form (a local date and time).
+const KEY_EXPIRY = "2030-01-31T12:00";
 
 let mock;
 let learnMock;
@@ -28,6 +30,8 @@ let proxy;
 let browser;
 let page;
 let viewerToken = "";
+// The current secret of the key the Keys tests create (the tests' copy, never the page's).
+let keySecret = "";
 const pageErrors = [];
 const consoleErrors = [];
 const fieldHeaders = [];
@@ -74,6 +78,29 @@ async function openPage(title, cls) {
 
 function row(name) {
   return page.locator(`[data-testid=providers-table] tr[data-backend="${name}"]`);
+}
+
+function keyRow(name) {
+  return page.locator(`[data-testid=keys-table] tr[data-key="${name}"]`);
+}
+
+/** A key's secret is nowhere in the page: markup, text, inputs, storage, open dialogs. */
+async function assertSecretGone(secret) {
+  const rest = secret.slice(10); // the part after the prefix the list shows
+  const found = await page.evaluate(
+    (needle) => {
+      const where = [];
+      if (document.documentElement.outerHTML.includes(needle)) where.push("markup");
+      if (document.body.innerText.includes(needle)) where.push("text");
+      if ([...document.querySelectorAll("input,textarea")].some((i) => i.value.includes(needle))) where.push("an input");
+      if (JSON.stringify({ ...sessionStorage, ...localStorage }).includes(needle)) where.push("storage");
+      if (document.querySelectorAll("dialog").length) where.push("an open dialog");
+      return where;
+    },
+    rest,
+  );
+  assert.deepEqual(found, [], "the secret is gone from the page");
+  assert.ok(!(await page.content()).includes(rest), "the secret is gone from the serialised page");
 }
 
 /**
@@ -345,6 +372,179 @@ describe("browser console", { concurrency: false }, () => {
     b = await stored();
     assert.equal(b.model_mappings["gpt-alt"].window_seconds ?? null, null, "emptied: unset");
     assert.equal(b.model_mappings["gpt-alt"].rpm_limit, 60, "rpmLimit kept");
+  });
+
+  test("keys: an admin creates a key; its secret is shown once, works at the proxy and is then gone from the page", async () => {
+    await openPage("Keys", "keys");
+    await expectText("empty list", page.getByTestId("keys-table"), /No keys yet/);
+    await page.getByTestId("create-key").click();
+    const form = await visible(page.getByTestId("key-dialog"));
+    assert.match(await text(form.getByTestId("key-limits-note")), /not enforced yet/, "the note on per-key limits");
+    assert.equal(await form.locator("input[name=rpm_limit], input[name=budget_usd]").count(), 0, "no limit or budget inputs yet");
+    await form.locator("input[name=name]").fill("billing-agent");
+    await form.locator("input[name=team]").fill("billing");
+    await form.locator("input[name=models]").fill("gpt-test, gpt-alt");
+    await form.locator("input[name=pools]").fill("primary");
+    await form.locator("input[name=expires]").fill(KEY_EXPIRY);
+    await shot("key-create");
+    await form.getByTestId("save-key").click();
+    await form.waitFor({ state: "detached" });
+
+    // The secret, once, with a copy button and the note that it is never shown again.
+    const box = await visible(page.getByTestId("key-secret-dialog"));
+    keySecret = await box.getByTestId("key-secret").inputValue();
+    assert.match(keySecret, /^sk-sc-[A-Za-z0-9]{40}$/);
+    assert.match(await text(box.getByTestId("key-secret-note")), /Shown only this once/);
+    await page.context().grantPermissions(["clipboard-read", "clipboard-write"], { origin: cp.url });
+    await box.getByTestId("key-secret-copy").click();
+    await expectText("copied", page.locator(".toast-ok").last(), /Copied/);
+    assert.equal(await page.evaluate(() => navigator.clipboard.readText()), keySecret, "Copy puts the secret on the clipboard");
+    await page.evaluate(() => navigator.clipboard.writeText(""));
+    await shot("key-secret");
+    await box.getByTestId("key-secret-done").click();
+    await box.waitFor({ state: "detached" });
+    await assertSecretGone(keySecret);
+
+    // The list: its prefix (never the secret), state, team, scope, expiry, creation time.
+    const r = await visible(keyRow("billing-agent"));
+    assert.equal(await text(r.getByTestId("key-prefix")), `${keySecret.slice(0, 10)}…`);
+    assert.equal(await text(r.getByTestId("key-state")), "active");
+    assert.equal(await text(r.getByTestId("key-team")), "billing");
+    assert.deepEqual(await r.getByTestId("key-models").locator("li").allTextContents(), ["gpt-test", "gpt-alt"]);
+    assert.deepEqual(await r.getByTestId("key-pools").locator("li").allTextContents(), ["primary"]);
+    assert.equal(await text(r.getByTestId("key-expires")), "2030-01-31 12:00:00");
+    assert.match(await text(r.getByTestId("key-created")), /^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d/);
+    const stored = (await cp.ctl("key", "list")).keys;
+    assert.equal(stored.length, 1);
+    assert.equal(stored[0].name, "billing-agent");
+    assert.equal(Number(stored[0].expires_at_ms), new Date(KEY_EXPIRY).getTime(), "the local date and time, as Unix ms");
+    assert.deepEqual(stored[0].models, ["gpt-test", "gpt-alt"]);
+    await shot("keys");
+
+    // The secret works at the proxy (once the proxy has the snapshot with the key).
+    await waitFor("a 200 with the new key", async () => (await proxy.chat("gpt-test", keySecret)) === 200, { timeout: 10_000 });
+  });
+
+  test("keys: refusals are shown next to the field the server names, and nothing is stored", async () => {
+    await page.getByTestId("create-key").click();
+    const form = await visible(page.getByTestId("key-dialog"));
+    await form.locator("input[name=name]").fill("bad-key");
+    await form.locator("input[name=pools]").fill("primary, nope");
+    await form.getByTestId("save-key").click();
+    const poolsField = form.locator('[data-field="pools"]');
+    await expectText("unknown pool error", poolsField.locator(".field-error"), /unknown pool "nope"/);
+    assert.equal(await poolsField.locator("input").getAttribute("aria-invalid"), "true");
+    assert.equal(await form.getByTestId("form-error").isVisible(), false, "not a general error");
+    assert.ok(fieldHeaders.includes("key.pools[1]"), `the server named the field in sidecar-field: ${fieldHeaders}`);
+    await shot("key-field-error");
+
+    // A name taken by a live key (case-insensitively), then an expiry in the past.
+    await form.locator("input[name=pools]").fill("primary");
+    await form.locator("input[name=name]").fill("Billing-Agent");
+    await form.getByTestId("save-key").click();
+    await expectText("duplicate name error", form.locator('[data-field="name"] .field-error'), /already exists/);
+    assert.equal(await poolsField.locator(".field-error").isVisible(), false, "the old error is cleared");
+    await form.locator("input[name=name]").fill("bad-key");
+    await form.locator("input[name=expires]").fill("2020-01-01T00:00");
+    await form.getByTestId("save-key").click();
+    await expectText("past expiry error", form.locator('[data-field="expires_at_ms"] .field-error'), /must be in the future/);
+    await form.getByRole("button", { name: "Cancel" }).click();
+    await form.waitFor({ state: "detached" });
+    const names = (await cp.ctl("key", "list", "--all")).keys.map((k) => k.name);
+    assert.deepEqual(names, ["billing-agent"], "nothing stored");
+  });
+
+  test("keys: editing the scope (no models = all), disabling and enabling", async () => {
+    const r = keyRow("billing-agent");
+    await r.getByTestId("key-edit").click();
+    const form = await visible(page.getByTestId("key-dialog"));
+    assert.equal(await form.locator("input[name=models]").inputValue(), "gpt-test, gpt-alt");
+    assert.equal(await form.locator("input[name=expires]").inputValue(), KEY_EXPIRY);
+    await form.locator("input[name=team]").fill("payments");
+    await form.locator("input[name=models]").fill("");
+    await form.getByTestId("save-key").click();
+    await form.waitFor({ state: "detached" });
+    await expectText("all models", r.getByTestId("key-models"), /^all$/);
+    await expectText("new team", r.getByTestId("key-team"), /^payments$/);
+    assert.deepEqual(await r.getByTestId("key-pools").locator("li").allTextContents(), ["primary"], "pools unchanged");
+    const [k] = (await cp.ctl("key", "list")).keys;
+    assert.deepEqual(k.models ?? [], [], "an empty list with set_models: every model");
+    assert.deepEqual(k.pools, ["primary"]);
+    assert.equal(k.team, "payments");
+    assert.equal(Number(k.expires_at_ms), new Date(KEY_EXPIRY).getTime(), "the expiry unchanged");
+
+    // "Never" clears the expiry (UpdateKey with expires_at_ms 0).
+    await r.getByTestId("key-edit").click();
+    const again = await visible(page.getByTestId("key-dialog"));
+    assert.equal(await again.locator("input[name=models]").inputValue(), "", "all models: an empty field");
+    await again.getByTestId("key-no-expiry").click();
+    assert.equal(await again.locator("input[name=expires]").inputValue(), "");
+    await again.getByTestId("save-key").click();
+    await again.waitFor({ state: "detached" });
+    await expectText("no expiry", r.getByTestId("key-expires"), /^never$/);
+    assert.equal(Number((await cp.ctl("key", "list")).keys[0].expires_at_ms ?? 0), 0, "stored without an expiry");
+
+    await r.getByTestId("key-toggle").click();
+    await expectText("disabled", r.getByTestId("key-state"), /^disabled$/);
+    assert.equal(await text(r.getByTestId("key-toggle")), "Enable");
+    assert.equal(await r.getAttribute("data-state"), "disabled");
+    await waitFor("the proxy to refuse the disabled key", async () => (await proxy.chat("gpt-test", keySecret)) === 401, { timeout: 10_000 });
+    await shot("key-disabled");
+    await r.getByTestId("key-toggle").click();
+    await expectText("active again", r.getByTestId("key-state"), /^active$/);
+    await waitFor("the proxy to accept it again", async () => (await proxy.chat("gpt-test", keySecret)) === 200, { timeout: 10_000 });
+  });
+
+  test("keys: rotating shows the new secret once; the old one stops working", async () => {
+    const r = keyRow("billing-agent");
+    const oldSecret = keySecret;
+    await r.getByTestId("key-rotate").click();
+    const confirm = await visible(page.getByTestId("confirm"));
+    assert.match(await text(confirm), /Give key “billing-agent” a new secret\?/);
+    await page.getByTestId("confirm-yes").click();
+    const box = await visible(page.getByTestId("key-secret-dialog"));
+    keySecret = await box.getByTestId("key-secret").inputValue();
+    assert.match(keySecret, /^sk-sc-[A-Za-z0-9]{40}$/);
+    assert.notEqual(keySecret, oldSecret);
+    assert.match(await text(box.getByTestId("key-secret-note")), /Shown only this once/);
+    await box.getByTestId("key-secret-done").click();
+    await box.waitFor({ state: "detached" });
+    await expectText("new prefix", r.getByTestId("key-prefix"), (t) => t === `${keySecret.slice(0, 10)}…`);
+    await assertSecretGone(keySecret);
+    await assertSecretGone(oldSecret);
+    await waitFor("the proxy to refuse the old secret", async () => (await proxy.chat("gpt-test", oldSecret)) === 401, { timeout: 10_000 });
+    assert.equal(await proxy.chat("gpt-test", keySecret), 200, "the new secret works");
+  });
+
+  test("keys: revoking asks first; the key leaves the list and shows under “show revoked”", async () => {
+    // A second key, made with sidecarctl: the console lists it too (and the viewer sees it later).
+    await cp.ctl("key", "create", "--name", "ci-runner", "--team", "platform");
+    const r = keyRow("billing-agent");
+    await visible(keyRow("ci-runner"));
+    await r.getByTestId("key-revoke").click();
+    const confirm = await visible(page.getByTestId("confirm"));
+    assert.match(await text(confirm), /Revoke key “billing-agent”/);
+    await shot("key-revoke-confirm");
+    await page.getByTestId("confirm-no").click();
+    await confirm.waitFor({ state: "detached" });
+    assert.equal(await text(r.getByTestId("key-state")), "active", "cancel keeps it");
+    await r.getByTestId("key-revoke").click();
+    await visible(page.getByTestId("confirm"));
+    await page.getByTestId("confirm-yes").click();
+    await r.waitFor({ state: "detached" });
+    await expectText("revoked toast", page.locator(".toast-ok").last(), /Revoked billing-agent/);
+    await visible(keyRow("ci-runner"));
+
+    await page.getByTestId("show-revoked").check();
+    const revoked = await visible(keyRow("billing-agent"));
+    assert.equal(await text(revoked.getByTestId("key-state")), "revoked");
+    assert.equal(await revoked.locator("button").count(), 0, "nothing left to do with a revoked key");
+    await shot("keys-revoked");
+    await page.getByTestId("show-revoked").uncheck();
+    await revoked.waitFor({ state: "detached" });
+    await waitFor("the proxy to refuse the revoked key", async () => (await proxy.chat("gpt-test", keySecret)) === 401, { timeout: 10_000 });
+    const all = (await cp.ctl("key", "list", "--all")).keys;
+    assert.ok(Number(all.find((k) => k.name === "billing-agent").revoked_at_ms) > 0, "stored as revoked");
   });
 
   test("traffic through the proxy moves the dashboard counters", async () => {
@@ -650,15 +850,40 @@ describe("browser console", { concurrency: false }, () => {
     await shot("viewer-settings-refused");
   });
 
+  test("a viewer sees the keys but cannot change them (and the server refuses)", async () => {
+    await openPage("Keys", "keys");
+    const r = await visible(keyRow("ci-runner"));
+    assert.match(await text(r.getByTestId("key-prefix")), /^sk-sc-[A-Za-z0-9]{4}…$/);
+    assert.equal(await text(r.getByTestId("key-state")), "active");
+    assert.equal(await text(r.getByTestId("key-team")), "platform");
+    assert.equal(await text(r.getByTestId("key-models")), "all");
+    const writes = page.locator("[data-write]");
+    assert.ok((await writes.count()) >= 5, "Create key and the row's four actions");
+    for (const b of await writes.all()) assert.ok(await b.isDisabled(), `${await b.textContent()} is disabled`);
+    // Reading revoked keys is open to viewers.
+    await page.getByTestId("show-revoked").check();
+    await expectText("revoked key listed", keyRow("billing-agent").getByTestId("key-state"), /^revoked$/);
+    await page.getByTestId("show-revoked").uncheck();
+    await shot("viewer-keys");
+    // Forced past the disabled button, the server still refuses.
+    await r.getByTestId("key-toggle").evaluate((b) => (b.disabled = false));
+    await r.getByTestId("key-toggle").click();
+    await expectText("refused", page.locator(".toast-error").last(), /Not allowed: .*viewer may only read/);
+    const [k] = (await cp.ctl("key", "list")).keys;
+    assert.equal(k.enabled, true, "still enabled");
+  });
+
   test("usable on a narrow screen", async () => {
     await page.setViewportSize({ width: 390, height: 844 });
     for (const [title, cls] of [
       ["Dashboard", "dashboard"],
       ["Providers", "providers"],
+      ["Keys", "keys"],
       ["Usage", "usage"],
     ]) {
       await openPage(title, cls);
       if (cls === "providers") await visible(row("mock-main"));
+      if (cls === "keys") await visible(keyRow("ci-runner"));
       const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
       assert.ok(overflow <= 1, `${title} overflows the viewport by ${overflow}px`);
       await shot(`narrow-${cls}`);

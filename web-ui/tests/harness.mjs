@@ -293,11 +293,11 @@ export class Proxy {
     return this;
   }
 
-  /** POST /v1/chat/completions through the proxy. */
-  async chat(model) {
+  /** POST /v1/chat/completions through the proxy, with a client key (sk-sc-…) if given. */
+  async chat(model, key) {
     const r = await fetch(`${this.url}/v1/chat/completions`, {
       method: "POST",
-      headers: { "content-type": "application/json" },
+      headers: { "content-type": "application/json", ...(key ? { authorization: `Bearer ${key}` } : {}) },
       body: JSON.stringify({ model, messages: [{ role: "user", content: "hi" }] }),
     });
     await r.arrayBuffer();
