@@ -28,6 +28,30 @@ if [ ! -x /usr/bin/chromium ]; then
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
 fi
+# deploy/tests/test_deploy.py: promtool (Debian's prometheus package) checks and unit-tests
+# the alert rules; kubectl renders the Kubernetes manifests (offline). Debian's archive has
+# no kubectl: it is installed when a configured apt repository offers it (pkgs.k8s.io,
+# Google Cloud's), else the Kubernetes checks are skipped with a notice.
+if ! command -v promtool >/dev/null 2>&1; then
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO=sudo
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+  # Only promtool is wanted: do not leave the Prometheus server the package starts running.
+  if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet prometheus 2>/dev/null; then
+    $SUDO systemctl disable --now --quiet prometheus || true
+  fi
+fi
+if ! command -v kubectl >/dev/null 2>&1; then
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO=sudo
+  if apt-cache policy kubectl 2>/dev/null | grep -q 'Candidate: [0-9]'; then
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kubectl >/dev/null
+  else
+    echo "install-test-deps: no kubectl in this machine's apt sources; the Kubernetes checks of deploy/ will be skipped" >&2
+  fi
+fi
 # The console's npm packages, at the exact versions of web-ui/package-lock.json; again
 # only when node_modules is missing or older than the lock file.
 if [ ! -f web-ui/node_modules/.package-lock.json ] \
