@@ -362,6 +362,13 @@ impl MockUpstream {
         inner.calls.clear();
         inner.violations = 0;
     }
+
+    /// [`MockUpstream::reset`], and the RPM window starts empty: what came before (a
+    /// warm-up) counts for nothing.
+    pub fn reset_all(&self) {
+        self.reset();
+        self.shared.lock().admitted.clear();
+    }
 }
 
 async fn serve(listener: TcpListener, shared: Arc<Shared>) {
