@@ -37,6 +37,20 @@ fn describe() {
         "Report batches by result (applied, duplicate, invalid, refused)."
     );
     describe_counter!("sidecar_control_rate_limit_events_total", "429 events nodes sent on the Sync stream.");
+    // Every series with a fixed label set exists from the start at 0, so dashboards and
+    // `rate()`/`increase()` alerts see the first event as one, not as a new series.
+    for name in [
+        "sidecar_control_snapshot_pushes_total",
+        "sidecar_control_snapshot_acks_total",
+        "sidecar_control_snapshot_nacks_total",
+        "sidecar_control_rate_limit_events_total",
+    ] {
+        counter!(name).increment(0);
+    }
+    for result in ["applied", "duplicate", "invalid", "refused"] {
+        counter!("sidecar_control_reports_total", "result" => result).increment(0);
+    }
+    gauge!("sidecar_control_nodes_connected").set(0.0);
 }
 
 /// An AdminService call finished.
