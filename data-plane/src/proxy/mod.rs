@@ -35,12 +35,7 @@ where
         if request.method() != Method::POST {
             return ProxyError::MethodNotAllowed(request.method().to_string(), path.to_owned(), "POST").into_response();
         }
-        let caller = match caller::authenticate(
-            &shared.bundle.load(),
-            request.headers(),
-            shared.allow_anonymous,
-            crate::now_ms(),
-        ) {
+        let caller = match caller_of(shared, request.headers()) {
             Ok(caller) => caller,
             Err(e) => return reject(shared, e, ""),
         };
@@ -55,15 +50,19 @@ where
     if request.method() != Method::GET && request.method() != Method::HEAD {
         return ProxyError::MethodNotAllowed(request.method().to_string(), path.to_owned(), "GET").into_response();
     }
-    let caller =
-        match caller::authenticate(&shared.bundle.load(), request.headers(), shared.allow_anonymous, crate::now_ms()) {
-            Ok(caller) => caller,
-            Err(e) => return e.into_response(),
-        };
+    let caller = match caller_of(shared, request.headers()) {
+        Ok(caller) => caller,
+        Err(e) => return e.into_response(),
+    };
     match model {
         None => list_models(shared, &caller),
         Some(id) => get_model(shared, &caller, &percent_encoding::percent_decode_str(id).decode_utf8_lossy()),
     }
+}
+
+/// Who calls, by the client key the request presents (see [`caller`]).
+fn caller_of(shared: &Shared, headers: &HeaderMap) -> Result<caller::Caller, ProxyError> {
+    caller::authenticate(&shared.bundle.load(), headers, shared.allow_anonymous, crate::now_ms())
 }
 
 /// A parsed request: the body as the client sent it, and where in it the fields the
