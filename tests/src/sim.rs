@@ -8,6 +8,11 @@
 //! The provider is a strict sliding window: the result reports the most requests admitted
 //! in any window (which must never exceed the limit) and how much of the limit the fleet
 //! used.
+//!
+//! The limit is a backend's ([`LimitKind::Backend`]: requests wait in the proxy's queue
+//! for a token) or a client key's ([`LimitKind::Key`]: the backend has room to spare and
+//! the key's fleet-wide requests per minute is the limit; a request over its proxy's share
+//! is refused at once, as the proxy answers 429).
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -16,11 +21,11 @@ use std::{
 };
 
 use sidecar_control_plane::{
-    api::convert::node::{demand_from_pb, fleet_message, snapshot_to_pb},
+    api::convert::node::{demand_from_pb, fleet_message, key_demand_from_pb, snapshot_to_pb},
     crypto::Sealed,
     fleet::{Fleet, FleetMessage, FleetTiming},
     snapshot::ConfigState,
-    store::{BackendRecord, ModelMapping, PoolRecord, Settings, Source},
+    store::{BackendRecord, ClientKeyRecord, ModelMapping, PoolRecord, Settings, Source},
 };
 use sidecar_data_plane::{
     config_sync,
@@ -29,6 +34,19 @@ use sidecar_data_plane::{
 };
 use sidecar_proto::v1::{self as pb, control_message::Kind};
 use tokio::{sync::mpsc, time::Instant};
+
+/// Which limit the fleet shares.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum LimitKind {
+    /// A backend's limit per its window.
+    #[default]
+    Backend,
+    /// A client key's requests per minute (the window must be the minute).
+    Key,
+}
+
+/// The client key of [`LimitKind::Key`] runs.
+const KEY_ID: &str = "key_sim";
 
 /// How much each node wants, in requests per second, at a time into the run.
 pub type Pattern = Arc<dyn Fn(usize, Duration) -> f64 + Send + Sync>;
@@ -79,6 +97,8 @@ pub struct Scenario {
     pub events: Vec<(Duration, Event)>,
     /// The proxies' bucket burst.
     pub burst: u32,
+    /// Whose limit it is.
+    pub kind: LimitKind,
 }
 
 impl Scenario {
@@ -98,6 +118,7 @@ impl Scenario {
             report_every: Duration::from_secs(1),
             events: Vec::new(),
             burst: 3,
+            kind: LimitKind::Backend,
         }
     }
 }
@@ -199,9 +220,15 @@ pub async fn run(s: &Scenario) -> Outcome {
         emergency_fraction: 0.0,
         ..Settings::default()
     };
+    let key = s.kind == LimitKind::Key;
+    assert!(!key || window_seconds == 60, "a key's limit is per minute");
     let config = Arc::new(ConfigState {
         version: 1,
-        backends: vec![(backend(limit_per_minute, window_seconds), "sk-sim".into())],
+        // A key's run: the backend has a hundred times the room, so only the key limits.
+        backends: vec![(
+            backend(if key { limit_per_minute * 100 } else { limit_per_minute }, window_seconds),
+            "sk-sim".into(),
+        )],
         pools: vec![PoolRecord {
             name: "primary".into(),
             order: 0,
@@ -212,7 +239,16 @@ pub async fn run(s: &Scenario) -> Outcome {
         settings,
         health: HashMap::new(),
         learned: HashMap::new(),
-        client_keys: Vec::new(),
+        client_keys: if key {
+            vec![ClientKeyRecord {
+                id: KEY_ID.into(),
+                rpm_limit: limit_per_minute,
+                enabled: true,
+                ..Default::default()
+            }]
+        } else {
+            Vec::new()
+        },
     });
     let fleet = Fleet::new(s.timing);
     let start = Instant::now();
@@ -313,6 +349,7 @@ pub async fn run(s: &Scenario) -> Outcome {
         while reports.front().is_some_and(|(at, ..)| *at <= now) {
             let (_, node, demand) = reports.pop_front().expect("a report");
             if nodes.iter().any(|n| n.id == node && n.connected) {
+                fleet.key_demand(&node, &key_demand_from_pb(&demand.keys));
                 fleet.demand(&node, &demand_from_pb(demand));
             }
         }
@@ -342,12 +379,24 @@ pub async fn run(s: &Scenario) -> Outcome {
                 for b in &bundle.backends {
                     b.state.apply_limits(&b.config, &bundle.settings, minute, now);
                 }
+                for (k, state) in bundle.limited_keys() {
+                    state.apply_limits(k, minute, now);
+                }
             }
             // New requests, then the queue in order: a token or keep waiting, turned
             // away at the timeout.
             node.arrivals += (s.demand)(i, elapsed) * TICK.as_secs_f64();
             while node.arrivals >= 1.0 {
                 node.arrivals -= 1.0;
+                // A key's limit answers at once: admitted for the key, or refused.
+                if key {
+                    let state = bundle.key_state(KEY_ID).expect("the key is in the config");
+                    if state.try_admit(now).is_err() {
+                        refused += 1;
+                        refused_at.push(now);
+                        continue;
+                    }
+                }
                 node.waiting.push_back(now);
             }
             let route = bundle.route(MODEL).expect("the model is served");

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use proptest::prelude::*;
-use sidecar_tests::sim::{Event, Scenario, patterns, run};
+use sidecar_tests::sim::{Event, LimitKind, Scenario, patterns, run};
 
 const SKEW: [f64; 8] = [40.0, 20.0, 10.0, 10.0, 5.0, 5.0, 5.0, 5.0];
 
@@ -97,10 +97,42 @@ async fn a_node_cut_off_past_its_lease_serves_on_a_share_nobody_else_was_given()
     }
 }
 
+/// A client key's fleet-wide requests per minute rides the same allocator: never over it
+/// in any minute, and used under skewed and moving demand at 4, 8 and 16 proxies, with a
+/// node leaving and one cut off on the way.
+#[tokio::test(start_paused = true)]
+async fn a_keys_limit_is_never_exceeded_and_is_used_across_the_fleet() {
+    let skew = [40.0, 20.0, 10.0, 10.0, 5.0, 5.0, 5.0, 5.0];
+    for n in [4, 8, 16] {
+        let limit = 120u32.max(15 * n as u32);
+        let per_sec = f64::from(limit) / 60.0;
+        for (name, pattern, churn_events) in [
+            ("skewed 3x", patterns::skewed(3.0 * per_sec, &skew, n), false),
+            ("moving 2x", patterns::moving(2.0 * per_sec, n, Duration::from_secs(20)), false),
+            ("skewed 3x, churn", patterns::skewed(3.0 * per_sec, &skew, n), true),
+        ] {
+            let mut s = Scenario::new(name, n, limit, pattern);
+            s.kind = LimitKind::Key;
+            if churn_events {
+                s.events = churn(n, Duration::from_secs(10), true);
+            }
+            let o = run(&s).await;
+            eprintln!(
+                "key, {name}, {n} nodes: most {} of {limit}, use min/mean {:.2}/{:.2}",
+                o.max_in_window, o.min_utilisation, o.mean_utilisation
+            );
+            assert_within_limit(&s, o.max_in_window);
+            if !churn_events {
+                assert!(o.mean_utilisation >= 0.8, "{name}, {n} nodes: mean use {:.2}", o.mean_utilisation);
+            }
+        }
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
 
-    /// Never over the limit in any window, whatever the demand, churn (a node leaving, one
+    /// Never over the limit (a backend's, or a client key's) in any window, whatever the demand, churn (a node leaving, one
     /// joining, one cut off for up to 30 s, past its lease, one crashing), the whole fleet
     /// losing the control plane for up to 30 s, message delays, grant interval and
     /// provider window.
@@ -116,8 +148,10 @@ proptest! {
         events in 0u8..4,
         outage_s in 1u64..30,
         crash in any::<bool>(),
+        key in any::<bool>(),
     ) {
-        let window = Duration::from_secs(window_s);
+        // A client key's limit is per minute.
+        let window = Duration::from_secs(if key { 60 } else { window_s });
         let per_sec = f64::from(limit) / window.as_secs_f64();
         let weights: Vec<f64> = weights.iter().map(|w| w + 0.01).collect();
         let mut s = Scenario::new("random", nodes, limit, patterns::skewed(load * per_sec, &weights, nodes));
@@ -125,6 +159,9 @@ proptest! {
         s.duration = Duration::from_secs(90);
         s.delay = Duration::from_millis(delay_ms);
         s.timing.interval = Duration::from_millis(interval_ms);
+        if key {
+            s.kind = LimitKind::Key;
+        }
         let outage = Duration::from_secs(outage_s);
         s.events = match events {
             1 => churn(nodes, outage, crash),

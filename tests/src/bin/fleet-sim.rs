@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use sidecar_tests::sim::{Event, Scenario, patterns, run_blocking};
+use sidecar_tests::sim::{Event, LimitKind, Scenario, patterns, run_blocking};
 
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
@@ -74,9 +74,26 @@ fn main() {
             Scenario::new("skewed 3×, every message 500 ms late", n, limit, patterns::skewed(3.0 * per_sec, &skew, n));
         late.delay = Duration::from_millis(500);
         scenarios.push(late);
+        // A client key's fleet-wide limit (requests over a proxy's share refused at once).
+        let mut key_skewed = Scenario::new(
+            "client key: skewed 40/20/10/10/5/5/5/5, 3×",
+            n,
+            limit,
+            patterns::skewed(3.0 * per_sec, &skew, n),
+        );
+        key_skewed.kind = LimitKind::Key;
+        scenarios.push(key_skewed);
+        let mut key_moving = Scenario::new(
+            "client key: all demand (2×) moves every 20 s",
+            n,
+            limit,
+            patterns::moving(2.0 * per_sec, n, Duration::from_secs(20)),
+        );
+        key_moving.kind = LimitKind::Key;
+        scenarios.push(key_moving);
         for s in scenarios {
             let o = run_blocking(&s);
-            let lag = if s.name.starts_with("all demand") { shift_lag(&o, n, per_sec) } else { String::new() };
+            let lag = if s.name.contains("all demand") { shift_lag(&o, n, per_sec) } else { String::new() };
             println!(
                 "| {}{lag} | {n} | {} | {} {} | {:.0}% / {:.0}% / {:.0}% | {} ({}) |",
                 s.name,
