@@ -42,7 +42,7 @@ pub struct ConfigState {
     pub health: HashMap<String, Health>,
     /// Backend id → a lower request limit (per minute) the provider reported.
     pub learned: HashMap<String, u32>,
-    /// The client keys proxies accept (not revoked).
+    /// The client keys proxies accept (not revoked), ordered by id.
     pub client_keys: Vec<ClientKeyRecord>,
 }
 

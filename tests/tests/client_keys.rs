@@ -210,3 +210,89 @@ async fn bad_key_input_is_refused_with_the_field_named() {
     let keys = gw.admin.list_keys(pb::ListKeysRequest { include_revoked: true }).await.unwrap().into_inner();
     assert_eq!(keys.keys.len(), 1, "nothing refused was stored");
 }
+
+/// Rows of a stats query grouped by `dims`: (key name or id, team, requests answered).
+async fn usage_by(
+    gw: &mut Gateway,
+    dims: &[pb::StatsDimension],
+    filter: pb::StatsFilter,
+) -> Vec<(String, String, u64)> {
+    let request = pb::GetStatsRequest {
+        group_by: dims.iter().map(|d| *d as i32).collect(),
+        filter: Some(filter),
+        ..Default::default()
+    };
+    let stats = gw.admin.get_stats(request).await.unwrap().into_inner();
+    let mut rows: Vec<(String, String, u64)> = stats
+        .rows
+        .iter()
+        .map(|r| (r.key_name.clone(), r.team.clone(), r.totals.as_ref().map_or(0, |t| t.requests)))
+        .collect();
+    rows.sort();
+    rows
+}
+
+#[tokio::test]
+async fn usage_is_accounted_per_key_and_team() {
+    let mock = MockUpstream::start(&[]).await;
+    let mut gw = Gateway::start().await; // loopback: anonymous requests are served too
+    gw.add_backend(&mock, BackendDef::default()).await;
+    let request =
+        |name: &str, team: &str| pb::CreateKeyRequest { name: name.into(), team: team.into(), ..Default::default() };
+    let (_, a) = create(&mut gw, request("app-a", "search")).await;
+    let (_, b) = create(&mut gw, request("app-b", "search")).await;
+    let (_, c) = create(&mut gw, request("app-c", "billing")).await;
+    for (secret, n) in [(&a, 3), (&b, 2), (&c, 1)] {
+        for _ in 0..n {
+            assert_eq!(ask(&gw.proxy, "gpt-test", &[("x-api-key", secret)]).await.0, 200);
+        }
+    }
+    assert_eq!(ask(&gw.proxy, "gpt-test", &[]).await.0, 200, "anonymous");
+    // A refusal for the key's scope is the key's too.
+    assert_eq!(ask(&gw.proxy, "nope", &[("x-api-key", &c)]).await.0, 404);
+
+    let admin = gw.admin.clone();
+    eventually("all usage reported", Duration::from_secs(10), || {
+        let mut admin = admin.clone();
+        async move {
+            let stats = admin.get_stats(pb::GetStatsRequest::default()).await.ok()?.into_inner();
+            (stats.totals.is_some_and(|t| t.requests >= 8)).then_some(())
+        }
+    })
+    .await;
+    let s = |x: &str| x.to_string();
+    assert_eq!(
+        usage_by(&mut gw, &[pb::StatsDimension::Key], Default::default()).await,
+        vec![(s(""), s(""), 1), (s("app-a"), s(""), 3), (s("app-b"), s(""), 2), (s("app-c"), s(""), 2)],
+        "per key (the anonymous request under no key)"
+    );
+    assert_eq!(
+        usage_by(&mut gw, &[pb::StatsDimension::Team], Default::default()).await,
+        vec![(s(""), s(""), 1), (s(""), s("billing"), 2), (s(""), s("search"), 5)]
+    );
+    let only_b = pb::StatsFilter { keys: vec!["APP-B".into()], ..Default::default() };
+    let stats = gw.admin.get_stats(pb::GetStatsRequest { filter: Some(only_b), ..Default::default() }).await;
+    assert_eq!(stats.unwrap().into_inner().totals.unwrap().requests, 2, "a key by its name, any case");
+
+    // A node cannot grow the store with key ids the config does not know.
+    let mut node = gw.cp.node().await;
+    let record = pb::UsageRecord {
+        minute_ms: 60_000,
+        model: "gpt-test".into(),
+        answered: 1,
+        key_id: "key_madeup".into(),
+        ..Default::default()
+    };
+    let batch = pb::ReportBatch {
+        node_id: "other-node".into(),
+        boot_id: "b1".into(),
+        seq: 1,
+        records: vec![record],
+        ..Default::default()
+    };
+    assert!(node.report(batch).await.unwrap().into_inner().applied);
+    let request =
+        pb::GetStatsRequest { since_ms: 1, group_by: vec![pb::StatsDimension::Key as i32], ..Default::default() };
+    let rows = gw.admin.get_stats(request).await.unwrap().into_inner().rows;
+    assert!(rows.iter().all(|r| r.key_id != "key_madeup"), "{rows:?}");
+}

@@ -17,6 +17,7 @@ fn open() -> (tempfile::TempDir, Store) {
 
 fn usage_at(store: &Store, seq: u64, minute_ms: i64) {
     let record = ReportRecord {
+        key_id: String::new(),
         minute_ms: Granularity::Minute.floor(minute_ms),
         backend_id: "bkd_1".into(),
         model: "m".into(),
@@ -85,6 +86,7 @@ fn sweep_handles_more_rows_than_one_batch() {
     let old = NOW - 3 * DAY_MS;
     let records: Vec<_> = (0..SWEEP_BATCH as i64 + 5)
         .map(|i| ReportRecord {
+            key_id: String::new(),
             minute_ms: old + i * 60_000,
             backend_id: "b".into(),
             model: "m".into(),

@@ -49,6 +49,10 @@ pub struct StatsFilter {
     pub regions: Vec<String>,
     /// Node ids.
     pub nodes: Vec<String>,
+    /// Client key ids or current names (any case); "" = requests without a key.
+    pub keys: Vec<String>,
+    /// Teams of client keys.
+    pub teams: Vec<String>,
 }
 
 /// One group's figures; dimensions not grouped by stay empty (0 for time).
@@ -68,6 +72,12 @@ pub struct StatsRow {
     pub region: String,
     /// Node id.
     pub node_id: String,
+    /// Client key id ("" = requests without one).
+    pub key_id: String,
+    /// Its current name.
+    pub key_name: String,
+    /// Its current team.
+    pub team: String,
     /// The figures.
     pub counters: UsageCounters,
 }
@@ -149,6 +159,8 @@ pub enum Dim {
     Pool,
     Region,
     Node,
+    Key,
+    Team,
 }
 
 /// The dimensions in order, each once.
@@ -162,10 +174,12 @@ fn group_by(dims: &[Dim]) -> Vec<Dim> {
     out
 }
 
-/// Current names and places: backends by id, node regions by node id.
+/// Current names and places: backends by id, node regions by node id, client keys'
+/// names and teams by key id.
 struct Lookup {
     backends: HashMap<String, BackendRecord>,
     regions: HashMap<String, String>,
+    keys: HashMap<String, (String, String)>,
 }
 
 impl Lookup {
@@ -173,7 +187,21 @@ impl Lookup {
         Ok(Self {
             backends: store.backends()?.into_iter().map(|b| (b.id.clone(), b)).collect(),
             regions: store.nodes()?.into_iter().map(|n| (n.id, n.region)).collect(),
+            keys: store.client_keys()?.into_iter().map(|k| (k.id, (k.name, k.team))).collect(),
         })
+    }
+
+    /// A client key's current (name, team); empty for no key.
+    fn key(&self, key_id: &str) -> (&str, &str) {
+        self.keys.get(key_id).map_or(("", ""), |(name, team)| (name.as_str(), team.as_str()))
+    }
+
+    /// Whether `wanted` (an id, or a current name in any case) names `key_id`.
+    fn is_key(&self, wanted: &str, key_id: &str) -> bool {
+        wanted == key_id || {
+            let name = self.key(key_id).0;
+            !name.is_empty() && name.eq_ignore_ascii_case(wanted)
+        }
     }
 
     /// The backend's current name; empty for the proxy itself and deleted backends.
@@ -202,6 +230,8 @@ fn passes(filter: &StatsFilter, row: &UsageRow, region: &str, lookup: &Lookup) -
         && any(&filter.pools, &row.pool)
         && any(&filter.regions, region)
         && any(&filter.nodes, &row.node_id)
+        && (filter.keys.is_empty() || filter.keys.iter().any(|k| lookup.is_key(k, &row.key_id)))
+        && any(&filter.teams, lookup.key(&row.key_id).1)
 }
 
 /// One group's identity; dimensions not grouped by stay empty (0 for time).
@@ -213,10 +243,12 @@ struct GroupKey {
     pool: String,
     region: String,
     node_id: String,
+    key_id: String,
+    team: String,
 }
 
 impl GroupKey {
-    fn of(row: &UsageRow, region: &str, dims: &[Dim]) -> Self {
+    fn of(row: &UsageRow, (region, team): (&str, &str), dims: &[Dim]) -> Self {
         let mut key = GroupKey::default();
         for dim in dims {
             match dim {
@@ -226,6 +258,8 @@ impl GroupKey {
                 Dim::Pool => key.pool.clone_from(&row.pool),
                 Dim::Region => key.region = region.to_owned(),
                 Dim::Node => key.node_id.clone_from(&row.node_id),
+                Dim::Key => key.key_id.clone_from(&row.key_id),
+                Dim::Team => key.team = team.to_owned(),
             }
         }
         key
@@ -240,6 +274,9 @@ impl GroupKey {
             pool: self.pool,
             region: self.region,
             node_id: self.node_id,
+            key_name: lookup.key(&self.key_id).0.to_owned(),
+            key_id: self.key_id,
+            team: self.team,
             counters,
         }
     }
@@ -252,6 +289,7 @@ fn sort_rows(rows: &mut [StatsRow]) {
         (a.bucket_ms, &a.backend_name, &a.backend_id, &a.model)
             .cmp(&(b.bucket_ms, &b.backend_name, &b.backend_id, &b.model))
             .then_with(|| (&a.pool, &a.region, &a.node_id).cmp(&(&b.pool, &b.region, &b.node_id)))
+            .then_with(|| (&a.team, &a.key_name, &a.key_id).cmp(&(&b.team, &b.key_name, &b.key_id)))
     });
 }
 
@@ -284,7 +322,10 @@ pub fn get_stats(store: &Store, query: &StatsQuery) -> Result<StatsReport, Stats
             entry.1.clone_from(&row.pool);
         }
         if !dims.is_empty() {
-            groups.entry(GroupKey::of(&row, region, &dims)).or_default().merge(&row.counters);
+            groups
+                .entry(GroupKey::of(&row, (region, lookup.key(&row.key_id).1), &dims))
+                .or_default()
+                .merge(&row.counters);
         }
     }
 

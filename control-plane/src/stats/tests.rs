@@ -78,6 +78,7 @@ fn report(store: &Store, node: &str, seq: u64, rows: &[(i64, &str, &str, &str, u
     let records: Vec<_> = rows
         .iter()
         .map(|&(minute_ms, backend, model, pool, answered)| crate::store::ReportRecord {
+            key_id: String::new(),
             minute_ms,
             backend_id: backend.into(),
             model: model.into(),

@@ -155,6 +155,7 @@ fn report_batches_apply_once_per_node_boot_and_seq() {
         ..Default::default()
     };
     let recs = vec![ReportRecord {
+        key_id: String::new(),
         minute_ms: 60_000,
         backend_id: "bkd_1".into(),
         model: "gpt-4o".into(),
@@ -247,6 +248,7 @@ fn cooldowns_are_kept_by_start_time_and_equal_starts_do_not_collide() {
 
 fn record(minute_ms: i64, backend: &str, model: &str, attempts: u64) -> ReportRecord {
     ReportRecord {
+        key_id: String::new(),
         minute_ms,
         backend_id: backend.into(),
         model: model.into(),

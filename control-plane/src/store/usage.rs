@@ -1,7 +1,8 @@
 //! Usage rollups and cooldown history: reports applied exactly once into per-minute,
 //! per-hour and per-day trees, range queries, and retention sweeps by key range.
 //!
-//! Usage keys are `big-endian bucket start ‖ backend id ‖ 0 ‖ model ‖ 0 ‖ node id`, so a
+//! Usage keys are `big-endian bucket start ‖ backend id ‖ 0 ‖ model ‖ 0 ‖ node id
+//! [‖ 0 ‖ client key id]` (the key part only for requests that presented one), so a
 //! time range is one key-range scan and retention deletes a key prefix range. The pool
 //! lives in the value: a backend may move between pools, and the value records the pool
 //! it was in when the usage happened.
@@ -82,6 +83,8 @@ pub struct ReportRecord {
     pub model: String,
     /// The backend's pool when the usage happened.
     pub pool: String,
+    /// The client key's id ("" = none or unknown).
+    pub key_id: String,
     /// The counts.
     pub counters: UsageCounters,
 }
@@ -99,6 +102,8 @@ pub struct UsageRow {
     pub node_id: String,
     /// The backend's pool as last reported for this row.
     pub pool: String,
+    /// The client key's id ("" = requests without one, and rows from before keys).
+    pub key_id: String,
     /// The counts.
     pub counters: UsageCounters,
 }
@@ -123,22 +128,40 @@ impl UsageValue {
     }
 }
 
-/// Rollup key: big-endian bucket start, backend, 0, model, 0, node.
-pub(super) fn usage_key(bucket_ms: i64, backend_id: &str, model: &str, node_id: &str) -> Vec<u8> {
-    [&time_bytes(bucket_ms)[..], backend_id.as_bytes(), &[0], model.as_bytes(), &[0], node_id.as_bytes()].concat()
+/// Rollup key: big-endian bucket start, backend, 0, model, 0, node, and for requests
+/// with a client key, 0 and the key's id.
+pub(super) fn usage_key(bucket_ms: i64, backend_id: &str, model: &str, node_id: &str, key_id: &str) -> Vec<u8> {
+    let mut key =
+        [&time_bytes(bucket_ms)[..], backend_id.as_bytes(), &[0], model.as_bytes(), &[0], node_id.as_bytes()].concat();
+    if !key_id.is_empty() {
+        key.push(0);
+        key.extend_from_slice(key_id.as_bytes());
+    }
+    key
 }
 
-/// Parses a rollup key into (bucket, backend, model, node). Keys written before nodes
-/// were recorded end after the model; they read with an empty node.
-pub(super) fn parse_usage_key(key: &[u8]) -> Option<(i64, String, String, String)> {
+/// A rollup key's parts.
+pub(super) struct UsageKeyParts {
+    pub(super) bucket_ms: i64,
+    pub(super) backend_id: String,
+    pub(super) model: String,
+    pub(super) node_id: String,
+    pub(super) key_id: String,
+}
+
+/// Parses a rollup key. Keys written before nodes were recorded end after the model, and
+/// keys of requests without a client key (and all from before keys) after the node; they
+/// read with an empty node or key.
+pub(super) fn parse_usage_key(key: &[u8]) -> Option<UsageKeyParts> {
     let (time, rest) = key.split_at_checked(8)?;
-    let bucket = i64::try_from(u64::from_be_bytes(time.try_into().ok()?)).ok()?;
-    let mut parts = rest.splitn(3, |&b| b == 0);
+    let bucket_ms = i64::try_from(u64::from_be_bytes(time.try_into().ok()?)).ok()?;
+    let mut parts = rest.splitn(4, |&b| b == 0);
     let text = |part: Option<&[u8]>| part.map(|p| String::from_utf8(p.to_vec()));
-    let backend = text(parts.next())?.ok()?;
+    let backend_id = text(parts.next())?.ok()?;
     let model = text(parts.next())?.ok()?;
-    let node = text(parts.next()).transpose().ok()?.unwrap_or_default();
-    Some((bucket, backend, model, node))
+    let node_id = text(parts.next()).transpose().ok()?.unwrap_or_default();
+    let key_id = text(parts.next()).transpose().ok()?.unwrap_or_default();
+    Some(UsageKeyParts { bucket_ms, backend_id, model, node_id, key_id })
 }
 
 fn time_bytes(ms: i64) -> [u8; 8] {
@@ -210,7 +233,7 @@ impl Store {
         let mut adds: [BTreeMap<Vec<u8>, UsageValue>; 3] = Default::default();
         for r in records {
             for (g, adds) in Granularity::ALL.iter().zip(adds.iter_mut()) {
-                let key = usage_key(g.floor(r.minute_ms), &r.backend_id, &r.model, node_id);
+                let key = usage_key(g.floor(r.minute_ms), &r.backend_id, &r.model, node_id, &r.key_id);
                 let add = UsageValue { pool: r.pool.clone(), counters: r.counters.clone() };
                 adds.entry(key).or_default().checked_merge(&add, g.tree_name())?;
             }
@@ -248,10 +271,10 @@ impl Store {
         let hi = time_bytes(until_ms.max(0)).max(lo);
         self.rollup(granularity).range(lo..hi).map(move |item| {
             let (k, v) = item?;
-            let (bucket_ms, backend_id, model, node_id) = parse_usage_key(&k)
+            let UsageKeyParts { bucket_ms, backend_id, model, node_id, key_id } = parse_usage_key(&k)
                 .ok_or_else(|| StoreError::Corrupt { tree: name, reason: "malformed key".into() })?;
             let value: UsageValue = decode(name, &v)?;
-            Ok(UsageRow { bucket_ms, backend_id, model, node_id, pool: value.pool, counters: value.counters })
+            Ok(UsageRow { bucket_ms, backend_id, model, node_id, key_id, pool: value.pool, counters: value.counters })
         })
     }
 

@@ -38,6 +38,8 @@ pub(super) struct Attempt {
     shared: Arc<Shared>,
     grant: Grant,
     model: Arc<str>,
+    /// The client key's id, for accounting.
+    key: Option<Arc<str>>,
     /// The client asked for a stream.
     stream: bool,
     /// The proxy asked for the stream's usage chunk on the client's behalf: it is read
@@ -67,7 +69,7 @@ impl Attempt {
     pub(super) fn start(
         shared: &Arc<Shared>,
         grant: Grant,
-        model: Arc<str>,
+        (model, key): (Arc<str>, Option<Arc<str>>),
         (stream, strip_usage): (bool, bool),
         attempts: u32,
     ) -> Self {
@@ -76,7 +78,7 @@ impl Attempt {
             bucket.0.in_flight.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
         shared.in_flight.start();
-        Self { shared: shared.clone(), grant, model, stream, strip_usage, attempts, sent: Instant::now() }
+        Self { shared: shared.clone(), grant, model, key, stream, strip_usage, attempts, sent: Instant::now() }
     }
 
     /// Accounts for how the upstream answered (or did not). A failure is recorded in full
@@ -95,7 +97,7 @@ impl Attempt {
                     &self.shared,
                     settings,
                     grant,
-                    &self.model,
+                    (&self.model, &self.key),
                     kind_outcome(kind),
                     kind.as_str(),
                     self.sent,
@@ -135,7 +137,7 @@ impl Attempt {
             }
         };
         grant_settle(grant, None);
-        attempt_failed(&self.shared, settings, grant, &self.model, outcome, kind, self.sent);
+        attempt_failed(&self.shared, settings, grant, (&self.model, &self.key), outcome, kind, self.sent);
         release(&self.shared, grant);
         if class == StatusClass::RateLimited && grant.model.bucket.is_some() {
             return Answer::RateLimited { retry_after: upstream::retry_after(response.headers()), response };
@@ -156,7 +158,7 @@ impl Attempt {
     /// Passes an upstream response through: status, headers minus hop-by-hop ones, the
     /// `X-Sidecar-*` headers, and the body frame by frame with accounting on the side.
     pub(super) fn respond(self, response: Upstream) -> ApiResponse {
-        let Attempt { shared, grant, model, stream, strip_usage, attempts, sent } = self;
+        let Attempt { shared, grant, model, key, stream, strip_usage, attempts, sent } = self;
         let backend = grant.backend.clone();
         let status = response.status();
         let success = status.is_success();
@@ -237,6 +239,7 @@ impl Attempt {
                 cost_usd,
                 latency: done.elapsed,
                 ttft: if is_sse { done.ttft } else { None },
+                key_id: key,
             });
             release(&finish_shared, &grant);
         });
@@ -367,7 +370,7 @@ fn attempt_failed(
     shared: &Shared,
     settings: &Settings,
     grant: &Grant,
-    model: &Arc<str>,
+    (model, key): (&Arc<str>, &Option<Arc<str>>),
     outcome: Outcome,
     kind: &'static str,
     sent: Instant,
@@ -393,6 +396,7 @@ fn attempt_failed(
         cost_usd: 0.0,
         latency: sent.elapsed(),
         ttft: None,
+        key_id: key.clone(),
     });
 }
 

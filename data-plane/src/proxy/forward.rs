@@ -84,13 +84,14 @@ pub(crate) async fn serve(
     let want_usage = request.stream && path != "/v1/embeddings";
     let strip_usage = want_usage && !request.usage_asked;
     let model: Arc<str> = request.model.as_str().into();
+    let key: Option<Arc<str>> = caller.key().map(|k| k.id.clone());
     let mut exclude: Vec<String> = outside_scope(shared, caller, &request.model)?;
     let mut last: Option<Failure> = None;
     let mut attempts = 0;
     loop {
         let grant = match admit(shared, &request.model, priority, &exclude, estimate, deadline).await {
             Ok(grant) => grant,
-            Err(e) => return give_up(shared, &model, e, last, attempts),
+            Err(e) => return give_up(shared, (&model, &key), e, last, attempts),
         };
         attempts += 1;
         let backend = grant.backend.clone();
@@ -101,7 +102,8 @@ pub(crate) async fn serve(
         let upstream_request = upstream::build_request(uri, headers, &config.authorization, body)
             .map_err(|e| ProxyError::Upstream(format!("could not build the upstream request: {e}")))?;
 
-        let attempt = Attempt::start(shared, grant, model.clone(), (request.stream, strip_usage), attempts);
+        let attempt =
+            Attempt::start(shared, grant, (model.clone(), key.clone()), (request.stream, strip_usage), attempts);
         let (outcome, attempt) =
             Abandonable::new(upstream::send(client, upstream_request, config.timeout), attempt).await;
         let failure = match attempt.settle(&settings, outcome) {
@@ -134,7 +136,13 @@ pub(crate) async fn serve(
         }
         last = Some(failure);
         if attempts >= MAX_ATTEMPTS {
-            return give_up(shared, &model, ProxyError::Upstream("every attempt failed".into()), last, attempts);
+            return give_up(
+                shared,
+                (&model, &key),
+                ProxyError::Upstream("every attempt failed".into()),
+                last,
+                attempts,
+            );
         }
         shared.metrics.retry(if last.as_ref().is_some_and(|f| f.rate_limited) { "429" } else { "failure" });
         Counters::bump(&shared.counters.retries);
@@ -145,7 +153,7 @@ pub(crate) async fn serve(
 /// more than a generic error), otherwise the proxy's own error.
 fn give_up(
     shared: &Shared,
-    model: &Arc<str>,
+    (model, key): (&Arc<str>, &Option<Arc<str>>),
     e: ProxyError,
     last: Option<Failure>,
     attempts: u32,
@@ -180,6 +188,7 @@ fn give_up(
         cost_usd: 0.0,
         latency: Duration::ZERO,
         ttft: None,
+        key_id: key.clone(),
     });
     let mut response = http::Response::new(ProxyBody::full(body));
     *response.status_mut() = status;

@@ -19,7 +19,12 @@ use serde_json::{Value, value::RawValue};
 pub use body::{ApiResponse, ProxyBody};
 pub use error::ProxyError;
 
-use crate::{routing::Priority, snapshot::ENDPOINTS, state::Shared, upstream::HttpClient};
+use crate::{
+    routing::Priority,
+    snapshot::{self, ENDPOINTS},
+    state::Shared,
+    upstream::HttpClient,
+};
 
 /// Serves one API request. Routing is a match on the path: the three forwarded
 /// endpoints (POST) and the model list answered locally (GET); anything else is an
@@ -37,7 +42,7 @@ where
         }
         let caller = match caller_of(shared, request.headers()) {
             Ok(caller) => caller,
-            Err(e) => return reject(shared, e, ""),
+            Err(e) => return reject(shared, e, "", None),
         };
         let (parts, body) = request.into_parts();
         return completion(shared, client, parts.headers, body, endpoint, caller).await;
@@ -206,39 +211,39 @@ where
     // A declared length above the limit is refused before any body byte is read.
     let declared = headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if declared.is_some_and(|n| n > shared.max_body_bytes as u64) {
-        return reject(shared, ProxyError::PayloadTooLarge(shared.max_body_bytes), "");
+        return reject(shared, ProxyError::PayloadTooLarge(shared.max_body_bytes), "", caller.key());
     }
     // The timer is armed only if the body is not already there when first polled.
     let read = tokio::time::timeout(shared.body_timeout, read_body(body, shared.max_body_bytes));
     let request = match read.await {
         Ok(Ok(r)) => r,
-        Ok(Err(e)) => return reject(shared, e, ""),
-        Err(_) => return reject(shared, ProxyError::BodyTimeout(shared.body_timeout), ""),
+        Ok(Err(e)) => return reject(shared, e, "", caller.key()),
+        Err(_) => return reject(shared, ProxyError::BodyTimeout(shared.body_timeout), "", caller.key()),
     };
     if shared.bundle.load().version == 0 {
-        return reject(shared, ProxyError::NotReady, &request.model);
+        return reject(shared, ProxyError::NotReady, &request.model, caller.key());
     }
     if !caller.allows_model(&request.model) {
-        return reject(shared, ProxyError::KeyScope(request.model.clone()), &request.model);
+        return reject(shared, ProxyError::KeyScope(request.model.clone()), &request.model, caller.key());
     }
     // The key's own limit, before any provider capacity is asked for.
     if let Some(key) = caller.key()
         && let Some(state) = shared.bundle.load().key_state(&key.id)
         && let Err(retry) = state.try_admit(tokio::time::Instant::now())
     {
-        return reject(shared, ProxyError::KeyRateLimited(retry), &request.model);
+        return reject(shared, ProxyError::KeyRateLimited(retry), &request.model, caller.key());
     }
     let model = request.model.clone();
     let priority = Priority::from_header(headers.get("x-priority").and_then(|v| v.to_str().ok()));
     match forward::serve(shared, client, path, &headers, request, priority, &caller).await {
         Ok(response) => response,
-        Err(e) => reject(shared, e, &model),
+        Err(e) => reject(shared, e, &model, caller.key()),
     }
 }
 
 /// The proxy answers the request itself: counted, accounted (as answered by no
 /// backend), and turned into an OpenAI-shaped error.
-fn reject(shared: &Shared, e: ProxyError, model: &str) -> ApiResponse {
+fn reject(shared: &Shared, e: ProxyError, model: &str, key: Option<&Arc<snapshot::ClientKey>>) -> ApiResponse {
     forward::count_error(shared, &e);
     shared.metrics.request("none", "none", e.parts().0.as_u16());
     shared.usage.record(crate::report::UsageEvent {
@@ -252,6 +257,7 @@ fn reject(shared: &Shared, e: ProxyError, model: &str) -> ApiResponse {
         cost_usd: 0.0,
         latency: std::time::Duration::ZERO,
         ttft: None,
+        key_id: key.map(|k| k.id.clone()),
     });
     e.into_response()
 }

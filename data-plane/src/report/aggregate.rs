@@ -1,4 +1,4 @@
-//! The reporter's running totals: usage events summed per (minute, backend, model) in
+//! The reporter's running totals: usage events summed per (minute, backend, model, key) in
 //! the data plane's own types, until a batch is cut and `wire` converts them.
 
 use std::sync::Arc;
@@ -17,6 +17,8 @@ pub(crate) struct UsageKey {
     pub(crate) backend_id: Arc<str>,
     /// Canonical model.
     pub(crate) model: Arc<str>,
+    /// The client key's id (`None` without one).
+    pub(crate) key_id: Option<Arc<str>>,
 }
 
 impl UsageKey {
@@ -26,6 +28,7 @@ impl UsageKey {
             minute_ms: e.at_ms - e.at_ms.rem_euclid(60_000),
             backend_id: e.backend_id.clone(),
             model: e.model.clone(),
+            key_id: e.key_id.clone(),
         }
     }
 }

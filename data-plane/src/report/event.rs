@@ -48,6 +48,8 @@ pub struct UsageEvent {
     pub latency: Duration,
     /// Request to first byte, for streams.
     pub ttft: Option<Duration>,
+    /// The client key the request presented (its id); `None` without one.
+    pub key_id: Option<Arc<str>>,
 }
 
 /// A backend answered 429 and this node cooled it down.

@@ -216,6 +216,7 @@ mod tests {
             cost_usd: 0.5,
             latency: Duration::from_millis(ms),
             ttft: None,
+            key_id: None,
         }
     }
 

@@ -37,6 +37,7 @@ fn usage_record(key: UsageKey, t: UsageTotals) -> pb::UsageRecord {
         minute_ms: key.minute_ms,
         backend_id: key.backend_id.to_string(),
         model: key.model.to_string(),
+        key_id: key.key_id.as_deref().unwrap_or_default().to_owned(),
         pool: t.pool.to_string(),
         attempts: t.attempts,
         succeeded: t.succeeded,
@@ -152,6 +153,7 @@ mod tests {
             cost_usd: 0.0,
             latency: Duration::ZERO,
             ttft: None,
+            key_id: None,
         };
         let key = UsageKey::of(&event);
         let mut totals = UsageTotals::new(Arc::clone(&event.pool));

@@ -100,6 +100,9 @@ pub fn check_batch(batch: &pb::ReportBatch) -> Result<Vec<ReportRecord>, FieldEr
             if r.pool.len() > 128 {
                 return Err(bad("pool", "must be at most 128 characters"));
             }
+            if r.key_id.len() > 64 || !r.key_id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                return Err(bad("key_id", "must be a key id (at most 64 letters, digits or '_')"));
+            }
             if r.latency_histogram.len() > LATENCY_BUCKETS_MS.len() + 1 {
                 return Err(bad("latency_histogram", "has more buckets than LATENCY_BUCKETS_MS + 1"));
             }
@@ -114,6 +117,7 @@ pub fn check_batch(batch: &pb::ReportBatch) -> Result<Vec<ReportRecord>, FieldEr
                 backend_id: r.backend_id.clone(),
                 model: r.model.clone(),
                 pool: r.pool.clone(),
+                key_id: r.key_id.clone(),
                 counters: UsageCounters {
                     attempts: r.attempts,
                     answered: r.answered,

@@ -69,11 +69,13 @@ fn dim_from_pb(i: usize, value: i32) -> Result<Dim, FieldError> {
         Ok(pb::StatsDimension::Pool) => Dim::Pool,
         Ok(pb::StatsDimension::Region) => Dim::Region,
         Ok(pb::StatsDimension::Node) => Dim::Node,
+        Ok(pb::StatsDimension::Key) => Dim::Key,
+        Ok(pb::StatsDimension::Team) => Dim::Team,
         Ok(pb::StatsDimension::Unspecified) | Err(_) => {
             return Err(field_error(
                 format!("group_by[{i}]"),
                 format!(
-                    "unknown dimension {value}: use STATS_DIMENSION_TIME, _BACKEND, _MODEL, _POOL, _REGION or _NODE"
+                    "unknown dimension {value}: use STATS_DIMENSION_TIME, _BACKEND, _MODEL, _POOL, _REGION, _NODE, _KEY or _TEAM"
                 ),
             ));
         }
@@ -95,6 +97,8 @@ impl TryFrom<&pb::GetStatsRequest> for StatsQuery {
                 pools: filter.pools,
                 regions: filter.regions,
                 nodes: filter.nodes,
+                keys: filter.keys,
+                teams: filter.teams,
             },
             group_by: r.group_by.iter().enumerate().map(|(i, d)| dim_from_pb(i, *d)).collect::<Result<_, _>>()?,
         })
@@ -111,6 +115,9 @@ fn row_to_pb(r: StatsRow) -> pb::StatsRow {
         region: r.region,
         node_id: r.node_id,
         totals: Some(usage_totals_to_pb(&r.counters)),
+        key_id: r.key_id,
+        key_name: r.key_name,
+        team: r.team,
     }
 }
 

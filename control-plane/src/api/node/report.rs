@@ -22,10 +22,20 @@ impl NodeApi {
             warn!(node = %clip(&batch.node_id), error = %e, "report refused");
             Err(e)
         };
-        let records = match check_batch(&batch) {
+        let mut records = match check_batch(&batch) {
             Ok(r) => r,
             Err(e) => return refuse(e.into(), "invalid"),
         };
+        // Only keys the config knows become usage keys: a node cannot grow the store with
+        // made-up ids. (A key revoked since its requests ran is no longer known: its last
+        // minute counts as requests without a key.)
+        if records.iter().any(|r| !r.key_id.is_empty()) {
+            let config = self.shared.config().borrow().clone();
+            let known = |id: &str| config.client_keys.binary_search_by(|k| k.id.as_str().cmp(id)).is_ok();
+            for r in records.iter_mut().filter(|r| !r.key_id.is_empty() && !known(&r.key_id)) {
+                r.key_id.clear();
+            }
+        }
         if let Err(e) = self.check_node(&who, "Report", &batch.node_id, None) {
             return refuse(e, "refused");
         }

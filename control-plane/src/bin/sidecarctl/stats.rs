@@ -63,6 +63,8 @@ pub(crate) async fn stats(ctx: &mut Ctx, args: StatsArgs) -> anyhow::Result<()> 
             pools: args.pools,
             regions: args.regions,
             nodes: args.nodes,
+            keys: args.keys,
+            teams: args.teams,
         }),
         group_by: args.group_by.iter().map(|d| d.to_pb() as i32).collect(),
     };
@@ -204,6 +206,10 @@ fn rows_table(group_by: &[i32], rows: &[pb::StatsRow]) -> Table {
                 pb::StatsDimension::Pool => ("POOL", |r| r.pool.clone()),
                 pb::StatsDimension::Region => ("REGION", |r| r.region.clone()),
                 pb::StatsDimension::Node => ("NODE", |r| r.node_id.clone()),
+                pb::StatsDimension::Key => {
+                    ("KEY", |r| if r.key_id.is_empty() { "-".into() } else { r.key_name.clone() })
+                }
+                pb::StatsDimension::Team => ("TEAM", |r| if r.team.is_empty() { "-".into() } else { r.team.clone() }),
                 pb::StatsDimension::Unspecified => return None,
             })
         })

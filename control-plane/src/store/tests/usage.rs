@@ -11,25 +11,33 @@ fn buckets(store: &Store, g: Granularity) -> Vec<(i64, u64)> {
     sums.into_iter().collect()
 }
 
+/// A parsed key as a tuple: (bucket, backend, model, node, client key).
+fn parsed(key: &[u8]) -> Option<(i64, String, String, String, String)> {
+    parse_usage_key(key).map(|p| (p.bucket_ms, p.backend_id, p.model, p.node_id, p.key_id))
+}
+
+fn t(bucket: i64, backend: &str, model: &str, node: &str, key: &str) -> Option<(i64, String, String, String, String)> {
+    Some((bucket, backend.into(), model.into(), node.into(), key.into()))
+}
+
 #[test]
-fn usage_keys_sort_by_time_then_backend_then_model_then_node() {
-    let a = usage_key(MINUTE, "bkd_b", "m", "n2");
-    let b = usage_key(2 * MINUTE, "bkd_a", "m", "n1");
-    let c = usage_key(MINUTE, "bkd_b", "m", "n3");
-    let d = usage_key(MINUTE, "bkd_b", "n", "n1");
-    assert!(a < b && a < c && c < d && d < b);
+fn usage_keys_sort_by_time_then_backend_then_model_then_node_then_client_key() {
+    let a = usage_key(MINUTE, "bkd_b", "m", "n2", "");
+    let b = usage_key(2 * MINUTE, "bkd_a", "m", "n1", "");
+    let c = usage_key(MINUTE, "bkd_b", "m", "n3", "");
+    let d = usage_key(MINUTE, "bkd_b", "n", "n1", "");
+    let keyed = usage_key(MINUTE, "bkd_b", "m", "n2", "key_1");
+    assert!(a < keyed && keyed < c && c < d && d < b);
     assert_eq!(a[..8], MINUTE.to_be_bytes(), "big-endian time first");
-    assert_eq!(parse_usage_key(&a), Some((MINUTE, "bkd_b".into(), "m".into(), "n2".into())));
-    assert_eq!(
-        parse_usage_key(&usage_key(0, "", "gpt", "n1")),
-        Some((0, "".into(), "gpt".into(), "n1".into())),
-        "the proxy's own answers have an empty backend id"
-    );
-    // Keys written before nodes were recorded end after the model.
+    assert_eq!(parsed(&a), t(MINUTE, "bkd_b", "m", "n2", ""));
+    assert_eq!(parsed(&keyed), t(MINUTE, "bkd_b", "m", "n2", "key_1"));
+    assert_eq!(parsed(&usage_key(0, "", "gpt", "n1", "")), t(0, "", "gpt", "n1", ""), "the proxy's own answers");
+    // Keys written before nodes were recorded end after the model; before client keys,
+    // after the node.
     let old = [&MINUTE.to_be_bytes()[..], b"bkd_1\0gpt-4o"].concat();
-    assert_eq!(parse_usage_key(&old), Some((MINUTE, "bkd_1".into(), "gpt-4o".into(), "".into())));
-    assert_eq!(parse_usage_key(b"short"), None);
-    assert_eq!(parse_usage_key(&MINUTE.to_be_bytes()), None);
+    assert_eq!(parsed(&old), t(MINUTE, "bkd_1", "gpt-4o", "", ""));
+    assert!(parse_usage_key(b"short").is_none());
+    assert!(parse_usage_key(&MINUTE.to_be_bytes()).is_none());
 }
 
 #[test]

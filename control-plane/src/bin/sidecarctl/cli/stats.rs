@@ -31,6 +31,12 @@ pub(crate) struct StatsArgs {
     /// Only this node (repeatable).
     #[arg(long = "node", value_name = "NODE")]
     pub(crate) nodes: Vec<String>,
+    /// Only this client key, by id or name (repeatable). (`--key` is the TLS client key.)
+    #[arg(long = "client-key", value_name = "KEY")]
+    pub(crate) keys: Vec<String>,
+    /// Only client keys of this team (repeatable).
+    #[arg(long = "team", value_name = "TEAM")]
+    pub(crate) teams: Vec<String>,
     /// Group rows by these, comma-separated, e.g. --by time,backend.
     #[arg(long = "by", value_enum, value_delimiter = ',', value_name = "DIM,...")]
     pub(crate) group_by: Vec<GroupBy>,
@@ -90,6 +96,10 @@ pub(crate) enum GroupBy {
     Region,
     /// Reporting node.
     Node,
+    /// Client key (`-` = requests without one).
+    Key,
+    /// The client key's team.
+    Team,
 }
 
 impl GranularityArg {
@@ -114,6 +124,8 @@ impl GroupBy {
             Self::Pool => pb::StatsDimension::Pool,
             Self::Region => pb::StatsDimension::Region,
             Self::Node => pb::StatsDimension::Node,
+            Self::Key => pb::StatsDimension::Key,
+            Self::Team => pb::StatsDimension::Team,
         }
     }
 }
