@@ -5,6 +5,7 @@
 mod allocate;
 mod cooldown;
 mod keys;
+mod limits;
 mod messages;
 mod share;
 
@@ -14,6 +15,7 @@ use tokio::time::Instant;
 
 pub use allocate::{NodeShare, allocate};
 use cooldown::Cool;
+use limits::{ModelLimits, model_limits};
 pub use messages::{
     BackendDemand, BackendLive, CooldownNotice, FleetMessage, Grant, KeyDemand, KeyGrant, ModelDemand, ModelGrant,
     ModelLive, RateLimited, Sender,
@@ -22,7 +24,7 @@ use share::{Clock, Report, Shares};
 
 use crate::{
     snapshot::{ConfigState, ModelCooldown, NodeSnapshot},
-    store::{BackendRecord, per_window},
+    store::per_window,
     util::now_ms,
 };
 
@@ -71,36 +73,6 @@ struct BackendFleet {
     models: HashMap<String, Shares>,
     /// Cooldowns of models with their own limits (a 429 that named the model).
     model_cool: HashMap<String, Cool>,
-}
-
-/// A model's own limits on a backend.
-struct ModelLimits {
-    name: String,
-    /// Requests per the model's window (the backend's limit when the model limits only
-    /// tokens).
-    requests: u32,
-    /// Tokens per the model's window.
-    tokens: Option<u32>,
-    /// The model's window, in seconds of a minute.
-    window_seconds: u32,
-}
-
-/// The own limits of a backend's models that have them.
-fn model_limits(config: &ConfigState, b: &BackendRecord) -> Vec<ModelLimits> {
-    let backend = config.rpm_limit(b);
-    b.model_mappings
-        .iter()
-        .filter(|(_, m)| m.has_limits())
-        .map(|(name, m)| {
-            let window_seconds = m.window_seconds(b.window_seconds);
-            ModelLimits {
-                name: name.clone(),
-                requests: per_window(m.rpm_limit.unwrap_or(backend).min(backend), window_seconds),
-                tokens: m.tpm_limit.map(|t| per_window(t, window_seconds)),
-                window_seconds,
-            }
-        })
-        .collect()
 }
 
 /// Tokens per window that go with a grant and a fallback share of `limit` requests: the
