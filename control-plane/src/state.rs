@@ -39,6 +39,8 @@ pub struct Shared {
     pub backup_dir: std::path::PathBuf,
     /// Fleet coordination: grants and fleet-wide cooldowns.
     pub fleet: Fleet,
+    /// Client keys' spend in their budget periods.
+    pub budgets: crate::budgets::Budgets,
     /// The latest dashboard, computed once a second and shared by every watcher.
     pub dashboard: watch::Sender<Arc<Dashboard>>,
     /// Active-probe and passive health per backend id (only backends found failing).
@@ -76,6 +78,7 @@ impl Shared {
             writer: Mutex::new(()),
             backup_dir,
             fleet: Fleet::new(timing),
+            budgets: Default::default(),
             dashboard: watch::channel(Arc::new(Dashboard::default())).0,
             health: Default::default(),
             learned: Default::default(),
@@ -162,5 +165,9 @@ pub async fn run_grants(shared: Arc<Shared>) {
         }
         let state = config.borrow_and_update().clone();
         shared.fleet.regrant(&state);
+        if state.client_keys.iter().any(|k| k.budget_usd > 0.0) {
+            let remaining = shared.budgets.remaining(&shared.store, &state.client_keys, crate::util::now_ms());
+            shared.fleet.broadcast_budgets(remaining);
+        }
     }
 }

@@ -273,6 +273,8 @@ pub struct ClientKey {
     /// This node's starting share of `rpm_limit` until its first grant (`None`: the
     /// whole limit; 0: wait for a grant).
     pub initial_share: Option<u32>,
+    /// The key has a spend budget (the control plane says what is left).
+    pub has_budget: bool,
 }
 
 impl ClientKey {

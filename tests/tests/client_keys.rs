@@ -296,3 +296,59 @@ async fn usage_is_accounted_per_key_and_team() {
     let rows = gw.admin.get_stats(request).await.unwrap().into_inner().rows;
     assert!(rows.iter().all(|r| r.key_id != "key_madeup"), "{rows:?}");
 }
+
+/// A key's budget: $0.01 a day at $0.002 a request (10 prompt tokens at $100/1M and 5
+/// completion tokens at $200/1M, as the mock reports them; prices are per token on the
+/// wire) is five requests. Requests go
+/// one at a time, 400 ms apart, round the three proxies: the proxy that served knows its
+/// own spend at once, the others from the control plane within a report and a grant
+/// interval, so at most a few more slip through (the documented bound), and then every
+/// proxy refuses the key until the period resets.
+#[tokio::test]
+async fn a_keys_budget_stops_it_on_every_proxy() {
+    let mock = MockUpstream::start(&[]).await;
+    let cp_env = vec![("SIDECAR_GRANT_INTERVAL_MS".to_string(), "250".to_string())];
+    let mut gw = Gateway::start_fleet(Options { env: cp_env, ..Options::default() }, keyed("p1")).await;
+    let others = [gw.add_proxy(keyed("p2")).await, gw.add_proxy(keyed("p3")).await];
+    gw.add_backend(&mock, BackendDef { cost: (100e-6, 200e-6), ..Default::default() }).await;
+    let request = pb::CreateKeyRequest {
+        name: "metered".into(),
+        budget_usd: 0.01,
+        budget_period: pb::BudgetPeriod::Day as i32,
+        ..Default::default()
+    };
+    let (_, secret) = create(&mut gw, request).await;
+    let v = version(&mut gw).await;
+    for p in &others {
+        p.wait_version(v).await;
+    }
+    let proxies = [&gw.proxy, &others[0], &others[1]];
+    let mut served = 0;
+    for i in 0..15 {
+        let (status, kind) = ask(proxies[i % 3], "gpt-test", &[("x-api-key", &secret)]).await;
+        match status {
+            200 => served += 1,
+            429 => assert_eq!(kind, "budget_exceeded"),
+            other => panic!("unexpected {other}"),
+        }
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    eprintln!("a $0.01 budget at $0.002 a request served {served} requests over three proxies");
+    assert!((5..=8).contains(&served), "served {served}: 5 expected, at most 3 more in flight of the reports");
+    for p in proxies {
+        let r = p.post("/chat/completions", &chat_body("gpt-test", false), &[("x-api-key", &secret)]).await;
+        assert_eq!(r.status().as_u16(), 429);
+        let retry: u64 = r.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+        assert!(retry > 0 && retry <= 86_400, "until the next UTC day: {retry}");
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["error"]["type"], "budget_exceeded");
+        assert!(body["error"]["message"].as_str().unwrap().contains("resets at"), "{body}");
+    }
+    // `key show` reports the spend: what the provider was paid for, reported by the proxies.
+    let shown = gw.admin.get_key(pb::GetKeyRequest { id: "metered".into() }).await.unwrap().into_inner();
+    let expected = 0.002 * served as f64;
+    assert!((shown.spent_usd - expected).abs() < 1e-9, "spent {} for {served} requests", shown.spent_usd);
+    // Another key is not affected.
+    let (_, other) = create(&mut gw, pb::CreateKeyRequest { name: "free".into(), ..Default::default() }).await;
+    assert_eq!(ask(&gw.proxy, "gpt-test", &[("x-api-key", &other)]).await.0, 200);
+}

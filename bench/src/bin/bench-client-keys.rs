@@ -63,6 +63,7 @@ fn main() -> anyhow::Result<()> {
             expires_at_ms: None,
             enabled: true,
             initial_share: None,
+            has_budget: false,
         })
         .collect();
     let snapshot = Snapshot {

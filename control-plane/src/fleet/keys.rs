@@ -8,7 +8,7 @@ use std::collections::HashMap;
 
 use tokio::time::Instant;
 
-use super::{Fleet, KeyDemand, KeyGrant, Report};
+use super::{Fleet, FleetMessage, KeyDemand, KeyGrant, Report};
 use crate::snapshot::ConfigState;
 
 impl Fleet {
@@ -59,5 +59,14 @@ impl Fleet {
             }
         }
         per_node
+    }
+
+    /// Tells every connected node what is left of each client key's budget.
+    pub fn broadcast_budgets(&self, budgets: Vec<crate::budgets::Remaining>) {
+        let msg = FleetMessage::Budgets(budgets);
+        for s in self.sessions.lock().expect("sessions lock").values() {
+            // A node far behind gets the next one a grant interval later.
+            let _ = s.tx.try_send(msg.clone());
+        }
     }
 }

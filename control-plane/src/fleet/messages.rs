@@ -22,6 +22,8 @@ pub enum FleetMessage {
     },
     /// A backend cools (or recovered, with a count of 0) fleet-wide.
     Cooldown(CooldownNotice),
+    /// What is left of each client key's spend budget.
+    Budgets(Vec<crate::budgets::Remaining>),
 }
 
 /// A node's share of one backend's limit, per backend window.

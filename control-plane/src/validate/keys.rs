@@ -127,15 +127,11 @@ pub fn key_spec(
     }
     // Refused rather than stored and silently not enforced: these are not split across
     // the fleet yet (the request limit is).
-    for (field, set) in [
-        ("key.tpm_limit", spec.tpm_limit > 0),
-        ("key.max_concurrent", spec.max_concurrent > 0),
-        ("key.budget_usd", spec.budget_usd > 0.0),
-    ] {
+    for (field, set) in [("key.tpm_limit", spec.tpm_limit > 0), ("key.max_concurrent", spec.max_concurrent > 0)] {
         if set {
             return Err(field_error(
                 field,
-                "per-key token and concurrency limits and budgets are not enforced yet; leave it 0 for now",
+                "per-key token and concurrency limits are not enforced yet; leave it 0 for now",
             ));
         }
     }

@@ -238,6 +238,10 @@ impl Syncer {
                             self.apply_cooldown(&cooldown);
                             continue;
                         }
+                        Some(control_message::Kind::Budgets(budgets)) => {
+                            apply_budgets(&self.shared.bundle.load(), &budgets);
+                            continue;
+                        }
                         None => continue,
                     };
                     let answer = match self.apply(&snapshot, true) {
@@ -315,6 +319,15 @@ pub fn apply_grants(bundle: &Bundle, grants: &pb::QuotaGrants, now: Instant) {
             quota.round = grants.round;
         }
         state.apply_limits(key, bundle.window, now);
+    }
+}
+
+/// Takes what is left of client keys' budgets from the control plane.
+pub fn apply_budgets(bundle: &Bundle, budgets: &pb::KeyBudgets) {
+    for b in &budgets.budgets {
+        if let Some(budget) = bundle.key_budget(&b.key_id) {
+            budget.set(b.remaining_usd, b.reset_ms);
+        }
     }
 }
 

@@ -224,6 +224,12 @@ impl Attempt {
                 (false, _) => Outcome::ClientError,
             };
             let cost_usd = done.usage.map_or(0.0, |u| cost(&u, &grant.model.cost));
+            if cost_usd > 0.0
+                && let Some(key) = &key
+                && let Some(budget) = finish_shared.bundle.load().key_budget(key)
+            {
+                budget.spend(cost_usd);
+            }
             metrics.upstream_latency(
                 done.elapsed.as_secs_f64(),
                 if is_sse { done.ttft.map(|t| t.as_secs_f64()) } else { None },

@@ -127,6 +127,7 @@ mod tests {
             expires_at_ms,
             enabled,
             initial_share: None,
+            has_budget: false,
         }
     }
 

@@ -45,6 +45,9 @@ pub enum ProxyError {
     /// The client key's own request limit is used up (its share on this proxy); come
     /// back after this long.
     KeyRateLimited(Duration),
+    /// The client key's spend budget is used up until this time (unix ms); come back
+    /// after this long.
+    BudgetExceeded(i64, Duration),
 }
 
 fn seconds(d: Duration) -> u64 {
@@ -134,6 +137,15 @@ impl ProxyError {
                 StatusCode::TOO_MANY_REQUESTS,
                 "rate_limit_exceeded",
                 "This API key's request limit (requests per minute) is used up".into(),
+                Some(*retry),
+            ),
+            Self::BudgetExceeded(reset_ms, retry) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "budget_exceeded",
+                format!(
+                    "This API key's budget for the period is spent; it resets at {}",
+                    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_millis((*reset_ms).max(0) as u64))
+                ),
                 Some(*retry),
             ),
             Self::KeyScope(model) => (

@@ -233,6 +233,12 @@ where
     {
         return reject(shared, ProxyError::KeyRateLimited(retry), &request.model, caller.key());
     }
+    if let Some(key) = caller.key()
+        && let Some(reset_ms) = shared.bundle.load().key_budget(&key.id).and_then(|b| b.exhausted(crate::now_ms()))
+    {
+        let retry = std::time::Duration::from_millis((reset_ms - crate::now_ms()).max(1000) as u64);
+        return reject(shared, ProxyError::BudgetExceeded(reset_ms, retry), &request.model, caller.key());
+    }
     let model = request.model.clone();
     let priority = Priority::from_header(headers.get("x-priority").and_then(|v| v.to_str().ok()));
     match forward::serve(shared, client, path, &headers, request, priority, &caller).await {

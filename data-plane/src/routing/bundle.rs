@@ -7,7 +7,7 @@ use tokio::time::Instant;
 
 use super::{
     backend::{Backend, BackendState},
-    key::KeyState,
+    key::{KeyBudget, KeyState},
 };
 use crate::snapshot::{ClientKey, ModelBucketRef, ModelRoute, Settings, Snapshot};
 
@@ -87,6 +87,8 @@ pub struct Bundle {
     keys: HashMap<[u8; 32], Arc<ClientKey>>,
     /// The live state of each client key with a request limit, by key id.
     key_states: HashMap<Arc<str>, (Arc<ClientKey>, Arc<KeyState>)>,
+    /// What is left of each budgeted client key's budget, by key id.
+    budgets: HashMap<Arc<str>, Arc<KeyBudget>>,
 }
 
 impl Bundle {
@@ -102,6 +104,7 @@ impl Bundle {
             window,
             keys: HashMap::new(),
             key_states: HashMap::new(),
+            budgets: HashMap::new(),
         }
     }
 
@@ -178,6 +181,11 @@ impl Bundle {
                 (k.id.clone(), (k.clone(), state))
             })
             .collect();
+        let budgets = keys
+            .values()
+            .filter(|k| k.has_budget)
+            .map(|k| (k.id.clone(), previous.budgets.get(&k.id).cloned().unwrap_or_default()))
+            .collect();
         Self {
             version: snapshot.version,
             backends,
@@ -188,6 +196,7 @@ impl Bundle {
             window,
             keys,
             key_states,
+            budgets,
         }
     }
 
@@ -204,6 +213,11 @@ impl Bundle {
     /// The live state of the client key `id`, if it has a request limit.
     pub fn key_state(&self, id: &str) -> Option<&Arc<KeyState>> {
         self.key_states.get(id).map(|(_, state)| state)
+    }
+
+    /// What is left of client key `id`'s budget, if it has one.
+    pub fn key_budget(&self, id: &str) -> Option<&Arc<KeyBudget>> {
+        self.budgets.get(id)
     }
 
     /// Every client key with a request limit, with its live state.

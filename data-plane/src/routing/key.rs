@@ -86,6 +86,37 @@ impl KeyState {
     }
 }
 
+/// What is left of a client key's spend budget, as this node knows it: the control
+/// plane's remainder (from reported usage, every grant interval) less what this node has
+/// spent since.
+#[derive(Debug, Default)]
+pub struct KeyBudget {
+    /// (USD left, when the period resets, unix ms); `None` until the control plane says.
+    left: Mutex<Option<(f64, i64)>>,
+}
+
+impl KeyBudget {
+    /// The control plane's remainder.
+    pub fn set(&self, usd: f64, reset_ms: i64) {
+        *self.left.lock().expect("budget lock") = Some((usd, reset_ms));
+    }
+
+    /// This node spent `usd` for the key.
+    pub fn spend(&self, usd: f64) {
+        if let Some((left, _)) = self.left.lock().expect("budget lock").as_mut() {
+            *left -= usd;
+        }
+    }
+
+    /// When the budget starts afresh, if it is used up at `now_ms`.
+    pub fn exhausted(&self, now_ms: i64) -> Option<i64> {
+        match *self.left.lock().expect("budget lock") {
+            Some((left, reset_ms)) if left <= 0.0 && reset_ms > now_ms => Some(reset_ms),
+            _ => None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -103,6 +134,7 @@ mod tests {
             expires_at_ms: None,
             enabled: true,
             initial_share,
+            has_budget: false,
         }
     }
 

@@ -2,8 +2,9 @@
 // each key's prefix, never its secret; admins create, edit, enable/disable, rotate and
 // revoke keys. A secret comes back only from CreateKey and RotateKey and is shown once, in
 // a box that clears it when closed: the page keeps it nowhere else.
-// Per-key limits and budgets are not offered here: the request limit is set with
-// `sidecarctl key create|update --rpm`; the others are refused until they are enforced.
+// Per-key limits and budgets are not offered here: the request limit and the budget are
+// set with `sidecarctl key create|update --rpm/--budget-usd`; the others are refused
+// until they are enforced.
 
 import { admin, callError, Code, describe } from "../api";
 import { h, mount, setText } from "../dom";
@@ -351,7 +352,7 @@ function render(ctx: PageContext) {
       h(
         "p",
         { class: "hint", attrs: { "data-testid": "key-limits-note" } },
-        "A key's request limit (RPM, fleet-wide) is set with `sidecarctl key update --rpm`; token and concurrency limits and budgets are not enforced yet.",
+        "A key's request limit (RPM, fleet-wide) and budget are set with `sidecarctl key update --rpm / --budget-usd`; token and concurrency limits are not enforced yet.",
       ),
       h("div", "dialog-actions", cancel, save),
     );

@@ -70,7 +70,9 @@ pub(super) async fn list(api: &AdminApi, _: Principal, req: pb::ListKeysRequest)
 }
 
 pub(super) async fn get(api: &AdminApi, _: Principal, req: pb::GetKeyRequest) -> ApiResult<pb::ClientKey> {
-    Ok(key_to_pb(&find(api.store(), &req.id)?))
+    let key = find(api.store(), &req.id)?;
+    let spent_usd = api.shared.budgets.spent(api.store(), &key, now_ms())?;
+    Ok(pb::ClientKey { spent_usd, ..key_to_pb(&key) })
 }
 
 pub(super) async fn update(api: &AdminApi, who: Principal, req: pb::UpdateKeyRequest) -> ApiResult<pb::ClientKey> {

@@ -28,6 +28,7 @@ pub fn key_to_pb(k: &ClientKeyRecord) -> pb::ClientKey {
         created_by: k.created_by.clone(),
         rotated_at_ms: k.rotated_at_ms.unwrap_or(0),
         resource_version: k.resource_version,
+        spent_usd: 0.0,
     }
 }
 

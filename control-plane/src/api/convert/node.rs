@@ -74,6 +74,7 @@ pub fn snapshot_to_pb(s: &NodeSnapshot) -> pb::Snapshot {
                 expires_at_ms: k.expires_at_ms.unwrap_or(0),
                 enabled: k.enabled,
                 initial_rpm_share: s.key_shares.iter().find(|(id, _)| id == &k.id).map(|(_, share)| *share),
+                has_budget: k.budget_usd > 0.0,
             })
             .collect(),
     }
@@ -116,6 +117,12 @@ pub fn fleet_message(m: FleetMessage) -> pb::ControlMessage {
                 })
                 .collect(),
             lease_ms,
+        }),
+        FleetMessage::Budgets(budgets) => Kind::Budgets(pb::KeyBudgets {
+            budgets: budgets
+                .into_iter()
+                .map(|b| pb::KeyBudget { key_id: b.key_id, remaining_usd: b.usd, reset_ms: b.reset_ms })
+                .collect(),
         }),
         FleetMessage::Cooldown(c) => Kind::Cooldown(pb::CooldownBroadcast {
             backend_id: c.backend_id,

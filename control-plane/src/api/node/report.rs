@@ -65,6 +65,9 @@ impl NodeApi {
         // acked, so an ack before the flush could lose it in a crash.
         store.flush().await?;
         metrics::report(if applied { "applied" } else { "duplicate" });
+        if applied {
+            self.shared.budgets.record(&records);
+        }
         self.shared.nodes.reported(store, &batch.node_id);
         Ok(pb::ReportAck { seq: batch.seq, applied })
     }

@@ -45,6 +45,14 @@ fn show(k: &pb::ClientKey) -> anyhow::Result<()> {
         ("tpm", limit(k.tpm_limit)),
         ("max_concurrent", limit(k.max_concurrent)),
         ("budget", budget(k)),
+        (
+            "spent",
+            format!(
+                "${:.4} this {}",
+                k.spent_usd,
+                if k.budget_period == pb::BudgetPeriod::Day as i32 { "day (UTC)" } else { "month (UTC)" }
+            ),
+        ),
         ("expires", if k.expires_at_ms > 0 { time(k.expires_at_ms) } else { "never".into() }),
         ("created", format!("{} by {}", time(k.created_at_ms), k.created_by)),
         ("rotated", if k.rotated_at_ms > 0 { time(k.rotated_at_ms) } else { "-".into() }),

@@ -249,7 +249,7 @@ async fn a_models_own_429s_escalate_on_their_own_count_and_leave_the_backend_alo
     let notices: Vec<CooldownNotice> = std::iter::from_fn(|| rx.try_recv().ok())
         .filter_map(|m| match m {
             FleetMessage::Cooldown(c) => Some(c),
-            FleetMessage::Grants { .. } => None,
+            FleetMessage::Grants { .. } | FleetMessage::Budgets(_) => None,
         })
         .collect();
     let models: Vec<&str> = notices.iter().map(|c| c.model.as_str()).collect();
@@ -309,7 +309,7 @@ async fn a_report_naming_the_round_it_runs_frees_a_decrease_without_waiting_for_
     let round = std::iter::from_fn(|| rx1.try_recv().ok())
         .find_map(|m| match m {
             FleetMessage::Grants { round, .. } => Some(round),
-            FleetMessage::Cooldown(_) => None,
+            FleetMessage::Cooldown(_) | FleetMessage::Budgets(_) => None,
         })
         .expect("a grant");
     let g2 = grant(&mut rx2).0;
