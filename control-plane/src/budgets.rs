@@ -2,7 +2,9 @@
 //! period (a UTC day or calendar month), from the usage the nodes report, and what is left.
 //!
 //! A key's spend is read from the day rollups once per period (when first asked), then
-//! kept current by adding each applied report's costs. Every grant round the remainders go
+//! kept current by adding each applied report's costs. (A report committed while that first
+//! read runs can be counted twice: an overcount, once per key and period, that errs on
+//! the side of the budget.) Every grant round the remainders go
 //! to every node ([`crate::fleet::KeyBudget`]); a node also subtracts what it spends
 //! itself until the next one arrives, and refuses a key whose remainder is used up.
 //! Spend a node has not reported yet is not in the remainder: the worst-case overshoot is
