@@ -2,7 +2,7 @@
 // the API's enums. The API speaks enums; the console keeps speaking these lower-case words
 // and converts at the API boundary, here and only here.
 
-import { Granularity } from "./gen/sidecar/v1/admin_pb";
+import { BudgetPeriod, Granularity } from "./gen/sidecar/v1/admin_pb";
 import { BackendStatus, Role } from "./gen/sidecar/v1/types_pb";
 
 // Unspecified is "" (what an unset string used to be); a Record over the enum makes the
@@ -27,6 +27,12 @@ const GRANULARITY: Record<Granularity, string> = {
   [Granularity.MINUTE]: "minute",
   [Granularity.HOUR]: "hour",
   [Granularity.DAY]: "day",
+};
+
+const BUDGET_PERIOD: Record<BudgetPeriod, string> = {
+  [BudgetPeriod.UNSPECIFIED]: "",
+  [BudgetPeriod.DAY]: "day",
+  [BudgetPeriod.MONTH]: "month",
 };
 
 /** The word for `v`; a value this build does not know (a newer server) is "unknown". */
@@ -62,4 +68,13 @@ export function granularityText(g: Granularity): string {
 /** "" (or anything else) is unspecified: the server picks from the range's length. */
 export function granularityFromText(text: string): Granularity {
   return fromText(GRANULARITY, text);
+}
+
+/** "day" or "month" (a UTC day or calendar month). */
+export function budgetPeriodText(p: BudgetPeriod): string {
+  return toText(BUDGET_PERIOD, p);
+}
+
+export function budgetPeriodFromText(text: string): BudgetPeriod {
+  return fromText(BUDGET_PERIOD, text);
 }

@@ -32,6 +32,8 @@ let page;
 let viewerToken = "";
 // The current secret of the key the Keys tests create (the tests' copy, never the page's).
 let keySecret = "";
+// The secret of the key with a request limit and a budget (used again on the Usage page).
+let limitedSecret = "";
 const pageErrors = [];
 const consoleErrors = [];
 const fieldHeaders = [];
@@ -380,7 +382,9 @@ describe("browser console", { concurrency: false }, () => {
     await page.getByTestId("create-key").click();
     const form = await visible(page.getByTestId("key-dialog"));
     assert.match(await text(form.getByTestId("key-limits-note")), /not enforced yet/, "the note on per-key limits");
-    assert.equal(await form.locator("input[name=rpm_limit], input[name=budget_usd]").count(), 0, "no limit or budget inputs yet");
+    assert.equal(await form.locator("input[name=rpm_limit]").count(), 1, "a request limit input");
+    assert.equal(await form.locator("input[name=budget_usd]").count(), 1, "a budget input");
+    assert.equal(await form.locator("[name=tpm_limit], [name=max_concurrent]").count(), 0, "no token or concurrency limit inputs");
     await form.locator("input[name=name]").fill("billing-agent");
     await form.locator("input[name=team]").fill("billing");
     await form.locator("input[name=models]").fill("gpt-test, gpt-alt");
@@ -547,6 +551,59 @@ describe("browser console", { concurrency: false }, () => {
     assert.ok(Number(all.find((k) => k.name === "billing-agent").revoked_at_ms) > 0, "stored as revoked");
   });
 
+  test("keys: a request limit and a daily budget set in the form are shown in the table and stored", async () => {
+    await page.getByTestId("create-key").click();
+    const form = await visible(page.getByTestId("key-dialog"));
+    await form.locator("input[name=name]").fill("limited-agent");
+    await form.locator("input[name=team]").fill("research");
+    await form.locator("input[name=rpm_limit]").fill("60");
+    await form.locator("input[name=budget_usd]").fill("5");
+    await form.locator("select[name=budget_period]").selectOption("day");
+    await shot("key-create-limits");
+    await form.getByTestId("save-key").click();
+    await form.waitFor({ state: "detached" });
+    const box = await visible(page.getByTestId("key-secret-dialog"));
+    limitedSecret = await box.getByTestId("key-secret").inputValue();
+    await box.getByTestId("key-secret-done").click();
+    await box.waitFor({ state: "detached" });
+
+    const r = await visible(keyRow("limited-agent"));
+    assert.equal(await text(r.getByTestId("key-rpm")), "60 RPM");
+    assert.equal(await text(r.getByTestId("key-budget")), "$5.00/day");
+    assert.equal(await text(keyRow("ci-runner").getByTestId("key-limits")), "none", "a key without limits");
+    const shown = await cp.ctl("key", "show", "limited-agent");
+    const k = shown.key ?? shown;
+    assert.equal(k.rpm_limit, 60);
+    assert.equal(k.budget_usd, 5);
+    assert.match(String(k.budget_period), /^(1|BUDGET_PERIOD_DAY|Day|day)$/, `a daily budget (got ${k.budget_period})`);
+    assert.ok(!k.tpm_limit && !k.max_concurrent, "no token or concurrency limit");
+
+    // Editing: the form shows the limits; the server's refusal goes under the budget input.
+    const dialog = page.getByTestId("key-dialog");
+    await waitFor("the key's editor", async () => {
+      if (!(await dialog.isVisible())) await r.getByTestId("key-edit").click({ timeout: 2000 });
+      return dialog.isVisible();
+    });
+    assert.equal(await dialog.locator("input[name=rpm_limit]").inputValue(), "60");
+    assert.equal(await dialog.locator("input[name=budget_usd]").inputValue(), "5");
+    assert.equal(await dialog.locator("select[name=budget_period]").inputValue(), "day");
+    await dialog.locator("input[name=budget_usd]").fill("-1");
+    await dialog.getByTestId("save-key").click();
+    await expectText("budget error", dialog.locator('[data-field="budget_usd"] .field-error'), /must be between 0 and/);
+    assert.ok(fieldHeaders.includes("key.budget_usd"), `the server named the field: ${fieldHeaders}`);
+    assert.equal(await dialog.getByTestId("form-error").isVisible(), false, "not a general error");
+    await dialog.locator("input[name=budget_usd]").fill("50");
+    await dialog.locator("select[name=budget_period]").selectOption("month");
+    await dialog.getByTestId("save-key").click();
+    await dialog.waitFor({ state: "detached" });
+    await expectText("monthly budget", r.getByTestId("key-budget"), /^\$50\.00\/month$/);
+    assert.equal(await text(r.getByTestId("key-rpm")), "60 RPM", "the request limit unchanged");
+    const after = await cp.ctl("key", "show", "limited-agent");
+    assert.equal((after.key ?? after).budget_usd, 50);
+    assert.equal((after.key ?? after).rpm_limit, 60);
+    await shot("keys-limits");
+  });
+
   test("traffic through the proxy moves the dashboard counters", async () => {
     await openPage("Dashboard", "dashboard");
     const requests = page.locator("[data-testid=stat-requests] .stat-value");
@@ -583,6 +640,29 @@ describe("browser console", { concurrency: false }, () => {
     const backend = live.locator('tr[data-backend="mock-main"]');
     assert.match(await text(backend.locator('td[data-label="In window"]')), /^\d+ \/ 120$/);
     await shot("dashboard-model-live");
+  });
+
+  test("usage: filtered by client key, the page shows that key's requests", async () => {
+    assert.ok(limitedSecret, "the limited key was created on the Keys page");
+    assert.equal(await proxy.chat("gpt-test", limitedSecret), 200);
+    assert.equal(await proxy.chat("gpt-alt", limitedSecret), 200);
+    // The usage reaches the control plane within a few seconds.
+    await waitFor("the key's usage at the control plane", async () => Number((await cp.ctl("stats", "--client-key", "limited-agent")).totals.requests ?? 0) >= 2, { timeout: 20_000, interval: 500 });
+    // Opened afresh, so the key list is current.
+    await openPage("Dashboard", "dashboard");
+    await openPage("Usage", "usage");
+    const summary = page.getByTestId("usage-summary");
+    const all = Number((await expectText("summary", summary, /^\d+ requests/)).match(/^(\d+)/)[1]);
+    const keyFilter = page.getByTestId("filter-key");
+    await waitFor("the key in the filter", async () => (await keyFilter.locator("option").allTextContents()).includes("limited-agent"));
+    assert.ok((await keyFilter.locator("option").allTextContents()).includes("billing-agent (revoked)"), "revoked keys are listed too");
+    await keyFilter.selectOption({ label: "limited-agent" });
+    await expectText("the key's requests", summary, /^2 requests · 0(\.0+)?% errors · 0 upstream 429s · 30 tokens/);
+    assert.ok(all > 2, `all keys (${all} requests) include other traffic`);
+    await expectText("the key's backend", page.getByTestId("usage-by-backend"), /mock-main/);
+    await shot("usage-by-key");
+    await keyFilter.selectOption("");
+    await expectText("all keys again", summary, (t) => Number(t.match(/^(\d+)/)?.[1]) >= all);
   });
 
   test("a 429 from the upstream shows the cooldown countdown and history", async () => {

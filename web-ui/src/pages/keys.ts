@@ -2,15 +2,16 @@
 // each key's prefix, never its secret; admins create, edit, enable/disable, rotate and
 // revoke keys. A secret comes back only from CreateKey and RotateKey and is shown once, in
 // a box that clears it when closed: the page keeps it nowhere else.
-// Per-key limits and budgets are not offered here: the request limit and the budget are
-// set with `sidecarctl key create|update --rpm/--budget-usd`; the others are refused
+// The forms set a key's fleet-wide request limit (RPM) and its spend budget per UTC day or
+// month; token and concurrency limits are not offered: the control plane refuses them
 // until they are enforced.
 
 import { admin, callError, Code, describe } from "../api";
 import { h, mount, setText } from "../dom";
-import { fmtTime, n } from "../format";
+import { budgetPeriodFromText, budgetPeriodText } from "../enums";
+import { fmtInt, fmtTime, n } from "../format";
 import type { MessageInitShape } from "@bufbuild/protobuf";
-import type { ClientKey, CreateKeyRequestSchema, Dashboard, UpdateKeyRequestSchema } from "../gen/sidecar/v1/admin_pb";
+import type { BudgetPeriod, ClientKey, CreateKeyRequestSchema, Dashboard, UpdateKeyRequestSchema } from "../gen/sidecar/v1/admin_pb";
 import type { Pool } from "../gen/sidecar/v1/types_pb";
 import { confirmDialog, field, FieldErrors, modal, pageHeader, table, toast, writeButton, type Field, type Page, type PageContext } from "../ui";
 
@@ -73,6 +74,44 @@ function fromLocalInput(v: string, path: string): number {
   const ms = new Date(v.trim()).getTime();
   if (!Number.isFinite(ms)) throw new LocalError(path, `is not a date and time (got ${JSON.stringify(v)})`);
   return ms;
+}
+
+/** A request limit (requests per minute); 0 when empty. */
+function rpmValue(el: HTMLInputElement, path: string): number {
+  const v = el.value.trim();
+  if (v === "") return 0;
+  if (!/^\d+$/.test(v)) throw new LocalError(path, `must be a whole number of requests per minute (got ${JSON.stringify(v)})`);
+  const x = Number(v);
+  if (x > 4294967295) throw new LocalError(path, "must be between 0 and 4294967295");
+  return x;
+}
+
+/** An amount in USD ("50", "$12.50"); 0 when empty. The server judges the range. */
+function usdValue(el: HTMLInputElement, path: string): number {
+  const v = el.value.trim().replace(/^\$/, "");
+  if (v === "") return 0;
+  const x = Number(v);
+  if (!Number.isFinite(x)) throw new LocalError(path, `must be an amount in USD (got ${JSON.stringify(el.value.trim())})`);
+  return x;
+}
+
+/** A key's budget: "$50.00/month", "$5.00/day"; "" without one. */
+export function budgetText(usd: number, period: BudgetPeriod): string {
+  if (!(usd > 0)) return "";
+  const cents = Math.round(usd * 100);
+  const amount = Math.abs(usd * 100 - cents) < 1e-6 ? (cents / 100).toFixed(2) : String(usd);
+  return `$${amount}/${budgetPeriodText(period) || "month"}`;
+}
+
+function limitsCell(k: ClientKey): HTMLElement {
+  const budget = budgetText(k.budgetUsd, k.budgetPeriod);
+  if (!k.rpmLimit && !budget) return h("span", { class: "muted", attrs: { "data-testid": "key-limits" } }, "none");
+  return h(
+    "div",
+    { class: "nowrap", attrs: { "data-testid": "key-limits" } },
+    k.rpmLimit ? h("div", { attrs: { "data-testid": "key-rpm", title: "requests per minute, fleet-wide" } }, `${fmtInt(k.rpmLimit)} RPM`) : null,
+    budget ? h("div", { attrs: { "data-testid": "key-budget", title: "spend budget per UTC day or calendar month" } }, budget) : null,
+  );
 }
 
 function chips(values: string[], testid: string): HTMLElement {
@@ -163,7 +202,7 @@ function render(ctx: PageContext) {
   function signature(): string {
     const now = Date.now();
     return JSON.stringify(
-      keys.map((k) => [k.id, k.name, k.team, k.prefix, k.models, k.pools, String(k.expiresAtMs), String(k.createdAtMs), String(k.resourceVersion), keyState(k, now)]),
+      keys.map((k) => [k.id, k.name, k.team, k.prefix, k.models, k.pools, k.rpmLimit, k.budgetUsd, k.budgetPeriod, String(k.expiresAtMs), String(k.createdAtMs), String(k.resourceVersion), keyState(k, now)]),
     );
   }
 
@@ -206,6 +245,7 @@ function render(ctx: PageContext) {
           { label: "Team", cell: (k) => (k.team ? h("span", { attrs: { "data-testid": "key-team" } }, k.team) : h("span", { class: "muted", attrs: { "data-testid": "key-team" } }, "—")) },
           { label: "Models", cell: (k) => chips(k.models, "key-models") },
           { label: "Pools", cell: (k) => chips(k.pools, "key-pools") },
+          { label: "Limits", cell: (k) => limitsCell(k) },
           {
             label: "Expires",
             cell: (k) =>
@@ -320,6 +360,15 @@ function render(ctx: PageContext) {
     const models = text({ name: "models", placeholder: "all models" });
     const keyPools = text({ name: "pools", placeholder: "all pools" });
     const expires = h("input", { attrs: { type: "datetime-local", name: "expires" } });
+    const rpm = text({ name: "rpm_limit", inputmode: "numeric", placeholder: "0" });
+    const budget = text({ name: "budget_usd", inputmode: "decimal", placeholder: "0" });
+    const period = h(
+      "select",
+      { attrs: { name: "budget_period" } },
+      h("option", { attrs: { value: "day" } }, "day (UTC)"),
+      h("option", { attrs: { value: "month" } }, "month (UTC)"),
+    );
+    period.value = "month";
     const neverBtn = h("button", { class: "btn small", attrs: { type: "button", "data-testid": "key-no-expiry" }, on: { click: () => (expires.value = "") } }, "Never");
     if (existing) {
       name.value = existing.name;
@@ -327,8 +376,14 @@ function render(ctx: PageContext) {
       models.value = existing.models.join(", ");
       keyPools.value = existing.pools.join(", ");
       expires.value = toLocalInput(n(existing.expiresAtMs));
+      rpm.value = existing.rpmLimit ? String(existing.rpmLimit) : "";
+      budget.value = existing.budgetUsd ? String(existing.budgetUsd) : "";
+      period.value = budgetPeriodText(existing.budgetPeriod) || "month";
     }
     const initialExpiry = expires.value;
+    const initialRpm = rpm.value;
+    const initialBudget = budget.value;
+    const initialPeriod = period.value;
     const poolNames = pools.map((p) => p.name);
 
     const expiresField = field("Expires", expires, { hint: "local time; empty = never expires" });
@@ -350,9 +405,17 @@ function render(ctx: PageContext) {
         reg("expires_at_ms", expiresField),
       ),
       h(
+        "fieldset",
+        "grid2",
+        h("legend", null, "Limits"),
+        reg("rpm_limit", field("Requests per minute", rpm, { hint: "fleet-wide, across all proxies; 0 = none" })),
+        reg("budget_usd", field("Budget (USD)", budget, { hint: "spend per period, from the backends' prices; 0 = none" })),
+        reg("budget_period", field("Budget period", period, { hint: "the budget starts afresh each UTC day or calendar month" })),
+      ),
+      h(
         "p",
         { class: "hint", attrs: { "data-testid": "key-limits-note" } },
-        "A key's request limit (RPM, fleet-wide) and budget are set with `sidecarctl key update --rpm / --budget-usd`; token and concurrency limits are not enforced yet.",
+        "Per-key token (TPM) and concurrency limits are not enforced yet, so they cannot be set.",
       ),
       h("div", "dialog-actions", cancel, save),
     );
@@ -394,6 +457,18 @@ function render(ctx: PageContext) {
               req.expiresAtMs = BigInt(fromLocalInput(expires.value, "expires_at_ms"));
               changed = true;
             }
+            if (rpm.value.trim() !== initialRpm) {
+              req.rpmLimit = rpmValue(rpm, "rpm_limit");
+              changed = true;
+            }
+            if (budget.value.trim() !== initialBudget) {
+              req.budgetUsd = usdValue(budget, "budget_usd");
+              changed = true;
+            }
+            if (period.value !== initialPeriod) {
+              req.budgetPeriod = budgetPeriodFromText(period.value);
+              changed = true;
+            }
             if (!changed) {
               toast("Nothing changed.", "info");
               m.close();
@@ -408,6 +483,9 @@ function render(ctx: PageContext) {
               team: team.value.trim(),
               models: ms,
               pools: ps,
+              rpmLimit: rpmValue(rpm, "rpm_limit"),
+              budgetUsd: usdValue(budget, "budget_usd"),
+              budgetPeriod: budgetPeriodFromText(period.value),
               expiresAtMs: BigInt(fromLocalInput(expires.value, "expires_at_ms")),
             };
             const r = await admin.createKey(req);

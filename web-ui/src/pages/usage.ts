@@ -1,5 +1,5 @@
-// Usage: GetStats over a time range, hourly or daily, filtered by backend, model and pool;
-// a chart and a table over time, and the same figures per backend.
+// Usage: GetStats over a time range, hourly or daily, filtered by backend, model, pool and
+// client key; a chart and a table over time, and the same figures per backend.
 
 import { admin, describe } from "../api";
 import { buckets, COST_SERIES, requestSeries, stepOf, TimeChart, TOKEN_SERIES } from "../charts";
@@ -50,6 +50,8 @@ function render(_ctx: PageContext) {
   const backend = select("backend", "Backend", [["", "All backends"]], "");
   const model = select("model", "Model", [["", "All models"]], "");
   const pool = select("pool", "Pool", [["", "All pools"]], "");
+  // By the key's id (a revoked key's name may be taken again); GetStats takes id or name.
+  const key = select("key", "Key", [["", "All keys"]], "");
   const summary = h("p", { class: "summary", attrs: { "data-testid": "usage-summary" } }, "Loading…");
   const countChart = new TimeChart("Requests", requestSeries(true));
   const tokenChart = new TimeChart("Tokens", TOKEN_SERIES);
@@ -62,7 +64,7 @@ function render(_ctx: PageContext) {
     "div",
     "page page-usage",
     pageHeader("Usage"),
-    h("form", { class: "filters", attrs: { "aria-label": "Filters" } }, range.wrap, gran.wrap, backend.wrap, model.wrap, pool.wrap),
+    h("form", { class: "filters", attrs: { "aria-label": "Filters" } }, range.wrap, gran.wrap, backend.wrap, model.wrap, pool.wrap, key.wrap),
     error,
     summary,
     h("div", "charts", countChart.el, tokenChart.el, costChart.el),
@@ -81,10 +83,12 @@ function render(_ctx: PageContext) {
 
   async function loadFilters(): Promise<void> {
     try {
-      const [b, p] = await Promise.all([admin.listBackends({}), admin.listPools({})]);
+      const [b, p, k] = await Promise.all([admin.listBackends({}), admin.listPools({}), admin.listKeys({ includeRevoked: true })]);
       if (disposed) return;
       fillOptions(backend.el, b.backends.map((x) => [x.id, x.name]), "All backends");
       fillOptions(pool.el, p.pools.map((x) => [x.name, x.name]), "All pools");
+      // Revoked keys too: their usage stays.
+      fillOptions(key.el, k.keys.map((x) => [x.id, n(x.revokedAtMs) > 0 ? `${x.name} (revoked)` : x.name]), "All keys");
     } catch {
       /* the stats call reports the problem */
     }
@@ -100,6 +104,7 @@ function render(_ctx: PageContext) {
       backends: backend.el.value ? [backend.el.value] : [],
       models: model.el.value ? [model.el.value] : [],
       pools: pool.el.value ? [pool.el.value] : [],
+      keys: key.el.value ? [key.el.value] : [],
     };
     const q = new URLSearchParams({ range: r.value, granularity });
     history.replaceState(null, "", `${location.pathname}?${q}`);
@@ -169,7 +174,7 @@ function render(_ctx: PageContext) {
     );
   }
 
-  for (const s of [gran.el, backend.el, model.el, pool.el]) s.addEventListener("change", () => void load());
+  for (const s of [gran.el, backend.el, model.el, pool.el, key.el]) s.addEventListener("change", () => void load());
   range.el.addEventListener("change", () => {
     // Each range has a sensible granularity (hourly up to a week, then daily).
     const r = RANGES.find((x) => x.value === range.el.value);
