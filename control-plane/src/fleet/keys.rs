@@ -8,7 +8,7 @@ use std::collections::HashMap;
 
 use tokio::time::Instant;
 
-use super::{Fleet, FleetMessage, KeyDemand, KeyGrant, Report};
+use super::{Fleet, FleetMessage, KeyDemand, KeyGrant};
 use crate::snapshot::ConfigState;
 
 impl Fleet {
@@ -19,10 +19,7 @@ impl Fleet {
         let now = Instant::now();
         for d in demand {
             let Some(shares) = keys.get_mut(&d.key_id) else { continue };
-            let lease_known = (now + d.lease_remaining).checked_sub(self.timing.propagation);
-            let lease_known = lease_known.filter(|_| !d.lease_remaining.is_zero());
-            let report =
-                Report { bucket_fill: d.bucket_fill, in_window: d.in_window, now, lease_known, round: d.grant_round };
+            let report = self.report(now, (d.bucket_fill, d.in_window), d.lease_remaining, d.grant_round);
             shares.report(node_id, d.demand, report);
         }
     }

@@ -123,15 +123,7 @@ impl Fleet {
         let now = Instant::now();
         let previous = self.boots.lock().expect("boots lock").insert(node_id.to_owned(), boot.to_owned());
         let new_process = boot.is_empty() || previous.as_deref() != Some(boot);
-        for fleet in self.backends.lock().expect("fleet lock").values_mut() {
-            fleet.shares.attached(node_id, new_process, now, self.timing.lost_hold);
-            for shares in fleet.models.values_mut() {
-                shares.attached(node_id, new_process, now, self.timing.lost_hold);
-            }
-        }
-        for shares in self.keys.lock().expect("keys lock").values_mut() {
-            shares.attached(node_id, new_process, now, self.timing.lost_hold);
-        }
+        self.for_each_shares(|shares| shares.attached(node_id, new_process, now, self.timing.lost_hold));
         self.sessions
             .lock()
             .expect("sessions lock")
@@ -150,15 +142,30 @@ impl Fleet {
             }
             sessions.remove(node_id);
         }
+        self.for_each_shares(|shares| shares.detached(node_id, goodbye));
+    }
+
+    /// Every limit's node shares: backends', their models', client keys'.
+    fn for_each_shares(&self, mut f: impl FnMut(&mut Shares)) {
         for fleet in self.backends.lock().expect("fleet lock").values_mut() {
-            fleet.shares.detached(node_id, goodbye);
-            for shares in fleet.models.values_mut() {
-                shares.detached(node_id, goodbye);
-            }
+            f(&mut fleet.shares);
+            fleet.models.values_mut().for_each(&mut f);
         }
-        for shares in self.keys.lock().expect("keys lock").values_mut() {
-            shares.detached(node_id, goodbye);
-        }
+        self.keys.lock().expect("keys lock").values_mut().for_each(f);
+    }
+
+    /// A report's figures as the allocator takes them, arriving `now`. The node cannot fall
+    /// back before its lease ends: the report left it at most a propagation delay ago.
+    fn report(
+        &self,
+        now: Instant,
+        (bucket_fill, in_window): (f64, u32),
+        lease_remaining: Duration,
+        round: u64,
+    ) -> Report {
+        let lease_known = (now + lease_remaining).checked_sub(self.timing.propagation);
+        let lease_known = lease_known.filter(|_| !lease_remaining.is_zero());
+        Report { bucket_fill, in_window, now, lease_known, round }
     }
 
     /// A backend's window: the provider's `window_seconds` of a (possibly compressed)
@@ -236,12 +243,7 @@ impl Fleet {
         let now = Instant::now();
         for d in demand {
             let fleet = backends.entry(d.backend_id.clone()).or_default();
-            // The node cannot fall back before its lease ends: the report left it at most a
-            // propagation delay ago.
-            let lease_known = (now + d.lease_remaining).checked_sub(self.timing.propagation);
-            let lease_known = lease_known.filter(|_| !d.lease_remaining.is_zero());
-            let report =
-                Report { bucket_fill: d.bucket_fill, in_window: d.in_window, now, lease_known, round: d.grant_round };
+            let report = self.report(now, (d.bucket_fill, d.in_window), d.lease_remaining, d.grant_round);
             fleet.shares.report(node_id, d.demand, report);
             for m in &d.models {
                 // Only models the config limits: a node's report cannot grow the map.

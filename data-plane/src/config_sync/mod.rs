@@ -289,18 +289,15 @@ pub fn apply_grants(bundle: &Bundle, grants: &pb::QuotaGrants, now: Instant) {
         let Some(b) = bundle.backend(&g.backend_id) else { continue };
         {
             let mut quota = b.state.quota.lock().expect("quota lock");
-            quota.grant = Some((g.rpm, (g.tpm > 0).then_some(g.tpm)));
-            quota.lease_until = Some(now + lease);
-            quota.fallback = (g.fallback_rpm, (g.fallback_tpm > 0).then_some(g.fallback_tpm));
-            quota.pace = (g.pace > g.rpm).then_some(g.pace);
-            quota.round = grants.round;
+            let tokens = |t: u32| (t > 0).then_some(t);
+            let (grant, fallback) = ((g.rpm, tokens(g.tpm)), (g.fallback_rpm, tokens(g.fallback_tpm)));
+            quota.renew(grant, fallback, g.pace, now + lease, grants.round);
             let limited = |name: &str| b.config.models.get(name).is_some_and(|m| m.limits.is_some());
             quota.models = g
                 .models
                 .iter()
                 .filter(|m| limited(&m.model))
                 .map(|m| {
-                    let tokens = |t: u32| (t > 0).then_some(t);
                     let grant = (m.rpm, tokens(m.tpm));
                     (m.model.clone(), ModelQuota { grant, fallback: (m.fallback_rpm, tokens(m.fallback_tpm)) })
                 })
@@ -309,15 +306,15 @@ pub fn apply_grants(bundle: &Bundle, grants: &pb::QuotaGrants, now: Instant) {
         b.state.apply_limits(&b.config, &bundle.settings, bundle.window, now);
     }
     for g in &grants.keys {
-        let Some((key, state)) = bundle.limited_keys().find(|(k, _)| *k.id == *g.key_id) else { continue };
-        {
-            let mut quota = state.quota.lock().expect("quota lock");
-            quota.grant = Some((g.rpm, None));
-            quota.lease_until = Some(now + lease);
-            quota.fallback = (g.fallback_rpm, None);
-            quota.pace = (g.pace > g.rpm).then_some(g.pace);
-            quota.round = grants.round;
-        }
+        let Some((key, state)) = bundle.limited_key(&g.key_id) else { continue };
+        let lease_until = now + lease;
+        state.quota.lock().expect("quota lock").renew(
+            (g.rpm, None),
+            (g.fallback_rpm, None),
+            g.pace,
+            lease_until,
+            grants.round,
+        );
         state.apply_limits(key, bundle.window, now);
     }
 }
@@ -379,11 +376,7 @@ pub fn demand(
                     }
                 })
                 .collect();
-            let (lease_remaining, grant_round) = {
-                let quota = b.state.quota.lock().expect("quota lock");
-                let remaining = quota.lease_until.map_or(Duration::ZERO, |u| u.saturating_duration_since(now));
-                (remaining, if remaining.is_zero() { 0 } else { quota.round })
-            };
+            let (lease_remaining, grant_round) = b.state.quota.lock().expect("quota lock").lease_report(now);
             pb::BackendDemand {
                 lease_remaining_ms: lease_remaining.as_millis() as u64,
                 grant_round,
@@ -405,15 +398,14 @@ pub fn demand(
             let admitted = state.admitted.swap(0, Relaxed);
             let rejected = state.rejected.swap(0, Relaxed);
             let (bucket_fill, in_window) = fill(&mut state.limiter.lock().expect("key limiter lock"), now);
-            let quota = state.quota.lock().expect("quota lock");
-            let remaining = quota.lease_until.map_or(Duration::ZERO, |u| u.saturating_duration_since(now));
+            let (lease_remaining, grant_round) = state.quota.lock().expect("quota lock").lease_report(now);
             pb::KeyDemand {
                 key_id: key.id.to_string(),
                 demand: (admitted + rejected) as f64 * scale,
                 in_window,
                 bucket_fill,
-                lease_remaining_ms: remaining.as_millis() as u64,
-                grant_round: if remaining.is_zero() { 0 } else { quota.round },
+                lease_remaining_ms: lease_remaining.as_millis() as u64,
+                grant_round,
             }
         })
         .collect();

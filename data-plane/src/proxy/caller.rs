@@ -44,6 +44,20 @@ impl Caller {
     }
 }
 
+/// Admits one request for `key` at `now` (unix ms `now_ms`): refused while its budget is
+/// spent (before its request share is taken: a refused request does not use it up), then
+/// by its own request limit. Both answer before any provider capacity is asked for.
+pub fn admit(bundle: &Bundle, key: &ClientKey, now: tokio::time::Instant, now_ms: i64) -> Result<(), ProxyError> {
+    if let Some(reset_ms) = bundle.key_budget(&key.id).and_then(|b| b.exhausted(now_ms)) {
+        let retry = std::time::Duration::from_millis((reset_ms - now_ms).max(1000) as u64);
+        return Err(ProxyError::BudgetExceeded(reset_ms, retry));
+    }
+    match bundle.key_state(&key.id).map(|state| state.try_admit(now)) {
+        Some(Err(retry)) => Err(ProxyError::KeyRateLimited(retry)),
+        _ => Ok(()),
+    }
+}
+
 /// The Sidecar key a request presents, if it presents one.
 fn presented(headers: &HeaderMap) -> Option<&str> {
     let bearer = headers

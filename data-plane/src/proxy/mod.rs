@@ -226,19 +226,10 @@ where
     if !caller.allows_model(&request.model) {
         return reject(shared, ProxyError::KeyScope(request.model.clone()), &request.model, caller.key());
     }
-    // A spent budget first (it does not use up the key's request share), then the key's
-    // own request limit, before any provider capacity is asked for.
     if let Some(key) = caller.key()
-        && let Some(reset_ms) = shared.bundle.load().key_budget(&key.id).and_then(|b| b.exhausted(crate::now_ms()))
+        && let Err(e) = caller::admit(&shared.bundle.load(), key, tokio::time::Instant::now(), crate::now_ms())
     {
-        let retry = std::time::Duration::from_millis((reset_ms - crate::now_ms()).max(1000) as u64);
-        return reject(shared, ProxyError::BudgetExceeded(reset_ms, retry), &request.model, caller.key());
-    }
-    if let Some(key) = caller.key()
-        && let Some(state) = shared.bundle.load().key_state(&key.id)
-        && let Err(retry) = state.try_admit(tokio::time::Instant::now())
-    {
-        return reject(shared, ProxyError::KeyRateLimited(retry), &request.model, caller.key());
+        return reject(shared, e, &request.model, caller.key());
     }
     let model = request.model.clone();
     let priority = Priority::from_header(headers.get("x-priority").and_then(|v| v.to_str().ok()));

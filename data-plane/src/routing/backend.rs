@@ -262,6 +262,30 @@ fn after_lease(
 }
 
 impl Quota {
+    /// Takes a grant from the control plane, held until `lease_until`: (requests, tokens)
+    /// now and once the lease is over, the pace, the allocation round.
+    pub fn renew(
+        &mut self,
+        grant: (u32, Option<u32>),
+        fallback: (u32, Option<u32>),
+        pace: u32,
+        lease_until: Instant,
+        round: u64,
+    ) {
+        self.grant = Some(grant);
+        self.lease_until = Some(lease_until);
+        self.fallback = fallback;
+        self.pace = (pace > grant.0).then_some(pace);
+        self.round = round;
+    }
+
+    /// How long the grant still holds at `now`, and its round (0 when none holds), as a
+    /// demand report tells the control plane.
+    pub fn lease_report(&self, now: Instant) -> (Duration, u64) {
+        let remaining = self.lease_until.map_or(Duration::ZERO, |u| u.saturating_duration_since(now));
+        (remaining, if remaining.is_zero() { 0 } else { self.round })
+    }
+
     /// The requests-per-window share in force at `now`, and the tokens share; `None`
     /// when the control plane does not coordinate this backend (use the whole limit).
     /// `window` is the backend's window.

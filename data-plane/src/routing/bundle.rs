@@ -210,9 +210,14 @@ impl Bundle {
         self.keys.get(hash)
     }
 
+    /// The client key `id` and its live state, if it has a request limit.
+    pub fn limited_key(&self, id: &str) -> Option<&(Arc<ClientKey>, Arc<KeyState>)> {
+        self.key_states.get(id)
+    }
+
     /// The live state of the client key `id`, if it has a request limit.
     pub fn key_state(&self, id: &str) -> Option<&Arc<KeyState>> {
-        self.key_states.get(id).map(|(_, state)| state)
+        self.limited_key(id).map(|(_, state)| state)
     }
 
     /// What is left of client key `id`'s budget, if it has one.
@@ -223,11 +228,6 @@ impl Bundle {
     /// Every client key with a request limit, with its live state.
     pub fn limited_keys(&self) -> impl Iterator<Item = &(Arc<ClientKey>, Arc<KeyState>)> {
         self.key_states.values()
-    }
-
-    /// Whether any client key is configured.
-    pub fn has_client_keys(&self) -> bool {
-        !self.keys.is_empty()
     }
 
     /// A backend by id.
