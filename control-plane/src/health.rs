@@ -51,7 +51,7 @@ pub async fn run(shared: Arc<Shared>, client: reqwest::Client) {
         let config = shared.config().borrow().clone();
         let probes = config.backends.iter().filter(|(b, _)| b.enabled).map(|(b, key)| {
             let client = client.clone();
-            async move { (b.id.clone(), probe::probe(&client, &b.base_url, key, timeout).await) }
+            async move { (b.id.clone(), probe::probe(&client, (&b.base_url, b.api), key, timeout).await) }
         });
         let results = futures::future::join_all(probes).await;
         let mut bad_key = HashMap::new();

@@ -3,6 +3,8 @@
 
 use std::time::{Duration, Instant};
 
+use crate::store::Api;
+
 /// What a probe found.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ProbeResult {
@@ -28,10 +30,21 @@ pub fn client() -> reqwest::Client {
 }
 
 /// Calls `GET {base_url}/models` with `api_key` as a bearer token.
-pub async fn probe(client: &reqwest::Client, base_url: &str, api_key: &str, timeout: Duration) -> ProbeResult {
+pub async fn probe(
+    client: &reqwest::Client,
+    (base_url, api): (&str, Api),
+    api_key: &str,
+    timeout: Duration,
+) -> ProbeResult {
     let started = Instant::now();
     let url = format!("{}/models", base_url.trim_end_matches('/'));
-    let result = client.get(&url).bearer_auth(api_key).timeout(timeout).send().await;
+    // The model list is the cheapest authenticated call of both APIs; each takes the key
+    // its own way.
+    let request = match api {
+        Api::Openai => client.get(&url).bearer_auth(api_key),
+        Api::Anthropic => client.get(&url).header("x-api-key", api_key).header("anthropic-version", "2023-06-01"),
+    };
+    let result = request.timeout(timeout).send().await;
     let latency_ms = started.elapsed().as_millis().min(u32::MAX as u128) as u32;
     let scrub = |text: &str| text.replace(api_key, &crate::crypto::mask(api_key));
     let response = match result {

@@ -335,6 +335,7 @@ fn migrate_v1(store: &Store, config: &ControlConfig) -> Result<(), StoreError> {
             tpm_limit: None,
             window_seconds: crate::validate::DEFAULT_WINDOW_SECONDS,
             learn_limits: true,
+            api: Default::default(),
             pool: "primary".into(),
             enabled: true,
             weight: 1,

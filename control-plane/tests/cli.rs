@@ -205,7 +205,7 @@ async fn sidecarctl_drives_the_admin_api_end_to_end() -> anyhow::Result<()> {
     assert!(masked.starts_with("sk-pla") && masked.contains("****"), "{masked}");
     let table = ctl.run(&["backend", "list"]).await.ok();
     let header = table.lines().next().unwrap();
-    for column in ["ID", "NAME", "POOL", "STATUS", "RPM", "TPM", "MODELS", "KEY", "URL"] {
+    for column in ["ID", "NAME", "POOL", "API", "STATUS", "RPM", "TPM", "MODELS", "KEY", "URL"] {
         assert!(header.contains(column), "{header}");
     }
     let alpha_row = table.lines().find(|l| l.contains(" alpha ")).unwrap();

@@ -15,7 +15,7 @@ use crate::{
     proxy::ParsedRequest,
     routing::Bundle,
     snapshot::Snapshot,
-    upstream::{UsageScanner, retry_after as parse_retry_after},
+    upstream::{Dialect, UsageScanner, retry_after as parse_retry_after},
 };
 
 /// The request body check and the `model` splice: any bytes are accepted or refused; an
@@ -40,8 +40,11 @@ pub fn request_body(data: &[u8]) {
 /// byte picks JSON or SSE and where the frames are cut.
 pub fn usage(data: &[u8]) {
     let Some((&first, body)) = data.split_first() else { return };
-    let mut scanner = UsageScanner::new(first & 1 == 1);
-    let step = usize::from(first >> 1).max(1);
+    // Bit 0: SSE or JSON; bits 1-2: the dialect; the rest: where frames are cut.
+    let dialect =
+        [Dialect::OpenAi, Dialect::Responses, Dialect::Anthropic, Dialect::OpenAi][usize::from(first >> 1) & 3];
+    let mut scanner = UsageScanner::new(first & 1 == 1, dialect);
+    let step = usize::from(first >> 3).max(1);
     for frame in body.chunks(step) {
         scanner.feed(&Bytes::copy_from_slice(frame));
     }

@@ -92,6 +92,7 @@ fn backends_json(shared: &Shared, now: Instant) -> Vec<Value> {
                 "id": b.config.id,
                 "name": b.config.name,
                 "pool": b.config.pool,
+                "api": b.config.api.as_str(),
                 "status": status,
                 "rpm_limit": b.config.rpm_limit,
                 "window_seconds": b.config.window_seconds,

@@ -85,7 +85,7 @@ fn parse(bytes: Bytes) -> Result<ParsedRequest, ProxyError> {
 }
 
 fn feed_split(stream: bool, body: &[u8], cuts: &[usize]) -> Option<Usage> {
-    let mut scanner = UsageScanner::new(stream);
+    let mut scanner = UsageScanner::new(stream, crate::upstream::Dialect::OpenAi);
     let mut cuts: Vec<usize> = cuts.iter().map(|c| c % (body.len() + 1)).collect();
     cuts.sort_unstable();
     let mut from = 0;
@@ -158,7 +158,7 @@ proptest! {
             "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion},
         })).unwrap();
         let usage = feed_split(false, &body, &cuts);
-        prop_assert_eq!(usage, Some(Usage { prompt, completion, total: prompt + completion, cached: 0 }));
+        prop_assert_eq!(usage, Some(Usage { prompt, completion, total: prompt + completion, cached: 0, cache_write: 0 }));
     }
 
     /// The usage chunk of an SSE stream is found wherever the frames are cut.
@@ -177,7 +177,7 @@ proptest! {
             prompt + completion
         ));
         let usage = feed_split(true, body.as_bytes(), &cuts);
-        prop_assert_eq!(usage, Some(Usage { prompt, completion, total: prompt + completion, cached: 0 }));
+        prop_assert_eq!(usage, Some(Usage { prompt, completion, total: prompt + completion, cached: 0, cache_write: 0 }));
     }
 
     /// Arbitrary bytes, JSON or SSE, cut anywhere: the scanner never panics.

@@ -118,6 +118,7 @@ impl Proxy {
             in_flight: Default::default(),
             outbox: Arc::new(outbox),
             allow_anonymous: config.allow_anonymous,
+            origins: Default::default(),
         });
         if config.allow_anonymous && !config.listen.ip().is_loopback() {
             warn!(

@@ -23,8 +23,39 @@ pub struct Cost {
     pub input: f64,
     /// Completion tokens.
     pub output: f64,
-    /// Cached prompt tokens read.
+    /// Cached prompt tokens read (0 = priced as input).
     pub cache_read: f64,
+    /// Prompt tokens written to the cache (0 = priced as input).
+    pub cache_write: f64,
+}
+
+/// The API a provider backend speaks: which client paths it serves and how its key is
+/// sent.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum Api {
+    /// OpenAI-compatible: chat, completions, embeddings, responses; `Authorization: Bearer`.
+    #[default]
+    OpenAi,
+    /// Anthropic Messages: messages, count_tokens; `x-api-key`.
+    Anthropic,
+}
+
+impl Api {
+    /// Both, for lookups by API.
+    pub const ALL: [Api; 2] = [Api::OpenAi, Api::Anthropic];
+
+    /// The name operators use (`--api`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Api::OpenAi => "openai",
+            Api::Anthropic => "anthropic",
+        }
+    }
+
+    /// Index into per-API tables.
+    pub fn index(self) -> usize {
+        self as usize
+    }
 }
 
 /// How a backend serves one canonical model.
@@ -95,7 +126,11 @@ pub struct BackendConfig {
     pub origin: Uri,
     /// Path prefix of the base URL (e.g. `/v1`), without a trailing slash.
     pub path_prefix: String,
-    /// `Bearer <key>`, built once and marked sensitive so it never reaches a debug log.
+    /// The API the provider speaks.
+    pub api: Api,
+    /// The key as the provider takes it (`Bearer <key>` in `authorization` for OpenAI,
+    /// the bare key in `x-api-key` for Anthropic), built once and marked sensitive so it
+    /// never reaches a debug log.
     pub authorization: HeaderValue,
     /// Overall upstream timeout (to response headers, and between body chunks).
     pub timeout: Duration,
@@ -145,8 +180,15 @@ pub struct BackendConfig {
     pub pool_header: Option<HeaderValue>,
 }
 
-/// The endpoints forwarded to providers.
-pub const ENDPOINTS: [&str; 3] = ["/v1/chat/completions", "/v1/completions", "/v1/embeddings"];
+/// The endpoints forwarded to providers, and the API that serves each.
+pub const ENDPOINTS: [(&str, Api); 6] = [
+    ("/v1/chat/completions", Api::OpenAi),
+    ("/v1/completions", Api::OpenAi),
+    ("/v1/embeddings", Api::OpenAi),
+    ("/v1/responses", Api::OpenAi),
+    ("/v1/messages", Api::Anthropic),
+    ("/v1/messages/count_tokens", Api::Anthropic),
+];
 
 impl BackendConfig {
     /// The provider's window: `window_seconds` of a `minute` (60 s; shorter in tests).
@@ -171,7 +213,7 @@ impl BackendConfig {
 
     /// The upstream URI for a client path in [`ENDPOINTS`].
     pub fn target(&self, path: &str) -> Option<&Uri> {
-        ENDPOINTS.iter().position(|p| *p == path).and_then(|i| self.targets.get(i))
+        ENDPOINTS.iter().position(|(p, _)| *p == path).and_then(|i| self.targets.get(i))
     }
 
     /// Whether the upstream identity (URL or key) differs, which resets runtime state.
@@ -179,6 +221,7 @@ impl BackendConfig {
         self.origin == other.origin
             && self.path_prefix == other.path_prefix
             && self.authorization == other.authorization
+            && self.api == other.api
     }
 }
 

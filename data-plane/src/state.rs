@@ -179,4 +179,6 @@ pub struct Shared {
     pub outbox: Arc<crate::report::Outbox>,
     /// Requests without a client key are served.
     pub allow_anonymous: bool,
+    /// Which backend made each stored response this proxy forwarded (Responses API).
+    pub origins: crate::proxy::origins::Origins,
 }

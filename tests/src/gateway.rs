@@ -42,6 +42,10 @@ pub struct BackendDef<'a> {
     pub model_limits: &'a [(&'a str, u32)],
     /// Whether proxies learn from the provider's rate-limit headers (`None` = default).
     pub learn_limits: Option<bool>,
+    /// The API the provider speaks (unspecified = OpenAI).
+    pub api: pb::BackendApi,
+    /// Cost per token of cache reads and cache writes for every model.
+    pub cache_cost: (f64, f64),
 }
 
 impl Default for BackendDef<'_> {
@@ -56,6 +60,8 @@ impl Default for BackendDef<'_> {
             window_seconds: 0,
             model_limits: &[],
             learn_limits: None,
+            api: pb::BackendApi::Unspecified,
+            cache_cost: (0.0, 0.0),
         }
     }
 }
@@ -100,7 +106,12 @@ impl Gateway {
                 canonical.to_string(),
                 pb::ModelMapping {
                     native_id: native.to_string(),
-                    cost: Some(pb::ModelCost { input: def.cost.0, output: def.cost.1, ..Default::default() }),
+                    cost: Some(pb::ModelCost {
+                        input: def.cost.0,
+                        output: def.cost.1,
+                        cache_read: def.cache_cost.0,
+                        cache_write: def.cache_cost.1,
+                    }),
                     rpm_limit: def.model_limits.iter().find(|(m, _)| m == canonical).map(|(_, rpm)| *rpm),
                     ..Default::default()
                 },
@@ -116,6 +127,7 @@ impl Gateway {
                     rpm_limit: Some(def.rpm),
                     window_seconds: def.window_seconds,
                     learn_limits: def.learn_limits,
+                    api: def.api as i32,
                     pool: def.pool.into(),
                     model_mappings: mappings,
                     timeout_seconds: 5,

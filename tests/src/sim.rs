@@ -30,7 +30,7 @@ use sidecar_control_plane::{
 use sidecar_data_plane::{
     config_sync,
     routing::{self, Bundle},
-    snapshot::Snapshot,
+    snapshot::{Api, Snapshot},
 };
 use sidecar_proto::v1::{self as pb, control_message::Kind};
 use tokio::{sync::mpsc, time::Instant};
@@ -195,6 +195,7 @@ fn backend(limit_per_minute: u32, window_seconds: u32) -> BackendRecord {
         tpm_limit: None,
         window_seconds,
         learn_limits: true,
+        api: Default::default(),
         pool: "primary".into(),
         enabled: true,
         weight: 1,
@@ -399,7 +400,7 @@ pub async fn run(s: &Scenario) -> Outcome {
                 }
                 node.waiting.push_back(now);
             }
-            let route = bundle.route(MODEL).expect("the model is served");
+            let route = bundle.route(Api::OpenAi, MODEL).expect("the model is served");
             while let Some(&since) = node.waiting.front() {
                 if now.duration_since(since) >= s.queue_timeout {
                     node.waiting.pop_front();
@@ -418,7 +419,7 @@ pub async fn run(s: &Scenario) -> Outcome {
             }
             if node.connected && now >= node.next_report {
                 node.next_report += s.report_every;
-                let waiting = HashMap::from([(MODEL.to_string(), node.waiting.len() as u64)]);
+                let waiting = HashMap::from([((Api::OpenAi, MODEL.to_string()), node.waiting.len() as u64)]);
                 let demand = config_sync::demand(bundle, &waiting, s.report_every, now);
                 reports.push_back((now + s.delay, node.id.clone(), demand));
             }

@@ -327,7 +327,7 @@ async fn validate_backend_reports_the_upstream_answer_and_create_refuses_a_rejec
         target: Some(pb::validate_backend_request::Target::Candidate(pb::ValidateTarget {
             base_url: mock.base_url(),
             api_key: key.into(),
-            timeout_seconds: 0,
+            ..Default::default()
         })),
     };
     let ok = admin.validate_backend(candidate("good-key-0123456789")).await.unwrap().into_inner();
@@ -338,6 +338,22 @@ async fn validate_backend_reports_the_upstream_answer_and_create_refuses_a_rejec
     assert_eq!(bad.http_status, 401);
     assert!(bad.message.contains("Incorrect API key"), "{}", bad.message);
     assert_eq!(mock.calls().last().unwrap().authorization.as_deref(), Some("Bearer bad-key-0123456789xyz"));
+    // An Anthropic candidate is tested the Anthropic way: `x-api-key` and a version.
+    let anthropic = pb::ValidateBackendRequest {
+        target: Some(pb::validate_backend_request::Target::Candidate(pb::ValidateTarget {
+            base_url: mock.base_url(),
+            api_key: "good-key-0123456789".into(),
+            api: pb::BackendApi::Anthropic as i32,
+            ..Default::default()
+        })),
+    };
+    assert!(admin.validate_backend(anthropic).await.unwrap().into_inner().ok);
+    let call = mock.calls().last().unwrap().clone();
+    assert_eq!(
+        (call.header("x-api-key").as_deref(), call.authorization.as_deref()),
+        (Some("good-key-0123456789"), None)
+    );
+    assert!(call.header("anthropic-version").is_some());
 
     let mut s = spec("checked", &mock.base_url());
     s.api_key = "bad-key-0123456789xyz".into();
@@ -366,6 +382,7 @@ async fn validate_backend_reports_the_upstream_answer_and_create_refuses_a_rejec
             base_url: "http://127.0.0.1:1/v1".into(),
             api_key: "k".into(),
             timeout_seconds: 2,
+            ..Default::default()
         })),
     };
     let r = admin.validate_backend(unreachable).await.unwrap().into_inner();

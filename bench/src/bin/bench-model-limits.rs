@@ -72,7 +72,7 @@ fn bundle(model_rpm: Option<u32>) -> Bundle {
 
 /// Nanoseconds per take-and-refund on `bundle`'s route for `m`.
 fn per_op(bundle: &Bundle, ops: u32) -> f64 {
-    let route = bundle.route("m").expect("m is served");
+    let route = bundle.route(sidecar_data_plane::snapshot::Api::OpenAi, "m").expect("m is served");
     let started = std::time::Instant::now();
     for _ in 0..ops {
         let grant = take(&route, &[], Instant::now(), 0).expect("a token");

@@ -52,6 +52,7 @@ fn store_with_backends() -> (tempfile::TempDir, Store) {
         tpm_limit: None,
         window_seconds: 60,
         learn_limits: true,
+        api: Default::default(),
         pool: pool.into(),
         enabled: true,
         weight: 1,

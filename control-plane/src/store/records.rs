@@ -60,6 +60,28 @@ impl ModelMapping {
     }
 }
 
+/// The API a provider backend speaks: which client paths it serves and how it is
+/// authenticated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Api {
+    /// OpenAI-compatible (chat, completions, embeddings, responses); `Authorization: Bearer`.
+    #[default]
+    Openai,
+    /// Anthropic Messages (messages, count_tokens); `x-api-key`.
+    Anthropic,
+}
+
+impl Api {
+    /// The API's name for it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Api::Openai => "openai",
+            Api::Anthropic => "anthropic",
+        }
+    }
+}
+
 /// Where a backend came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -115,6 +137,9 @@ pub struct BackendRecord {
     /// they report the budget spent (records written before this field: yes).
     #[serde(default = "defaults::yes")]
     pub learn_limits: bool,
+    /// The API the provider speaks (records written before this field: OpenAI).
+    #[serde(default)]
+    pub api: Api,
     /// Pool name.
     pub pool: String,
     /// Whether the backend takes traffic.

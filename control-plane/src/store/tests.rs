@@ -25,6 +25,7 @@ pub(crate) fn backend(id: &str, name: &str) -> BackendRecord {
         tpm_limit: Some(1000),
         window_seconds: 60,
         learn_limits: true,
+        api: Default::default(),
         pool: "primary".into(),
         enabled: true,
         weight: 1,

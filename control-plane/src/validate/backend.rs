@@ -33,6 +33,7 @@ pub fn new_backend(
         tpm_limit: validate::tpm_limit(&f("tpm_limit"), spec.tpm_limit)?,
         window_seconds: validate::window_seconds(&f("window_seconds"), spec.window_seconds)?,
         learn_limits: spec.learn_limits.unwrap_or(true),
+        api: spec.api.unwrap_or_default(),
         pool: validate::pool(&f("pool"), &spec.pool, pools)?,
         enabled: spec.enabled.unwrap_or(true),
         weight: validate::weight(&f("weight"), spec.weight.unwrap_or(1))?,
@@ -101,6 +102,9 @@ pub fn patched(
     }
     if let Some(v) = patch.learn_limits {
         b.learn_limits = v;
+    }
+    if let Some(v) = patch.api {
+        b.api = v;
     }
     if let Some(v) = patch.enabled {
         b.enabled = v;

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use crate::store::{Cost, Source};
+use crate::store::{Api, Cost, Source};
 
 /// A model mapping as given.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -63,6 +63,8 @@ pub struct BackendSpec {
     pub source: Option<Source>,
     /// Read the provider's rate-limit headers; `None` = yes.
     pub learn_limits: Option<bool>,
+    /// The API the provider speaks; `None` = OpenAI.
+    pub api: Option<Api>,
 }
 
 /// A partial update of a backend: only present fields change.
@@ -98,6 +100,8 @@ pub struct BackendPatch {
     pub metadata: Option<HashMap<String, String>>,
     /// Read the provider's rate-limit headers or not.
     pub learn_limits: Option<bool>,
+    /// The API the provider speaks.
+    pub api: Option<Api>,
 }
 
 /// A partial update of the settings: only present fields change. Fields mean what they

@@ -115,6 +115,7 @@ fn duplicate_names_are_refused_case_insensitively_except_for_self() {
         tpm_limit: None,
         window_seconds: 60,
         learn_limits: true,
+        api: Default::default(),
         pool: "primary".into(),
         enabled: true,
         weight: 1,

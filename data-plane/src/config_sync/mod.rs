@@ -334,7 +334,7 @@ pub fn apply_budgets(bundle: &Bundle, budgets: &pb::KeyBudgets) {
 /// counts (they start over).
 pub fn demand(
     bundle: &Bundle,
-    waiting_by_model: &std::collections::HashMap<String, u64>,
+    waiting_by_model: &std::collections::HashMap<(crate::snapshot::Api, String), u64>,
     every: Duration,
     now: Instant,
 ) -> pb::Demand {
@@ -345,8 +345,8 @@ pub fn demand(
         .map(|b| {
             let waiting: u64 = waiting_by_model
                 .iter()
-                .filter(|(model, _)| {
-                    bundle.route(model).is_some_and(|r| r.members().any(|(m, _)| m.config.id == b.config.id))
+                .filter(|((api, model), _)| {
+                    bundle.route(*api, model).is_some_and(|r| r.members().any(|(m, _)| m.config.id == b.config.id))
                 })
                 .map(|(_, n)| n)
                 .sum();
@@ -362,7 +362,7 @@ pub fn demand(
                 .expect("models lock")
                 .iter()
                 .map(|(name, bucket)| {
-                    let waiting = waiting_by_model.get(name).copied().unwrap_or(0);
+                    let waiting = waiting_by_model.get(&(b.config.api, name.clone())).copied().unwrap_or(0);
                     let admitted = bucket.admitted.swap(0, Relaxed);
                     let rejected = bucket.rejected.swap(0, Relaxed);
                     let (bucket_fill, in_window) = fill(&mut bucket.limiter.lock().expect("model limiter lock"), now);

@@ -7,8 +7,8 @@ use http::{HeaderValue, Uri};
 use sidecar_proto::v1 as pb;
 
 use crate::snapshot::{
-    BackendConfig, ClientKey, Cost, ENDPOINTS, ModelCooldown, ModelLimits, ModelRoute, PoolConfig, Settings, Snapshot,
-    SnapshotError,
+    Api, BackendConfig, ClientKey, Cost, ENDPOINTS, ModelCooldown, ModelLimits, ModelRoute, PoolConfig, Settings,
+    Snapshot, SnapshotError,
 };
 
 fn bad(field: impl Into<String>, reason: impl Into<String>) -> SnapshotError {
@@ -67,8 +67,18 @@ fn backend(i: usize, b: &pb::SnapshotBackend, pools: &[PoolConfig]) -> Result<Ba
         .path_and_query("/")
         .build()
         .map_err(|e| bad(f("base_url"), e.to_string()))?;
-    let mut authorization = HeaderValue::from_str(&format!("Bearer {}", b.api_key))
-        .map_err(|_| bad(f("api_key"), "is not a valid header value"))?;
+    let api = match pb::BackendApi::try_from(b.api) {
+        Ok(pb::BackendApi::Unspecified | pb::BackendApi::Openai) => Api::OpenAi,
+        Ok(pb::BackendApi::Anthropic) => Api::Anthropic,
+        // A newer control plane's API this proxy cannot speak.
+        Err(_) => return Err(bad(f("api"), format!("unknown API {} (a newer control plane?)", b.api))),
+    };
+    let credential = match api {
+        Api::OpenAi => format!("Bearer {}", b.api_key),
+        Api::Anthropic => b.api_key.clone(),
+    };
+    let mut authorization =
+        HeaderValue::from_str(&credential).map_err(|_| bad(f("api_key"), "is not a valid header value"))?;
     authorization.set_sensitive(true);
     if b.api_key.is_empty() {
         return Err(bad(f("api_key"), "must not be empty"));
@@ -105,7 +115,12 @@ fn backend(i: usize, b: &pb::SnapshotBackend, pools: &[PoolConfig]) -> Result<Ba
             canonical.clone(),
             ModelRoute {
                 native_id,
-                cost: Cost { input: cost.input, output: cost.output, cache_read: cost.cache_read },
+                cost: Cost {
+                    input: cost.input,
+                    output: cost.output,
+                    cache_read: cost.cache_read,
+                    cache_write: cost.cache_write,
+                },
                 limits: match (m.rpm_limit, m.tpm_limit) {
                     (None, None) => None,
                     (rpm, tpm) => Some(ModelLimits { rpm, tpm, window_seconds: m.window_seconds }),
@@ -117,7 +132,7 @@ fn backend(i: usize, b: &pb::SnapshotBackend, pools: &[PoolConfig]) -> Result<Ba
     let path_prefix = uri.path().trim_end_matches('/').to_owned();
     let targets = ENDPOINTS
         .iter()
-        .map(|p| crate::upstream::target_uri(&origin, &path_prefix, p))
+        .map(|(p, _)| crate::upstream::target_uri(&origin, &path_prefix, p))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| bad(f("base_url"), format!("cannot build the upstream URL: {e}")))?;
     // Shares only for models that have their own limits: nothing else has a bucket.
@@ -146,6 +161,7 @@ fn backend(i: usize, b: &pb::SnapshotBackend, pools: &[PoolConfig]) -> Result<Ba
         name: b.name.clone(),
         origin,
         path_prefix,
+        api,
         authorization,
         timeout: secs(b.timeout_seconds.max(1)),
         rpm_limit: b.rpm_limit,

@@ -8,9 +8,19 @@ use tokio::time::Instant;
 
 use super::error::ProxyError;
 use crate::{
-    routing::{Assessment, Decision, Grant, Priority, Route, assess, take, take_emergency},
+    routing::{Assessment, Bundle, Decision, Grant, Priority, Route, assess, take, take_emergency},
+    snapshot::Api,
     state::{Counters, Shared},
 };
+
+/// Why no backend of `api` serves `model`: another API's backends do (the client called
+/// the wrong path), or none at all.
+pub(super) fn not_served(bundle: &Bundle, api: Api, model: &str) -> ProxyError {
+    match bundle.apis_serving(model).find(|a| *a != api) {
+        Some(other) => ProxyError::WrongApi(model.to_owned(), other),
+        None => ProxyError::ModelNotFound(model.to_owned()),
+    }
+}
 
 /// When the first cooling (or erroring) member of `route` recovers.
 fn earliest_recovery(route: &Route, now: Instant) -> Option<Instant> {
@@ -42,10 +52,11 @@ fn turned_away(route: &Route) {
     }
 }
 
-/// Gets a backend token for one attempt at `model`, not using `exclude`d backends.
+/// Gets a backend token for one attempt at `model` on a backend of `api`, not using
+/// `exclude`d backends.
 pub(super) async fn admit(
     shared: &Arc<Shared>,
-    model: &str,
+    (api, model): (Api, &str),
     priority: Priority,
     exclude: &[String],
     estimate: u64,
@@ -53,7 +64,7 @@ pub(super) async fn admit(
 ) -> Result<Grant, ProxyError> {
     loop {
         let bundle = shared.bundle.load_full();
-        let route = bundle.route(model).ok_or_else(|| ProxyError::ModelNotFound(model.to_owned()))?;
+        let route = bundle.route(api, model).ok_or_else(|| not_served(&bundle, api, model))?;
         let now = Instant::now();
         // The common case first: nobody waits and a candidate has a token.
         if shared.queue.is_empty()
@@ -77,7 +88,8 @@ pub(super) async fn admit(
         drop(bundle);
         // The queue is the slow path: its future lives on the heap so the fast path's
         // state (moved into the connection on every request) stays small.
-        let decision = Box::pin(wait_in_queue(shared, model, priority, exclude, estimate, capacity, deadline)).await?;
+        let decision =
+            Box::pin(wait_in_queue(shared, (api, model), priority, exclude, estimate, capacity, deadline)).await?;
         match decision {
             Some(Decision::Granted(grant)) => return Ok(grant),
             Some(Decision::Evicted) => {
@@ -91,7 +103,7 @@ pub(super) async fn admit(
                 turned_away(&route);
                 let bundle = shared.bundle.load();
                 let now = Instant::now();
-                let next = bundle.route(model).and_then(|route| {
+                let next = bundle.route(api, model).and_then(|route| {
                     match assess(&route, exclude, now, estimate, &bundle.settings) {
                         Assessment::Wait(t) => Some(t),
                         _ => None,
@@ -106,7 +118,7 @@ pub(super) async fn admit(
 /// Waits in the queue for a decision; `None` when the wait ran out first.
 async fn wait_in_queue(
     shared: &Arc<Shared>,
-    model: &str,
+    target: (Api, &str),
     priority: Priority,
     exclude: &[String],
     estimate: u64,
@@ -114,7 +126,7 @@ async fn wait_in_queue(
     deadline: Instant,
 ) -> Result<Option<Decision>, ProxyError> {
     let started = Instant::now();
-    let (id, mut rx) = shared.queue.push(priority, model, exclude, estimate, capacity).map_err(|_| {
+    let (id, mut rx) = shared.queue.push(priority, target, exclude, estimate, capacity).map_err(|_| {
         shared.metrics.queue_rejected(priority.as_str(), "full");
         ProxyError::QueueFull
     })?;

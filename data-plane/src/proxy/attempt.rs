@@ -22,10 +22,12 @@ use crate::{
     routing::Grant,
     snapshot::{Cost, Settings},
     state::{Counters, Shared},
-    upstream::{self, AttemptError, StatusClass, TappedBody, Usage},
+    upstream::{self, AttemptError, Dialect, StatusClass, TappedBody, Usage},
 };
 
-pub(super) const X_SIDECAR_BACKEND: HeaderName = HeaderName::from_static("x-sidecar-backend");
+use super::origins::Origin;
+
+pub(crate) const X_SIDECAR_BACKEND: HeaderName = HeaderName::from_static("x-sidecar-backend");
 const X_SIDECAR_POOL: HeaderName = HeaderName::from_static("x-sidecar-pool");
 pub(super) const X_SIDECAR_ATTEMPTS: HeaderName = HeaderName::from_static("x-sidecar-attempts");
 const X_SIDECAR_DEGRADED: HeaderName = HeaderName::from_static("x-sidecar-degraded");
@@ -45,6 +47,8 @@ pub(super) struct Attempt {
     /// The proxy asked for the stream's usage chunk on the client's behalf: it is read
     /// for accounting and not passed on.
     strip_usage: bool,
+    /// Where the answer carries usage.
+    dialect: Dialect,
     /// This attempt's number (1-based).
     attempts: u32,
     /// When the request went upstream.
@@ -70,7 +74,7 @@ impl Attempt {
         shared: &Arc<Shared>,
         grant: Grant,
         (model, key): (Arc<str>, Option<Arc<str>>),
-        (stream, strip_usage): (bool, bool),
+        (stream, strip_usage, dialect): (bool, bool, Dialect),
         attempts: u32,
     ) -> Self {
         grant.backend.state.started();
@@ -78,7 +82,7 @@ impl Attempt {
             bucket.0.in_flight.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
         shared.in_flight.start();
-        Self { shared: shared.clone(), grant, model, key, stream, strip_usage, attempts, sent: Instant::now() }
+        Self { shared: shared.clone(), grant, model, key, stream, strip_usage, dialect, attempts, sent: Instant::now() }
     }
 
     /// Accounts for how the upstream answered (or did not). A failure is recorded in full
@@ -158,7 +162,7 @@ impl Attempt {
     /// Passes an upstream response through: status, headers minus hop-by-hop ones, the
     /// `X-Sidecar-*` headers, and the body frame by frame with accounting on the side.
     pub(super) fn respond(self, response: Upstream) -> ApiResponse {
-        let Attempt { shared, grant, model, key, stream, strip_usage, attempts, sent } = self;
+        let Attempt { shared, grant, model, key, stream, strip_usage, dialect, attempts, sent } = self;
         let backend = grant.backend.clone();
         let status = response.status();
         let success = status.is_success();
@@ -214,8 +218,14 @@ impl Attempt {
             // The body may come out shorter than the upstream said.
             headers.remove(http::header::CONTENT_LENGTH);
         }
-        let body = TappedBody::new(body, is_sse, strip_usage, sent, backend.config.timeout, move |done| {
+        let body = TappedBody::new(body, (is_sse, dialect), strip_usage, sent, backend.config.timeout, move |done| {
             let backend = &grant.backend;
+            if let Some(id) = &done.response_id
+                && success
+            {
+                let origin = Origin { backend_id: backend.config.id.as_str().into(), key_id: key.clone() };
+                finish_shared.origins.record(id, origin);
+            }
             grant_settle(&grant, done.usage.map(|u| u.total));
             let outcome = match (success, done.error) {
                 (true, None) => Outcome::Success,
@@ -323,14 +333,16 @@ impl Drop for Orphan {
     }
 }
 
+/// What a response cost: prompt tokens at the input price, except those read from or
+/// written to a cache, at the cache prices where the mapping has them.
 fn cost(usage: &Usage, cost: &Cost) -> f64 {
-    let cached = usage.cached.min(usage.prompt);
-    let prompt = if cost.cache_read > 0.0 {
-        (usage.prompt - cached) as f64 * cost.input + cached as f64 * cost.cache_read
-    } else {
-        usage.prompt as f64 * cost.input
-    };
-    prompt + usage.completion as f64 * cost.output
+    let read = if cost.cache_read > 0.0 { usage.cached.min(usage.prompt) } else { 0 };
+    let written = if cost.cache_write > 0.0 { usage.cache_write.min(usage.prompt - read) } else { 0 };
+    let plain = usage.prompt - read - written;
+    plain as f64 * cost.input
+        + read as f64 * cost.cache_read
+        + written as f64 * cost.cache_write
+        + usage.completion as f64 * cost.output
 }
 
 fn sidecar_headers(headers: &mut HeaderMap, grant: &Grant, attempts: u32) {

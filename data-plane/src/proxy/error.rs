@@ -1,12 +1,17 @@
 //! The one place where request errors become HTTP responses: OpenAI-shaped bodies
-//! (`{"error":{"message","type"}}`), the right status, and `Retry-After` when the client
-//! should come back later.
+//! (`{"error":{"message","type"}}`) or, on the Anthropic routes, Anthropic-shaped ones
+//! (`{"type":"error","error":{"type","message"}}`), the right status, and `Retry-After`
+//! when the client should come back later.
 
 use std::time::Duration;
 
 use http::{HeaderValue, StatusCode, header};
 
-use super::body::{ApiResponse, json};
+use super::{
+    body::{ApiResponse, json},
+    endpoint::{Endpoint, Shape},
+};
+use crate::snapshot::Api;
 
 /// Why the proxy answered a request itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,8 +24,12 @@ pub enum ProxyError {
     BadRequest(String),
     /// No backend serves the model.
     ModelNotFound(String),
+    /// No backend of the route's API serves the model, but backends of this API do.
+    WrongApi(String, Api),
     /// Unknown path.
     NotFound(String),
+    /// A stored response (Responses API) this proxy does not know.
+    ResponseNotFound(String),
     /// A known path with the wrong method: (method used, path, method expected).
     MethodNotAllowed(String, String, &'static str),
     /// No config applied yet.
@@ -75,6 +84,26 @@ impl ProxyError {
                 StatusCode::NOT_FOUND,
                 "model_not_found",
                 format!("The model `{}` is not served by this gateway", model.chars().take(200).collect::<String>()),
+                None,
+            ),
+            Self::WrongApi(model, api) => (
+                StatusCode::NOT_FOUND,
+                "model_not_found",
+                format!(
+                    "The model `{}` is served by {} backends; call {}",
+                    model.chars().take(200).collect::<String>(),
+                    api.as_str(),
+                    Endpoint::path_for(*api)
+                ),
+                None,
+            ),
+            Self::ResponseNotFound(id) => (
+                StatusCode::NOT_FOUND,
+                "invalid_request_error",
+                format!(
+                    "Response with id '{}' not found. This proxy reaches a stored response only if it forwarded the request that made it, with the same client key.",
+                    id.chars().take(200).collect::<String>()
+                ),
                 None,
             ),
             Self::NotFound(path) => (
@@ -162,8 +191,20 @@ impl ProxyError {
 
     /// The OpenAI-shaped error response.
     pub fn into_response(self) -> ApiResponse {
+        self.into_response_as(Shape::OpenAi)
+    }
+
+    /// The error response in `shape`. Anthropic's error types go by status (its SDKs
+    /// read the status; the type says the same in words), the message says what exactly.
+    pub fn into_response_as(self, shape: Shape) -> ApiResponse {
         let (status, kind, message, retry) = self.parts();
-        let mut response = json(status, &serde_json::json!({ "error": { "message": message, "type": kind } }));
+        let body = match shape {
+            Shape::OpenAi => serde_json::json!({ "error": { "message": message, "type": kind } }),
+            Shape::Anthropic => {
+                serde_json::json!({ "type": "error", "error": { "type": anthropic_type(status), "message": message } })
+            }
+        };
+        let mut response = json(status, &body);
         if let Some(retry) = retry {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds(retry).max(1)));
         }
@@ -179,5 +220,61 @@ impl ProxyError {
             _ => {}
         }
         response
+    }
+}
+
+/// Anthropic's error type for a status.
+fn anthropic_type(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        401 => "authentication_error",
+        403 => "permission_error",
+        404 => "not_found_error",
+        413 => "request_too_large",
+        429 => "rate_limit_error",
+        503 | 529 => "overloaded_error",
+        500..=599 => "api_error",
+        _ => "invalid_request_error",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::BodyExt;
+
+    use super::*;
+
+    async fn body(response: ApiResponse) -> serde_json::Value {
+        serde_json::from_slice(&response.into_body().collect().await.unwrap().to_bytes()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn errors_on_anthropic_routes_take_anthropics_shape_with_the_same_status_and_retry_after() {
+        let cases = [
+            (ProxyError::QueueTimeout(Duration::from_millis(1500)), 429, "rate_limit_error", Some("2")),
+            (ProxyError::Exhausted(Duration::from_secs(3)), 503, "overloaded_error", Some("3")),
+            (ProxyError::ModelNotFound("m".into()), 404, "not_found_error", None),
+            (ProxyError::InvalidKey(None), 401, "authentication_error", None),
+            (ProxyError::KeyScope("m".into()), 403, "permission_error", None),
+            (ProxyError::BadRequest("no".into()), 400, "invalid_request_error", None),
+            (ProxyError::PayloadTooLarge(10), 413, "request_too_large", None),
+            (ProxyError::Upstream("x".into()), 502, "api_error", None),
+        ];
+        for (e, status, kind, retry) in cases {
+            let message = e.parts().2;
+            let openai = e.clone().into_response();
+            let response = e.into_response_as(Shape::Anthropic);
+            assert_eq!(response.status().as_u16(), status);
+            assert_eq!(openai.status().as_u16(), status);
+            assert_eq!(response.headers().get("retry-after").map(|v| v.to_str().unwrap()), retry);
+            let json = body(response).await;
+            assert_eq!(json, serde_json::json!({"type": "error", "error": {"type": kind, "message": message}}));
+            assert!(body(openai).await["error"]["message"].is_string());
+        }
+    }
+
+    #[test]
+    fn a_model_on_the_other_api_names_the_path_that_serves_it() {
+        let m = ProxyError::WrongApi("claude-x".into(), Api::Anthropic).parts().2;
+        assert_eq!(m, "The model `claude-x` is served by anthropic backends; call /v1/messages");
     }
 }

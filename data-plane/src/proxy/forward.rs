@@ -15,11 +15,13 @@ use super::{
     attempt::{Abandonable, Answer, Attempt, X_SIDECAR_ATTEMPTS, X_SIDECAR_BACKEND},
     body::{ApiResponse, ProxyBody},
     caller::Caller,
+    endpoint::Endpoint,
     error::ProxyError,
 };
 use crate::{
     report::UsageEvent,
     routing::{Backend, Priority},
+    snapshot::Api,
     state::{Counters, Shared},
     upstream::{self, HttpClient},
 };
@@ -50,9 +52,9 @@ pub(crate) fn count_error(shared: &Shared, e: &ProxyError) {
 
 /// The backends serving `model` in pools the caller's key may not use (none for most
 /// keys); all of them is a 403.
-fn outside_scope(shared: &Shared, caller: &Caller, model: &str) -> Result<Vec<String>, ProxyError> {
+fn outside_scope(shared: &Shared, caller: &Caller, api: Api, model: &str) -> Result<Vec<String>, ProxyError> {
     let Some(key) = caller.key().filter(|k| !k.pools.is_empty()) else { return Ok(Vec::new()) };
-    let Some(route) = shared.bundle.load().route(model) else { return Ok(Vec::new()) };
+    let Some(route) = shared.bundle.load().route(api, model) else { return Ok(Vec::new()) };
     let mut outside = Vec::new();
     let mut inside = false;
     for tier in &route.tiers {
@@ -65,11 +67,25 @@ fn outside_scope(shared: &Shared, caller: &Caller, model: &str) -> Result<Vec<St
     if inside { Ok(outside) } else { Err(ProxyError::KeyScope(model.to_owned())) }
 }
 
+/// A request continuing a stored response (`previous_response_id`) goes to the backend
+/// that made it, when this proxy knows which: every other candidate is excluded. If that
+/// backend is not a candidate any more (removed, another API), any candidate may take it.
+fn pin_to_origin(shared: &Shared, caller: &Caller, request: &ParsedRequest, api: Api, exclude: &mut Vec<String>) {
+    let Some(id) = &request.previous_response_id else { return };
+    let key_id = caller.key().map(|k| k.id.clone());
+    let Some(origin) = shared.origins.get(id).filter(|o| o.key_id == key_id) else { return };
+    let Some(route) = shared.bundle.load().route(api, &request.model) else { return };
+    if !route.members().any(|(b, _)| *b.config.id == *origin.backend_id) {
+        return;
+    }
+    exclude.extend(route.members().map(|(b, _)| &b.config.id).filter(|id| ***id != *origin.backend_id).cloned());
+}
+
 /// Serves one parsed request.
 pub(crate) async fn serve(
     shared: &Arc<Shared>,
     client: &HttpClient,
-    path: &'static str,
+    endpoint: Endpoint,
     headers: &HeaderMap,
     request: ParsedRequest,
     priority: Priority,
@@ -78,18 +94,20 @@ pub(crate) async fn serve(
     let settings = shared.bundle.load().settings.clone();
     let wait = if priority == Priority::Low { settings.low_priority_timeout } else { settings.queue_timeout };
     let deadline = Instant::now() + wait;
-    let estimate = (request.size / 4) as u64;
+    let estimate = endpoint.estimate(request.size);
+    let (api, path) = (endpoint.api(), endpoint.path());
     // Ask for the usage chunk so streamed requests are accounted too; if the client did
     // not ask for it, it is taken out of the stream again on the way back.
-    let want_usage = request.stream && path != "/v1/embeddings";
+    let want_usage = request.stream && endpoint.asks_for_usage();
     let strip_usage = want_usage && !request.usage_asked;
     let model: Arc<str> = request.model.as_str().into();
     let key: Option<Arc<str>> = caller.key().map(|k| k.id.clone());
-    let mut exclude: Vec<String> = outside_scope(shared, caller, &request.model)?;
+    let mut exclude: Vec<String> = outside_scope(shared, caller, api, &request.model)?;
+    pin_to_origin(shared, caller, &request, api, &mut exclude);
     let mut last: Option<Failure> = None;
     let mut attempts = 0;
     loop {
-        let grant = match admit(shared, &request.model, priority, &exclude, estimate, deadline).await {
+        let grant = match admit(shared, (api, &request.model), priority, &exclude, estimate, deadline).await {
             Ok(grant) => grant,
             Err(e) => return give_up(shared, (&model, &key), e, last, attempts),
         };
@@ -99,11 +117,16 @@ pub(crate) async fn serve(
         let native = grant.model.native_id.clone().unwrap_or_else(|| request.model.clone());
         let body = request.upstream_body(&native, want_usage)?;
         let uri = config.target(path).cloned().ok_or_else(|| ProxyError::NotFound(path.to_owned()))?;
-        let upstream_request = upstream::build_request(uri, headers, &config.authorization, body)
+        let upstream_request = upstream::build_request(uri, headers, (config.api, &config.authorization), body)
             .map_err(|e| ProxyError::Upstream(format!("could not build the upstream request: {e}")))?;
 
-        let attempt =
-            Attempt::start(shared, grant, (model.clone(), key.clone()), (request.stream, strip_usage), attempts);
+        let attempt = Attempt::start(
+            shared,
+            grant,
+            (model.clone(), key.clone()),
+            (request.stream, strip_usage, endpoint.dialect()),
+            attempts,
+        );
         let (outcome, attempt) =
             Abandonable::new(upstream::send(client, upstream_request, config.timeout), attempt).await;
         let failure = match attempt.settle(&settings, outcome) {

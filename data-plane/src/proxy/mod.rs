@@ -1,12 +1,16 @@
-//! The OpenAI-compatible API: request parsing, admission, forwarding with retries on the
-//! next candidate, the response passed through, and accounting.
+//! The client API — OpenAI's chat, completions, embeddings and Responses, Anthropic's
+//! Messages — request parsing, admission, forwarding with retries on the next candidate,
+//! the response passed through, and accounting.
 
 mod admit;
 mod attempt;
 pub mod body;
 pub mod caller;
+pub mod endpoint;
 pub mod error;
 mod forward;
+pub mod origins;
+mod stored;
 
 use std::{ops::Range, sync::Arc};
 
@@ -17,35 +21,37 @@ use serde::Deserialize;
 use serde_json::{Value, value::RawValue};
 
 pub use body::{ApiResponse, ProxyBody};
+pub use endpoint::{Endpoint, Shape};
 pub use error::ProxyError;
 
-use crate::{
-    routing::Priority,
-    snapshot::{self, ENDPOINTS},
-    state::Shared,
-    upstream::HttpClient,
-};
+use crate::{routing::Priority, snapshot, state::Shared, upstream::HttpClient};
 
-/// Serves one API request. Routing is a match on the path: the three forwarded
-/// endpoints (POST) and the model list answered locally (GET); anything else is an
-/// OpenAI-shaped 404 or 405. Every response carries the `X-Sidecar-*` headers set in
-/// `forward`; the body limit is enforced while reading (413).
+/// Serves one API request. Routing is a match on the path: the forwarded endpoints
+/// (POST), a stored response by id (`/v1/responses/{id}`, to the backend that made it),
+/// and the model list answered locally (GET); anything else is an OpenAI-shaped 404 or
+/// 405. Errors on the Anthropic paths are Anthropic-shaped. Every response carries the
+/// `X-Sidecar-*` headers set in `forward`; the body limit is enforced while reading (413).
 pub async fn handle<B>(shared: &Arc<Shared>, client: &HttpClient, request: Request<B>) -> ApiResponse
 where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: std::error::Error + Send + Sync + 'static,
 {
     let path = request.uri().path();
-    if let Some(endpoint) = ENDPOINTS.iter().find(|p| **p == path) {
+    if let Some(endpoint) = Endpoint::of(path) {
         if request.method() != Method::POST {
-            return ProxyError::MethodNotAllowed(request.method().to_string(), path.to_owned(), "POST").into_response();
+            return ProxyError::MethodNotAllowed(request.method().to_string(), path.to_owned(), "POST")
+                .into_response_as(endpoint.shape());
         }
         let caller = match caller_of(shared, request.headers()) {
             Ok(caller) => caller,
-            Err(e) => return reject(shared, e, "", None),
+            Err(e) => return reject(shared, e, "", None, endpoint.shape()),
         };
         let (parts, body) = request.into_parts();
         return completion(shared, client, parts.headers, body, endpoint, caller).await;
+    }
+    if let Some(rest) = path.strip_prefix("/v1/responses/") {
+        let rest = rest.to_owned();
+        return stored::serve(shared, client, request, &rest).await;
     }
     let model = match path.strip_prefix("/v1/models") {
         Some("") => None,
@@ -81,6 +87,8 @@ pub(crate) struct ParsedRequest {
     /// The client's `stream_options` has `include_usage` (true or false): the client
     /// decided whether it gets the usage chunk.
     pub usage_asked: bool,
+    /// Responses: the stored response this one continues.
+    pub previous_response_id: Option<String>,
     pub size: usize,
     model_at: Range<usize>,
     options_at: Option<Range<usize>>,
@@ -97,6 +105,8 @@ struct Fields<'a> {
     stream: Option<&'a RawValue>,
     #[serde(borrow)]
     stream_options: Option<&'a RawValue>,
+    #[serde(borrow)]
+    previous_response_id: Option<&'a RawValue>,
 }
 
 /// Where `raw` (borrowed from `text`) sits in `text`.
@@ -131,8 +141,24 @@ impl ParsedRequest {
             serde_json::from_str::<serde_json::Map<String, Value>>(v.get())
                 .is_ok_and(|o| o.contains_key("include_usage"))
         });
+        let previous_response_id =
+            match fields.previous_response_id.map(|v| serde_json::from_str::<Option<String>>(v.get())) {
+                None | Some(Ok(None)) => None,
+                Some(Ok(Some(id))) => Some(id),
+                Some(Err(_)) => return Err(ProxyError::BadRequest("`previous_response_id` must be a string".into())),
+            };
         let close_at = text.trim_end().len() - 1;
-        Ok(Self { size: bytes.len(), model, stream, usage_asked, model_at, options_at, close_at, bytes })
+        Ok(Self {
+            size: bytes.len(),
+            model,
+            stream,
+            usage_asked,
+            previous_response_id,
+            model_at,
+            options_at,
+            close_at,
+            bytes,
+        })
     }
 
     /// The body for one upstream attempt: `model` set to `model`, and for streams
@@ -200,48 +226,55 @@ async fn completion<B>(
     client: &HttpClient,
     headers: HeaderMap,
     body: B,
-    path: &'static str,
+    endpoint: Endpoint,
     caller: caller::Caller,
 ) -> ApiResponse
 where
     B: http_body::Body<Data = Bytes>,
     B::Error: std::error::Error + Send + Sync + 'static,
 {
+    let shape = endpoint.shape();
     crate::state::Counters::bump(&shared.counters.total);
     // A declared length above the limit is refused before any body byte is read.
     let declared = headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if declared.is_some_and(|n| n > shared.max_body_bytes as u64) {
-        return reject(shared, ProxyError::PayloadTooLarge(shared.max_body_bytes), "", caller.key());
+        return reject(shared, ProxyError::PayloadTooLarge(shared.max_body_bytes), "", caller.key(), shape);
     }
     // The timer is armed only if the body is not already there when first polled.
     let read = tokio::time::timeout(shared.body_timeout, read_body(body, shared.max_body_bytes));
     let request = match read.await {
         Ok(Ok(r)) => r,
-        Ok(Err(e)) => return reject(shared, e, "", caller.key()),
-        Err(_) => return reject(shared, ProxyError::BodyTimeout(shared.body_timeout), "", caller.key()),
+        Ok(Err(e)) => return reject(shared, e, "", caller.key(), shape),
+        Err(_) => return reject(shared, ProxyError::BodyTimeout(shared.body_timeout), "", caller.key(), shape),
     };
     if shared.bundle.load().version == 0 {
-        return reject(shared, ProxyError::NotReady, &request.model, caller.key());
+        return reject(shared, ProxyError::NotReady, &request.model, caller.key(), shape);
     }
     if !caller.allows_model(&request.model) {
-        return reject(shared, ProxyError::KeyScope(request.model.clone()), &request.model, caller.key());
+        return reject(shared, ProxyError::KeyScope(request.model.clone()), &request.model, caller.key(), shape);
     }
     if let Some(key) = caller.key()
         && let Err(e) = caller::admit(&shared.bundle.load(), key, tokio::time::Instant::now(), crate::now_ms())
     {
-        return reject(shared, e, &request.model, caller.key());
+        return reject(shared, e, &request.model, caller.key(), shape);
     }
     let model = request.model.clone();
     let priority = Priority::from_header(headers.get("x-priority").and_then(|v| v.to_str().ok()));
-    match forward::serve(shared, client, path, &headers, request, priority, &caller).await {
+    match forward::serve(shared, client, endpoint, &headers, request, priority, &caller).await {
         Ok(response) => response,
-        Err(e) => reject(shared, e, &model, caller.key()),
+        Err(e) => reject(shared, e, &model, caller.key(), shape),
     }
 }
 
 /// The proxy answers the request itself: counted, accounted (as answered by no
 /// backend), and turned into an OpenAI-shaped error.
-fn reject(shared: &Shared, e: ProxyError, model: &str, key: Option<&Arc<snapshot::ClientKey>>) -> ApiResponse {
+fn reject(
+    shared: &Shared,
+    e: ProxyError,
+    model: &str,
+    key: Option<&Arc<snapshot::ClientKey>>,
+    shape: Shape,
+) -> ApiResponse {
     forward::count_error(shared, &e);
     shared.metrics.request("none", "none", e.parts().0.as_u16());
     shared.usage.record(crate::report::UsageEvent {
@@ -257,7 +290,7 @@ fn reject(shared: &Shared, e: ProxyError, model: &str, key: Option<&Arc<snapshot
         ttft: None,
         key_id: key.map(|k| k.id.clone()),
     });
-    e.into_response()
+    e.into_response_as(shape)
 }
 
 /// The model a request the proxy answered itself is accounted under: the canonical

@@ -212,7 +212,7 @@ mod tests {
             model: "m".into(),
             attempt: Some(outcome),
             answered: Some(outcome == Outcome::Success),
-            usage: Some(Usage { prompt: 10, completion: 5, total: 15, cached: 0 }),
+            usage: Some(Usage { prompt: 10, completion: 5, total: 15, cached: 0, cache_write: 0 }),
             cost_usd: 0.5,
             latency: Duration::from_millis(ms),
             ttft: None,

@@ -9,7 +9,7 @@ use super::{
     backend::{Backend, BackendState},
     key::{KeyBudget, KeyState},
 };
-use crate::snapshot::{ClientKey, ModelBucketRef, ModelRoute, Settings, Snapshot};
+use crate::snapshot::{Api, ClientKey, ModelBucketRef, ModelRoute, Settings, Snapshot};
 
 impl ModelRoute {
     /// Whether `b` can serve this model at all now, tokens aside: the backend is live
@@ -73,10 +73,11 @@ pub struct Bundle {
     pub version: u64,
     /// Every backend.
     pub backends: Vec<Arc<Backend>>,
-    /// Canonical model → candidates.
-    routes: HashMap<String, Arc<Route>>,
-    /// Candidates for a model no backend maps explicitly: the `*` backends.
-    wildcard: Option<Arc<Route>>,
+    /// Per API (see [`Api::index`]): canonical model → candidates among the backends
+    /// that speak it.
+    routes: [HashMap<String, Arc<Route>>; 2],
+    /// Per API: candidates for a model no backend maps explicitly, the `*` backends.
+    wildcard: [Option<Arc<Route>>; 2],
     /// Settings.
     pub settings: Settings,
     /// Canonical model names this node serves, sorted (for `/v1/models`).
@@ -97,8 +98,8 @@ impl Bundle {
         Self {
             version: 0,
             backends: Vec::new(),
-            routes: HashMap::new(),
-            wildcard: None,
+            routes: Default::default(),
+            wildcard: Default::default(),
             settings: Settings::default(),
             models: Vec::new(),
             window,
@@ -129,12 +130,12 @@ impl Bundle {
             })
             .collect();
 
-        let route_for = |model: Option<&str>| -> Route {
+        let route_for = |api: Api, model: Option<&str>| -> Route {
             let mut tiers: Vec<Tier> = Vec::new();
             for (rank, pool) in snapshot.pools.iter().enumerate() {
                 let members: Vec<_> = backends
                     .iter()
-                    .filter(|b| b.config.pool == pool.name)
+                    .filter(|b| b.config.pool == pool.name && b.config.api == api)
                     .filter_map(|b| {
                         let m = &b.config.models;
                         let (name, route) =
@@ -162,8 +163,14 @@ impl Bundle {
             .collect();
         models.sort();
         models.dedup();
-        let routes = models.iter().map(|m| (m.clone(), Arc::new(route_for(Some(m))))).collect();
-        let wildcard = Some(Arc::new(route_for(None))).filter(|r| !r.tiers.is_empty());
+        let routes = Api::ALL.map(|api| {
+            models
+                .iter()
+                .map(|m| (m.clone(), Arc::new(route_for(api, Some(m)))))
+                .filter(|(_, r)| !r.tiers.is_empty())
+                .collect()
+        });
+        let wildcard = Api::ALL.map(|api| Some(Arc::new(route_for(api, None))).filter(|r| !r.tiers.is_empty()));
         let keys: HashMap<[u8; 32], Arc<ClientKey>> =
             snapshot.client_keys.iter().map(|k| (k.hash, Arc::new(k.clone()))).collect();
         // A limited key keeps its admissions and share across configs (by id).
@@ -200,9 +207,15 @@ impl Bundle {
         }
     }
 
-    /// The candidates for `model`, if any backend serves it.
-    pub fn route(&self, model: &str) -> Option<Arc<Route>> {
-        self.routes.get(model).or(self.wildcard.as_ref()).cloned()
+    /// The candidates for `model` among the backends that speak `api`, if any serves it.
+    pub fn route(&self, api: Api, model: &str) -> Option<Arc<Route>> {
+        let i = api.index();
+        self.routes[i].get(model).or(self.wildcard[i].as_ref()).cloned()
+    }
+
+    /// The APIs whose backends serve `model` (for telling a client which path to call).
+    pub fn apis_serving<'a>(&'a self, model: &'a str) -> impl Iterator<Item = Api> + 'a {
+        Api::ALL.into_iter().filter(move |api| self.route(*api, model).is_some())
     }
 
     /// The client key whose SHA-256 is `hash`.

@@ -21,6 +21,7 @@ use super::{
     bundle::Bundle,
     select::{Assessment, Grant, assess, take},
 };
+use crate::snapshot::Api;
 
 /// Request priority from `X-Priority`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -78,6 +79,7 @@ pub struct QueueFull;
 
 struct Waiter {
     id: u64,
+    api: Api,
     model: String,
     exclude: Vec<String>,
     estimate: u64,
@@ -115,12 +117,12 @@ impl Queue {
         [0, 1, 2, 3].map(|i| lanes.lanes[i].len())
     }
 
-    /// Requests waiting per model.
-    pub fn waiting_by_model(&self) -> std::collections::HashMap<String, u64> {
+    /// Requests waiting per API and model.
+    pub fn waiting_by_model(&self) -> std::collections::HashMap<(Api, String), u64> {
         let lanes = self.lanes.lock().expect("queue lock");
         let mut out = std::collections::HashMap::new();
         for w in lanes.lanes.iter().flatten() {
-            *out.entry(w.model.clone()).or_insert(0) += 1;
+            *out.entry((w.api, w.model.clone())).or_insert(0) += 1;
         }
         out
     }
@@ -131,7 +133,7 @@ impl Queue {
     pub fn push(
         &self,
         priority: Priority,
-        model: &str,
+        (api, model): (Api, &str),
         exclude: &[String],
         estimate: u64,
         capacity: usize,
@@ -153,6 +155,7 @@ impl Queue {
         let (tx, rx) = oneshot::channel();
         lanes.lanes[priority as usize].push_back(Waiter {
             id,
+            api,
             model: model.to_owned(),
             exclude: exclude.to_vec(),
             estimate,
@@ -198,7 +201,7 @@ impl Queue {
                     removed += 1;
                     continue;
                 }
-                let decision = match bundle.route(&w.model) {
+                let decision = match bundle.route(w.api, &w.model) {
                     None => Some(Decision::Reassess),
                     Some(route) => {
                         match assess(&route, &w.exclude, now, w.estimate, &bundle.settings) {

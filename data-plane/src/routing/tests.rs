@@ -7,7 +7,7 @@ use sidecar_proto::v1 as pb;
 use tokio::time::Instant;
 
 use super::*;
-use crate::snapshot::Snapshot;
+use crate::snapshot::{Api, Snapshot};
 
 const MIN: Duration = Duration::from_secs(60);
 
@@ -61,7 +61,7 @@ fn bundle(backends: Vec<pb::SnapshotBackend>, now: Instant) -> Bundle {
 fn the_first_pool_with_a_token_wins() {
     let now = Instant::now();
     let b = bundle(vec![backend("p", "primary", 1), backend("f", "fallback", 100)], now);
-    let route = b.route("m").unwrap();
+    let route = b.route(Api::OpenAi, "m").unwrap();
     let g = take(&route, &[], now, 0).unwrap();
     assert_eq!(g.backend.config.id, "p");
     assert_eq!(g.model.native_id.as_deref(), Some("p-native"));
@@ -73,7 +73,7 @@ fn the_first_pool_with_a_token_wins() {
 fn within_a_pool_headroom_is_preferred() {
     let now = Instant::now();
     let b = bundle(vec![backend("busy", "primary", 100), backend("idle", "primary", 100)], now);
-    let route = b.route("m").unwrap();
+    let route = b.route(Api::OpenAi, "m").unwrap();
     let busy = b.backend("busy").unwrap();
     for _ in 0..90 {
         assert!(busy.state.limiter.lock().unwrap().try_acquire(now));
@@ -87,7 +87,7 @@ fn within_a_pool_headroom_is_preferred() {
 fn excluded_and_cooling_backends_are_skipped_and_assessed() {
     let now = Instant::now();
     let b = bundle(vec![backend("a", "primary", 100), backend("b", "primary", 100)], now);
-    let route = b.route("m").unwrap();
+    let route = b.route(Api::OpenAi, "m").unwrap();
     assert_eq!(take(&route, &["a".into()], now, 0).unwrap().backend.config.id, "b");
     let settings = b.settings.clone();
     for id in ["a", "b"] {
@@ -108,7 +108,7 @@ fn excluded_and_cooling_backends_are_skipped_and_assessed() {
 fn the_emergency_reserve_is_separate_from_the_main_bucket() {
     let now = Instant::now();
     let b = bundle(vec![backend("a", "primary", 20)], now);
-    let route = b.route("m").unwrap();
+    let route = b.route(Api::OpenAi, "m").unwrap();
     let a = b.backend("a").unwrap();
     a.state.cooldown.lock().unwrap().on_429(now, &b.settings, None);
     let g = take_emergency(&route, &[], now).unwrap();
@@ -158,11 +158,11 @@ fn state_survives_a_snapshot_that_keeps_the_backend() {
 #[test]
 fn the_queue_never_evicts_a_higher_priority_waiter() {
     let q = Queue::default();
-    let (_, mut high) = q.push(Priority::High, "m", &[], 0, 2).unwrap();
-    let (_, mut normal) = q.push(Priority::Normal, "m", &[], 0, 2).unwrap();
-    assert!(q.push(Priority::Low, "m", &[], 0, 2).is_err(), "the low newcomer is the one refused");
-    assert!(q.push(Priority::Normal, "m", &[], 0, 2).is_err(), "equal priority: the newcomer is newest");
-    let (_, _urgent) = q.push(Priority::Urgent, "m", &[], 0, 2).unwrap();
+    let (_, mut high) = q.push(Priority::High, (Api::OpenAi, "m"), &[], 0, 2).unwrap();
+    let (_, mut normal) = q.push(Priority::Normal, (Api::OpenAi, "m"), &[], 0, 2).unwrap();
+    assert!(q.push(Priority::Low, (Api::OpenAi, "m"), &[], 0, 2).is_err(), "the low newcomer is the one refused");
+    assert!(q.push(Priority::Normal, (Api::OpenAi, "m"), &[], 0, 2).is_err(), "equal priority: the newcomer is newest");
+    let (_, _urgent) = q.push(Priority::Urgent, (Api::OpenAi, "m"), &[], 0, 2).unwrap();
     assert!(matches!(normal.try_recv(), Ok(Decision::Evicted)));
     assert!(high.try_recv().is_err(), "the high waiter is still waiting");
     assert_eq!(q.depths(), [1, 1, 0, 0]);
@@ -237,7 +237,7 @@ fn admissions_are_counted_as_demand_for_the_backend_and_the_models_own_limits() 
     let mut b = backend("a", "primary", 600);
     b.model_mappings.get_mut("m").unwrap().rpm_limit = Some(60);
     let bundled = bundle(vec![b], now);
-    let route = bundled.route("m").unwrap();
+    let route = bundled.route(Api::OpenAi, "m").unwrap();
     for _ in 0..3 {
         take(&route, &[], now, 0).expect("a token");
     }
@@ -326,7 +326,7 @@ fn a_model_with_its_own_window_is_limited_per_that_window() {
     (m.rpm_limit, m.window_seconds) = (Some(60), Some(10));
     let bundled = bundle(vec![b], now);
     assert_eq!(bundled.backends[0].state.model_bucket("m").unwrap().limiter.lock().unwrap().limit(), 10);
-    let route = bundled.route("m").unwrap();
+    let route = bundled.route(Api::OpenAi, "m").unwrap();
     let mut admitted = vec![];
     let mut t = now;
     while t < now + MIN {

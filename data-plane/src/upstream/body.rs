@@ -18,14 +18,16 @@ use tokio::time::{Instant, Sleep};
 
 use super::{
     sse::UsageChunkFilter,
-    usage::{Usage, UsageScanner},
+    usage::{Dialect, Usage, UsageScanner},
 };
 
 /// How a response body ended.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Finished {
     /// Usage read from the body.
     pub usage: Option<Usage>,
+    /// The response's id (Responses API only).
+    pub response_id: Option<String>,
     /// Time from sending the request to the first body byte.
     pub ttft: Option<Duration>,
     /// Time from sending the request to the end of the body.
@@ -61,7 +63,7 @@ impl TappedBody {
     /// chunk is read for accounting and not passed on.
     pub fn new(
         inner: Incoming,
-        stream: bool,
+        (stream, dialect): (bool, Dialect),
         strip_usage: bool,
         started: Instant,
         idle: Duration,
@@ -69,7 +71,7 @@ impl TappedBody {
     ) -> Self {
         Self {
             inner: Some(inner),
-            scanner: UsageScanner::new(stream),
+            scanner: UsageScanner::new(stream, dialect),
             strip: (stream && strip_usage).then(Box::default),
             started,
             ttft: None,
@@ -83,6 +85,7 @@ impl TappedBody {
         if let Some(f) = self.on_finish.take() {
             f(Finished {
                 usage: self.scanner.finish(),
+                response_id: self.scanner.response_id(),
                 ttft: self.ttft,
                 elapsed: self.started.elapsed(),
                 error,
@@ -194,7 +197,7 @@ impl Drop for TappedBody {
         // the usage the provider bills is still read and accounted.
         let mut rest = TappedBody {
             inner: None,
-            scanner: std::mem::replace(&mut self.scanner, UsageScanner::new(false)),
+            scanner: std::mem::replace(&mut self.scanner, UsageScanner::new(false, Dialect::OpenAi)),
             strip: None,
             started: self.started,
             ttft: self.ttft,

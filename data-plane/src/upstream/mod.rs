@@ -14,6 +14,11 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Uri, header};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
+
+use crate::snapshot::Api;
+
+const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
+const ANTHROPIC_VERSION_HEADER: HeaderName = HeaderName::from_static("anthropic-version");
 use hyper_util::{
     client::legacy::{Client, connect::HttpConnector},
     rt::TokioExecutor,
@@ -21,7 +26,7 @@ use hyper_util::{
 
 pub use body::{Finished, TappedBody};
 pub use sse::UsageChunkFilter;
-pub use usage::{Usage, UsageScanner};
+pub use usage::{Dialect, Usage, UsageScanner};
 
 /// An upstream client: one per API worker thread, each with its own connection pool (see
 /// `workers`); the TLS config behind them is shared.
@@ -177,20 +182,44 @@ pub fn target_uri(origin: &Uri, prefix: &str, client_path: &str) -> Result<Uri, 
     Ok(Uri::from_parts(parts)?)
 }
 
-/// Builds the upstream request: the client's headers minus the dropped ones, the backend's
-/// key, identity encoding (so bytes pass through untouched and usage stays readable).
+/// The `anthropic-version` sent when the client sent none.
+pub const ANTHROPIC_VERSION: HeaderValue = HeaderValue::from_static("2023-06-01");
+
+/// Builds the upstream request: the client's headers minus the dropped ones (its own
+/// credentials among them), the backend's key the way its API takes it (`Authorization`
+/// for OpenAI, `x-api-key` and an `anthropic-version` for Anthropic), identity encoding
+/// (so bytes pass through untouched and usage stays readable).
 pub fn build_request(
     uri: Uri,
     client_headers: &HeaderMap,
-    authorization: &HeaderValue,
+    (api, credential): (Api, &HeaderValue),
+    body: Bytes,
+) -> Result<Request<Full<Bytes>>, http::Error> {
+    build(http::Method::POST, uri, client_headers, (api, credential), body)
+}
+
+/// [`build_request`] with any method.
+pub fn build(
+    method: http::Method,
+    uri: Uri,
+    client_headers: &HeaderMap,
+    (api, credential): (Api, &HeaderValue),
     body: Bytes,
 ) -> Result<Request<Full<Bytes>>, http::Error> {
     let mut headers = client_headers.clone();
     strip(&mut headers, dropped_request_header);
-    headers.insert(header::AUTHORIZATION, authorization.clone());
+    match api {
+        Api::OpenAi => {
+            headers.insert(header::AUTHORIZATION, credential.clone());
+        }
+        Api::Anthropic => {
+            headers.insert(X_API_KEY, credential.clone());
+            headers.entry(ANTHROPIC_VERSION_HEADER).or_insert(ANTHROPIC_VERSION);
+        }
+    }
     headers.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("identity"));
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
-    let mut request = Request::post(uri).body(Full::new(body))?;
+    let mut request = Request::builder().method(method).uri(uri).body(Full::new(body))?;
     *request.headers_mut() = headers;
     Ok(request)
 }
@@ -235,9 +264,13 @@ pub async fn read_small(body: Incoming, limit: usize, timeout: Duration) -> Byte
 }
 
 /// The cooldown floor an upstream asked for: `Retry-After` in seconds or as an HTTP
-/// date, capped at a day.
+/// date, else (Anthropic) the latest `anthropic-ratelimit-*-reset` of a budget the
+/// headers say is spent (`*-remaining: 0`), capped at a day.
 pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let value = headers.get(header::RETRY_AFTER)?.to_str().ok()?.trim();
+    let Some(value) = headers.get(header::RETRY_AFTER) else {
+        return anthropic_reset(headers);
+    };
+    let value = value.to_str().ok()?.trim();
     let d = match value.parse::<f64>() {
         // Capped before the conversion, which panics above u64::MAX seconds.
         Ok(secs) if secs.is_finite() && secs >= 0.0 => Duration::from_secs_f64(secs.min(86_400.0)),
@@ -246,6 +279,26 @@ pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
             httpdate::parse_http_date(value).ok()?.duration_since(std::time::SystemTime::now()).unwrap_or_default()
         }
     };
+    Some(d.min(Duration::from_secs(86_400)))
+}
+
+/// When Anthropic's spent budgets come back: the latest `anthropic-ratelimit-{kind}-reset`
+/// (RFC 3339) among the kinds whose `-remaining` is 0 (or, when none says 0, the
+/// earliest reset given), from now.
+fn anthropic_reset(headers: &HeaderMap) -> Option<Duration> {
+    const KINDS: [&str; 4] = ["requests", "tokens", "input-tokens", "output-tokens"];
+    let now = std::time::SystemTime::now();
+    let reset = |kind: &str| -> Option<Duration> {
+        ratelimit::reset(headers.get(format!("anthropic-ratelimit-{kind}-reset"))?.to_str().ok()?, now)
+    };
+    let spent = |kind: &str| {
+        headers
+            .get(format!("anthropic-ratelimit-{kind}-remaining"))
+            .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok())
+            == Some(0)
+    };
+    let d = KINDS.iter().filter(|k| spent(k)).filter_map(|k| reset(k)).max();
+    let d = d.or_else(|| KINDS.iter().filter_map(|k| reset(k)).min())?;
     Some(d.min(Duration::from_secs(86_400)))
 }
 
@@ -314,7 +367,8 @@ mod tests {
             h.insert(HeaderName::from_static(k), HeaderValue::from_static(v));
         }
         let key = HeaderValue::from_static("Bearer backend-key");
-        let r = build_request("http://u/x".parse().unwrap(), &h, &key, Bytes::from_static(b"{}")).unwrap();
+        let r =
+            build_request("http://u/x".parse().unwrap(), &h, (Api::OpenAi, &key), Bytes::from_static(b"{}")).unwrap();
         let out = r.headers();
         assert_eq!(out["authorization"], "Bearer backend-key");
         assert_eq!(out["accept-encoding"], "identity");
@@ -324,6 +378,51 @@ mod tests {
         for gone in ["x-api-key", "cookie", "connection", "x-custom-hop", "keep-alive", "x-priority"] {
             assert!(!out.contains_key(gone), "{gone} forwarded");
         }
+    }
+
+    #[test]
+    fn anthropic_backends_get_their_key_as_x_api_key_and_a_version() {
+        let mut h = HeaderMap::new();
+        for (k, v) in [
+            ("authorization", "Bearer sk-sc-client"),
+            ("x-api-key", "sk-sc-client"),
+            ("anthropic-beta", "prompt-caching-2024-07-31"),
+        ] {
+            h.insert(HeaderName::from_static(k), HeaderValue::from_static(v));
+        }
+        let key = HeaderValue::from_static("sk-ant-backend");
+        let send = |h: &HeaderMap| {
+            build_request("http://u/v1/messages".parse().unwrap(), h, (Api::Anthropic, &key), Bytes::new()).unwrap()
+        };
+        let r = send(&h);
+        let out = r.headers();
+        assert_eq!(out["x-api-key"], "sk-ant-backend", "the backend's key, never the client's");
+        assert!(!out.contains_key("authorization"), "the client's bearer key is not forwarded");
+        assert_eq!(out["anthropic-version"], "2023-06-01", "a version is always sent");
+        assert_eq!(out["anthropic-beta"], "prompt-caching-2024-07-31");
+        h.insert("anthropic-version", HeaderValue::from_static("2026-10-21"));
+        assert_eq!(send(&h).headers()["anthropic-version"], "2026-10-21", "the client's version wins");
+    }
+
+    #[test]
+    fn anthropic_rate_limit_resets_stand_in_for_a_missing_retry_after() {
+        let in_secs = |s: u64| {
+            humantime::format_rfc3339_millis(std::time::SystemTime::now() + Duration::from_secs(s)).to_string()
+        };
+        let mut h = HeaderMap::new();
+        h.insert("anthropic-ratelimit-requests-remaining", HeaderValue::from_static("0"));
+        h.insert("anthropic-ratelimit-requests-reset", HeaderValue::from_str(&in_secs(30)).unwrap());
+        h.insert("anthropic-ratelimit-tokens-remaining", HeaderValue::from_static("5000"));
+        h.insert("anthropic-ratelimit-tokens-reset", HeaderValue::from_str(&in_secs(2)).unwrap());
+        let d = retry_after(&h).unwrap();
+        assert!(d > Duration::from_secs(27) && d <= Duration::from_secs(30), "the spent budget's reset: {d:?}");
+        h.insert(header::RETRY_AFTER, HeaderValue::from_static("7"));
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(7)), "Retry-After wins");
+        h.remove(header::RETRY_AFTER);
+        h.insert("anthropic-ratelimit-requests-remaining", HeaderValue::from_static("3"));
+        let d = retry_after(&h).unwrap();
+        assert!(d <= Duration::from_secs(2), "none spent: the earliest reset: {d:?}");
+        assert_eq!(retry_after(&HeaderMap::new()), None);
     }
 
     #[test]
@@ -366,5 +465,7 @@ mod tests {
         assert_eq!(classify(StatusCode::FORBIDDEN), StatusClass::Auth);
         assert_eq!(classify(StatusCode::BAD_GATEWAY), StatusClass::ServerError);
         assert_eq!(classify(StatusCode::BAD_REQUEST), StatusClass::ClientError);
+        // Anthropic's "overloaded": a server error (next candidate, no cooldown).
+        assert_eq!(classify(StatusCode::from_u16(529).unwrap()), StatusClass::ServerError);
     }
 }

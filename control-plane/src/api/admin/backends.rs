@@ -14,7 +14,7 @@ use crate::{
     auth::Principal,
     probe::{self, ProbeResult},
     status::{BackendStatus, Health},
-    store::{BackendRecord, ConfigChange, Store},
+    store::{Api, BackendRecord, ConfigChange, Store},
     util::{clip, now_ms},
     validate::{self, field_error},
 };
@@ -65,8 +65,13 @@ impl AdminApi {
     }
 
     /// Tests a key with the provider; a key the provider rejects is a bad `field`.
-    async fn probe_key(&self, base_url: &str, api_key: &str, field: &str) -> ApiResult<pb::ValidateBackendResponse> {
-        let result = probe::probe(&self.http, base_url, api_key, VALIDATE_TIMEOUT).await;
+    async fn probe_key(
+        &self,
+        target: (&str, Api),
+        api_key: &str,
+        field: &str,
+    ) -> ApiResult<pb::ValidateBackendResponse> {
+        let result = probe::probe(&self.http, target, api_key, VALIDATE_TIMEOUT).await;
         if matches!(result.http_status, 401 | 403) {
             return Err(field_error(field, format!("the provider rejected this key ({})", result.message)).into());
         }
@@ -95,7 +100,7 @@ pub(super) async fn create(
     // writer lock, where names and pools cannot change underneath it.
     let draft = validate::new_backend(&spec, &api.store().backends()?, &api.store().pools()?, &key)?;
     let validation = match req.validate {
-        true => Some(api.probe_key(&draft.base_url, &spec.api_key, "backend.api_key").await?),
+        true => Some(api.probe_key((&draft.base_url, draft.api), &spec.api_key, "backend.api_key").await?),
         false => None,
     };
     let (config_version, backend) = api
@@ -130,7 +135,7 @@ pub(super) async fn update(
     who: Principal,
     req: pb::UpdateBackendRequest,
 ) -> ApiResult<pb::BackendResponse> {
-    let patch: validate::input::BackendPatch = req.patch.unwrap_or_default().into();
+    let patch = validate::input::BackendPatch::try_from(req.patch.unwrap_or_default())?;
     let key = api.shared.key();
     let validation = if req.validate {
         let current = find(api.store(), &req.id)?;
@@ -142,7 +147,7 @@ pub(super) async fn update(
             Some(k) => validate::api_key("patch.api_key", k)?,
             None => api.open_key(&current)?,
         };
-        Some(api.probe_key(&base_url, &api_key, "patch.api_key").await?)
+        Some(api.probe_key((&base_url, patch.api.unwrap_or(current.api)), &api_key, "patch.api_key").await?)
     } else {
         None
     };
@@ -180,11 +185,11 @@ pub(super) async fn validate(
     _: Principal,
     req: pb::ValidateBackendRequest,
 ) -> ApiResult<pb::ValidateBackendResponse> {
-    let (base_url, api_key, timeout) = match req.target {
+    let (base_url, kind, api_key, timeout) = match req.target {
         Some(Target::Id(id)) => {
             let b = find(api.store(), &id)?;
             let key = api.open_key(&b)?;
-            (b.base_url, key, VALIDATE_TIMEOUT)
+            (b.base_url, b.api, key, VALIDATE_TIMEOUT)
         }
         Some(Target::Candidate(c)) => {
             let timeout = match c.timeout_seconds {
@@ -193,11 +198,12 @@ pub(super) async fn validate(
             };
             (
                 validate::base_url("candidate.base_url", &c.base_url)?,
+                crate::api::convert::api_from_pb("candidate.api", c.api)?.unwrap_or_default(),
                 validate::api_key("candidate.api_key", &c.api_key)?,
                 timeout,
             )
         }
         None => return Err(field_error("target", "give a backend id or a candidate (base_url, api_key)").into()),
     };
-    Ok(probe::probe(&api.http, &base_url, &api_key, timeout).await.into())
+    Ok(probe::probe(&api.http, (&base_url, kind), &api_key, timeout).await.into())
 }

@@ -13,7 +13,7 @@ use sidecar_proto::v1 as pb;
 use crate::{
     status::BackendStatus,
     store::{
-        AuditRecord, BackendRecord, Cost, ModelMapping, NodeRecord, PoolRecord, Role, Settings, Source, Spill,
+        Api, AuditRecord, BackendRecord, Cost, ModelMapping, NodeRecord, PoolRecord, Role, Settings, Source, Spill,
         TokenRecord,
     },
     validate::{
@@ -93,6 +93,26 @@ fn source_from_pb(field: &str, value: i32) -> Result<Option<Source>, FieldError>
     }
 }
 
+/// A backend's API on the wire.
+pub fn api_to_pb(a: Api) -> pb::BackendApi {
+    match a {
+        Api::Openai => pb::BackendApi::Openai,
+        Api::Anthropic => pb::BackendApi::Anthropic,
+    }
+}
+
+/// A backend's API from the wire; unspecified is `None` (the default, or unchanged).
+pub fn api_from_pb(field: &str, value: i32) -> Result<Option<Api>, FieldError> {
+    match pb::BackendApi::try_from(value) {
+        Ok(pb::BackendApi::Unspecified) => Ok(None),
+        Ok(pb::BackendApi::Openai) => Ok(Some(Api::Openai)),
+        Ok(pb::BackendApi::Anthropic) => Ok(Some(Api::Anthropic)),
+        Err(_) => {
+            Err(field_error(field, format!("unknown API {value}: use BACKEND_API_OPENAI or BACKEND_API_ANTHROPIC")))
+        }
+    }
+}
+
 impl TryFrom<pb::BackendSpec> for BackendSpec {
     type Error = FieldError;
 
@@ -114,13 +134,16 @@ impl TryFrom<pb::BackendSpec> for BackendSpec {
             metadata: s.metadata,
             source: source_from_pb("backend.source", s.source)?,
             learn_limits: s.learn_limits,
+            api: api_from_pb("backend.api", s.api)?,
         })
     }
 }
 
-impl From<pb::BackendPatch> for BackendPatch {
-    fn from(p: pb::BackendPatch) -> Self {
-        Self {
+impl TryFrom<pb::BackendPatch> for BackendPatch {
+    type Error = FieldError;
+
+    fn try_from(p: pb::BackendPatch) -> Result<Self, FieldError> {
+        Ok(Self {
             name: p.name,
             label: p.label,
             base_url: p.base_url,
@@ -136,7 +159,8 @@ impl From<pb::BackendPatch> for BackendPatch {
             regions: p.regions.map(|r| r.values),
             metadata: p.metadata.map(|m| m.entries),
             learn_limits: p.learn_limits,
-        }
+            api: api_from_pb("patch.api", p.api)?,
+        })
     }
 }
 
@@ -223,6 +247,7 @@ pub fn backend_to_pb(b: &BackendRecord, status: BackendStatus) -> pb::Backend {
         window_seconds: b.window_seconds,
         learn_limits: b.learn_limits,
         learned_rpm_limit: 0,
+        api: api_to_pb(b.api) as i32,
     }
 }
 

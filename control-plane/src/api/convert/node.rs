@@ -41,6 +41,7 @@ pub fn snapshot_to_pb(s: &NodeSnapshot) -> pb::Snapshot {
                     cooldown_remaining_ms: nb.cooldown_remaining_ms,
                     consecutive_429: nb.consecutive_429,
                     learn_limits: Some(b.learn_limits),
+                    api: super::api_to_pb(b.api) as i32,
                     initial_model_shares: nb.model_shares.iter().cloned().collect(),
                     exhausted_remaining_ms: nb.exhausted_remaining_ms,
                     model_cooldowns: nb

@@ -66,6 +66,7 @@ async fn add(ctx: &mut Ctx, args: BackendAddArgs) -> anyhow::Result<()> {
         metadata: HashMap::new(),
         source: pb::BackendSource::Api as i32,
         learn_limits: f.learn_limits,
+        api: f.api.map_or(pb::BackendApi::Unspecified, |a| a.to_pb()) as i32,
     };
     let request = pb::CreateBackendRequest { backend: Some(spec), validate: f.validate };
     let resp = ctx.admin.create_backend(request).await?.into_inner();
@@ -110,6 +111,7 @@ async fn update(ctx: &mut Ctx, args: BackendUpdateArgs) -> anyhow::Result<()> {
         model_mappings,
         regions,
         metadata: None,
+        api: f.api.map_or(pb::BackendApi::Unspecified, |a| a.to_pb()) as i32,
     };
     if patch == pb::BackendPatch::default() && !f.validate {
         return Err(Usage("nothing to change: give at least one field, e.g. --rpm 60 or --disable".into()).into());
@@ -131,6 +133,7 @@ async fn validate(ctx: &mut Ctx, args: BackendValidateArgs) -> anyhow::Result<()
             base_url,
             api_key: key(&args.key)?.unwrap_or_default(),
             timeout_seconds: args.timeout.unwrap_or(0),
+            api: args.api.map_or(pb::BackendApi::Unspecified, |a| a.to_pb()) as i32,
         }),
         (None, None) => {
             return Err(Usage("name a backend, or give --base-url and --api-key".into()).into());
@@ -259,12 +262,13 @@ fn model_names(b: &pb::Backend) -> Vec<&str> {
 
 /// The backends table.
 fn table(backends: &[pb::Backend]) -> Table {
-    let mut t = Table::new(&["ID", "NAME", "POOL", "STATUS", "RPM", "TPM", "MODELS", "KEY", "URL"]);
+    let mut t = Table::new(&["ID", "NAME", "POOL", "API", "STATUS", "RPM", "TPM", "MODELS", "KEY", "URL"]);
     for b in backends {
         t.row(vec![
             b.id.clone(),
             b.name.clone(),
             b.pool.clone(),
+            api_name(b.api).to_owned(),
             crate::output::status_name(b.status).to_owned(),
             b.rpm_limit.to_string(),
             or_dash(b.tpm_limit),
@@ -288,6 +292,15 @@ fn prices(b: &pb::Backend) -> Vec<String> {
         .collect()
 }
 
+/// A backend's API by name.
+fn api_name(api: i32) -> &'static str {
+    match pb::BackendApi::try_from(api) {
+        Ok(pb::BackendApi::Anthropic) => "anthropic",
+        Ok(pb::BackendApi::Openai | pb::BackendApi::Unspecified) => "openai",
+        Err(_) => "unknown",
+    }
+}
+
 /// One backend as `key: value` rows.
 fn fields(b: &pb::Backend) -> Vec<(&'static str, String)> {
     let models: Vec<String> = model_names(b)
@@ -304,6 +317,7 @@ fn fields(b: &pb::Backend) -> Vec<(&'static str, String)> {
         ("name", b.name.clone()),
         ("label", b.label.clone()),
         ("pool", b.pool.clone()),
+        ("api", api_name(b.api).to_owned()),
         ("status", crate::output::status_name(b.status).to_owned()),
         ("enabled", b.enabled.to_string()),
         ("base_url", b.base_url.clone()),

@@ -1,6 +1,6 @@
 //! `sidecarctl backend ...` arguments, with the `--price` and `--model` parsers.
 
-use clap::{Args, Subcommand};
+use clap::{Args, Subcommand, ValueEnum};
 use sidecar_proto::v1 as pb;
 
 /// `sidecarctl backend ...`
@@ -31,7 +31,8 @@ pub(crate) enum BackendCommand {
         #[arg(long)]
         expected_version: Option<u64>,
     },
-    /// Test a key with `GET {base_url}/models`: a stored backend, or --base-url with a key.
+    /// Test a key with `GET {base_url}/models` (sent the way the backend's API takes a key): a
+    /// stored backend, or --base-url with a key.
     Validate(BackendValidateArgs),
 }
 
@@ -46,9 +47,32 @@ pub(crate) struct KeyArgs {
     pub(crate) api_key_env: Option<String>,
 }
 
+/// The API a provider speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum BackendApi {
+    /// OpenAI-compatible: chat, completions, embeddings, responses (`Authorization: Bearer`).
+    Openai,
+    /// Anthropic Messages: messages, count_tokens (`x-api-key`).
+    Anthropic,
+}
+
+impl BackendApi {
+    /// The wire value.
+    pub(crate) fn to_pb(self) -> pb::BackendApi {
+        match self {
+            BackendApi::Openai => pb::BackendApi::Openai,
+            BackendApi::Anthropic => pb::BackendApi::Anthropic,
+        }
+    }
+}
+
 /// Backend fields shared by `add` and `update`.
 #[derive(Debug, Args)]
 pub(crate) struct BackendFields {
+    /// The API the provider speaks (default on add: openai). Requests are routed only to
+    /// backends whose API serves their path.
+    #[arg(long, value_enum)]
+    pub(crate) api: Option<BackendApi>,
     /// Pool the backend belongs to (default on add: primary).
     #[arg(long)]
     pub(crate) pool: Option<String>,
@@ -164,6 +188,9 @@ pub(crate) struct BackendValidateArgs {
     /// Seconds to wait for the provider (default 10).
     #[arg(long, value_name = "SECONDS")]
     pub(crate) timeout: Option<u32>,
+    /// The API the candidate speaks (default openai): decides how the key is sent.
+    #[arg(long, value_enum, requires = "base_url")]
+    pub(crate) api: Option<BackendApi>,
 }
 
 /// A model's price in USD per 1M tokens: input, output, cache read, cache write.
