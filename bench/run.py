@@ -155,6 +155,8 @@ def main():
     ap.add_argument("--rate", type=int, default=10000, help="requests/s of the fixed-rate latency scenario")
     ap.add_argument("--conns", default="1,16,64,256", help="comma-separated connection counts of the chat scenario")
     ap.add_argument("--chat-only", action="store_true", help="only the chat and fixed-rate scenarios")
+    ap.add_argument("--streams-only", action="store_true",
+                    help="only the streaming scenarios (chat and messages: time to first byte, frames)")
     ap.add_argument("--baseline-proxy", metavar="BIN",
                     help="another sidecar-proxy binary (e.g. built from the previous commit) measured in the same run")
     args = ap.parse_args()
@@ -205,6 +207,8 @@ http {{ access_log off; upstream up {{ server 127.0.0.1:{UP}; keepalive 256; }}
                        "--pool", pool, "--rpm", "100000000", "--model", "bench")
         sidecarctl("backend", "add", "--name", "stream", "--base-url", f"http://127.0.0.1:{UP_STREAM}/v1", "--api-key", "sk-bench-0123456789",
                    "--rpm", "100000000", "--model", "stream")
+        sidecarctl("backend", "add", "--name", "stream-claude", "--base-url", f"http://127.0.0.1:{UP_STREAM}/v1",
+                   "--api-key", "sk-bench-0123456789", "--api", "anthropic", "--rpm", "100000000", "--model", "claude-stream")
         sidecarctl("backend", "add", "--name", "slow", "--base-url", f"http://127.0.0.1:{UP_SLOW}/v1", "--api-key", "sk-bench-0123456789",
                    "--rpm", "100000000", "--model", "slow", "--timeout", "600")
         proxy = start(
@@ -255,42 +259,43 @@ http {{ access_log off; upstream up {{ server 127.0.0.1:{UP}; keepalive 256; }}
         if args.baseline_proxy:
             systems["sidecar-proxy baseline"] = f"http://127.0.0.1:{PROXY_BASE}/v1/chat/completions"
             serving["sidecar-proxy baseline"] = [base.pid]
-        # Warm up every path.
-        for url in systems.values():
-            wrk(url, 16, 2, lua)
+        if not args.streams_only:
+            # Warm up every path.
+            for url in systems.values():
+                wrk(url, 16, 2, lua)
 
-        results["chat"] = {}
-        for conns in [int(c) for c in args.conns.split(",")]:
-            row = {}
-            # Runs alternate between systems, so drift on the machine touches all alike.
-            runs_of = {name: [] for name in systems}
-            for _ in range(args.runs):
-                for name, url in systems.items():
-                    runs = runs_of[name]
-                    sampler = RssSampler(serving[name][0]) if name.startswith("sidecar-proxy") else None
-                    cpu0 = sum(cpu_seconds(pid) for pid in serving[name])
-                    r = wrk(url, conns, args.duration, lua)
-                    cpu = sum(cpu_seconds(pid) for pid in serving[name]) - cpu0
-                    # CPU per request of the serving processes (the mock's own share is
-                    # in the "mock (direct)" row).
-                    r["cpu_us"] = cpu * 1e6 / max(1.0, r["rps"] * args.duration)
-                    if sampler:
-                        r["rss_mb"] = sampler.stop()
-                    runs.append(r)
-            for name, runs in runs_of.items():
-                row[name] = {k: median_of(runs, k) for k in runs[0]}
-                print(f"c={conns:<4} {name:<14} p50 {row[name]['p50_ms']:.3f} ms  p99 {row[name]['p99_ms']:.3f} ms  {row[name]['rps']:.0f} req/s  {row[name]['cpu_us']:.1f} µs CPU/req"
-                      + (f"  rss {row[name]['rss_mb']:.1f} MB" if 'rss_mb' in row[name] else ""), flush=True)
-            results["chat"][conns] = row
+            results["chat"] = {}
+            for conns in [int(c) for c in args.conns.split(",")]:
+                row = {}
+                # Runs alternate between systems, so drift on the machine touches all alike.
+                runs_of = {name: [] for name in systems}
+                for _ in range(args.runs):
+                    for name, url in systems.items():
+                        runs = runs_of[name]
+                        sampler = RssSampler(serving[name][0]) if name.startswith("sidecar-proxy") else None
+                        cpu0 = sum(cpu_seconds(pid) for pid in serving[name])
+                        r = wrk(url, conns, args.duration, lua)
+                        cpu = sum(cpu_seconds(pid) for pid in serving[name]) - cpu0
+                        # CPU per request of the serving processes (the mock's own share is
+                        # in the "mock (direct)" row).
+                        r["cpu_us"] = cpu * 1e6 / max(1.0, r["rps"] * args.duration)
+                        if sampler:
+                            r["rss_mb"] = sampler.stop()
+                        runs.append(r)
+                for name, runs in runs_of.items():
+                    row[name] = {k: median_of(runs, k) for k in runs[0]}
+                    print(f"c={conns:<4} {name:<14} p50 {row[name]['p50_ms']:.3f} ms  p99 {row[name]['p99_ms']:.3f} ms  {row[name]['rps']:.0f} req/s  {row[name]['cpu_us']:.1f} µs CPU/req"
+                          + (f"  rss {row[name]['rss_mb']:.1f} MB" if 'rss_mb' in row[name] else ""), flush=True)
+                results["chat"][conns] = row
 
-        # Latency at a fixed rate, below every system's capacity, over 64 connections: what
-        # a proxy adds per request when it is not also competing for the CPU at saturation.
-        results["fixed_rate"] = {"rate": args.rate, "conns": 64, "rows": {}}
-        for name, url in systems.items():
-            runs = [oha(url, 64, args.rate, args.duration) for _ in range(args.runs)]
-            row = results["fixed_rate"]["rows"][name] = {k: median_of(runs, k) for k in runs[0]}
-            print(f"fixed {args.rate}/s c=64 {name:<14} p50 {row['p50_ms']:.3f} ms  p99 {row['p99_ms']:.3f} ms  "
-                  f"{row['rps']:.0f} req/s  {row['non200']:.0f} non-200", flush=True)
+            # Latency at a fixed rate, below every system's capacity, over 64 connections: what
+            # a proxy adds per request when it is not also competing for the CPU at saturation.
+            results["fixed_rate"] = {"rate": args.rate, "conns": 64, "rows": {}}
+            for name, url in systems.items():
+                runs = [oha(url, 64, args.rate, args.duration) for _ in range(args.runs)]
+                row = results["fixed_rate"]["rows"][name] = {k: median_of(runs, k) for k in runs[0]}
+                print(f"fixed {args.rate}/s c=64 {name:<14} p50 {row['p50_ms']:.3f} ms  p99 {row['p99_ms']:.3f} ms  "
+                      f"{row['rps']:.0f} req/s  {row['non200']:.0f} non-200", flush=True)
         if args.chat_only:
             return finish(results, args)
 
@@ -305,6 +310,17 @@ http {{ access_log off; upstream up {{ server 127.0.0.1:{UP}; keepalive 256; }}
                                  capture_output=True, text=True, check=True)
             results["stream"][name] = json.loads(out.stdout)
             print(f"stream {name:<14} {results['stream'][name]}", flush=True)
+        # The same through Anthropic's Messages API (named SSE events; usage read from
+        # message_start and message_delta on the way).
+        results["messages_stream"] = {}
+        for name, url in (("mock (direct)", f"http://127.0.0.1:{UP_STREAM}/v1/messages"),
+                          ("sidecar-proxy", f"http://127.0.0.1:{PROXY}/v1/messages")):
+            out = subprocess.run([os.path.join(REL, "bench-stream"), "--url", url, "--model", "claude-stream", "--requests", "100",
+                                  "--anthropic"], capture_output=True, text=True, check=True)
+            results["messages_stream"][name] = json.loads(out.stdout)
+            print(f"messages stream {name:<14} {results['messages_stream'][name]}", flush=True)
+        if args.streams_only:
+            return finish(results, args)
 
         results["open_streams"] = {}
         for name, pid, url in (("sidecar-proxy", proxy.pid, systems["sidecar-proxy"]),
@@ -377,30 +393,35 @@ def cpu_model():
 def render(r, args):
     lines = [f"Run {r['date']} on {r['machine']['cpus']} CPUs ({r['machine']['cpu']}), kernel {r['machine']['kernel']}; "
              f"{args.runs} runs of {args.duration} s per cell, medians.", ""]
-    lines.append("| concurrency | system | p50 ms | p99 ms | req/s | added p50 ms | added p99 ms | CPU µs/req | RSS MB |")
-    lines.append("|---|---|---|---|---|---|---|---|---|")
-    for conns, row in r["chat"].items():
-        direct = row["mock (direct)"]
-        for name, v in row.items():
-            added = (v["p50_ms"] - direct["p50_ms"], v["p99_ms"] - direct["p99_ms"]) if name != "mock (direct)" else None
-            lines.append(f"| {conns} | {name} | {v['p50_ms']:.3f} | {v['p99_ms']:.3f} | {v['rps']:.0f} | "
-                         + (f"{added[0]:.3f} | {added[1]:.3f}" if added else "– | –") + f" | {v['cpu_us']:.1f}"
-                         + f" | {v.get('rss_mb', 0):.1f} |".replace("| 0.0 |", "| – |"))
-    lines.append("")
-    fixed = r["fixed_rate"]
-    lines.append(f"| fixed rate: {fixed['rate']} req/s over {fixed['conns']} connections (oha, latency-corrected) | p50 ms | p99 ms | added p50 ms | added p99 ms | non-200 answers |")
-    lines.append("|---|---|---|---|---|---|")
-    direct = fixed["rows"]["mock (direct)"]
-    for name, v in fixed["rows"].items():
-        added = f"{v['p50_ms'] - direct['p50_ms']:.3f} | {v['p99_ms'] - direct['p99_ms']:.3f}" if name != "mock (direct)" else "– | –"
-        lines.append(f"| {name} | {v['p50_ms']:.3f} | {v['p99_ms']:.3f} | {added} | {v['non200']:.0f} |")
-    lines.append("")
+    if r.get("chat"):
+        lines.append("| concurrency | system | p50 ms | p99 ms | req/s | added p50 ms | added p99 ms | CPU µs/req | RSS MB |")
+        lines.append("|---|---|---|---|---|---|---|---|---|")
+        for conns, row in r["chat"].items():
+            direct = row["mock (direct)"]
+            for name, v in row.items():
+                added = (v["p50_ms"] - direct["p50_ms"], v["p99_ms"] - direct["p99_ms"]) if name != "mock (direct)" else None
+                lines.append(f"| {conns} | {name} | {v['p50_ms']:.3f} | {v['p99_ms']:.3f} | {v['rps']:.0f} | "
+                             + (f"{added[0]:.3f} | {added[1]:.3f}" if added else "– | –") + f" | {v['cpu_us']:.1f}"
+                             + f" | {v.get('rss_mb', 0):.1f} |".replace("| 0.0 |", "| – |"))
+        lines.append("")
+        fixed = r["fixed_rate"]
+        lines.append(f"| fixed rate: {fixed['rate']} req/s over {fixed['conns']} connections (oha, latency-corrected) | p50 ms | p99 ms | added p50 ms | added p99 ms | non-200 answers |")
+        lines.append("|---|---|---|---|---|---|")
+        direct = fixed["rows"]["mock (direct)"]
+        for name, v in fixed["rows"].items():
+            added = f"{v['p50_ms'] - direct['p50_ms']:.3f} | {v['p99_ms'] - direct['p99_ms']:.3f}" if name != "mock (direct)" else "– | –"
+            lines.append(f"| {name} | {v['p50_ms']:.3f} | {v['p99_ms']:.3f} | {added} | {v['non200']:.0f} |")
+        lines.append("")
     if "stream" not in r:
         return "\n".join(lines)
     lines.append("| streaming (50 chunks, 2 ms apart) | TTFB p50 µs | TTFB p99 µs | frames per response (median) |")
     lines.append("|---|---|---|---|")
     for name, v in r["stream"].items():
         lines.append(f"| {name} | {v['ttfb_p50_us']:.0f} | {v['ttfb_p99_us']:.0f} | {v['frames_median']} |")
+    for name, v in r.get("messages_stream", {}).items():
+        lines.append(f"| Anthropic messages: {name} | {v['ttfb_p50_us']:.0f} | {v['ttfb_p99_us']:.0f} | {v['frames_median']} |")
+    if "propagation" not in r:
+        return "\n".join(lines)
     p, i = r["propagation"], r["ingest"]
     h = r.get("hardening")
     if h:

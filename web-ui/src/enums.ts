@@ -3,7 +3,7 @@
 // and converts at the API boundary, here and only here.
 
 import { BudgetPeriod, Granularity } from "./gen/sidecar/v1/admin_pb";
-import { BackendStatus, Role } from "./gen/sidecar/v1/types_pb";
+import { BackendApi, BackendStatus, Role } from "./gen/sidecar/v1/types_pb";
 
 // Unspecified is "" (what an unset string used to be); a Record over the enum makes the
 // compiler ask for a word when the proto gains a value.
@@ -13,6 +13,12 @@ const BACKEND_STATUS: Record<BackendStatus, string> = {
   [BackendStatus.COOLING]: "cooling",
   [BackendStatus.ERROR]: "error",
   [BackendStatus.DISABLED]: "disabled",
+};
+
+const BACKEND_API: Record<BackendApi, string> = {
+  [BackendApi.UNSPECIFIED]: "",
+  [BackendApi.OPENAI]: "openai",
+  [BackendApi.ANTHROPIC]: "anthropic",
 };
 
 const ROLE: Record<Role, string> = {
@@ -49,6 +55,15 @@ function fromText<E extends number>(table: Record<E, string>, text: string): E {
 /** "healthy", "cooling", "error" or "disabled". */
 export function backendStatusText(s: BackendStatus): string {
   return toText(BACKEND_STATUS, s);
+}
+
+/** "openai" or "anthropic"; "" (unspecified) is openai. */
+export function backendApiText(a: BackendApi): string {
+  return toText(BACKEND_API, a);
+}
+
+export function backendApiFromText(text: string): BackendApi {
+  return fromText(BACKEND_API, text);
 }
 
 /** "admin", "viewer" or "node". */

@@ -376,6 +376,49 @@ describe("browser console", { concurrency: false }, () => {
     assert.equal(b.model_mappings["gpt-alt"].rpm_limit, 60, "rpmLimit kept");
   });
 
+  test("an Anthropic provider: the API chosen in the form is tested, saved, and shown in the table and its editor", async () => {
+    await openPage("Providers", "providers");
+    await page.getByTestId("add-provider").click();
+    const dialog = await visible(page.getByTestId("provider-dialog"));
+    const api = dialog.locator("select[name=api]");
+    assert.equal(await api.inputValue(), "openai", "OpenAI-compatible unless chosen");
+    assert.match(await text(dialog.locator('[data-field="api"] .hint')), /Anthropic: \/v1\/messages \(key sent as x-api-key\)/);
+    await dialog.locator("input[name=name]").fill("mock-claude");
+    await dialog.locator("input[name=base_url]").fill(mock.baseUrl);
+    await dialog.locator("input[name=api_key]").fill(KEY);
+    await api.selectOption("anthropic");
+    const mapping = dialog.getByTestId("mapping-row").first();
+    await mapping.getByTestId("mapping-canonical").fill("claude-test");
+    await mapping.getByTestId("mapping-native").fill("mock-large");
+
+    // "Test key" sends the chosen API: the key goes as x-api-key, so the mock (which only
+    // takes a bearer token) sees no Authorization header and refuses it.
+    const seen = mock.calls.length;
+    await dialog.getByTestId("form-test-key").click();
+    await expectText("key test result", dialog.getByTestId("key-result"), /^Key not accepted \(HTTP 401\)/);
+    const probes = mock.calls.slice(seen).filter((c) => c.path === "/v1/models");
+    assert.ok(probes.some((c) => c.authorization === ""), `the key was not sent as a bearer token: ${JSON.stringify(probes.map((c) => c.authorization))}`);
+    await shot("provider-anthropic-form");
+
+    await dialog.getByTestId("save").click();
+    await dialog.waitFor({ state: "detached" });
+    const r = await visible(row("mock-claude"));
+    await expectText("API in the table", r.getByTestId("api"), (t) => t === "anthropic");
+    assert.equal(await text(row("mock-main").getByTestId("api")), "openai", "the other provider is OpenAI-compatible");
+    await shot("providers-anthropic");
+
+    // Reopened, the editor shows the stored API.
+    const again = await openEditor("mock-claude");
+    assert.equal(await again.locator("select[name=api]").inputValue(), "anthropic");
+    assert.equal(await text(again.locator("select[name=api] option:checked")), "Anthropic");
+    await again.getByRole("button", { name: "Cancel" }).click();
+    await again.waitFor({ state: "detached" });
+
+    // Gone again, so the rest of the session sees only mock-main.
+    await cp.ctl("backend", "rm", "mock-claude");
+    await r.waitFor({ state: "detached" });
+  });
+
   test("keys: an admin creates a key; its secret is shown once, works at the proxy and is then gone from the page", async () => {
     await openPage("Keys", "keys");
     await expectText("empty list", page.getByTestId("keys-table"), /No keys yet/);

@@ -1,5 +1,5 @@
-//! Streaming probe: sends `--requests` streamed chat requests one after another to
-//! `--url` and reports the time to first body byte (median, p99) and how many separate
+//! Streaming probe: sends `--requests` streamed chat requests (`--anthropic`: Anthropic
+//! messages requests) one after another to `--url` and reports the time to first body byte (median, p99) and how many separate
 //! body frames arrived per response (chunks not coalesced ≈ the upstream's chunk count).
 //! With `--hold N --hold-secs S` it instead opens N concurrent streams and keeps them
 //! open, reporting how many got a 200.
@@ -29,6 +29,9 @@ struct Args {
     /// Model to ask for.
     #[arg(long, default_value = "bench")]
     model: String,
+    /// Send Anthropic Messages requests (`--url` is then a `/v1/messages` URL).
+    #[arg(long)]
+    anthropic: bool,
 }
 
 #[tokio::main]
@@ -36,12 +39,17 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let client: Client<_, Full<Bytes>> =
         Client::builder(TokioExecutor::new()).pool_max_idle_per_host(usize::MAX).build_http();
+    let max_tokens = if args.anthropic { r#""max_tokens":64,"# } else { "" };
     let body = Bytes::from(format!(
-        r#"{{"model":"{}","stream":true,"messages":[{{"role":"user","content":"hi"}}]}}"#,
+        r#"{{"model":"{}",{max_tokens}"stream":true,"messages":[{{"role":"user","content":"hi"}}]}}"#,
         args.model
     ));
     let request = || {
-        http::Request::post(&args.url).header("content-type", "application/json").body(Full::new(body.clone())).unwrap()
+        let mut r = http::Request::post(&args.url).header("content-type", "application/json");
+        if args.anthropic {
+            r = r.header("anthropic-version", "2023-06-01");
+        }
+        r.body(Full::new(body.clone())).unwrap()
     };
     if args.hold > 0 {
         let until = Instant::now() + Duration::from_secs(args.hold_secs);

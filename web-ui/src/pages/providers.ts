@@ -7,10 +7,10 @@
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import { admin, callError, Code, describe } from "../api";
 import { h, mount, setText } from "../dom";
-import { backendStatusText } from "../enums";
+import { backendApiFromText, backendApiText, backendStatusText } from "../enums";
 import { fmtDuration, fmtInt, fmtTime, n, perMillion } from "../format";
 import type { BackendPatchSchema, BackendSpecSchema, ModelMappingSchema, Backend, Pool } from "../gen/sidecar/v1/types_pb";
-import { BackendSource } from "../gen/sidecar/v1/types_pb";
+import { BackendApi, BackendSource } from "../gen/sidecar/v1/types_pb";
 import type { BackendLive, Dashboard, ValidateBackendResponse } from "../gen/sidecar/v1/admin_pb";
 import {
   badge,
@@ -114,6 +114,20 @@ function sameJson(a: unknown, b: unknown): boolean {
   return JSON.stringify(norm(a)) === JSON.stringify(norm(b));
 }
 
+/** Which paths each API serves, and how the key is sent (shown under the API select). */
+const API_HINT = "OpenAI-compatible: /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/responses. Anthropic: /v1/messages (key sent as x-api-key).";
+
+/** The base URL's placeholder for each API (the form's value of the API select). */
+const BASE_URL_PLACEHOLDER: Record<string, string> = {
+  openai: "https://api.openai.com/v1",
+  anthropic: "https://api.anthropic.com/v1",
+};
+
+/** A backend's API as a word; unspecified (a backend stored before APIs) is openai. */
+function apiText(b: Backend): string {
+  return backendApiText(b.api) || "openai";
+}
+
 function validationText(v: ValidateBackendResponse): string {
   if (v.ok) {
     const models = v.models.length ? ` · ${v.models.length} model${v.models.length === 1 ? "" : "s"} listed` : "";
@@ -203,6 +217,7 @@ function render(ctx: PageContext) {
         },
         { label: "Status", cell: (b) => h("span", { class: "status-cell", attrs: { "data-testid": "status", "data-backend-id": b.id } }) },
         { label: "Pool", cell: (b) => b.pool },
+        { label: "API", cell: (b) => h("span", { class: "api-cell", attrs: { "data-testid": "api" } }, apiText(b)) },
         {
           label: "RPM",
           num: true,
@@ -328,7 +343,15 @@ function render(ctx: PageContext) {
 
     const name = input({ name: "name", required: true, placeholder: "openai-main" });
     const label = input({ name: "label", placeholder: "optional" });
-    const baseUrl = input({ name: "base_url", type: "url", placeholder: "https://api.openai.com/v1" });
+    const baseUrl = input({ name: "base_url", type: "url", placeholder: BASE_URL_PLACEHOLDER.openai });
+    // The API the provider speaks: which routes reach it, and how its key is sent.
+    const api = h(
+      "select",
+      { attrs: { name: "api", "data-testid": "api-select" } },
+      h("option", { attrs: { value: "openai" } }, "OpenAI-compatible"),
+      h("option", { attrs: { value: "anthropic" } }, "Anthropic"),
+    );
+    api.value = "openai";
     const apiKey = input({
       name: "api_key",
       type: "password",
@@ -350,6 +373,7 @@ function render(ctx: PageContext) {
       name.value = existing.name;
       label.value = existing.label;
       baseUrl.value = existing.baseUrl;
+      api.value = apiText(existing);
       rpm.value = String(existing.rpmLimit);
       tpm.value = existing.tpmLimit ? String(existing.tpmLimit) : "";
       timeout.value = String(existing.timeoutSeconds);
@@ -360,6 +384,9 @@ function render(ctx: PageContext) {
     } else {
       pool.value = "primary";
     }
+    const showApiPlaceholder = () => (baseUrl.placeholder = BASE_URL_PLACEHOLDER[api.value] ?? BASE_URL_PLACEHOLDER.openai);
+    showApiPlaceholder();
+    api.addEventListener("change", showApiPlaceholder);
 
     // Model mappings: canonical name (what clients send) → the provider's model id and prices.
     const mappingRows = h("div", { class: "mapping-rows", attrs: { "data-testid": "mappings" } });
@@ -543,6 +570,7 @@ function render(ctx: PageContext) {
         h("legend", null, "Provider"),
         reg("name", field("Name", name, { hint: "letters, digits, - _ ." })),
         reg("label", field("Label", label)),
+        reg("api", field("API", api, { class: "span2", hint: API_HINT })),
         reg("base_url", field("Base URL", baseUrl, { class: "span2" })),
         reg("api_key", keyField),
         h("label", "check span2", validateOnSave, " Check the key with the provider when saving (refused on 401/403)"),
@@ -671,8 +699,8 @@ function render(ctx: PageContext) {
       void (async () => {
         errors.clear();
         keyResult.hidden = true;
-        let target: { case: "id"; value: string } | { case: "candidate"; value: { baseUrl: string; apiKey: string } };
-        if (apiKey.value) target = { case: "candidate", value: { baseUrl: baseUrl.value.trim(), apiKey: apiKey.value } };
+        let target: { case: "id"; value: string } | { case: "candidate"; value: { baseUrl: string; apiKey: string; api: BackendApi } };
+        if (apiKey.value) target = { case: "candidate", value: { baseUrl: baseUrl.value.trim(), apiKey: apiKey.value, api: backendApiFromText(api.value) } };
         else if (existing) target = { case: "id", value: existing.id };
         else {
           errors.show("api_key", "enter the key to test it");
@@ -710,6 +738,8 @@ function render(ctx: PageContext) {
             if (name.value.trim() !== existing.name) patch.name = name.value.trim();
             if (label.value !== existing.label) patch.label = label.value;
             if (baseUrl.value.trim() !== existing.baseUrl) patch.baseUrl = baseUrl.value.trim();
+            // Unspecified in a patch is "unchanged": sent only when the select moved.
+            if (api.value !== apiText(existing)) patch.api = backendApiFromText(api.value);
             if (apiKey.value) patch.apiKey = apiKey.value;
             const r = intValue(rpm, "rpm_limit");
             if (r !== undefined && r !== BigInt(existing.rpmLimit)) patch.rpmLimit = r;
@@ -748,6 +778,7 @@ function render(ctx: PageContext) {
               name: name.value.trim(),
               label: label.value,
               baseUrl: baseUrl.value.trim(),
+              api: backendApiFromText(api.value),
               apiKey: apiKey.value,
               timeoutSeconds: intValue(timeout, "timeout_seconds") ?? 0n,
               rpmLimit: intValue(rpm, "rpm_limit"),
