@@ -18,6 +18,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .field_attribute("sidecar.v1.Token.role", r#"#[serde(serialize_with = "crate::json::role")]"#)
         .field_attribute("sidecar.v1.Backend.status", r#"#[serde(serialize_with = "crate::json::backend_status")]"#)
         .field_attribute("sidecar.v1.Backend.source", r#"#[serde(serialize_with = "crate::json::backend_source")]"#)
+        .field_attribute("sidecar.v1.Backend.api", r#"#[serde(serialize_with = "crate::json::backend_api")]"#)
         .field_attribute("sidecar.v1.BackendLive.status", r#"#[serde(serialize_with = "crate::json::backend_status")]"#)
         .field_attribute(
             "sidecar.v1.GetStatsResponse.granularity",

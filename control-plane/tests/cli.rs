@@ -225,6 +225,18 @@ async fn sidecarctl_drives_the_admin_api_end_to_end() -> anyhow::Result<()> {
     assert_eq!(alpha["label"], "example");
     assert_eq!(alpha["model_mappings"]["gpt-4o"]["native_id"], "openai/gpt-4o");
 
+    // The API a backend speaks: openai by default, anthropic when asked; shown in the
+    // list and by get; an unknown one refused by name.
+    assert!(alpha_row.contains(" openai "), "{table}");
+    ctl.run(&["backend", "update", "alpha", "--api", "anthropic"]).await.ok();
+    let alpha = ctl.run(&["-o", "json", "backend", "get", "alpha"]).await.json();
+    assert_eq!(alpha["api"], "anthropic", "{alpha}");
+    let got = ctl.run(&["backend", "get", "alpha"]).await.ok();
+    assert!(got.lines().any(|l| l.starts_with("api:") && l.ends_with(" anthropic")), "{got}");
+    let err = ctl.run(&["backend", "update", "alpha", "--api", "gemini"]).await.usage_error();
+    assert!(err.contains("invalid value 'gemini'") && err.contains("openai, anthropic"), "{err}");
+    ctl.run(&["backend", "update", "alpha", "--api", "openai"]).await.ok();
+
     // A provider that enforces per 10 s: shown, and refused where a window would allow
     // less than one request.
     ctl.run(&["backend", "update", "alpha", "--window-seconds", "10"]).await.ok();

@@ -40,6 +40,7 @@ pub mod json {
         role: Role, "ROLE_";
         backend_status: BackendStatus, "BACKEND_STATUS_";
         backend_source: BackendSource, "BACKEND_SOURCE_";
+        backend_api: BackendApi, "BACKEND_API_";
         granularity: Granularity, "GRANULARITY_";
     }
 }

@@ -288,3 +288,36 @@ async fn the_official_openai_sdk_speaks_responses_and_follow_ups_reach_the_backe
     assert_eq!((t.prompt_tokens, t.completion_tokens), (15 * 10, 15 * 5));
     assert!((t.cost_usd - 15.0 * (10.0 * 1e-6 + 5.0 * 2e-6)).abs() < 1e-12, "cost {}", t.cost_usd);
 }
+
+#[tokio::test]
+async fn a_stored_response_is_reachable_only_with_the_client_key_that_made_it() {
+    let mock = MockUpstream::start(&[]).await;
+    let options = sidecar_tests::ProxyOptions {
+        env: vec![("SIDECAR_ALLOW_ANONYMOUS".into(), "false".into())],
+        ..Default::default()
+    };
+    let mut gw = Gateway::start_with(options).await;
+    gw.add_backend(&mock, BackendDef::default()).await;
+    let mut secrets = Vec::new();
+    for name in ["owner", "other"] {
+        let created =
+            gw.admin.create_key(pb::CreateKeyRequest { name: name.into(), ..Default::default() }).await.unwrap();
+        let created = created.into_inner();
+        gw.proxy.wait_version(created.config_version).await;
+        secrets.push(format!("Bearer {}", created.secret));
+    }
+    let (owner, other) = (secrets[0].as_str(), secrets[1].as_str());
+    let made =
+        gw.proxy.post("/responses", &json!({"model": "gpt-test", "input": "hi"}), &[("authorization", owner)]).await;
+    assert_eq!(made.status(), 200);
+    let id = made.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+    let get = |key: &str| {
+        let (url, key) = (format!("{}/responses/{id}", gw.proxy.url()), key.to_owned());
+        async move { reqwest::Client::new().get(url).header("authorization", key).send().await.unwrap().status() }
+    };
+    assert_eq!(get(other).await, 404, "another key is told nothing about it");
+    assert_eq!(get(owner).await, 200);
+    // Without a key at all (anonymous not allowed here): 401 before any lookup.
+    assert_eq!(reqwest::get(format!("{}/responses/{id}", gw.proxy.url())).await.unwrap().status(), 401);
+    assert_eq!(mock.calls().iter().filter(|c| c.method == "GET").count(), 1, "only the owner's lookup went upstream");
+}
