@@ -699,3 +699,165 @@ async fn sidecarctl_manages_client_keys() -> anyhow::Result<()> {
     task.await??;
     Ok(())
 }
+
+/// V2's `backends` table, as V2 created it (seeds: the V2 schema).
+const V2_DDL: &str = "CREATE TABLE IF NOT EXISTS backends (
+    id TEXT PRIMARY KEY, name TEXT NOT NULL, label TEXT DEFAULT '', api_base_url TEXT NOT NULL,
+    api_key_encrypted TEXT NOT NULL, api TEXT NOT NULL DEFAULT 'openai-completions',
+    timeout_seconds INTEGER NOT NULL DEFAULT 120, rpm_limit INTEGER NOT NULL DEFAULT 40,
+    pool TEXT NOT NULL DEFAULT 'primary' CHECK(pool IN ('primary', 'fallback')),
+    enabled INTEGER NOT NULL DEFAULT 1,
+    status TEXT NOT NULL DEFAULT 'healthy' CHECK(status IN ('healthy', 'cooling', 'error', 'disabled')),
+    model_mappings_json TEXT DEFAULT '{}',
+    source TEXT NOT NULL DEFAULT 'webui' CHECK(source IN ('webui', 'env', 'import')),
+    cooldown_until TEXT, consecutive_429_count INTEGER DEFAULT 0, metadata_json TEXT DEFAULT '{}',
+    created_at TEXT NOT NULL DEFAULT (datetime('now')), updated_at TEXT NOT NULL DEFAULT (datetime('now')));";
+/// V2's example SIDECAR_ENCRYPTION_KEY, and keys sealed under it by V2's code path
+/// (Python `cryptography` AESGCM, `nonce_hex:ciphertext_hex`).
+const V2_KEY: &str = "0000111122223333444455556666777788889999aaaabbbbccccddddeeeeffff";
+const V2_GOOD_KEY: &str =
+    "84bf38fe82a8813e767f8992:fd2e723b97860e2aba3cb551e1da58c29c444844c0bf2682980ebb7030acfea1e65a77";
+const V2_ANTHROPIC_KEY: &str =
+    "2216189d61486825dc72174f:8edd9b07ee932d5e5e3ba75fa69b8cfa42afb91d17e713d3eb97f300a9ac2ca9f70bd797b9bbee5f";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sidecarctl_imports_the_providers_of_a_v2_database() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let data_dir = dir.path().join("data").to_string_lossy().into_owned();
+    let (addr, stop, task) = start_control_plane(&data_dir, &MasterKey::generate_hex()).await?;
+    let ctl = Ctl { server: format!("http://{addr}"), token: ADMIN.to_owned() };
+    let provider = mock_provider().await;
+
+    let db_path = dir.path().join("sidecar_v2.db");
+    let db = rusqlite::Connection::open(&db_path)?;
+    db.execute_batch(V2_DDL)?;
+    let mappings = json!({"gpt-4o": {"native_id": "openai/gpt-4o", "cost": {"input": 2.5e-6, "output": 1e-5, "cacheRead": 1.25e-6, "cacheWrite": 0.0},
+        "context_window": 128000, "max_tokens": 16384, "reasoning": false, "input_modalities": ["text", "image"], "compat": {}}});
+    db.execute(
+        "INSERT INTO backends (id, name, label, api_base_url, api_key_encrypted, rpm_limit, pool, model_mappings_json, metadata_json, status, consecutive_429_count)
+         VALUES ('b-1', 'v2-openai', 'OpenAI', ?1, ?2, 90, 'primary', ?3, '{\"team\": \"ml\", \"tier\": 4}', 'cooling', 3)",
+        rusqlite::params![format!("http://{provider}/v1"), V2_GOOD_KEY, mappings.to_string()],
+    )?;
+    db.execute(
+        "INSERT INTO backends (id, name, api_base_url, api_key_encrypted, api, timeout_seconds, pool, enabled, model_mappings_json)
+         VALUES ('b-2', 'v2-claude', 'https://api.anthropic.com/v1', ?1, 'anthropic-messages', 300, 'fallback', 0, '{\"claude\": {\"native_id\": \"claude-sonnet-4-5\"}}')",
+        [V2_ANTHROPIC_KEY],
+    )?;
+    // A row whose key does not decrypt (sealed under another key) is reported and skipped.
+    db.execute(
+        "INSERT INTO backends (id, name, api_base_url, api_key_encrypted) VALUES ('b-3', 'v2-broken', 'https://x.example/v1', ?1)",
+        [V2_GOOD_KEY.replace(":fd", ":fe")],
+    )?;
+    db.execute_batch(
+        "CREATE TABLE IF NOT EXISTS system_config (key TEXT PRIMARY KEY, value TEXT NOT NULL, description TEXT DEFAULT '',
+           updated_at TEXT NOT NULL DEFAULT (datetime('now')));
+         INSERT INTO system_config (key, value) VALUES ('queue_max_depth', '250'), ('cooldown_base_seconds', '45.0'),
+           ('emergency_rpm_fraction', '0.2'), ('port', '9190'), ('log_level', 'INFO');
+         CREATE TABLE IF NOT EXISTS backend_usage_logs (id TEXT PRIMARY KEY,
+           backend_id TEXT NOT NULL REFERENCES backends(id) ON DELETE CASCADE, model TEXT DEFAULT 'unknown',
+           prompt_tokens INTEGER DEFAULT 0, completion_tokens INTEGER DEFAULT 0, total_tokens INTEGER DEFAULT 0,
+           cost REAL DEFAULT 0.0, request_count INTEGER DEFAULT 0, error_count INTEGER DEFAULT 0,
+           avg_latency_ms INTEGER DEFAULT 0, ttft_ms INTEGER DEFAULT 0, hour_bucket TEXT NOT NULL,
+           created_at TEXT NOT NULL DEFAULT (datetime('now')));
+         INSERT INTO backend_usage_logs (id, backend_id, model, prompt_tokens, completion_tokens, total_tokens, cost,
+           request_count, error_count, avg_latency_ms, hour_bucket) VALUES
+           ('u1', 'b-1', 'gpt-4o', 100, 50, 150, 0.5, 10, 1, 200, strftime('%Y-%m-%dT%H:00:00Z', 'now', '-3 hours')),
+           ('u2', 'b-1', 'gpt-4o', 40, 20, 60, 0.25, 4, 0, 100, strftime('%Y-%m-%dT%H:00:00Z', 'now', '-2 hours')),
+           ('u3', 'b-3', 'x', 1, 1, 2, 0.01, 1, 0, 1, strftime('%Y-%m-%dT%H:00:00Z', 'now', '-2 hours'));",
+    )?;
+    drop(db);
+    let db_arg = db_path.to_string_lossy().into_owned();
+    let env = [("V2KEY", V2_KEY)];
+
+    // A wrong old key imports nothing, and says why.
+    let wrong = "1".repeat(64);
+    let err = ctl.run_with(&["import-v2", "--db", &db_arg, "--v2-key", &wrong], None, &[]).await.failed();
+    assert!(
+        err.contains("nothing imported") && err.contains("no provider key decrypts") && err.contains("v2-openai"),
+        "{err}"
+    );
+    assert!(!err.contains("good-key"), "{err}");
+    // A dry run creates nothing.
+    let run = ctl.run_with(&["import-v2", "--db", &db_arg, "--v2-key-env", "V2KEY", "--dry-run"], None, &env).await;
+    let dry = run.stdout.clone();
+    assert!(run.failed().contains("1 of 3 V2 backends cannot be imported"));
+    assert!(dry.contains("would import") && dry.contains("v2-claude"), "{dry}");
+    assert!(dry.contains("good-k****6789") && !dry.contains("good-key-0123456789"), "keys masked: {dry}");
+    assert!(dry.contains("settings: would change") && dry.contains("queue_capacity: Some(250)"), "{dry}");
+    assert!(ctl.run(&["-o", "json", "backend", "list"]).await.json()["backends"].as_array().unwrap().is_empty());
+
+    let run = ctl.run_with(&["import-v2", "--db", &db_arg, "--v2-key-env", "V2KEY"], None, &env).await;
+    let out = run.stdout.clone();
+    assert!(run.failed().contains("1 of 3 V2 backends were not imported"));
+    assert_eq!(out.matches(" imported ").count(), 2, "{out}");
+    assert!(
+        out.lines().any(|l| l.contains("v2-broken") && l.contains("failed") && l.contains("wrong V2 key")),
+        "{out}"
+    );
+    assert!(out.contains("settings: changed"), "{out}");
+    assert!(out.contains("usage: 2 hours of V2 usage history added, 0 already imported"), "{out}");
+    let history = ctl.run(&["-o", "json", "stats", "--since", "12h", "--granularity", "hour"]).await.json();
+    let t = &history["totals"];
+    assert_eq!(
+        (&t["requests"], &t["errors"], &t["prompt_tokens"], &t["completion_tokens"]),
+        (&json!(14), &json!(1), &json!(140), &json!(70)),
+        "{history}"
+    );
+    assert!((t["cost_usd"].as_f64().unwrap() - 0.75).abs() < 1e-9, "{history}");
+    let grouped = ctl
+        .run(&["-o", "json", "stats", "--since", "12h", "--granularity", "hour", "--by", "node,backend"])
+        .await
+        .json();
+    assert!(grouped.to_string().contains("v2-import"), "{grouped}");
+    let settings = ctl.run(&["-o", "json", "settings", "get"]).await.json();
+    let s = &settings["settings"];
+    assert_eq!((&s["queue_capacity"], &s["cooldown_base_seconds"]), (&json!(250), &json!(45)), "{settings}");
+    assert_eq!(s["emergency_fraction"], 0.2);
+    assert!(
+        !out.contains("good-key-0123456789") && !out.contains("sk-ant-v2-key-abcdefghij"),
+        "no key is printed: {out}"
+    );
+    assert!(out.lines().any(|l| l.starts_with("b-3") && l.contains("v2-broken")), "{out}");
+    let openai = ctl.run(&["-o", "json", "backend", "get", "v2-openai"]).await.json();
+    assert_eq!(
+        (&openai["source"], &openai["api"], &openai["pool"], &openai["rpm_limit"], &openai["enabled"]),
+        (&json!("import"), &json!("openai"), &json!("primary"), &json!(90), &json!(true)),
+        "{openai}"
+    );
+    assert_eq!(openai["label"], "OpenAI");
+    assert_eq!(openai["metadata"], json!({"team": "ml", "tier": "4"}));
+    let gpt = &openai["model_mappings"]["gpt-4o"];
+    assert_eq!(gpt["native_id"], "openai/gpt-4o");
+    assert_eq!((gpt["cost"]["input"].as_f64(), gpt["cost"]["cache_read"].as_f64()), (Some(2.5e-6), Some(1.25e-6)));
+    assert_eq!((&gpt["max_tokens"], &gpt["input_modalities"]), (&json!(16384), &json!(["text", "image"])));
+    assert_eq!(openai["status"], "healthy", "V2's runtime state (cooling, 429 count) stays behind");
+    // The key came over decrypted and re-sealed: the provider accepts it.
+    let valid = ctl.run(&["-o", "json", "backend", "validate", "v2-openai"]).await.json();
+    assert_eq!(valid["ok"], true, "{valid}");
+    let claude = ctl.run(&["-o", "json", "backend", "get", "v2-claude"]).await.json();
+    assert_eq!(
+        (&claude["api"], &claude["pool"], &claude["enabled"]),
+        (&json!("anthropic"), &json!("fallback"), &json!(false))
+    );
+    assert_eq!(claude["timeout_seconds"], 300);
+    assert!(claude["api_key_masked"].as_str().unwrap().starts_with("sk-ant"), "{claude}");
+
+    // Again: nothing changes.
+    let again = ctl.run_with(&["import-v2", "--db", &db_arg, "--v2-key-env", "V2KEY"], None, &env).await;
+    assert_eq!(again.stdout.matches("skipped").count(), 2, "{again:?}");
+    assert!(again.stdout.contains("settings: unchanged"), "{again:?}");
+    assert!(again.stdout.contains("0 hours of V2 usage history added, 2 already imported"), "{again:?}");
+    let history = ctl.run(&["-o", "json", "stats", "--since", "12h", "--granularity", "hour"]).await.json();
+    assert_eq!(history["totals"]["requests"], 14, "not counted twice: {history}");
+    // Not a V2 database, or no file: named.
+    let err = ctl.run_with(&["import-v2", "--db", &data_dir, "--v2-key", V2_KEY], None, &[]).await.usage_error();
+    assert!(err.contains("no such file"), "{err}");
+    let not_v2 = dir.path().join("other.db");
+    rusqlite::Connection::open(&not_v2)?.execute_batch("CREATE TABLE t (x)")?;
+    let err = ctl.run(&["import-v2", "--db", &not_v2.to_string_lossy(), "--v2-key", V2_KEY]).await.failed();
+    assert!(err.contains("not a Sidecar V2 database"), "{err}");
+
+    stop.send(()).ok();
+    task.await??;
+    Ok(())
+}

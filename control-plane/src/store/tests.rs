@@ -268,3 +268,21 @@ fn record(minute_ms: i64, backend: &str, model: &str, attempts: u64) -> ReportRe
 
 /// (bucket, attempts) of every row of `g`, summed over backend, model and node.
 mod usage;
+
+#[test]
+fn imported_usage_lands_in_hours_and_days_once_per_row_and_never_in_minutes() {
+    let (_dir, store) = open();
+    let hour = 7 * 3_600_000;
+    let rows = vec![
+        ("u1".to_string(), record(hour, "bkd_1", "m", 4)),
+        ("u2".to_string(), record(hour + 3_600_000, "bkd_1", "m", 6)),
+    ];
+    assert_eq!(store.import_usage("v2-import", &rows).unwrap(), 2);
+    assert_eq!(store.import_usage("v2-import", &rows).unwrap(), 0, "each row once");
+    let more = vec![rows[1].clone(), ("u3".to_string(), record(hour, "bkd_1", "m", 1))];
+    assert_eq!(store.import_usage("v2-import", &more).unwrap(), 1, "only the new row");
+    assert_eq!(store.import_usage("other-import", &rows).unwrap(), 2, "marks are per source");
+    assert!(store.usage_minutes(0, i64::MAX).unwrap().is_empty(), "history has no minutes");
+    let sum = |g| store.usage(g, 0, i64::MAX).unwrap().iter().map(|r| r.counters.attempts).sum::<u64>();
+    assert_eq!((sum(Granularity::Hour), sum(Granularity::Day)), (21, 21));
+}

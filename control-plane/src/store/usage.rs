@@ -256,6 +256,34 @@ impl Store {
             .map_err(tx_error)
     }
 
+    /// Adds usage history from another system to the hour and day rollups under node
+    /// `node_id`: each `(mark, record)` once — a mark this store has seen is skipped —
+    /// in one transaction with the marks. Returns how many records were added.
+    pub fn import_usage(&self, node_id: &str, records: &[(String, ReportRecord)]) -> Result<usize, StoreError> {
+        let mark = |m: &str| [b"import\0", node_id.as_bytes(), &[0], m.as_bytes()].concat();
+        (&self.usage_h, &self.usage_d, &self.report_seq)
+            .transaction(|(hours, days, marks)| {
+                let mut adds: [BTreeMap<Vec<u8>, UsageValue>; 2] = Default::default();
+                let mut added = 0;
+                for (m, r) in records {
+                    if marks.get(mark(m))?.is_some() {
+                        continue;
+                    }
+                    marks.insert(mark(m), encode(&1u64))?;
+                    added += 1;
+                    for (g, adds) in [Granularity::Hour, Granularity::Day].iter().zip(adds.iter_mut()) {
+                        let key = usage_key(g.floor(r.minute_ms), &r.backend_id, &r.model, node_id, &r.key_id);
+                        let add = UsageValue { pool: r.pool.clone(), counters: r.counters.clone() };
+                        adds.entry(key).or_default().checked_merge(&add, g.tree_name()).map_err(tx_abort)?;
+                    }
+                }
+                merge_into(hours, "usage_h", &adds[0])?;
+                merge_into(days, "usage_d", &adds[1])?;
+                Ok(added)
+            })
+            .map_err(tx_error)
+    }
+
     /// Rollup rows of `granularity` whose bucket overlaps `[since_ms, until_ms)`: the
     /// bucket holding `since_ms` and every later one that starts before `until_ms`, in key
     /// order (time, backend, model, node). Rows are read as the iterator advances, so a

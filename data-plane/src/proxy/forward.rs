@@ -75,10 +75,11 @@ fn pin_to_origin(shared: &Shared, caller: &Caller, request: &ParsedRequest, api:
     let key_id = caller.key().map(|k| k.id.clone());
     let Some(origin) = shared.origins.get(id).filter(|o| o.key_id == key_id) else { return };
     let Some(route) = shared.bundle.load().route(api, &request.model) else { return };
-    if !route.members().any(|(b, _)| *b.config.id == *origin.backend_id) {
+    let holder = |b: &Backend| b.config.id == *origin.backend_id;
+    if !route.members().any(|(b, _)| holder(b)) {
         return;
     }
-    exclude.extend(route.members().map(|(b, _)| &b.config.id).filter(|id| ***id != *origin.backend_id).cloned());
+    exclude.extend(route.members().filter(|(b, _)| !holder(b)).map(|(b, _)| b.config.id.clone()));
 }
 
 /// Serves one parsed request.

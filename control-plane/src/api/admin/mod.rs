@@ -119,6 +119,7 @@ rpcs! {
     rotate_encryption_key(RotateEncryptionKeyRequest) -> RotateEncryptionKeyResponse: "RotateEncryptionKey", AdminWrite => transfer::rotate;
     get_stats(GetStatsRequest) -> GetStatsResponse: "GetStats", AdminRead => stats::get;
     list_cooldowns(ListCooldownsRequest) -> ListCooldownsResponse: "ListCooldowns", AdminRead => stats::cooldowns;
+    import_usage(ImportUsageRequest) -> ImportUsageResponse: "ImportUsage", AdminWrite => stats::import_usage;
 }
 
 /// Refuses a write whose expected resource version is not the current one.

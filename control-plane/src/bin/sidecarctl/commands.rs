@@ -42,6 +42,7 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::NodeToken(c) => tokens::node_token(&mut ctx, c).await,
         Command::Export { file } => export(&mut ctx, &file).await,
         Command::Import { file } => import(&mut ctx, &file).await,
+        Command::ImportV2(args) => crate::import_v2::run(&mut ctx, args).await,
         Command::RotateKey(args) => rotate_key(&mut ctx, args).await,
         Command::Audit { since } => {
             let since_ms = match since {

@@ -7,6 +7,7 @@ mod backend;
 mod cli;
 mod client;
 mod commands;
+mod import_v2;
 mod keys;
 mod output;
 mod settings;

@@ -88,6 +88,9 @@ pub(crate) enum Command {
         /// Source file; `-` reads stdin.
         file: String,
     },
+    /// Bring the providers of a Sidecar V2 SQLite database over as backends.
+    #[command(name = "import-v2")]
+    ImportV2(ImportV2Args),
     /// Re-encrypt every stored API key under a new encryption key.
     RotateKey(RotateKeyArgs),
     /// Recent configuration changes.
@@ -263,6 +266,25 @@ impl TokenRole {
             Self::Node => pb::Role::Node,
         }
     }
+}
+
+/// `sidecarctl import-v2`
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("v2key").required(true).args(["v2_key", "v2_key_env"])))]
+pub(crate) struct ImportV2Args {
+    /// The V2 database (`sidecar_v2.db`); opened read-only.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) db: String,
+    /// V2's SIDECAR_ENCRYPTION_KEY (64 hex characters) that sealed its provider keys; `-`
+    /// reads it from stdin.
+    #[arg(long, value_name = "HEX")]
+    pub(crate) v2_key: Option<String>,
+    /// Read V2's key from this environment variable.
+    #[arg(long, value_name = "VAR")]
+    pub(crate) v2_key_env: Option<String>,
+    /// Show what would be imported; create nothing.
+    #[arg(long)]
+    pub(crate) dry_run: bool,
 }
 
 /// `sidecarctl rotate-key`
