@@ -1,18 +1,5 @@
-//! `sidecarctl import-v2 FILE`: brings the providers of a Sidecar V2 SQLite database
-//! (`sidecar_v2.db`) over as backends, through `CreateBackend` like any other client.
-//!
-//! V2 kept each provider's key as `<nonce_hex>:<ciphertext_hex>`, AES-256-GCM under its
-//! `SIDECAR_ENCRYPTION_KEY` (64 hex characters); the old key decrypts them here, on the
-//! operator's machine, and each key goes to the control plane like a key typed into
-//! `backend add` (over TLS when the control plane serves it). Every key is decrypted
-//! before anything is created: a wrong old key imports nothing.
-//!
-//! What comes over: name, label, base URL, key, API (`anthropic-*` → anthropic, anything
-//! else → openai), timeout, RPM, pool, enabled, model mappings (native id, prices per
-//! token, context window, max tokens, reasoning, input modalities) and metadata. What
-//! does not: V2's runtime state (status, cooldowns, 429 counts, health) and its usage
-//! history. A backend whose name already exists is skipped, so running the import twice
-//! changes nothing.
+//! Reading a V2 database: its backends with their keys decrypted, its settings and its
+//! usage history, as the admin API's messages.
 
 use std::collections::HashMap;
 
@@ -21,22 +8,17 @@ use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
 use serde_json::Value;
 use sidecar_proto::v1 as pb;
 
-use crate::{
-    cli::{Format, ImportV2Args},
-    client::Usage,
-    commands::{Ctx, secret},
-    output::{Table, print_json},
-};
+use crate::client::Usage;
 
 /// One V2 `backends` row, its key decrypted.
 #[derive(Debug)]
-struct V2Backend {
-    id: String,
-    spec: pb::BackendSpec,
+pub(super) struct V2Backend {
+    pub(super) id: String,
+    pub(super) spec: pb::BackendSpec,
 }
 
 /// The V2 cipher from its `SIDECAR_ENCRYPTION_KEY` (64 hex characters).
-fn cipher(hex_key: &str) -> anyhow::Result<LessSafeKey> {
+pub(super) fn cipher(hex_key: &str) -> anyhow::Result<LessSafeKey> {
     let bytes = hex::decode(hex_key.trim())
         .ok()
         .filter(|b| b.len() == 32)
@@ -83,16 +65,16 @@ fn mapping(v: &Value) -> pb::ModelMapping {
 
 /// The V2 database: its backends (keys decrypted), the rows whose key did not decrypt
 /// (name and why), and its `system_config`.
-struct V2Database {
-    backends: Vec<V2Backend>,
+pub(super) struct V2Database {
+    pub(super) backends: Vec<V2Backend>,
     /// (V2 id, name, why)
-    unreadable: Vec<(String, String, String)>,
-    config: HashMap<String, String>,
+    pub(super) unreadable: Vec<(String, String, String)>,
+    pub(super) config: HashMap<String, String>,
 }
 
 /// Reads the V2 database at `path`, decrypting its keys with `key`. A key that decrypts
 /// for no row at all is the wrong key: an error, before anything is written.
-fn read(path: &str, key: &LessSafeKey) -> anyhow::Result<V2Database> {
+pub(super) fn read(path: &str, key: &LessSafeKey) -> anyhow::Result<V2Database> {
     use rusqlite::{Connection, OpenFlags};
     if !std::path::Path::new(path).is_file() {
         bail!(Usage(format!("{path}: no such file")));
@@ -178,7 +160,7 @@ fn read(path: &str, key: &LessSafeKey) -> anyhow::Result<V2Database> {
 /// V2's usage history (`backend_usage_logs`, one row per backend and hour) as
 /// ImportUsage rows, for the V2 backends in `ids` (V2 id → id here). A database without
 /// the table has none.
-fn usage(path: &str, ids: &HashMap<String, String>) -> anyhow::Result<Vec<pb::ImportedUsage>> {
+pub(super) fn usage(path: &str, ids: &HashMap<String, String>) -> anyhow::Result<Vec<pb::ImportedUsage>> {
     let db = rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
     let Ok(mut q) = db.prepare(
         "SELECT id, backend_id, model, prompt_tokens, completion_tokens, total_tokens, cost, request_count, \
@@ -215,7 +197,7 @@ fn usage(path: &str, ids: &HashMap<String, String>) -> anyhow::Result<Vec<pb::Im
 
 /// V2's `system_config` values that have a setting here: (V2 key, our field) and the
 /// value, parsed. Others (ports, tokens, log level) are per-process configuration.
-fn settings_patch(config: &HashMap<String, String>) -> (pb::SettingsPatch, Vec<String>) {
+pub(super) fn settings_patch(config: &HashMap<String, String>) -> (pb::SettingsPatch, Vec<String>) {
     let mut patch = pb::SettingsPatch::default();
     let mut applied = Vec::new();
     let num = |k: &str| config.get(k).and_then(|v| v.trim().parse::<f64>().ok()).filter(|v| v.is_finite());
@@ -236,154 +218,6 @@ fn settings_patch(config: &HashMap<String, String>) -> (pb::SettingsPatch, Vec<S
         applied.push("emergency_rpm_fraction → emergency_fraction".into());
     }
     (patch, applied)
-}
-
-/// Leaves in `patch` only what differs from `current`, so a second import changes nothing.
-fn drop_unchanged(patch: &mut pb::SettingsPatch, current: &pb::Settings) {
-    let same = |slot: &mut Option<i64>, now: u32| {
-        if *slot == Some(i64::from(now)) {
-            *slot = None;
-        }
-    };
-    same(&mut patch.queue_capacity, current.queue_capacity);
-    same(&mut patch.queue_timeout_seconds, current.queue_timeout_seconds);
-    same(&mut patch.cooldown_base_seconds, current.cooldown_base_seconds);
-    same(&mut patch.cooldown_max_seconds, current.cooldown_max_seconds);
-    same(&mut patch.probe_interval_seconds, current.probe_interval_seconds);
-    same(&mut patch.probe_timeout_seconds, current.probe_timeout_seconds);
-    if patch.emergency_fraction.is_some_and(|f| (f - current.emergency_fraction).abs() < 1e-9) {
-        patch.emergency_fraction = None;
-    }
-}
-
-/// What happened to one V2 backend.
-struct Outcome {
-    v2_id: String,
-    name: String,
-    api: &'static str,
-    pool: String,
-    models: String,
-    key: String,
-    result: &'static str,
-    detail: String,
-}
-
-/// Runs `sidecarctl import-v2`.
-pub(crate) async fn run(ctx: &mut Ctx, args: ImportV2Args) -> anyhow::Result<()> {
-    let Some(hex_key) = secret(args.v2_key.as_deref(), args.v2_key_env.as_deref(), "v2-key")? else {
-        bail!(Usage("give the V2 key with --v2-key or --v2-key-env".into()));
-    };
-    let v2 = read(&args.db, &cipher(&hex_key)?)?;
-    let existing: HashMap<String, String> = ctx
-        .admin
-        .list_backends(pb::ListBackendsRequest::default())
-        .await?
-        .into_inner()
-        .backends
-        .into_iter()
-        .map(|b| (b.name, b.id))
-        .collect();
-    let mut outcomes = Vec::new();
-    let mut failures = 0;
-    // V2 id → the backend here that carries its history.
-    let mut ids = HashMap::new();
-    for b in v2.backends {
-        let (result, detail) = if let Some(id) = existing.get(&b.spec.name) {
-            ids.insert(b.id.clone(), id.clone());
-            ("skipped", format!("a backend with this name exists ({id})"))
-        } else if args.dry_run {
-            ("would import", String::new())
-        } else {
-            let request = pb::CreateBackendRequest { backend: Some(b.spec.clone()), validate: false };
-            match ctx.admin.create_backend(request).await {
-                Ok(r) => {
-                    let id = r.into_inner().backend.map(|b| b.id).unwrap_or_default();
-                    ids.insert(b.id.clone(), id.clone());
-                    ("imported", id)
-                }
-                Err(status) => {
-                    failures += 1;
-                    ("failed", status.message().to_owned())
-                }
-            }
-        };
-        let mut models: Vec<&str> = b.spec.model_mappings.keys().map(String::as_str).collect();
-        models.sort_unstable();
-        outcomes.push(Outcome {
-            v2_id: b.id,
-            api: if b.spec.api == pb::BackendApi::Anthropic as i32 { "anthropic" } else { "openai" },
-            pool: b.spec.pool.clone(),
-            models: models.join(","),
-            key: sidecar_control_plane::crypto::mask(&b.spec.api_key),
-            name: b.spec.name,
-            result,
-            detail,
-        });
-    }
-    for (v2_id, name, why) in v2.unreadable {
-        failures += 1;
-        let (api, key) = ("-", "-".to_owned());
-        let (pool, models) = (String::new(), String::new());
-        outcomes.push(Outcome { v2_id, name, api, pool, models, key, result: "failed", detail: why });
-    }
-    // Settings V2 kept that have a meaning here, where they differ.
-    let (mut patch, mapped) = settings_patch(&v2.config);
-    let current = ctx.admin.get_settings(pb::GetSettingsRequest {}).await?.into_inner().settings.unwrap_or_default();
-    drop_unchanged(&mut patch, &current);
-    let settings = if patch == pb::SettingsPatch::default() {
-        if mapped.is_empty() { "none in the V2 database".to_owned() } else { "unchanged".to_owned() }
-    } else if args.dry_run {
-        format!("would change: {patch:?}")
-    } else {
-        let request = pb::UpdateSettingsRequest { patch: Some(patch), expected_resource_version: None };
-        ctx.admin.update_settings(request).await?;
-        format!("changed from V2's system_config ({})", mapped.join(", "))
-    };
-    // Usage history, under the backends here, each V2 row once.
-    let history = usage(&args.db, &ids)?;
-    let usage_line = if args.dry_run {
-        format!("would add up to {} hours of V2 usage history", history.len())
-    } else {
-        let (mut imported, mut skipped) = (0, 0);
-        for chunk in history.chunks(10_000) {
-            let request = pb::ImportUsageRequest { source: "v2".into(), rows: chunk.to_vec() };
-            let r = ctx.admin.import_usage(request).await?.into_inner();
-            (imported, skipped) = (imported + r.imported, skipped + r.skipped);
-        }
-        format!("{imported} hours of V2 usage history added, {skipped} already imported")
-    };
-    match ctx.format {
-        Format::Json => {
-            let rows: Vec<Value> = outcomes
-                .iter()
-                .map(|o| serde_json::json!({ "v2_id": o.v2_id, "name": o.name, "result": o.result, "detail": o.detail, "api_key": o.key }))
-                .collect();
-            print_json(&serde_json::json!({ "backends": rows, "settings": settings, "usage": usage_line }))?;
-        }
-        Format::Table => {
-            let mut t = Table::new(&["V2 ID", "NAME", "API", "POOL", "MODELS", "KEY", "RESULT", "DETAIL"]);
-            for o in outcomes.iter() {
-                t.row(vec![
-                    o.v2_id.clone(),
-                    o.name.clone(),
-                    o.api.into(),
-                    o.pool.clone(),
-                    o.models.clone(),
-                    o.key.clone(),
-                    o.result.into(),
-                    o.detail.clone(),
-                ]);
-            }
-            t.print()?;
-            println!("settings: {settings}");
-            println!("usage: {usage_line}");
-        }
-    }
-    if failures > 0 {
-        let what = if args.dry_run { "cannot be imported" } else { "were not imported" };
-        bail!("{failures} of {} V2 backends {what} (see above)", outcomes.len());
-    }
-    Ok(())
 }
 
 #[cfg(test)]
