@@ -185,6 +185,8 @@ describe("browser console", { concurrency: false }, () => {
     await expectText("one proxy connected", page.locator("[data-testid=stat-nodes] .stat-value"), /^1 \/ 1$/);
     await visible(page.locator('[data-testid=pool][data-pool="primary"]'));
     assert.equal(await page.getByTestId("disconnected-banner").isVisible(), false);
+    // No traffic yet: the top keys panel says so.
+    await expectText("no top keys yet", page.locator("[data-testid=top-keys] tr.empty"), /^No usage by client keys in the last 24 hours\.$/);
   });
 
   test("adding a provider: errors next to the fields the server names, then saved with the key masked", async () => {
@@ -706,6 +708,45 @@ describe("browser console", { concurrency: false }, () => {
     await shot("usage-by-key");
     await keyFilter.selectOption("");
     await expectText("all keys again", summary, (t) => Number(t.match(/^(\d+)/)?.[1]) >= all);
+  });
+
+  test("dashboard: the top client keys by spend, the costlier key first with its name and team, requests without a key as “(no key)”", async () => {
+    // Two keys made with sidecarctl (the JSON has the secret, once); one spends four times the other.
+    const high = (await cp.ctl("key", "create", "--name", "spend-high", "--team", "growth")).secret;
+    const low = (await cp.ctl("key", "create", "--name", "spend-low", "--team", "ops")).secret;
+    assert.match(high, /^sk-sc-[A-Za-z0-9]{40}$/);
+    await waitFor("a 200 with the costlier key", async () => (await proxy.chat("gpt-test", high)) === 200, { timeout: 10_000 });
+    for (let i = 0; i < 3; i++) assert.equal(await proxy.chat("gpt-test", high), 200);
+    await waitFor("a 200 with the cheaper key", async () => (await proxy.chat("gpt-test", low)) === 200, { timeout: 10_000 });
+    assert.equal(await proxy.chat("gpt-test"), 200, "a request without a key");
+    const requests = async (key) => Number((await cp.ctl("stats", "--client-key", key)).totals.requests ?? 0);
+    await waitFor("both keys' usage at the control plane", async () => (await requests("spend-high")) >= 4 && (await requests("spend-low")) >= 1, { timeout: 20_000, interval: 500 });
+
+    await openPage("Dashboard", "dashboard");
+    const panel = await visible(page.getByTestId("top-keys-panel"));
+    assert.match(await text(panel.locator("h2")), /^Top client keys by spend \(24 h\)$/);
+    const top = panel.getByTestId("top-keys");
+    const highRow = top.locator('tr[data-key="spend-high"]');
+    const lowRow = top.locator('tr[data-key="spend-low"]');
+    await expectText("the costlier key's requests", highRow.getByTestId("top-key-requests"), /^4$/, 20_000);
+    await expectText("the cheaper key's requests", lowRow.getByTestId("top-key-requests"), /^1$/);
+    assert.equal(await text(highRow.getByTestId("top-key-name")), "spend-high");
+    assert.equal(await text(highRow.getByTestId("top-key-prefix")), `${high.slice(0, 10)}…`, "the key's prefix, never its secret");
+    assert.equal(await text(highRow.getByTestId("top-key-team")), "growth");
+    assert.equal(await text(lowRow.getByTestId("top-key-team")), "ops");
+    assert.equal(await text(highRow.getByTestId("top-key-tokens")), "60");
+    assert.ok((await num(highRow.getByTestId("top-key-cost"))) > (await num(lowRow.getByTestId("top-key-cost"))), "the costlier key spent more");
+    // At most ten rows, by cost descending; the costlier key above the cheaper one.
+    const rows = top.getByTestId("top-key");
+    const names = await rows.evaluateAll((trs) => trs.map((tr) => tr.getAttribute("data-key")));
+    assert.ok(names.length <= 10, `${names.length} rows`);
+    assert.ok(names.indexOf("spend-high") < names.indexOf("spend-low"), `the costlier key first: ${names}`);
+    const costs = (await top.getByTestId("top-key-cost").allTextContents()).map((t) => Number(t.replace(/[^0-9.]/g, "")));
+    assert.deepEqual(costs, [...costs].sort((a, b) => b - a), "sorted by cost, descending");
+    // The request without a key is among the top ten here.
+    await expectText("requests without a key", top.locator('tr[data-key-id=""]').getByTestId("top-key-name"), /^\(no key\)$/);
+    assert.ok(!(await page.content()).includes(high.slice(10)), "the secret is not in the page");
+    await shot("dashboard-top-keys");
   });
 
   test("a 429 from the upstream shows the cooldown countdown and history", async () => {

@@ -1,5 +1,5 @@
 // Dashboard: 24-hour totals, live fleet rates and pool health from the WatchDashboard
-// stream, and trends from GetStats.
+// stream, and trends and the top client keys by spend from GetStats.
 //
 // The stream's 24-hour totals are recomputed by the control plane every 30 s; the cards
 // here use GetStats over the same 24 hours (refreshed every 5 s) so new traffic shows
@@ -10,12 +10,14 @@ import { buckets, COST_SERIES, requestSeries, stepOf, TimeChart, TOKEN_SERIES } 
 import { h, mount, setText } from "../dom";
 import { backendStatusText } from "../enums";
 import { fmtCount, fmtDuration, fmtInt, fmtPct, fmtRate, fmtTime, fmtUsd, n } from "../format";
-import { Granularity, StatsDimension, type BackendLive, type Dashboard, type GetStatsResponse } from "../gen/sidecar/v1/admin_pb";
+import { Granularity, StatsDimension, type BackendLive, type ClientKey, type Dashboard, type GetStatsResponse, type StatsRow } from "../gen/sidecar/v1/admin_pb";
 import type { UsageTotals } from "../gen/sidecar/v1/types_pb";
-import { meter, badge, pageHeader, section, table, type Page, type PageContext, type SubRow } from "../ui";
+import { meter, badge, pageHeader, placeholder, section, table, type Page, type PageContext, type SubRow } from "../ui";
 
 const REFRESH_MS = 5000;
 const HOUR = 3_600_000;
+/** Rows in the top client keys panel. */
+const TOP_KEYS = 10;
 
 interface Stat {
   el: HTMLElement;
@@ -63,6 +65,33 @@ function modelRows(b: BackendLive): SubRow[] {
   }));
 }
 
+/**
+ * The client keys that spent most: cost descending, then requests. Requests without a key
+ * (key id "") compete like a key and are shown only when among the top. None when no key
+ * was used at all.
+ */
+function topKeys(rows: StatsRow[]): StatsRow[] {
+  if (!rows.some((r) => r.keyId)) return [];
+  const cost = (r: StatsRow) => r.totals?.costUsd ?? 0;
+  const requests = (r: StatsRow) => n(r.totals?.requests ?? 0);
+  return [...rows]
+    .sort((a, b) => cost(b) - cost(a) || requests(b) - requests(a) || a.keyId.localeCompare(b.keyId))
+    .slice(0, TOP_KEYS);
+}
+
+/** The key's name with its prefix (or id) small under it; "(no key)" for requests without one. */
+function keyCell(r: StatsRow, k: ClientKey | undefined): HTMLElement {
+  if (!r.keyId) return h("div", "name-cell", h("em", { attrs: { "data-testid": "top-key-name" } }, "(no key)"));
+  const revoked = k !== undefined && n(k.revokedAtMs) > 0;
+  return h(
+    "div",
+    { class: "name-cell", attrs: { title: `key id ${r.keyId}` } },
+    h("strong", { attrs: { "data-testid": "top-key-name" } }, k?.name || r.keyName || r.keyId),
+    revoked ? h("span", "muted", " (revoked)") : null,
+    h("div", "sub", h("code", { attrs: { "data-testid": "top-key-prefix" } }, k?.prefix || r.keyId)),
+  );
+}
+
 function render(ctx: PageContext) {
   const updated = h("span", { class: "muted", attrs: { "data-testid": "dashboard-updated" } }, "");
   const s = {
@@ -83,6 +112,11 @@ function render(ctx: PageContext) {
   const tokenChart = new TimeChart("Tokens per hour, last 24 h", TOKEN_SERIES);
   const costChart = new TimeChart("Cost per hour, last 24 h (USD)", COST_SERIES);
   const statsError = h("div", { class: "inline-error", attrs: { hidden: true, role: "status" } });
+  const topKeysBox = h("div");
+  placeholder(topKeysBox, "Loading…");
+  const topKeysError = h("div", { class: "inline-error", attrs: { hidden: true, role: "status", "data-testid": "top-keys-error" } });
+  const topKeysPanel = section("Top client keys by spend (24 h)", topKeysError, topKeysBox);
+  topKeysPanel.setAttribute("data-testid", "top-keys-panel");
 
   const el = h(
     "div",
@@ -93,6 +127,7 @@ function render(ctx: PageContext) {
     section("Live · fleet-wide, last full minute", h("div", "cards stats", s.rpm.el, s.rl.el, s.epm.el, s.nodes.el, s.version.el)),
     section("Pools", pools),
     section("Trends", h("div", "charts", rateChart.el, tokenChart.el, costChart.el)),
+    topKeysPanel,
     section("Backends (live)", backends),
   );
 
@@ -170,9 +205,79 @@ function render(ctx: PageContext) {
   let haveStats = false;
   let disposed = false;
   let timer: number | undefined;
+  let topKeysShown = "";
+
+  function showTopKeys(rows: StatsRow[], keys: ClientKey[]): void {
+    const byId = new Map(keys.map((k) => [k.id, k]));
+    const top = topKeys(rows);
+    const t = (r: StatsRow) => r.totals ?? ({} as Partial<UsageTotals>);
+    // Rendered again only when something shown changed (keeps a selection in the table).
+    const sig = JSON.stringify(
+      top.map((r) => {
+        const k = byId.get(r.keyId);
+        return [r.keyId, r.keyName, k?.name, k?.team, k?.prefix, String(k?.revokedAtMs ?? ""), String(t(r).requests), String(t(r).totalTokens), t(r).costUsd];
+      }),
+    );
+    if (sig === topKeysShown) return;
+    topKeysShown = sig;
+    mount(
+      topKeysBox,
+      table<StatsRow>(
+        [
+          { label: "Key", cell: (r) => keyCell(r, byId.get(r.keyId)) },
+          {
+            label: "Team",
+            cell: (r) => {
+              const team = byId.get(r.keyId)?.team || r.team;
+              return team ? h("span", { attrs: { "data-testid": "top-key-team" } }, team) : h("span", { class: "muted", attrs: { "data-testid": "top-key-team" } }, "—");
+            },
+          },
+          { label: "Requests", num: true, cell: (r) => h("span", { attrs: { "data-testid": "top-key-requests" } }, fmtInt(t(r).requests ?? 0)) },
+          {
+            label: "Tokens",
+            num: true,
+            cell: (r) =>
+              h(
+                "span",
+                { attrs: { "data-testid": "top-key-tokens", title: `${fmtInt(t(r).promptTokens ?? 0)} prompt · ${fmtInt(t(r).completionTokens ?? 0)} completion` } },
+                fmtCount(t(r).totalTokens ?? 0),
+              ),
+          },
+          { label: "Cost", num: true, cell: (r) => h("span", { attrs: { "data-testid": "top-key-cost" } }, fmtUsd(t(r).costUsd ?? 0)) },
+        ],
+        top,
+        {
+          empty: "No usage by client keys in the last 24 hours.",
+          testid: "top-keys",
+          stack: true,
+          rowAttrs: (r) => ({ "data-testid": "top-key", "data-key": byId.get(r.keyId)?.name || r.keyName, "data-key-id": r.keyId }),
+        },
+      ),
+    );
+  }
+
+  /** The top keys over the same 24 hours as the cards; never throws (the panel shows the error). */
+  async function refreshTopKeys(now: number): Promise<void> {
+    try {
+      const [stats, keys] = await Promise.all([
+        admin.getStats({ sinceMs: BigInt(now - 24 * HOUR), untilMs: BigInt(now), granularity: Granularity.HOUR, groupBy: [StatsDimension.KEY] }),
+        // Revoked keys too: their usage stays. Without the list, names come from the stats.
+        admin.listKeys({ includeRevoked: true }).catch(() => null),
+      ]);
+      if (disposed) return;
+      topKeysError.hidden = true;
+      showTopKeys(stats.rows, keys?.keys ?? []);
+    } catch (e) {
+      if (disposed) return;
+      topKeysError.textContent = `Top keys unavailable: ${describe(e)}`;
+      topKeysError.hidden = false;
+    }
+  }
 
   async function refresh(): Promise<void> {
     const now = Date.now();
+    // On the same cadence as the charts, alongside them.
+    const topKeysDone = refreshTopKeys(now);
     try {
       const [day, hour] = await Promise.all([
         admin.getStats({ sinceMs: BigInt(now - 24 * HOUR), untilMs: BigInt(now), granularity: Granularity.HOUR, groupBy: [StatsDimension.TIME] }),
@@ -193,6 +298,7 @@ function render(ctx: PageContext) {
       statsError.textContent = `Statistics unavailable: ${describe(e)}`;
       statsError.hidden = false;
     } finally {
+      await topKeysDone;
       if (!disposed) timer = window.setTimeout(() => void refresh(), REFRESH_MS);
     }
   }
