@@ -6,20 +6,9 @@ import os
 import sys
 
 import openai
+from proxy_client import openai_client
 
-# An https:// proxy signed by a private CA: trusted the way users do it, through httpx.
-http_client = None
-if os.environ.get("SIDECAR_CA"):
-    import httpx
-
-    http_client = httpx.Client(verify=os.environ["SIDECAR_CA"], timeout=20)
-client = openai.OpenAI(
-    base_url=os.environ["SIDECAR_PROXY_URL"],
-    api_key="client-side-key",
-    max_retries=0,
-    timeout=20,
-    http_client=http_client,
-)
+client = openai_client()
 
 normal = client.chat.completions.create(
     model=os.environ.get("SIDECAR_MODEL", "gpt-test"),

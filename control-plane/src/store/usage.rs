@@ -193,6 +193,24 @@ fn merge_into(
     Ok(())
 }
 
+/// `records` of node `node_id` summed per rollup key, one map per granularity of `of`.
+/// Summed before writing: records often share an hour or day key.
+fn rollup_adds<'a, const N: usize>(
+    node_id: &str,
+    records: impl IntoIterator<Item = &'a ReportRecord>,
+    of: [Granularity; N],
+) -> Result<[BTreeMap<Vec<u8>, UsageValue>; N], StoreError> {
+    let mut adds: [BTreeMap<Vec<u8>, UsageValue>; N] = std::array::from_fn(|_| BTreeMap::new());
+    for r in records {
+        for (g, adds) in of.iter().zip(adds.iter_mut()) {
+            let key = usage_key(g.floor(r.minute_ms), &r.backend_id, &r.model, node_id, &r.key_id);
+            let add = UsageValue { pool: r.pool.clone(), counters: r.counters.clone() };
+            adds.entry(key).or_default().checked_merge(&add, g.tree_name())?;
+        }
+    }
+    Ok(adds)
+}
+
 /// Deletes at most `max` keys below `end` (exclusive) from `tree`, in one batch.
 fn remove_below(tree: &Tree, end: &[u8], max: usize) -> Result<usize, StoreError> {
     let mut batch = Batch::default();
@@ -228,16 +246,8 @@ impl Store {
         records: &[ReportRecord],
     ) -> Result<bool, StoreError> {
         let seq_key = [node_id.as_bytes(), &[0], boot_id.as_bytes()].concat();
-        // Summed before the transaction: sled may run the closure more than once, and
-        // records of one batch often share an hour or day key.
-        let mut adds: [BTreeMap<Vec<u8>, UsageValue>; 3] = Default::default();
-        for r in records {
-            for (g, adds) in Granularity::ALL.iter().zip(adds.iter_mut()) {
-                let key = usage_key(g.floor(r.minute_ms), &r.backend_id, &r.model, node_id, &r.key_id);
-                let add = UsageValue { pool: r.pool.clone(), counters: r.counters.clone() };
-                adds.entry(key).or_default().checked_merge(&add, g.tree_name())?;
-            }
-        }
+        // Summed before the transaction: sled may run the closure more than once.
+        let adds = rollup_adds(node_id, records, Granularity::ALL)?;
         (&self.usage_m, &self.usage_h, &self.usage_d, &self.report_seq)
             .transaction(|(minutes, hours, days, seqs)| {
                 let last = match seqs.get(&seq_key)? {
@@ -263,23 +273,19 @@ impl Store {
         let mark = |m: &str| [b"import\0", node_id.as_bytes(), &[0], m.as_bytes()].concat();
         (&self.usage_h, &self.usage_d, &self.report_seq)
             .transaction(|(hours, days, marks)| {
-                let mut adds: [BTreeMap<Vec<u8>, UsageValue>; 2] = Default::default();
-                let mut added = 0;
+                // Which rows are new is known only inside the transaction.
+                let mut new = Vec::new();
                 for (m, r) in records {
-                    if marks.get(mark(m))?.is_some() {
-                        continue;
-                    }
-                    marks.insert(mark(m), encode(&1u64))?;
-                    added += 1;
-                    for (g, adds) in [Granularity::Hour, Granularity::Day].iter().zip(adds.iter_mut()) {
-                        let key = usage_key(g.floor(r.minute_ms), &r.backend_id, &r.model, node_id, &r.key_id);
-                        let add = UsageValue { pool: r.pool.clone(), counters: r.counters.clone() };
-                        adds.entry(key).or_default().checked_merge(&add, g.tree_name()).map_err(tx_abort)?;
+                    if marks.get(mark(m))?.is_none() {
+                        marks.insert(mark(m), encode(&1u64))?;
+                        new.push(r);
                     }
                 }
+                let adds = rollup_adds(node_id, new.iter().copied(), [Granularity::Hour, Granularity::Day])
+                    .map_err(tx_abort)?;
                 merge_into(hours, "usage_h", &adds[0])?;
                 merge_into(days, "usage_d", &adds[1])?;
-                Ok(added)
+                Ok(new.len())
             })
             .map_err(tx_error)
     }

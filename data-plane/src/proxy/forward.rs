@@ -72,8 +72,7 @@ fn outside_scope(shared: &Shared, caller: &Caller, api: Api, model: &str) -> Res
 /// backend is not a candidate any more (removed, another API), any candidate may take it.
 fn pin_to_origin(shared: &Shared, caller: &Caller, request: &ParsedRequest, api: Api, exclude: &mut Vec<String>) {
     let Some(id) = &request.previous_response_id else { return };
-    let key_id = caller.key().map(|k| k.id.clone());
-    let Some(origin) = shared.origins.get(id).filter(|o| o.key_id == key_id) else { return };
+    let Some(origin) = shared.origins.get_for(id, caller.key().map(|k| &*k.id)) else { return };
     let Some(route) = shared.bundle.load().route(api, &request.model) else { return };
     let holder = |b: &Backend| b.config.id == *origin.backend_id;
     if !route.members().any(|(b, _)| holder(b)) {

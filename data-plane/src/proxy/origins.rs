@@ -66,6 +66,12 @@ impl Origins {
         self.inner.lock().expect("origins lock").by_id.get(id).cloned()
     }
 
+    /// Where `id` lives, if this proxy knows and `key_id` (the caller's client key, `None`
+    /// without one) is the key that made it: another key is told nothing.
+    pub fn get_for(&self, id: &str, key_id: Option<&str>) -> Option<Origin> {
+        self.get(id).filter(|o| o.key_id.as_deref() == key_id)
+    }
+
     /// Forgets `id` (the response was deleted).
     pub fn forget(&self, id: &str) {
         let mut inner = self.inner.lock().expect("origins lock");

@@ -47,10 +47,9 @@ where
     if bundle.version == 0 {
         return ProxyError::NotReady.into_response();
     }
-    let key_id = caller.key().map(|k| k.id.clone());
     // Only the key that made a response reaches it: another key's lookup is told what
     // it would be told of an id that does not exist.
-    let origin = shared.origins.get(id).filter(|o| o.key_id == key_id);
+    let origin = shared.origins.get_for(id, caller.key().map(|k| &*k.id));
     let Some(backend) = origin.and_then(|o| bundle.backend(&o.backend_id).cloned()) else {
         return ProxyError::ResponseNotFound(id.to_owned()).into_response();
     };

@@ -282,24 +282,18 @@ pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     Some(d.min(Duration::from_secs(86_400)))
 }
 
-/// When Anthropic's spent budgets come back: the latest `anthropic-ratelimit-{kind}-reset`
-/// (RFC 3339) among the kinds whose `-remaining` is 0 (or, when none says 0, the
-/// earliest reset given), from now.
+/// When Anthropic's spent budgets come back (its `anthropic-ratelimit-*` headers, read by
+/// [`ratelimit::parse`]): the latest reset among the budgets whose `remaining` is 0 or,
+/// when none says 0, the earliest reset given.
 fn anthropic_reset(headers: &HeaderMap) -> Option<Duration> {
-    const KINDS: [&str; 4] = ["requests", "tokens", "input-tokens", "output-tokens"];
-    let now = std::time::SystemTime::now();
-    let reset = |kind: &str| -> Option<Duration> {
-        ratelimit::reset(headers.get(format!("anthropic-ratelimit-{kind}-reset"))?.to_str().ok()?, now)
-    };
-    let spent = |kind: &str| {
-        headers
-            .get(format!("anthropic-ratelimit-{kind}-remaining"))
-            .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok())
-            == Some(0)
-    };
-    let d = KINDS.iter().filter(|k| spent(k)).filter_map(|k| reset(k)).max();
-    let d = d.or_else(|| KINDS.iter().filter_map(|k| reset(k)).min())?;
-    Some(d.min(Duration::from_secs(86_400)))
+    if !headers.keys().any(|n| n.as_str().starts_with("anthropic-ratelimit-")) {
+        return None;
+    }
+    let limits = ratelimit::parse(headers, std::time::SystemTime::now());
+    let budgets = [limits.requests, limits.tokens, limits.input_tokens, limits.output_tokens];
+    let budgets = budgets.iter().flatten();
+    let spent = budgets.clone().filter(|b| b.remaining == Some(0)).filter_map(|b| b.reset).max();
+    spent.or_else(|| budgets.filter_map(|b| b.reset).min())
 }
 
 /// How an upstream status is treated.

@@ -268,7 +268,7 @@ fn table(backends: &[pb::Backend]) -> Table {
             b.id.clone(),
             b.name.clone(),
             b.pool.clone(),
-            api_name(b.api).to_owned(),
+            crate::output::api_name(b.api).to_owned(),
             crate::output::status_name(b.status).to_owned(),
             b.rpm_limit.to_string(),
             or_dash(b.tpm_limit),
@@ -292,15 +292,6 @@ fn prices(b: &pb::Backend) -> Vec<String> {
         .collect()
 }
 
-/// A backend's API by name.
-fn api_name(api: i32) -> &'static str {
-    match pb::BackendApi::try_from(api) {
-        Ok(pb::BackendApi::Anthropic) => "anthropic",
-        Ok(pb::BackendApi::Openai | pb::BackendApi::Unspecified) => "openai",
-        Err(_) => "unknown",
-    }
-}
-
 /// One backend as `key: value` rows.
 fn fields(b: &pb::Backend) -> Vec<(&'static str, String)> {
     let models: Vec<String> = model_names(b)
@@ -317,7 +308,7 @@ fn fields(b: &pb::Backend) -> Vec<(&'static str, String)> {
         ("name", b.name.clone()),
         ("label", b.label.clone()),
         ("pool", b.pool.clone()),
-        ("api", api_name(b.api).to_owned()),
+        ("api", crate::output::api_name(b.api).to_owned()),
         ("status", crate::output::status_name(b.status).to_owned()),
         ("enabled", b.enabled.to_string()),
         ("base_url", b.base_url.clone()),

@@ -153,6 +153,15 @@ pub(crate) fn source_name(source: i32) -> &'static str {
     }
 }
 
+/// The API a backend speaks, as people read it (unset is OpenAI).
+pub(crate) fn api_name(api: i32) -> &'static str {
+    match pb::BackendApi::try_from(api) {
+        Ok(pb::BackendApi::Anthropic) => "anthropic",
+        Ok(pb::BackendApi::Openai | pb::BackendApi::Unspecified) => "openai",
+        Err(_) => "unknown",
+    }
+}
+
 /// A statistics granularity as people read it.
 pub(crate) fn granularity_name(granularity: i32) -> &'static str {
     match pb::Granularity::try_from(granularity) {

@@ -107,7 +107,7 @@ pub(crate) async fn run(ctx: &mut Ctx, args: ImportV2Args) -> anyhow::Result<()>
         models.sort_unstable();
         outcomes.push(Outcome {
             v2_id: b.id,
-            api: if b.spec.api == pb::BackendApi::Anthropic as i32 { "anthropic" } else { "openai" },
+            api: crate::output::api_name(b.spec.api),
             pool: b.spec.pool.clone(),
             models: models.join(","),
             key: sidecar_control_plane::crypto::mask(&b.spec.api_key),
