@@ -109,9 +109,21 @@ pub struct NodeSnapshot {
     pub backends: Vec<NodeBackend>,
     /// When it was made, unix ms.
     pub generated_at_ms: i64,
-    /// The node's starting share of each client key's request limit, by key id (keys
-    /// without a limit are not listed).
-    pub key_shares: Vec<(String, u32)>,
+    /// The node's starting shares of each client key's limits, by key id (keys without
+    /// limits are not listed).
+    pub key_shares: Vec<(String, KeyShares)>,
+}
+
+/// A node's starting shares of one client key's limits (`None` where the key has no such
+/// limit).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct KeyShares {
+    /// Requests per minute.
+    pub requests: Option<u32>,
+    /// Tokens per minute.
+    pub tokens: Option<u32>,
+    /// Requests in flight at once.
+    pub concurrent: Option<u32>,
 }
 
 /// One backend of a [`NodeSnapshot`].

@@ -316,11 +316,20 @@ pub struct ClientKey {
     /// This node's starting share of `rpm_limit` until its first grant (`None`: the
     /// whole limit; 0: wait for a grant).
     pub initial_share: Option<u32>,
+    /// The same for `tpm_limit`.
+    pub initial_tpm_share: Option<u32>,
+    /// The same for `max_concurrent`.
+    pub initial_concurrent_share: Option<u32>,
     /// The key has a spend budget (the control plane says what is left).
     pub has_budget: bool,
 }
 
 impl ClientKey {
+    /// Whether the key has a limit of requests, tokens or requests in flight.
+    pub fn is_limited(&self) -> bool {
+        self.rpm_limit > 0 || self.tpm_limit > 0 || self.max_concurrent > 0
+    }
+
     /// Whether the key may ask for `model` (canonical).
     pub fn allows_model(&self, model: &str) -> bool {
         self.models.is_empty() || self.models.iter().any(|m| m == model)

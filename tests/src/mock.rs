@@ -262,6 +262,28 @@ struct Shared {
     /// The port the mock listens on (part of the Responses ids).
     port: u16,
     inner: Mutex<Inner>,
+    /// Admitted calls being answered now, and the most at once.
+    in_flight: std::sync::atomic::AtomicUsize,
+    max_in_flight: std::sync::atomic::AtomicUsize,
+}
+
+/// Counts an admitted call as being answered until it is dropped (when its answer is
+/// produced).
+struct Answering<'a>(&'a Shared);
+
+impl<'a> Answering<'a> {
+    fn new(shared: &'a Shared) -> Self {
+        use std::sync::atomic::Ordering::SeqCst;
+        let now = shared.in_flight.fetch_add(1, SeqCst) + 1;
+        shared.max_in_flight.fetch_max(now, SeqCst);
+        Self(shared)
+    }
+}
+
+impl Drop for Answering<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 impl Shared {
@@ -401,6 +423,8 @@ impl MockUpstream {
                 responses: HashMap::new(),
                 response_ids: Vec::new(),
             }),
+            in_flight: Default::default(),
+            max_in_flight: Default::default(),
         });
         let task = tokio::spawn(serve(listener, shared.clone()));
         Self { addr, shared, guard: Arc::new(ServerGuard { task: task.abort_handle() }) }
@@ -497,6 +521,13 @@ impl MockUpstream {
     /// `/v1/chat/completions`).
     pub fn calls_to(&self, path: &str) -> Vec<Call> {
         self.shared.lock().calls.iter().filter(|(_, c)| c.path == path).map(|(_, c)| c.clone()).collect()
+    }
+
+    /// How many admitted calls were being answered at once, at most, since the start
+    /// (a call counts from its admission until its answer, or its stream's head, is
+    /// produced: a non-streamed answer after its latency).
+    pub fn max_in_flight(&self) -> usize {
+        self.shared.max_in_flight.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Number of calls answered with a 2xx status on paths other than `/v1/models` and the
@@ -808,6 +839,7 @@ async fn answer(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
         let (reply, own) = inner.script.pop_front().unwrap_or_else(|| (inner.default.clone(), Duration::ZERO));
         (reply, inner.latency + own, limit_headers)
     };
+    let _answering = Answering::new(&shared);
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }

@@ -391,8 +391,8 @@ pub async fn run(s: &Scenario) -> Outcome {
                 node.arrivals -= 1.0;
                 // A key's limit answers at once: admitted for the key, or refused.
                 if key {
-                    let state = bundle.key_state(KEY_ID).expect("the key is in the config");
-                    if state.try_admit(now).is_err() {
+                    let (k, state) = bundle.limited_key(KEY_ID).expect("the key is in the config");
+                    if state.try_admit(k, now, 0).is_err() {
                         refused += 1;
                         refused_at.push(now);
                         continue;

@@ -201,7 +201,8 @@ async fn bad_key_input_is_refused_with_the_field_named() {
         (pb::CreateKeyRequest { name: "m".into(), models: vec!["a b".into()], ..Default::default() }, "key.models[0]"),
         (pb::CreateKeyRequest { name: "e".into(), expires_at_ms: 1, ..Default::default() }, "key.expires_at_ms"),
         (pb::CreateKeyRequest { name: "b".into(), budget_usd: f64::NAN, ..Default::default() }, "key.budget_usd"),
-        (pb::CreateKeyRequest { name: "t".into(), tpm_limit: 1000, ..Default::default() }, "key.tpm_limit"),
+        (pb::CreateKeyRequest { name: "t".into(), tpm_limit: 100_000_001, ..Default::default() }, "key.tpm_limit"),
+        (pb::CreateKeyRequest { name: "c".into(), max_concurrent: 100_000_001, ..Default::default() }, "key.max_concurrent"),
     ] {
         let status = gw.admin.create_key(request).await.unwrap_err();
         assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
@@ -351,4 +352,95 @@ async fn a_keys_budget_stops_it_on_every_proxy() {
     // Another key is not affected.
     let (_, other) = create(&mut gw, pb::CreateKeyRequest { name: "free".into(), ..Default::default() }).await;
     assert_eq!(ask(&gw.proxy, "gpt-test", &[("x-api-key", &other)]).await.0, 200);
+}
+
+/// (status, error type, message, Retry-After seconds) of a refused answer.
+async fn refusal(r: reqwest::Response) -> (u16, String, String, u64) {
+    let status = r.status().as_u16();
+    let retry = r.headers().get("retry-after").and_then(|v| v.to_str().ok()?.parse().ok()).unwrap_or(0);
+    let body: Value = r.json().await.unwrap_or_default();
+    let text = |f: &str| body["error"][f].as_str().unwrap_or("").to_owned();
+    (status, text("type"), text("message"), retry)
+}
+
+#[tokio::test]
+async fn a_keys_token_limit_refuses_with_429_once_its_tokens_are_used() {
+    let mock = MockUpstream::start(&[]).await;
+    let mut gw = Gateway::start_with(keyed("p1")).await;
+    gw.add_backend(&mock, BackendDef::default()).await;
+    let request = pb::CreateKeyRequest { name: "tokens".into(), tpm_limit: 50, ..Default::default() };
+    let (_, secret) = create(&mut gw, request).await;
+    // Each answer uses 15 tokens (the mock's usage); an admission holds the request's
+    // estimate (a quarter of its body's bytes) until its answer says how many it used.
+    let body = chat_body("gpt-test", false);
+    let estimate = serde_json::to_vec(&body).unwrap().len() / 4;
+    let expected = (0..).take_while(|n| 15 * n + estimate <= 50).count();
+    let mut served = 0;
+    let refused = loop {
+        let r = gw.proxy.post("/chat/completions", &body, &[("x-api-key", &secret)]).await;
+        if r.status() != 200 {
+            break refusal(r).await;
+        }
+        served += 1;
+        assert!(served <= 10, "the key's token limit never refused");
+    };
+    assert_eq!(served, expected, "{expected} answers of 15 tokens fit in 50 with an estimate of {estimate}");
+    let (status, kind, message, retry) = refused;
+    assert_eq!((status, kind.as_str()), (429, "rate_limit_exceeded"));
+    assert!(message.contains("tokens per minute"), "{message}");
+    assert!((1..=60).contains(&retry), "until the first answer leaves the minute: {retry}");
+    assert_eq!(mock.served(), served, "the refused request never reached the provider");
+    // Another key is not affected.
+    let (_, other) = create(&mut gw, pb::CreateKeyRequest { name: "free".into(), ..Default::default() }).await;
+    assert_eq!(ask(&gw.proxy, "gpt-test", &[("x-api-key", &other)]).await.0, 200);
+}
+
+#[tokio::test]
+async fn a_keys_concurrency_limit_counts_requests_until_their_answer_ends() {
+    let mock = MockUpstream::start(&[]).await;
+    let mut gw = Gateway::start_with(keyed("p1")).await;
+    gw.add_backend(&mock, BackendDef::default()).await;
+    let request = pb::CreateKeyRequest { name: "two".into(), max_concurrent: 2, ..Default::default() };
+    let (_, secret) = create(&mut gw, request).await;
+
+    // Five at once against a slow provider: two are served, three refused at once.
+    mock.set_latency(Duration::from_millis(800));
+    let started = Instant::now();
+    let mut calls = tokio::task::JoinSet::new();
+    for _ in 0..5 {
+        let proxy = gw.proxy.clone_handle().with_header("x-api-key", &secret);
+        calls.spawn(async move { proxy.try_post(&chat_body("gpt-test", false), "normal").await });
+    }
+    let mut statuses = calls.join_all().await;
+    statuses.sort();
+    assert_eq!(statuses, [200, 200, 429, 429, 429]);
+    assert!(mock.max_in_flight() <= 2, "{} at once at the provider", mock.max_in_flight());
+    assert!(started.elapsed() >= Duration::from_millis(800));
+    let r = gw.proxy.post("/chat/completions", &chat_body("gpt-test", false), &[("x-api-key", &secret)]).await;
+    assert_eq!(r.status().as_u16(), 200, "the places are free again once the answers ended");
+
+    // A stream holds its place until its body ends, not just until its head arrives.
+    mock.set_latency(Duration::ZERO);
+    let request = pb::CreateKeyRequest { name: "one".into(), max_concurrent: 1, ..Default::default() };
+    let (_, one) = create(&mut gw, request).await;
+    mock.push(mock_stream(6, Duration::from_millis(150)));
+    let stream = gw.proxy.post("/chat/completions", &chat_body("gpt-test", true), &[("x-api-key", &one)]).await;
+    assert_eq!(stream.status().as_u16(), 200);
+    let r = gw.proxy.post("/chat/completions", &chat_body("gpt-test", false), &[("x-api-key", &one)]).await;
+    let (status, kind, message, retry) = refusal(r).await;
+    assert_eq!((status, kind.as_str()), (429, "rate_limit_exceeded"), "{message}");
+    assert!(message.contains("concurrency"), "{message}");
+    assert_eq!(retry, 1);
+    let text = stream.text().await.unwrap();
+    assert!(text.contains("[DONE]"), "{text}");
+    // The permit is let go as the body's end is passed on; the next request may race it.
+    eventually("the stream's place to be free", Duration::from_secs(2), || async {
+        let r = gw.proxy.post("/chat/completions", &chat_body("gpt-test", false), &[("x-api-key", &one)]).await;
+        (r.status() == 200).then_some(())
+    })
+    .await;
+}
+
+fn mock_stream(chunks: usize, chunk_delay: Duration) -> sidecar_tests::mock::Reply {
+    sidecar_tests::mock::Reply::Stream { chunks, chunk_delay }
 }

@@ -63,6 +63,8 @@ fn main() -> anyhow::Result<()> {
             expires_at_ms: None,
             enabled: true,
             initial_share: None,
+            initial_tpm_share: None,
+            initial_concurrent_share: None,
             has_budget: false,
         })
         .collect();

@@ -150,8 +150,8 @@ pub struct ModelLive {
     pub in_window: u32,
 }
 
-/// A node's share of one client key's request limit (per minute).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A node's shares of one client key's limits (0 where the key has no such limit).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct KeyGrant {
     /// The key.
     pub key_id: String,
@@ -161,6 +161,14 @@ pub struct KeyGrant {
     pub pace: u32,
     /// Requests per minute if the lease runs out.
     pub fallback_rpm: u32,
+    /// Tokens per minute.
+    pub tpm: u32,
+    /// Tokens per minute if the lease runs out.
+    pub fallback_tpm: u32,
+    /// Requests in flight at once.
+    pub concurrent: u32,
+    /// Requests in flight at once if the lease runs out.
+    pub fallback_concurrent: u32,
 }
 
 /// A node's demand on one client key's request limit, as it reports every second.
@@ -178,4 +186,19 @@ pub struct KeyDemand {
     pub lease_remaining: std::time::Duration,
     /// The allocation round of the grant in force when it reported (0: none or unknown).
     pub grant_round: u64,
+    /// Its use of the key's token limit, if the key has one.
+    pub tokens: Option<LimitUse>,
+    /// Its use of the key's concurrency limit, if the key has one.
+    pub concurrent: Option<LimitUse>,
+}
+
+/// A node's use of one of a client key's limits besides requests per minute.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct LimitUse {
+    /// What the node would admit if it could (tokens per minute; requests at once).
+    pub demand: f64,
+    /// Tokens admitted in the current window; requests in flight now.
+    pub in_use: u32,
+    /// What is free of the node's share, as a fraction of it.
+    pub fill: f64,
 }

@@ -16,9 +16,10 @@ use tokio::time::Instant;
 pub use allocate::{NodeShare, allocate};
 use cooldown::Cool;
 use limits::{ModelLimits, model_limits};
+use keys::KeyLimit;
 pub use messages::{
-    BackendDemand, BackendLive, CooldownNotice, FleetMessage, Grant, KeyDemand, KeyGrant, ModelDemand, ModelGrant,
-    ModelLive, RateLimited, Sender,
+    BackendDemand, BackendLive, CooldownNotice, FleetMessage, Grant, KeyDemand, KeyGrant, LimitUse, ModelDemand,
+    ModelGrant, ModelLive, RateLimited, Sender,
 };
 use share::{Clock, Report, Shares};
 
@@ -90,8 +91,9 @@ pub struct Fleet {
     /// process keeps what the node reported.
     boots: Mutex<HashMap<String, String>>,
     backends: Mutex<HashMap<String, BackendFleet>>,
-    /// Each limited client key's node shares (locked after `backends` when both are).
-    keys: Mutex<HashMap<String, Shares>>,
+    /// The node shares of each client key's limits, by key id and limit (locked after
+    /// `backends` when both are).
+    keys: Mutex<HashMap<(String, KeyLimit), Shares>>,
     /// Allocation rounds so far.
     round: std::sync::atomic::AtomicU64,
 }
@@ -183,6 +185,7 @@ impl Fleet {
             propagation: self.timing.propagation,
             lost_hold: self.timing.lost_hold,
             round: self.round.load(std::sync::atomic::Ordering::Relaxed),
+            paced: true,
         }
     }
 

@@ -61,10 +61,15 @@ impl Share {
     /// Its limiter then holds every window at or below the largest of that grant, the ones
     /// issued after it, and what the window already held. That is a bound too, and frees a decrease for others long
     /// before the old grant ages out of the history.
-    pub(super) fn used_bound(&mut self, now: Instant, keep: Duration, window: Duration, propagation: Duration) -> u32 {
+    ///
+    /// The first bound holds only for a limit the node admits at a pace (requests, whose
+    /// bucket refills over the window); an unpaced one (tokens, requests in flight) may be
+    /// taken up to the grant at once, so only the grants bound it.
+    pub(super) fn used_bound(&mut self, now: Instant, keep: Duration, clock: &Clock) -> u32 {
+        let (window, propagation) = (clock.window, clock.propagation);
         let mut bound = self.recent_max(now, keep);
         let Some(at) = self.reported_at else { return bound };
-        if now.saturating_duration_since(at) < 2 * propagation {
+        if clock.paced && now.saturating_duration_since(at) < 2 * propagation {
             let blind = now.saturating_duration_since(at) + 2 * propagation;
             let rate = self.grant.max(self.pace).max(self.previous_pace);
             let pace = f64::from(rate) * blind.as_secs_f64() / window.as_secs_f64();
@@ -148,6 +153,9 @@ pub(super) struct Clock {
     pub(super) lost_hold: Duration,
     /// The allocation round under way (grants made now carry it).
     pub(super) round: u64,
+    /// The node admits at a pace (a request limit's bucket); false for tokens and for
+    /// requests in flight, which a node may take up to its grant at once.
+    pub(super) paced: bool,
 }
 
 impl Clock {
@@ -173,7 +181,7 @@ impl Shares {
             .filter(|(id, _)| id.as_str() != node_id)
             .map(|(_, s)| {
                 let fallback = if s.may_fall_back(clock.now, clock.lost_hold) { s.fallback } else { 0 };
-                s.used_bound(clock.now, clock.keep(), clock.window, clock.propagation).max(fallback)
+                s.used_bound(clock.now, clock.keep(), &clock).max(fallback)
             })
             .collect();
         let used: u32 = others.iter().sum();
@@ -257,7 +265,7 @@ impl Shares {
                 NodeShare {
                     demand: share.demand,
                     current: share.grant,
-                    recent_max: share.used_bound(now, keep, clock.window, clock.propagation),
+                    recent_max: share.used_bound(now, keep, &clock),
                 }
             })
             .collect();

@@ -125,16 +125,6 @@ pub fn key_spec(
     if !spec.budget_usd.is_finite() || spec.budget_usd < 0.0 || spec.budget_usd > BUDGET_MAX {
         return Err(field_error("key.budget_usd", format!("must be between 0 and {BUDGET_MAX} (0 = no budget)")));
     }
-    // Refused rather than stored and silently not enforced: these are not split across
-    // the fleet yet (the request limit is).
-    for (field, set) in [("key.tpm_limit", spec.tpm_limit > 0), ("key.max_concurrent", spec.max_concurrent > 0)] {
-        if set {
-            return Err(field_error(
-                field,
-                "per-key token and concurrency limits are not enforced yet; leave it 0 for now",
-            ));
-        }
-    }
     if expiry_changed && spec.expires_at_ms.is_some_and(|at| at <= now_ms) {
         return Err(field_error("key.expires_at_ms", "must be in the future (0 = never expires)"));
     }

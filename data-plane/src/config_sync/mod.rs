@@ -307,14 +307,8 @@ pub fn apply_grants(bundle: &Bundle, grants: &pb::QuotaGrants, now: Instant) {
     }
     for g in &grants.keys {
         let Some((key, state)) = bundle.limited_key(&g.key_id) else { continue };
-        let lease_until = now + lease;
-        state.quota.lock().expect("quota lock").renew(
-            (g.rpm, None),
-            (g.fallback_rpm, None),
-            g.pace,
-            lease_until,
-            grants.round,
-        );
+        let shares = [(g.rpm, g.fallback_rpm), (g.tpm, g.fallback_tpm), (g.concurrent, g.fallback_concurrent)];
+        state.renew(shares, g.pace, now + lease, grants.round);
         state.apply_limits(key, bundle.window, now);
     }
 }
@@ -399,6 +393,26 @@ pub fn demand(
             let rejected = state.rejected.swap(0, Relaxed);
             let (bucket_fill, in_window) = fill(&mut state.limiter.lock().expect("key limiter lock"), now);
             let (lease_remaining, grant_round) = state.quota.lock().expect("quota lock").lease_report(now);
+            let wanted = state.tokens_wanted.swap(0, Relaxed);
+            let tokens = state.tokens.lock().expect("key tokens lock").as_mut().map(|w| {
+                let used = w.used(now);
+                pb::LimitUse {
+                    demand: wanted as f64 * scale,
+                    in_use: used.min(u64::from(u32::MAX)) as u32,
+                    fill: 1.0 - (used as f64 / w.limit().max(1) as f64).min(1.0),
+                }
+            });
+            let concurrent = (key.max_concurrent > 0).then(|| {
+                let in_flight = state.in_flight.load(Relaxed);
+                let peak = state.peak_in_flight.swap(in_flight, Relaxed).max(in_flight);
+                let refused = state.concurrent_rejected.swap(0, Relaxed);
+                let limit = state.concurrent_limit.load(Relaxed).max(1);
+                pb::LimitUse {
+                    demand: f64::from(peak) + refused as f64,
+                    in_use: in_flight,
+                    fill: 1.0 - (f64::from(in_flight) / f64::from(limit)).min(1.0),
+                }
+            });
             pb::KeyDemand {
                 key_id: key.id.to_string(),
                 demand: (admitted + rejected) as f64 * scale,
@@ -406,6 +420,8 @@ pub fn demand(
                 bucket_fill,
                 lease_remaining_ms: lease_remaining.as_millis() as u64,
                 grant_round,
+                tokens,
+                concurrent,
             }
         })
         .collect();

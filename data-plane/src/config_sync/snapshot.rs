@@ -201,6 +201,8 @@ fn client_key(i: usize, k: &pb::SnapshotKey) -> Result<ClientKey, SnapshotError>
         expires_at_ms: (k.expires_at_ms > 0).then_some(k.expires_at_ms),
         enabled: k.enabled,
         initial_share: k.initial_rpm_share,
+        initial_tpm_share: k.initial_tpm_share,
+        initial_concurrent_share: k.initial_concurrent_share,
         has_budget: k.has_budget,
     })
 }

@@ -19,7 +19,7 @@ use tracing::{debug, warn};
 use super::body::{ApiResponse, ProxyBody};
 use crate::{
     report::{BackendExhausted, BackendRecovered, LimitLearned, NodeEvent, Outcome, RateLimitEvent, UsageEvent},
-    routing::Grant,
+    routing::{Grant, KeyPermit},
     snapshot::{Cost, Settings},
     state::{Counters, Shared},
     upstream::{self, AttemptError, Dialect, StatusClass, TappedBody, Usage},
@@ -42,6 +42,8 @@ pub(super) struct Attempt {
     model: Arc<str>,
     /// The client key's id, for accounting.
     key: Option<Arc<str>>,
+    /// The client key's admission, held until the answer ends (settled with its tokens).
+    permit: Option<Arc<KeyPermit>>,
     /// The client asked for a stream.
     stream: bool,
     /// The proxy asked for the stream's usage chunk on the client's behalf: it is read
@@ -73,7 +75,7 @@ impl Attempt {
     pub(super) fn start(
         shared: &Arc<Shared>,
         grant: Grant,
-        (model, key): (Arc<str>, Option<Arc<str>>),
+        (model, key, permit): (Arc<str>, Option<Arc<str>>, Option<Arc<KeyPermit>>),
         (stream, strip_usage, dialect): (bool, bool, Dialect),
         attempts: u32,
     ) -> Self {
@@ -82,7 +84,8 @@ impl Attempt {
             bucket.0.in_flight.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
         shared.in_flight.start();
-        Self { shared: shared.clone(), grant, model, key, stream, strip_usage, dialect, attempts, sent: Instant::now() }
+        let sent = Instant::now();
+        Self { shared: shared.clone(), grant, model, key, permit, stream, strip_usage, dialect, attempts, sent }
     }
 
     /// Accounts for how the upstream answered (or did not). A failure is recorded in full
@@ -162,7 +165,7 @@ impl Attempt {
     /// Passes an upstream response through: status, headers minus hop-by-hop ones, the
     /// `X-Sidecar-*` headers, and the body frame by frame with accounting on the side.
     pub(super) fn respond(self, response: Upstream) -> ApiResponse {
-        let Attempt { shared, grant, model, key, stream, strip_usage, dialect, attempts, sent } = self;
+        let Attempt { shared, grant, model, key, permit, stream, strip_usage, dialect, attempts, sent } = self;
         let backend = grant.backend.clone();
         let status = response.status();
         let success = status.is_success();
@@ -227,6 +230,9 @@ impl Attempt {
                 finish_shared.origins.record(id, origin);
             }
             grant_settle(&grant, done.usage.map(|u| u.total));
+            if let Some(permit) = &permit {
+                permit.settle(done.usage.map_or(0, |u| u.total));
+            }
             let outcome = match (success, done.error) {
                 (true, None) => Outcome::Success,
                 (true, Some("timeout")) => Outcome::Timeout,

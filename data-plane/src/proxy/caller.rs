@@ -12,7 +12,10 @@ use http::HeaderMap;
 use sha2::{Digest, Sha256};
 
 use super::error::ProxyError;
-use crate::{routing::Bundle, snapshot::ClientKey};
+use crate::{
+    routing::{Bundle, KeyPermit},
+    snapshot::ClientKey,
+};
 
 /// What every client key starts with.
 const KEY_PREFIX: &str = "sk-sc-";
@@ -44,17 +47,28 @@ impl Caller {
     }
 }
 
-/// Admits one request for `key` at `now` (unix ms `now_ms`): refused while its budget is
-/// spent (before its request share is taken: a refused request does not use it up), then
-/// by its own request limit. Both answer before any provider capacity is asked for.
-pub fn admit(bundle: &Bundle, key: &ClientKey, now: tokio::time::Instant, now_ms: i64) -> Result<(), ProxyError> {
+/// Admits one request of `estimate` tokens for `key` at `now` (unix ms `now_ms`):
+/// refused while its budget is spent (before its shares are taken: a refused request does
+/// not use them up), then by its own limits (requests, tokens, requests in flight). Both
+/// answer before any provider capacity is asked for. The permit, for a key with limits,
+/// is held while the request is in flight.
+pub fn admit(
+    bundle: &Bundle,
+    key: &ClientKey,
+    estimate: u64,
+    now: tokio::time::Instant,
+    now_ms: i64,
+) -> Result<Option<Arc<KeyPermit>>, ProxyError> {
     if let Some(reset_ms) = bundle.key_budget(&key.id).and_then(|b| b.exhausted(now_ms)) {
         let retry = std::time::Duration::from_millis((reset_ms - now_ms).max(1000) as u64);
         return Err(ProxyError::BudgetExceeded(reset_ms, retry));
     }
-    match bundle.key_state(&key.id).map(|state| state.try_admit(now)) {
-        Some(Err(retry)) => Err(ProxyError::KeyRateLimited(retry)),
-        _ => Ok(()),
+    match bundle.limited_key(&key.id) {
+        Some((key, state)) => match state.try_admit(key, now, estimate) {
+            Ok(permit) => Ok(Some(Arc::new(permit))),
+            Err(refusal) => Err(ProxyError::KeyRateLimited(refusal)),
+        },
+        None => Ok(None),
     }
 }
 
@@ -141,6 +155,8 @@ mod tests {
             expires_at_ms,
             enabled,
             initial_share: None,
+            initial_tpm_share: None,
+            initial_concurrent_share: None,
             has_budget: false,
         }
     }

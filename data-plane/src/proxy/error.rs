@@ -11,7 +11,7 @@ use super::{
     body::{ApiResponse, json},
     endpoint::{Endpoint, Shape},
 };
-use crate::snapshot::Api;
+use crate::{routing::KeyRefusal, snapshot::Api};
 
 /// Why the proxy answered a request itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,9 +51,9 @@ pub enum ProxyError {
     KeyDisabled,
     /// The client key may not use the model (or no pool serving it).
     KeyScope(String),
-    /// The client key's own request limit is used up (its share on this proxy); come
-    /// back after this long.
-    KeyRateLimited(Duration),
+    /// One of the client key's own limits is used up (its share on this proxy): which,
+    /// and when to come back.
+    KeyRateLimited(KeyRefusal),
     /// The client key's spend budget is used up until this time (unix ms); come back
     /// after this long.
     BudgetExceeded(i64, Duration),
@@ -162,12 +162,16 @@ impl ProxyError {
             ),
             Self::KeyExpired => (StatusCode::UNAUTHORIZED, "key_expired", "This API key has expired.".into(), None),
             Self::KeyDisabled => (StatusCode::UNAUTHORIZED, "key_disabled", "This API key is disabled.".into(), None),
-            Self::KeyRateLimited(retry) => (
-                StatusCode::TOO_MANY_REQUESTS,
-                "rate_limit_exceeded",
-                "This API key's request limit (requests per minute) is used up".into(),
-                Some(*retry),
-            ),
+            Self::KeyRateLimited(refusal) => {
+                let (what, retry) = match refusal {
+                    KeyRefusal::Requests(retry) => ("request limit (requests per minute) is used up", *retry),
+                    KeyRefusal::Tokens(retry) => ("token limit (tokens per minute) is used up", *retry),
+                    KeyRefusal::Concurrent => {
+                        ("concurrency limit is reached (too many requests in flight)", Duration::from_secs(1))
+                    }
+                };
+                (StatusCode::TOO_MANY_REQUESTS, "rate_limit_exceeded", format!("This API key's {what}"), Some(retry))
+            }
             Self::BudgetExceeded(reset_ms, retry) => (
                 StatusCode::TOO_MANY_REQUESTS,
                 "budget_exceeded",

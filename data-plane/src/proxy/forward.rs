@@ -20,7 +20,7 @@ use super::{
 };
 use crate::{
     report::UsageEvent,
-    routing::{Backend, Priority},
+    routing::{Backend, KeyPermit, Priority},
     snapshot::Api,
     state::{Counters, Shared},
     upstream::{self, HttpClient},
@@ -89,7 +89,7 @@ pub(crate) async fn serve(
     headers: &HeaderMap,
     request: ParsedRequest,
     priority: Priority,
-    caller: &Caller,
+    (caller, permit): (&Caller, Option<Arc<KeyPermit>>),
 ) -> Result<ApiResponse, ProxyError> {
     let settings = shared.bundle.load().settings.clone();
     let wait = if priority == Priority::Low { settings.low_priority_timeout } else { settings.queue_timeout };
@@ -123,7 +123,7 @@ pub(crate) async fn serve(
         let attempt = Attempt::start(
             shared,
             grant,
-            (model.clone(), key.clone()),
+            (model.clone(), key.clone(), permit.clone()),
             (request.stream, strip_usage, endpoint.dialect()),
             attempts,
         );

@@ -253,16 +253,28 @@ where
     if !caller.allows_model(&request.model) {
         return reject(shared, ProxyError::KeyScope(request.model.clone()), &request.model, caller.key(), shape);
     }
-    if let Some(key) = caller.key()
-        && let Err(e) = caller::admit(&shared.bundle.load(), key, tokio::time::Instant::now(), crate::now_ms())
-    {
-        return reject(shared, e, &request.model, caller.key(), shape);
-    }
+    let permit = match caller.key() {
+        Some(key) => {
+            let estimate = endpoint.estimate(request.size);
+            let now = tokio::time::Instant::now();
+            match caller::admit(&shared.bundle.load(), key, estimate, now, crate::now_ms()) {
+                Ok(permit) => permit,
+                Err(e) => return reject(shared, e, &request.model, caller.key(), shape),
+            }
+        }
+        None => None,
+    };
     let model = request.model.clone();
     let priority = Priority::from_header(headers.get("x-priority").and_then(|v| v.to_str().ok()));
-    match forward::serve(shared, client, endpoint, &headers, request, priority, &caller).await {
+    match forward::serve(shared, client, endpoint, &headers, request, priority, (&caller, permit.clone())).await {
         Ok(response) => response,
-        Err(e) => reject(shared, e, &model, caller.key(), shape),
+        Err(e) => {
+            // Nothing was used of the key's tokens: no answer came through.
+            if let Some(permit) = &permit {
+                permit.settle(0);
+            }
+            reject(shared, e, &model, caller.key(), shape)
+        }
     }
 }
 

@@ -176,7 +176,7 @@ impl Bundle {
         // A limited key keeps its admissions and share across configs (by id).
         let key_states = keys
             .values()
-            .filter(|k| k.rpm_limit > 0)
+            .filter(|k| k.is_limited())
             .map(|k| {
                 let state = match previous.key_states.get(&k.id) {
                     Some((_, old)) => {

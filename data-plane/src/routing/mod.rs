@@ -9,7 +9,7 @@ mod select;
 
 pub use backend::{Availability, Backend, BackendState, Cooldown, Health, ModelBucket, ModelQuota, Quota, backoff};
 pub use bundle::{Bundle, Route, Tier};
-pub use key::{KeyBudget, KeyState};
+pub use key::{KeyBudget, KeyPermit, KeyRefusal, KeyState};
 pub use queue::{Decision, Priority, Queue, QueueFull};
 pub use select::{Assessment, Grant, assess, take, take_emergency};
 

@@ -5,7 +5,7 @@ use sidecar_proto::v1::{self as pb, control_message::Kind};
 
 use super::{mapping_to_pb, pool_to_pb, settings_to_pb};
 use crate::{
-    fleet::{BackendDemand, FleetMessage, KeyDemand, ModelDemand, RateLimited},
+    fleet::{BackendDemand, FleetMessage, KeyDemand, LimitUse, ModelDemand, RateLimited},
     nodes::Hello,
     snapshot::NodeSnapshot,
 };
@@ -13,6 +13,7 @@ use crate::{
 /// The snapshot as the node receives it.
 pub fn snapshot_to_pb(s: &NodeSnapshot) -> pb::Snapshot {
     let state = &s.state;
+    let shares = |id: &str| s.key_shares.iter().find(|(k, _)| k == id).map(|(_, sh)| *sh).unwrap_or_default();
     pb::Snapshot {
         version: state.version,
         nonce: s.nonce.clone(),
@@ -74,7 +75,9 @@ pub fn snapshot_to_pb(s: &NodeSnapshot) -> pb::Snapshot {
                 max_concurrent: k.max_concurrent,
                 expires_at_ms: k.expires_at_ms.unwrap_or(0),
                 enabled: k.enabled,
-                initial_rpm_share: s.key_shares.iter().find(|(id, _)| id == &k.id).map(|(_, share)| *share),
+                initial_rpm_share: shares(&k.id).requests,
+                initial_tpm_share: shares(&k.id).tokens,
+                initial_concurrent_share: shares(&k.id).concurrent,
                 has_budget: k.budget_usd > 0.0,
             })
             .collect(),
@@ -93,7 +96,16 @@ pub fn fleet_message(m: FleetMessage) -> pb::ControlMessage {
             round,
             keys: keys
                 .into_iter()
-                .map(|k| pb::KeyGrant { key_id: k.key_id, rpm: k.rpm, pace: k.pace, fallback_rpm: k.fallback_rpm })
+                .map(|k| pb::KeyGrant {
+                    key_id: k.key_id,
+                    rpm: k.rpm,
+                    pace: k.pace,
+                    fallback_rpm: k.fallback_rpm,
+                    tpm: k.tpm,
+                    fallback_tpm: k.fallback_tpm,
+                    concurrent: k.concurrent,
+                    fallback_concurrent: k.fallback_concurrent,
+                })
                 .collect(),
             grants: grants
                 .into_iter()
@@ -185,8 +197,16 @@ pub fn key_demand_from_pb(d: &[pb::KeyDemand]) -> Vec<KeyDemand> {
             in_window: k.in_window,
             lease_remaining: std::time::Duration::from_millis(k.lease_remaining_ms.min(86_400_000)),
             grant_round: k.grant_round,
+            tokens: k.tokens.as_ref().map(limit_use),
+            concurrent: k.concurrent.as_ref().map(limit_use),
         })
         .collect()
+}
+
+fn limit_use(u: &pb::LimitUse) -> LimitUse {
+    // A fill outside 0..1 or a demand that is not a number says nothing.
+    let finite = |x: f64| if x.is_finite() { x.max(0.0) } else { 0.0 };
+    LimitUse { demand: finite(u.demand), in_use: u.in_use, fill: finite(u.fill).min(1.0) }
 }
 
 impl From<pb::RateLimitEvent> for RateLimited {
