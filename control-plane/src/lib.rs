@@ -15,6 +15,7 @@ pub mod crypto;
 pub mod dashboard;
 pub mod fleet;
 pub mod health;
+pub mod key_metrics;
 pub mod maintenance;
 pub mod nodes;
 pub mod probe;

@@ -238,7 +238,17 @@ async fn health_handler(State(ops): State<OpsState>) -> impl IntoResponse {
 
 async fn metrics_handler(State(ops): State<OpsState>) -> impl IntoResponse {
     metrics::store_size(ops.shared.store.size_on_disk());
-    (StatusCode::OK, [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], ops.prometheus.render())
+    let mut text = ops.prometheus.render();
+    let state = ops.shared.config().borrow().clone();
+    let shared = ops.shared.clone();
+    // Reads the day rollups: off the async workers.
+    let keys = tokio::task::spawn_blocking(move || {
+        crate::key_metrics::render(&shared.store, &shared.budgets, &state.client_keys, crate::util::now_ms())
+    })
+    .await
+    .unwrap_or_default();
+    text.push_str(&keys);
+    (StatusCode::OK, [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }
 
 /// Refuses to start with a key that cannot open the stored API keys, and records the

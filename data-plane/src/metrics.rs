@@ -101,6 +101,9 @@ impl Metrics {
         for reason in ["429", "failure"] {
             self.counter("sidecar_retries_total", &[("reason", reason)]).increment(0);
         }
+        for reason in crate::proxy::error::KEY_REFUSALS {
+            self.counter("sidecar_key_refusals_total", &[("reason", reason)]).increment(0);
+        }
         for priority in crate::routing::Priority::ALL {
             let _registered = self.histogram("sidecar_queue_latency_seconds", &[("priority", priority.as_str())]);
         }
@@ -123,6 +126,11 @@ impl Metrics {
                 "Failed upstream attempts by backend and kind (429, 5xx, timeout, connect, io, auth).",
             ),
             d("sidecar_retries_total", None, "Attempts moved to the next candidate, by reason."),
+            d(
+                "sidecar_key_refusals_total",
+                None,
+                "Requests refused for their client key, by reason (invalid, expired, disabled, scope, requests, tokens, concurrent, budget); per key in the API, not here.",
+            ),
             d("sidecar_emergency_requests_total", None, "Requests sent through a backend's emergency reserve."),
             d(
                 "sidecar_queue_rejected_total",
@@ -237,6 +245,11 @@ impl Metrics {
     /// An upstream attempt failed.
     pub fn upstream_error(&self, backend: &str, kind: &'static str) {
         self.counter("sidecar_upstream_errors_total", &[("backend", backend), ("kind", kind)]).increment(1);
+    }
+
+    /// A request was refused for its client key.
+    pub fn key_refused(&self, reason: &'static str) {
+        self.counter("sidecar_key_refusals_total", &[("reason", reason)]).increment(1);
     }
 
     /// An attempt moved on to the next candidate.

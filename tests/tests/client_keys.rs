@@ -202,7 +202,10 @@ async fn bad_key_input_is_refused_with_the_field_named() {
         (pb::CreateKeyRequest { name: "e".into(), expires_at_ms: 1, ..Default::default() }, "key.expires_at_ms"),
         (pb::CreateKeyRequest { name: "b".into(), budget_usd: f64::NAN, ..Default::default() }, "key.budget_usd"),
         (pb::CreateKeyRequest { name: "t".into(), tpm_limit: 100_000_001, ..Default::default() }, "key.tpm_limit"),
-        (pb::CreateKeyRequest { name: "c".into(), max_concurrent: 100_000_001, ..Default::default() }, "key.max_concurrent"),
+        (
+            pb::CreateKeyRequest { name: "c".into(), max_concurrent: 100_000_001, ..Default::default() },
+            "key.max_concurrent",
+        ),
     ] {
         let status = gw.admin.create_key(request).await.unwrap_err();
         assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
@@ -349,6 +352,29 @@ async fn a_keys_budget_stops_it_on_every_proxy() {
     let shown = gw.admin.get_key(pb::GetKeyRequest { id: "metered".into() }).await.unwrap().into_inner();
     let expected = 0.002 * served as f64;
     assert!((shown.spent_usd - expected).abs() < 1e-9, "spent {} for {served} requests", shown.spent_usd);
+    // The control plane's metrics show the key among the top keys by spend and by budget
+    // used, by id and name; the proxies count the refusals by reason, without the key.
+    let text = metrics(gw.cp.ops_addr).await;
+    let labels = format!("key_id=\"{}\",key=\"metered\",team=\"\"", shown.id);
+    let value = |name: &str| -> f64 {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(&format!("{name}{{{labels}}} ")))
+            .unwrap_or_else(|| panic!("{name} {labels}:\n{text}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    assert!((value("sidecar_control_key_spend_usd") - expected).abs() < 1e-9, "{text}");
+    assert!(value("sidecar_control_key_requests") >= served as f64, "answered, refusals included");
+    assert!(value("sidecar_control_key_budget_used_ratio") >= 1.0 - 1e-9, "{text}");
+    assert!(value("sidecar_control_key_budget_remaining_usd").abs() < 1e-9, "{text}");
+    assert!(!text.contains(&secret), "no secret in the metrics");
+    let mut budget_refusals = 0.0;
+    for p in [&gw.proxy, &others[0], &others[1]] {
+        let text = metrics(p.ops_addr).await;
+        budget_refusals += counter(&text, "sidecar_key_refusals_total{reason=\"budget\"}");
+        assert!(!text.contains("metered") && !text.contains(&shown.id), "no per-key series on a proxy");
+    }
+    assert_eq!(budget_refusals as usize, 15 - served + 3, "each refusal counted once, by reason");
     // Another key is not affected.
     let (_, other) = create(&mut gw, pb::CreateKeyRequest { name: "free".into(), ..Default::default() }).await;
     assert_eq!(ask(&gw.proxy, "gpt-test", &[("x-api-key", &other)]).await.0, 200);
@@ -390,6 +416,9 @@ async fn a_keys_token_limit_refuses_with_429_once_its_tokens_are_used() {
     assert!(message.contains("tokens per minute"), "{message}");
     assert!((1..=60).contains(&retry), "until the first answer leaves the minute: {retry}");
     assert_eq!(mock.served(), served, "the refused request never reached the provider");
+    let text = metrics(gw.proxy.ops_addr).await;
+    assert_eq!(counter(&text, "sidecar_key_refusals_total{reason=\"tokens\"}"), 1.0);
+    assert_eq!(counter(&text, "sidecar_key_refusals_total{reason=\"requests\"}"), 0.0, "there from the start");
     // Another key is not affected.
     let (_, other) = create(&mut gw, pb::CreateKeyRequest { name: "free".into(), ..Default::default() }).await;
     assert_eq!(ask(&gw.proxy, "gpt-test", &[("x-api-key", &other)]).await.0, 200);
@@ -431,6 +460,8 @@ async fn a_keys_concurrency_limit_counts_requests_until_their_answer_ends() {
     assert_eq!((status, kind.as_str()), (429, "rate_limit_exceeded"), "{message}");
     assert!(message.contains("concurrency"), "{message}");
     assert_eq!(retry, 1);
+    let refused = counter(&metrics(gw.proxy.ops_addr).await, "sidecar_key_refusals_total{reason=\"concurrent\"}");
+    assert_eq!(refused, 4.0, "three refused at once, then one beside the stream");
     let text = stream.text().await.unwrap();
     assert!(text.contains("[DONE]"), "{text}");
     // The permit is let go as the body's end is passed on; the next request may race it.
@@ -443,4 +474,15 @@ async fn a_keys_concurrency_limit_counts_requests_until_their_answer_ends() {
 
 fn mock_stream(chunks: usize, chunk_delay: Duration) -> sidecar_tests::mock::Reply {
     sidecar_tests::mock::Reply::Stream { chunks, chunk_delay }
+}
+
+async fn metrics(addr: std::net::SocketAddr) -> String {
+    reqwest::get(format!("http://{addr}/metrics")).await.unwrap().text().await.unwrap()
+}
+
+/// The value of the series `series` (name and labels as written) in `text`.
+fn counter(text: &str, series: &str) -> f64 {
+    let line =
+        text.lines().find(|l| l.starts_with(&format!("{series} "))).unwrap_or_else(|| panic!("{series}:\n{text}"));
+    line.rsplit(' ').next().unwrap().parse().unwrap()
 }

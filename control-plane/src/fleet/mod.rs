@@ -15,8 +15,8 @@ use tokio::time::Instant;
 
 pub use allocate::{NodeShare, allocate};
 use cooldown::Cool;
-use limits::{ModelLimits, model_limits};
 use keys::KeyLimit;
+use limits::{ModelLimits, model_limits};
 pub use messages::{
     BackendDemand, BackendLive, CooldownNotice, FleetMessage, Grant, KeyDemand, KeyGrant, LimitUse, ModelDemand,
     ModelGrant, ModelLive, RateLimited, Sender,

@@ -59,11 +59,30 @@ pub enum ProxyError {
     BudgetExceeded(i64, Duration),
 }
 
+/// Every reason a request is refused for its client key (a metric's label values).
+pub const KEY_REFUSALS: [&str; 8] =
+    ["invalid", "expired", "disabled", "scope", "requests", "tokens", "concurrent", "budget"];
+
 fn seconds(d: Duration) -> u64 {
     d.as_secs() + u64::from(d.subsec_nanos() > 0)
 }
 
 impl ProxyError {
+    /// Why the request was refused for its client key, if it was (one of [`KEY_REFUSALS`]).
+    pub fn key_refusal(&self) -> Option<&'static str> {
+        Some(match self {
+            Self::InvalidKey(_) => "invalid",
+            Self::KeyExpired => "expired",
+            Self::KeyDisabled => "disabled",
+            Self::KeyScope(_) => "scope",
+            Self::KeyRateLimited(KeyRefusal::Requests(_)) => "requests",
+            Self::KeyRateLimited(KeyRefusal::Tokens(_)) => "tokens",
+            Self::KeyRateLimited(KeyRefusal::Concurrent) => "concurrent",
+            Self::BudgetExceeded(..) => "budget",
+            _ => return None,
+        })
+    }
+
     /// Status, OpenAI error type, message and Retry-After.
     pub fn parts(&self) -> (StatusCode, &'static str, String, Option<Duration>) {
         match self {

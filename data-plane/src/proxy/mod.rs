@@ -289,6 +289,9 @@ fn reject(
 ) -> ApiResponse {
     forward::count_error(shared, &e);
     shared.metrics.request("none", "none", e.parts().0.as_u16());
+    if let Some(reason) = e.key_refusal() {
+        shared.metrics.key_refused(reason);
+    }
     shared.usage.record(crate::report::UsageEvent {
         at_ms: crate::now_ms(),
         backend_id: "".into(),

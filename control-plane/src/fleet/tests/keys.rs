@@ -17,7 +17,14 @@ fn key_grant(rx: &mut mpsc::Receiver<FleetMessage>) -> KeyGrant {
 
 /// A client key record with these limits (0 = none).
 fn key(id: &str, rpm_limit: u32, tpm_limit: u32, max_concurrent: u32) -> crate::store::ClientKeyRecord {
-    crate::store::ClientKeyRecord { id: id.into(), rpm_limit, tpm_limit, max_concurrent, enabled: true, ..Default::default() }
+    crate::store::ClientKeyRecord {
+        id: id.into(),
+        rpm_limit,
+        tpm_limit,
+        max_concurrent,
+        enabled: true,
+        ..Default::default()
+    }
 }
 
 #[tokio::test(start_paused = true)]

@@ -345,5 +345,5 @@ async fn a_report_naming_the_round_it_runs_frees_a_decrease_without_waiting_for_
     assert!(grant(&mut rx2).0 <= 1);
 }
 
-mod sessions;
 mod keys;
+mod sessions;
