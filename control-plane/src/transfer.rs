@@ -10,7 +10,7 @@ use crate::{
     crypto::MasterKey,
     snapshot::StateError,
     state::Shared,
-    store::{BackendRecord, ConfigChange, PoolRecord, Settings, Store, StoreError},
+    store::{BackendRecord, ClientKeyRecord, ConfigChange, PoolRecord, Settings, Store, StoreError},
     util::now_ms,
     validate::{self, FieldError, field_error},
 };
@@ -72,6 +72,11 @@ pub struct ExportDocument {
     pub pools: Vec<PoolRecord>,
     /// The settings.
     pub settings: Settings,
+    /// Every client key, revoked ones included: hashes, scope and limits, never a
+    /// secret (none is stored). Absent in documents from before client keys: importing
+    /// such a document leaves the store's keys as they are.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_keys: Option<Vec<ClientKeyRecord>>,
 }
 
 impl ExportDocument {
@@ -91,6 +96,7 @@ impl ExportDocument {
             backends,
             pools: store.pools()?,
             settings: store.settings()?,
+            client_keys: Some(store.client_keys()?),
         })
     }
 
@@ -100,8 +106,10 @@ impl ExportDocument {
     }
 }
 
-/// Checks a document and turns it into one change that replaces backends, pools and
-/// settings. Nothing is written unless every part of the document is valid.
+/// Checks a document and turns it into one change that replaces backends, pools,
+/// settings and (when the document has them) client keys: a key in the store but not in
+/// the document is revoked, so it stops working everywhere and its history stays. Nothing
+/// is written unless every part of the document is valid.
 pub fn import(
     store: &Store,
     document: &[u8],
@@ -121,6 +129,16 @@ pub fn import(
         if !keep_pools.contains(existing.name.as_str()) && !existing.builtin {
             change.delete_pools.push(existing.name);
         }
+    }
+    if let Some(keys) = doc.client_keys {
+        let now = now_ms();
+        let keep: HashSet<&str> = keys.iter().map(|k| k.id.as_str()).collect();
+        for mut gone in store.client_keys()?.into_iter().filter(|k| k.live() && !keep.contains(k.id.as_str())) {
+            gone.revoked_at_ms = Some(now);
+            gone.resource_version += 1;
+            change.put_client_keys.push(gone);
+        }
+        change.put_client_keys.extend(keys);
     }
     let counts = (doc.backends.len() as u32, doc.pools.len() as u32);
     change.put_backends = doc.backends;
@@ -177,7 +195,29 @@ fn check_document(doc: &ExportDocument, key: &MasterKey) -> Result<(), FieldErro
         }
         key.open(&b.api_key).map_err(|e| field_error(f("api_key"), e.to_string()))?;
     }
-    validate::check_settings(&doc.settings, "document.settings")
+    validate::check_settings(&doc.settings, "document.settings")?;
+    check_keys(doc)
+}
+
+/// Every client key of a document as `CreateKey` would take it (by field, under
+/// `document.client_keys[i]`), with unique ids and hashes, and names unique among the
+/// live ones.
+fn check_keys(doc: &ExportDocument) -> Result<(), FieldError> {
+    let Some(keys) = &doc.client_keys else { return Ok(()) };
+    let (mut ids, mut hashes) = (HashSet::new(), HashSet::new());
+    for (i, k) in keys.iter().enumerate() {
+        let f = |name: &str| format!("document.client_keys[{i}].{name}");
+        if !ids.insert(k.id.as_str()) || !k.id.starts_with("key_") || k.id.len() > 64 {
+            return Err(field_error(f("id"), format!("duplicate or malformed id {:?}", k.id)));
+        }
+        if !hashes.insert(k.hash) {
+            return Err(field_error(f("hash"), "the same key hash twice"));
+        }
+        let others: &[ClientKeyRecord] = if k.live() { &keys[..i] } else { &[] };
+        validate::keys::key_spec(validate::keys::KeySpec::of(k), &doc.pools, others, Some(&k.id), false, now_ms())
+            .map_err(|e| field_error(f(e.field.trim_start_matches("key.")), e.reason))?;
+    }
+    Ok(())
 }
 
 /// Re-encrypts every stored key under `new_key_hex` in one transaction, then makes it the

@@ -177,9 +177,28 @@ async fn export_then_wipe_then_import_restores_everything() {
         })
         .await
         .unwrap();
+    // Client keys: one with a scope and limits, one revoked.
+    let limited = pb::CreateKeyRequest {
+        name: "ci".into(),
+        team: "build".into(),
+        pools: vec!["reserve".into()],
+        rpm_limit: 30,
+        tpm_limit: 20_000,
+        max_concurrent: 4,
+        budget_usd: 5.0,
+        budget_period: pb::BudgetPeriod::Day as i32,
+        ..Default::default()
+    };
+    let ci = admin.create_key(limited).await.unwrap().into_inner();
+    let old = admin.create_key(pb::CreateKeyRequest { name: "old".into(), ..Default::default() }).await.unwrap();
+    let old = old.into_inner().key.unwrap();
+    admin.revoke_key(pb::RevokeKeyRequest { id: old.id.clone() }).await.unwrap();
+    let all_keys = pb::ListKeysRequest { include_revoked: true };
+    let keys_before = admin.list_keys(all_keys.clone()).await.unwrap().into_inner().keys;
     let exported = admin.export(pb::ExportRequest {}).await.unwrap().into_inner();
     let text = String::from_utf8(exported.document.clone()).unwrap();
     assert!(!text.contains("sk-aaaa-0123456789abcdef"), "keys stay sealed in exports");
+    assert!(!text.contains(&ci.secret[6..]), "no client key secret in exports");
     assert!(text.contains("key_id"));
     let backends_before = admin.list_backends(pb::ListBackendsRequest::default()).await.unwrap().into_inner().backends;
     let pools_before = admin.list_pools(pb::ListPoolsRequest {}).await.unwrap().into_inner().pools;
@@ -190,6 +209,8 @@ async fn export_then_wipe_then_import_restores_everything() {
         ControlPlaneHarness::start_with(Options { key_hex: Some(cp.key_hex.clone()), ..Options::default() }).await;
     let mut admin2 = fresh.admin().await;
     admin2.create_backend(create("stray", "sk-stray-0123456789abcdef")).await.unwrap();
+    let stray = admin2.create_key(pb::CreateKeyRequest { name: "stray".into(), ..Default::default() }).await.unwrap();
+    let stray = stray.into_inner().key.unwrap();
     let imported = admin2.import(pb::ImportRequest { document: exported.document.clone() }).await.unwrap().into_inner();
     assert_eq!((imported.backends, imported.pools), (2, 3));
     assert_eq!(
@@ -200,6 +221,25 @@ async fn export_then_wipe_then_import_restores_everything() {
     assert_eq!(admin2.get_settings(pb::GetSettingsRequest {}).await.unwrap().into_inner().settings, settings_before);
     let keys = node_keys(&fresh).await;
     assert_eq!(keys["a"], "sk-aaaa-0123456789abcdef", "imported keys decrypt");
+    // The client keys are the document's; a key only the new store had is revoked.
+    let keys_after = admin2.list_keys(all_keys).await.unwrap().into_inner().keys;
+    let (strays, imported_keys): (Vec<_>, Vec<_>) = keys_after.into_iter().partition(|k| k.id == stray.id);
+    assert_eq!(imported_keys, keys_before);
+    assert!(strays[0].revoked_at_ms > 0, "{strays:?}");
+    // A document from before client keys leaves the store's keys as they are.
+    let mut old_doc: serde_json::Value = serde_json::from_slice(&exported.document).unwrap();
+    old_doc.as_object_mut().unwrap().remove("client_keys");
+    let later = admin2.create_key(pb::CreateKeyRequest { name: "later".into(), ..Default::default() }).await.unwrap();
+    let later = later.into_inner().key.unwrap().id;
+    let old_doc = serde_json::to_vec(&old_doc).unwrap();
+    admin2.import(pb::ImportRequest { document: old_doc }).await.unwrap();
+    let live = admin2.list_keys(pb::ListKeysRequest::default()).await.unwrap().into_inner().keys;
+    assert!(live.iter().any(|k| k.id == later), "{live:?}");
+    // A bad key in a document is named and nothing is written.
+    let mut bad: serde_json::Value = serde_json::from_slice(&exported.document).unwrap();
+    bad["client_keys"][0]["max_concurrent"] = serde_json::json!(100_000_001u64);
+    let err = admin2.import(pb::ImportRequest { document: serde_json::to_vec(&bad).unwrap() }).await.unwrap_err();
+    assert!(err.message().contains("document.client_keys[0].max_concurrent"), "{}", err.message());
 
     // A control plane with another key refuses the file and changes nothing.
     let other = ControlPlaneHarness::start().await;
