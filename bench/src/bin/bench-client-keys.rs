@@ -2,8 +2,11 @@
 //! baseline and the feature share one run: `proxy::caller::authenticate` as the proxy
 //! calls it for every request — an anonymous request (no key: two header lookups), a
 //! valid key sent as `Authorization: Bearer` among `--keys` keys in the bundle (SHA-256
-//! of the key and a map lookup), and an unknown key (the same, and the error). Rounds
-//! alternate the cases; medians of ns/op, less an empty loop. Prints JSON.
+//! of the key and a map lookup), and an unknown key (the same, and the error). Then what
+//! a key's own limits add once it is known (`proxy::caller::admit`): a key with a request,
+//! a token and a concurrency limit takes its share of each, and its permit is settled and
+//! let go as the answer ends; time moves 1 ms per request. Rounds alternate the cases;
+//! medians of ns/op, less an empty loop. Prints JSON.
 
 use std::{hint::black_box, time::Duration};
 
@@ -11,7 +14,7 @@ use clap::Parser;
 use http::{HeaderMap, HeaderValue};
 use sha2::{Digest, Sha256};
 use sidecar_data_plane::{
-    proxy::caller::authenticate,
+    proxy::caller::{admit, authenticate},
     routing::Bundle,
     snapshot::{ClientKey, Snapshot},
 };
@@ -57,9 +60,10 @@ fn main() -> anyhow::Result<()> {
             team: "".into(),
             models: Vec::new(),
             pools: Vec::new(),
-            rpm_limit: 0,
-            tpm_limit: 0,
-            max_concurrent: 0,
+            // One key with every limit, far above what the run admits.
+            rpm_limit: if i == 0 { 100_000_000 } else { 0 },
+            tpm_limit: if i == 0 { 100_000_000 } else { 0 },
+            max_concurrent: if i == 0 { 1_000 } else { 0 },
             expires_at_ms: None,
             enabled: true,
             initial_share: None,
@@ -86,18 +90,29 @@ fn main() -> anyhow::Result<()> {
     let mut unknown = HeaderMap::new();
     unknown.insert("authorization", HeaderValue::from_str(&format!("Bearer {}", secret(args.keys + 1)))?);
     let now_ms = 1_000;
-    let (mut none, mut anon, mut good, mut bad) = (vec![], vec![], vec![], vec![]);
+    let limited = bundle.limited_key("key_0").expect("key_0 has limits").0.clone();
+    let start = tokio::time::Instant::now();
+    let mut tick = 0u64;
+    let (mut none, mut anon, mut good, mut bad, mut lim) = (vec![], vec![], vec![], vec![], vec![]);
     for _ in 0..args.rounds {
         none.push(per_op(args.ops, || black_box(0usize)));
         anon.push(per_op(args.ops, || usize::from(authenticate(&bundle, black_box(&anonymous), true, now_ms).is_ok())));
         good.push(per_op(args.ops, || usize::from(authenticate(&bundle, black_box(&valid), false, now_ms).is_ok())));
         bad.push(per_op(args.ops, || usize::from(authenticate(&bundle, black_box(&unknown), false, now_ms).is_ok())));
+        lim.push(per_op(args.ops, || {
+            tick += 1;
+            let now = start + Duration::from_millis(tick);
+            let permit = admit(&bundle, black_box(&limited), 100, now, now_ms).expect("admitted").expect("a permit");
+            permit.settle(black_box(80));
+            1
+        }));
     }
     let nothing = median(none);
     let out = serde_json::json!({
         "anonymous_ns": median(anon) - nothing,
         "valid_key_ns": median(good) - nothing,
         "unknown_key_ns": median(bad) - nothing,
+        "limited_key_admit_ns": median(lim) - nothing,
         "keys": args.keys,
         "ops": args.ops,
         "rounds": args.rounds,

@@ -66,7 +66,10 @@ impl TokenWindow {
 
     /// Replaces a reservation's estimate with the real count (0 for a refund).
     pub fn settle(&mut self, id: u64, actual: u64) {
-        if let Some(entry) = self.spent.iter_mut().find(|e| e.2 == id) {
+        // Ids grow with every reservation, so the log is sorted by id: a busy minute's
+        // thousands of entries are searched in a few steps, not walked.
+        if let Ok(i) = self.spent.binary_search_by_key(&id, |e| e.2) {
+            let entry = &mut self.spent[i];
             self.sum = self.sum - entry.1 + actual;
             entry.1 = actual;
         }
