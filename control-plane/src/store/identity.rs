@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Store, StoreError, decode, encode};
+use super::{SledStore, StoreError, decode, encode};
 use crate::util::now_ms;
 
 /// Who made a write, for the audit trail.
@@ -103,7 +103,7 @@ pub struct AuditRecord {
     pub config_version: u64,
 }
 
-impl Store {
+impl SledStore {
     /// Every node the control plane has seen.
     pub fn nodes(&self) -> Result<Vec<NodeRecord>, StoreError> {
         Self::scan(&self.nodes, "nodes")

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Store, StoreError};
+use super::{SledStore, StoreError};
 
 /// How often a key's spend budget starts afresh (UTC).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -78,7 +78,7 @@ impl ClientKeyRecord {
     }
 }
 
-impl Store {
+impl SledStore {
     /// Every client key, revoked ones included, ordered by id.
     pub fn client_keys(&self) -> Result<Vec<ClientKeyRecord>, StoreError> {
         Self::scan(&self.client_keys, "client_keys")

@@ -1,10 +1,12 @@
-//! The control plane's sled store: one tree per entity, values prefixed with a schema
-//! version byte, multi-tree writes in one transaction, and the config version.
+//! The control plane's store: the records, the seam every store implements ([`StoreBackend`]),
+//! and the sled store — one tree per entity, values prefixed with a schema version byte,
+//! multi-tree writes in one transaction, and the config version.
 
 mod counters;
 mod identity;
 mod keys;
 mod records;
+mod seam;
 mod usage;
 
 use std::{
@@ -23,6 +25,7 @@ use identity::audit_key;
 pub use identity::{Actor, AuditRecord, NodeRecord, Role, TokenRecord};
 pub use keys::{BudgetPeriod, ClientKeyRecord};
 pub use records::*;
+pub use seam::{Store, StoreBackend, UsageRows};
 pub use usage::{Granularity, ReportRecord, UsageRow};
 
 /// Version byte written in front of every stored value. Bump it (and teach `decode` the
@@ -111,8 +114,8 @@ pub struct ConfigChange {
     pub mark_v1_migrated: bool,
 }
 
-/// The sled database and its trees.
-pub struct Store {
+/// The embedded single-node store: sled, one tree per entity.
+pub struct SledStore {
     db: sled::Db,
     backends: Tree,
     pools: Tree,
@@ -150,7 +153,7 @@ fn now_ms() -> i64 {
     crate::util::now_ms()
 }
 
-impl Store {
+impl SledStore {
     /// Opens (creating if needed) the store in `dir`.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         let config = sled::Config::new().path(dir.join("sled"));
@@ -195,31 +198,6 @@ impl Store {
         };
         store.config_version.store(version, Ordering::SeqCst);
         Ok(store)
-    }
-
-    /// Creates what must exist from the first start: the built-in pools and the settings.
-    pub fn initialize(&self, initial_settings: &Settings) -> Result<(), StoreError> {
-        let mut change = ConfigChange::default();
-        for (name, order, description) in
-            [("primary", 0, "Tried first."), ("fallback", 100, "Used when no primary backend can serve.")]
-        {
-            if self.pools.get(name)?.is_none() {
-                change.put_pools.push(PoolRecord {
-                    name: name.into(),
-                    order,
-                    description: description.into(),
-                    builtin: true,
-                    spill: Spill::OnBusy,
-                });
-            }
-        }
-        if self.settings.get(SETTINGS_KEY)?.is_none() {
-            change.settings = Some(initial_settings.clone());
-        }
-        if !change.put_pools.is_empty() || change.settings.is_some() {
-            self.commit(change, &Actor::system(), "Initialize", "store")?;
-        }
-        Ok(())
     }
 
     /// The current config version.
@@ -336,9 +314,9 @@ impl Store {
         Ok(pools)
     }
 
-    /// The system settings.
-    pub fn settings(&self) -> Result<Settings, StoreError> {
-        Ok(Self::get(&self.settings, "settings", SETTINGS_KEY)?.unwrap_or_default())
+    /// The system settings, if stored.
+    pub fn stored_settings(&self) -> Result<Option<Settings>, StoreError> {
+        Self::get(&self.settings, "settings", SETTINGS_KEY)
     }
 
     /// Every token record.

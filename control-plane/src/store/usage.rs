@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use sled::{Batch, Transactional, Tree, transaction::TransactionalTree};
 
-use super::{CooldownRecord, Store, StoreError, UsageCounters, decode, encode, tx_abort, tx_error};
+use super::{CooldownRecord, SledStore, StoreError, UsageCounters, decode, encode, tx_abort, tx_error};
 
 /// Size of a rollup's time bucket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -225,7 +225,7 @@ fn remove_below(tree: &Tree, end: &[u8], max: usize) -> Result<usize, StoreError
     Ok(count)
 }
 
-impl Store {
+impl SledStore {
     fn rollup(&self, granularity: Granularity) -> &Tree {
         match granularity {
             Granularity::Minute => &self.usage_m,
@@ -310,26 +310,6 @@ impl Store {
             let value: UsageValue = decode(name, &v)?;
             Ok(UsageRow { bucket_ms, backend_id, model, node_id, key_id, pool: value.pool, counters: value.counters })
         })
-    }
-
-    /// [`Store::usage_rows`], collected.
-    pub fn usage(&self, granularity: Granularity, since_ms: i64, until_ms: i64) -> Result<Vec<UsageRow>, StoreError> {
-        self.usage_rows(granularity, since_ms, until_ms).collect()
-    }
-
-    /// Per-minute usage in `[since_ms, until_ms)` summed over nodes:
-    /// (minute, backend id, model, counters), ordered by minute, backend, model.
-    pub fn usage_minutes(
-        &self,
-        since_ms: i64,
-        until_ms: i64,
-    ) -> Result<Vec<(i64, String, String, UsageCounters)>, StoreError> {
-        let mut sums: BTreeMap<(i64, String, String), UsageCounters> = BTreeMap::new();
-        for row in self.usage_rows(Granularity::Minute, since_ms, until_ms) {
-            let row = row?;
-            sums.entry((row.bucket_ms, row.backend_id, row.model)).or_default().merge(&row.counters);
-        }
-        Ok(sums.into_iter().map(|((minute, backend, model), counters)| (minute, backend, model, counters)).collect())
     }
 
     /// Deletes at most `max` rollup rows of `granularity` whose bucket starts before

@@ -131,7 +131,8 @@ fn a_range_includes_every_bucket_that_overlaps_it() {
 
 #[test]
 fn usage_written_before_pools_and_nodes_were_recorded_still_reads() {
-    let (_dir, store) = open();
+    let dir = tempfile::tempdir().unwrap();
+    let sled = SledStore::open(dir.path()).unwrap();
     // The first release stored plain counters (with `requests`) under node-less keys.
     let key = [&D.to_be_bytes()[..], b"bkd_1\0gpt-4o"].concat();
     let mut old = vec![SCHEMA_VERSION];
@@ -141,7 +142,8 @@ fn usage_written_before_pools_and_nodes_were_recorded_still_reads() {
         "total_tokens":30,"cost_usd":0.25,"latency_ms_sum":9,"latency_histogram":[3],
         "ttft_ms_sum":0,"ttft_count":0}"#,
     );
-    store.usage_m.insert(key, old).unwrap();
+    sled.usage_m.insert(key, old).unwrap();
+    let store = Store::with(sled);
     let rows = store.usage(Granularity::Minute, D, D + 1).unwrap();
     assert_eq!(rows.len(), 1);
     let row = &rows[0];
