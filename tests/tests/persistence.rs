@@ -194,7 +194,7 @@ async fn export_then_wipe_then_import_restores_everything() {
     let old = old.into_inner().key.unwrap();
     admin.revoke_key(pb::RevokeKeyRequest { id: old.id.clone() }).await.unwrap();
     let all_keys = pb::ListKeysRequest { include_revoked: true };
-    let keys_before = admin.list_keys(all_keys.clone()).await.unwrap().into_inner().keys;
+    let keys_before = admin.list_keys(all_keys).await.unwrap().into_inner().keys;
     let exported = admin.export(pb::ExportRequest {}).await.unwrap().into_inner();
     let text = String::from_utf8(exported.document.clone()).unwrap();
     assert!(!text.contains("sk-aaaa-0123456789abcdef"), "keys stay sealed in exports");
