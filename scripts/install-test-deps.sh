@@ -28,6 +28,18 @@ if [ ! -x /usr/bin/chromium ]; then
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
 fi
+# The PostgreSQL store's tests start a private server from Debian's postgresql package
+# (initdb + postgres in a temp dir, as the postgres user) unless SIDECAR_TEST_DATABASE_URL
+# names one; the package's own cluster is not needed and is stopped if it started.
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || ! command -v psql >/dev/null 2>&1; then
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO=sudo
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql >/dev/null
+  if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet postgresql 2>/dev/null; then
+    $SUDO systemctl disable --now --quiet postgresql || true
+  fi
+fi
 # deploy/tests/test_deploy.py: promtool (Debian's prometheus package) checks and unit-tests
 # the alert rules; kubectl renders the Kubernetes manifests (offline). Debian's archive has
 # no kubectl: it is installed when a configured apt repository offers it (pkgs.k8s.io,

@@ -29,9 +29,30 @@ pub struct V1Upstream {
     pub rpm_limit: u32,
 }
 
+/// Where the store lives.
+#[derive(Clone, PartialEq, Eq)]
+pub enum StoreLocation {
+    /// sled in the data directory (one control plane).
+    Sled,
+    /// A PostgreSQL database, by URL (several control planes may share it).
+    Postgres(String),
+}
+
+impl std::fmt::Debug for StoreLocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Sled => f.write_str("Sled"),
+            // The URL may hold a password.
+            Self::Postgres(_) => f.write_str("Postgres(…)"),
+        }
+    }
+}
+
 /// The resolved configuration.
 #[derive(Debug, Clone)]
 pub struct ControlConfig {
+    /// Where the store lives.
+    pub store: StoreLocation,
     /// Seals provider keys at rest.
     pub encryption_key: MasterKey,
     /// Seeds an admin token.
@@ -74,6 +95,9 @@ sidecar_settings::settings! {
     admin_token = "SIDECAR_ADMIN_TOKEN": "Seeds an admin token";
     node_token = "SIDECAR_NODE_TOKEN": "Seeds a node token shared by every proxy";
     data_dir = "SIDECAR_DATA_DIR", flag "DIR": "Data directory", default "./data";
+    store = "SIDECAR_STORE":
+        "The store: sled (embedded, in the data directory) or postgres://user:pass@host:port/db (several control planes on one database)",
+        default "sled";
     backup_dir = "SIDECAR_BACKUP_DIR": "Where backups go (DATA_DIR/backups if unset); belongs on other storage";
     listen = "SIDECAR_CONTROL_LISTEN", flag "ADDR": "gRPC / gRPC-web listen address", default "127.0.0.1:9290";
     ops_listen = "SIDECAR_CONTROL_OPS_LISTEN", flag "ADDR": "Ops listen address (/health, /metrics)",
@@ -163,6 +187,14 @@ impl ControlConfig {
         let listen = addr("SIDECAR_CONTROL_LISTEN")?;
         let ops_listen = addr("SIDECAR_CONTROL_OPS_LISTEN")?;
         let data_dir = PathBuf::from(src.text("SIDECAR_DATA_DIR")?);
+        let store = match src.text("SIDECAR_STORE")?.trim() {
+            "sled" | "" => StoreLocation::Sled,
+            url if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                StoreLocation::Postgres(url.to_owned())
+            }
+            // Never echo the value: it may be a URL with a password.
+            _ => return Err(src.invalid("SIDECAR_STORE", "expected sled or a postgres://user:pass@host:port/db URL")),
+        };
         let backup_dir = src.value("SIDECAR_BACKUP_DIR").map_or_else(|| data_dir.join("backups"), PathBuf::from);
         let log_level = src.text("SIDECAR_LOG_LEVEL")?;
         if tracing_subscriber::EnvFilter::try_new(&log_level).is_err() {
@@ -288,6 +320,7 @@ impl ControlConfig {
         }
 
         Ok(Self {
+            store,
             tls,
             console_dir,
             fleet,

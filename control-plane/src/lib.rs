@@ -33,6 +33,8 @@ pub mod config;
 pub mod fuzzing;
 pub mod metrics;
 pub mod server;
+#[cfg(any(test, feature = "test-support"))]
+pub mod testing;
 pub mod tls;
 pub mod util;
 

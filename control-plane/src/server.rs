@@ -86,7 +86,10 @@ impl ControlPlane {
     pub fn open(config: &ControlConfig) -> Result<Self, InitError> {
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|source| InitError::DataDir { path: config.data_dir.display().to_string(), source })?;
-        let store = Store::open(&config.data_dir)?;
+        let store = match &config.store {
+            crate::config::StoreLocation::Sled => Store::open(&config.data_dir)?,
+            crate::config::StoreLocation::Postgres(url) => Store::with(crate::store::PgStore::connect(url)?),
+        };
         store.initialize(&config.initial_settings)?;
         check_key(&store, &config.encryption_key)?;
         // Certificates are checked before anything is written.

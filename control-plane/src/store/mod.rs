@@ -5,6 +5,7 @@
 mod counters;
 mod identity;
 mod keys;
+mod postgres;
 mod records;
 mod seam;
 mod usage;
@@ -24,6 +25,7 @@ pub use counters::{CooldownRecord, LATENCY_BUCKETS_MS, UsageCounters};
 use identity::audit_key;
 pub use identity::{Actor, AuditRecord, NodeRecord, Role, TokenRecord};
 pub use keys::{BudgetPeriod, ClientKeyRecord};
+pub use postgres::PgStore;
 pub use records::*;
 pub use seam::{Store, StoreBackend, UsageRows};
 pub use usage::{Granularity, ReportRecord, UsageRow};
@@ -43,6 +45,9 @@ pub enum StoreError {
     /// sled itself failed (I/O, corruption).
     #[error("storage error: {0}")]
     Sled(#[from] sled::Error),
+    /// The database (PostgreSQL) failed or could not be reached.
+    #[error("database error: {0}")]
+    Database(String),
     /// A value could not be decoded.
     #[error("corrupt value in tree `{tree}`: {reason}")]
     Corrupt {

@@ -62,8 +62,13 @@ pub trait StoreBackend: Send + Sync {
     fn client_keys(&self) -> Result<Vec<ClientKeyRecord>, StoreError>;
     /// Applies one usage report batch unless `(node_id, boot_id)` already applied `seq` or
     /// a later one, in one transaction with the mark. Returns whether it was applied.
-    fn apply_report(&self, node_id: &str, boot_id: &str, seq: u64, records: &[ReportRecord])
-    -> Result<bool, StoreError>;
+    fn apply_report(
+        &self,
+        node_id: &str,
+        boot_id: &str,
+        seq: u64,
+        records: &[ReportRecord],
+    ) -> Result<bool, StoreError>;
     /// Adds usage history to the hour and day rollups under `node_id`, each `(mark,
     /// record)` once. Returns how many records were added.
     fn import_usage(&self, node_id: &str, records: &[(String, ReportRecord)]) -> Result<usize, StoreError>;

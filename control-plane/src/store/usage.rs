@@ -63,7 +63,7 @@ impl Granularity {
         })
     }
 
-    fn tree_name(self) -> &'static str {
+    pub(super) fn tree_name(self) -> &'static str {
         match self {
             Granularity::Minute => "usage_m",
             Granularity::Hour => "usage_h",
@@ -111,15 +111,15 @@ pub struct UsageRow {
 /// The stored value of a rollup row. Rows written before the pool was recorded are
 /// plain `UsageCounters`, which read as this with an empty pool.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-struct UsageValue {
+pub(super) struct UsageValue {
     #[serde(default)]
-    pool: String,
+    pub(super) pool: String,
     #[serde(flatten)]
-    counters: UsageCounters,
+    pub(super) counters: UsageCounters,
 }
 
 impl UsageValue {
-    fn checked_merge(&mut self, other: &UsageValue, tree: &'static str) -> Result<(), StoreError> {
+    pub(super) fn checked_merge(&mut self, other: &UsageValue, tree: &'static str) -> Result<(), StoreError> {
         self.counters.checked_merge(&other.counters).map_err(|field| StoreError::Overflow { tree, field })?;
         if !other.pool.is_empty() {
             self.pool.clone_from(&other.pool);
@@ -195,7 +195,7 @@ fn merge_into(
 
 /// `records` of node `node_id` summed per rollup key, one map per granularity of `of`.
 /// Summed before writing: records often share an hour or day key.
-fn rollup_adds<'a, const N: usize>(
+pub(super) fn rollup_adds<'a, const N: usize>(
     node_id: &str,
     records: impl IntoIterator<Item = &'a ReportRecord>,
     of: [Granularity; N],

@@ -3,14 +3,6 @@
 use super::*;
 use crate::store::usage::{parse_usage_key, usage_key};
 
-fn buckets(store: &Store, g: Granularity) -> Vec<(i64, u64)> {
-    let mut sums = std::collections::BTreeMap::new();
-    for row in store.usage(g, 0, i64::MAX).unwrap() {
-        *sums.entry(row.bucket_ms).or_insert(0) += row.counters.attempts;
-    }
-    sums.into_iter().collect()
-}
-
 /// A parsed key as a tuple: (bucket, backend, model, node, client key).
 fn parsed(key: &[u8]) -> Option<(i64, String, String, String, String)> {
     parse_usage_key(key).map(|p| (p.bucket_ms, p.backend_id, p.model, p.node_id, p.key_id))
@@ -51,82 +43,6 @@ fn granularity_floors_to_aligned_utc_buckets() {
         assert_eq!(Granularity::parse(g.as_str()), Some(g));
     }
     assert_eq!(Granularity::parse("week"), None);
-}
-
-#[test]
-fn reports_roll_up_into_minutes_hours_and_days_across_boundaries() {
-    let (_dir, store) = open();
-    let batch = vec![
-        record(D - MINUTE, "bkd_1", "gpt-4o", 1),
-        record(D - 2 * MINUTE, "bkd_1", "gpt-4o", 2),
-        record(D, "bkd_1", "gpt-4o", 4),
-        record(D + HOUR + MINUTE, "bkd_2", "gpt-4o", 8),
-    ];
-    assert!(store.apply_report("n1", "boot", 1, &batch).unwrap());
-    assert_eq!(
-        buckets(&store, Granularity::Minute),
-        vec![(D - 2 * MINUTE, 2), (D - MINUTE, 1), (D, 4), (D + HOUR + MINUTE, 8)]
-    );
-    assert_eq!(buckets(&store, Granularity::Hour), vec![(D - HOUR, 3), (D, 4), (D + HOUR, 8)]);
-    assert_eq!(buckets(&store, Granularity::Day), vec![(D - DAY, 3), (D, 12)]);
-
-    // Every counter is summed, not only attempts.
-    let day = store.usage(Granularity::Day, D, D + DAY).unwrap();
-    let total = day.iter().fold(UsageCounters::default(), |mut t, r| {
-        t.merge(&r.counters);
-        t
-    });
-    assert_eq!((total.answered, total.prompt_tokens, total.cost_usd), (12, 120, 6.0));
-    assert_eq!(total.latency_histogram, vec![12, 0, 2]);
-
-    // A retried batch changes no granularity; the next one adds to all three.
-    assert!(!store.apply_report("n1", "boot", 1, &batch).unwrap());
-    assert_eq!(buckets(&store, Granularity::Day), vec![(D - DAY, 3), (D, 12)]);
-    let next = vec![record(D + 30 * MINUTE, "bkd_1", "gpt-4o", 16)];
-    assert!(store.apply_report("n1", "boot", 2, &next).unwrap());
-    assert_eq!(buckets(&store, Granularity::Day), vec![(D - DAY, 3), (D, 28)]);
-    assert_eq!(buckets(&store, Granularity::Hour), vec![(D - HOUR, 3), (D, 20), (D + HOUR, 8)]);
-}
-
-#[test]
-fn rows_are_kept_per_node_with_their_pool_and_minutes_sum_over_nodes() {
-    let (_dir, store) = open();
-    let mut r = record(D, "bkd_1", "m", 1);
-    store.apply_report("n1", "b", 1, &[r.clone()]).unwrap();
-    r.pool = "fallback".into();
-    store.apply_report("n2", "b", 1, &[r.clone()]).unwrap();
-    // The backend moved pools: the row records the pool of its latest report.
-    r.pool = "batch".into();
-    store.apply_report("n1", "b", 2, &[r.clone()]).unwrap();
-    let rows = store.usage(Granularity::Hour, D, D + HOUR).unwrap();
-    let seen: Vec<_> = rows.iter().map(|r| (r.node_id.as_str(), r.pool.as_str(), r.counters.attempts)).collect();
-    assert_eq!(seen, vec![("n1", "batch", 2), ("n2", "fallback", 1)]);
-    let minutes = store.usage_minutes(0, i64::MAX).unwrap();
-    assert_eq!(minutes.len(), 1, "one row per (minute, backend, model)");
-    assert_eq!(minutes[0].3.attempts, 3);
-}
-
-#[test]
-fn a_range_includes_every_bucket_that_overlaps_it() {
-    let (_dir, store) = open();
-    let batch = vec![
-        record(D - HOUR, "b", "m", 1),
-        record(D + 10 * MINUTE, "b", "m", 2),
-        record(D + HOUR, "b", "m", 4),
-        record(D + 2 * HOUR, "b", "m", 8),
-    ];
-    store.apply_report("n", "b", 1, &batch).unwrap();
-    // 00:30–01:00:00.001 overlaps the buckets of 00:00 and 01:00.
-    let rows = store.usage(Granularity::Hour, D + 30 * MINUTE, D + HOUR + 1).unwrap();
-    let got: Vec<_> = rows.iter().map(|r| r.bucket_ms).collect();
-    assert_eq!(got, vec![D, D + HOUR]);
-    // The end is exclusive: a bucket starting at `until` is not in the range.
-    let rows = store.usage(Granularity::Hour, D, D + HOUR).unwrap();
-    assert_eq!(rows.len(), 1);
-    // Minute granularity sees only the minute that has data.
-    let rows = store.usage(Granularity::Minute, D + 10 * MINUTE + 59_999, D + 11 * MINUTE).unwrap();
-    assert_eq!(rows.len(), 1);
-    assert!(store.usage(Granularity::Day, D + DAY, D).unwrap().is_empty());
 }
 
 #[test]
