@@ -92,6 +92,17 @@ impl ConfigState {
         }
     }
 
+    /// SHA-256 (hex) of the config's content: backends (as stored, keys sealed), pools,
+    /// settings and live client keys. Two states with one version and different content
+    /// (a restore) have different hashes.
+    pub fn content_hash(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let backends: Vec<&BackendRecord> = self.backends.iter().map(|(b, _)| b).collect();
+        let content =
+            serde_json::to_vec(&(backends, &self.pools, &self.settings, &self.client_keys)).expect("records serialize");
+        hex::encode(Sha256::digest(content))
+    }
+
     /// A backend's health (healthy unless found failing).
     pub fn health_of(&self, backend_id: &str) -> Health {
         self.health.get(backend_id).copied().unwrap_or(Health::Healthy)

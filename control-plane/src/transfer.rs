@@ -141,6 +141,9 @@ pub fn import(
         change.put_client_keys.extend(keys);
     }
     let counts = (doc.backends.len() as u32, doc.pools.len() as u32);
+    // Above the document's version, so proxies that ran it (or anything before it) see
+    // the import as new, also in a fresh store whose own version is lower.
+    change.min_version = Some(doc.config_version + 1);
     change.put_backends = doc.backends;
     change.put_pools = doc.pools;
     change.settings = Some(doc.settings);

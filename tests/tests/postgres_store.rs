@@ -57,7 +57,8 @@ async fn a_gateway_on_postgresql_serves_accounts_and_comes_back_from_the_databas
     // The first control plane restarted with a fresh data directory: everything it
     // serves comes from the database, and the proxy converges on the newest version.
     gw.cp.stop().await;
-    let restarted = ControlPlaneHarness::start_with(Options { data_dir: None, env: store, ..gw.cp.restart_options() }).await;
+    let restarted =
+        ControlPlaneHarness::start_with(Options { data_dir: None, env: store, ..gw.cp.restart_options() }).await;
     gw.proxy.wait_version(written.config_version).await;
     assert_eq!(gw.proxy.chat("gpt-test").await.status().as_u16(), 200);
     let mut admin3 = restarted.admin().await;

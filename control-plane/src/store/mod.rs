@@ -117,6 +117,9 @@ pub struct ConfigChange {
     pub active_key_id: Option<String>,
     /// Mark the V1 environment migration as done.
     pub mark_v1_migrated: bool,
+    /// The new config version is at least this (an import above the document's version,
+    /// a node that holds a higher one): versions never go backwards.
+    pub min_version: Option<u64>,
 }
 
 /// The embedded single-node store: sled, one tree per entity.
@@ -226,7 +229,7 @@ impl SledStore {
                     Some(v) => decode::<u64>("meta", &v).map_err(tx_abort)?,
                     None => 0,
                 };
-                let version = current + 1;
+                let version = (current + 1).max(change.min_version.unwrap_or(0));
                 for b in &change.put_backends {
                     backends.insert(b.id.as_bytes(), encode(b))?;
                 }

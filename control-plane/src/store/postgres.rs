@@ -216,7 +216,7 @@ async fn commit(
     let current: Json<u64> = sqlx::query_scalar("SELECT value FROM meta WHERE key = 'config_version' FOR UPDATE")
         .fetch_one(&mut *tx)
         .await?;
-    let version = current.0 + 1;
+    let version = (current.0 + 1).max(change.min_version.unwrap_or(0));
     let backends = rows_of(&change.put_backends, |b| &b.id);
     let pools = rows_of(&change.put_pools, |p| &p.name);
     let tokens = rows_of(&change.put_tokens, |t| &t.id);

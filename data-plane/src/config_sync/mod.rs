@@ -57,6 +57,9 @@ pub struct Syncer {
     cache: Option<Cache>,
     window: Duration,
     events: mpsc::Receiver<NodeEvent>,
+    /// The content hash of the config applied last (empty: none, or a control plane that
+    /// sends none).
+    applied_hash: std::sync::Mutex<String>,
 }
 
 impl Syncer {
@@ -77,7 +80,7 @@ impl Syncer {
             config_version: 0,
             boot_id,
         };
-        Self { shared, client, hello, cache, window, events }
+        Self { shared, client, hello, cache, window, events, applied_hash: Default::default() }
     }
 
     /// Applies the cached snapshot, if any; used at boot so the proxy serves even when
@@ -100,9 +103,17 @@ impl Syncer {
     pub fn apply(&self, snapshot: &pb::Snapshot, persist: bool) -> Result<(), SnapshotError> {
         let parsed = Snapshot::try_from(snapshot)?;
         let current = self.shared.bundle.load_full();
-        if parsed.version == current.version && current.version != 0 {
+        let mut applied_hash = self.applied_hash.lock().expect("hash lock");
+        // The same version is the same config, unless its content differs: a restored
+        // store that counted up to a version this node already holds.
+        if parsed.version == current.version && current.version != 0 && *applied_hash == snapshot.config_hash {
             return Ok(());
         }
+        if parsed.version == current.version && current.version != 0 {
+            warn!(version = parsed.version, "a config of the version held with other content; applying it");
+        }
+        applied_hash.clone_from(&snapshot.config_hash);
+        drop(applied_hash);
         let bundle = Bundle::prepare(&parsed, &current, self.window, Instant::now());
         self.shared.bundle.store(Arc::new(bundle));
         self.shared.queue.wake();

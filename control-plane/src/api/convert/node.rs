@@ -61,6 +61,7 @@ pub fn snapshot_to_pb(s: &NodeSnapshot) -> pb::Snapshot {
         pools: state.pools.iter().map(|p| pool_to_pb(p, 0)).collect(),
         settings: Some(settings_to_pb(&state.settings)),
         generated_at_ms: s.generated_at_ms,
+        config_hash: state.content_hash(),
         client_keys: state
             .client_keys
             .iter()

@@ -57,6 +57,34 @@ impl NodeApi {
     }
 }
 
+/// A node holds a config version above the store's (the store was restored from an older
+/// backup, or replaced): the version is raised above it, in a write of its own, so the
+/// config the node is sent next is newer than anything it ran and it never keeps an old
+/// config under a version it already holds. Versions never go backwards.
+async fn raise_version_to(shared: &Shared, node_id: &str, node_version: u64) {
+    if node_version <= shared.store.config_version() {
+        return;
+    }
+    let system = crate::auth::Principal {
+        token_id: "system".into(),
+        role: crate::store::Role::Admin,
+        node_id: None,
+        region: None,
+    };
+    let raised = shared
+        .write(&system, "RaiseConfigVersion", |_| {
+            let change = crate::store::ConfigChange { min_version: Some(node_version + 1), ..Default::default() };
+            Ok::<_, ApiError>((change, format!("node {node_id}"), ()))
+        })
+        .await;
+    match raised {
+        Ok((version, ())) => {
+            warn!(node = %node_id, node_version, version, "a node held a newer config version than the store; raised it")
+        }
+        Err(e) => warn!(node = %node_id, error = %e, "could not raise the config version above the node's"),
+    }
+}
+
 /// One node's Sync stream.
 struct Session {
     shared: Arc<Shared>,
@@ -87,6 +115,7 @@ impl Session {
         let session = self.shared.nodes.connect(store, &self.hello);
         shared.fleet.attach(&node_id, &self.hello.boot_id, session, &self.hello.region, fleet_tx);
         info!(node = %node_id, region = %self.hello.region, has_version = self.hello.config_version, "node connected");
+        raise_version_to(&shared, &node_id, self.hello.config_version).await;
         let mut config = self.shared.config();
         let mut shutdown = self.shared.shutdown();
         let mut tokens = self.shared.auth.subscribe();
