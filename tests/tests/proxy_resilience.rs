@@ -177,6 +177,7 @@ fn snapshot(version: u64, base_url: &str, rpm: u32) -> pb::Snapshot {
         }),
         generated_at_ms: 0,
         client_keys: Vec::new(),
+        config_hash: String::new(),
     }
 }
 

@@ -283,6 +283,7 @@ mod tests {
             }),
             generated_at_ms: 0,
             client_keys: Vec::new(),
+            config_hash: String::new(),
         }
     }
 
