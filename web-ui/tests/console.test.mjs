@@ -426,10 +426,10 @@ describe("browser console", { concurrency: false }, () => {
     await expectText("empty list", page.getByTestId("keys-table"), /No keys yet/);
     await page.getByTestId("create-key").click();
     const form = await visible(page.getByTestId("key-dialog"));
-    assert.match(await text(form.getByTestId("key-limits-note")), /not enforced yet/, "the note on per-key limits");
     assert.equal(await form.locator("input[name=rpm_limit]").count(), 1, "a request limit input");
+    assert.equal(await form.locator("input[name=tpm_limit]").count(), 1, "a token limit input");
+    assert.equal(await form.locator("input[name=max_concurrent]").count(), 1, "a concurrency limit input");
     assert.equal(await form.locator("input[name=budget_usd]").count(), 1, "a budget input");
-    assert.equal(await form.locator("[name=tpm_limit], [name=max_concurrent]").count(), 0, "no token or concurrency limit inputs");
     await form.locator("input[name=name]").fill("billing-agent");
     await form.locator("input[name=team]").fill("billing");
     await form.locator("input[name=models]").fill("gpt-test, gpt-alt");
@@ -596,12 +596,14 @@ describe("browser console", { concurrency: false }, () => {
     assert.ok(Number(all.find((k) => k.name === "billing-agent").revoked_at_ms) > 0, "stored as revoked");
   });
 
-  test("keys: a request limit and a daily budget set in the form are shown in the table and stored", async () => {
+  test("keys: request, token and concurrency limits and a daily budget set in the form are shown in the table and stored", async () => {
     await page.getByTestId("create-key").click();
     const form = await visible(page.getByTestId("key-dialog"));
     await form.locator("input[name=name]").fill("limited-agent");
     await form.locator("input[name=team]").fill("research");
     await form.locator("input[name=rpm_limit]").fill("60");
+    await form.locator("input[name=tpm_limit]").fill("20000");
+    await form.locator("input[name=max_concurrent]").fill("4");
     await form.locator("input[name=budget_usd]").fill("5");
     await form.locator("select[name=budget_period]").selectOption("day");
     await shot("key-create-limits");
@@ -614,6 +616,8 @@ describe("browser console", { concurrency: false }, () => {
 
     const r = await visible(keyRow("limited-agent"));
     assert.equal(await text(r.getByTestId("key-rpm")), "60 RPM");
+    assert.equal(await text(r.getByTestId("key-tpm")), "20,000 TPM");
+    assert.equal(await text(r.getByTestId("key-concurrent")), "4 at once");
     assert.equal(await text(r.getByTestId("key-budget")), "$5.00/day");
     assert.equal(await text(keyRow("ci-runner").getByTestId("key-limits")), "none", "a key without limits");
     const shown = await cp.ctl("key", "show", "limited-agent");
@@ -621,7 +625,8 @@ describe("browser console", { concurrency: false }, () => {
     assert.equal(k.rpm_limit, 60);
     assert.equal(k.budget_usd, 5);
     assert.match(String(k.budget_period), /^(1|BUDGET_PERIOD_DAY|Day|day)$/, `a daily budget (got ${k.budget_period})`);
-    assert.ok(!k.tpm_limit && !k.max_concurrent, "no token or concurrency limit");
+    assert.equal(k.tpm_limit, 20000);
+    assert.equal(k.max_concurrent, 4);
 
     // Editing: the form shows the limits; the server's refusal goes under the budget input.
     const dialog = page.getByTestId("key-dialog");
@@ -630,6 +635,14 @@ describe("browser console", { concurrency: false }, () => {
       return dialog.isVisible();
     });
     assert.equal(await dialog.locator("input[name=rpm_limit]").inputValue(), "60");
+    assert.equal(await dialog.locator("input[name=tpm_limit]").inputValue(), "20000");
+    assert.equal(await dialog.locator("input[name=max_concurrent]").inputValue(), "4");
+    // Over the largest limit: the server's refusal goes under that input.
+    await dialog.locator("input[name=max_concurrent]").fill("100000001");
+    await dialog.getByTestId("save-key").click();
+    await expectText("concurrency error", dialog.locator('[data-field="max_concurrent"] .field-error'), /must be at most 100000000/);
+    assert.ok(fieldHeaders.includes("key.max_concurrent"), `the server named the field: ${fieldHeaders}`);
+    await dialog.locator("input[name=max_concurrent]").fill("8");
     assert.equal(await dialog.locator("input[name=budget_usd]").inputValue(), "5");
     assert.equal(await dialog.locator("select[name=budget_period]").inputValue(), "day");
     await dialog.locator("input[name=budget_usd]").fill("-1");
@@ -646,6 +659,8 @@ describe("browser console", { concurrency: false }, () => {
     const after = await cp.ctl("key", "show", "limited-agent");
     assert.equal((after.key ?? after).budget_usd, 50);
     assert.equal((after.key ?? after).rpm_limit, 60);
+    assert.equal((after.key ?? after).max_concurrent, 8, "the concurrency limit saved with the budget");
+    assert.equal(await text(r.getByTestId("key-concurrent")), "8 at once");
     await shot("keys-limits");
   });
 

@@ -77,10 +77,10 @@ function fromLocalInput(v: string, path: string): number {
 }
 
 /** A request limit (requests per minute); 0 when empty. */
-function rpmValue(el: HTMLInputElement, path: string): number {
+function rpmValue(el: HTMLInputElement, path: string, unit = "requests per minute"): number {
   const v = el.value.trim();
   if (v === "") return 0;
-  if (!/^\d+$/.test(v)) throw new LocalError(path, `must be a whole number of requests per minute (got ${JSON.stringify(v)})`);
+  if (!/^\d+$/.test(v)) throw new LocalError(path, `must be a whole number of ${unit} (got ${JSON.stringify(v)})`);
   const x = Number(v);
   if (x > 4294967295) throw new LocalError(path, "must be between 0 and 4294967295");
   return x;
@@ -105,11 +105,13 @@ export function budgetText(usd: number, period: BudgetPeriod): string {
 
 function limitsCell(k: ClientKey): HTMLElement {
   const budget = budgetText(k.budgetUsd, k.budgetPeriod);
-  if (!k.rpmLimit && !budget) return h("span", { class: "muted", attrs: { "data-testid": "key-limits" } }, "none");
+  if (!k.rpmLimit && !k.tpmLimit && !k.maxConcurrent && !budget) return h("span", { class: "muted", attrs: { "data-testid": "key-limits" } }, "none");
   return h(
     "div",
     { class: "nowrap", attrs: { "data-testid": "key-limits" } },
     k.rpmLimit ? h("div", { attrs: { "data-testid": "key-rpm", title: "requests per minute, fleet-wide" } }, `${fmtInt(k.rpmLimit)} RPM`) : null,
+    k.tpmLimit ? h("div", { attrs: { "data-testid": "key-tpm", title: "tokens per minute, fleet-wide" } }, `${fmtInt(k.tpmLimit)} TPM`) : null,
+    k.maxConcurrent ? h("div", { attrs: { "data-testid": "key-concurrent", title: "requests in flight at once, fleet-wide" } }, `${fmtInt(k.maxConcurrent)} at once`) : null,
     budget ? h("div", { attrs: { "data-testid": "key-budget", title: "spend budget per UTC day or calendar month" } }, budget) : null,
   );
 }
@@ -202,7 +204,7 @@ function render(ctx: PageContext) {
   function signature(): string {
     const now = Date.now();
     return JSON.stringify(
-      keys.map((k) => [k.id, k.name, k.team, k.prefix, k.models, k.pools, k.rpmLimit, k.budgetUsd, k.budgetPeriod, String(k.expiresAtMs), String(k.createdAtMs), String(k.resourceVersion), keyState(k, now)]),
+      keys.map((k) => [k.id, k.name, k.team, k.prefix, k.models, k.pools, k.rpmLimit, k.tpmLimit, k.maxConcurrent, k.budgetUsd, k.budgetPeriod, String(k.expiresAtMs), String(k.createdAtMs), String(k.resourceVersion), keyState(k, now)]),
     );
   }
 
@@ -361,6 +363,8 @@ function render(ctx: PageContext) {
     const keyPools = text({ name: "pools", placeholder: "all pools" });
     const expires = h("input", { attrs: { type: "datetime-local", name: "expires" } });
     const rpm = text({ name: "rpm_limit", inputmode: "numeric", placeholder: "0" });
+    const tpm = text({ name: "tpm_limit", inputmode: "numeric", placeholder: "0" });
+    const concurrent = text({ name: "max_concurrent", inputmode: "numeric", placeholder: "0" });
     const budget = text({ name: "budget_usd", inputmode: "decimal", placeholder: "0" });
     const period = h(
       "select",
@@ -377,11 +381,15 @@ function render(ctx: PageContext) {
       keyPools.value = existing.pools.join(", ");
       expires.value = toLocalInput(n(existing.expiresAtMs));
       rpm.value = existing.rpmLimit ? String(existing.rpmLimit) : "";
+      tpm.value = existing.tpmLimit ? String(existing.tpmLimit) : "";
+      concurrent.value = existing.maxConcurrent ? String(existing.maxConcurrent) : "";
       budget.value = existing.budgetUsd ? String(existing.budgetUsd) : "";
       period.value = budgetPeriodText(existing.budgetPeriod) || "month";
     }
     const initialExpiry = expires.value;
     const initialRpm = rpm.value;
+    const initialTpm = tpm.value;
+    const initialConcurrent = concurrent.value;
     const initialBudget = budget.value;
     const initialPeriod = period.value;
     const poolNames = pools.map((p) => p.name);
@@ -409,13 +417,10 @@ function render(ctx: PageContext) {
         "grid2",
         h("legend", null, "Limits"),
         reg("rpm_limit", field("Requests per minute", rpm, { hint: "fleet-wide, across all proxies; 0 = none" })),
+        reg("tpm_limit", field("Tokens per minute", tpm, { hint: "fleet-wide tokens, across all proxies; 0 = none" })),
+        reg("max_concurrent", field("Requests at once", concurrent, { hint: "fleet-wide requests in flight at once; 0 = none" })),
         reg("budget_usd", field("Budget (USD)", budget, { hint: "spend per period, from the backends' prices; 0 = none" })),
         reg("budget_period", field("Budget period", period, { hint: "the budget starts afresh each UTC day or calendar month" })),
-      ),
-      h(
-        "p",
-        { class: "hint", attrs: { "data-testid": "key-limits-note" } },
-        "Per-key token (TPM) and concurrency limits are not enforced yet, so they cannot be set.",
       ),
       h("div", "dialog-actions", cancel, save),
     );
@@ -461,6 +466,14 @@ function render(ctx: PageContext) {
               req.rpmLimit = rpmValue(rpm, "rpm_limit");
               changed = true;
             }
+            if (tpm.value.trim() !== initialTpm) {
+              req.tpmLimit = rpmValue(tpm, "tpm_limit", "tokens per minute");
+              changed = true;
+            }
+            if (concurrent.value.trim() !== initialConcurrent) {
+              req.maxConcurrent = rpmValue(concurrent, "max_concurrent", "requests");
+              changed = true;
+            }
             if (budget.value.trim() !== initialBudget) {
               req.budgetUsd = usdValue(budget, "budget_usd");
               changed = true;
@@ -484,6 +497,8 @@ function render(ctx: PageContext) {
               models: ms,
               pools: ps,
               rpmLimit: rpmValue(rpm, "rpm_limit"),
+              tpmLimit: rpmValue(tpm, "tpm_limit", "tokens per minute"),
+              maxConcurrent: rpmValue(concurrent, "max_concurrent", "requests"),
               budgetUsd: usdValue(budget, "budget_usd"),
               budgetPeriod: budgetPeriodFromText(period.value),
               expiresAtMs: BigInt(fromLocalInput(expires.value, "expires_at_ms")),
