@@ -142,6 +142,7 @@ impl ControlPlane {
         background.spawn(crate::maintenance::backups(self.shared.clone()));
 
         background.spawn(crate::state::run_grants(self.shared.clone()));
+        background.spawn(crate::state::follow_store(self.shared.clone()));
         background.spawn(crate::dashboard::run(self.shared.clone()));
         background.spawn(crate::health::run(self.shared.clone(), crate::probe::client()));
 

@@ -9,7 +9,7 @@ use std::{
 };
 
 use tokio::sync::{Mutex, watch};
-use tracing::info;
+use tracing::{info, warn};
 
 pub use crate::snapshot::{ConfigState, StateError};
 use crate::{
@@ -149,6 +149,32 @@ impl Shared {
         self.store.flush().await?;
         info!(action, target = %target, actor = %who.token_id, version, "config write");
         Ok((version, out))
+    }
+}
+
+/// Follows config writes made through other control-plane instances on the same store
+/// (PostgreSQL): when the store's version passes the one published here, the tokens and
+/// the config are reloaded and pushed to the nodes connected to this instance. Nothing to
+/// do for a store only this process writes.
+pub async fn follow_store(shared: Arc<Shared>) {
+    let Some(mut versions) = shared.store.watch_versions() else { return };
+    let mut shutdown = shared.shutdown();
+    loop {
+        tokio::select! {
+            changed = versions.changed() => if changed.is_err() { return },
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+        let seen = *versions.borrow_and_update();
+        if seen <= shared.config_tx.borrow().version {
+            continue;
+        }
+        // Under the writer lock: a write of this instance publishes in order with it.
+        let _guard = shared.writer.lock().await;
+        let reloaded = shared.store.tokens().map(|t| shared.auth.reload(t)).map_err(StateError::from);
+        match reloaded.and_then(|()| shared.publish()) {
+            Ok(()) => info!(version = seen, "config written through another instance; published"),
+            Err(e) => warn!(error = %e, "could not reload the config another instance wrote"),
+        }
     }
 }
 

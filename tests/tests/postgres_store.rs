@@ -3,13 +3,14 @@
 //! and accounted exactly as on sled; a second control plane on the same database reads
 //! what the first wrote and continues its config versions; the first, restarted on the
 //! database alone (a fresh data directory), comes back with everything and the proxy
-//! converges on it.
+//! converges on it. A write through either instance reaches proxies connected to the
+//! other, and tokens made on one are accepted by the other.
 
 use std::time::Duration;
 
 use sidecar_proto::v1 as pb;
 use sidecar_tests::{
-    ControlPlaneHarness, Gateway, MockUpstream, Options, ProxyOptions, eventually, gateway::BackendDef,
+    ControlPlaneHarness, Gateway, MockUpstream, Options, ProxyHarness, ProxyOptions, eventually, gateway::BackendDef,
 };
 
 async fn totals(admin: &mut sidecar_tests::control::AdminClient) -> Option<pb::UsageTotals> {
@@ -53,17 +54,37 @@ async fn a_gateway_on_postgresql_serves_accounts_and_comes_back_from_the_databas
     let pool = pb::CreatePoolRequest { name: "reserve".into(), ..Default::default() };
     let written = admin2.create_pool(pool).await.unwrap().into_inner();
     assert_eq!(written.config_version, before + 1, "versions continue across instances");
+    // A write through one instance reaches proxies connected to the other (a
+    // notification wakes it; it re-reads the version), and a token made on one works on
+    // the other.
+    let on_second = ProxyHarness::start(&second.url(), &second.node_token, ProxyOptions::default()).await;
+    on_second.wait_version(written.config_version).await;
+    gw.proxy.wait_version(written.config_version).await;
+    let started = std::time::Instant::now();
+    let pool = pb::CreatePoolRequest { name: "spare".into(), ..Default::default() };
+    let through_first = admin.create_pool(pool).await.unwrap().into_inner();
+    on_second.wait_version(through_first.config_version).await;
+    eprintln!("a write through the first instance reached a proxy of the second in {:?}", started.elapsed());
+    let viewer = pb::CreateTokenRequest { name: "reader".into(), role: pb::Role::Viewer as i32, ..Default::default() };
+    let viewer = admin2.create_token(viewer).await.unwrap().into_inner().secret;
+    let mut as_viewer = gw.cp.admin_as(Some(&viewer)).await;
+    eventually("the second instance's token accepted by the first", Duration::from_secs(5), || {
+        let mut c = as_viewer.clone();
+        async move { c.list_backends(pb::ListBackendsRequest::default()).await.ok().map(|_| ()) }
+    })
+    .await;
+    let _ = &mut as_viewer;
 
     // The first control plane restarted with a fresh data directory: everything it
     // serves comes from the database, and the proxy converges on the newest version.
     gw.cp.stop().await;
     let restarted =
         ControlPlaneHarness::start_with(Options { data_dir: None, env: store, ..gw.cp.restart_options() }).await;
-    gw.proxy.wait_version(written.config_version).await;
+    gw.proxy.wait_version(through_first.config_version).await;
     assert_eq!(gw.proxy.chat("gpt-test").await.status().as_u16(), 200);
     let mut admin3 = restarted.admin().await;
     let pools = admin3.list_pools(pb::ListPoolsRequest {}).await.unwrap().into_inner().pools;
-    assert!(pools.iter().any(|p| p.name == "reserve"), "{pools:?}");
+    assert!(pools.iter().any(|p| p.name == "reserve") && pools.iter().any(|p| p.name == "spare"), "{pools:?}");
     eventually("the sixth request accounted", Duration::from_secs(15), || {
         let mut admin = admin3.clone();
         async move { totals(&mut admin).await.filter(|t| t.requests == 6) }

@@ -26,6 +26,12 @@ pub trait StoreBackend: Send + Sync {
     /// Applies `change` in one transaction, bumps the config version once and appends an
     /// audit entry. Returns the new config version.
     fn commit(&self, change: ConfigChange, actor: &Actor, action: &str, target: &str) -> Result<u64, StoreError>;
+    /// Config versions committed by anyone (another control-plane instance on the same
+    /// database included), as they become known; `None` for a store only this process
+    /// writes.
+    fn watch_versions(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
+    }
     /// Waits until everything written so far is durable.
     fn flush(&self) -> BoxFuture<'_, Result<(), StoreError>>;
     /// Bytes the store takes.

@@ -93,6 +93,8 @@ pub(super) async fn commit(
         put_meta(&mut tx, "v1_migrated", &true).await?;
     }
     put_meta(&mut tx, "config_version", &version).await?;
+    // Wakes the other instances when the transaction commits (they re-read the version).
+    sqlx::query("SELECT pg_notify('sidecar_config', $1)").bind(version.to_string()).execute(&mut *tx).await?;
     let at_ms = now_ms();
     let entry = AuditRecord::new(at_ms, &actor, &action, &target, version);
     sqlx::query("INSERT INTO audit (at_ms, doc) VALUES ($1, $2)")

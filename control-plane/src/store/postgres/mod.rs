@@ -14,6 +14,7 @@
 //! the caller's thread waits for the answer, as it would for a disk read.
 
 use std::{
+    sync::Arc,
     future::Future,
     sync::atomic::{AtomicU64, Ordering},
     time::Duration,
@@ -30,6 +31,7 @@ use super::{
 use crate::util::now_ms;
 
 mod config;
+mod follow;
 mod usage;
 
 impl From<sqlx::Error> for StoreError {
@@ -49,8 +51,10 @@ pub struct PgStore {
     pool: PgPool,
     /// Runs the queries; `None` once dropped.
     rt: Option<tokio::runtime::Runtime>,
-    /// The config version as this instance last read or wrote it.
-    config_version: AtomicU64,
+    /// The config version as this instance last read, wrote or heard of it.
+    config_version: Arc<AtomicU64>,
+    /// Tells the control plane of a version another instance committed.
+    versions: tokio::sync::watch::Sender<u64>,
 }
 
 fn granularity_code(g: Granularity) -> i16 {
@@ -91,9 +95,13 @@ impl PgStore {
             sqlx::migrate!("./migrations").run(&pool).await?;
             Ok(pool)
         })?;
-        let store = Self { pool, rt: Some(rt), config_version: AtomicU64::new(0) };
+        let (versions, _) = tokio::sync::watch::channel(0);
+        let store = Self { pool, rt: Some(rt), config_version: Arc::new(AtomicU64::new(0)), versions };
         let version = store.read_config_version()?;
         store.config_version.store(version, Ordering::SeqCst);
+        store.versions.send_replace(version);
+        let follow = follow::follow(store.pool.clone(), store.config_version.clone(), store.versions.clone());
+        store.rt.as_ref().expect("the runtime runs").spawn(follow);
         Ok(store)
     }
 
@@ -172,8 +180,13 @@ impl StoreBackend for PgStore {
     fn commit(&self, change: ConfigChange, actor: &Actor, action: &str, target: &str) -> Result<u64, StoreError> {
         let who = (actor.clone(), action.to_owned(), target.to_owned());
         let version = self.run(|pool| config::commit(pool, change, who))?;
+        // This instance publishes its own writes; the watch is for the others'.
         self.config_version.fetch_max(version, Ordering::SeqCst);
         Ok(version)
+    }
+
+    fn watch_versions(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        Some(self.versions.subscribe())
     }
 
     fn flush(&self) -> BoxFuture<'_, Result<(), StoreError>> {
