@@ -59,13 +59,25 @@ async fn every_metric_the_dashboard_queries_is_exported() {
     gw.add_backend(&limited, BackendDef { name: "c", rpm: 600, models: &[("other", "native")], ..Default::default() })
         .await;
     gw.proxy.chat("other").await;
+    // A client key with a budget, used once: the control plane's top keys by spend and by
+    // budget used have a series.
+    let key = pb::CreateKeyRequest {
+        name: "ops".into(),
+        budget_usd: 1.0,
+        budget_period: pb::BudgetPeriod::Day as i32,
+        ..Default::default()
+    };
+    let key = gw.admin.create_key(key).await.unwrap().into_inner();
+    gw.proxy.wait_version(key.config_version).await;
+    // Answered or refused (the backend may be cooling), it is accounted under the key.
+    gw.proxy.post("/chat/completions", &chat_body("other", false), &[("x-api-key", &key.secret)]).await;
     // Usage reached the control plane.
     let admin = gw.admin.clone();
     eventually("a report applied", Duration::from_secs(10), || {
         let mut admin = admin.clone();
         async move {
             let stats = admin.get_stats(pb::GetStatsRequest::default()).await.ok()?.into_inner();
-            (stats.totals.is_some_and(|t| t.requests >= 3)).then_some(())
+            (stats.totals.is_some_and(|t| t.requests >= 4)).then_some(())
         }
     })
     .await;
