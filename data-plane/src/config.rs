@@ -19,8 +19,9 @@ pub enum LogFormat {
 /// The resolved configuration.
 #[derive(Debug, Clone)]
 pub struct ProxyConfig {
-    /// Control plane gRPC URL.
-    pub control_url: String,
+    /// Control plane gRPC URLs, in order of preference (several instances of one control
+    /// plane): the node stays on one while it works and moves to the next on failure.
+    pub control_urls: Vec<String>,
     /// Node token.
     pub node_token: Option<String>,
     /// Node id; `None` = generated once and kept in the data dir.
@@ -117,14 +118,24 @@ impl ProxyConfig {
             |name: &str, min, max| src.parse_opt(name, &format!("a whole number from {min} to {max}"), whole(min, max));
 
         let control_url = src.text("SIDECAR_CONTROL_URL")?;
-        match control_url.parse::<http::Uri>() {
-            Ok(u) if matches!(u.scheme_str(), Some("http" | "https")) && u.authority().is_some() => {}
-            _ => {
-                return Err(src.invalid(
-                    "SIDECAR_CONTROL_URL",
-                    format!("expected an http(s) URL such as http://127.0.0.1:9290, got {control_url:?}"),
-                ));
+        let control_urls: Vec<String> =
+            control_url.split(',').map(str::trim).filter(|u| !u.is_empty()).map(str::to_owned).collect();
+        for url in control_urls.iter().chain(control_urls.is_empty().then_some(&control_url)) {
+            match url.parse::<http::Uri>() {
+                Ok(u) if matches!(u.scheme_str(), Some("http" | "https")) && u.authority().is_some() => {}
+                _ => {
+                    return Err(src.invalid(
+                        "SIDECAR_CONTROL_URL",
+                        format!(
+                            "expected an http(s) URL such as http://127.0.0.1:9290 (or several, comma-separated), got {url:?}"
+                        ),
+                    ));
+                }
             }
+        }
+        let https = control_urls.iter().filter(|u| u.starts_with("https://")).count();
+        if https != 0 && https != control_urls.len() {
+            return Err(src.invalid("SIDECAR_CONTROL_URL", "mixes https:// and http:// URLs; use one scheme for all"));
         }
         let node_token = src.value("SIDECAR_NODE_TOKEN");
         let node_id = src.value("SIDECAR_NODE_ID");
@@ -192,7 +203,7 @@ impl ProxyConfig {
             (None, Some(_)) => Err(src.invalid(cert, format!("missing: {key} needs its certificate"))),
         };
         let control_client_cert = pair("SIDECAR_TLS_CLIENT_CERT", "SIDECAR_TLS_CLIENT_KEY")?;
-        if (control_ca.is_some() || control_client_cert.is_some()) && !control_url.starts_with("https://") {
+        if (control_ca.is_some() || control_client_cert.is_some()) && https == 0 {
             let env = if control_ca.is_some() { "SIDECAR_CONTROL_CA" } else { "SIDECAR_TLS_CLIENT_CERT" };
             return Err(src.invalid(
                 env,
@@ -215,7 +226,7 @@ impl ProxyConfig {
             api_tls,
             control_ca,
             control_client_cert,
-            control_url,
+            control_urls,
             node_token,
             node_id,
             region,
@@ -281,7 +292,7 @@ mod tests {
         let c = resolve(&[]).unwrap();
         assert_eq!(c.listen.to_string(), "127.0.0.1:9190");
         assert_eq!(c.ops_listen.to_string(), "127.0.0.1:9191");
-        assert_eq!(c.control_url, "http://127.0.0.1:9290");
+        assert_eq!(c.control_urls, ["http://127.0.0.1:9290"]);
         assert_eq!(c.rate_window, Duration::from_secs(60));
         assert_eq!(c.header_timeout, Duration::from_secs(60));
         assert_eq!(c.body_timeout, Duration::from_secs(30));

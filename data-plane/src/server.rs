@@ -53,7 +53,7 @@ pub struct Proxy {
     shared: Arc<Shared>,
     syncer: Syncer,
     usage_rx: tokio::sync::mpsc::Receiver<report::UsageEvent>,
-    client: config_sync::NodeClient,
+    client: config_sync::ControlClients,
     boot_id: String,
     outbox_capacity: usize,
     grace: Duration,

@@ -36,7 +36,7 @@ pub(crate) fn pem_file(
 /// TLS for an `https://` control URL: the bundled public roots plus `SIDECAR_CONTROL_CA`,
 /// and the client certificate if one is configured.
 pub(crate) fn control(config: &ProxyConfig) -> Result<Option<ClientTlsConfig>, InitError> {
-    if !config.control_url.starts_with("https://") {
+    if !config.control_urls.iter().any(|u| u.starts_with("https://")) {
         return Ok(None);
     }
     let mut tls = ClientTlsConfig::new().with_webpki_roots();

@@ -100,44 +100,8 @@ impl Gateway {
 
     /// Adds a backend on `mock` and waits until the proxy runs the new config.
     pub async fn add_backend(&mut self, mock: &MockUpstream, def: BackendDef<'_>) -> pb::Backend {
-        let mut mappings = HashMap::new();
-        for (canonical, native) in def.models {
-            mappings.insert(
-                canonical.to_string(),
-                pb::ModelMapping {
-                    native_id: native.to_string(),
-                    cost: Some(pb::ModelCost {
-                        input: def.cost.0,
-                        output: def.cost.1,
-                        cache_read: def.cache_cost.0,
-                        cache_write: def.cache_cost.1,
-                    }),
-                    rpm_limit: def.model_limits.iter().find(|(m, _)| m == canonical).map(|(_, rpm)| *rpm),
-                    ..Default::default()
-                },
-            );
-        }
-        let created = self
-            .admin
-            .create_backend(pb::CreateBackendRequest {
-                backend: Some(pb::BackendSpec {
-                    name: def.name.into(),
-                    base_url: mock.base_url(),
-                    api_key: def.key.into(),
-                    rpm_limit: Some(def.rpm),
-                    window_seconds: def.window_seconds,
-                    learn_limits: def.learn_limits,
-                    api: def.api as i32,
-                    pool: def.pool.into(),
-                    model_mappings: mappings,
-                    timeout_seconds: 5,
-                    ..Default::default()
-                }),
-                validate: false,
-            })
-            .await
-            .expect("backend created")
-            .into_inner();
+        let created =
+            self.admin.create_backend(backend_request(mock, &def)).await.expect("backend created").into_inner();
         self.proxy.wait_version(created.config_version).await;
         created.backend.unwrap()
     }
@@ -151,5 +115,42 @@ impl Gateway {
             .expect("settings updated")
             .into_inner();
         self.proxy.wait_version(r.config_version).await;
+    }
+}
+
+/// The `CreateBackend` request for a backend on `mock`.
+pub fn backend_request(mock: &MockUpstream, def: &BackendDef<'_>) -> pb::CreateBackendRequest {
+    let mut mappings = HashMap::new();
+    for (canonical, native) in def.models {
+        mappings.insert(
+            canonical.to_string(),
+            pb::ModelMapping {
+                native_id: native.to_string(),
+                cost: Some(pb::ModelCost {
+                    input: def.cost.0,
+                    output: def.cost.1,
+                    cache_read: def.cache_cost.0,
+                    cache_write: def.cache_cost.1,
+                }),
+                rpm_limit: def.model_limits.iter().find(|(m, _)| m == canonical).map(|(_, rpm)| *rpm),
+                ..Default::default()
+            },
+        );
+    }
+    pb::CreateBackendRequest {
+        backend: Some(pb::BackendSpec {
+            name: def.name.into(),
+            base_url: mock.base_url(),
+            api_key: def.key.into(),
+            rpm_limit: Some(def.rpm),
+            window_seconds: def.window_seconds,
+            learn_limits: def.learn_limits,
+            api: def.api as i32,
+            pool: def.pool.into(),
+            model_mappings: mappings,
+            timeout_seconds: 5,
+            ..Default::default()
+        }),
+        validate: false,
     }
 }

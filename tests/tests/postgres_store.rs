@@ -92,3 +92,54 @@ async fn a_gateway_on_postgresql_serves_accounts_and_comes_back_from_the_databas
     .await;
     assert_eq!(mock.served(), 6);
 }
+
+/// A proxy given both instances' URLs stays on the first while it works and moves to the
+/// second when the first stops: writes through the second reach it, and its usage is
+/// accounted once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_with_two_control_urls_moves_to_the_second_when_the_first_stops() {
+    let store = vec![("SIDECAR_STORE".to_string(), sidecar_control_plane::testing::database())];
+    let mock = MockUpstream::start(&[]).await;
+    let mut first = ControlPlaneHarness::start_with(Options { env: store.clone(), ..Options::default() }).await;
+    let second = ControlPlaneHarness::start_with(Options {
+        env: store,
+        key_hex: Some(first.key_hex.clone()),
+        admin_token: Some(first.admin_token.clone()),
+        ..Options::default()
+    })
+    .await;
+    let urls = format!("{},{}", first.url(), second.url());
+    let proxy = ProxyHarness::start(&urls, &first.node_token, ProxyOptions::default()).await;
+    let mut admin1 = first.admin().await;
+    let backend = BackendDef::default();
+    let created = admin1.create_backend(sidecar_tests::gateway::backend_request(&mock, &backend)).await.unwrap();
+    proxy.wait_version(created.into_inner().config_version).await;
+    assert_eq!(proxy.chat("gpt-test").await.status().as_u16(), 200);
+    let nodes = admin1.list_nodes(pb::ListNodesRequest::default()).await.unwrap().into_inner().nodes;
+    assert!(nodes.iter().any(|n| n.connected), "on the first instance: {nodes:?}");
+
+    first.stop().await;
+    let mut admin2 = second.admin().await;
+    let pool = pb::CreatePoolRequest { name: "after".into(), ..Default::default() };
+    let written = admin2.create_pool(pool).await.unwrap().into_inner();
+    proxy.wait_version(written.config_version).await;
+    assert_eq!(proxy.chat("gpt-test").await.status().as_u16(), 200);
+    eventually("both requests accounted once", Duration::from_secs(15), || {
+        let mut admin = admin2.clone();
+        async move { totals(&mut admin).await.filter(|t| t.requests == 2) }
+    })
+    .await;
+    assert_eq!(mock.served(), 2);
+}
+
+/// A dead first URL: the proxy gets its config from the second.
+#[tokio::test]
+async fn a_proxy_whose_first_control_url_is_down_uses_the_next() {
+    let cp = ControlPlaneHarness::start().await;
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let urls = format!("http://{dead},{}", cp.url());
+    let proxy = ProxyHarness::start(&urls, &cp.node_token, ProxyOptions::default()).await;
+    let version =
+        cp.admin().await.get_config_version(pb::GetConfigVersionRequest {}).await.unwrap().into_inner().version;
+    proxy.wait_version(version).await;
+}

@@ -23,7 +23,7 @@ use tonic::Code;
 use tracing::{error, info, warn};
 
 pub use cache::Cache;
-pub use client::{NodeClient, connect};
+pub use client::{ControlClients, NodeClient, connect};
 
 use crate::{
     ratelimit::RequestLimiter,
@@ -52,7 +52,9 @@ pub struct NodeIdentity {
 /// The sync task.
 pub struct Syncer {
     shared: Arc<Shared>,
-    client: NodeClient,
+    client: ControlClients,
+    /// The client of the stream under way (its index among `client`'s).
+    using: usize,
     hello: pb::Hello,
     cache: Option<Cache>,
     window: Duration,
@@ -66,7 +68,7 @@ impl Syncer {
     /// A syncer for this node.
     pub fn new(
         shared: Arc<Shared>,
-        client: NodeClient,
+        client: ControlClients,
         identity: NodeIdentity,
         cache: Option<Cache>,
         window: Duration,
@@ -80,7 +82,7 @@ impl Syncer {
             config_version: 0,
             boot_id,
         };
-        Self { shared, client, hello, cache, window, events, applied_hash: Default::default() }
+        Self { shared, client, using: 0, hello, cache, window, events, applied_hash: Default::default() }
     }
 
     /// Applies the cached snapshot, if any; used at boot so the proxy serves even when
@@ -193,6 +195,11 @@ impl Syncer {
                 }
                 Err(status) => {
                     *self.shared.sync.last_error.lock().expect("status lock") = status.message().to_owned();
+                    // The next attempt goes to the next control URL, if there are several.
+                    if self.client.len() > 1 {
+                        warn!(url = self.client.url(self.using), "moving to the next control URL");
+                        self.client.failed(self.using);
+                    }
                     match status.code() {
                         Code::Unauthenticated | Code::PermissionDenied | Code::InvalidArgument => {
                             error!(
@@ -229,7 +236,11 @@ impl Syncer {
         };
         tokio::pin!(stop);
         let mut inbound = tokio::select! {
-            r = self.client.sync(ReceiverStream::new(rx)) => r?.into_inner(),
+            r = async {
+                let (i, mut client) = self.client.current();
+                self.using = i;
+                client.sync(ReceiverStream::new(rx)).await
+            } => r?.into_inner(),
             _ = &mut stop => return Ok(()),
         };
         self.set_connected(true);

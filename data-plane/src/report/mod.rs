@@ -16,7 +16,7 @@ use sidecar_proto::v1 as pb;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, error, warn};
 
-pub use crate::config_sync::NodeClient;
+pub use crate::config_sync::{ControlClients, NodeClient};
 use crate::metrics::Metrics;
 use aggregate::{UsageKey, UsageTotals};
 pub use event::{BackendExhausted, BackendRecovered, LimitLearned, NodeEvent, Outcome, RateLimitEvent, UsageEvent};
@@ -139,7 +139,7 @@ pub async fn aggregate(
 /// batch) it keeps trying for `drain_for`, then gives up (what is left stays on disk).
 pub async fn deliver(
     outbox: Arc<Outbox>,
-    mut client: NodeClient,
+    clients: ControlClients,
     boot_id: String,
     metrics: Metrics,
     mut shutdown: watch::Receiver<bool>,
@@ -166,6 +166,7 @@ pub async fn deliver(
         }
         let mut request = tonic::Request::new(pb::ReportBatch { sender_boot_id: boot_id.clone(), ..batch.clone() });
         request.set_timeout(Duration::from_secs(5));
+        let (using, mut client) = clients.current();
         match client.report(request).await {
             Ok(ack) => {
                 debug!(seq = ack.get_ref().seq, applied = ack.get_ref().applied, "report acknowledged");
@@ -184,6 +185,7 @@ pub async fn deliver(
             }
             Err(status) => {
                 debug!(%status, "report failed; will retry");
+                clients.failed(using);
                 let wait = crate::jitter(backoff);
                 backoff = (backoff * 2).min(Duration::from_secs(5));
                 if deadline.is_some() {

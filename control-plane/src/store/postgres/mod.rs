@@ -14,8 +14,8 @@
 //! the caller's thread waits for the answer, as it would for a disk read.
 
 use std::{
-    sync::Arc,
     future::Future,
+    sync::Arc,
     sync::atomic::{AtomicU64, Ordering},
     time::Duration,
 };
