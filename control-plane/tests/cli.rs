@@ -434,6 +434,24 @@ async fn unreachable_control_plane_is_named_in_the_error() -> anyhow::Result<()>
     Ok(())
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn several_control_urls_use_the_first_that_answers() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let key = MasterKey::generate_hex();
+    let (addr, stop, task) = start_control_plane(dir.path().to_str().unwrap(), &key).await?;
+    let dead = TcpListener::bind("127.0.0.1:0").await?.local_addr()?;
+    let ctl = Ctl { server: format!("{dead}, http://{addr}"), token: ADMIN.to_owned() };
+    let listed = ctl.run(&["-o", "json", "pool", "list"]).await.json();
+    assert!(listed.to_string().contains("primary"), "{listed}");
+    // None answers: the error names them all.
+    let ctl = Ctl { server: format!("{dead},{dead}"), token: ADMIN.to_owned() };
+    let err = ctl.run(&["pool", "list"]).await.failed();
+    assert!(err.contains(&format!("cannot reach the control plane at http://{dead},http://{dead}")), "{err}");
+    let _ = stop.send(());
+    task.await??;
+    Ok(())
+}
+
 const NODE: &str = "node-token-0123456789abcdef";
 
 /// Starts a control plane on `data_dir`; returns its address, its stop switch and task.

@@ -55,10 +55,16 @@ impl fmt::Display for Unreachable {
 
 impl std::error::Error for Unreachable {}
 
-/// `--server` as a URL: a bare `host:port` means plain-text gRPC over http.
+/// `--server` as a URL: a bare `host:port` means plain-text gRPC over http. Several
+/// instances of one control plane are comma-separated: each is made a URL.
 pub(crate) fn server_url(server: &str) -> String {
-    let server = server.trim().trim_end_matches('/');
-    if server.contains("://") { server.to_owned() } else { format!("http://{server}") }
+    server
+        .split(',')
+        .map(|s| s.trim().trim_end_matches('/'))
+        .filter(|s| !s.is_empty())
+        .map(|s| if s.contains("://") { s.to_owned() } else { format!("http://{s}") })
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// TLS files for an https:// server.
@@ -109,15 +115,30 @@ pub(crate) async fn connect(server: &str, token: Option<&str>, tls: &TlsFiles) -
         .parse()
         .map_err(|_| anyhow::anyhow!("the token contains characters a token cannot have"))?;
     auth.set_sensitive(true);
-    let url = server_url(server);
-    let mut endpoint = Endpoint::from_shared(url.clone())
-        .map_err(|e| anyhow::anyhow!("invalid --server URL {url:?}: {}", chain(&e)))?
-        .connect_timeout(Duration::from_secs(5))
-        .timeout(Duration::from_secs(60));
-    if let Some(config) = tls.config(&url)? {
-        endpoint = endpoint.tls_config(config).map_err(|e| anyhow::anyhow!("TLS for {url}: {}", chain(&e)))?;
+    // Several URLs: the first that answers.
+    let mut unreachable = Vec::new();
+    let mut connected = None;
+    for url in server_url(server).split(',') {
+        let mut endpoint = Endpoint::from_shared(url.to_owned())
+            .map_err(|e| anyhow::anyhow!("invalid --server URL {url:?}: {}", chain(&e)))?
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(60));
+        if let Some(config) = tls.config(url)? {
+            endpoint = endpoint.tls_config(config).map_err(|e| anyhow::anyhow!("TLS for {url}: {}", chain(&e)))?;
+        }
+        match endpoint.connect().await {
+            Ok(channel) => {
+                connected = Some(channel);
+                break;
+            }
+            Err(e) => unreachable.push(Unreachable { url: url.to_owned(), detail: chain(&e) }),
+        }
     }
-    let channel = endpoint.connect().await.map_err(|e| Unreachable { url: url.clone(), detail: chain(&e) })?;
+    let Some(channel) = connected else {
+        let last = unreachable.pop().expect("at least one URL was tried");
+        let url = if unreachable.is_empty() { last.url } else { server_url(server) };
+        return Err(Unreachable { url, detail: last.detail }.into());
+    };
     Ok(AdminServiceClient::with_interceptor(channel, BearerAuth(auth))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES))
@@ -207,6 +228,7 @@ mod tests {
     fn bare_host_port_means_http() {
         assert_eq!(server_url("127.0.0.1:9290"), "http://127.0.0.1:9290");
         assert_eq!(server_url("https://cp.example/"), "https://cp.example");
+        assert_eq!(server_url("cp-a:9290, https://cp-b:9290/"), "http://cp-a:9290,https://cp-b:9290");
     }
 
     #[tokio::test]

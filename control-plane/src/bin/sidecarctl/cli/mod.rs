@@ -21,7 +21,8 @@ pub(crate) const DEFAULT_SERVER: &str = "http://127.0.0.1:9290";
 #[derive(Debug, Parser)]
 #[command(name = "sidecarctl", version, propagate_version = true)]
 pub(crate) struct Cli {
-    /// Control plane gRPC address.
+    /// Control plane gRPC address; several instances comma-separated (the first that
+    /// answers is used).
     #[arg(long, global = true, help_heading = "Global options", env = "SIDECAR_CONTROL_URL", default_value = DEFAULT_SERVER)]
     pub(crate) server: String,
     /// Admin or viewer token, sent as `authorization: Bearer <token>`.
