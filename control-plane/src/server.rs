@@ -236,8 +236,18 @@ struct OpsState {
     prometheus: metrics_exporter_prometheus::PrometheusHandle,
 }
 
+/// Alive, with the store's kind and whether it answers now. A database outage says
+/// `degraded` but stays 200: restarting the control plane would not bring the database back
+/// (proxies keep serving their last config meanwhile).
 async fn health_handler(State(ops): State<OpsState>) -> impl IntoResponse {
-    Json(serde_json::json!({ "status": "ok", "config_version": ops.shared.store.config_version() }))
+    let shared = ops.shared.clone();
+    let reachable = tokio::task::spawn_blocking(move || shared.store.ping().is_ok()).await.unwrap_or(false);
+    Json(serde_json::json!({
+        "status": if reachable { "ok" } else { "degraded" },
+        "config_version": ops.shared.store.config_version(),
+        "store": ops.shared.store.kind(),
+        "store_reachable": reachable,
+    }))
 }
 
 async fn metrics_handler(State(ops): State<OpsState>) -> impl IntoResponse {

@@ -47,6 +47,13 @@ async fn a_gateway_on_postgresql_serves_accounts_and_comes_back_from_the_databas
     })
     .await;
     let mut admin2 = second.admin().await;
+    let health: serde_json::Value =
+        reqwest::get(format!("http://{}/health", second.ops_addr)).await.unwrap().json().await.unwrap();
+    assert_eq!(
+        (health["store"].as_str(), health["store_reachable"].as_bool()),
+        (Some("postgres"), Some(true)),
+        "{health}"
+    );
     let listed = admin2.list_backends(pb::ListBackendsRequest::default()).await.unwrap().into_inner().backends;
     assert_eq!(listed.len(), 1);
     assert_eq!(totals(&mut admin2).await.map(|t| t.requests), Some(5));

@@ -94,6 +94,7 @@ async fn ops_port_serves_health_and_described_metrics() {
         reqwest::get(format!("http://{}/health", cp.ops_addr)).await.unwrap().json().await.unwrap();
     assert_eq!(health["status"], "ok");
     assert!(health["config_version"].as_u64().unwrap() >= 1);
+    assert_eq!((health["store"].as_str(), health["store_reachable"].as_bool()), (Some("sled"), Some(true)));
     let metrics = reqwest::get(format!("http://{}/metrics", cp.ops_addr)).await.unwrap().text().await.unwrap();
     for needle in [
         "# HELP sidecar_control_admin_requests_total",

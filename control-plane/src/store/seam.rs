@@ -26,6 +26,10 @@ pub trait StoreBackend: Send + Sync {
     /// Applies `change` in one transaction, bumps the config version once and appends an
     /// audit entry. Returns the new config version.
     fn commit(&self, change: ConfigChange, actor: &Actor, action: &str, target: &str) -> Result<u64, StoreError>;
+    /// Whether the store answers now (a database round trip; always for an embedded store).
+    fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
     /// Config versions committed by anyone (another control-plane instance on the same
     /// database included), as they become known; `None` for a store only this process
     /// writes.

@@ -185,6 +185,10 @@ impl StoreBackend for PgStore {
         Ok(version)
     }
 
+    fn ping(&self) -> Result<(), StoreError> {
+        self.read_config_version().map(|_| ())
+    }
+
     fn watch_versions(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
         Some(self.versions.subscribe())
     }
