@@ -53,13 +53,16 @@ impl Fleet {
         let now = Instant::now();
         for d in demand {
             let uses = [
-                (KeyLimit::Requests, Some(LimitUse { demand: d.demand, in_use: d.in_window, fill: d.bucket_fill })),
+                (
+                    KeyLimit::Requests,
+                    Some(LimitUse { demand: d.demand, in_use: d.in_window, fill: d.bucket_fill, granted: d.granted }),
+                ),
                 (KeyLimit::Tokens, d.tokens),
                 (KeyLimit::Concurrent, d.concurrent),
             ];
             for (limit, used) in uses {
                 let (Some(used), Some(shares)) = (used, keys.get_mut(&(d.key_id.clone(), limit))) else { continue };
-                let report = self.report(now, (used.fill, used.in_use), d.lease_remaining, d.grant_round);
+                let report = self.report(now, (used.fill, used.in_use, used.granted), d.lease_remaining, d.grant_round);
                 shares.report(node_id, used.demand, report);
             }
         }

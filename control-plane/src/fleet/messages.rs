@@ -97,6 +97,8 @@ pub struct BackendDemand {
     pub lease_remaining: std::time::Duration,
     /// The allocation round of the grant in force when it reported (0: none or unknown).
     pub grant_round: u64,
+    /// The share the node ran when it reported (per window), whoever granted it.
+    pub granted: u32,
 }
 
 /// A node's demand on one model's own limits on a backend.
@@ -110,6 +112,8 @@ pub struct ModelDemand {
     pub bucket_fill: f64,
     /// Admitted in the current window.
     pub in_window: u32,
+    /// The share the node ran when it reported (per window), whoever granted it.
+    pub granted: u32,
 }
 
 /// A 429 a node saw.
@@ -186,6 +190,8 @@ pub struct KeyDemand {
     pub lease_remaining: std::time::Duration,
     /// The allocation round of the grant in force when it reported (0: none or unknown).
     pub grant_round: u64,
+    /// The share the node ran when it reported (per window), whoever granted it.
+    pub granted: u32,
     /// Its use of the key's token limit, if the key has one.
     pub tokens: Option<LimitUse>,
     /// Its use of the key's concurrency limit, if the key has one.
@@ -201,4 +207,6 @@ pub struct LimitUse {
     pub in_use: u32,
     /// What is free of the node's share, as a fraction of it.
     pub fill: f64,
+    /// The share the node ran when it reported (per window), whoever granted it.
+    pub granted: u32,
 }

@@ -161,13 +161,13 @@ impl Fleet {
     fn report(
         &self,
         now: Instant,
-        (bucket_fill, in_window): (f64, u32),
+        (bucket_fill, in_window, granted): (f64, u32, u32),
         lease_remaining: Duration,
         round: u64,
     ) -> Report {
         let lease_known = (now + lease_remaining).checked_sub(self.timing.propagation);
         let lease_known = lease_known.filter(|_| !lease_remaining.is_zero());
-        Report { bucket_fill, in_window, now, lease_known, round }
+        Report { bucket_fill, in_window, now, lease_known, round, granted }
     }
 
     /// A backend's window: the provider's `window_seconds` of a (possibly compressed)
@@ -246,12 +246,13 @@ impl Fleet {
         let now = Instant::now();
         for d in demand {
             let fleet = backends.entry(d.backend_id.clone()).or_default();
-            let report = self.report(now, (d.bucket_fill, d.in_window), d.lease_remaining, d.grant_round);
+            let report = self.report(now, (d.bucket_fill, d.in_window, d.granted), d.lease_remaining, d.grant_round);
             fleet.shares.report(node_id, d.demand, report);
             for m in &d.models {
                 // Only models the config limits: a node's report cannot grow the map.
                 if let Some(shares) = fleet.models.get_mut(&m.model) {
-                    let report = Report { bucket_fill: m.bucket_fill, in_window: m.in_window, ..report };
+                    let report =
+                        Report { bucket_fill: m.bucket_fill, in_window: m.in_window, granted: m.granted, ..report };
                     shares.report(node_id, m.demand, report);
                 }
             }

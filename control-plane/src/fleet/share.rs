@@ -48,6 +48,8 @@ pub(super) struct Share {
     pub(super) reported_round: u64,
     /// The node's last session ended with a goodbye: it serves no more.
     pub(super) goodbye: bool,
+    /// The share the node said it ran in its last report (per window), whoever granted it.
+    pub(super) running: u32,
 }
 
 impl Share {
@@ -71,7 +73,7 @@ impl Share {
         let Some(at) = self.reported_at else { return bound };
         if clock.paced && now.saturating_duration_since(at) < 2 * propagation {
             let blind = now.saturating_duration_since(at) + 2 * propagation;
-            let rate = self.grant.max(self.pace).max(self.previous_pace);
+            let rate = self.grant.max(self.pace).max(self.previous_pace).max(self.running);
             let pace = f64::from(rate) * blind.as_secs_f64() / window.as_secs_f64();
             bound = bound.min(self.in_window.saturating_add(pace.ceil() as u32).saturating_add(BURST_ALLOWANCE));
         }
@@ -140,6 +142,8 @@ pub(super) struct Report {
     pub(super) lease_known: Option<Instant>,
     /// The allocation round of the grant it ran (0: unknown).
     pub(super) round: u64,
+    /// The share it ran (per window), whoever granted it.
+    pub(super) granted: u32,
 }
 
 /// How the shares of one limit are timed: the limit's window and the fleet's timing.
@@ -196,10 +200,17 @@ impl Shares {
 
     /// A node's report: its demand (smoothed), bucket fill and use of the window.
     pub(super) fn report(&mut self, node_id: &str, demand: f64, report: Report) {
-        let Report { bucket_fill, in_window, now, lease_known, round } = report;
+        let Report { bucket_fill, in_window, now, lease_known, round, granted } = report;
         let share = self.0.entry(node_id.to_owned()).or_default();
+        // A share we never granted nor heard of (a new leader, a restarted control plane):
+        // the node runs what another allocator gave it, so that counts as issued now, until
+        // the node is seen running a grant of ours (which frees it as any decrease is).
+        if share.history.is_empty() && share.aged.is_none() && share.grant == 0 && granted > 0 {
+            share.history.push_back((now, granted, 0));
+        }
         share.lease_known = lease_known;
         share.reported_round = round;
+        share.running = granted;
         share.demand = if share.demand == 0.0 { demand } else { 0.2 * share.demand + 0.8 * demand };
         share.bucket_fill = bucket_fill;
         share.in_window = in_window;

@@ -298,9 +298,11 @@ impl Syncer {
 }
 
 /// A limiter's bucket fill now (tokens ÷ burst, 0..=1) and requests in the current window.
-fn fill(limiter: &mut RequestLimiter, now: Instant) -> (f64, u32) {
+/// A limiter's bucket fill, its use of the current window, and the limit in force (what
+/// the node may admit per window: the share it runs).
+fn fill(limiter: &mut RequestLimiter, now: Instant) -> (f64, u32, u32) {
     let fill = (limiter.tokens(now) / f64::from(limiter.burst().max(1))).clamp(0.0, 1.0);
-    (fill, limiter.in_window(now))
+    (fill, limiter.in_window(now), limiter.limit())
 }
 
 /// Takes a node's shares of backend (and model) limits from the control plane into
@@ -368,7 +370,7 @@ pub fn demand(
                 .sum();
             let admitted = b.state.admitted.swap(0, Relaxed);
             let rejected = b.state.rejected.swap(0, Relaxed);
-            let (bucket_fill, in_window) = fill(&mut b.state.limiter.lock().expect("limiter lock"), now);
+            let (bucket_fill, in_window, granted) = fill(&mut b.state.limiter.lock().expect("limiter lock"), now);
             // Per the backend's window (or the model's), the unit its grants come in.
             let scale = |window_seconds: u32| (bundle.window * window_seconds / 60).as_secs_f64() / every.as_secs_f64();
             let models = b
@@ -381,7 +383,8 @@ pub fn demand(
                     let waiting = waiting_by_model.get(&(b.config.api, name.clone())).copied().unwrap_or(0);
                     let admitted = bucket.admitted.swap(0, Relaxed);
                     let rejected = bucket.rejected.swap(0, Relaxed);
-                    let (bucket_fill, in_window) = fill(&mut bucket.limiter.lock().expect("model limiter lock"), now);
+                    let (bucket_fill, in_window, granted) =
+                        fill(&mut bucket.limiter.lock().expect("model limiter lock"), now);
                     let limits = b.config.models.get(name).and_then(|m| m.limits);
                     let window_seconds = limits.map_or(b.config.window_seconds, |l| l.window_of(&b.config));
                     pb::ModelDemand {
@@ -389,6 +392,7 @@ pub fn demand(
                         demand: (admitted + rejected + waiting) as f64 * scale(window_seconds),
                         in_window,
                         bucket_fill,
+                        granted,
                     }
                 })
                 .collect();
@@ -404,6 +408,7 @@ pub fn demand(
                 bucket_fill,
                 in_window,
                 models,
+                granted,
             }
         })
         .collect();
@@ -413,7 +418,7 @@ pub fn demand(
         .map(|(key, state)| {
             let admitted = state.admitted.swap(0, Relaxed);
             let rejected = state.rejected.swap(0, Relaxed);
-            let (bucket_fill, in_window) = fill(&mut state.limiter.lock().expect("key limiter lock"), now);
+            let (bucket_fill, in_window, granted) = fill(&mut state.limiter.lock().expect("key limiter lock"), now);
             let (lease_remaining, grant_round) = state.quota.lock().expect("quota lock").lease_report(now);
             let wanted = state.tokens_wanted.swap(0, Relaxed);
             let tokens = state.tokens.lock().expect("key tokens lock").as_mut().map(|w| {
@@ -422,6 +427,7 @@ pub fn demand(
                     demand: wanted as f64 * scale,
                     in_use: used.min(u64::from(u32::MAX)) as u32,
                     fill: 1.0 - (used as f64 / w.limit().max(1) as f64).min(1.0),
+                    granted: w.limit().min(u64::from(u32::MAX)) as u32,
                 }
             });
             let concurrent = (key.max_concurrent > 0).then(|| {
@@ -433,6 +439,7 @@ pub fn demand(
                     demand: f64::from(peak) + refused as f64,
                     in_use: in_flight,
                     fill: 1.0 - (f64::from(in_flight) / f64::from(limit)).min(1.0),
+                    granted: limit,
                 }
             });
             pb::KeyDemand {
@@ -444,6 +451,7 @@ pub fn demand(
                 grant_round,
                 tokens,
                 concurrent,
+                granted,
             }
         })
         .collect();

@@ -174,6 +174,7 @@ pub fn demand_from_pb(d: pb::Demand) -> Vec<BackendDemand> {
             in_window: b.in_window,
             lease_remaining: std::time::Duration::from_millis(b.lease_remaining_ms.min(86_400_000)),
             grant_round: b.grant_round,
+            granted: b.granted,
             models: b
                 .models
                 .into_iter()
@@ -182,6 +183,7 @@ pub fn demand_from_pb(d: pb::Demand) -> Vec<BackendDemand> {
                     demand: m.demand,
                     bucket_fill: m.bucket_fill,
                     in_window: m.in_window,
+                    granted: m.granted,
                 })
                 .collect(),
         })
@@ -198,6 +200,7 @@ pub fn key_demand_from_pb(d: &[pb::KeyDemand]) -> Vec<KeyDemand> {
             in_window: k.in_window,
             lease_remaining: std::time::Duration::from_millis(k.lease_remaining_ms.min(86_400_000)),
             grant_round: k.grant_round,
+            granted: k.granted,
             tokens: k.tokens.as_ref().map(limit_use),
             concurrent: k.concurrent.as_ref().map(limit_use),
         })
@@ -207,7 +210,7 @@ pub fn key_demand_from_pb(d: &[pb::KeyDemand]) -> Vec<KeyDemand> {
 fn limit_use(u: &pb::LimitUse) -> LimitUse {
     // A fill outside 0..1 or a demand that is not a number says nothing.
     let finite = |x: f64| if x.is_finite() { x.max(0.0) } else { 0.0 };
-    LimitUse { demand: finite(u.demand), in_use: u.in_use, fill: finite(u.fill).min(1.0) }
+    LimitUse { demand: finite(u.demand), in_use: u.in_use, fill: finite(u.fill).min(1.0), granted: u.granted }
 }
 
 impl From<pb::RateLimitEvent> for RateLimited {

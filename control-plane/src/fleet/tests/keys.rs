@@ -76,7 +76,7 @@ async fn a_nodes_unused_token_or_concurrency_grant_is_not_given_to_another_until
     let mut state = config(backend(600, 60));
     state.client_keys = vec![key("key_t", 0, 100_000, 600)];
     let mut rx1 = attach(&fleet, "n1", 1);
-    let use_of = |demand: f64, in_use: u32| Some(LimitUse { demand, in_use, fill: 1.0 });
+    let use_of = |demand: f64, in_use: u32| Some(LimitUse { demand, in_use, fill: 1.0, granted: 0 });
     let report = |node: &str, demand: f64, round: u64| {
         let d = KeyDemand {
             key_id: "key_t".into(),

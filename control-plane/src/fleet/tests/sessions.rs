@@ -175,3 +175,46 @@ async fn nodes_gone_for_good_are_forgotten() {
     let backends = fleet.backends.lock().unwrap();
     assert!(backends.values().all(|f| f.shares.0.is_empty()), "shares kept for nodes long gone");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_new_allocator_counts_the_share_a_node_reports_running_until_it_runs_one_of_ours() {
+    // A control plane that takes over (a new leader, or one restarted) never issued n1's
+    // grant: n1 reports running 60 of 60 and has used 50 of it. Giving n2 its demand at
+    // once would let n1 admit 10 more and n2 60 in one window.
+    let fleet = Fleet::new(FleetTiming::default());
+    let b = backend(60, 60);
+    let state = config(b.clone());
+    let mut rx1 = attach(&fleet, "n1", 1);
+    let mut rx2 = attach(&fleet, "n2", 2);
+    let running = |node: &str, granted: u32, round: u64| {
+        let d = BackendDemand {
+            backend_id: "bkd_a".into(),
+            demand: if node == "n1" { 1.0 } else { 100.0 },
+            in_window: if node == "n1" { 50 } else { 0 },
+            lease_remaining: Duration::from_secs(4),
+            granted,
+            grant_round: round,
+            ..Default::default()
+        };
+        fleet.demand(node, &[d]);
+    };
+    running("n1", 60, 7);
+    running("n2", 0, 0);
+    fleet.regrant(&state);
+    let first = grant(&mut rx2).0;
+    assert_eq!(first, 0, "n1 may still admit up to 60 in this window");
+    // Once n1 reports running our grant, the old one no longer binds it.
+    let ours = match rx1.try_recv() {
+        Ok(FleetMessage::Grants { round, grants, .. }) => (round, grants[0].rpm),
+        other => panic!("no grant for n1: {other:?}"),
+    };
+    tokio::time::advance(Duration::from_millis(1100)).await;
+    running("n1", ours.1, ours.0);
+    running("n2", 0, 0);
+    fleet.regrant(&state);
+    tokio::time::advance(Duration::from_millis(1100)).await;
+    running("n1", ours.1, ours.0);
+    fleet.regrant(&state);
+    let later = grant(&mut rx2).0;
+    assert!((5..=10).contains(&later), "n2 grows into what n1 has not used once n1 runs a grant of ours: {later}");
+}
