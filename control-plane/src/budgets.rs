@@ -58,7 +58,7 @@ pub struct Budgets {
 }
 
 /// One key's budget as the nodes are told it.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Remaining {
     /// The key.
     pub key_id: String,
@@ -69,16 +69,35 @@ pub struct Remaining {
 }
 
 impl Budgets {
-    /// Adds the costs of an applied report to the keys already tracked in their period.
-    pub fn record(&self, records: &[ReportRecord]) {
+    /// Adds the costs of an applied report to the keys already tracked in their period;
+    /// returns them as (key, minute, USD), for the instance that pushes budgets if that
+    /// is another one.
+    pub fn record(&self, records: &[ReportRecord]) -> Vec<(String, i64, f64)> {
+        let spend: Vec<(String, i64, f64)> = records
+            .iter()
+            .filter(|r| !r.key_id.is_empty() && r.counters.cost_usd > 0.0)
+            .map(|r| (r.key_id.clone(), r.minute_ms, r.counters.cost_usd))
+            .collect();
+        self.add(&spend);
+        spend
+    }
+
+    /// Adds spend as (key, minute, USD) to the keys already tracked in their period.
+    pub fn add(&self, spent: &[(String, i64, f64)]) {
         let mut spend = self.spend.lock().expect("budgets lock");
-        for r in records.iter().filter(|r| !r.key_id.is_empty() && r.counters.cost_usd > 0.0) {
-            if let Some(s) = spend.get_mut(&r.key_id)
-                && r.minute_ms >= s.period_start_ms
+        for (key_id, minute_ms, usd) in spent {
+            if let Some(s) = spend.get_mut(key_id)
+                && *minute_ms >= s.period_start_ms
             {
-                s.usd += r.counters.cost_usd;
+                s.usd += usd;
             }
         }
+    }
+
+    /// Forgets what was tracked: the next figures are read from the store (an instance
+    /// that starts to lead did not hear of spend while it followed).
+    pub fn forget(&self) {
+        self.spend.lock().expect("budgets lock").clear();
     }
 
     /// What `key` has spent in its current period at `now_ms`.

@@ -83,6 +83,8 @@ pub struct ControlConfig {
     pub console_dir: Option<PathBuf>,
     /// TLS on the API port; `None` = plaintext (h2c and HTTP/1.1).
     pub tls: Option<crate::tls::TlsFiles>,
+    /// This instance's name among the instances on one store (`/health`, `sidecarctl nodes`).
+    pub instance_name: String,
 }
 
 sidecar_settings::settings! {
@@ -127,6 +129,18 @@ sidecar_settings::settings! {
     tls_key = "SIDECAR_TLS_KEY": "PEM private key of that certificate";
     tls_client_ca = "SIDECAR_TLS_CLIENT_CA": "PEM CA certificates that sign node client certificates (mTLS)";
     require_tls = "SIDECAR_REQUIRE_TLS": "Refuse to listen beyond loopback without TLS", default "false";
+    instance_name = "SIDECAR_INSTANCE_NAME":
+        "This instance's name among control planes on one store, in /health and sidecarctl nodes (the host name if unset)";
+}
+
+/// The host's name (the pod's, under Kubernetes), else `control-plane`.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "control-plane".to_owned())
 }
 
 fn parse_origin(origin: &str) -> Option<String> {
@@ -194,6 +208,16 @@ impl ControlConfig {
             }
             // Never echo the value: it may be a URL with a password.
             _ => return Err(src.invalid("SIDECAR_STORE", "expected sled or a postgres://user:pass@host:port/db URL")),
+        };
+        let instance_name = match src.value("SIDECAR_INSTANCE_NAME").map(|s| s.trim().to_owned()) {
+            Some(name) if !name.is_empty() => {
+                if name.len() > 128 || name.chars().any(|c| c.is_control() || c.is_whitespace()) {
+                    return Err(src
+                        .invalid("SIDECAR_INSTANCE_NAME", "expected a name of at most 128 characters without spaces"));
+                }
+                name
+            }
+            _ => host_name(),
         };
         let backup_dir = src.value("SIDECAR_BACKUP_DIR").map_or_else(|| data_dir.join("backups"), PathBuf::from);
         let log_level = src.text("SIDECAR_LOG_LEVEL")?;
@@ -321,6 +345,7 @@ impl ControlConfig {
 
         Ok(Self {
             store,
+            instance_name,
             tls,
             console_dir,
             fleet,

@@ -133,7 +133,7 @@ pub async fn run(shared: Arc<Shared>) {
 pub fn compute(shared: &Shared, totals: UsageCounters) -> Result<Dashboard, crate::store::StoreError> {
     let now = now_ms();
     let config = shared.config().borrow().clone();
-    let live = shared.fleet.live();
+    let live = shared.cluster.live(&shared.fleet);
     let health = shared.health.lock().expect("health lock").clone();
     // Rates over the last complete minute.
     let minute = now - now.rem_euclid(60_000) - 60_000;

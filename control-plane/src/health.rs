@@ -47,6 +47,11 @@ pub async fn run(shared: Arc<Shared>, client: reqwest::Client) {
             _ = shutdown.wait_for(|s| *s) => return,
         }
         last = tokio::time::Instant::now();
+        // With several instances on one store, the leader probes and tells the others.
+        if !shared.cluster.leading() {
+            failures.clear();
+            continue;
+        }
         let timeout = Duration::from_secs(u64::from(settings.probe_timeout_seconds.max(1)));
         let config = shared.config().borrow().clone();
         let probes = config.backends.iter().filter(|(b, _)| b.enabled).map(|(b, key)| {
@@ -107,10 +112,12 @@ pub async fn apply(shared: &Shared, next: HashMap<String, Health>) {
         }
         let mut changed: Vec<String> = next.keys().filter(|k| !health.contains_key(*k)).cloned().collect();
         changed.extend(health.keys().filter(|k| !next.contains_key(*k)).map(|k| format!("{k} recovered")));
-        *health = next;
+        health.clone_from(&next);
         changed
     };
     info!(changes = ?changed, "backend health changed");
+    // Before the version moves: the other instances publish it with their configs.
+    shared.cluster.health_changed(&next);
     let target = changed.join(", ");
     if let Err(error) = shared.store.commit(ConfigChange::default(), &Actor::system(), "HealthChange", &target) {
         warn!(%error, "could not record a health change");
@@ -118,6 +125,38 @@ pub async fn apply(shared: &Shared, next: HashMap<String, Health>) {
     }
     if let Err(error) = shared.publish() {
         warn!(%error, "could not publish a health change");
+    }
+}
+
+/// The leading instance's view of backend health, as another instance hears it: published
+/// to the nodes connected here.
+pub async fn heard(shared: Arc<Shared>, next: HashMap<String, Health>) {
+    let _guard = shared.writer.lock().await;
+    {
+        let mut health = shared.health.lock().expect("health lock");
+        if *health == next {
+            return;
+        }
+        *health = next;
+    }
+    if let Err(error) = shared.publish() {
+        warn!(%error, "could not publish a health change");
+    }
+}
+
+/// A lower request limit a node of another instance heard: used here too (only ever
+/// lower; the instance that heard it records it).
+pub async fn heard_learned(shared: Arc<Shared>, backend_id: String, rpm: u32) {
+    let _guard = shared.writer.lock().await;
+    {
+        let mut learned = shared.learned.lock().expect("learned lock");
+        if learned.get(&backend_id).is_some_and(|&l| l <= rpm) {
+            return;
+        }
+        learned.insert(backend_id, rpm);
+    }
+    if let Err(error) = shared.publish() {
+        warn!(%error, "could not publish a learned limit");
     }
 }
 
@@ -142,6 +181,7 @@ pub async fn learned_limit(shared: Arc<Shared>, node_id: String, backend_id: Str
         }
         learned.insert(backend_id.clone(), rpm);
     }
+    shared.cluster.limit_learned(&backend_id, rpm);
     warn!(backend = %backend_id, name = %b.name, configured = b.rpm_limit, reported = rpm, node = %node_id,
         "the provider reports a lower request limit than configured: the fleet uses it; set rpm_limit to match");
     let target = format!("{backend_id}: the provider reports {rpm} RPM, configured {}", b.rpm_limit);

@@ -11,6 +11,7 @@ pub mod api;
 // The domain: what the control plane knows and decides.
 pub mod auth;
 pub mod budgets;
+pub mod cluster;
 pub mod crypto;
 pub mod dashboard;
 pub mod fleet;

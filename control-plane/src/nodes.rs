@@ -81,7 +81,7 @@ impl NodeRegistry {
     }
 
     /// A node said hello; returns its session id.
-    pub fn connect(&self, store: &Store, hello: &Hello) -> u64 {
+    pub fn connect(&self, store: &Store, hello: &Hello, instance: &str) -> u64 {
         let session = self.next_session.fetch_add(1, Ordering::Relaxed) + 1;
         let connected = {
             let mut live = self.live.lock().expect("registry lock");
@@ -94,6 +94,8 @@ impl NodeRegistry {
             n.software_version = hello.software_version.clone();
             n.boot_id = hello.boot_id.clone();
             n.connected_since_ms = now_ms();
+            n.instance = instance.to_owned();
+            n.connected = true;
         });
         session
     }
@@ -110,7 +112,7 @@ impl NodeRegistry {
         };
         metrics::nodes_connected(connected);
         if was_current {
-            self.update(store, node_id, |_| {});
+            self.update(store, node_id, |n| n.connected = false);
             // Bounded by the nodes connected now, not by every node ever seen.
             self.records.lock().expect("node records lock").remove(node_id);
         }
@@ -143,8 +145,17 @@ impl NodeRegistry {
         self.live.lock().expect("registry lock").get(node_id).map(|(_, boot)| boot.clone())
     }
 
-    /// Whether the node has a live session.
+    /// Whether the node has a live session here.
     pub fn is_connected(&self, node_id: &str) -> bool {
         self.live.lock().expect("registry lock").contains_key(node_id)
+    }
+
+    /// Whether the node is connected here, or (by its record) to another instance on the
+    /// same store that still writes it: a connected node's record is rewritten at least
+    /// every [`SEEN_WRITE_MS`] while it talks, so one older than three of those belongs to
+    /// an instance that is gone.
+    pub fn is_connected_anywhere(&self, record: &NodeRecord, here: &str) -> bool {
+        self.is_connected(&record.id)
+            || (record.instance != here && record.connected && now_ms() - record.last_seen_ms < 3 * SEEN_WRITE_MS)
     }
 }

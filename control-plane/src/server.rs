@@ -100,6 +100,8 @@ impl ControlPlane {
         let mut shared =
             Shared::new(store, config.encryption_key.clone(), config.backup_dir.clone(), config.fleet, shutdown_rx)?;
         shared.node_client_certs = tls.as_ref().is_some_and(|t| t.client_auth);
+        let link = shared.store.cluster(&config.instance_name);
+        shared.cluster = crate::cluster::Cluster::new(config.instance_name.clone(), link);
         let shared = Arc::new(shared);
         Ok(Self {
             shared,
@@ -142,6 +144,7 @@ impl ControlPlane {
         background.spawn(crate::maintenance::backups(self.shared.clone()));
 
         background.spawn(crate::state::run_grants(self.shared.clone()));
+        background.spawn(crate::cluster::run(self.shared.clone()));
         background.spawn(crate::state::follow_store(self.shared.clone()));
         background.spawn(crate::dashboard::run(self.shared.clone()));
         background.spawn(crate::health::run(self.shared.clone(), crate::probe::client()));
@@ -236,17 +239,22 @@ struct OpsState {
     prometheus: metrics_exporter_prometheus::PrometheusHandle,
 }
 
-/// Alive, with the store's kind and whether it answers now. A database outage says
+/// Alive, with the store's kind and whether it answers now, this instance's name and
+/// whether it leads (and which instance does, as far as known). A database outage says
 /// `degraded` but stays 200: restarting the control plane would not bring the database back
 /// (proxies keep serving their last config meanwhile).
 async fn health_handler(State(ops): State<OpsState>) -> impl IntoResponse {
     let shared = ops.shared.clone();
     let reachable = tokio::task::spawn_blocking(move || shared.store.ping().is_ok()).await.unwrap_or(false);
+    let cluster = &ops.shared.cluster;
     Json(serde_json::json!({
         "status": if reachable { "ok" } else { "degraded" },
         "config_version": ops.shared.store.config_version(),
         "store": ops.shared.store.kind(),
         "store_reachable": reachable,
+        "instance": cluster.name(),
+        "leader": cluster.leading(),
+        "leader_instance": cluster.leader_name(),
     }))
 }
 

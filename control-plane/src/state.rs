@@ -39,6 +39,8 @@ pub struct Shared {
     pub backup_dir: std::path::PathBuf,
     /// Fleet coordination: grants and fleet-wide cooldowns.
     pub fleet: Fleet,
+    /// This instance among the others on its store, and whether it leads.
+    pub cluster: crate::cluster::Cluster,
     /// Client keys' spend in their budget periods.
     pub budgets: crate::budgets::Budgets,
     /// The latest dashboard, computed once a second and shared by every watcher.
@@ -78,6 +80,7 @@ impl Shared {
             writer: Mutex::new(()),
             backup_dir,
             fleet: Fleet::new(timing),
+            cluster: crate::cluster::Cluster::new(String::new(), None),
             budgets: Default::default(),
             dashboard: watch::channel(Arc::new(Dashboard::default())).0,
             health: Default::default(),
@@ -190,7 +193,12 @@ pub async fn run_grants(shared: Arc<Shared>) {
             _ = shutdown.wait_for(|s| *s) => return,
         }
         let state = config.borrow_and_update().clone();
+        // With other instances on the store, only the leader allocates (after a warm-up).
+        if !crate::cluster::tick(&shared) {
+            continue;
+        }
         shared.fleet.regrant(&state);
+        crate::cluster::announce_live(&shared);
         if state.client_keys.iter().any(|k| k.budget_usd > 0.0) {
             let remaining = shared.budgets.remaining(&shared.store, &state.client_keys, crate::util::now_ms());
             shared.fleet.broadcast_budgets(remaining);

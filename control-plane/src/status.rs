@@ -2,7 +2,7 @@
 //! from it, its config and the fleet's cooldown.
 
 /// Active-probe and passive health of a backend, as the control plane sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Health {
     /// Answering.
     Healthy,

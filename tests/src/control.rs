@@ -15,6 +15,12 @@ use tonic::{
 #[derive(Clone)]
 pub struct Bearer(Option<MetadataValue<tonic::metadata::Ascii>>);
 
+/// An AdminService client for the control plane at `url` with `token`.
+pub async fn admin_client(url: &str, token: &str) -> AdminClient {
+    let channel = Channel::from_shared(url.to_owned()).expect("a URL").connect().await.expect("control plane answers");
+    AdminServiceClient::with_interceptor(channel, Bearer(Some(format!("Bearer {token}").parse().expect("ASCII token"))))
+}
+
 impl Interceptor for Bearer {
     fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
         if let Some(v) = &self.0 {

@@ -72,7 +72,7 @@ impl Fleet {
             }
         };
         info!(backend = %record.backend_id, model = %record.model, node = node_id, count = record.consecutive_count, duration_ms = record.duration_ms, "fleet-wide cooldown");
-        self.broadcast(CooldownNotice {
+        self.broadcast(FleetMessage::Cooldown(CooldownNotice {
             backend_id: record.backend_id.clone(),
             model: record.model.clone(),
             consecutive_count: record.consecutive_count,
@@ -80,7 +80,7 @@ impl Fleet {
             duration_ms: record.duration_ms,
             node_id: node_id.to_owned(),
             exhausted: false,
-        });
+        }));
         Some(record)
     }
 
@@ -98,12 +98,12 @@ impl Fleet {
         };
         if was {
             info!(backend = backend_id, model, node = node_id, "recovered fleet-wide");
-            self.broadcast(CooldownNotice {
+            self.broadcast(FleetMessage::Cooldown(CooldownNotice {
                 backend_id: backend_id.to_owned(),
                 model: model.to_owned(),
                 node_id: node_id.to_owned(),
                 ..CooldownNotice::default()
-            });
+            }));
         }
     }
 
@@ -130,7 +130,7 @@ impl Fleet {
             "provider budget spent: paused fleet-wide"
         );
         let ms = reset.as_millis() as u64;
-        self.broadcast(CooldownNotice {
+        self.broadcast(FleetMessage::Cooldown(CooldownNotice {
             backend_id: backend_id.to_owned(),
             model: model.to_owned(),
             consecutive_count: count,
@@ -138,17 +138,24 @@ impl Fleet {
             duration_ms: ms,
             node_id: node_id.to_owned(),
             exhausted: true,
-        });
+        }));
     }
 
-    fn broadcast(&self, notice: CooldownNotice) {
-        let msg = FleetMessage::Cooldown(notice);
-        for (node, s) in self.sessions.lock().expect("sessions lock").iter() {
-            // A full channel means the node is far behind; it gets the cooldown with
-            // its next snapshot.
-            if s.tx.try_send(msg.clone()).is_err() {
+    /// Sends `msg` to every node: once to each node of this instance, and once to the
+    /// other instances (if any), which pass it to theirs.
+    pub(super) fn broadcast(&self, msg: FleetMessage) {
+        let cooldown = matches!(msg, FleetMessage::Cooldown(_));
+        for (node, s) in self.sessions.lock().expect("sessions lock").iter().filter(|(_, s)| !s.remote) {
+            // A full channel means the node is far behind; it gets the cooldown with its
+            // next snapshot (and a budget a grant interval later).
+            if s.tx.try_send(msg.clone()).is_err() && cooldown {
                 warn!(node = %node, "could not queue a cooldown broadcast");
             }
+        }
+        if let Some(peers) = self.peers.lock().expect("peers lock").as_ref()
+            && peers.try_send(msg).is_err()
+        {
+            warn!("could not queue a broadcast for the other control-plane instances");
         }
     }
 

@@ -74,14 +74,21 @@ impl Fleet {
     }
 
     /// The node's starting shares of each limited key for a fresh snapshot, by key id.
-    pub(super) fn key_starting(&self, node_id: &str, config: &ConfigState, now: Instant) -> Vec<(String, KeyShares)> {
+    pub(super) fn key_starting(
+        &self,
+        node_id: &str,
+        config: &ConfigState,
+        now: Instant,
+        allocating: bool,
+    ) -> Vec<(String, KeyShares)> {
         let mut keys = self.keys.lock().expect("keys lock");
         let mut out = Vec::new();
         for k in &config.client_keys {
             let mut shares = KeyShares::default();
             for (limit, value) in limits(k) {
                 let clock = self.key_clock(limit, now);
-                let start = keys.entry((k.id.clone(), limit)).or_default().starting(node_id, value, clock);
+                let held = keys.entry((k.id.clone(), limit)).or_default();
+                let start = if allocating { held.starting(node_id, value, clock) } else { 0 };
                 *match limit {
                     KeyLimit::Requests => &mut shares.requests,
                     KeyLimit::Tokens => &mut shares.tokens,
@@ -129,10 +136,6 @@ impl Fleet {
 
     /// Tells every connected node what is left of each client key's budget.
     pub fn broadcast_budgets(&self, budgets: Vec<crate::budgets::Remaining>) {
-        let msg = FleetMessage::Budgets(budgets);
-        for s in self.sessions.lock().expect("sessions lock").values() {
-            // A node far behind gets the next one a grant interval later.
-            let _ = s.tx.try_send(msg.clone());
-        }
+        self.broadcast(FleetMessage::Budgets(budgets));
     }
 }

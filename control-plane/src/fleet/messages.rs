@@ -1,13 +1,14 @@
 //! What the fleet coordinator hears from nodes (demand, 429s) and tells them (grants,
 //! cooldowns), as domain values; the node API converts them to and from the wire.
 
+use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 /// A node session's inbox for fleet messages.
 pub type Sender = mpsc::Sender<FleetMessage>;
 
 /// What the fleet tells one node.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum FleetMessage {
     /// The node's grants for every backend it may use, valid for `lease_ms`.
     Grants {
@@ -27,7 +28,7 @@ pub enum FleetMessage {
 }
 
 /// A node's share of one backend's limit, per backend window.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Grant {
     /// The backend.
     pub backend_id: String,
@@ -47,7 +48,7 @@ pub struct Grant {
 }
 
 /// A node's share of one model's own limits on a backend, per window of the model (its window_seconds, else the backend's).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ModelGrant {
     /// The canonical model name.
     pub model: String,
@@ -62,7 +63,7 @@ pub struct ModelGrant {
 }
 
 /// A fleet-wide cooldown (or its end).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CooldownNotice {
     /// The backend.
     pub backend_id: String,
@@ -81,7 +82,7 @@ pub struct CooldownNotice {
 }
 
 /// A node's demand on one backend, as it reports every second.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct BackendDemand {
     /// The backend.
     pub backend_id: String,
@@ -102,7 +103,7 @@ pub struct BackendDemand {
 }
 
 /// A node's demand on one model's own limits on a backend.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ModelDemand {
     /// The canonical model name.
     pub model: String,
@@ -117,7 +118,7 @@ pub struct ModelDemand {
 }
 
 /// A 429 a node saw.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RateLimited {
     /// The backend.
     pub backend_id: String,
@@ -131,7 +132,7 @@ pub struct RateLimited {
 }
 
 /// Live figures of a backend across the fleet, for the dashboard.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct BackendLive {
     /// Fleet-wide consecutive 429s.
     pub consecutive: u32,
@@ -146,7 +147,7 @@ pub struct BackendLive {
 }
 
 /// Live figures of one model's own limits on a backend across the fleet.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ModelLive {
     /// Mean bucket fill over the nodes using it.
     pub bucket_fill: f64,
@@ -155,7 +156,7 @@ pub struct ModelLive {
 }
 
 /// A node's shares of one client key's limits (0 where the key has no such limit).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyGrant {
     /// The key.
     pub key_id: String,
@@ -176,7 +177,7 @@ pub struct KeyGrant {
 }
 
 /// A node's demand on one client key's request limit, as it reports every second.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct KeyDemand {
     /// The key.
     pub key_id: String,
@@ -199,7 +200,7 @@ pub struct KeyDemand {
 }
 
 /// A node's use of one of a client key's limits besides requests per minute.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct LimitUse {
     /// What the node would admit if it could (tokens per minute; requests at once).
     pub demand: f64,

@@ -7,6 +7,7 @@ mod cooldown;
 mod keys;
 mod limits;
 mod messages;
+mod relay;
 mod share;
 
 use std::{collections::HashMap, sync::Mutex, time::Duration};
@@ -21,6 +22,7 @@ pub use messages::{
     BackendDemand, BackendLive, CooldownNotice, FleetMessage, Grant, KeyDemand, KeyGrant, LimitUse, ModelDemand,
     ModelGrant, ModelLive, RateLimited, Sender,
 };
+pub use relay::LocalNode;
 use share::{Clock, Report, Shares};
 
 use crate::{
@@ -63,6 +65,9 @@ struct Session {
     id: u64,
     region: String,
     tx: Sender,
+    /// Connected to another control-plane instance, which relays to it: broadcasts reach
+    /// it through that instance, not one by one.
+    remote: bool,
 }
 
 /// Fleet-wide state of one backend.
@@ -96,6 +101,8 @@ pub struct Fleet {
     keys: Mutex<HashMap<(String, KeyLimit), Shares>>,
     /// Allocation rounds so far.
     round: std::sync::atomic::AtomicU64,
+    /// Where broadcasts also go, once, for the nodes of other control-plane instances.
+    peers: Mutex<Option<Sender>>,
 }
 
 impl Fleet {
@@ -111,6 +118,7 @@ impl Fleet {
             backends: Mutex::default(),
             keys: Mutex::default(),
             round: round.into(),
+            peers: Mutex::default(),
         }
     }
 
@@ -122,14 +130,15 @@ impl Fleet {
     /// A node's Sync session started (the process `boot`; broadcasts reach it through
     /// `tx`).
     pub fn attach(&self, node_id: &str, boot: &str, session: u64, region: &str, tx: Sender) {
+        self.attach_session(node_id, boot, Session { id: session, region: region.to_owned(), tx, remote: false });
+    }
+
+    fn attach_session(&self, node_id: &str, boot: &str, session: Session) {
         let now = Instant::now();
         let previous = self.boots.lock().expect("boots lock").insert(node_id.to_owned(), boot.to_owned());
         let new_process = boot.is_empty() || previous.as_deref() != Some(boot);
         self.for_each_shares(|shares| shares.attached(node_id, new_process, now, self.timing.lost_hold));
-        self.sessions
-            .lock()
-            .expect("sessions lock")
-            .insert(node_id.to_owned(), Session { id: session, region: region.to_owned(), tx });
+        self.sessions.lock().expect("sessions lock").insert(node_id.to_owned(), session);
     }
 
     /// A node's session ended; `goodbye` when the node said it stops serving. Its grants
@@ -196,6 +205,12 @@ impl Fleet {
     /// waits for its first grant rather than overshoot. Also stamps the fleet-wide
     /// cooldown. The same for each model with its own limits.
     pub fn decorate(&self, node_id: &str, snapshot: &mut NodeSnapshot) {
+        self.decorate_as(node_id, snapshot, true);
+    }
+
+    /// As [`Fleet::decorate`]; `allocating` false (an instance that does not run the
+    /// allocator now) gives every starting share as 0: the node waits for its first grant.
+    fn decorate_as(&self, node_id: &str, snapshot: &mut NodeSnapshot, allocating: bool) {
         let now = Instant::now();
         let mut backends = self.backends.lock().expect("fleet lock");
         let wall = now_ms();
@@ -212,7 +227,7 @@ impl Fleet {
             }
             let clock = self.clock(b.window_seconds, now);
             let limit = per_window(state.rpm_limit(b), b.window_seconds);
-            nb.initial_share = Some(fleet.shares.starting(node_id, limit, clock));
+            nb.initial_share = Some(if allocating { fleet.shares.starting(node_id, limit, clock) } else { 0 });
             let models = model_limits(&state, b);
             fleet.models.retain(|name, _| models.iter().any(|m| &m.name == name));
             fleet.model_cool.retain(|name, _| models.iter().any(|m| &m.name == name));
@@ -231,13 +246,14 @@ impl Fleet {
                 .into_iter()
                 .map(|m| {
                     let clock = self.clock(m.window_seconds, now);
-                    let start = fleet.models.entry(m.name.clone()).or_default().starting(node_id, m.requests, clock);
+                    let shares = fleet.models.entry(m.name.clone()).or_default();
+                    let start = if allocating { shares.starting(node_id, m.requests, clock) } else { 0 };
                     (m.name, start)
                 })
                 .collect();
         }
         drop(backends);
-        snapshot.key_shares = self.key_starting(node_id, &state, now);
+        snapshot.key_shares = self.key_starting(node_id, &state, now, allocating);
     }
 
     /// A node reported its demand.

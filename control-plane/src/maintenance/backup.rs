@@ -172,6 +172,10 @@ pub async fn backups(shared: Arc<Shared>) {
             _ = tokio::time::sleep(BACKUP_CHECK_INTERVAL) => {}
             _ = shutdown.wait_for(|stop| *stop) => return,
         }
+        // With several instances on one store, the leader takes backups.
+        if !shared.cluster.leading() {
+            continue;
+        }
         match backup_if_due(&shared.store, &shared.backup_dir, now_ms()) {
             Ok(Some(path)) => info!(path = %path.display(), "backup written"),
             Ok(None) => {}

@@ -131,6 +131,10 @@ pub async fn sweeps(shared: Arc<Shared>) {
             _ = shutdown.wait_for(|stop| *stop) => return,
         }
         next = Instant::now() + SWEEP_INTERVAL;
+        // With several instances on one store, the leader sweeps.
+        if !shared.cluster.leading() {
+            continue;
+        }
         let settings = match shared.store.settings() {
             Ok(s) => s,
             Err(error) => {

@@ -84,6 +84,12 @@ pub struct NodeRecord {
     pub last_seen_ms: i64,
     pub last_report_ms: i64,
     pub connected_since_ms: i64,
+    /// The control-plane instance its latest session is (or was) on.
+    #[serde(default)]
+    pub instance: String,
+    /// Its latest session had not ended when this record was written.
+    #[serde(default)]
+    pub connected: bool,
 }
 
 /// One entry of the audit trail.

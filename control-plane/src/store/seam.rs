@@ -36,6 +36,11 @@ pub trait StoreBackend: Send + Sync {
     fn watch_versions(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
         None
     }
+    /// The link to other control-plane instances on the same store, for an instance
+    /// named `name`; `None` for a store only this process uses (it then always leads).
+    fn cluster(&self, _name: &str) -> Option<std::sync::Arc<dyn crate::cluster::ClusterLink>> {
+        None
+    }
     /// Waits until everything written so far is durable.
     fn flush(&self) -> BoxFuture<'_, Result<(), StoreError>>;
     /// Bytes the store takes.

@@ -46,7 +46,7 @@ impl From<ProbeResult> for pb::ValidateBackendResponse {
 impl AdminApi {
     /// Backends as the API shows them, with their runtime state (health, fleet cooldown).
     fn views(&self, backends: &[BackendRecord]) -> Vec<pb::Backend> {
-        let live = self.shared.fleet.live();
+        let live = self.shared.cluster.live(&self.shared.fleet);
         let health = self.shared.health.lock().expect("health lock").clone();
         let learned = self.shared.learned.lock().expect("learned lock").clone();
         let now = now_ms();

@@ -9,6 +9,8 @@ use crate::{
 };
 
 pub(super) async fn list(api: &AdminApi, _: Principal, _: pb::ListNodesRequest) -> ApiResult<pb::ListNodesResponse> {
-    let nodes = api.store().nodes()?.iter().map(|n| node_to_pb(n, api.shared.nodes.is_connected(&n.id))).collect();
+    let here = api.shared.cluster.name();
+    let nodes =
+        api.store().nodes()?.iter().map(|n| node_to_pb(n, api.shared.nodes.is_connected_anywhere(n, here))).collect();
     Ok(pb::ListNodesResponse { nodes, config_version: api.store().config_version() })
 }

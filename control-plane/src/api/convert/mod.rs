@@ -319,6 +319,7 @@ pub fn node_to_pb(n: &NodeRecord, connected: bool) -> pb::Node {
         last_report_ms: n.last_report_ms,
         boot_id: n.boot_id.clone(),
         connected_since_ms: n.connected_since_ms,
+        instance: n.instance.clone(),
     }
 }
 

@@ -66,7 +66,8 @@ impl NodeApi {
         store.flush().await?;
         metrics::report(if applied { "applied" } else { "duplicate" });
         if applied {
-            self.shared.budgets.record(&records);
+            let spend = self.shared.budgets.record(&records);
+            self.shared.cluster.spent(spend);
         }
         self.shared.nodes.reported(store, &batch.node_id);
         Ok(pb::ReportAck { seq: batch.seq, applied })

@@ -15,7 +15,7 @@ use tracing::{debug, info, warn};
 use super::{NodeApi, SyncStream};
 use crate::{
     api::{convert::node as convert, error::ApiError},
-    fleet::{Fleet, FleetMessage},
+    fleet::{Fleet, FleetMessage, LocalNode},
     metrics,
     nodes::Hello,
     state::Shared,
@@ -112,8 +112,14 @@ impl Session {
         let shared = self.shared.clone();
         let store = &shared.store;
         let node_id = self.hello.node_id.clone();
-        let session = self.shared.nodes.connect(store, &self.hello);
+        let session = self.shared.nodes.connect(store, &self.hello, shared.cluster.name());
         shared.fleet.attach(&node_id, &self.hello.boot_id, session, &self.hello.region, fleet_tx);
+        shared.cluster.attached(LocalNode {
+            node_id: node_id.clone(),
+            boot_id: self.hello.boot_id.clone(),
+            session,
+            region: self.hello.region.clone(),
+        });
         info!(node = %node_id, region = %self.hello.region, has_version = self.hello.config_version, "node connected");
         raise_version_to(&shared, &node_id, self.hello.config_version).await;
         let mut config = self.shared.config();
@@ -141,7 +147,7 @@ impl Session {
                     let state = config.borrow_and_update().clone();
                     let nonce = nonce();
                     let mut snapshot = state.snapshot_for(&self.hello.region, nonce.clone());
-                    shared.fleet.decorate(&node_id, &mut snapshot);
+                    shared.cluster.decorate(&shared.fleet, &node_id, &mut snapshot);
                     if self.tx.send(Ok(convert::snapshot_message(&snapshot))).await.is_err() {
                         break;
                     }
@@ -181,6 +187,7 @@ impl Session {
             }
         }
         shared.fleet.detach(&node_id, session, goodbye);
+        shared.cluster.detached(&node_id, session, goodbye);
         self.shared.nodes.disconnect(store, &node_id, session);
         if goodbye {
             info!(node = %node_id, "node said goodbye");
@@ -221,23 +228,35 @@ impl Session {
             Some(Kind::Ack(_) | Kind::Nack(_)) => {}
             Some(Kind::RateLimited(event)) => {
                 metrics::rate_limit_event();
-                let settings = shared.config().borrow().settings.clone();
-                if let Some(record) = shared.fleet.rate_limited(&node_id, &event.into(), &settings) {
-                    Fleet::store_cooldown(store, &record);
+                let event = event.into();
+                if shared.cluster.rate_limited(&node_id, &event) {
+                    let settings = shared.config().borrow().settings.clone();
+                    if let Some(record) = shared.fleet.rate_limited(&node_id, &event, &settings) {
+                        Fleet::store_cooldown(store, &record);
+                    }
                 }
             }
             Some(Kind::Demand(demand)) => {
-                shared.fleet.key_demand(&node_id, &convert::key_demand_from_pb(&demand.keys));
-                shared.fleet.demand(&node_id, &convert::demand_from_pb(demand));
+                let keys = convert::key_demand_from_pb(&demand.keys);
+                let backends = convert::demand_from_pb(demand);
+                if shared.cluster.demand(&node_id, &backends, &keys) {
+                    shared.fleet.key_demand(&node_id, &keys);
+                    shared.fleet.demand(&node_id, &backends);
+                }
             }
-            Some(Kind::Recovered(r)) => shared.fleet.recovered(&node_id, &r.backend_id, &r.model),
+            Some(Kind::Recovered(r)) if shared.cluster.recovered(&node_id, &r.backend_id, &r.model) => {
+                shared.fleet.recovered(&node_id, &r.backend_id, &r.model);
+            }
+            Some(Kind::Recovered(_)) => {}
             Some(Kind::LimitLearned(l)) => {
                 tokio::spawn(crate::health::learned_limit(shared.clone(), node_id.clone(), l.backend_id, l.rpm_limit));
             }
             Some(Kind::Exhausted(e)) => {
                 // At most a day: a node's report cannot pause a backend for longer.
                 let reset = Duration::from_millis(e.reset_ms.min(86_400_000));
-                shared.fleet.exhausted(&node_id, &e.backend_id, &e.model, reset);
+                if shared.cluster.exhausted(&node_id, &e.backend_id, &e.model, reset.as_millis() as u64) {
+                    shared.fleet.exhausted(&node_id, &e.backend_id, &e.model, reset);
+                }
             }
             Some(Kind::Hello(_)) => warn!(node = %node_id, "ignoring a second Hello on one stream"),
             Some(Kind::Goodbye(_)) => {}

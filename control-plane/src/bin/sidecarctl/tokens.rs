@@ -15,7 +15,17 @@ pub(crate) async fn nodes(ctx: &mut Ctx) -> anyhow::Result<()> {
     if ctx.format == Format::Json {
         return print_json(&resp);
     }
-    let mut t = Table::new(&["ID", "REGION", "VERSION", "CONNECTED", "ACKED", "LAST_SEEN", "LAST_REPORT", "LAST_NACK"]);
+    let mut t = Table::new(&[
+        "ID",
+        "REGION",
+        "VERSION",
+        "CONNECTED",
+        "INSTANCE",
+        "ACKED",
+        "LAST_SEEN",
+        "LAST_REPORT",
+        "LAST_NACK",
+    ]);
     for n in &resp.nodes {
         let nack = match n.last_nack_error.as_str() {
             "" => "-".to_owned(),
@@ -26,6 +36,7 @@ pub(crate) async fn nodes(ctx: &mut Ctx) -> anyhow::Result<()> {
             n.region.clone(),
             n.software_version.clone(),
             n.connected.to_string(),
+            if n.instance.is_empty() { "-".to_owned() } else { n.instance.clone() },
             or_dash(n.acked_config_version),
             time(n.last_seen_ms),
             time(n.last_report_ms),

@@ -30,6 +30,7 @@ use super::{
 };
 use crate::util::now_ms;
 
+mod cluster;
 mod config;
 mod follow;
 mod usage;
@@ -55,6 +56,8 @@ pub struct PgStore {
     config_version: Arc<AtomicU64>,
     /// Tells the control plane of a version another instance committed.
     versions: tokio::sync::watch::Sender<u64>,
+    /// The link to the other instances, once asked for.
+    cluster: std::sync::OnceLock<Arc<cluster::PgCluster>>,
 }
 
 fn granularity_code(g: Granularity) -> i16 {
@@ -96,7 +99,13 @@ impl PgStore {
             Ok(pool)
         })?;
         let (versions, _) = tokio::sync::watch::channel(0);
-        let store = Self { pool, rt: Some(rt), config_version: Arc::new(AtomicU64::new(0)), versions };
+        let store = Self {
+            pool,
+            rt: Some(rt),
+            config_version: Arc::new(AtomicU64::new(0)),
+            versions,
+            cluster: std::sync::OnceLock::new(),
+        };
         let version = store.read_config_version()?;
         store.config_version.store(version, Ordering::SeqCst);
         store.versions.send_replace(version);
@@ -191,6 +200,12 @@ impl StoreBackend for PgStore {
 
     fn watch_versions(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
         Some(self.versions.subscribe())
+    }
+
+    fn cluster(&self, name: &str) -> Option<Arc<dyn crate::cluster::ClusterLink>> {
+        let rt = self.rt.as_ref().expect("the store's runtime runs until drop");
+        let link = self.cluster.get_or_init(|| cluster::PgCluster::start(rt, self.pool.clone(), name));
+        Some(link.clone())
     }
 
     fn flush(&self) -> BoxFuture<'_, Result<(), StoreError>> {
