@@ -210,23 +210,24 @@ async fn killing_the_leader_under_load_fails_no_request_keeps_the_limit_and_lose
         proxies.push(p);
     }
 
-    // Twice the limit, skewed 4:1:1 over the three proxies, for 16 s (requests queue at
-    // the proxies, well within their queue timeout); the leader dies after 5 s.
+    // Four times the limit, skewed 3:1:3 over the three proxies (a proxy of each
+    // instance could use the whole limit alone), for 16 s: requests queue at the proxies,
+    // well within their queue timeout. The leader dies after 5 s.
     let until = Instant::now() + Duration::from_secs(16);
     let mut load = tokio::task::JoinSet::new();
-    // 12 clients each asking every 300 ms: 40 per second against 20 allowed.
+    // 14 clients each asking every 150 ms: 93 per second against 20 allowed.
     for (i, p) in proxies.iter().enumerate() {
-        let clients = if i == 0 { 8 } else { 2 };
+        let clients = if i == 1 { 2 } else { 6 };
         for _ in 0..clients {
             let client = p.clone_handle();
             load.spawn(async move {
                 let mut statuses = Vec::new();
                 let mut next = Instant::now();
                 while Instant::now() < until {
-                    statuses.push(
-                        client.try_post(&serde_json::json!({"model": "gpt-test", "messages": []}), "normal").await,
-                    );
-                    next += Duration::from_millis(300);
+                    let status =
+                        client.try_post(&serde_json::json!({"model": "gpt-test", "messages": []}), "normal").await;
+                    statuses.push((i, Instant::now(), status));
+                    next += Duration::from_millis(150);
                     tokio::time::sleep_until(next.into()).await;
                 }
                 statuses
@@ -234,6 +235,7 @@ async fn killing_the_leader_under_load_fails_no_request_keeps_the_limit_and_lose
         }
     }
     tokio::time::sleep(Duration::from_secs(5)).await;
+    let killed_at = Instant::now();
     a.kill();
     let takeover = wait_leader(b.ops, Duration::from_secs(10)).await;
     // An admin write through the survivor reaches every proxy.
@@ -243,7 +245,16 @@ async fn killing_the_leader_under_load_fails_no_request_keeps_the_limit_and_lose
     for p in &proxies {
         p.wait_version(written.config_version).await;
     }
-    let statuses: Vec<u16> = load.join_all().await.into_iter().flatten().collect();
+    let answers: Vec<(usize, Instant, u16)> = load.join_all().await.into_iter().flatten().collect();
+    // Before the kill, each proxy was served, p3 (on the instance that does not lead)
+    // on grants the leader sent it through that instance.
+    let before: Vec<usize> =
+        (0..3).map(|i| answers.iter().filter(|(p, at, s)| *p == i && *at < killed_at && *s == 200).count()).collect();
+    let per_proxy: Vec<usize> =
+        (0..3).map(|i| answers.iter().filter(|(p, _, s)| *p == i && *s == 200).count()).collect();
+    eprintln!("served per proxy before the kill {before:?}, in all {per_proxy:?}");
+    assert!(before.iter().all(|n| *n > 0), "a proxy was not served before the kill: {before:?}");
+    let statuses: Vec<u16> = answers.iter().map(|(_, _, s)| *s).collect();
     for p in &proxies {
         eventually("outbox delivered", Duration::from_secs(30), || async { p.shared.outbox.is_empty().then_some(()) })
             .await;
