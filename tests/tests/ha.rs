@@ -197,6 +197,12 @@ async fn killing_the_leader_under_load_fails_no_request_keeps_the_limit_and_lose
     let mock = MockUpstream::start(&[]).await;
     mock.set_rpm_limit(LIMIT, WINDOW);
     let mut admin = a.admin().await;
+    // No emergency reserve: every request is served on a share the leader granted.
+    let patch = pb::SettingsPatch { emergency_fraction: Some(0.0), ..Default::default() };
+    admin
+        .update_settings(pb::UpdateSettingsRequest { patch: Some(patch), expected_resource_version: None })
+        .await
+        .unwrap();
     let def = BackendDef { rpm: i64::from(LIMIT), ..Default::default() };
     let created =
         admin.create_backend(sidecar_tests::gateway::backend_request(&mock, &def)).await.unwrap().into_inner();
@@ -246,8 +252,8 @@ async fn killing_the_leader_under_load_fails_no_request_keeps_the_limit_and_lose
         p.wait_version(written.config_version).await;
     }
     let answers: Vec<(usize, Instant, u16)> = load.join_all().await.into_iter().flatten().collect();
-    // Before the kill, each proxy was served, p3 (on the instance that does not lead)
-    // on grants the leader sent it through that instance.
+    // Before the kill, each proxy was served (p3 through the instance that does not
+    // lead).
     let before: Vec<usize> =
         (0..3).map(|i| answers.iter().filter(|(p, at, s)| *p == i && *at < killed_at && *s == 200).count()).collect();
     let per_proxy: Vec<usize> =
