@@ -19,6 +19,7 @@ pub mod health;
 pub mod key_metrics;
 pub mod maintenance;
 pub mod nodes;
+pub mod ops;
 pub mod probe;
 pub mod snapshot;
 pub mod state;

@@ -12,7 +12,7 @@ promtool the Prometheus checks fail.
 
 What "the binaries know" is read from the sources each run, never copied here: the
 `settings!` declarations in control-plane/src/config.rs and data-plane/src/config.rs, the
-ops routes in control-plane/src/server.rs and data-plane/src/ops.rs, the metric
+ops routes in control-plane/src/ops.rs and data-plane/src/ops.rs, the metric
 registrations in control-plane/src/metrics.rs and data-plane/src/metrics.rs, and the
 workspace's Cargo.toml files. Every failure names the offending item.
 """
@@ -42,7 +42,7 @@ OPERATIONS_DOC = REPO / "docs" / "operations.md"
 
 CONTROL_CONFIG = REPO / "control-plane" / "src" / "config.rs"
 PROXY_CONFIG = REPO / "data-plane" / "src" / "config.rs"
-CONTROL_OPS = REPO / "control-plane" / "src" / "server.rs"
+CONTROL_OPS = REPO / "control-plane" / "src" / "ops.rs"
 PROXY_OPS = REPO / "data-plane" / "src" / "ops.rs"
 CONTROL_METRICS = REPO / "control-plane" / "src" / "metrics.rs"
 PROXY_METRICS = REPO / "data-plane" / "src" / "metrics.rs"
@@ -867,6 +867,29 @@ def matches(selector, labels):
     return all(labels.get(k) == v for k, v in selector.items())
 
 
+def store_kind(env):
+    """Where a control-plane container's store is: "sled" (unset, the default, or `sled`),
+    "secret" (SIDECAR_STORE from a secretKeyRef: a postgres://… URL, which holds a
+    password) or "inline" (any other source: a literal, a ConfigMap, a field)."""
+    kind, value = env.get("SIDECAR_STORE", ("default", settings_of(CONTROL_CONFIG)["SIDECAR_STORE"]))
+    if kind == "secret":
+        return "secret"
+    if kind != "field" and str(value or "").strip() == "sled":
+        return "sled"
+    return "inline"
+
+
+def split_urls(value):
+    """The URLs of a comma-separated SIDECAR_CONTROL_URL, as the proxy splits them."""
+    return [u.strip() for u in str(value).split(",") if u.strip()]
+
+
+def dns_names(name, namespace):
+    """The names a Service (or a pod under a headless Service: name "pod.service") has
+    from inside the cluster."""
+    return {name, f"{name}.{namespace}", f"{name}.{namespace}.svc", f"{name}.{namespace}.svc.cluster.local"}
+
+
 @unittest.skipUnless(KUBECTL, "kubectl is not installed (Debian's archive has none): Kubernetes checks skipped")
 class KubernetesTest(unittest.TestCase):
     """deploy/k8s: every overlay renders, and the rendered objects keep the invariants."""
@@ -899,7 +922,7 @@ class KubernetesTest(unittest.TestCase):
 
     def test_every_overlay_renders(self):
         self.assertTrue(overlays(), "no overlays in deploy/k8s/overlays")
-        self.assertEqual({o.name for o in overlays()} >= {"single", "tls"}, True, "the single and tls overlays must exist")
+        self.assertEqual({o.name for o in overlays()} >= {"single", "tls", "ha"}, True, "the single, tls and ha overlays must exist")
         self.assertEqual(self.errors, {}, "\n".join(self.errors.values()))
 
     def test_env_names_are_known_to_the_binaries(self):
@@ -1089,11 +1112,13 @@ class KubernetesTest(unittest.TestCase):
             if len(controls) != 1 or controls[0]["kind"] != "StatefulSet":
                 problems.append(f"{name}: expected one control-plane StatefulSet, got {[oname(w) for w in controls]}")
             for w in controls:
+                c = [c for c in pod_spec(w)["containers"] if role_of(c) == "control"][0]
+                env = effective_env(objs, c)
+                if store_kind(env) != "sled":
+                    continue  # PostgreSQL: several instances, nothing of the store on a volume (test_several_control_planes)
                 if w["spec"].get("replicas", 1) != 1:
                     problems.append(f"{name}: {oname(w)} has {w['spec']['replicas']} replicas: sled takes one writer")
                 claims = {t["metadata"]["name"] for t in w["spec"].get("volumeClaimTemplates", [])}
-                c = [c for c in pod_spec(w)["containers"] if role_of(c) == "control"][0]
-                env = effective_env(objs, c)
                 data = env.get("SIDECAR_DATA_DIR", ("", settings_of(CONTROL_CONFIG)["SIDECAR_DATA_DIR"]))[1]
                 mount = [m for m in c.get("volumeMounts", []) if data == m["mountPath"] or data.startswith(m["mountPath"].rstrip("/") + "/")]
                 if not mount or mount[0]["name"] not in claims:
@@ -1113,6 +1138,126 @@ class KubernetesTest(unittest.TestCase):
             if name == "single" and not any(o["kind"] == "HorizontalPodAutoscaler" for o in objs):
                 problems.append(f"{name}: no HorizontalPodAutoscaler for the proxies")
         expect_none(self, problems)
+
+    def test_no_database_url_inline(self):
+        problems = []
+        for name, objs in self.each():
+            for o in objs:
+                if re.search(r"postgres(?:ql)?://", json.dumps(o), re.I):
+                    problems.append(f"{name}: {oname(o)} carries a postgres:// URL (it holds the database password): "
+                                    "reference it from a Secret (secretKeyRef)")
+            for w, spec, c in containers_of(objs):
+                if role_of(c) == "control" and store_kind(effective_env(objs, c)) == "inline":
+                    problems.append(f"{name}: {oname(w)} container {c['name']}: SIDECAR_STORE is neither sled nor from a secretKeyRef")
+        expect_none(self, problems)
+
+    # Every overlay with more than one control plane, or on PostgreSQL (`ha`): several
+    # instances on a store from a Secret, each named after its pod, spread over nodes, at
+    # most one down at a time, and proxies that list them all (docs/ha.md).
+    def test_several_control_planes(self):
+        self.assertIn("ha", self.rendered, "the ha overlay does not render")
+        problems = []
+        for name, objs in self.each():
+            controls = [(w, c) for w, spec, c in containers_of(objs) if role_of(c) == "control"]
+            several = name == "ha" or any(w["spec"].get("replicas", 1) > 1 or store_kind(effective_env(objs, c)) != "sled"
+                                          for w, c in controls)
+            if not several:
+                continue
+            if len(controls) != 1:
+                continue  # test_workloads names it
+            w, c = controls[0]
+            where = f"{name}: {oname(w)}"
+            env = effective_env(objs, c)
+            replicas = w["spec"].get("replicas", 1)
+            if replicas < 2:
+                problems.append(f"{where}: {replicas} replica(s): several control planes need at least 2")
+            if store_kind(env) != "secret":
+                problems.append(f"{where}: SIDECAR_STORE does not come from a secretKeyRef (a postgres://… URL holds a password; "
+                                "sled takes one writer)")
+            inst = [e for e in c.get("env", []) if e["name"] == "SIDECAR_INSTANCE_NAME"]
+            if not inst or inst[-1].get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") != "metadata.name":
+                problems.append(f"{where}: SIDECAR_INSTANCE_NAME is not the pod's name (valueFrom.fieldRef.fieldPath: metadata.name)")
+            labels = w["spec"]["template"]["metadata"].get("labels", {})
+            pdbs = [o for o in objs if o["kind"] == "PodDisruptionBudget"
+                    and matches(o["spec"]["selector"].get("matchLabels", {}), labels)]
+            if not pdbs:
+                problems.append(f"{where}: no PodDisruptionBudget selects the control-plane pods")
+            for pdb in pdbs:
+                mu, ma = pdb["spec"].get("maxUnavailable"), pdb["spec"].get("minAvailable")
+                if not (mu == 1 or (isinstance(ma, int) and ma == replicas - 1)):
+                    problems.append(f"{name}: {oname(pdb)} (maxUnavailable {mu}, minAvailable {ma}): allow exactly one control-plane "
+                                    f"pod down (maxUnavailable: 1 or minAvailable: {replicas - 1})")
+            anti = pod_spec(w).get("affinity", {}).get("podAntiAffinity", {})
+            terms = [t.get("podAffinityTerm", {}) for t in anti.get("preferredDuringSchedulingIgnoredDuringExecution", [])]
+            terms += anti.get("requiredDuringSchedulingIgnoredDuringExecution", [])
+            if not any(t.get("topologyKey") == "kubernetes.io/hostname" and t.get("labelSelector", {}).get("matchLabels")
+                       and matches(t["labelSelector"]["matchLabels"], labels) for t in terms):
+                problems.append(f"{where}: no pod anti-affinity on kubernetes.io/hostname among the control-plane pods")
+            problems += self.control_url_problems(name, objs, w, c, replicas)
+        expect_none(self, problems)
+
+    def control_url_problems(self, name, objs, control, container, replicas):
+        """The proxies' SIDECAR_CONTROL_URL: at least two URLs, one scheme (https exactly
+        when the control plane has a certificate), each the API port of a control-plane
+        pod or of a Service in front of them, and every pod listed when pods are."""
+        problems = []
+        ns = control["metadata"].get("namespace", "default")
+        api = listen_ports("control", effective_env(objs, container))[0]
+        labels = control["spec"]["template"]["metadata"].get("labels", {})
+        services = [o for o in objs if o["kind"] == "Service" and o["spec"].get("selector")
+                    and matches(o["spec"]["selector"], labels)]
+        headless = [s for s in services if s["spec"].get("clusterIP") == "None"
+                    and s["metadata"]["name"] == control["spec"].get("serviceName")]
+        targets = {}  # host -> (what, ports that reach the API port)
+        for s in services:
+            ports = {p["port"] for p in s["spec"].get("ports", [])
+                     if resolve_port(container, p.get("targetPort", p["port"])) == api}
+            if s["spec"].get("clusterIP") != "None":
+                for h in dns_names(s["metadata"]["name"], ns):
+                    targets[h] = (oname(s), ports)
+        for s in headless:
+            for i in range(replicas):
+                for h in dns_names(f"{control['metadata']['name']}-{i}.{s['metadata']['name']}", ns):
+                    targets[h] = (i, {api})
+        scheme = "https" if "SIDECAR_TLS_CERT" in effective_env(objs, container) else "http"
+        proxies = [(w, c) for w, spec, c in containers_of(objs) if role_of(c) == "proxy"]
+        for w, c in proxies:
+            where = f"{name}: {oname(w)} container {c['name']}: SIDECAR_CONTROL_URL"
+            kind, value = effective_env(objs, c).get("SIDECAR_CONTROL_URL", ("default", settings_of(PROXY_CONFIG)["SIDECAR_CONTROL_URL"]))
+            if kind not in ("value", "configmap", "default"):
+                problems.append(f"{where}: from {kind}: set it in the proxies' ConfigMap so that it can be checked")
+                continue
+            urls = split_urls(value)
+            if len(urls) < 2:
+                problems.append(f"{where}={value!r}: list several control planes, comma-separated (a proxy moves to the next on failure)")
+            schemes = {u.split("://", 1)[0] for u in urls}
+            if schemes != {scheme}:
+                problems.append(f"{where}: schemes {sorted(schemes)}: use {scheme}:// for all (the control plane "
+                                f"{'has' if scheme == 'https' else 'has no'} certificate)")
+            pods = []
+            for u in urls:
+                m = re.fullmatch(r"[a-z]+://([^/:]+)(?::(\d+))?/?", u)
+                if not m:
+                    problems.append(f"{where}: {u!r} is not scheme://host:port")
+                    continue
+                host, port = m.group(1), int(m.group(2) or (443 if u.startswith("https") else 80))
+                if host not in targets:
+                    problems.append(f"{where}: {host} is neither a control-plane pod ({replicas} replicas behind "
+                                    f"{[oname(s) for s in headless]}) nor a Service of them in namespace {ns}")
+                    continue
+                what, ports = targets[host]
+                if port not in ports:
+                    problems.append(f"{where}: {u}: port {port} does not reach the API port {api}")
+                if isinstance(what, int):
+                    pods.append(what)
+            if len(set(urls)) != len(urls):
+                problems.append(f"{where}: lists a URL twice")
+            missing = sorted(set(range(replicas)) - set(pods))
+            if pods and missing:
+                problems.append(f"{where}: does not list control-plane pod(s) {missing}: proxies cannot fail over to them")
+        if not proxies:
+            problems.append(f"{name}: no proxy workload")
+        return problems
 
 
 # --- Prometheus --------------------------------------------------------------------------

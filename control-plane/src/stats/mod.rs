@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use crate::{
-    store::{BackendRecord, CooldownRecord, Granularity, Store, StoreError, UsageCounters, UsageRow},
+    store::{BackendRecord, CooldownRecord, Granularity, Store, StoreError, UsageColumns, UsageCounters, UsageRow},
     util::now_ms,
     validate::{FieldError, field_error},
 };
@@ -309,7 +309,16 @@ pub fn get_stats(store: &Store, query: &StatsQuery) -> Result<StatsReport, Stats
     let mut groups: HashMap<GroupKey, UsageCounters> = HashMap::new();
     // Backend id → (counters, pool of its latest row).
     let mut backends: HashMap<String, (UsageCounters, String)> = HashMap::new();
-    for row in store.usage_rows(granularity, since, until) {
+    // Only the dimensions the query filters or groups on: a store that can sums the rest
+    // away itself (on PostgreSQL, in SQL), instead of handing over a row per node and key.
+    let needs = |d: &[Dim]| d.iter().any(|d| dims.contains(d));
+    let keep = UsageColumns {
+        time: needs(&[Dim::Time]),
+        node: needs(&[Dim::Node, Dim::Region]) || !filter.nodes.is_empty() || !filter.regions.is_empty(),
+        key: needs(&[Dim::Key, Dim::Team]) || !filter.keys.is_empty() || !filter.teams.is_empty(),
+    };
+    let rows = store.usage_collapsed(granularity, since, until, keep);
+    for row in rows.unwrap_or_else(|| store.usage_rows(granularity, since, until)) {
         let row = row?;
         let region = lookup.region(&row.node_id);
         if !passes(filter, &row, region, &lookup) {

@@ -27,7 +27,7 @@ pub use identity::{Actor, AuditRecord, NodeRecord, Role, TokenRecord};
 pub use keys::{BudgetPeriod, ClientKeyRecord};
 pub use postgres::PgStore;
 pub use records::*;
-pub use seam::{Store, StoreBackend, UsageRows};
+pub use seam::{Store, StoreBackend, UsageColumns, UsageRows};
 pub use usage::{Granularity, ReportRecord, UsageRow};
 
 /// Version byte written in front of every stored value. Bump it (and teach `decode` the

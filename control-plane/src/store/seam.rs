@@ -13,6 +13,18 @@ use super::{
     PoolRecord, ReportRecord, Settings, SledStore, Spill, StoreError, TokenRecord, UsageCounters, UsageRow,
 };
 
+/// Which of a rollup row's dimensions a statistics query needs (backend, model and pool
+/// always); the others may be summed away in the store.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UsageColumns {
+    /// The time bucket.
+    pub time: bool,
+    /// The node.
+    pub node: bool,
+    /// The client key.
+    pub key: bool,
+}
+
 /// Rollup rows as a store reads them, in key order.
 pub type UsageRows = Box<dyn Iterator<Item = Result<UsageRow, StoreError>> + Send>;
 
@@ -90,6 +102,18 @@ pub trait StoreBackend: Send + Sync {
     /// Rollup rows of `granularity` whose bucket overlaps `[since_ms, until_ms)`, in key
     /// order (time, backend, model, node, key).
     fn usage_rows(&self, granularity: Granularity, since_ms: i64, until_ms: i64) -> UsageRows;
+    /// As [`StoreBackend::usage_rows`], summed in the store over the dimensions `keep`
+    /// leaves out (their values read as empty, time as 0), in no particular order; `None`
+    /// when the store cannot (the caller then sums the rows itself).
+    fn usage_collapsed(
+        &self,
+        _granularity: Granularity,
+        _since_ms: i64,
+        _until_ms: i64,
+        _keep: UsageColumns,
+    ) -> Option<UsageRows> {
+        None
+    }
     /// Deletes at most `max` rollup rows of `granularity` older than `before_ms`.
     fn sweep_usage(&self, granularity: Granularity, before_ms: i64, max: usize) -> Result<usize, StoreError>;
     /// Records a fleet-wide cooldown in the history.

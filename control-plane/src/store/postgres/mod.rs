@@ -341,6 +341,16 @@ impl StoreBackend for PgStore {
         self.pg_usage_rows(granularity, since_ms, until_ms)
     }
 
+    fn usage_collapsed(
+        &self,
+        granularity: Granularity,
+        since_ms: i64,
+        until_ms: i64,
+        keep: super::UsageColumns,
+    ) -> Option<UsageRows> {
+        Some(self.pg_usage_collapsed(granularity, since_ms, until_ms, keep))
+    }
+
     fn sweep_usage(&self, granularity: Granularity, before_ms: i64, max: usize) -> Result<usize, StoreError> {
         self.pg_sweep_usage(granularity, before_ms, max)
     }

@@ -201,6 +201,53 @@ impl PgStore {
         }
     }
 
+    /// Rollup rows summed in SQL over the dimensions `keep` leaves out: one row per
+    /// (time, backend, model, node, key, pool) still distinguished. Counters are summed
+    /// field by field; the histogram bucket by bucket, as long as the longest summed.
+    pub(super) fn pg_usage_collapsed(
+        &self,
+        granularity: Granularity,
+        since_ms: i64,
+        until_ms: i64,
+        keep: crate::store::UsageColumns,
+    ) -> UsageRows {
+        static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(collapsed_sql);
+        let lo = granularity.floor(since_ms).max(0);
+        let hi = until_ms.max(0).max(lo);
+        let read = self.run(move |pool| async move {
+            let rows = sqlx::query(SQL.as_str())
+                .bind(granularity_code(granularity))
+                .bind(lo)
+                .bind(hi)
+                .bind(keep.time)
+                .bind(keep.node)
+                .bind(keep.key)
+                .fetch_all(&pool)
+                .await?;
+            rows.into_iter()
+                .map(|row| {
+                    let Json(mut counters): Json<crate::store::UsageCounters> = row.try_get(6)?;
+                    let len: Option<i32> = row.try_get(7)?;
+                    counters.latency_histogram.truncate(len.unwrap_or(0).max(0) as usize);
+                    Ok(UsageRow {
+                        bucket_ms: row.try_get(0)?,
+                        backend_id: row.try_get(1)?,
+                        model: row.try_get(2)?,
+                        node_id: row.try_get(3)?,
+                        key_id: row.try_get(4)?,
+                        pool: row.try_get(5)?,
+                        counters,
+                    })
+                })
+                .collect::<Result<Vec<_>, sqlx::Error>>()
+                .map_err(StoreError::from)
+        });
+        match read {
+            Ok(rows) => Box::new(rows.into_iter().map(Ok)),
+            Err(e) => Box::new(std::iter::once(Err(e))),
+        }
+    }
+
     pub(super) fn pg_sweep_usage(
         &self,
         granularity: Granularity,
@@ -260,4 +307,43 @@ impl PgStore {
             Ok(n as usize)
         })
     }
+}
+
+/// The query behind [`PgStore::pg_usage_collapsed`]: $1 granularity, $2..$3 the bucket
+/// range, $4 $5 $6 whether time, node and key stay distinguished.
+fn collapsed_sql() -> String {
+    let count = |f: &str| format!("'{f}', sum(coalesce((counters->>'{f}')::bigint, 0))");
+    let mut fields: Vec<String> = [
+        "attempts",
+        "answered",
+        "answered_errors",
+        "succeeded",
+        "errors_429",
+        "errors_5xx",
+        "errors_timeout",
+        "errors_connect",
+        "errors_4xx",
+        "prompt_tokens",
+        "completion_tokens",
+        "total_tokens",
+        "latency_ms_sum",
+        "ttft_ms_sum",
+        "ttft_count",
+    ]
+    .iter()
+    .map(|f| count(f))
+    .collect();
+    fields.push("'cost_usd', sum(coalesce((counters->>'cost_usd')::float8, 0))".to_owned());
+    let buckets: Vec<String> = (0..=crate::store::LATENCY_BUCKETS_MS.len())
+        .map(|i| format!("sum(coalesce((counters->'latency_histogram'->>{i})::bigint, 0))"))
+        .collect();
+    fields.push(format!("'latency_histogram', jsonb_build_array({})", buckets.join(", ")));
+    format!(
+        "SELECT CASE WHEN $4 THEN bucket_ms ELSE 0 END, backend_id, model, \
+                CASE WHEN $5 THEN node_id ELSE '' END, CASE WHEN $6 THEN key_id ELSE '' END, pool, \
+                jsonb_build_object({}), max(jsonb_array_length(counters->'latency_histogram')) \
+         FROM usage WHERE granularity = $1 AND bucket_ms >= $2 AND bucket_ms < $3 \
+         GROUP BY 1, 2, 3, 4, 5, 6",
+        fields.join(", ")
+    )
 }
