@@ -75,7 +75,7 @@ fn sweep(base: &Path) {
     }
 }
 
-fn start_private() -> Result<Server, String> {
+fn start_private(durable: bool) -> Result<Server, String> {
     let bin = bin_dir()
         .ok_or("PostgreSQL is not installed (apt-get install postgresql; scripts/install-test-deps.sh does)")?;
     let base = workspace_target();
@@ -117,8 +117,12 @@ fn start_private() -> Result<Server, String> {
         .arg(&data)
         .args(["-p", &port.to_string(), "-k"])
         .arg(&dir)
-        .args(["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "synchronous_commit=off"])
-        .args(["-c", "full_page_writes=off", "-c", "max_connections=200"])
+        .args(["-c", "listen_addresses=127.0.0.1", "-c", "max_connections=200"]);
+    // Tests need no durability (and run faster without); a benchmark of writes does.
+    if !durable {
+        server.args(["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]);
+    }
+    server
         .stdin(Stdio::null())
         .stdout(log.try_clone().map_err(|e| e.to_string())?)
         .stderr(log);
@@ -171,10 +175,20 @@ fn psql(server: &Server, db: &str, sql: &str) -> Result<(), String> {
 
 /// A fresh, empty database on the test server: its URL.
 pub fn database() -> String {
+    database_on(false)
+}
+
+/// As [`database`], on a server that syncs every commit to disk as in production (when
+/// this process starts its own): for measuring writes.
+pub fn durable_database() -> String {
+    database_on(true)
+}
+
+fn database_on(durable: bool) -> String {
     let server = SERVER
         .get_or_init(|| match std::env::var("SIDECAR_TEST_DATABASE_URL") {
             Ok(url) if !url.is_empty() => from_url(&url),
-            _ => start_private(),
+            _ => start_private(durable),
         })
         .as_ref()
         .unwrap_or_else(|e| panic!("no PostgreSQL for the test: {e}"));

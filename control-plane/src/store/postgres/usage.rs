@@ -310,10 +310,10 @@ impl PgStore {
 }
 
 /// The query behind [`PgStore::pg_usage_collapsed`]: $1 granularity, $2..$3 the bucket
-/// range, $4 $5 $6 whether time, node and key stay distinguished.
+/// range, $4 $5 $6 whether time, node and key stay distinguished. Each row's counters are
+/// read once (`jsonb_to_record`), then summed column by column.
 fn collapsed_sql() -> String {
-    let count = |f: &str| format!("'{f}', sum(coalesce((counters->>'{f}')::bigint, 0))");
-    let mut fields: Vec<String> = [
+    const COUNTS: [&str; 15] = [
         "attempts",
         "answered",
         "answered_errors",
@@ -329,21 +329,22 @@ fn collapsed_sql() -> String {
         "latency_ms_sum",
         "ttft_ms_sum",
         "ttft_count",
-    ]
-    .iter()
-    .map(|f| count(f))
-    .collect();
-    fields.push("'cost_usd', sum(coalesce((counters->>'cost_usd')::float8, 0))".to_owned());
+    ];
+    let mut fields: Vec<String> = COUNTS.iter().map(|f| format!("'{f}', coalesce(sum(c.{f}), 0)")).collect();
+    fields.push("'cost_usd', coalesce(sum(c.cost_usd), 0)".to_owned());
     let buckets: Vec<String> = (0..=crate::store::LATENCY_BUCKETS_MS.len())
-        .map(|i| format!("sum(coalesce((counters->'latency_histogram'->>{i})::bigint, 0))"))
+        .map(|i| format!("coalesce(sum((c.latency_histogram->>{i})::bigint), 0)"))
         .collect();
     fields.push(format!("'latency_histogram', jsonb_build_array({})", buckets.join(", ")));
+    let columns: Vec<String> = COUNTS.iter().map(|f| format!("{f} bigint")).collect();
     format!(
-        "SELECT CASE WHEN $4 THEN bucket_ms ELSE 0 END, backend_id, model, \
-                CASE WHEN $5 THEN node_id ELSE '' END, CASE WHEN $6 THEN key_id ELSE '' END, pool, \
-                jsonb_build_object({}), max(jsonb_array_length(counters->'latency_histogram')) \
-         FROM usage WHERE granularity = $1 AND bucket_ms >= $2 AND bucket_ms < $3 \
+        "SELECT CASE WHEN $4 THEN u.bucket_ms ELSE 0 END, u.backend_id, u.model, \
+                CASE WHEN $5 THEN u.node_id ELSE '' END, CASE WHEN $6 THEN u.key_id ELSE '' END, u.pool, \
+                jsonb_build_object({}), max(jsonb_array_length(c.latency_histogram)) \
+         FROM usage u, jsonb_to_record(u.counters) AS c({}, cost_usd float8, latency_histogram jsonb) \
+         WHERE u.granularity = $1 AND u.bucket_ms >= $2 AND u.bucket_ms < $3 \
          GROUP BY 1, 2, 3, 4, 5, 6",
-        fields.join(", ")
+        fields.join(", "),
+        columns.join(", ")
     )
 }
