@@ -112,20 +112,13 @@ fn start_private(durable: bool) -> Result<Server, String> {
         // until the next run sweeps its directory (it exits when its directory goes).
         Command::new(bin.join("postgres"))
     };
-    server
-        .arg("-D")
-        .arg(&data)
-        .args(["-p", &port.to_string(), "-k"])
-        .arg(&dir)
-        .args(["-c", "listen_addresses=127.0.0.1", "-c", "max_connections=200"]);
+    server.arg("-D").arg(&data).args(["-p", &port.to_string(), "-k"]).arg(&dir);
+    server.args(["-c", "listen_addresses=127.0.0.1", "-c", "max_connections=200"]);
     // Tests need no durability (and run faster without); a benchmark of writes does.
     if !durable {
         server.args(["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]);
     }
-    server
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().map_err(|e| e.to_string())?)
-        .stderr(log);
+    server.stdin(Stdio::null()).stdout(log.try_clone().map_err(|e| e.to_string())?).stderr(log);
     // The parent-death signal fires when the thread that started the server ends, not
     // the process: a thread of its own starts it and then waits forever.
     let (tx, rx) = std::sync::mpsc::channel();

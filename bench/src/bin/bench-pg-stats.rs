@@ -165,7 +165,6 @@ fn main() -> anyhow::Result<()> {
 /// Config writes per second (one at a time) and report batches per second (`writers` at
 /// once, each a batch of 5 records from a node of its own).
 fn writes(store: &Store, writers: usize) -> anyhow::Result<()> {
-
     const COMMITS: usize = 300;
     let t = Instant::now();
     for _ in 0..COMMITS {
@@ -206,6 +205,8 @@ fn writes(store: &Store, writers: usize) -> anyhow::Result<()> {
     println!("| write | per second |");
     println!("|---|---|");
     println!("| config writes, one at a time (transaction + version bump + audit) | {commits:.0} |");
-    println!("| report batches of 5 records, {writers} nodes at once (rollups of 3 granularities + exactly-once mark) | {reports:.0} |");
+    println!(
+        "| report batches of 5 records, {writers} nodes at once (rollups of 3 granularities + exactly-once mark) | {reports:.0} |"
+    );
     Ok(())
 }
