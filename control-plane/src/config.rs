@@ -85,6 +85,8 @@ pub struct ControlConfig {
     pub tls: Option<crate::tls::TlsFiles>,
     /// This instance's name among the instances on one store (`/health`, `sidecarctl nodes`).
     pub instance_name: String,
+    /// OpenTelemetry collector (OTLP/HTTP) to export traces to; `None` = no traces.
+    pub otlp_endpoint: Option<String>,
 }
 
 sidecar_settings::settings! {
@@ -131,6 +133,8 @@ sidecar_settings::settings! {
     require_tls = "SIDECAR_REQUIRE_TLS": "Refuse to listen beyond loopback without TLS", default "false";
     instance_name = "SIDECAR_INSTANCE_NAME":
         "This instance's name among control planes on one store, in /health and sidecarctl nodes (the host name if unset)";
+    otlp_endpoint = "SIDECAR_OTLP_ENDPOINT":
+        "OpenTelemetry collector (OTLP/HTTP) to export traces to, e.g. http://otel-collector:4318 (unset: no traces)";
 }
 
 /// The host's name (the pod's, under Kubernetes), else `control-plane`.
@@ -218,6 +222,17 @@ impl ControlConfig {
                 name
             }
             _ => host_name(),
+        };
+        let otlp_endpoint = match src.value("SIDECAR_OTLP_ENDPOINT").map(|s| s.trim().to_owned()) {
+            Some(url) if url.starts_with("http://") || url.starts_with("https://") => Some(url),
+            Some(url) if url.is_empty() => None,
+            Some(_) => {
+                return Err(src.invalid(
+                    "SIDECAR_OTLP_ENDPOINT",
+                    "expected an http:// or https:// URL such as http://otel-collector:4318",
+                ));
+            }
+            None => None,
         };
         let backup_dir = src.value("SIDECAR_BACKUP_DIR").map_or_else(|| data_dir.join("backups"), PathBuf::from);
         let log_level = src.text("SIDECAR_LOG_LEVEL")?;
@@ -346,6 +361,7 @@ impl ControlConfig {
         Ok(Self {
             store,
             instance_name,
+            otlp_endpoint,
             tls,
             console_dir,
             fleet,

@@ -50,6 +50,9 @@ pub enum InitError {
     /// A TLS certificate, key or CA cannot be used.
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
+    /// Traces cannot be exported as configured.
+    #[error("SIDECAR_OTLP_ENDPOINT: {0}")]
+    Otlp(String),
 }
 
 /// Serving failures.
@@ -101,6 +104,12 @@ impl ControlPlane {
         shared.node_client_certs = tls.as_ref().is_some_and(|t| t.client_auth);
         let link = shared.store.cluster(&config.instance_name);
         shared.cluster = crate::cluster::Cluster::new(config.instance_name.clone(), link);
+        shared.traces = config
+            .otlp_endpoint
+            .as_deref()
+            .map(|url| sidecar_otel::Traces::start(url, "sidecar-control"))
+            .transpose()
+            .map_err(InitError::Otlp)?;
         let shared = Arc::new(shared);
         Ok(Self {
             shared,
@@ -200,6 +209,9 @@ impl ControlPlane {
         grpc?;
         ops.map_err(ServeError::Ops)?;
         self.shared.store.flush().await?;
+        if let Some(traces) = &self.shared.traces {
+            traces.shutdown().await;
+        }
         info!("control plane stopped; store flushed");
         Ok(())
     }

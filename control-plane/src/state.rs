@@ -8,6 +8,7 @@ use std::{
     sync::{Arc, RwLock},
 };
 
+use sidecar_otel::KeyValue;
 use tokio::sync::{Mutex, watch};
 use tracing::{info, warn};
 
@@ -41,6 +42,8 @@ pub struct Shared {
     pub fleet: Fleet,
     /// This instance among the others on its store, and whether it leads.
     pub cluster: crate::cluster::Cluster,
+    /// OpenTelemetry trace export, when `SIDECAR_OTLP_ENDPOINT` is set.
+    pub traces: Option<sidecar_otel::Traces>,
     /// Client keys' spend in their budget periods.
     pub budgets: crate::budgets::Budgets,
     /// The latest dashboard, computed once a second and shared by every watcher.
@@ -81,6 +84,7 @@ impl Shared {
             backup_dir,
             fleet: Fleet::new(timing),
             cluster: crate::cluster::Cluster::new(String::new(), None),
+            traces: None,
             budgets: Default::default(),
             dashboard: watch::channel(Arc::new(Dashboard::default())).0,
             health: Default::default(),
@@ -131,7 +135,19 @@ impl Shared {
         E: From<StoreError> + From<StateError>,
     {
         let _guard = self.writer.lock().await;
-        let (change, target, out) = build(&self.store)?;
+        let span = self.traces.as_ref().map(|t| {
+            let attributes =
+                vec![KeyValue::new("sidecar.action", action), KeyValue::new("sidecar.actor", who.token_id.clone())];
+            t.child("config write", sidecar_otel::Kind::Internal, None, attributes)
+        });
+        let (change, target, out) = build(&self.store).inspect_err(|_| {
+            if let Some(span) = &span {
+                span.fail("refused");
+            }
+        })?;
+        if let Some(span) = &span {
+            span.set([KeyValue::new("sidecar.target", target.clone())]);
+        }
         let tokens_changed = !change.put_tokens.is_empty() || !change.delete_tokens.is_empty();
         let backends: Vec<String> =
             change.put_backends.iter().map(|b| b.id.clone()).chain(change.delete_backends.iter().cloned()).collect();
@@ -151,6 +167,9 @@ impl Shared {
         self.publish()?;
         self.store.flush().await?;
         info!(action, target = %target, actor = %who.token_id, version, "config write");
+        if let Some(span) = &span {
+            span.set([KeyValue::new("sidecar.config_version", version as i64)]);
+        }
         Ok((version, out))
     }
 }

@@ -69,6 +69,8 @@ pub struct ProxyConfig {
     /// Serve requests that present no client key (SIDECAR_ALLOW_ANONYMOUS; by default
     /// only on a loopback-only API listener).
     pub allow_anonymous: bool,
+    /// OpenTelemetry collector (OTLP/HTTP) to export traces to; `None` = no traces.
+    pub otlp_endpoint: Option<String>,
 }
 
 sidecar_settings::settings! {
@@ -105,6 +107,8 @@ sidecar_settings::settings! {
     upstream_ca = "SIDECAR_UPSTREAM_CA": "CA certificates (PEM) trusted for providers";
     allow_anonymous = "SIDECAR_ALLOW_ANONYMOUS": "Serve requests without a client key (true or false)",
         computed "true on a loopback-only API listener, else false";
+    otlp_endpoint = "SIDECAR_OTLP_ENDPOINT":
+        "OpenTelemetry collector (OTLP/HTTP) to export traces to, e.g. http://otel-collector:4318 (unset: no traces)";
 }
 
 impl ProxyConfig {
@@ -220,7 +224,19 @@ impl ProxyConfig {
                 _ => None,
             })?
             .unwrap_or(listen.ip().is_loopback());
+        let otlp_endpoint = match src.value("SIDECAR_OTLP_ENDPOINT").map(|s| s.trim().to_owned()) {
+            Some(url) if url.starts_with("http://") || url.starts_with("https://") => Some(url),
+            Some(url) if url.is_empty() => None,
+            Some(_) => {
+                return Err(src.invalid(
+                    "SIDECAR_OTLP_ENDPOINT",
+                    "expected an http:// or https:// URL such as http://otel-collector:4318",
+                ));
+            }
+            None => None,
+        };
         Ok(Self {
+            otlp_endpoint,
             allow_anonymous,
             upstream_ca: path("SIDECAR_UPSTREAM_CA"),
             api_tls,

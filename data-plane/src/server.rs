@@ -39,6 +39,9 @@ pub enum InitError {
         /// What is wrong.
         reason: String,
     },
+    /// Traces cannot be exported as configured.
+    #[error("SIDECAR_OTLP_ENDPOINT: {0}")]
+    Otlp(String),
 }
 
 /// Histogram samples are folded into buckets every this many one-second ticks.
@@ -119,7 +122,16 @@ impl Proxy {
             outbox: Arc::new(outbox),
             allow_anonymous: config.allow_anonymous,
             origins: Default::default(),
+            traces: config
+                .otlp_endpoint
+                .as_deref()
+                .map(|url| sidecar_otel::Traces::start(url, "sidecar-proxy"))
+                .transpose()
+                .map_err(InitError::Otlp)?,
         });
+        if let Some(url) = &config.otlp_endpoint {
+            info!(endpoint = %sidecar_otel::traces_url(url), "exporting traces (OTLP/HTTP)");
+        }
         if config.allow_anonymous && !config.listen.ip().is_loopback() {
             warn!(
                 listen = %config.listen,
@@ -228,6 +240,9 @@ impl Proxy {
         while reporting.join_next().await.is_some() {}
         tasks.shutdown().await;
         let _ = ops_task.await;
+        if let Some(traces) = &shared.traces {
+            traces.shutdown().await;
+        }
         info!("proxy stopped");
         Ok(())
     }

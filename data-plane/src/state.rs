@@ -181,4 +181,6 @@ pub struct Shared {
     pub allow_anonymous: bool,
     /// Which backend made each stored response this proxy forwarded (Responses API).
     pub origins: crate::proxy::origins::Origins,
+    /// OpenTelemetry trace export, when `SIDECAR_OTLP_ENDPOINT` is set.
+    pub traces: Option<sidecar_otel::Traces>,
 }

@@ -11,7 +11,7 @@ use std::{
     task::{Context, Poll},
 };
 
-use http::{HeaderMap, HeaderName, HeaderValue};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 use tracing::{debug, warn};
@@ -55,6 +55,8 @@ pub(super) struct Attempt {
     attempts: u32,
     /// When the request went upstream.
     sent: Instant,
+    /// The request's span and this attempt's, when traces are exported.
+    trace: Option<(Arc<sidecar_otel::Span>, sidecar_otel::Span)>,
 }
 
 /// What an upstream answer means for the client request, once accounted.
@@ -77,7 +79,7 @@ impl Attempt {
         grant: Grant,
         (model, key, permit): (Arc<str>, Option<Arc<str>>, Option<Arc<KeyPermit>>),
         (stream, strip_usage, dialect): (bool, bool, Dialect),
-        attempts: u32,
+        (attempts, trace): (u32, Option<(Arc<sidecar_otel::Span>, sidecar_otel::Span)>),
     ) -> Self {
         grant.backend.state.started();
         if let Some(bucket) = &grant.model.bucket {
@@ -85,7 +87,7 @@ impl Attempt {
         }
         shared.in_flight.start();
         let sent = Instant::now();
-        Self { shared: shared.clone(), grant, model, key, permit, stream, strip_usage, dialect, attempts, sent }
+        Self { shared: shared.clone(), grant, model, key, permit, stream, strip_usage, dialect, attempts, sent, trace }
     }
 
     /// Accounts for how the upstream answered (or did not). A failure is recorded in full
@@ -99,6 +101,7 @@ impl Attempt {
                 response
             }
             Err(kind) => {
+                self.traced(None, kind.as_str());
                 grant_settle(grant, None);
                 attempt_failed(
                     &self.shared,
@@ -143,6 +146,7 @@ impl Attempt {
                 (Outcome::ServerError, "5xx")
             }
         };
+        self.traced(Some(response.status()), kind);
         grant_settle(grant, None);
         attempt_failed(&self.shared, settings, grant, (&self.model, &self.key), outcome, kind, self.sent);
         release(&self.shared, grant);
@@ -150,6 +154,18 @@ impl Attempt {
             return Answer::RateLimited { retry_after: upstream::retry_after(response.headers()), response };
         }
         Answer::Failed { response: Some(response), rate_limited: class == StatusClass::RateLimited }
+    }
+
+    /// Records a failed attempt on its span: the upstream's status if it answered, and why
+    /// it failed.
+    fn traced(&self, status: Option<StatusCode>, why: &'static str) {
+        if let Some((_, span)) = &self.trace {
+            if let Some(status) = status {
+                span.set([sidecar_otel::KeyValue::new("http.response.status_code", i64::from(status.as_u16()))]);
+            }
+            span.set([sidecar_otel::KeyValue::new("error.type", why)]);
+            span.fail(why);
+        }
     }
 
     /// Cools what a 429 for a model with its own limits was about: the model alone when
@@ -165,7 +181,7 @@ impl Attempt {
     /// Passes an upstream response through: status, headers minus hop-by-hop ones, the
     /// `X-Sidecar-*` headers, and the body frame by frame with accounting on the side.
     pub(super) fn respond(self, response: Upstream) -> ApiResponse {
-        let Attempt { shared, grant, model, key, permit, stream, strip_usage, dialect, attempts, sent } = self;
+        let Attempt { shared, grant, model, key, permit, stream, strip_usage, dialect, attempts, sent, trace } = self;
         let backend = grant.backend.clone();
         let status = response.status();
         let success = status.is_success();
@@ -221,7 +237,24 @@ impl Attempt {
             // The body may come out shorter than the upstream said.
             headers.remove(http::header::CONTENT_LENGTH);
         }
+        if let Some((_, span)) = &trace {
+            span.set([sidecar_otel::KeyValue::new("http.response.status_code", i64::from(status.as_u16()))]);
+        }
         let body = TappedBody::new(body, (is_sse, dialect), strip_usage, sent, backend.config.timeout, move |done| {
+            // Both spans end with the answer: with its tokens, or how it broke off.
+            if let Some((request, attempt)) = &trace {
+                for span in [&**request, attempt] {
+                    if let Some(u) = done.usage {
+                        span.set([
+                            sidecar_otel::KeyValue::new("gen_ai.usage.input_tokens", u.prompt as i64),
+                            sidecar_otel::KeyValue::new("gen_ai.usage.output_tokens", u.completion as i64),
+                        ]);
+                    }
+                    if let Some(error) = done.error {
+                        span.fail(error);
+                    }
+                }
+            }
             let backend = &grant.backend;
             if let Some(id) = &done.response_id
                 && success

@@ -20,7 +20,7 @@ use super::{
 };
 use crate::{
     report::UsageEvent,
-    routing::{Backend, KeyPermit, Priority},
+    routing::{Backend, Grant, KeyPermit, Priority},
     snapshot::Api,
     state::{Counters, Shared},
     upstream::{self, HttpClient},
@@ -89,7 +89,7 @@ pub(crate) async fn serve(
     headers: &HeaderMap,
     request: ParsedRequest,
     priority: Priority,
-    (caller, permit): (&Caller, Option<Arc<KeyPermit>>),
+    (caller, permit, trace): (&Caller, Option<Arc<KeyPermit>>, Option<Arc<sidecar_otel::Span>>),
 ) -> Result<ApiResponse, ProxyError> {
     let settings = shared.bundle.load().settings.clone();
     let wait = if priority == Priority::Low { settings.low_priority_timeout } else { settings.queue_timeout };
@@ -106,26 +106,39 @@ pub(crate) async fn serve(
     pin_to_origin(shared, caller, &request, api, &mut exclude);
     let mut last: Option<Failure> = None;
     let mut attempts = 0;
+    let arrived = Instant::now();
     loop {
         let grant = match admit(shared, (api, &request.model), priority, &exclude, estimate, deadline).await {
             Ok(grant) => grant,
             Err(e) => return give_up(shared, (&model, &key), e, last, attempts),
         };
         attempts += 1;
+        if attempts == 1
+            && let Some(span) = &trace
+        {
+            let waited = arrived.elapsed().as_secs_f64() * 1000.0;
+            span.set([sidecar_otel::KeyValue::new("sidecar.queue_wait_ms", waited)]);
+        }
         let backend = grant.backend.clone();
         let config = &backend.config;
         let native = grant.model.native_id.clone().unwrap_or_else(|| request.model.clone());
         let body = request.upstream_body(&native, want_usage)?;
         let uri = config.target(path).cloned().ok_or_else(|| ProxyError::NotFound(path.to_owned()))?;
-        let upstream_request = upstream::build_request(uri, headers, (config.api, &config.authorization), body)
+        let mut upstream_request = upstream::build_request(uri, headers, (config.api, &config.authorization), body)
             .map_err(|e| ProxyError::Upstream(format!("could not build the upstream request: {e}")))?;
+        let trace = trace.as_ref().zip(shared.traces.as_ref()).map(|(span, traces)| {
+            let attempt = attempt_span(traces, span, &grant, attempts);
+            // The provider sees the attempt as the parent of whatever it traces.
+            traces.inject(&attempt, upstream_request.headers_mut());
+            (span.clone(), attempt)
+        });
 
         let attempt = Attempt::start(
             shared,
             grant,
             (model.clone(), key.clone(), permit.clone()),
             (request.stream, strip_usage, endpoint.dialect()),
-            attempts,
+            (attempts, trace),
         );
         let (outcome, attempt) =
             Abandonable::new(upstream::send(client, upstream_request, config.timeout), attempt).await;
@@ -170,6 +183,30 @@ pub(crate) async fn serve(
         shared.metrics.retry(if last.as_ref().is_some_and(|f| f.rate_limited) { "429" } else { "failure" });
         Counters::bump(&shared.counters.retries);
     }
+}
+
+/// A child span of the request for one upstream attempt.
+fn attempt_span(
+    traces: &sidecar_otel::Traces,
+    request: &sidecar_otel::Span,
+    grant: &Grant,
+    n: u32,
+) -> sidecar_otel::Span {
+    use sidecar_otel::KeyValue;
+    let config = &grant.backend.config;
+    request.set([
+        KeyValue::new("sidecar.attempts", i64::from(n)),
+        KeyValue::new("sidecar.backend", config.id.clone()),
+        KeyValue::new("sidecar.pool", config.pool.clone()),
+    ]);
+    let attributes = vec![
+        KeyValue::new("sidecar.attempt", i64::from(n)),
+        KeyValue::new("sidecar.backend", config.id.clone()),
+        KeyValue::new("sidecar.pool", config.pool.clone()),
+        KeyValue::new("sidecar.emergency", grant.emergency),
+        KeyValue::new("gen_ai.response.model", grant.model.native_id.clone().unwrap_or_default()),
+    ];
+    traces.child("upstream attempt", sidecar_otel::Kind::Client, Some(request), attributes)
 }
 
 /// No more attempts: pass on the last upstream error if it was not a 429 (a 5xx says

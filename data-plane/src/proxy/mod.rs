@@ -24,6 +24,8 @@ pub use body::{ApiResponse, ProxyBody};
 pub use endpoint::{Endpoint, Shape};
 pub use error::ProxyError;
 
+use sidecar_otel::KeyValue;
+
 use crate::{routing::Priority, snapshot, state::Shared, upstream::HttpClient};
 
 /// Serves one API request. Routing is a match on the path: the forwarded endpoints
@@ -233,6 +235,34 @@ where
     B: http_body::Body<Data = Bytes>,
     B::Error: std::error::Error + Send + Sync + 'static,
 {
+    // With trace export on, one span per request, continuing the client's trace; it ends
+    // when the answer has been passed on in full (the response body holds it).
+    let Some(traces) = &shared.traces else {
+        return serve_completion(shared, client, headers, body, endpoint, (caller, None)).await;
+    };
+    let attributes = vec![KeyValue::new("http.request.method", "POST"), KeyValue::new("url.path", endpoint.path())];
+    let span = Arc::new(traces.serve(endpoint.path(), &headers, attributes));
+    let response = serve_completion(shared, client, headers, body, endpoint, (caller, Some(span.clone()))).await;
+    let status = response.status();
+    span.set([KeyValue::new("http.response.status_code", i64::from(status.as_u16()))]);
+    if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
+        span.fail(status.canonical_reason().unwrap_or("error"));
+    }
+    response
+}
+
+async fn serve_completion<B>(
+    shared: &Arc<Shared>,
+    client: &HttpClient,
+    headers: HeaderMap,
+    body: B,
+    endpoint: Endpoint,
+    (caller, trace): (caller::Caller, Option<Arc<sidecar_otel::Span>>),
+) -> ApiResponse
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
     let shape = endpoint.shape();
     crate::state::Counters::bump(&shared.counters.total);
     // A declared length above the limit is refused before any body byte is read.
@@ -266,7 +296,15 @@ where
     };
     let model = request.model.clone();
     let priority = Priority::from_header(headers.get("x-priority").and_then(|v| v.to_str().ok()));
-    match forward::serve(shared, client, endpoint, &headers, request, priority, (&caller, permit.clone())).await {
+    if let Some(span) = &trace {
+        span.set([
+            KeyValue::new("gen_ai.request.model", model.clone()),
+            KeyValue::new("sidecar.priority", priority.as_str()),
+            KeyValue::new("sidecar.stream", request.stream),
+        ]);
+    }
+    match forward::serve(shared, client, endpoint, &headers, request, priority, (&caller, permit.clone(), trace)).await
+    {
         Ok(response) => response,
         Err(e) => {
             // Nothing was used of the key's tokens: no answer came through.

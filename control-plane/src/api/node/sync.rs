@@ -146,12 +146,20 @@ impl Session {
                     }
                     let state = config.borrow_and_update().clone();
                     let nonce = nonce();
+                    let span = shared.traces.as_ref().map(|t| {
+                        let attributes = vec![
+                            sidecar_otel::KeyValue::new("sidecar.node", node_id.clone()),
+                            sidecar_otel::KeyValue::new("sidecar.config_version", state.version as i64),
+                        ];
+                        t.child("snapshot push", sidecar_otel::Kind::Producer, None, attributes)
+                    });
                     let mut snapshot = state.snapshot_for(&self.hello.region, nonce.clone());
                     shared.cluster.decorate(&shared.fleet, &node_id, &mut snapshot);
                     if self.tx.send(Ok(convert::snapshot_message(&snapshot))).await.is_err() {
                         break;
                     }
                     metrics::snapshot_pushed();
+                    drop(span);
                     debug!(node = %node_id, version = state.version, "snapshot sent");
                     if self.pending.len() == PENDING_SNAPSHOTS {
                         self.pending.pop_front();
