@@ -27,6 +27,10 @@ pub fn install() -> PrometheusHandle {
 fn describe() {
     describe_gauge!("sidecar_control_nodes_connected", "Data-plane nodes with an open Sync stream.");
     describe_gauge!("sidecar_control_config_version", "Current config version.");
+    describe_gauge!(
+        "sidecar_control_leader",
+        "1 while this instance leads (runs the fleet allocator, sweeps, backups, probes); always 1 on sled."
+    );
     describe_gauge!("sidecar_control_store_size_bytes", "Size of the sled store on disk.");
     describe_counter!("sidecar_control_snapshot_pushes_total", "Config snapshots sent to nodes.");
     describe_counter!("sidecar_control_snapshot_acks_total", "Snapshots nodes acknowledged (applied).");
@@ -64,6 +68,12 @@ pub fn config_version(version: u64) {
 }
 
 /// The number of connected nodes changed.
+/// Whether this instance leads now.
+pub fn leader(leading: bool) {
+    gauge!("sidecar_control_leader").set(if leading { 1.0 } else { 0.0 });
+}
+
+/// Connected nodes.
 pub fn nodes_connected(n: usize) {
     gauge!("sidecar_control_nodes_connected").set(n as f64);
 }

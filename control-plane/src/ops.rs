@@ -41,6 +41,7 @@ async fn health_handler(State(ops): State<OpsState>) -> impl IntoResponse {
 
 async fn metrics_handler(State(ops): State<OpsState>) -> impl IntoResponse {
     metrics::store_size(ops.shared.store.size_on_disk());
+    metrics::leader(ops.shared.cluster.leading());
     let mut text = ops.prometheus.render();
     let state = ops.shared.config().borrow().clone();
     let shared = ops.shared.clone();
