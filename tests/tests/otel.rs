@@ -89,14 +89,16 @@ async fn a_proxied_request_is_one_span_continuing_the_clients_trace_with_a_child
     x.push(Reply::status(429));
     let traceparent = format!("00-{TRACE}-{CLIENT_SPAN}-01");
     let body = serde_json::json!({"model": "gpt-test", "messages": []});
-    let resp =
-        gw.proxy.post("/chat/completions", &body, &[("traceparent", &traceparent), ("x-priority", "high")]).await;
+    let headers = [("traceparent", traceparent.as_str()), ("tracestate", "vendor=opaque"), ("x-priority", "high")];
+    let resp = gw.proxy.post("/chat/completions", &body, &headers).await;
     assert_eq!(resp.status().as_u16(), 200);
     assert_eq!(resp.headers()["x-sidecar-attempts"], "2");
     let _ = resp.bytes().await;
     // Each provider saw the trace, under a span of the proxy's (not the client's).
     let sent = |mock: &MockUpstream| {
         let call = mock.calls_to("/v1/chat/completions").pop().expect("a call");
+        // The caller's tracestate travels on with the trace.
+        assert_eq!(call.headers["tracestate"], "vendor=opaque");
         call.headers["traceparent"].to_str().unwrap().to_owned()
     };
     let (to_x, to_y) = (sent(&x), sent(&y));
