@@ -223,17 +223,8 @@ impl ControlConfig {
             }
             _ => host_name(),
         };
-        let otlp_endpoint = match src.value("SIDECAR_OTLP_ENDPOINT").map(|s| s.trim().to_owned()) {
-            Some(url) if url.starts_with("http://") || url.starts_with("https://") => Some(url),
-            Some(url) if url.is_empty() => None,
-            Some(_) => {
-                return Err(src.invalid(
-                    "SIDECAR_OTLP_ENDPOINT",
-                    "expected an http:// or https:// URL such as http://otel-collector:4318",
-                ));
-            }
-            None => None,
-        };
+        let otlp_endpoint = sidecar_otel::endpoint_setting(src.value("SIDECAR_OTLP_ENDPOINT").as_deref())
+            .map_err(|why| src.invalid("SIDECAR_OTLP_ENDPOINT", why))?;
         let backup_dir = src.value("SIDECAR_BACKUP_DIR").map_or_else(|| data_dir.join("backups"), PathBuf::from);
         let log_level = src.text("SIDECAR_LOG_LEVEL")?;
         if tracing_subscriber::EnvFilter::try_new(&log_level).is_err() {

@@ -224,17 +224,8 @@ impl ProxyConfig {
                 _ => None,
             })?
             .unwrap_or(listen.ip().is_loopback());
-        let otlp_endpoint = match src.value("SIDECAR_OTLP_ENDPOINT").map(|s| s.trim().to_owned()) {
-            Some(url) if url.starts_with("http://") || url.starts_with("https://") => Some(url),
-            Some(url) if url.is_empty() => None,
-            Some(_) => {
-                return Err(src.invalid(
-                    "SIDECAR_OTLP_ENDPOINT",
-                    "expected an http:// or https:// URL such as http://otel-collector:4318",
-                ));
-            }
-            None => None,
-        };
+        let otlp_endpoint = sidecar_otel::endpoint_setting(src.value("SIDECAR_OTLP_ENDPOINT").as_deref())
+            .map_err(|why| src.invalid("SIDECAR_OTLP_ENDPOINT", why))?;
         Ok(Self {
             otlp_endpoint,
             allow_anonymous,

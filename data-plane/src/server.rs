@@ -130,7 +130,7 @@ impl Proxy {
                 .map_err(InitError::Otlp)?,
         });
         if let Some(url) = &config.otlp_endpoint {
-            info!(endpoint = %sidecar_otel::traces_url(url), "exporting traces (OTLP/HTTP)");
+            info!(collector = %sidecar_otel::describe(url), "exporting traces (OTLP/HTTP)");
         }
         if config.allow_anonymous && !config.listen.ip().is_loopback() {
             warn!(

@@ -76,6 +76,32 @@ pub fn traces_url(endpoint: &str) -> String {
     if base.ends_with("/v1/traces") { base.to_owned() } else { format!("{base}/v1/traces") }
 }
 
+/// What `SIDECAR_OTLP_ENDPOINT` must be.
+const EXPECTED: &str = "expected an http:// or https:// URL such as http://otel-collector:4318";
+
+/// The collector URL parsed, if it is an http(s) URL with a host.
+fn collector(endpoint: &str) -> Option<http::Uri> {
+    let uri: http::Uri = endpoint.trim().parse().ok()?;
+    (matches!(uri.scheme_str(), Some("http" | "https")) && uri.host().is_some()).then_some(uri)
+}
+
+/// `SIDECAR_OTLP_ENDPOINT` as configured: `None` when unset or empty, else the URL, or what
+/// is wrong with it (never echoing the value, which may hold credentials).
+pub fn endpoint_setting(value: Option<&str>) -> Result<Option<String>, &'static str> {
+    match value.map(str::trim) {
+        None | Some("") => Ok(None),
+        Some(url) => collector(url).map(|_| Some(url.to_owned())).ok_or(EXPECTED),
+    }
+}
+
+/// Where traces go, for a log line: scheme, host and port only.
+pub fn describe(endpoint: &str) -> String {
+    collector(endpoint).map_or_else(String::new, |u| {
+        let port = u.port_u16().map(|p| format!(":{p}")).unwrap_or_default();
+        format!("{}://{}{port}", u.scheme_str().unwrap_or("http"), u.host().unwrap_or(""))
+    })
+}
+
 /// The exporter's HTTP client: hyper on the binary's own runtime, reached from the SDK's
 /// export thread (which runs no runtime) through a task spawned there.
 #[derive(Debug)]
@@ -97,10 +123,7 @@ impl Traces {
     /// its `/v1/traces`) as `service`. Call it inside the binary's Tokio runtime.
     pub fn start(endpoint: &str, service: &'static str) -> Result<Self, String> {
         let url = traces_url(endpoint);
-        let parsed: http::Uri = url.parse().map_err(|e| format!("not a URL: {e}"))?;
-        if !matches!(parsed.scheme_str(), Some("http" | "https")) || parsed.host().is_none() {
-            return Err("expected an http:// or https:// URL such as http://otel-collector:4318".into());
-        }
+        collector(&url).ok_or(EXPECTED)?;
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_webpki_roots()
             .https_or_http()
@@ -163,3 +186,20 @@ impl Traces {
 }
 
 pub use opentelemetry::trace::SpanKind as Kind;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_endpoint_setting_takes_http_urls_and_refuses_the_rest_without_echoing_them() {
+        assert_eq!(endpoint_setting(None), Ok(None));
+        assert_eq!(endpoint_setting(Some("  ")), Ok(None));
+        assert_eq!(endpoint_setting(Some("http://c:4318")), Ok(Some("http://c:4318".into())));
+        let refused = endpoint_setting(Some("grpc://secret@c:4317")).unwrap_err();
+        assert!(!refused.contains("secret"), "{refused}");
+        assert_eq!(traces_url("http://c:4318/"), "http://c:4318/v1/traces");
+        assert_eq!(traces_url("http://c:4318/v1/traces"), "http://c:4318/v1/traces");
+        assert_eq!(describe("https://user:pw@c.example:4318/x"), "https://c.example:4318");
+    }
+}

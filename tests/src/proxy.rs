@@ -57,6 +57,14 @@ pub struct ProxyHarness {
 pub const TEST_CACHE_KEY: &str = "0101010101010101010101010101010101010101010101010101010101010101";
 
 impl ProxyHarness {
+    /// The fleet-wide consecutive 429 count of `backend` if it is cooling on this proxy now.
+    pub fn cooling(&self, backend: &str) -> Option<u32> {
+        let bundle = self.shared.bundle.load();
+        let b = bundle.backend(backend)?;
+        let c = b.state.cooldown.lock().unwrap();
+        c.cooling_until(tokio::time::Instant::now()).map(|_| c.consecutive)
+    }
+
     /// Starts a proxy syncing from `control_url` with `node_token`.
     pub async fn start(control_url: &str, node_token: &str, options: ProxyOptions) -> Self {
         let (data_dir, temp) = match &options.data_dir {

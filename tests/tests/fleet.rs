@@ -15,13 +15,6 @@ fn chat() -> serde_json::Value {
     json!({"model": "gpt-test", "messages": []})
 }
 
-fn cooling(proxy: &ProxyHarness, backend: &str) -> Option<u32> {
-    let bundle = proxy.shared.bundle.load();
-    let b = bundle.backend(backend)?;
-    let c = b.state.cooldown.lock().unwrap();
-    c.cooling_until(tokio::time::Instant::now()).map(|_| c.consecutive)
-}
-
 #[tokio::test]
 async fn a_429_at_one_proxy_cools_the_backend_on_every_proxy_and_escalates_fleet_wide() {
     let x = MockUpstream::start(&[]).await;
@@ -56,7 +49,7 @@ async fn a_429_at_one_proxy_cools_the_backend_on_every_proxy_and_escalates_fleet
         resp.text().await
     );
     let at_429 = x.calls_to("/v1/chat/completions").last().unwrap().at;
-    eventually("proxy B cools x", Duration::from_secs(2), || async { cooling(&b, &xb.id) }).await;
+    eventually("proxy B cools x", Duration::from_secs(2), || async { b.cooling(&xb.id) }).await;
     let propagation = at_429.elapsed();
     eprintln!("429 at proxy A to cooldown at proxy B: {propagation:?}");
     assert!(propagation <= Duration::from_millis(200), "cooldown reached proxy B after {propagation:?}");
@@ -68,15 +61,14 @@ async fn a_429_at_one_proxy_cools_the_backend_on_every_proxy_and_escalates_fleet
     assert_eq!(x.calls().len(), before, "proxy B sent nothing to the cooling backend");
 
     // After the cooldown, a 429 at proxy B escalates the fleet-wide count to 2.
-    eventually("x recovers at B", Duration::from_secs(5), || async { cooling(&b, &xb.id).is_none().then_some(()) })
-        .await;
+    eventually("x recovers at B", Duration::from_secs(5), || async { b.cooling(&xb.id).is_none().then_some(()) }).await;
     x.push(Reply::status(429));
     let resp = b.chat("gpt-test").await;
     let status = resp.status();
     let backend = resp.headers().get("x-sidecar-backend").map(|v| v.to_str().unwrap().to_owned());
     assert_eq!(backend.as_deref(), Some("y"), "{status} {:?}", resp.text().await);
     let count = eventually("A sees the escalation", Duration::from_secs(2), || async {
-        cooling(&gw.proxy, &xb.id).filter(|&c| c == 2)
+        gw.proxy.cooling(&xb.id).filter(|&c| c == 2)
     })
     .await;
     assert_eq!(count, 2);
@@ -94,7 +86,7 @@ async fn a_429_at_one_proxy_cools_the_backend_on_every_proxy_and_escalates_fleet
 
     // A success resets the count everywhere.
     eventually("x recovers at A", Duration::from_secs(5), || async {
-        cooling(&gw.proxy, &xb.id).is_none().then_some(())
+        gw.proxy.cooling(&xb.id).is_none().then_some(())
     })
     .await;
     assert_eq!(gw.proxy.chat("gpt-test").await.headers()["x-sidecar-backend"], "x");

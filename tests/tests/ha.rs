@@ -33,13 +33,6 @@ async fn wait_leader(ops: SocketAddr, timeout: Duration) -> Duration {
     started.elapsed()
 }
 
-fn cooling(proxy: &ProxyHarness, backend: &str) -> Option<u32> {
-    let bundle = proxy.shared.bundle.load();
-    let b = bundle.backend(backend)?;
-    let c = b.state.cooldown.lock().unwrap();
-    c.cooling_until(tokio::time::Instant::now()).map(|_| c.consecutive)
-}
-
 fn named(store: &[(String, String)], name: &str) -> Vec<(String, String)> {
     let mut env = store.to_vec();
     env.push(("SIDECAR_INSTANCE_NAME".into(), name.into()));
@@ -96,18 +89,16 @@ async fn a_429_through_either_instance_cools_the_backend_on_proxies_of_the_other
     x.push(Reply::status(429));
     assert_eq!(gw.proxy.chat("gpt-test").await.headers()["x-sidecar-backend"], "y");
     let at_429 = x.calls_to("/v1/chat/completions").last().unwrap().at;
-    eventually("proxy-b cools x", Duration::from_secs(2), || async { cooling(&b, &xb.id) }).await;
+    eventually("proxy-b cools x", Duration::from_secs(2), || async { b.cooling(&xb.id) }).await;
     let leader_to_other = at_429.elapsed();
     // And after it, a 429 at the other instance's proxy escalates on the leader's proxy.
-    eventually("x recovers at proxy-b", Duration::from_secs(5), || async {
-        cooling(&b, &xb.id).is_none().then_some(())
-    })
-    .await;
+    eventually("x recovers at proxy-b", Duration::from_secs(5), || async { b.cooling(&xb.id).is_none().then_some(()) })
+        .await;
     x.push(Reply::status(429));
     assert_eq!(b.chat("gpt-test").await.headers()["x-sidecar-backend"], "y");
     let at_429 = x.calls_to("/v1/chat/completions").last().unwrap().at;
     eventually("proxy-a cools x a second time", Duration::from_secs(2), || async {
-        cooling(&gw.proxy, &xb.id).filter(|&c| c == 2)
+        gw.proxy.cooling(&xb.id).filter(|&c| c == 2)
     })
     .await;
     let other_to_leader = at_429.elapsed();
